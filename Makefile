@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: install demo result test test-fast lint bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/gencast-rmmd quickstart --out runs/quickstart
+
+result: install
+	$(BIN)/gencast-rmmd quickstart --profile result --out runs/result
+
+test: install
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from gencast_rmmd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""The `gencast-rmmd` command: parses arguments and calls the library / pipelines.
+
+The CLI is the top layer (it may import `pipelines/`; nothing in the library imports it). Each
+area registers its own sub-commands in `gencast_rmmd/cli/<area>.py` through `register(subparsers)`;
+a handler is a function `(args) -> int | None` stored as `func` on the parser.
+
+Errors the user can fix (`UserError`) are printed as one line and exit with status 2; `--debug`
+shows the traceback of any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from gencast_rmmd.errors import UserError
+
+AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gencast-rmmd",
+        description="Distil GenCast into a few-step student with RMMD; forecast and score ensembles.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for area in AREAS:
+        module = importlib.import_module(f"gencast_rmmd.cli.{area}")
+        module.register(sub)
+    return parser
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the standard repeatable `--set a.b=value` config override flag."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optimizer.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        rc = args.func(args)
+        return int(rc or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"gencast-rmmd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gencast-rmmd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line unless --debug
+        if debug:
+            raise
+        print(
+            f"gencast-rmmd: internal error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

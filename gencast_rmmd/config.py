@@ -1,0 +1,262 @@
+"""One strict loader for every YAML config: frozen dataclasses, typed, validated.
+
+Configs are frozen dataclasses. `load_config(cls, path, overrides)` reads a YAML file, applies
+`--set a.b=value` overrides and converts the nested mapping to `cls`:
+
+- an unknown key, a missing required key, a value of the wrong type, or a value that the class's
+  `validate()` rejects raises `ConfigError` naming the file, the dotted key and what is allowed;
+- supported field types: `int`, `float`, `str`, `bool`, `X | None`, `Literal[...]`,
+  `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, T]` and nested config dataclasses;
+- a dataclass may define `validate(self) -> None` raising `ValueError("...")` for value checks
+  (ranges, cross-field rules); the loader reports it with the file and the key prefix.
+
+`to_dict` turns a config back into plain YAML-able data (used to record configs in checkpoints and
+run directories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from gencast_rmmd.errors import ConfigError
+
+T = TypeVar("T")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_ROOT = REPO_ROOT / "configs"
+
+
+def resolve_config_path(path: str | pathlib.Path, kind: str | None = None) -> pathlib.Path:
+    """Find a config file: an existing path, or a name under `configs/<kind>/` (".yaml" optional)."""
+    p = pathlib.Path(path)
+    candidates = [p]
+    if kind is not None:
+        candidates += [CONFIG_ROOT / kind / p, CONFIG_ROOT / kind / f"{p}.yaml"]
+    candidates += [CONFIG_ROOT / p, CONFIG_ROOT / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = f"configs/{kind}/" if kind else "configs/"
+    raise ConfigError(
+        f"config file {str(path)!r} not found (looked for it as a path and in {where})"
+    )
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} items ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        return f"a mapping of {_type_name(get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
+    def fail(extra: str = "") -> typing.NoReturn:
+        raise ConfigError(
+            f"{file}: key {key!r}: expected {_type_name(tp)}, found {value!r}"
+            f" ({type(value).__name__}){extra}"
+        )
+
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        fail()
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            fail()
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key, file)
+            except ConfigError as e:
+                errors.append(e)
+        fail()
+    if tp is type(None):
+        if value is None:
+            return None
+        fail()
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            fail()
+        return _build(tp, value, key, file)
+    if origin is tuple:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            fail()
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]", file) for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail(f": expected exactly {len(args)} items")
+        return tuple(
+            _convert(v, a, f"{key}[{i}]", file) for i, (v, a) in enumerate(zip(value, args))
+        )
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        kt, vt = get_args(tp)
+        return {
+            _convert(k, kt, f"{key}.<key>", file): _convert(v, vt, f"{key}.{k}", file)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in {
+            "inf",
+            "+inf",
+            "-inf",
+            ".inf",
+            "-.inf",
+            "nan",
+        }:
+            return float(value.strip().lower().replace(".inf", "inf"))
+        fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        fail()
+    raise TypeError(f"unsupported config field type {tp!r} at {key!r}")
+
+
+def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    where = f"{prefix}." if prefix else ""
+    if unknown:
+        raise ConfigError(
+            f"{file}: unknown key {where + unknown[0]!r} in {cls.__name__}; "
+            f"allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}{name}"
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key, file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{file}: missing required key {key!r} ({_type_name(hints[name])})")
+    try:
+        obj = cls(**kwargs)
+        validate = getattr(obj, "validate", None)
+        if validate is not None:
+            validate()
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{file}: {prefix or cls.__name__}: {e}") from None
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `a.b=value` override; the value is read as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
+    """Return a copy of `data` with each `a.b=value` override set (creating nested mappings)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {p!r} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def from_dict(
+    cls: type[T], data: dict, source: str = "<dict>", overrides: typing.Iterable[str] = ()
+) -> T:
+    """Build config `cls` from a plain mapping (strictly), after applying overrides."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, found {type(data).__name__}"
+        )
+    data = apply_overrides(data, overrides)
+    return _build(cls, data, "", source)
+
+
+def load_config(
+    cls: type[T],
+    path: str | pathlib.Path,
+    overrides: typing.Iterable[str] = (),
+    kind: str | None = None,
+) -> T:
+    """Load a YAML file into the frozen dataclass `cls`, strictly. See the module docstring."""
+    p = resolve_config_path(path, kind)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return from_dict(cls, data, str(p), overrides)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Config dataclass -> plain dict/list/scalars (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, tuple | list):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: Any) -> str:
+    """Config dataclass -> YAML text that `load_config` reads back to an equal object."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every mistake a user can make (bad path, bad config, wrong store schema, bad checkpoint) raises a
+subclass of `UserError`. The CLI prints such errors as one message and exits with status 2; any
+other exception is a bug and is shown with its traceback only under `--debug`.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by the user's input; its message says what was expected and what was found."""
+
+
+class ConfigError(UserError):
+    """A config file or `--set` override is invalid (unknown key, wrong type, bad value)."""
+
+
+class DataError(UserError):
+    """A data store does not match what the task needs (schema, grid, values)."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, pickled, or its names/shapes/dtypes do not match."""
+
+
+class OutputError(UserError):
+    """An output path cannot be used (exists with other content, outside the run directory)."""
+
+
+class TrainingDivergedError(UserError):
+    """Training produced NaN/Inf; the message names the step and the last good checkpoint."""

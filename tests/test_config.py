@@ -1,0 +1,93 @@
+"""Tests for the strict YAML config loader."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gencast_rmmd.config import dump_yaml, from_dict, load_config
+from gencast_rmmd.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    rate: float = 1e-3
+    mode: Literal["a", "b"] = "a"
+
+    def validate(self):
+        if self.rate <= 0:
+            raise ValueError(f"rate must be > 0, found {self.rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str
+    steps: int = 10
+    levels: tuple[int, ...] = (500, 850)
+    inner: Inner = Inner()
+    maybe: float | None = None
+
+
+def test_loads_and_round_trips(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nsteps: 3\ninner:\n  rate: 0.5\n  mode: b\nlevels: [1, 2]\n")
+    cfg = load_config(Outer, p)
+    assert cfg == Outer(name="x", steps=3, levels=(1, 2), inner=Inner(rate=0.5, mode="b"))
+    p2 = tmp_path / "d.yaml"
+    p2.write_text(dump_yaml(cfg))
+    assert load_config(Outer, p2) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: x\nstepz: 3\n", "unknown key 'stepz'"),
+        ("name: x\nsteps: three\n", "key 'steps': expected int"),
+        ("steps: 3\n", "missing required key 'name'"),
+        ("name: x\ninner:\n  mode: c\n", "key 'inner.mode': expected one of 'a', 'b'"),
+        ("name: x\ninner:\n  rate: -1\n", "rate must be > 0"),
+        ("name: x\nlevels: 5\n", "key 'levels': expected a list of int"),
+        ("name: x\nsteps: true\n", "expected int"),
+        ("- a\n- b\n", "expected a mapping at the top level"),
+    ],
+)
+def test_errors_name_file_key_and_allowed(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, p)
+    assert needle in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_overrides():
+    cfg = from_dict(Outer, {"name": "x"}, overrides=["inner.rate=0.25", "levels=[7]", "maybe=2"])
+    assert cfg.inner.rate == 0.25 and cfg.levels == (7,) and cfg.maybe == 2.0
+    with pytest.raises(ConfigError, match="unknown key 'inner.nope'"):
+        from_dict(Outer, {"name": "x"}, overrides=["inner.nope=1"])
+    with pytest.raises(ConfigError, match="expected the form"):
+        from_dict(Outer, {"name": "x"}, overrides=["novalue"])
+
+
+def test_missing_file_is_clear():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, "/nonexistent/x.yaml")
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=5), max_size=4
+    )
+)
+def test_random_mappings_never_crash_untyped(data):
+    """Any mapping either loads into a valid config or raises ConfigError, never anything else."""
+    data = {"name": "x", **data}
+    try:
+        cfg = from_dict(Outer, data)
+    except ConfigError:
+        return
+    assert isinstance(cfg, Outer)
