@@ -1,0 +1,514 @@
+"""The shared training loop: optimizers, data order, sharded jitted steps, checkpoints, metrics.
+
+Used by the teacher trainer (`training/teacher.py`) and the distillation trainer (`distill/`).
+The loop knows nothing about models: a task gives it
+
+- `trainable`: a dict `group name -> params pytree` (e.g. {"student": ..., "aux": ...}); only
+  these get optimizer state and are checkpointed;
+- `frozen`: a dict of params that are read but never updated (teacher, frozen phase-1 copy); they
+  are passed to every step, replicated, and not checkpointed (the caller reloads them; their
+  identity goes into the provenance record);
+- one or more `UpdateRule(loss_fn, groups)`: `loss_fn(params, batch, rng) -> (loss, metrics)`
+  where `params` is the union of all trainable and frozen groups; the gradient is taken with
+  respect to `groups` only, and only those groups' optimizers step. A Python `schedule(step) ->
+  rule name` picks the rule per step (alternating optimisation = two rules with a parity
+  schedule);
+- `batches`: `batches(step) -> host-local numpy pytree` for the global batch of that step (a
+  pure function of the step, e.g. `ShuffledBatches`), or an iterator with `get_state()` /
+  `set_state()` (e.g. a grain loader iterator); either way the data position is checkpointed.
+
+Minimal use:
+
+    rules = {"train": UpdateRule(loss_fn, groups=("denoiser",))}
+    opt = {"denoiser": make_optimizer(OptimizerConfig(learning_rate=1e-3), num_steps)}
+    trainer = Trainer(rules, opt, LoopConfig(num_steps=1000, batch_size=32), run_dir="RUN")
+    state = trainer.restore_or_init({"denoiser": params})      # resumes if RUN has checkpoints
+    state = trainer.fit(state, frozen={}, batches=ShuffledBatches(source, 32, seed=0))
+    params = trainer.params(state)["denoiser"]
+
+Per step: the global batch (leading axis `batch_size`) is split into `grad_accum_steps`
+micro-batches (`lax.scan`, gradients averaged), sharded over the `data` mesh axis, and the update
+is skipped if the loss or any gradient is NaN/Inf, after which the loop raises
+`TrainingDivergedError` naming the step and the last good checkpoint. The step rng is
+`fold_in(base_key, step)` (micro-batch i: `fold_in(step_key, i)`), so a resumed run draws exactly
+the random numbers an uninterrupted run would.
+
+Files under `run_dir`: `checkpoints/<step>/` (orbax, see `checkpointing.py`), `metrics.jsonl`
+(see `metrics.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from gencast_rmmd.errors import TrainingDivergedError
+from gencast_rmmd.training import sharding as shd
+from gencast_rmmd.training.checkpointing import CheckpointManager
+from gencast_rmmd.training.metrics import MetricsWriter
+
+PyTree = Any
+LossFn = Callable[[dict[str, PyTree], PyTree, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam with a learning-rate schedule (RMMD/GenCast: Adam(0.9, 0.99, 1e-12)).
+
+    schedule:
+      constant: `learning_rate` throughout (after an optional linear warm-up);
+      cosine: warm-up, then cosine decay to `end_learning_rate` at `decay_steps`;
+      linear: warm-up, then linear decay to `end_learning_rate` at `decay_steps` (RMMD ImageNet
+        phase 2 decays linearly to 0).
+    decay_steps: None means the number of steps of the run (`LoopConfig.num_steps`).
+    grad_clip_norm: clip the global gradient norm before Adam (None: no clipping).
+    """
+
+    learning_rate: float = 1e-4
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    end_learning_rate: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-12
+    grad_clip_norm: float | None = None
+
+    def validate(self) -> None:
+        if not self.learning_rate >= 0:
+            raise ValueError(f"learning_rate: must be >= 0, found {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: must be >= 0, found {self.warmup_steps}")
+        if self.decay_steps is not None and self.decay_steps <= 0:
+            raise ValueError(f"decay_steps: must be > 0 or null, found {self.decay_steps}")
+        for k in ("b1", "b2"):
+            v = getattr(self, k)
+            if not 0 <= v < 1:
+                raise ValueError(f"{k}: must be in [0, 1), found {v}")
+        if self.eps < 0:
+            raise ValueError(f"eps: must be >= 0, found {self.eps}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm: must be > 0 or null, found {self.grad_clip_norm}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Steps, batch and bookkeeping of one training run.
+
+    batch_size: the global batch per optimizer step (all devices and accumulation micro-steps
+      together); must be divisible by `grad_accum_steps * number of devices`.
+    checkpoint_every: save every N steps (and always at the end).
+    log_every: write a metrics record every N steps.
+    """
+
+    num_steps: int
+    batch_size: int
+    grad_accum_steps: int = 1
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.num_steps < 0:
+            raise ValueError(f"num_steps: must be >= 0, found {self.num_steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, found {self.batch_size}")
+        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"grad_accum_steps: must be >= 1 and divide batch_size={self.batch_size}, "
+                f"found {self.grad_accum_steps}"
+            )
+        for k in ("checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be >= 1, found {getattr(self, k)}")
+
+
+def make_schedule(cfg: OptimizerConfig, num_steps: int) -> optax.Schedule:
+    """The learning-rate schedule of `cfg` for a run of `num_steps` optimizer updates."""
+    decay = cfg.decay_steps if cfg.decay_steps is not None else max(num_steps, 1)
+    lr, w, end = cfg.learning_rate, cfg.warmup_steps, cfg.end_learning_rate
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(decay - w, 1), alpha=end / lr if lr else 0.0)
+    elif cfg.schedule == "linear":
+        main = optax.linear_schedule(lr, end, max(decay - w, 1))
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if w == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, w), main], [w])
+
+
+def make_optimizer(cfg: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
+    """Optional global-norm clipping, then Adam(b1, b2, eps) with `make_schedule(cfg)`."""
+    parts = []
+    if cfg.grad_clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    parts.append(optax.scale_by_learning_rate(make_schedule(cfg, num_steps)))
+    return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """One kind of optimizer step: `loss_fn(params, batch, rng) -> (scalar loss, metrics)`.
+
+    `params` holds every trainable and frozen group by name; gradients are taken with respect to
+    `groups` only. Metrics are scalars (averaged over accumulation micro-batches).
+    """
+
+    loss_fn: LossFn
+    groups: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Data order
+# --------------------------------------------------------------------------------------------
+
+
+class ShuffledBatches:
+    """Deterministic, resumable batches from a random-access source (`len` + `__getitem__`).
+
+    Batch `step` is a pure function of `(seed, step)`: the examples are reshuffled each epoch with
+    `numpy.random.default_rng([seed, epoch])`, incomplete last batches are dropped. Each example
+    is a dict (or pytree) of numpy arrays; the batch stacks them on a new leading axis. With
+    several processes, process p gets rows `[p*B/P, (p+1)*B/P)` of the global batch.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        batch_size: int,
+        seed: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
+        self.source = source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        n = len(source)
+        if n < batch_size:
+            raise ValueError(f"data source has {n} examples, fewer than one batch ({batch_size})")
+        if batch_size % self.process_count:
+            raise ValueError(
+                f"batch_size {batch_size} not divisible by {self.process_count} processes"
+            )
+        self.batches_per_epoch = n // batch_size
+        self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    def indices(self, step: int) -> np.ndarray:
+        """Global example indices of batch `step` (all processes)."""
+        epoch, pos = divmod(step, self.batches_per_epoch)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            self._perm_cache = (epoch, perm)
+        perm = self._perm_cache[1]
+        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def __call__(self, step: int) -> PyTree:
+        idx = self.indices(step)
+        local = self.batch_size // self.process_count
+        idx = idx[self.process_index * local : (self.process_index + 1) * local]
+        examples = [self.source[int(i)] for i in idx]
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *examples)
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class Trainer:
+    """Runs `UpdateRule`s over a data stream with sharding, accumulation, checkpoints, metrics.
+
+    Args:
+      rules: rule name -> `UpdateRule`.
+      optimizers: trainable group name -> optax transformation (e.g. `make_optimizer`).
+      cfg: `LoopConfig`.
+      run_dir: directory for `checkpoints/` and `metrics.jsonl`.
+      schedule: `step -> rule name` (default: the only rule).
+      mesh: device mesh with axis `data` (default: all devices, `sharding.make_mesh()`).
+      meta: JSON-able record stored in every checkpoint (provenance, config, ...).
+      schedules: optional group -> learning-rate schedule, only for logging `lr/<group>`.
+      desc: progress-bar label.
+    """
+
+    def __init__(
+        self,
+        rules: Mapping[str, UpdateRule],
+        optimizers: Mapping[str, optax.GradientTransformation],
+        cfg: LoopConfig,
+        run_dir: str | pathlib.Path,
+        schedule: Callable[[int], str] | None = None,
+        mesh: Mesh | None = None,
+        meta: dict | None = None,
+        schedules: Mapping[str, optax.Schedule] | None = None,
+        desc: str = "train",
+    ):
+        cfg.validate()
+        self.rules = dict(rules)
+        self.optimizers = dict(optimizers)
+        for name, rule in self.rules.items():
+            missing = [g for g in rule.groups if g not in self.optimizers]
+            if missing:
+                raise ValueError(f"rule {name!r} updates {missing} which have no optimizer")
+        if schedule is None:
+            if len(self.rules) != 1:
+                raise ValueError("several rules need a schedule(step) -> rule name")
+            only = next(iter(self.rules))
+            schedule = lambda step: only  # noqa: E731
+        self.schedule = schedule
+        self.cfg = cfg
+        self.run_dir = pathlib.Path(run_dir)
+        self.mesh = mesh if mesh is not None else shd.make_mesh()
+        self.meta = dict(meta or {})
+        self.lr_schedules = dict(schedules or {})
+        self.desc = desc
+        micro = cfg.batch_size // cfg.grad_accum_steps
+        if micro % self.mesh.size:
+            raise ValueError(
+                f"micro-batch {micro} (batch_size {cfg.batch_size} / grad_accum_steps "
+                f"{cfg.grad_accum_steps}) is not divisible by the {self.mesh.size} devices"
+            )
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
+        self._steps: dict[str, Callable] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def init_state(self, trainable: Mapping[str, PyTree], seed: int | None = None) -> dict:
+        """A fresh state `{step, params, opt_state, counts, rng}` replicated on the mesh."""
+        missing = [g for g in self.optimizers if g not in trainable]
+        if missing:
+            raise ValueError(f"trainable params missing for groups {missing}")
+        params = {g: jax.tree.map(jnp.asarray, trainable[g]) for g in self.optimizers}
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": {g: self.optimizers[g].init(params[g]) for g in self.optimizers},
+            "counts": {g: jnp.zeros((), jnp.int32) for g in self.optimizers},
+            "rng": jax.random.key_data(jax.random.PRNGKey(self.cfg.seed if seed is None else seed)),
+        }
+        return shd.replicate(state, self.mesh)
+
+    def restore_or_init(self, trainable: Mapping[str, PyTree], seed: int | None = None) -> dict:
+        """Resume from the latest checkpoint in `run_dir` if there is one, else `init_state`.
+
+        `trainable` gives the structure (and the starting values of a fresh run)."""
+        state = self.init_state(trainable, seed)
+        if self.ckpt.latest_step() is None:
+            self._data_state = None
+            return state
+        state, meta = self.ckpt.restore(state)
+        self._data_state = meta.get("data_state")
+        return state
+
+    @staticmethod
+    def step_of(state: dict) -> int:
+        return int(_host(state["step"]))
+
+    @staticmethod
+    def params(state: dict) -> dict[str, PyTree]:
+        """The trainable params of `state` (group -> pytree)."""
+        return state["params"]
+
+    # ---- the jitted step ----------------------------------------------------------------------
+
+    def _build_step(self, rule_name: str) -> Callable:
+        rule = self.rules[rule_name]
+        groups = rule.groups
+        optimizers = self.optimizers
+        accum = self.cfg.grad_accum_steps
+
+        def step_fn(state, frozen, batch):
+            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+            trainable = {g: state["params"][g] for g in groups}
+            others = {g: p for g, p in state["params"].items() if g not in groups}
+
+            def loss_of(tr, mb, k):
+                params = {**frozen, **{g: jax.lax.stop_gradient(p) for g, p in others.items()}}
+                params.update(tr)
+                return rule.loss_fn(params, mb, k)
+
+            grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+            first = jax.tree.map(lambda x: x[0], batch)
+            (loss0, m0), g0 = grad_fn(trainable, first, jax.random.fold_in(key, 0))
+            if accum > 1:
+
+                def body(carry, xs):
+                    mb, i = xs
+                    (lv, m), g = grad_fn(trainable, mb, jax.random.fold_in(key, i))
+                    return jax.tree.map(jnp.add, carry, (lv, m, g)), None
+
+                rest = jax.tree.map(lambda x: x[1:], batch)
+                (loss0, m0, g0), _ = jax.lax.scan(
+                    body, (loss0, m0, g0), (rest, jnp.arange(1, accum))
+                )
+                loss0, m0, g0 = jax.tree.map(lambda x: x / accum, (loss0, m0, g0))
+            finite = jnp.isfinite(loss0) & _all_finite(g0)
+            new_params = dict(state["params"])
+            new_opt = dict(state["opt_state"])
+            new_counts = dict(state["counts"])
+            metrics = {"loss": loss0, **m0}
+            for g in groups:
+                updates, opt_g = optimizers[g].update(g0[g], state["opt_state"][g], trainable[g])
+                p_g = optax.apply_updates(trainable[g], updates)
+                new_params[g] = jax.tree.map(
+                    lambda a, b: jnp.where(finite, a, b), p_g, trainable[g]
+                )
+                new_opt[g] = jax.tree.map(
+                    lambda a, b: jnp.where(finite, a, b), opt_g, state["opt_state"][g]
+                )
+                new_counts[g] = state["counts"][g] + finite.astype(jnp.int32)
+                metrics[f"grad_norm/{g}"] = optax.global_norm(g0[g])
+                metrics[f"update_norm/{g}"] = optax.global_norm(updates)
+            metrics["finite"] = finite
+            new_state = {
+                "step": state["step"] + 1,
+                "params": new_params,
+                "opt_state": new_opt,
+                "counts": new_counts,
+                "rng": state["rng"],
+            }
+            return new_state, metrics
+
+        rep = shd.replicated_sharding(self.mesh)
+        bat = shd.batch_sharding(self.mesh, batch_axis=1)
+        return jax.jit(
+            step_fn, in_shardings=(rep, rep, bat), out_shardings=(rep, rep), donate_argnums=0
+        )
+
+    def train_step(self, state: dict, frozen: dict, global_batch: PyTree, rule: str):
+        """One optimizer step of rule `rule` on a host-local batch (leading axis = local batch).
+
+        Returns `(new_state, metrics as device scalars)`."""
+        if rule not in self._steps:
+            self._steps[rule] = self._build_step(rule)
+        accum = self.cfg.grad_accum_steps
+
+        def split(x):
+            x = np.asarray(x)
+            if x.shape[0] % accum:
+                raise ValueError(f"batch of {x.shape[0]} not divisible by {accum} micro-batches")
+            return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
+        batch = shd.shard_batch(jax.tree.map(split, global_batch), self.mesh, batch_axis=1)
+        return self._steps[rule](state, frozen, batch)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def save(self, state: dict, data_state: Any = None) -> pathlib.Path:
+        """Checkpoint `state` now (step = number of completed steps)."""
+        step = self.step_of(state)
+        meta = dict(self.meta, data_state=data_state, saved_unix_time=time.time())
+        return self.ckpt.save(step, state, meta)
+
+    def fit(
+        self,
+        state: dict,
+        frozen: Mapping[str, PyTree],
+        batches: Any,
+        stop_after: int | None = None,
+        on_log: Callable[[int, dict], None] | None = None,
+    ) -> dict:
+        """Train from `state`'s step to `cfg.num_steps`; return the final state.
+
+        Args:
+          frozen: non-trainable params (replicated once here).
+          batches: `callable(step) -> batch`, or an iterator with `get_state`/`set_state`.
+          stop_after: stop (without saving) after this many steps of this call: simulates a
+            crash in tests; the next `restore_or_init` + `fit` continues from the last checkpoint.
+          on_log: called with `(step, metrics)` on every metrics record.
+        """
+        from tqdm.auto import tqdm
+
+        frozen = shd.replicate(dict(frozen), self.mesh)
+        start = self.step_of(state)
+        end = self.cfg.num_steps
+        if stop_after is not None:
+            end = min(end, start + stop_after)
+        is_iter = not callable(batches)
+        if is_iter and getattr(self, "_data_state", None) is not None:
+            batches.set_state(self._data_state)
+        lead = jax.process_index() == 0
+        writer = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=start, enabled=lead)
+        last_good = self.ckpt.latest_step()
+        bar = tqdm(
+            total=self.cfg.num_steps,
+            initial=start,
+            desc=self.desc,
+            disable=not (self.cfg.progress and lead),
+            dynamic_ncols=True,
+        )
+        t_last, n_last = time.perf_counter(), start
+        try:
+            for step in range(start, end):
+                rule = self.schedule(step)
+                batch = next(batches) if is_iter else batches(step)
+                state, metrics = self.train_step(state, frozen, batch, rule)
+                if not bool(_host(metrics["finite"])):
+                    where = (
+                        f"last good checkpoint: {self.ckpt.path(last_good)} (step {last_good})"
+                        if last_good is not None
+                        else "no checkpoint was written yet"
+                    )
+                    loss = float(_host(metrics["loss"]))
+                    raise TrainingDivergedError(
+                        f"{self.desc}: non-finite loss or gradient at step {step} (rule {rule!r}, "
+                        f"loss={loss}); the update was not applied; {where}. Lower the learning "
+                        "rate or check the data, then resume from that checkpoint."
+                    )
+                done = step + 1
+                bar.update(1)
+                if done % self.cfg.log_every == 0 or done == end:
+                    now = time.perf_counter()
+                    rec = {k: float(_host(v)) for k, v in metrics.items() if k != "finite"}
+                    rec["rule"] = rule
+                    rec["steps_per_sec"] = (done - n_last) / max(now - t_last, 1e-9)
+                    for g, sched in self.lr_schedules.items():
+                        rec[f"lr/{g}"] = float(sched(int(_host(state["counts"][g]))))
+                    t_last, n_last = now, done
+                    self.last_metrics = rec
+                    writer.write(done, rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+                    if on_log is not None:
+                        on_log(done, rec)
+                stopping = stop_after is not None and done == end and end < self.cfg.num_steps
+                if not stopping and (
+                    done % self.cfg.checkpoint_every == 0 or done == self.cfg.num_steps
+                ):
+                    self.save(state, batches.get_state() if is_iter else None)
+                    last_good = done
+        finally:
+            bar.close()
+        return state
