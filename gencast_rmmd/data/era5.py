@@ -1,0 +1,439 @@
+"""ERA5 access: open any ERA5-style store lazily and normalize it to the canonical schema.
+
+Sources: the ARCO-ERA5 Zarr on GCS (read anonymously through gcsfs, `token='anon'`), any local
+Zarr/NetCDF path, or any fsspec URL. Nothing is loaded eagerly: stores are opened with dask (the
+store's own chunks), and every step below (renaming, level/time selection, precipitation sums,
+regridding) stays lazy until a caller computes a slice.
+
+Canonical schema (docs/contracts.md): dims `time, level, lat, lon`; `lat` ascending in degrees,
+`lon` ascending in [0, 360); `level` in hPa (int); ERA5 long names; float32; statics with dims
+`(lat, lon)`; the four GenCast progress forcings (`year_progress_*` with dims `(time,)`,
+`day_progress_*` with dims `(time, lon)`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.data import regrid as regrid_lib
+from gencast_rmmd.data.config import DataConfig, GridConfig
+from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level, variable_kind
+from gencast_rmmd.errors import DataError
+
+# Seconds in GenCast's year for year progress (reference notes §3.2): the tropical year.
+AVG_SECONDS_PER_YEAR = 365.24219 * 86400.0
+SECONDS_PER_DAY = 86400.0
+
+_LAT_NAMES = ("lat", "latitude")
+_LON_NAMES = ("lon", "longitude")
+_LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
+_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
+
+PRECIP_12HR = "total_precipitation_12hr"
+PRECIP_HOURLY = "total_precipitation"
+SST = "sea_surface_temperature"
+
+
+# --------------------------------------------------------------------------------------------
+# Opening stores
+# --------------------------------------------------------------------------------------------
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+def open_store(
+    source: str | os.PathLike,
+    *,
+    token: str = "anon",
+    storage_options: dict | None = None,
+    trim_to_valid_range: bool = True,
+) -> xr.Dataset:
+    """Open a Zarr or NetCDF store lazily (dask arrays with the store's own chunks).
+
+    Args:
+      source: a local path (Zarr directory or NetCDF file), `file://` path, or an fsspec URL
+        (`gs://...` through gcsfs, `s3://`, `https://`, `memory://`).
+      token: gcsfs token for `gs://` URLs. The default "anon" reads public buckets such as
+        ARCO-ERA5 without credentials; pass e.g. "google_default" only when credentials are needed.
+      storage_options: extra fsspec options (merged over the token).
+      trim_to_valid_range: ARCO-ERA5 stores carry `valid_time_start`/`valid_time_stop` attrs (the
+        time axis is allocated beyond the filled data, which reads as NaN); trim to them.
+    Raises:
+      DataError: the path does not exist or is neither Zarr nor NetCDF.
+    """
+    source = os.fspath(source)
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if _is_url(source):
+        opts = dict(storage_options or {})
+        if source.startswith(("gs://", "gcs://")):
+            opts.setdefault("token", token)
+        try:
+            if source.endswith(_NETCDF_SUFFIXES):
+                import fsspec
+
+                ds = xr.open_dataset(
+                    fsspec.open(source, **opts).open(), engine="h5netcdf", chunks={}
+                )
+            else:
+                ds = xr.open_zarr(source, chunks={}, storage_options=opts or None)
+        except FileNotFoundError as e:
+            raise DataError(f"store {source!r} does not exist or is not readable ({e})") from None
+        except (ValueError, KeyError, OSError) as e:
+            raise DataError(
+                f"store {source!r}: expected a Zarr store or NetCDF file, could not open it ({e})"
+            ) from None
+    else:
+        path = pathlib.Path(source)
+        if not path.exists():
+            raise DataError(f"store path {source!r} does not exist")
+        ds = _open_local(path)
+    if trim_to_valid_range and "time" in ds.dims:
+        start = ds.attrs.get("valid_time_start")
+        stop = ds.attrs.get("valid_time_stop")
+        if start or stop:
+            ds = ds.sel(time=slice(start, stop))
+    return ds
+
+
+def _open_local(path: pathlib.Path) -> xr.Dataset:
+    if path.is_dir():
+        if not any((path / m).exists() for m in _ZARR_MARKERS):
+            raise DataError(
+                f"store path {str(path)!r} is a directory but not a Zarr store "
+                f"(expected one of {', '.join(_ZARR_MARKERS)} inside it)"
+            )
+        try:
+            return xr.open_zarr(path, chunks={})
+        except Exception as e:  # zarr raises a variety of errors for broken stores
+            raise DataError(f"store path {str(path)!r}: not a readable Zarr store ({e})") from None
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"\x89HDF") or magic.startswith(b"CDF"):
+        engine = "h5netcdf" if magic.startswith(b"\x89HDF") else "scipy"
+        try:
+            return xr.open_dataset(path, engine=engine, chunks={})
+        except ImportError as e:
+            raise DataError(
+                f"store path {str(path)!r} is a NetCDF4/HDF5 file; reading it needs h5py ({e})"
+            ) from None
+        except Exception as e:
+            raise DataError(f"store path {str(path)!r}: not a readable NetCDF file ({e})") from None
+    raise DataError(
+        f"store path {str(path)!r} is neither a Zarr store (directory) nor a NetCDF file "
+        f"(found a file starting with {magic[:4]!r})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Coordinates
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_coords(ds: xr.Dataset) -> xr.Dataset:
+    """Rename to `lat/lon/level`, sort `lat` ascending and `lon` into ascending [0, 360), level in hPa.
+
+    Accepts `latitude/longitude` (ARCO-ERA5, WeatherBench 2), descending latitude, longitudes in
+    [-180, 180), and levels in Pa (converted when the largest level exceeds 2000).
+    """
+    renames = {}
+    for canon, names in (("lat", _LAT_NAMES), ("lon", _LON_NAMES), ("level", _LEVEL_NAMES)):
+        present = [n for n in names if n in ds.dims or n in ds.coords]
+        if canon not in present and present:
+            renames[present[0]] = canon
+    if renames:
+        ds = ds.rename(renames)
+    if "lat" in ds.dims and ds.sizes["lat"] > 1:
+        lat = ds["lat"].values
+        if lat[0] > lat[-1]:
+            ds = ds.isel(lat=slice(None, None, -1))
+    if "lon" in ds.dims:
+        lon = ds["lon"].values.astype(np.float64)
+        wrapped = np.mod(lon, 360.0)
+        if not np.array_equal(wrapped, lon) or np.any(np.diff(wrapped) < 0):
+            ds = ds.assign_coords(lon=wrapped).sortby("lon")
+    if "level" in ds.dims:
+        lev = ds["level"].values.astype(np.float64)
+        if lev.size and lev.max() > 2000:  # Pa
+            lev = lev / 100.0
+        if np.allclose(lev, np.round(lev)):
+            ds = ds.assign_coords(level=np.round(lev).astype(np.int64))
+        else:
+            ds = ds.assign_coords(level=lev)
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Derived variables
+# --------------------------------------------------------------------------------------------
+
+
+def year_progress(times: np.ndarray) -> np.ndarray:
+    """Fraction of the (tropical) year elapsed: (seconds since 1970 / 86400 / 365.24219) mod 1.
+
+    As GenCast computes it (reference notes §3.2); times: datetime64 array; returns float64.
+    """
+    seconds = np.asarray(times).astype("datetime64[s]").astype(np.int64).astype(np.float64)
+    return np.mod(seconds / AVG_SECONDS_PER_YEAR, 1.0)
+
+
+def day_progress(times: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
+    """Local fraction of the day: (UTC seconds of day / 86400 + lon / 360) mod 1.
+
+    Returns [time, lon] float64 (GenCast's `day_progress` with dims (time, lon)).
+    """
+    seconds = np.asarray(times).astype("datetime64[s]").astype(np.int64)
+    utc = np.mod(seconds, 86400).astype(np.float64) / SECONDS_PER_DAY
+    return np.mod(utc[:, None] + np.asarray(lon_deg, np.float64)[None, :] / 360.0, 1.0)
+
+
+def progress_forcings(times: np.ndarray, lon_deg: np.ndarray) -> dict[str, xr.DataArray]:
+    """The four GenCast progress forcings as float32 DataArrays with GenCast's dims.
+
+    year_progress_sin/cos: (time,); day_progress_sin/cos: (time, lon). sin/cos of 2*pi*progress.
+    """
+    times = np.asarray(times)
+    yp = 2 * np.pi * year_progress(times)
+    dp = 2 * np.pi * day_progress(times, lon_deg)
+    coords_t = {"time": times}
+    coords_tl = {"time": times, "lon": np.asarray(lon_deg)}
+    return {
+        "year_progress_sin": xr.DataArray(np.sin(yp).astype(np.float32), coords_t, ("time",)),
+        "year_progress_cos": xr.DataArray(np.cos(yp).astype(np.float32), coords_t, ("time",)),
+        "day_progress_sin": xr.DataArray(np.sin(dp).astype(np.float32), coords_tl, ("time", "lon")),
+        "day_progress_cos": xr.DataArray(np.cos(dp).astype(np.float32), coords_tl, ("time", "lon")),
+    }
+
+
+def add_progress_forcings(ds: xr.Dataset, names: Iterable[str] | None = None) -> xr.Dataset:
+    """Add (or overwrite) the progress forcings computed from `ds.time` and `ds.lon`."""
+    forcings = progress_forcings(ds["time"].values, ds["lon"].values)
+    if names is not None:
+        forcings = {k: v for k, v in forcings.items() if k in set(names)}
+    for da in forcings.values():
+        da.attrs["units"] = "1"
+    return ds.assign(forcings)
+
+
+def _hour_of_day(times: np.ndarray) -> np.ndarray:
+    t = np.asarray(times).astype("datetime64[m]").astype(np.int64)
+    return np.mod(t, 24 * 60) / 60.0
+
+
+def precipitation_accumulation(
+    hourly: xr.DataArray, valid_times: np.ndarray, hours: int = 12
+) -> xr.DataArray:
+    """Sum of the `hours` hourly accumulations ending at each valid time (lazy).
+
+    ERA5's hourly `total_precipitation` at time t is the accumulation over (t-1h, t], so the 12 h
+    accumulation ending at t is the sum of the values at t-11h, ..., t. Valid times whose full
+    history is not in `hourly` are dropped (the caller sees fewer times).
+    """
+    times = hourly["time"].values
+    index = {t: i for i, t in enumerate(times.astype("datetime64[ns]"))}
+    keep, rows = [], []
+    for t in np.asarray(valid_times).astype("datetime64[ns]"):
+        idx = [index.get(t - np.timedelta64(k, "h")) for k in range(hours)]
+        if any(i is None for i in idx):
+            continue
+        keep.append(t)
+        rows.append(idx)
+    if not keep:
+        raise DataError(
+            f"{hourly.name}: need {hours} hourly accumulations before each valid time to build "
+            f"{PRECIP_12HR}; the store's times {times[:1]}..{times[-1:]} do not provide them"
+        )
+    rows_arr = np.asarray(rows)  # [n_valid, hours]
+    total = None
+    for k in range(hours):
+        part = hourly.isel(time=rows_arr[:, k]).assign_coords(time=np.asarray(keep))
+        total = part if total is None else total + part
+    total.name = PRECIP_12HR
+    total.attrs = {"units": "m", "long_name": f"total precipitation accumulated over {hours} h"}
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# The full normalization
+# --------------------------------------------------------------------------------------------
+
+
+def source_variables(task: TaskConfig) -> list[str]:
+    """ERA5 variables a task needs from a store (state + statics; forcings are computed)."""
+    names = set(task.input_variables) | set(task.target_variables) | set(task.static_variables)
+    return sorted(n for n in names if variable_kind(n) != "forcing")
+
+
+def select_times(ds: xr.Dataset, step_hours: int) -> np.ndarray:
+    """Times of `ds` on the `step_hours` grid of the day (00/12 UTC for 12 h), whole hours only."""
+    times = ds["time"].values
+    hours = _hour_of_day(times)
+    ok = (np.mod(hours, step_hours) == 0) & (hours == np.round(hours))
+    return times[ok]
+
+
+def canonicalize(
+    ds: xr.Dataset,
+    task: TaskConfig,
+    *,
+    grid: GridConfig | None = None,
+    time_start: str | np.datetime64 | None = None,
+    time_stop: str | np.datetime64 | None = None,
+) -> xr.Dataset:
+    """Turn an ERA5-style Dataset into the canonical store for `task` (lazy).
+
+    Steps: normalize coordinates; select the task's variables and pressure levels; select times on
+    the task's step grid (00/12 UTC from hourly data) within [time_start, time_stop]; build
+    `total_precipitation_12hr` from hourly `total_precipitation` when the store lacks it; drop the
+    time dim of statics (taking their first time); add the progress forcings; regrid; cast to
+    float32 with dims ordered (time, level, lat, lon).
+
+    Raises:
+      DataError: a variable or pressure level the task needs is missing, or the grid is unusable.
+    """
+    grid = grid or GridConfig()
+    ds = normalize_coords(ds)
+    for dim in ("time", "lat", "lon"):
+        if dim not in ds.dims:
+            raise DataError(
+                f"store has no {dim!r} dimension (dims found: {dict(ds.sizes)}); expected time, "
+                "lat/latitude, lon/longitude and level"
+            )
+    wanted = source_variables(task)
+    needs_precip = PRECIP_12HR in wanted
+    missing = [
+        v
+        for v in wanted
+        if v not in ds.data_vars and not (v == PRECIP_12HR and PRECIP_HOURLY in ds.data_vars)
+    ]
+    if missing:
+        raise DataError(
+            f"store lacks variable(s) {missing} needed by the task"
+            + (
+                f" ({PRECIP_12HR} can also be built from hourly {PRECIP_HOURLY})"
+                if needs_precip
+                else ""
+            )
+            + f"; variables found: {sorted(ds.data_vars)}"
+        )
+    if any(has_level(v) for v in wanted):
+        if "level" not in ds.dims:
+            raise DataError(
+                "store has no 'level' dimension but the task needs atmospheric variables"
+            )
+        have = set(np.asarray(ds["level"].values).tolist())
+        lacking = [lev for lev in task.pressure_levels if lev not in have]
+        if lacking:
+            raise DataError(
+                f"store lacks pressure level(s) {lacking} hPa; levels found: {sorted(have)}"
+            )
+
+    # Time selection (on the raw time axis so that precipitation can look back hourly).
+    times = ds["time"].values
+    if time_start is not None or time_stop is not None:
+        lo = np.datetime64(time_start, "ns") if time_start is not None else times.min()
+        hi = np.datetime64(time_stop, "ns") if time_stop is not None else times.max()
+    else:
+        lo, hi = times.min(), times.max()
+    valid = select_times(ds, task.step_hours)
+    valid = valid[(valid >= lo) & (valid <= hi)]
+
+    out: dict[str, xr.DataArray] = {}
+    if needs_precip and PRECIP_12HR not in ds.data_vars:
+        precip = precipitation_accumulation(ds[PRECIP_HOURLY], valid, hours=task.step_hours)
+        valid = precip["time"].values
+        out[PRECIP_12HR] = precip
+    if valid.size == 0:
+        raise DataError(
+            f"no times on the {task.step_hours} h grid between {lo} and {hi} in the store "
+            f"(store times {times.min()}..{times.max()})"
+        )
+    levels = list(task.pressure_levels)
+    for v in wanted:
+        if v in out:
+            continue
+        da = ds[v]
+        if variable_kind(v) == "static":
+            if "time" in da.dims:
+                da = da.isel(time=0, drop=True)
+            da = da.drop_vars([c for c in da.coords if c not in da.dims], errors="ignore")
+        else:
+            if "time" not in da.dims:
+                raise DataError(f"variable {v!r} has no time dim (dims {da.dims}); expected time")
+            da = da.sel(time=valid)
+        if has_level(v):
+            da = da.sel(level=levels)
+        elif "level" in da.dims:
+            raise DataError(f"surface variable {v!r} has a level dim {da.dims}")
+        out[v] = da
+    result = xr.Dataset(out)
+    result = result.drop_vars(
+        [c for c in result.coords if c not in ("time", "level", "lat", "lon")], errors="ignore"
+    )
+    if "level" in result.dims:
+        result = result.assign_coords(level=np.asarray(levels, dtype=np.int64))
+    result = regrid_dataset(result, grid)
+    result = add_progress_forcings(
+        result,
+        [n for n in task.forcing_variables + task.input_variables if variable_kind(n) == "forcing"],
+    )
+    result = _order_and_cast(result)
+    result.attrs = {"gencast_rmmd_canonical": 1}
+    for name, da in result.data_vars.items():
+        da.attrs.setdefault("units", VARIABLES[name][1] if name in VARIABLES else "")
+    return result
+
+
+def _order_and_cast(ds: xr.Dataset) -> xr.Dataset:
+    order = [d for d in ("time", "level", "lat", "lon") if d in ds.dims]
+    out = {}
+    for name, da in ds.data_vars.items():
+        dims = [d for d in order if d in da.dims] + [d for d in da.dims if d not in order]
+        da = da.transpose(*dims)
+        if da.dtype != np.float32:
+            da = da.astype(np.float32)
+        out[name] = da
+    return xr.Dataset(out, attrs=ds.attrs)
+
+
+def regrid_dataset(ds: xr.Dataset, grid: GridConfig) -> xr.Dataset:
+    """Apply the configured horizontal regridding (lazy)."""
+    if grid.method == "none":
+        return ds
+    if grid.method == "subsample":
+        return regrid_lib.subsample(ds, grid.subsample_factor)
+    return regrid_lib.conservative(
+        ds, regrid_lib.equiangular_grid(grid.lat_points, grid.lon_points, grid.with_poles)
+    )
+
+
+def open_canonical(cfg: DataConfig, *, source: str | None = None) -> xr.Dataset:
+    """Open `cfg.source` (or `source`) and canonicalize it for `cfg.task` (lazy).
+
+    For the `embedded` source this opens the cached nature run (building it on first use).
+    """
+    src = source or cfg.source
+    if src == "embedded":
+        from gencast_rmmd.data.nature_run import embedded_store
+
+        src = str(embedded_store(cfg.nature_run))
+    ds = open_store(src, token=cfg.token)
+    return canonicalize(
+        ds, cfg.task, grid=cfg.grid, time_start=cfg.time_start, time_stop=cfg.time_stop
+    )
+
+
+def fill_sst(ds: xr.Dataset, min_stats: xr.Dataset | None) -> xr.Dataset:
+    """Fill `sea_surface_temperature` NaNs (land) with `min_by_level` (GenCast's NaNCleaner)."""
+    if SST not in ds or min_stats is None:
+        return ds
+    fill = float(np.asarray(min_stats[SST]))
+    return ds.assign({SST: ds[SST].fillna(fill)})

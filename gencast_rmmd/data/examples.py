@@ -1,0 +1,410 @@
+"""Training examples and the streaming loader.
+
+An example at init time t (GenCast's training setup, reference notes §3.2):
+- inputs: every input variable at the `input_frames` times t - (F-1)*step, ..., t (statics once);
+- forcings: the forcing variables at t + step;
+- targets: the target variables at t + step.
+Inputs and forcings are normalized with mean/stddev by level; targets are normalized residuals
+(target minus the newest input frame, divided by the diffs stddev; targets that are not inputs use
+mean/stddev), via `gencast_rmmd.data.normalization`. Sea-surface-temperature NaNs (land) are
+filled with `min_by_level` in physical space first, as GenCast's NaNCleaner does.
+
+Channel order comes from `task.layout` only: `stack`/`unstack` turn xarray data into
+`[lat, lon, C]` arrays and back following the layout's channel list.
+
+`ExampleSource` is a grain random-access source that reads single examples from the Zarr store
+(one slice of a few times per variable; nothing else is held in memory). `make_loader` wraps it in
+a grain `DataLoader`: deterministic shuffling per seed, sharding by JAX process, batching, prefetch
+threads, and an iterator whose `get_state()`/`set_state()` resume exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.data import normalization as nz
+from gencast_rmmd.data.task import Channel, TaskConfig, has_level, variable_kind
+from gencast_rmmd.errors import DataError
+
+SST = "sea_surface_temperature"
+
+# --------------------------------------------------------------------------------------------
+# Stacking: the only code that maps variables to channels (it follows the layout's channel list)
+# --------------------------------------------------------------------------------------------
+
+
+def _standard_array(da: xr.DataArray) -> np.ndarray:
+    """DataArray -> float32 numpy [time, level, lat, lon], size-1 axes for absent dims."""
+    dims = ("time", "level", "lat", "lon")
+    extra = [d for d in da.dims if d not in dims]
+    if extra:
+        raise DataError(f"variable {da.name!r} has unexpected dims {extra} (allowed: {dims})")
+    da = da.transpose(*[d for d in dims if d in da.dims])
+    x = np.asarray(da.values, dtype=np.float32)
+    shape = [da.sizes[d] if d in da.dims else 1 for d in dims]
+    return x.reshape(shape)
+
+
+def stack_arrays(
+    arrays: Mapping[str, np.ndarray],
+    channels: Sequence[Channel],
+    levels: Sequence[int],
+    frame_offset: int = 0,
+    lat_lon: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Gather channels from per-variable arrays into `[lat, lon, C]` float32.
+
+    Args:
+      arrays: var -> [time, level, lat, lon] (size-1 axes where a dim is absent; statics and
+        forcings are broadcast over missing lat/lon).
+      channels: (variable, frame, level) in the wanted order (e.g. `task.layout.inputs`).
+      levels: the level coordinate of the arrays' level axis (hPa).
+      frame_offset: time index of frame 0 in the arrays' time axis.
+      lat_lon: output grid size; inferred from the first array with lat/lon when None.
+    """
+    level_pos = {int(lev): i for i, lev in enumerate(levels)}
+    if lat_lon is None:
+        lat_lon = next((a.shape[2], a.shape[3]) for a in arrays.values() if a.shape[2] > 1)
+    n_lat, n_lon = lat_lon
+    out = np.empty((len(channels), n_lat, n_lon), dtype=np.float32)
+    i = 0
+    while i < len(channels):
+        var = channels[i][0]
+        j = i
+        while j < len(channels) and channels[j][0] == var:
+            j += 1
+        a = arrays[var]
+        static = a.shape[0] == 1 and variable_kind(var) == "static"
+        t_idx = np.array([0 if static else frame_offset + f for _, f, _ in channels[i:j]])
+        l_idx = np.array([0 if lev is None else level_pos[int(lev)] for _, _, lev in channels[i:j]])
+        out[i:j] = np.broadcast_to(a[t_idx, l_idx], (j - i, n_lat, n_lon))
+        i = j
+    return np.moveaxis(out, 0, -1)
+
+
+def stack(ds: xr.Dataset, channels: Sequence[Channel], frame_offset: int = 0) -> np.ndarray:
+    """Stack a Dataset (dims among time, level, lat, lon) into `[lat, lon, C]` per `channels`.
+
+    Frame f of a channel reads `time` index `frame_offset + f` of `ds` (statics have no time).
+    """
+    names = list(dict.fromkeys(c[0] for c in channels))
+    missing = [n for n in names if n not in ds]
+    if missing:
+        raise DataError(f"cannot stack: dataset lacks {missing}")
+    arrays = {n: _standard_array(ds[n]) for n in names}
+    levels = ds["level"].values if "level" in ds.coords else ()
+    return stack_arrays(arrays, channels, levels, frame_offset, (ds.sizes["lat"], ds.sizes["lon"]))
+
+
+def unstack(
+    x: np.ndarray,
+    channels: Sequence[Channel],
+    lat: np.ndarray,
+    lon: np.ndarray,
+    times: np.ndarray | None = None,
+) -> xr.Dataset:
+    """Inverse of `stack`: `[..., lat, lon, C]` -> Dataset.
+
+    Each variable gets dims (`batch`..., `time`, `level`, `lat`, `lon`) with `time` of length
+    (number of frames) for time-varying variables (coordinate `times` when given) and no `time`
+    for statics; leading array dims are named batch, batch_1, ...
+    """
+    x = np.asarray(x)
+    lead = x.shape[:-3]
+    lead_dims = tuple("batch" if k == 0 else f"batch_{k}" for k in range(len(lead)))
+    data = {}
+    levels_all = sorted({lev for _, _, lev in channels if lev is not None})
+    for var in dict.fromkeys(c[0] for c in channels):
+        idx = [i for i, c in enumerate(channels) if c[0] == var]
+        frames = sorted({channels[i][1] for i in idx})
+        levs = sorted({channels[i][2] for i in idx}, key=lambda v: -1 if v is None else v)
+        has_lev = levs != [None]
+        static = variable_kind(var) == "static"
+        shape = lead + (len(frames),) + ((len(levs),) if has_lev else ()) + x.shape[-3:-1]
+        arr = np.empty(shape, dtype=x.dtype)
+        for i in idx:
+            _, f, lev = channels[i]
+            key = (slice(None),) * len(lead) + (frames.index(f),)
+            key += (levs.index(lev),) if has_lev else ()
+            arr[key] = x[..., i]
+        dims = lead_dims + ("time",) + (("level",) if has_lev else ()) + ("lat", "lon")
+        if static:
+            arr = arr[(slice(None),) * len(lead) + (0,)]
+            dims = tuple(d for d in dims if d != "time")
+        data[var] = (dims, arr)
+    coords: dict[str, Any] = {"lat": np.asarray(lat), "lon": np.asarray(lon)}
+    if levels_all:
+        coords["level"] = np.asarray(levels_all, dtype=np.int64)
+    ds = xr.Dataset(data, coords=coords)
+    if times is not None:
+        ds = ds.assign_coords(time=np.asarray(times))
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# Physical windows (rollouts and truth)
+# --------------------------------------------------------------------------------------------
+
+
+def _time_index(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    pos = {t: i for i, t in enumerate(np.asarray(times).astype("datetime64[ns]"))}
+    idx = []
+    for t in np.asarray(wanted).astype("datetime64[ns]"):
+        if t not in pos:
+            raise DataError(f"time {t} is not in the store (times {times[0]}..{times[-1]})")
+        idx.append(pos[t])
+    return np.asarray(idx)
+
+
+def physical_window(
+    ds: xr.Dataset,
+    task: TaskConfig,
+    init_time,
+    lead_steps: int,
+    sst_fill: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Physical (unnormalized) arrays around `init_time` for a rollout of `lead_steps` steps.
+
+    Returns (inputs [lat, lon, C_in] at the input frames ending at init_time,
+    forcings [lead_steps, lat, lon, C_f] and targets [lead_steps, lat, lon, C_out] at
+    init_time + k*step, k = 1..lead_steps), float32 in layout order. `sst_fill` replaces SST NaNs
+    (pass `float(stats["min"]["sea_surface_temperature"])`); without it NaNs are kept.
+    """
+    lay = task.layout
+    step = np.timedelta64(task.step_hours, "h")
+    t0 = np.datetime64(init_time, "ns")
+    in_times = t0 + step * np.arange(-(task.input_frames - 1), 1)
+    out_times = t0 + step * np.arange(1, lead_steps + 1)
+    times = ds["time"].values
+    need_vars = sorted({c[0] for c in lay.inputs + lay.targets + lay.forcings})
+    sub = ds[need_vars]
+    if sst_fill is not None and SST in sub:
+        sub = sub.assign({SST: sub[SST].fillna(sst_fill)})
+    inp = sub.isel(time=_time_index(times, in_times))
+    inputs = stack(inp, lay.inputs)
+    lat_lon = (ds.sizes["lat"], ds.sizes["lon"])
+    if lead_steps:
+        tgt = sub.isel(time=_time_index(times, out_times))
+        forcings = np.stack([stack(tgt, lay.forcings, k) for k in range(lead_steps)])
+        targets = np.stack([stack(tgt, lay.targets, k) for k in range(lead_steps)])
+    else:
+        forcings = np.zeros((0, *lat_lon, lay.n_forcings), np.float32)
+        targets = np.zeros((0, *lat_lon, lay.n_targets), np.float32)
+    return inputs, forcings, targets
+
+
+# --------------------------------------------------------------------------------------------
+# The random-access source
+# --------------------------------------------------------------------------------------------
+
+
+def valid_init_times(times: np.ndarray, task: TaskConfig) -> np.ndarray:
+    """Init times t whose input frames and t + step are all in `times` (gaps are respected)."""
+    t = np.asarray(times).astype("datetime64[ns]")
+    have = set(t.tolist())
+    step = np.timedelta64(task.step_hours, "h").astype("timedelta64[ns]")
+    offsets = [k * step for k in range(-(task.input_frames - 1), 2)]
+    return np.array(
+        [x for x in t if all((x + o).astype("datetime64[ns]").tolist() in have for o in offsets)],
+        dtype="datetime64[ns]",
+    )
+
+
+class ExampleSource:
+    """grain `RandomAccessDataSource` of normalized examples read from a canonical Zarr store.
+
+    Args:
+      store: path of the canonical Zarr store (see `gencast_rmmd.data.era5.canonicalize`).
+      task: the task; its variables and levels must be in the store.
+      stats: `load_stats(...)` dict (mean, stddev, diffs_stddev, min) or a stats dir path.
+      times: init times to serve (datetime64); default every valid init time in the store.
+    Each item is a dict of numpy arrays: inputs [lat, lon, C_in] float32, forcings
+    [lat, lon, C_f] float32, targets [lat, lon, C_out] float32 (normalized residuals), and
+    time (int64 ns since 1970, the init time t).
+    """
+
+    def __init__(self, store, task: TaskConfig, stats, times=None):
+        from gencast_rmmd.data.stats import load_stats
+
+        self.store = str(store)
+        self.task = task
+        if isinstance(stats, str | os.PathLike):
+            stats = load_stats(stats)
+        self.layout = task.layout
+        self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
+        self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
+        if not pathlib.Path(self.store).exists():
+            raise DataError(f"store path {self.store!r} does not exist")
+        with xr.open_zarr(self.store, chunks=None, consolidated=None) as ds:
+            self._times = ds["time"].values.astype("datetime64[ns]")
+            self._levels = np.asarray(ds["level"].values) if "level" in ds.coords else np.array([])
+            self.lat = ds["lat"].values
+            self.lon = ds["lon"].values
+            self._var_dims = {}
+            self._names = sorted(
+                {c[0] for c in self.layout.inputs + self.layout.targets + self.layout.forcings}
+            )
+            missing = [n for n in self._names if n not in ds]
+            if missing:
+                raise DataError(
+                    f"store {self.store!r} lacks variables {missing} needed by the task"
+                )
+            for n in self._names:
+                self._var_dims[n] = ds[n].dims
+                if has_level(n):
+                    lacking = [
+                        lv for lv in task.pressure_levels if lv not in set(self._levels.tolist())
+                    ]
+                    if lacking:
+                        raise DataError(
+                            f"store {self.store!r} lacks levels {lacking} hPa for {n!r}"
+                        )
+        valid = valid_init_times(self._times, task)
+        if times is not None:
+            want = np.asarray(times).astype("datetime64[ns]")
+            bad = np.setdiff1d(want, valid)
+            if bad.size:
+                raise DataError(
+                    f"{bad.size} requested init time(s) lack their input/target times in the "
+                    f"store, e.g. {bad[0]}"
+                )
+            valid = want
+        self.init_times = valid
+        self._pos = {t: i for i, t in enumerate(self._times.tolist())}
+        self._level_index = (
+            np.array(
+                [int(np.nonzero(self._levels == lv)[0][0]) for lv in task.pressure_levels],
+                dtype=int,
+            )
+            if len(self._levels)
+            else np.array([], dtype=int)
+        )
+        self._arrays = None
+        self._statics = None
+
+    def __len__(self) -> int:
+        return int(self.init_times.size)
+
+    def __repr__(self) -> str:
+        return f"ExampleSource({self.store!r}, {len(self)} examples)"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arrays"] = None  # zarr handles are re-opened in each worker
+        return state
+
+    def _open(self):
+        import zarr
+
+        group = zarr.open_group(self.store, mode="r")
+        self._arrays = {n: group[n] for n in self._names}
+        self._statics = {}
+        for n in self._names:
+            if "time" not in self._var_dims[n]:
+                self._statics[n] = self._standardize(n, np.asarray(self._arrays[n][...]))
+
+    def _standardize(self, name: str, x: np.ndarray) -> np.ndarray:
+        dims = self._var_dims[name]
+        if "level" in dims:
+            x = np.take(x, self._level_index, axis=dims.index("level"))
+        order = [d for d in ("time", "level", "lat", "lon") if d in dims]
+        x = np.transpose(x, [dims.index(d) for d in order])
+        shape = []
+        k = 0
+        for d in ("time", "level", "lat", "lon"):
+            if d in dims:
+                shape.append(x.shape[k])
+                k += 1
+            else:
+                shape.append(1)
+        return np.asarray(x, dtype=np.float32).reshape(shape)
+
+    def read_physical(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Physical (inputs, forcings, targets) of example `index`, SST NaNs filled."""
+        if self._arrays is None:
+            self._open()
+        t = self.init_times[index]
+        i = self._pos[t.tolist()]
+        lo = i - (self.task.input_frames - 1)
+        hi = i + 2  # one target step
+        arrays = {}
+        for n in self._names:
+            if n in self._statics:
+                arrays[n] = self._statics[n]
+                continue
+            dims = self._var_dims[n]
+            sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
+            x = self._standardize(n, np.asarray(self._arrays[n][sl]))
+            if n == SST and self.sst_fill is not None:
+                x = np.where(np.isnan(x), np.float32(self.sst_fill), x)
+            arrays[n] = x
+        lay = self.layout
+        levels = np.asarray(self.task.pressure_levels)
+        ll = (self.lat.size, self.lon.size)
+        inputs = stack_arrays(arrays, lay.inputs, levels, 0, ll)
+        last = self.task.input_frames
+        forcings = stack_arrays(arrays, lay.forcings, levels, last, ll)
+        targets = stack_arrays(arrays, lay.targets, levels, last, ll)
+        return inputs, forcings, targets
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"example index {index} out of range [0, {len(self)})")
+        inputs, forcings, targets = self.read_physical(index)
+        return {
+            "inputs": nz.normalize_inputs(self.norm, inputs).astype(np.float32),
+            "forcings": nz.normalize_forcings(self.norm, forcings).astype(np.float32),
+            "targets": nz.residual_targets(self.norm, targets, inputs).astype(np.float32),
+            "time": np.int64(self.init_times[index].astype("datetime64[ns]").astype(np.int64)),
+        }
+
+
+def make_loader(
+    source: ExampleSource,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    num_threads: int = 4,
+    prefetch_buffer_size: int = 16,
+    shard_by_process: bool = True,
+    drop_remainder: bool = True,
+):
+    """A grain `DataLoader` of batches `{inputs [B, lat, lon, C_in], forcings, targets, time [B]}`.
+
+    Deterministic for a given seed (the order depends only on seed, epoch and shard), sharded over
+    JAX processes (`jax.process_index()`/`process_count()`) when `shard_by_process`, reading with
+    `num_threads` threads and `prefetch_buffer_size` examples ahead (`worker_count` > 0 adds
+    worker processes). `iter(loader)` gives an iterator with `get_state()` / `set_state(state)`
+    (bytes; store it with the training checkpoint to resume at the exact batch).
+    """
+    import grain.python as grain
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    shard = grain.ShardByJaxProcess(drop_remainder=True) if shard_by_process else grain.NoSharding()
+    sampler = grain.IndexSampler(
+        num_records=len(source),
+        shard_options=shard,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed,
+    )
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=[grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder)],
+        worker_count=worker_count,
+        read_options=grain.ReadOptions(
+            num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size
+        ),
+    )

@@ -1,0 +1,229 @@
+"""Normalization statistics with GenCast's names, dims and meaning (reference notes §3.3).
+
+Four Datasets, keyed by variable name; atmospheric variables have a `level` dim, everything else
+is a scalar:
+
+- `mean_by_level`: mean over time, lat and lon (and any other non-level dim);
+- `stddev_by_level`: standard deviation over the same dims (population, ddof=0);
+- `diffs_stddev_by_level`: standard deviation of the 12 h differences x(t + 12 h) - x(t), over
+  all pairs of store times exactly one step apart (a gap in the series contributes no pair);
+  statics do not change, so their value is 0 (normalization then uses unit scale);
+- `min_by_level`: the minimum (used only to fill sea-surface-temperature NaNs over land).
+
+Means are plain (not area-weighted) averages over grid points; NaNs are skipped. The computation
+is streaming: `chunk_moments` reduces one chunk of times to partial moments (count, mean, M2,
+min), `merge_moments` combines two partials with Chan et al.'s parallel update (exact, stable),
+and `finalize` turns them into the four Datasets. `pipelines/stats.py` runs the same functions
+under Apache Beam; `compute_stats` runs them in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.errors import DataError
+
+STATS_FILES = {
+    "mean": "mean_by_level.nc",
+    "stddev": "stddev_by_level.nc",
+    "diffs_stddev": "diffs_stddev_by_level.nc",
+    "min": "min_by_level.nc",
+}
+
+
+@dataclasses.dataclass
+class Moments:
+    """Partial moments per variable: dict name -> arrays of shape [n_level] or [] (float64).
+
+    count: number of finite values; mean: their mean; m2: sum of squared deviations from the mean;
+    minimum: their minimum (+inf when count is 0). `levels` holds the level coordinate (or None).
+    """
+
+    count: dict[str, np.ndarray]
+    mean: dict[str, np.ndarray]
+    m2: dict[str, np.ndarray]
+    minimum: dict[str, np.ndarray]
+    levels: dict[str, np.ndarray | None]
+
+
+def _reduce_var(da: xr.DataArray):
+    x = np.asarray(da.values, dtype=np.float64)
+    if "level" in da.dims:
+        x = np.moveaxis(x, da.dims.index("level"), 0).reshape(da.sizes["level"], -1)
+        levels = np.asarray(da["level"].values)
+    else:
+        x = x.reshape(1, -1)
+        levels = None
+    valid = np.isfinite(x)
+    n = valid.sum(axis=1).astype(np.float64)
+    x0 = np.where(valid, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, x0.sum(axis=1) / np.maximum(n, 1), 0.0)
+    dev = np.where(valid, x - mean[:, None], 0.0)
+    m2 = (dev**2).sum(axis=1)
+    mn = np.where(valid, x, np.inf).min(axis=1)
+    if levels is None:
+        n, mean, m2, mn = n[0], mean[0], m2[0], mn[0]
+    return n, mean, m2, mn, levels
+
+
+def chunk_moments(ds: xr.Dataset) -> Moments:
+    """Partial moments of every data variable of `ds` (reduced over all dims except `level`)."""
+    out = Moments({}, {}, {}, {}, {})
+    for name, da in ds.data_vars.items():
+        n, mean, m2, mn, levels = _reduce_var(da)
+        out.count[name], out.mean[name], out.m2[name], out.minimum[name] = n, mean, m2, mn
+        out.levels[name] = levels
+    return out
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Combine two partials (Chan, Golub & LeVeque 1979 parallel variance update)."""
+    out = Moments({}, {}, {}, {}, {})
+    for name in sorted(set(a.count) | set(b.count)):
+        if name not in a.count:
+            for f in ("count", "mean", "m2", "minimum", "levels"):
+                getattr(out, f)[name] = getattr(b, f)[name]
+            continue
+        if name not in b.count:
+            for f in ("count", "mean", "m2", "minimum", "levels"):
+                getattr(out, f)[name] = getattr(a, f)[name]
+            continue
+        na, nb = a.count[name], b.count[name]
+        n = na + nb
+        delta = b.mean[name] - a.mean[name]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
+        out.count[name] = n
+        out.mean[name] = a.mean[name] + delta * frac
+        out.m2[name] = a.m2[name] + b.m2[name] + delta**2 * na * frac
+        out.minimum[name] = np.minimum(a.minimum[name], b.minimum[name])
+        out.levels[name] = a.levels[name]
+    return out
+
+
+def _to_dataset(values: dict[str, np.ndarray], levels: dict[str, np.ndarray | None]) -> xr.Dataset:
+    data = {}
+    for name, v in values.items():
+        if levels[name] is None:
+            data[name] = xr.DataArray(np.float64(v))
+        else:
+            data[name] = xr.DataArray(
+                np.asarray(v), dims=("level",), coords={"level": levels[name]}
+            )
+    return xr.Dataset(data)
+
+
+def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
+    """The four stats Datasets from the moments of the values and of the 12 h differences.
+
+    Variables absent from `diffs` (statics) get a diffs stddev of 0.
+    """
+    for name, n in values.count.items():
+        if np.any(np.asarray(n) == 0):
+            raise DataError(f"statistics: variable {name!r} has no finite values")
+    std = {k: np.sqrt(values.m2[k] / values.count[k]) for k in values.count}
+    dstd = {}
+    for k in values.count:
+        if k in diffs.count and np.all(np.asarray(diffs.count[k]) > 0):
+            dstd[k] = np.sqrt(diffs.m2[k] / diffs.count[k])
+        else:
+            dstd[k] = np.zeros_like(np.asarray(values.mean[k]))
+    return {
+        "mean": _to_dataset(values.mean, values.levels),
+        "stddev": _to_dataset(std, values.levels),
+        "diffs_stddev": _to_dataset(dstd, values.levels),
+        "min": _to_dataset(values.minimum, values.levels),
+    }
+
+
+def time_differences(ds: xr.Dataset, step_hours: int = 12) -> xr.Dataset:
+    """x(t + step) - x(t) for every pair of store times exactly `step_hours` apart (time-varying
+    variables only), labelled by the later time."""
+    tv = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
+    times = tv["time"].values
+    if times.size < 2:
+        return tv.isel(time=slice(0, 0))
+    ok = np.nonzero((times[1:] - times[:-1]) == np.timedelta64(step_hours, "h"))[0]
+    later = tv.isel(time=ok + 1)
+    earlier = tv.isel(time=ok).assign_coords(time=later["time"].values)
+    return later - earlier
+
+
+def compute_stats(
+    ds: xr.Dataset, step_hours: int = 12, chunk_size: int = 64
+) -> dict[str, xr.Dataset]:
+    """In-process streaming statistics over `ds` in chunks of `chunk_size` times."""
+    n = ds.sizes.get("time", 0)
+    if n == 0:
+        raise DataError("statistics: the store has no times")
+    values = None
+    diffs = None
+    statics = ds[[k for k, v in ds.data_vars.items() if "time" not in v.dims]]
+    if statics.data_vars:
+        values = chunk_moments(statics.load())
+    timed = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
+    for start in range(0, n, chunk_size):
+        block = timed.isel(time=slice(start, start + chunk_size)).load()
+        m = chunk_moments(block)
+        values = m if values is None else merge_moments(values, m)
+        # Differences inside this block and across its boundary with the previous one.
+        lo = max(start - 1, 0)
+        pair = timed.isel(time=slice(lo, start + chunk_size)).load()
+        d = time_differences(pair, step_hours)
+        if d.sizes.get("time", 0):
+            dm = chunk_moments(d)
+            diffs = dm if diffs is None else merge_moments(diffs, dm)
+    return finalize(values, diffs or Moments({}, {}, {}, {}, {}))
+
+
+def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> pathlib.Path:
+    """Write the four NetCDF files into `out_dir` (each to a temp name, then moved into place)."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, fname in STATS_FILES.items():
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{fname}.", suffix=".tmp")
+        os.close(fd)
+        ds = stats[key]
+        if "level" in ds.coords:  # NetCDF3 has no int64
+            ds = ds.assign_coords(level=ds["level"].values.astype(np.int32))
+        # NetCDF3 through scipy: readable everywhere, no HDF5 library needed.
+        ds.to_netcdf(tmp, engine="scipy")
+        os.replace(tmp, out / fname)
+    return out
+
+
+def load_stats(stats_dir: str | os.PathLike) -> dict[str, xr.Dataset]:
+    """Read the stats dir: dict(mean=, stddev=, diffs_stddev=, min=) of in-memory Datasets.
+
+    Raises DataError naming the missing file(s).
+    """
+    d = pathlib.Path(stats_dir)
+    if not d.is_dir():
+        raise DataError(
+            f"stats dir {str(d)!r} does not exist (expected {sorted(STATS_FILES.values())})"
+        )
+    missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
+    if missing:
+        raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")
+    out = {}
+    for key, fname in STATS_FILES.items():
+        with open(d / fname, "rb") as f:
+            engine = "h5netcdf" if f.read(4).startswith(b"\x89HDF") else "scipy"
+        try:
+            with xr.open_dataset(d / fname, engine=engine) as ds:
+                ds = ds.load()
+        except ImportError as e:
+            raise DataError(
+                f"{d / fname}: a NetCDF4/HDF5 file; reading it needs h5py ({e})"
+            ) from None
+        if "level" in ds.coords:
+            ds = ds.assign_coords(level=ds["level"].values.astype(np.int64))
+        out[key] = ds
+    return out

@@ -1,0 +1,155 @@
+"""Opening ERA5-style stores and normalizing them on read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from data_synthetic import SMALL_TASK, arco_style_ds
+
+from gencast_rmmd.data import era5
+from gencast_rmmd.data.config import GridConfig
+from gencast_rmmd.errors import DataError
+
+
+def test_progress_forcings_match_gencast_formulas():
+    t = np.array(["1970-01-01T00", "2020-06-15T12", "2021-03-01T06"], dtype="datetime64[ns]")
+    lon = np.array([0.0, 90.0, 270.0])
+    secs = t.astype("datetime64[s]").astype(np.int64).astype(float)
+    yp = np.mod(secs / 86400 / 365.24219, 1)
+    np.testing.assert_allclose(era5.year_progress(t), yp)
+    dp = era5.day_progress(t, lon)
+    np.testing.assert_allclose(dp[1], np.mod(0.5 + lon / 360, 1))
+    np.testing.assert_allclose(dp[2], np.mod(0.25 + lon / 360, 1))
+    f = era5.progress_forcings(t, lon)
+    assert f["year_progress_sin"].dims == ("time",) and f["day_progress_cos"].dims == (
+        "time",
+        "lon",
+    )
+    np.testing.assert_allclose(f["day_progress_sin"].values, np.sin(2 * np.pi * dp), atol=1e-6)
+    np.testing.assert_allclose(f["year_progress_cos"].values, np.cos(2 * np.pi * yp), atol=1e-6)
+
+
+def test_normalize_coords_arco_style():
+    ds = arco_style_ds()
+    out = era5.normalize_coords(ds)
+    assert "lat" in out.dims and "lon" in out.dims and "latitude" not in out.dims
+    assert np.all(np.diff(out.lat.values) > 0)
+    # values move with their latitude
+    np.testing.assert_array_equal(
+        out["2m_temperature"].sel(lat=90).values, ds["2m_temperature"].sel(latitude=90).values
+    )
+
+
+def test_normalize_coords_pa_levels_and_negative_lons():
+    ds = xr.Dataset(
+        {"t": (("level", "lon"), np.arange(6.0).reshape(2, 3))},
+        coords={"level": [50000.0, 85000.0], "lon": [-90.0, 0.0, 90.0]},
+    )
+    out = era5.normalize_coords(ds)
+    assert out.level.values.tolist() == [500, 850]
+    assert out.lon.values.tolist() == [0.0, 90.0, 270.0]
+    assert out["t"].sel(lon=270.0).values.tolist() == [0.0, 3.0]
+
+
+def test_precipitation_is_sum_of_12_hourly_values_ending_at_valid_time():
+    ds = era5.normalize_coords(arco_style_ds(hours=60))
+    valid = ds.time.values[::12]
+    acc = era5.precipitation_accumulation(ds["total_precipitation"], valid)
+    # first valid time (00 UTC day 1) lacks history; the next ones exist
+    assert acc.time.values[0] == ds.time.values[12]
+    t = acc.time.values[1]
+    i = int(np.nonzero(ds.time.values == t)[0][0])
+    brute = ds["total_precipitation"].values[i - 11 : i + 1].sum(axis=0)
+    np.testing.assert_allclose(acc.sel(time=t).values, brute, rtol=1e-6)
+
+
+def test_canonicalize_arco_style_store():
+    ds = arco_style_ds(hours=72).chunk({"time": 1})
+    out = era5.canonicalize(ds, SMALL_TASK)
+    hours = (out.time.values.astype("datetime64[h]").astype(int)) % 24
+    assert set(hours.tolist()) <= {0, 12}
+    assert out.time.values[0] == np.datetime64("2020-01-01T12")  # 00 UTC lacks precip history
+    assert out.level.values.tolist() == [500, 850]
+    assert "specific_humidity" not in out and "toa_incident_solar_radiation" not in out
+    assert out["land_sea_mask"].dims == ("lat", "lon")
+    assert out["temperature"].dims == ("time", "level", "lat", "lon")
+    assert out["day_progress_sin"].dims == ("time", "lon")
+    assert all(v.dtype == np.float32 for v in out.data_vars.values())
+    assert np.all(np.diff(out.lat.values) > 0)
+    # lazy: dask-backed until computed
+    assert out["temperature"].chunks is not None
+    src = era5.normalize_coords(ds)
+    np.testing.assert_array_equal(
+        out["temperature"].sel(time="2020-01-02T00", level=500).values,
+        src["temperature"].sel(time="2020-01-02T00", level=500).values,
+    )
+
+
+def test_canonicalize_subsample_and_conservative():
+    ds = arco_style_ds(hours=30, n_lat=9, n_lon=16)
+    sub = era5.canonicalize(ds, SMALL_TASK, grid=GridConfig(method="subsample", subsample_factor=4))
+    assert sub.lat.values.tolist() == [-90.0, 0.0, 90.0] and sub.sizes["lon"] == 4
+    cons = era5.canonicalize(
+        ds, SMALL_TASK, grid=GridConfig(method="conservative", lat_points=4, lon_points=8)
+    )
+    np.testing.assert_allclose(cons.lat.values, [-67.5, -22.5, 22.5, 67.5])
+    assert cons.sizes["lon"] == 8 and cons["day_progress_sin"].sizes["lon"] == 8
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda d: d.drop_vars("temperature"), "lacks variable"),
+        (lambda d: d.sel(level=[1, 50, 100]), "lacks pressure level"),
+        (lambda d: d.drop_vars(["total_precipitation"]), "total_precipitation_12hr"),
+    ],
+)
+def test_canonicalize_errors(mutate, fragment):
+    with pytest.raises(DataError, match=fragment):
+        era5.canonicalize(mutate(arco_style_ds(hours=30)), SMALL_TASK)
+
+
+def test_open_store_paths(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        era5.open_store(tmp_path / "nope.zarr")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(DataError, match="not a Zarr store"):
+        era5.open_store(tmp_path / "empty_dir")
+    (tmp_path / "junk.bin").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="neither a Zarr store"):
+        era5.open_store(tmp_path / "junk.bin")
+    ds = arco_style_ds(hours=24)
+    ds.to_zarr(tmp_path / "a.zarr", consolidated=False)
+    small = ds.isel(time=slice(0, 5))
+    small.assign_coords(level=small.level.values.astype("int32")).to_netcdf(
+        tmp_path / "a.nc", engine="scipy"
+    )
+    z = era5.open_store(tmp_path / "a.zarr")
+    assert z["temperature"].chunks is not None  # lazy
+    n = era5.open_store(tmp_path / "a.nc")
+    assert n.sizes["time"] == 5
+
+
+def test_open_store_trims_to_valid_range(tmp_path):
+    ds = arco_style_ds(hours=24)
+    ds.attrs["valid_time_stop"] = "2020-01-01T09"
+    ds.to_zarr(tmp_path / "a.zarr", consolidated=False)
+    assert era5.open_store(tmp_path / "a.zarr").sizes["time"] == 10
+
+
+def test_open_store_fsspec_memory_url():
+    ds = arco_style_ds(hours=3)
+    ds.to_zarr("memory://gencast_rmmd_test/a.zarr", consolidated=False, mode="w")
+    out = era5.open_store("memory://gencast_rmmd_test/a.zarr")
+    assert out.sizes["time"] == 3
+
+
+def test_fill_sst_with_min():
+    ds = era5.normalize_coords(arco_style_ds(hours=2))
+    mins = xr.Dataset({"sea_surface_temperature": 271.0})
+    out = era5.fill_sst(ds, mins)
+    assert not np.isnan(out["sea_surface_temperature"].values).any()
+    assert (out["sea_surface_temperature"].values == 271.0).sum() == np.isnan(
+        ds["sea_surface_temperature"].values
+    ).sum()

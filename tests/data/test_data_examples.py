@@ -1,0 +1,198 @@
+"""Stacking in GenCast's channel order, the example source and the grain loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from data_synthetic import SMALL_TASK, canonical_store_ds
+
+from gencast_rmmd.data import examples as ex
+from gencast_rmmd.data import normalization as nz
+from gencast_rmmd.data import stats as st
+from gencast_rmmd.data.task import gencast_task
+from gencast_rmmd.errors import DataError
+
+
+def _full_task_ds(n_lat=4, n_lon=8, seed=0):
+    """Random data for GenCast's full task (13 levels), two input frames."""
+    task = gencast_task()
+    rng = np.random.default_rng(seed)
+    times = np.array(["2020-01-01T00", "2020-01-01T12"], dtype="datetime64[ns]")
+    coords = {
+        "time": times,
+        "level": np.array(task.pressure_levels),
+        "lat": np.arange(n_lat) * 1.0,
+        "lon": np.arange(n_lon) * 45.0,
+    }
+    data = {}
+    for v in sorted(set(task.input_variables) | set(task.target_variables)):
+        from gencast_rmmd.data.task import has_level, variable_kind
+
+        kind = variable_kind(v)
+        if kind == "static":
+            data[v] = (("lat", "lon"), rng.normal(size=(n_lat, n_lon)).astype(np.float32))
+        elif v.startswith("year_"):
+            data[v] = (("time",), rng.normal(size=2).astype(np.float32))
+        elif v.startswith("day_"):
+            data[v] = (("time", "lon"), rng.normal(size=(2, n_lon)).astype(np.float32))
+        elif has_level(v):
+            data[v] = (
+                ("time", "level", "lat", "lon"),
+                rng.normal(size=(2, 13, n_lat, n_lon)).astype(np.float32),
+            )
+        else:
+            data[v] = (
+                ("time", "lat", "lon"),
+                rng.normal(size=(2, n_lat, n_lon)).astype(np.float32),
+            )
+    return task, xr.Dataset(data, coords=coords)
+
+
+def test_stack_full_gencast_inputs_order_and_roundtrip():
+    task, ds = _full_task_ds()
+    lay = task.layout
+    x = ex.stack(ds, lay.inputs)
+    assert x.shape == (4, 8, 176) and x.dtype == np.float32
+    sl = lay.input_slices()
+    # GenCast order: geopotential channels are time-major then level
+    g = sl["geopotential"]
+    np.testing.assert_array_equal(
+        x[..., g.start], ds["geopotential"].isel(time=0).sel(level=50).values
+    )
+    np.testing.assert_array_equal(
+        x[..., g.start + 13], ds["geopotential"].isel(time=1).sel(level=50).values
+    )
+    np.testing.assert_array_equal(
+        x[..., g.start + 14], ds["geopotential"].isel(time=1).sel(level=100).values
+    )
+    # first channel is 10m_u at the older frame; statics once; year progress broadcast
+    np.testing.assert_array_equal(x[..., 0], ds["10m_u_component_of_wind"].isel(time=0).values)
+    np.testing.assert_array_equal(x[..., sl["land_sea_mask"].start], ds["land_sea_mask"].values)
+    ys = sl["year_progress_sin"]
+    assert np.all(x[..., ys.start] == ds["year_progress_sin"].values[0])
+    dps = sl["day_progress_sin"]
+    np.testing.assert_array_equal(x[0, :, dps.start + 1], ds["day_progress_sin"].values[1])
+    back = ex.unstack(x, lay.inputs, ds.lat.values, ds.lon.values, times=ds.time.values)
+    for v in ds.data_vars:
+        if v == "total_precipitation_12hr":
+            assert v not in back
+            continue
+        exp = ds[v]
+        if v.startswith(("year_", "day_")):
+            exp = exp.broadcast_like(ds["2m_temperature"]).transpose("time", "lat", "lon")
+        np.testing.assert_array_equal(back[v].values, exp.values, err_msg=v)
+    # the merged noisy-target block has 88 channels in sorted-name order (reference §3.4)
+    assert lay.n_targets + lay.n_forcings == 88
+
+
+def test_unstack_stack_targets_with_batch():
+    task, ds = _full_task_ds()
+    lay = task.layout
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(3, 4, 8, lay.n_targets)).astype(np.float32)
+    d = ex.unstack(y, lay.targets, ds.lat.values, ds.lon.values)
+    assert d["temperature"].dims == ("batch", "time", "level", "lat", "lon")
+    for b in range(3):
+        np.testing.assert_array_equal(ex.stack(d.isel(batch=b), lay.targets), y[b])
+
+
+@pytest.fixture
+def store_and_stats(tmp_path):
+    ds = canonical_store_ds(n_times=12)
+    ds = ds.isel(time=[i for i in range(12) if i != 8])  # a gap
+    path = tmp_path / "s.zarr"
+    ds.to_zarr(
+        path,
+        consolidated=False,
+        encoding={
+            v: {"chunks": tuple(1 if d == "time" else ds[v].sizes[d] for d in ds[v].dims)}
+            for v in ds.data_vars
+        },
+    )
+    stats = st.compute_stats(ds)
+    st.save_stats(stats, tmp_path / "stats")
+    return path, ds, stats, tmp_path / "stats"
+
+
+def test_valid_init_times_respect_gaps(store_and_stats):
+    _, ds, _, _ = store_and_stats
+    t = ex.valid_init_times(ds.time.values, SMALL_TASK)
+    # times 0..11 without 8: init t needs t-12h and t+12h -> 1..6 and 10 (9 lacks 8; 7 lacks 8)
+    idx = [int((x - ds.time.values[0]) / np.timedelta64(12, "h")) for x in t]
+    assert idx == [1, 2, 3, 4, 5, 6, 10]
+
+
+def test_example_source_matches_manual_normalization(store_and_stats):
+    path, ds, stats, stats_dir = store_and_stats
+    src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    assert len(src) == 7
+    item = src[2]
+    lay = SMALL_TASK.layout
+    assert item["inputs"].shape == (8, 16, lay.n_inputs) and item["inputs"].dtype == np.float32
+    assert item["forcings"].shape == (8, 16, lay.n_forcings)
+    assert item["targets"].shape == (8, 16, lay.n_targets)
+    t0 = src.init_times[2]
+    assert item["time"] == t0.astype(np.int64)
+    sst_min = float(stats["min"]["sea_surface_temperature"])
+    inp, forc, tgt = ex.physical_window(ds, SMALL_TASK, t0, 1, sst_fill=sst_min)
+    norm = nz.NormalizationArrays.from_stats(stats, lay)
+    np.testing.assert_allclose(item["inputs"], nz.normalize_inputs(norm, inp), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        item["forcings"], nz.normalize_forcings(norm, forc[0]), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        item["targets"], nz.residual_targets(norm, tgt[0], inp), rtol=1e-4, atol=1e-4
+    )
+    assert np.all(np.isfinite(item["inputs"])) and np.all(np.isfinite(item["targets"]))
+    # the residual of temperature at 850: (T(t+12h) - T(t)) / diffs_std
+    k = lay.targets.index(("temperature", 0, 850))
+    t_next = ds["temperature"].sel(time=t0 + np.timedelta64(12, "h"), level=850).values
+    t_now = ds["temperature"].sel(time=t0, level=850).values
+    exp = (t_next - t_now) / float(stats["diffs_stddev"]["temperature"].sel(level=850))
+    np.testing.assert_allclose(item["targets"][..., k], exp, rtol=1e-4, atol=1e-4)
+
+
+def test_physical_window_lead_steps(store_and_stats):
+    _, ds, _, _ = store_and_stats
+    t0 = ds.time.values[1]
+    inp, forc, tgt = ex.physical_window(ds, SMALL_TASK, t0, 3)
+    assert forc.shape[0] == 3 and tgt.shape[0] == 3
+    k = SMALL_TASK.layout.targets.index(("2m_temperature", 0, None))
+    np.testing.assert_array_equal(tgt[2, ..., k], ds["2m_temperature"].values[4])
+    with pytest.raises(DataError, match="not in the store"):
+        ex.physical_window(ds, SMALL_TASK, ds.time.values[5], 4)  # crosses the gap
+
+
+def test_loader_deterministic_resumable_and_sharded(store_and_stats):
+    path, _, _, stats_dir = store_and_stats
+    src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    loader = ex.make_loader(src, batch_size=2, seed=7, num_threads=2)
+    it = iter(loader)
+    first = [next(it)["time"].tolist() for _ in range(6)]
+    assert all(len(b) == 2 for b in first)
+    again = iter(ex.make_loader(src, batch_size=2, seed=7, num_threads=2))
+    assert [next(again)["time"].tolist() for _ in range(6)] == first
+    other = iter(ex.make_loader(src, batch_size=2, seed=8, num_threads=2))
+    assert [next(other)["time"].tolist() for _ in range(6)] != first
+    # each epoch of 7 examples covers every init time once (first 3 batches = 6 distinct)
+    assert len(set(sum(first[:3], []))) == 6
+    # resume from a saved state gives exactly the same continuation
+    it = iter(ex.make_loader(src, batch_size=2, seed=7, num_threads=2))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    cont = [next(it)["time"].tolist() for _ in range(3)]
+    it2 = iter(ex.make_loader(src, batch_size=2, seed=7, num_threads=2))
+    it2.set_state(state)
+    assert [next(it2)["time"].tolist() for _ in range(3)] == cont == first[3:6]
+    b = next(it2)
+    assert b["inputs"].shape == (2, 8, 16, SMALL_TASK.layout.n_inputs)
+
+
+def test_example_source_errors(store_and_stats, tmp_path):
+    path, ds, _, stats_dir = store_and_stats
+    with pytest.raises(DataError, match="does not exist"):
+        ex.ExampleSource(tmp_path / "missing.zarr", SMALL_TASK, stats_dir)
+    with pytest.raises(DataError, match="lack their input/target"):
+        ex.ExampleSource(path, SMALL_TASK, stats_dir, times=[ds.time.values[7]])
