@@ -97,3 +97,74 @@ def write_synthetic_pair(
     fc.chunk(chunks).to_zarr(forecast_path, mode="w", consolidated=True, zarr_format=2)
     tr.chunk({"time": 1}).to_zarr(truth_path, mode="w", consolidated=True, zarr_format=2)
     return fc, tr
+
+
+def synthetic_canonical_store(
+    path: str,
+    task,
+    n_times: int = 12,
+    n_lat: int = 8,
+    n_lon: int = 16,
+    start: str = "2021-01-01",
+    seed: int = 0,
+) -> xr.Dataset:
+    """A small data store in the canonical schema (time, level, lat, lon; ERA5 names, SI units).
+
+    Every input/target variable of `task` is a smooth travelling wave plus noise around a
+    plausible climatological value; statics are fixed fields; the progress forcings are computed
+    from time and longitude (as the data layer does). For forecast tests and benchmarks.
+    """
+    from gencast_rmmd.data.era5 import add_progress_forcings
+    from gencast_rmmd.data.task import has_level, variable_kind
+
+    rng = np.random.default_rng(seed)
+    dlat = 180.0 / n_lat
+    lat = -90 + dlat / 2 + dlat * np.arange(n_lat)
+    lon = 360.0 / n_lon * np.arange(n_lon)
+    times = pd.date_range(start, periods=n_times, freq=f"{task.step_hours}h").values
+    levels = np.asarray(task.pressure_levels, dtype=np.int64)
+    base = {
+        "temperature": 250.0,
+        "geopotential": 5e4,
+        "u_component_of_wind": 5.0,
+        "v_component_of_wind": 0.0,
+        "vertical_velocity": 0.0,
+        "specific_humidity": 3e-3,
+        "2m_temperature": 285.0,
+        "mean_sea_level_pressure": 101325.0,
+        "10m_u_component_of_wind": 2.0,
+        "10m_v_component_of_wind": 0.0,
+        "total_precipitation_12hr": 1e-3,
+        "sea_surface_temperature": 290.0,
+        "geopotential_at_surface": 500.0,
+        "land_sea_mask": 0.3,
+    }
+    t_days = (times - times[0]) / np.timedelta64(1, "D")
+    phase = 2 * np.pi * (t_days[:, None, None] / 4.0) + np.deg2rad(lon)[None, None, :]
+    wave = np.cos(phase) * np.cos(np.deg2rad(lat))[None, :, None]  # [time, lat, lon]
+    names = sorted(set(task.input_variables) | set(task.target_variables))
+    data = {}
+    for v in names:
+        kind = variable_kind(v)
+        if kind == "forcing":
+            continue
+        b = base.get(v, 1.0)
+        amp = abs(b) * 0.02 + 1e-4
+        if kind == "static":
+            field = b + amp * rng.standard_normal((n_lat, n_lon))
+            if v == "land_sea_mask":
+                field = (rng.random((n_lat, n_lon)) < 0.3).astype(np.float64)
+            data[v] = (("lat", "lon"), field.astype(np.float32))
+        elif has_level(v):
+            scale = (levels / 1000.0)[None, :, None, None]
+            x = b * (1 + 0.1 * scale) + amp * (
+                wave[:, None] + 0.2 * rng.standard_normal((n_times, len(levels), n_lat, n_lon))
+            )
+            data[v] = (("time", "level", "lat", "lon"), x.astype(np.float32))
+        else:
+            x = b + amp * (wave + 0.2 * rng.standard_normal((n_times, n_lat, n_lon)))
+            data[v] = (("time", "lat", "lon"), x.astype(np.float32))
+    ds = xr.Dataset(data, coords={"time": times, "level": levels, "lat": lat, "lon": lon})
+    ds = add_progress_forcings(ds, task.forcing_variables)
+    ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+    return ds

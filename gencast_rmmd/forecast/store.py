@@ -1,0 +1,178 @@
+"""The forecast Zarr store (WeatherBench 2 forecast schema), created from a template up front.
+
+Schema: dims `time` (initialization time), `prediction_timedelta` (lead time, timedelta64),
+`realization` (ensemble member; WeatherBench 2's default ensemble dim), `level` (hPa),
+`latitude` (ascending), `longitude` (0..360 eastward); one variable per target in ERA5 long names
+and physical units; attrs naming the model, checkpoint, sampler, NFE per step, seed and (when
+known) the training period. Written as Zarr format 2 with consolidated metadata so WeatherBench 2
+and any xarray/zarr 2 or 3 reader opens it with `xr.open_zarr(path)`.
+
+Integrity: the store is created (metadata + NaN fill) before any member is run, with attr
+`gencast_rmmd_status = "incomplete"`. Each work item (one init time x one block of members, a
+whole Zarr chunk) writes its region, then sets its cells of the `region_done` (time, realization)
+marker array. Re-running with the same arguments skips done regions; the status becomes
+"complete" only when every region is marked, so an interrupted store never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level
+from gencast_rmmd.errors import OutputError
+
+STATUS_ATTR = "gencast_rmmd_status"
+SPEC_ATTR = "gencast_rmmd_forecast_spec"
+MARKER = "region_done"
+
+
+def target_variables(task: TaskConfig) -> list[str]:
+    return sorted(task.target_variables)
+
+
+def template(
+    task: TaskConfig,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    init_times: np.ndarray,
+    lead_steps: int,
+    members: int,
+    member_chunk: int,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """A lazy (dask, NaN) Dataset describing the whole store; chunks = one init x member block."""
+    n_t, n_lat, n_lon = len(init_times), len(lat), len(lon)
+    levels = np.asarray(task.pressure_levels, dtype=np.int64)
+    leads = (np.arange(1, lead_steps + 1) * np.timedelta64(task.step_hours, "h")).astype(
+        "timedelta64[ns]"
+    )
+    data = {}
+    for v in target_variables(task):
+        lev = has_level(v)
+        shape = (n_t, lead_steps, members) + ((len(levels),) if lev else ()) + (n_lat, n_lon)
+        chunks = (1, lead_steps, member_chunk) + ((len(levels),) if lev else ()) + (n_lat, n_lon)
+        dims = (
+            ("time", "prediction_timedelta", "realization")
+            + (("level",) if lev else ())
+            + ("latitude", "longitude")
+        )
+        arr = da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
+        data[v] = (dims, arr, {"units": VARIABLES[v][1], "long_name": v.replace("_", " ")})
+    data[MARKER] = (
+        ("time", "realization"),
+        da.zeros((n_t, members), dtype=np.int8, chunks=(1, member_chunk)),
+        {"long_name": "1 where this (init time, member) region has been written"},
+    )
+    coords = {
+        "time": (
+            "time",
+            np.asarray(init_times, dtype="datetime64[ns]"),
+            {"long_name": "initialization time"},
+        ),
+        "prediction_timedelta": ("prediction_timedelta", leads, {"long_name": "lead time"}),
+        "realization": (
+            "realization",
+            np.arange(members, dtype=np.int64),
+            {"long_name": "ensemble member"},
+        ),
+        "latitude": ("latitude", np.asarray(lat, np.float64), {"units": "degrees_north"}),
+        "longitude": ("longitude", np.asarray(lon, np.float64), {"units": "degrees_east"}),
+    }
+    if any(has_level(v) for v in target_variables(task)):
+        coords["level"] = ("level", levels, {"units": "hPa"})
+    return xr.Dataset(data, coords=coords, attrs=dict(attrs))
+
+
+def create(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
+    """Write the template's metadata (no data chunks) with status 'incomplete'."""
+    ds = tmpl.copy()
+    ds.attrs[STATUS_ATTR] = "incomplete"
+    ds.attrs[SPEC_ATTR] = json.dumps(spec, sort_keys=True)
+    encoding = {v: {"_FillValue": np.float32(np.nan)} for v in ds.data_vars if v != MARKER}
+    ds.to_zarr(path, mode="w-", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
+
+
+def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
+    """Open a store created by `create` for the same spec; `OutputError` otherwise."""
+    try:
+        ds = xr.open_zarr(path, chunks=None)
+    except Exception as e:
+        raise OutputError(
+            f"output path {path!r} exists and is not a forecast store ({e}); choose a new path"
+        ) from None
+    found = ds.attrs.get(SPEC_ATTR)
+    if found is None:
+        raise OutputError(
+            f"output path {path!r} exists and holds another Zarr store; choose a new path"
+        )
+    old = json.loads(found)
+    if old != spec:
+        diff = {
+            k: (old.get(k), spec.get(k)) for k in set(old) | set(spec) if old.get(k) != spec.get(k)
+        }
+        raise OutputError(
+            f"output path {path!r} holds a forecast made with other settings "
+            f"(stored vs requested: {diff}); use a new path or the same arguments to resume"
+        )
+    return ds
+
+
+def done_regions(path: str) -> np.ndarray:
+    """The (time, realization) marker array as numpy int8."""
+    import zarr
+
+    return np.asarray(zarr.open_group(path, mode="r")[MARKER][...])
+
+
+def states_dataset(
+    states: np.ndarray, task: TaskConfig, member_ids: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Split rollout output [B, N, lat, lon, C_out] into per-variable arrays in store order.
+
+    Returns {variable: [1, N, B, (level,) lat, lon]} float32 following `task.layout.targets`.
+    """
+    lay = task.layout
+    out = {}
+    for v, sl in lay.target_slices().items():
+        x = states[..., sl]  # [B, N, lat, lon, L]
+        if has_level(v):
+            levels = [lev for (_, _, lev) in lay.targets[sl]]
+            if levels != list(task.pressure_levels):
+                raise ValueError(f"{v}: unexpected level order {levels}")
+            x = np.moveaxis(x, -1, 2)  # [B, N, L, lat, lon]
+        else:
+            x = x[..., 0]
+        out[v] = np.swapaxes(x, 0, 1)[None].astype(np.float32)  # [1, N, B, ...]
+    return out
+
+
+def write_region(
+    path: str, arrays: dict[str, np.ndarray], time_index: int, member_start: int
+) -> None:
+    """Write one (init time, member block) region, then mark it done (in that order)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    n_b = None
+    for v, x in arrays.items():
+        n_b = x.shape[2]
+        group[v][time_index : time_index + 1, :, member_start : member_start + n_b] = x
+    group[MARKER][time_index, member_start : member_start + n_b] = 1
+
+
+def mark_complete(path: str) -> bool:
+    """Set status 'complete' if every region is marked; returns whether it is complete."""
+    import zarr
+
+    if not np.all(done_regions(path) == 1):
+        return False
+    group = zarr.open_group(path, mode="r+")
+    group.attrs[STATUS_ATTR] = "complete"
+    zarr.consolidate_metadata(path)
+    return True

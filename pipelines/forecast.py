@@ -1,0 +1,385 @@
+"""Forecast pipeline: init times x member blocks -> autoregressive rollouts -> one Zarr store.
+
+    template store (metadata, status "incomplete")  -->  work items (init time, member block) not
+    yet marked done --Reshuffle--> per worker: load the model once, compile the rollout once
+    (`gencast_rmmd.forecast.rollout.Rollout`), read the initial state, roll out, write the region,
+    mark it done  -->  launcher: status "complete" when every region is marked
+
+Runs on Beam (`engine="beam"`; DirectRunner here, Dataflow/Flink/Spark with their options) or in a
+plain loop with a progress bar (`engine="local"`). Both produce identical stores: member i of
+init t uses key fold_in(fold_in(PRNGKey(seed), hours(t)), i) whatever the blocking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from gencast_rmmd.errors import ConfigError, DataError, OutputError
+from gencast_rmmd.forecast import store as store_lib
+
+PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForecastSpec:
+    """Picklable description of a forecast run (everything a worker needs)."""
+
+    model: str  # checkpoint path or "persistence[:noise]"
+    stats_dir: str
+    data: str
+    out: str
+    init_times: tuple[str, ...]  # ISO
+    members: int
+    lead_steps: int
+    seed: int
+    member_block: int
+    data_config: str | None = None
+
+    def store_spec(self) -> dict:
+        """What must match for a re-run to resume into an existing store."""
+        return {
+            "model": self.model if PERSISTENCE.match(self.model) else os.path.abspath(self.model),
+            "init_times": list(self.init_times),
+            "members": self.members,
+            "lead_steps": self.lead_steps,
+            "seed": self.seed,
+            "member_block": self.member_block,
+        }
+
+    def items(self) -> list[tuple[int, int]]:
+        return [
+            (i, m)
+            for i in range(len(self.init_times))
+            for m in range(0, self.members, self.member_block)
+        ]
+
+
+def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.datetime64]:
+    """ISO times and/or ranges START/END[/STEP] (STEP like 12h or 1D; default the model step)."""
+    out: list[np.datetime64] = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "/" in part:
+                    bits = part.split("/")
+                    if len(bits) not in (2, 3):
+                        raise ValueError("expected START/END or START/END/STEP")
+                    freq = bits[2] if len(bits) == 3 else f"{step_hours}h"
+                    rng = pd.date_range(
+                        pd.Timestamp(bits[0]), pd.Timestamp(bits[1]), freq=pd.Timedelta(freq)
+                    )
+                    out.extend(np.datetime64(t, "ns") for t in rng)
+                else:
+                    out.append(np.datetime64(pd.Timestamp(part).tz_localize(None), "ns"))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(
+                    f"--init-times: cannot parse {part!r} ({e}); use ISO times or START/END[/STEP]"
+                ) from None
+    if not out:
+        raise ConfigError("--init-times: no init time given")
+    if len(set(out)) != len(out):
+        raise ConfigError("--init-times: duplicate init times")
+    return sorted(out)
+
+
+def lead_steps_from(lead_steps: int | None, lead_time: str | None, step_hours: int) -> int:
+    """Number of steps from --lead-steps or --lead-time (which must be a multiple of the step)."""
+    if (lead_steps is None) == (lead_time is None):
+        raise ConfigError(
+            "give exactly one of --lead-steps N or --lead-time DURATION (e.g. 240h, 10D)"
+        )
+    if lead_time is not None:
+        try:
+            td = pd.Timedelta(lead_time)
+        except ValueError:
+            raise ConfigError(
+                f"--lead-time: cannot parse {lead_time!r}; use e.g. 240h or 10D"
+            ) from None
+        hours = td / pd.Timedelta(hours=1)
+        if hours <= 0 or hours % step_hours:
+            raise ConfigError(
+                f"--lead-time must be a positive multiple of the model step ({step_hours} h), found {lead_time!r} ({hours:g} h)"
+            )
+        return int(hours // step_hours)
+    if lead_steps <= 0:
+        raise ConfigError(f"--lead-steps must be >= 1, found {lead_steps}")
+    return int(lead_steps)
+
+
+def load_model(spec: ForecastSpec):
+    """The `ForecastModel` named by spec.model (checkpoint or built-in persistence)."""
+    from gencast_rmmd.forecast.model import (
+        load_forecast_model,
+        norm_from_stats_dir,
+        persistence_model,
+    )
+
+    m = PERSISTENCE.match(spec.model)
+    if m:
+        from gencast_rmmd.data.config import load_data_config
+
+        task = load_data_config(spec.data_config or "embedded").task
+        norm, sst = norm_from_stats_dir(spec.stats_dir, task)
+        return persistence_model(task, norm, float(m.group("noise") or 0.0), sst_fill=sst)
+    return load_forecast_model(spec.model, spec.stats_dir)
+
+
+def open_data(path: str):
+    """The canonical data store (lat/lon ascending), opened lazily by the data layer."""
+    from gencast_rmmd.data.era5 import normalize_coords, open_store
+
+    return normalize_coords(open_store(path))
+
+
+def initial_conditions(ds, task, init_time, lead_steps: int, sst_fill: float | None):
+    """(inputs_phys [lat, lon, C_in], forcings_phys [N, lat, lon, C_f]) for one init time.
+
+    Inputs come from the data store (input frames ending at init_time); the forcings at the N
+    target times are computed from time and longitude (so forecasts may run past the data's end).
+    """
+    import xarray as xr
+
+    from gencast_rmmd.data.era5 import progress_forcings
+    from gencast_rmmd.data.examples import physical_window, stack
+
+    inputs, _, _ = physical_window(ds, task, init_time, 0, sst_fill=sst_fill)
+    step = np.timedelta64(task.step_hours, "h")
+    times = np.datetime64(init_time, "ns") + step * np.arange(1, lead_steps + 1)
+    lay = task.layout
+    f = progress_forcings(times, ds["lon"].values)
+    names = sorted({c[0] for c in lay.forcings})
+    missing = [n for n in names if n not in f]
+    if missing:
+        raise DataError(f"cannot compute forcings {missing} for the forecast's lead times")
+    fds = xr.Dataset(
+        {n: f[n].broadcast_like(ds["lat"]).transpose("time", ..., "lat") for n in names}
+    )
+    fds = fds.assign_coords(lat=ds["lat"], lon=ds["lon"])
+    forcings = np.stack([stack(fds, lay.forcings, k) for k in range(lead_steps)])
+    return inputs, forcings
+
+
+class _Worker:
+    """Per-process state: model, compiled rollout, open data (built once, reused per item)."""
+
+    def __init__(self, spec: ForecastSpec):
+        from gencast_rmmd.forecast.rollout import Rollout
+
+        self.spec = spec
+        self.model = load_model(spec)
+        self.data = open_data(spec.data)
+        self.rollout = Rollout(
+            self.model,
+            self.data["lat"].values,
+            self.data["lon"].values,
+            block_size=spec.member_block,
+        )
+
+    def run(self, item: tuple[int, int]) -> tuple[int, int]:
+        from gencast_rmmd.forecast.rollout import run_key
+
+        i, m0 = item
+        spec = self.spec
+        t = np.datetime64(spec.init_times[i], "ns")
+        inputs, forcings = initial_conditions(
+            self.data, self.model.task, t, spec.lead_steps, self.model.sst_fill
+        )
+        ids = list(range(m0, min(m0 + spec.member_block, spec.members)))
+        states = self.rollout(run_key(spec.seed, t), ids, inputs, forcings)
+        if not np.all(np.isfinite(states)):
+            bad = np.argwhere(~np.isfinite(states).all(axis=(2, 3, 4)))[0]
+            raise DataError(
+                f"forecast from {spec.init_times[i]} member {ids[bad[0]]} produced NaN/Inf at lead step "
+                f"{bad[1] + 1}; check the checkpoint and the stats dir"
+            )
+        store_lib.write_region(
+            spec.out, store_lib.states_dataset(states, self.model.task, ids), i, m0
+        )
+        return item
+
+
+_WORKERS: dict[ForecastSpec, _Worker] = {}
+
+
+def _worker(spec: ForecastSpec) -> _Worker:
+    if spec not in _WORKERS:
+        _WORKERS[spec] = _Worker(spec)
+    return _WORKERS[spec]
+
+
+def prepare(spec: ForecastSpec) -> tuple[list[tuple[int, int]], dict]:
+    """Validate, create (or reopen) the store; returns (missing work items, store attrs)."""
+    if spec.members <= 0:
+        raise ConfigError(f"--members must be >= 1, found {spec.members}")
+    if spec.member_block <= 0:
+        raise ConfigError(f"--member-block must be >= 1, found {spec.member_block}")
+    model = load_model(spec)
+    task = model.task
+    ds = open_data(spec.data)
+    lat, lon = ds["lat"].values, ds["lon"].values
+    times = ds["time"].values
+    step = np.timedelta64(task.step_hours, "h")
+    have = set(times.astype("datetime64[ns]").tolist())
+    bad = []
+    for s in spec.init_times:
+        t = np.datetime64(s, "ns")
+        need = [t - k * step for k in range(task.input_frames)]
+        if not all(x.astype("datetime64[ns]").tolist() in have for x in need):
+            bad.append(s)
+    if bad:
+        raise DataError(
+            f"init times {bad[:5]}{' ...' if len(bad) > 5 else ''} are outside the data: each needs its "
+            f"{task.input_frames} input frames ({task.step_hours} h apart, ending at the init time) in "
+            f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]}"
+        )
+    attrs = model.attrs()
+    attrs.update(
+        {
+            "seed": spec.seed,
+            "data": os.path.abspath(spec.data) if os.path.exists(spec.data) else spec.data,
+            "stats": spec.stats_dir,
+            "ensemble_size": spec.members,
+            "conventions": "WeatherBench 2 forecast schema: time = init time, prediction_timedelta = lead time, realization = member",
+            "created_by": "gencast-rmmd forecast",
+        }
+    )
+    block = min(spec.member_block, spec.members)
+    if os.path.exists(spec.out):
+        if os.path.isdir(spec.out) and not os.listdir(spec.out):
+            os.rmdir(spec.out)
+        else:
+            store_lib.open_existing(spec.out, spec.store_spec())
+    if not os.path.exists(spec.out):
+        tmpl = store_lib.template(
+            task,
+            lat,
+            lon,
+            np.array(spec.init_times, "datetime64[ns]"),
+            spec.lead_steps,
+            spec.members,
+            block,
+            attrs,
+        )
+        tmp = f"{spec.out.rstrip('/')}.tmp-{os.getpid()}"
+        store_lib.create(tmp, tmpl, spec.store_spec())
+        os.replace(tmp, spec.out)  # the store appears only once its metadata is complete
+    done = store_lib.done_regions(spec.out)
+    missing = [(i, m) for (i, m) in spec.items() if not done[i, m : m + spec.member_block].all()]
+    return missing, attrs
+
+
+def run_forecast(
+    model: str,
+    stats_dir: str,
+    data: str,
+    out: str,
+    init_times: Sequence[str],
+    members: int,
+    lead_steps: int | None = None,
+    lead_time: str | None = None,
+    seed: int = 0,
+    member_block: int = 8,
+    engine: str = "local",
+    beam_args: Sequence[str] = (),
+    data_config: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) a forecast campaign; returns a summary dict (also printed by the CLI)."""
+    if engine not in ("local", "beam"):
+        raise ConfigError(f"engine must be 'local' or 'beam', found {engine!r}")
+    if not isinstance(members, int) or members <= 0:
+        raise ConfigError(f"--members must be a positive integer, found {members!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"output path {out!r} exists and is a file; choose a new path")
+    step_hours = 12
+    if not PERSISTENCE.match(model) and os.path.exists(model):
+        from gencast_rmmd.model.checkpoint import load_checkpoint
+
+        step_hours = load_checkpoint(model).task_config.step_hours
+    n = lead_steps_from(lead_steps, lead_time, step_hours)
+    inits = parse_init_times(init_times, step_hours)
+    spec = ForecastSpec(
+        model=model,
+        stats_dir=stats_dir,
+        data=data,
+        out=out,
+        init_times=tuple(str(np.datetime_as_string(t, unit="s")) for t in inits),
+        members=members,
+        lead_steps=n,
+        seed=seed,
+        member_block=min(member_block, members),
+        data_config=data_config,
+    )
+    t0 = time.time()
+    missing, attrs = prepare(spec)
+    total = len(spec.items())
+    if missing:
+        if engine == "local":
+            from tqdm import tqdm
+
+            w = _worker(spec)
+            for item in tqdm(missing, desc="forecast regions", unit="region", disable=not progress):
+                w.run(item)
+        else:
+            run_beam(spec, missing, beam_args)
+    complete = store_lib.mark_complete(out)
+    summary = {
+        "out": out,
+        "model": attrs["model"],
+        "sampler": attrs["sampler"],
+        "nfe_per_step": attrs["nfe_per_step"],
+        "init_times": len(spec.init_times),
+        "members": members,
+        "lead_steps": n,
+        "regions_total": total,
+        "regions_written": len(missing),
+        "complete": complete,
+        "seconds": round(time.time() - t0, 2),
+    }
+    if not complete:
+        raise OutputError(
+            f"forecast store {out!r} is incomplete after the run; re-run the same command to resume"
+        )
+    return summary
+
+
+def _run_item(item, spec: ForecastSpec):
+    return _worker(spec).run(item)
+
+
+def run_beam(
+    spec: ForecastSpec, items: Sequence[tuple[int, int]], beam_args: Sequence[str] = ()
+) -> None:
+    """Run work items as a Beam pipeline (one region write per element)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    opts = list(beam_args)
+    if not any(a.startswith("--runner") for a in opts):
+        opts.append("--runner=DirectRunner")
+    with beam.Pipeline(options=PipelineOptions(opts)) as p:
+        (
+            p
+            | "work_items" >> beam.Create(list(items))
+            | "shuffle" >> beam.Reshuffle()
+            | "rollout_and_write" >> beam.Map(_run_item, spec=spec)
+        )
+
+
+__all__ = [
+    "run_forecast",
+    "ForecastSpec",
+    "parse_init_times",
+    "lead_steps_from",
+    "initial_conditions",
+]
