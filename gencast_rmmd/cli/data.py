@@ -1,14 +1,143 @@
-"""`gencast-rmmd data` sub-commands (placeholder until the area's issue fills it in)."""
+"""`gencast-rmmd data` sub-commands: nature-run, prepare, stats, validate."""
 
 from __future__ import annotations
 
+import argparse
+import json
+
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="data (not built yet)")
-    p.set_defaults(func=_not_built)
+    from gencast_rmmd.cli import add_set_argument
+
+    p = sub.add_parser(
+        "data",
+        help="data: embedded nature run, prepare ERA5 stores, statistics, validation",
+        description="Data layer commands (docs/data.md).",
+    )
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    nr = dsub.add_parser(
+        "nature-run",
+        help="build the embedded dinosaur Held-Suarez nature run as an ERA5-named Zarr store",
+    )
+    nr.add_argument("--out", required=True, help="output Zarr path")
+    nr.add_argument("--config", default="embedded", help="data config (default: embedded)")
+    nr.add_argument("--spinup-days", type=int, default=None, help="days discarded as spin-up")
+    nr.add_argument("--days", type=int, default=None, help="days of 12-hourly output")
+    nr.add_argument("--seed", type=int, default=None, help="seed of the initial perturbation")
+    nr.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_set_argument(nr)
+    nr.set_defaults(func=_nature_run)
+
+    pr = dsub.add_parser(
+        "prepare",
+        help="source (ARCO-ERA5, Zarr/NetCDF, embedded) -> canonical training Zarr (Beam)",
+        description="Beam pipeline options go after '--' (e.g. -- --runner=DataflowRunner ...).",
+    )
+    pr.add_argument("--source", default=None, help="store path/URL (default: the config's source)")
+    pr.add_argument("--config", required=True, help="data config (path or name in configs/data)")
+    pr.add_argument("--out", required=True, help="output Zarr path (re-run to resume)")
+    pr.add_argument("--steps-per-item", type=int, default=8, help="time steps per Beam work item")
+    pr.add_argument("--overwrite", action="store_true", help="replace a foreign existing output")
+    add_set_argument(pr)
+    pr.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
+    pr.set_defaults(func=_prepare)
+
+    st = dsub.add_parser(
+        "stats",
+        help="mean/stddev/diffs-stddev/min by level (GenCast's four stats files, Beam)",
+        description="Beam pipeline options go after '--'.",
+    )
+    st.add_argument("--data", required=True, help="canonical Zarr store")
+    st.add_argument("--out", required=True, help="output directory for the four NetCDF files")
+    st.add_argument("--step-hours", type=int, default=12, help="difference step (default 12 h)")
+    st.add_argument("--block", type=int, default=32, help="time steps per Beam work item")
+    st.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
+    st.set_defaults(func=_stats)
+
+    va = dsub.add_parser("validate", help="check a store against a task config")
+    va.add_argument("--data", required=True, help="store path (Zarr or NetCDF)")
+    va.add_argument("--config", required=True, help="data config (path or name in configs/data)")
+    va.add_argument(
+        "--no-values", action="store_true", help="skip the NaN/Inf scan (schema checks only)"
+    )
+    add_set_argument(va)
+    va.set_defaults(func=_validate)
 
 
-def _not_built(args) -> int:
-    from gencast_rmmd.errors import UserError
+def _nature_run(args) -> int:
+    import dataclasses
 
-    raise UserError("'data' is not built yet in this version")
+    from gencast_rmmd.data import nature_run
+    from gencast_rmmd.data.config import load_data_config
+
+    cfg = load_data_config(args.config, args.overrides)
+    nr = cfg.nature_run
+    changes = {
+        k: v
+        for k, v in (
+            ("spinup_days", args.spinup_days),
+            ("days", args.days),
+            ("seed", args.seed),
+        )
+        if v is not None
+    }
+    if changes:
+        nr = dataclasses.replace(nr, **changes)
+        nr.validate()
+    summary = nature_run.build(args.out, nr, cfg.task.pressure_levels, overwrite=args.overwrite)
+    print(json.dumps(summary))
+    return 0
+
+
+def _prepare(args) -> int:
+    from gencast_rmmd.data.config import load_data_config
+    from pipelines.prepare import prepare
+
+    cfg = load_data_config(args.config, args.overrides)
+    source = args.source or cfg.source
+    beam_args = [a for a in args.beam_args if a != "--"]
+    summary = prepare(
+        source,
+        cfg,
+        args.out,
+        beam_args=beam_args,
+        steps_per_item=args.steps_per_item,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def _stats(args) -> int:
+    from pipelines.stats import compute_stats_beam
+
+    beam_args = [a for a in args.beam_args if a != "--"]
+    compute_stats_beam(
+        args.data, args.out, step_hours=args.step_hours, block=args.block, beam_args=beam_args
+    )
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "files": [
+                    "mean_by_level.nc",
+                    "stddev_by_level.nc",
+                    "diffs_stddev_by_level.nc",
+                    "min_by_level.nc",
+                ],
+            }
+        )
+    )
+    return 0
+
+
+def _validate(args) -> int:
+    from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.data.validate import validate_store
+
+    cfg = load_data_config(args.config, args.overrides)
+    validate_store(args.data, cfg.task, check_values=not args.no_values)
+    print(json.dumps({"data": args.data, "config": args.config, "problems": 0}))
+    return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -84,7 +85,9 @@ def open_store(
                     fsspec.open(source, **opts).open(), engine="h5netcdf", chunks={}
                 )
             else:
-                ds = xr.open_zarr(source, chunks={}, storage_options=opts or None)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    ds = xr.open_zarr(source, chunks={}, storage_options=opts or None)
         except FileNotFoundError as e:
             raise DataError(f"store {source!r} does not exist or is not readable ({e})") from None
         except (ValueError, KeyError, OSError) as e:
@@ -112,7 +115,10 @@ def _open_local(path: pathlib.Path) -> xr.Dataset:
                 f"(expected one of {', '.join(_ZARR_MARKERS)} inside it)"
             )
         try:
-            return xr.open_zarr(path, chunks={})
+            with warnings.catch_warnings():
+                # stores without consolidated metadata are fine (zarr v3 has none by spec)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return xr.open_zarr(path, chunks={})
         except Exception as e:  # zarr raises a variety of errors for broken stores
             raise DataError(f"store path {str(path)!r}: not a readable Zarr store ({e})") from None
     with open(path, "rb") as f:

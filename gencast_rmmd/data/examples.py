@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -241,7 +242,10 @@ class ExampleSource:
         self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
         if not pathlib.Path(self.store).exists():
             raise DataError(f"store path {self.store!r} does not exist")
-        with xr.open_zarr(self.store, chunks=None, consolidated=None) as ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no consolidated metadata: fine
+            ds = xr.open_zarr(self.store, chunks=None)
+        with ds:
             self._times = ds["time"].values.astype("datetime64[ns]")
             self._levels = np.asarray(ds["level"].values) if "level" in ds.coords else np.array([])
             self.lat = ds["lat"].values

@@ -1,0 +1,282 @@
+"""Check a store against a task: every problem is reported with what was expected and found.
+
+`check_store(ds, task)` returns a list of `Problem`s (empty when the store is usable);
+`validate_store(path, task)` opens the store (errors for a missing path or a non-Zarr/NetCDF file)
+and raises one `DataError` listing all problems. Coordinates are normalized first (ERA5's
+`latitude/longitude` names and descending latitude are accepted, as on read).
+
+Checks, each with its own code: missing-variable, missing-level, dims (wrong or missing dims),
+grid (latitude not equiangular, longitudes not a full equally spaced circle, or a shape the
+spherical-harmonic noise cannot use: n_lon = 2 n_lat without poles, 2 (n_lat - 1) with poles),
+time-order (not increasing), duplicate-times, time-gaps (not a regular `step_hours` series),
+dtype (not float32/float64), non-finite (NaN/Inf where none may be; SST may be NaN over land, it is
+filled with `min_by_level`), static-varies (a static field with a time dim that changes),
+incomplete (a `data prepare` store whose writing did not finish).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.data.task import TaskConfig, has_level, variable_kind
+from gencast_rmmd.errors import DataError
+
+NAN_ALLOWED = {"sea_surface_temperature"}
+# `data prepare` sets this root attribute to "in-progress" when it writes the template and to
+# "complete" after the last chunk; an interrupted store is therefore never reported complete.
+PREPARE_STATE_ATTR = "gencast_rmmd_prepare"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+def expected_dims(name: str) -> tuple[str, ...]:
+    """The canonical dims of an ERA5 variable in the store."""
+    kind = variable_kind(name)
+    if kind == "static":
+        return ("lat", "lon")
+    if name.startswith("year_progress"):
+        return ("time",)
+    if name.startswith("day_progress"):
+        return ("time", "lon")
+    return ("time", "level", "lat", "lon") if has_level(name) else ("time", "lat", "lon")
+
+
+def _check_grid(ds: xr.Dataset) -> list[Problem]:
+    out = []
+    lat = np.asarray(ds["lat"].values, np.float64)
+    lon = np.asarray(ds["lon"].values, np.float64)
+    n_lat, n_lon = lat.size, lon.size
+    if n_lat < 2 or n_lon < 2:
+        return [Problem("grid", f"expected at least 2x2 lat/lon points, found {n_lat}x{n_lon}")]
+    dlat = np.diff(lat)
+    if not np.allclose(dlat, dlat[0], rtol=1e-6, atol=1e-6):
+        out.append(
+            Problem(
+                "grid",
+                "latitude is not equiangular: expected equal spacing, found spacings from "
+                f"{dlat.min():.6g} to {dlat.max():.6g} deg",
+            )
+        )
+        return out
+    poles = np.isclose(lat[0], -90.0) and np.isclose(lat[-1], 90.0)
+    if poles:
+        want = -90.0 + np.arange(n_lat) * 180.0 / (n_lat - 1)
+    else:
+        want = -90.0 + (np.arange(n_lat) + 0.5) * 180.0 / n_lat
+    if not np.allclose(lat, want, atol=1e-6):
+        out.append(
+            Problem(
+                "grid",
+                f"latitudes do not cover the sphere equiangularly: expected {want[0]:.6g}.."
+                f"{want[-1]:.6g} in {n_lat} steps ({'with' if poles else 'without'} poles), "
+                f"found {lat[0]:.6g}..{lat[-1]:.6g}",
+            )
+        )
+    dlon = np.diff(lon)
+    if not (np.allclose(dlon, 360.0 / n_lon, atol=1e-6) and lon[0] >= 0 and lon[-1] < 360):
+        out.append(
+            Problem(
+                "grid",
+                f"longitude: expected {n_lon} equally spaced points covering [0, 360) with step "
+                f"{360.0 / n_lon:.6g}, found {lon[0]:.6g}..{lon[-1]:.6g} (steps {dlon.min():.6g}.."
+                f"{dlon.max():.6g})",
+            )
+        )
+    want_lon = 2 * (n_lat - 1) if poles else 2 * n_lat
+    if n_lon != want_lon:
+        out.append(
+            Problem(
+                "grid",
+                f"grid {n_lat}x{n_lon} is not usable for spherical-harmonic noise: expected "
+                f"n_lon = {want_lon} for {n_lat} latitudes ({'with' if poles else 'without'} poles)",
+            )
+        )
+    return out
+
+
+def _check_times(times: np.ndarray, step_hours: int) -> list[Problem]:
+    out = []
+    if times.size < 2:
+        return out
+    d = np.diff(times.astype("datetime64[ns]")).astype("timedelta64[ns]")
+    if np.any(d < np.timedelta64(0, "ns")):
+        i = int(np.nonzero(d < np.timedelta64(0, "ns"))[0][0])
+        out.append(
+            Problem(
+                "time-order",
+                f"time is not monotonic increasing: {times[i]} is followed by {times[i + 1]}",
+            )
+        )
+    uniq, counts = np.unique(times, return_counts=True)
+    if np.any(counts > 1):
+        dup = uniq[counts > 1]
+        out.append(
+            Problem(
+                "duplicate-times",
+                f"expected unique times, found {dup.size} duplicated, e.g. {dup[0]}",
+            )
+        )
+    step = np.timedelta64(step_hours, "h").astype("timedelta64[ns]")
+    s = np.sort(uniq)
+    gaps = np.nonzero(np.diff(s) != step)[0]
+    if gaps.size:
+        i = gaps[0]
+        out.append(
+            Problem(
+                "time-gaps",
+                f"expected a regular {step_hours} h series, found {gaps.size} irregular step(s), "
+                f"first {s[i]} -> {s[i + 1]}",
+            )
+        )
+    return out
+
+
+def check_store(
+    ds: xr.Dataset, task: TaskConfig, *, check_values: bool = True, time_block: int = 64
+) -> list[Problem]:
+    """All problems of `ds` for `task` (see the module docstring). `check_values` scans every
+    value for NaN/Inf, streaming `time_block` times at a time."""
+    from gencast_rmmd.data.era5 import normalize_coords
+
+    problems: list[Problem] = []
+    ds = normalize_coords(ds)
+    needed = sorted(
+        set(task.input_variables)
+        | set(task.target_variables)
+        | set(task.forcing_variables)
+        | set(task.static_variables)
+    )
+    for dim in ("time", "lat", "lon"):
+        if dim not in ds.dims:
+            problems.append(
+                Problem("dims", f"expected a {dim!r} dimension, found dims {sorted(ds.dims)}")
+            )
+    if any(has_level(v) for v in needed) and "level" not in ds.dims:
+        problems.append(
+            Problem("dims", f"expected a 'level' dimension (hPa), found dims {sorted(ds.dims)}")
+        )
+    missing = [v for v in needed if v not in ds.data_vars]
+    for v in missing:
+        hint = ""
+        if variable_kind(v) == "forcing":
+            hint = " (`gencast-rmmd data prepare` adds the progress forcings)"
+        problems.append(
+            Problem("missing-variable", f"expected variable {v!r}, not found in the store{hint}")
+        )
+    if "level" in ds.dims:
+        have = set(np.asarray(ds["level"].values).tolist())
+        for lev in task.pressure_levels:
+            if lev not in have:
+                problems.append(
+                    Problem(
+                        "missing-level",
+                        f"expected pressure level {lev} hPa, found levels {sorted(have)}",
+                    )
+                )
+    present = [v for v in needed if v in ds.data_vars]
+    for v in present:
+        want = expected_dims(v)
+        got = ds[v].dims
+        static_with_time = variable_kind(v) == "static" and set(got) == set(want) | {"time"}
+        if set(got) != set(want) and not static_with_time:
+            problems.append(
+                Problem("dims", f"variable {v!r}: expected dims {want}, found {tuple(got)}")
+            )
+        if not np.issubdtype(ds[v].dtype, np.floating):
+            problems.append(
+                Problem("dtype", f"variable {v!r}: expected float32, found {ds[v].dtype}")
+            )
+    if {"lat", "lon"} <= set(ds.dims):
+        problems.extend(_check_grid(ds))
+    if "time" in ds.dims:
+        problems.extend(_check_times(np.asarray(ds["time"].values), task.step_hours))
+    for v in present:
+        da = ds[v]
+        if variable_kind(v) == "static" and "time" in da.dims and da.sizes["time"] > 1:
+            first = np.asarray(da.isel(time=0).values)
+            for i in range(1, da.sizes["time"]):
+                if not np.array_equal(np.asarray(da.isel(time=i).values), first, equal_nan=True):
+                    problems.append(
+                        Problem(
+                            "static-varies",
+                            f"static {v!r} has a time dim and changes over time (time index {i} "
+                            "differs from index 0); expected a field constant in time or dims "
+                            "(lat, lon)",
+                        )
+                    )
+                    break
+    if check_values:
+        for v in present:
+            if v in NAN_ALLOWED or not np.issubdtype(ds[v].dtype, np.floating):
+                continue
+            n_bad, where = _count_nonfinite(ds[v], time_block)
+            if n_bad:
+                problems.append(
+                    Problem(
+                        "non-finite",
+                        f"variable {v!r}: expected finite values, found {n_bad} NaN/Inf "
+                        f"(first at {where})",
+                    )
+                )
+    return problems
+
+
+def _count_nonfinite(da: xr.DataArray, block: int) -> tuple[int, str]:
+    if "time" not in da.dims:
+        x = np.asarray(da.values)
+        bad = ~np.isfinite(x)
+        return int(bad.sum()), "static field" if bad.any() else ""
+    total, where = 0, ""
+    for s in range(0, da.sizes["time"], block):
+        x = np.asarray(da.isel(time=slice(s, s + block)).values)
+        bad = ~np.isfinite(x)
+        n = int(bad.sum())
+        if n and not where:
+            t = np.argwhere(bad)[0][da.dims.index("time")]
+            where = f"time {da['time'].values[s + t]}"
+        total += n
+    return total, where
+
+
+def is_incomplete(ds_or_attrs) -> bool:
+    """True for a store written by `data prepare` that has not finished."""
+    attrs = getattr(ds_or_attrs, "attrs", ds_or_attrs)
+    state = attrs.get(PREPARE_STATE_ATTR)
+    return state is not None and state != "complete"
+
+
+def validate_store(
+    path: str | os.PathLike, task: TaskConfig, *, check_values: bool = True
+) -> list[Problem]:
+    """Open `path` and check it; raise `DataError` listing every problem, else return []."""
+    from gencast_rmmd.data.era5 import open_store
+
+    ds = open_store(path, trim_to_valid_range=False)
+    problems = []
+    if is_incomplete(ds):
+        problems.append(
+            Problem(
+                "incomplete",
+                f"store {os.fspath(path)!r} was not finished by `data prepare` (attribute "
+                f"{PREPARE_STATE_ATTR}={ds.attrs[PREPARE_STATE_ATTR]!r}); re-run prepare to "
+                "complete it",
+            )
+        )
+    problems += check_store(ds, task, check_values=check_values)
+    if problems:
+        raise DataError(
+            f"store {os.fspath(path)!r} does not match the task ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(str(p) for p in problems)
+        )
+    return []

@@ -1,0 +1,219 @@
+"""Prepare pipeline: an ERA5-style source -> the canonical training Zarr (Apache Beam, xarray-beam).
+
+    source (ARCO-ERA5 on GCS, any Zarr/NetCDF, or the embedded nature run)
+      -> `gencast_rmmd.data.era5.canonicalize` (lazy: names, levels, 00/12 UTC, 12 h precipitation,
+         statics, progress forcings, regridding, float32)
+      -> template written first (`xbeam.make_template`: all metadata and coordinates, chunks of one
+         time step, statics and the small forcings written eagerly), root attribute
+         `gencast_rmmd_prepare = "in-progress"`
+      -> work items = blocks of `steps_per_item` times --Reshuffle--> each worker reads its block
+         from the source and writes it into the template's region, then drops a marker file
+      -> when every block has its marker: attribute set to "complete", markers removed.
+
+Resuming: re-running the same command after a crash skips every block that has a marker, so
+finished chunks are never rewritten, and completes the store. The markers live next to the store
+(`<out>.prepare-progress/`); `data validate` reports a store whose attribute is not "complete" as
+incomplete. DirectRunner by default; any Beam runner through standard pipeline options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from gencast_rmmd.config import to_dict
+from gencast_rmmd.data.config import DataConfig
+from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
+from gencast_rmmd.errors import OutputError
+
+KEY_ATTR = "gencast_rmmd_prepare_key"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSpec:
+    """What a worker needs (small, picklable)."""
+
+    source: str
+    cfg: DataConfig
+    out: str
+    steps_per_item: int
+
+    @property
+    def progress_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.out + ".prepare-progress")
+
+    def marker(self, start: int) -> pathlib.Path:
+        return self.progress_dir / f"{start:09d}.done"
+
+
+def _open(spec: PrepareSpec) -> xr.Dataset:
+    from gencast_rmmd.data.era5 import open_canonical
+
+    return open_canonical(spec.cfg, source=spec.source)
+
+
+def _fingerprint(spec: PrepareSpec, ds: xr.Dataset) -> str:
+    t = ds["time"].values
+    blob = json.dumps(
+        {
+            "source": spec.source,
+            "cfg": to_dict(spec.cfg),
+            "times": [str(t[0]), str(t[-1]), int(t.size)],
+            "vars": sorted(ds.data_vars),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _encoding(ds: xr.Dataset) -> dict:
+    return {
+        name: {"chunks": tuple(1 if d == "time" else da.sizes[d] for d in da.dims)}
+        for name, da in ds.data_vars.items()
+    }
+
+
+def _timed(ds: xr.Dataset) -> list[str]:
+    return [k for k, v in ds.data_vars.items() if "time" in v.dims and v.chunks is not None]
+
+
+def write_template(ds: xr.Dataset, out: str, key: str) -> None:
+    """Write metadata, coordinates, statics and numpy-backed variables; time-chunked dask
+    variables are left to the workers."""
+    import xarray_beam as xbeam
+    import zarr
+
+    lazy = _timed(ds)
+    template = xbeam.make_template(ds[lazy]) if lazy else xr.Dataset()
+    full = ds.copy()
+    for name in lazy:
+        full[name] = template[name]
+    full.attrs = dict(ds.attrs)
+    full.attrs[PREPARE_STATE_ATTR] = "in-progress"
+    full.attrs[KEY_ATTR] = key
+    eager = [k for k in ds.data_vars if k not in lazy]
+    for k in eager:
+        full[k] = ds[k].compute()
+    full.to_zarr(out, mode="w", compute=False, encoding=_encoding(ds), consolidated=False)
+    if eager:
+        # compute=False may skip eager variables on some backends: write them explicitly.
+        ds[eager].compute().to_zarr(out, mode="r+", consolidated=False)
+    zarr.open_group(out, mode="r+").attrs[PREPARE_STATE_ATTR] = "in-progress"
+
+
+class _WriteBlock:
+    """Beam DoFn body: read one block of times from the source and write its region."""
+
+    def __init__(self, spec: PrepareSpec):
+        self.spec = spec
+        self._ds = None
+
+    def __call__(self, start: int):
+        import apache_beam as beam
+
+        if self._ds is None:
+            self._ds = _open(self.spec)
+        ds = self._ds
+        n = ds.sizes["time"]
+        stop = min(start + self.spec.steps_per_item, n)
+        names = _timed(ds)
+        block = ds[names].isel(time=slice(start, stop)).compute()
+        block = block.drop_vars([c for c in block.coords if "time" not in block[c].dims])
+        block.attrs = {}
+        block.to_zarr(self.spec.out, region={"time": slice(start, stop)}, consolidated=False)
+        self.spec.progress_dir.mkdir(parents=True, exist_ok=True)
+        self.spec.marker(start).write_text(json.dumps({"start": start, "stop": stop}))
+        beam.metrics.Metrics.counter("prepare", "time_steps_written").inc(stop - start)
+        beam.metrics.Metrics.counter("prepare", "bytes_written").inc(int(block.nbytes))
+        return start
+
+
+def prepare(
+    source: str,
+    cfg: DataConfig,
+    out: str | os.PathLike,
+    *,
+    beam_args: Sequence[str] = (),
+    steps_per_item: int = 8,
+    overwrite: bool = False,
+    max_items: int | None = None,
+) -> dict:
+    """Build (or complete) the canonical store `out` from `source` for `cfg`; returns a summary.
+
+    `max_items` writes at most that many blocks and stops without completing (used to simulate a
+    crash in tests; a later call completes the store).
+    """
+    import apache_beam as beam
+    import zarr
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    out = os.fspath(out)
+    spec = PrepareSpec(source=str(source), cfg=cfg, out=out, steps_per_item=steps_per_item)
+    ds = _open(spec)
+    key = _fingerprint(spec, ds)
+    resumed = False
+    if os.path.exists(out):
+        try:
+            attrs = dict(zarr.open_group(out, mode="r").attrs)
+        except Exception:
+            attrs = {}
+        if overwrite or attrs.get(KEY_ATTR) != key:
+            if not overwrite:
+                raise OutputError(
+                    f"output {out!r} exists and was not written by this prepare command (expected "
+                    f"{KEY_ATTR}={key}, found {attrs.get(KEY_ATTR)!r}); pass --overwrite to replace it"
+                )
+            shutil.rmtree(out)
+            shutil.rmtree(spec.progress_dir, ignore_errors=True)
+        elif attrs.get(PREPARE_STATE_ATTR) == "complete":
+            return {"out": out, "status": "already complete", "times": int(ds.sizes["time"])}
+        else:
+            resumed = True
+    if not resumed:
+        shutil.rmtree(spec.progress_dir, ignore_errors=True)
+        write_template(ds, out, key)
+    n = ds.sizes["time"]
+    starts = list(range(0, n, steps_per_item))
+    todo = [s for s in starts if not spec.marker(s).exists()]
+    skipped = len(starts) - len(todo)
+    if max_items is not None:
+        todo = todo[:max_items]
+    if todo and _timed(ds):
+        opts = list(beam_args)
+        if not any(a.startswith("--runner") for a in opts):
+            opts.append("--runner=DirectRunner")
+        with beam.Pipeline(options=PipelineOptions(opts)) as p:
+            _ = (
+                p
+                | "blocks" >> beam.Create(todo)
+                | "shuffle" >> beam.Reshuffle()
+                | "write" >> beam.Map(_WriteBlock(spec))
+            )
+    elif todo:
+        for s in todo:
+            spec.progress_dir.mkdir(parents=True, exist_ok=True)
+            spec.marker(s).write_text("{}")
+    complete = all(spec.marker(s).exists() for s in starts)
+    if complete:
+        group = zarr.open_group(out, mode="r+")
+        group.attrs[PREPARE_STATE_ATTR] = "complete"
+        shutil.rmtree(spec.progress_dir, ignore_errors=True)
+    return {
+        "out": out,
+        "status": "complete" if complete else "incomplete",
+        "times": int(n),
+        "blocks_written": len(todo),
+        "blocks_skipped": skipped,
+        "resumed": resumed,
+        "first_time": str(np.asarray(ds["time"].values[0])),
+        "last_time": str(np.asarray(ds["time"].values[-1])),
+    }

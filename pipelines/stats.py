@@ -1,0 +1,138 @@
+"""Stats pipeline: a canonical store -> GenCast's four normalization-statistics files (Beam).
+
+    store --xbeam.DatasetToChunks(time blocks)--> partial moments per block --CombineGlobally-->
+      mean / M2 / min per variable and level
+    store --block starts (each block read with one extra earlier time)--> moments of the 12 h
+      differences --CombineGlobally-->
+    -> finalize -> mean_by_level.nc, stddev_by_level.nc, diffs_stddev_by_level.nc, min_by_level.nc
+
+The math (`chunk_moments`, `merge_moments`, `finalize`) is `gencast_rmmd.data.stats`, shared with
+the in-process `compute_stats`, so both give the same numbers. Memory per worker is one block.
+DirectRunner by default; other runners through standard Beam pipeline options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import xarray as xr
+
+from gencast_rmmd.data import stats as st
+from gencast_rmmd.errors import DataError
+
+
+class _MomentsCombine:
+    """Beam CombineFn over `Moments` (exact parallel merging)."""
+
+    def __new__(cls):
+        import apache_beam as beam
+
+        class MomentsCombineFn(beam.CombineFn):
+            def create_accumulator(self):
+                return None
+
+            def add_input(self, acc, m):
+                return m if acc is None else st.merge_moments(acc, m)
+
+            def merge_accumulators(self, accs):
+                out = None
+                for a in accs:
+                    if a is not None:
+                        out = a if out is None else st.merge_moments(out, a)
+                return out
+
+            def extract_output(self, acc):
+                return acc
+
+        return MomentsCombineFn()
+
+
+def _open(path: str) -> xr.Dataset:
+    from gencast_rmmd.data.era5 import open_store
+
+    return open_store(path, trim_to_valid_range=False)
+
+
+def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):
+    import apache_beam as beam
+
+    ds = _open(path)[names]
+    lo = max(start - 1, 0)
+    pair = ds.isel(time=slice(lo, start + block)).compute()
+    d = st.time_differences(pair, step_hours)
+    beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
+    if not d.sizes.get("time", 0):
+        return None
+    return st.chunk_moments(d)
+
+
+def _values_moments(key, chunk: xr.Dataset):
+    import apache_beam as beam
+
+    beam.metrics.Metrics.counter("stats", "time_steps_read").inc(int(chunk.sizes["time"]))
+    return st.chunk_moments(chunk.compute())
+
+
+def compute_stats_beam(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    step_hours: int = 12,
+    block: int = 32,
+    beam_args: Sequence[str] = (),
+) -> dict[str, xr.Dataset]:
+    """Compute the four statistics of store `data` with Beam and write them to `out_dir`."""
+    import apache_beam as beam
+    import xarray_beam as xbeam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    data = os.fspath(data)
+    ds = _open(data)
+    if "time" not in ds.dims or ds.sizes["time"] == 0:
+        raise DataError(f"store {data!r} has no times to compute statistics over")
+    timed = [k for k, v in ds.data_vars.items() if "time" in v.dims]
+    statics = [k for k, v in ds.data_vars.items() if "time" not in v.dims]
+    n = ds.sizes["time"]
+    opts = list(beam_args)
+    if not any(a.startswith("--runner") for a in opts):
+        opts.append("--runner=DirectRunner")
+    # The combined moments meet in one final step that writes the files (`_write`).
+    out_dir = os.fspath(out_dir)
+    with beam.Pipeline(options=PipelineOptions(opts)) as p:
+        values = (
+            p
+            | "chunks" >> xbeam.DatasetToChunks(_open(data)[timed], {"time": block})
+            | "moments" >> beam.MapTuple(_values_moments)
+            | "combine values" >> beam.CombineGlobally(_MomentsCombine())
+        )
+        diffs = (
+            p
+            | "diff blocks" >> beam.Create(list(range(0, n, block)))
+            | "diff moments" >> beam.Map(_diff_moments, data, timed, block, step_hours)
+            | "drop empty" >> beam.Filter(lambda m: m is not None)
+            | "combine diffs" >> beam.CombineGlobally(_MomentsCombine())
+        )
+        _ = (
+            p
+            | "once" >> beam.Create([None])
+            | "write"
+            >> beam.Map(
+                _write,
+                data,
+                statics,
+                out_dir,
+                values=beam.pvalue.AsSingleton(values),
+                diffs=beam.pvalue.AsSingleton(diffs),
+            )
+        )
+    return st.load_stats(out_dir)
+
+
+def _write(_, data, statics, out_dir, values, diffs):
+    if statics:
+        m = st.chunk_moments(_open(data)[statics].compute())
+        values = st.merge_moments(values, m)
+    stats = st.finalize(values, diffs or st.Moments({}, {}, {}, {}, {}))
+    st.save_stats(stats, out_dir)
+    return out_dir

@@ -1,0 +1,63 @@
+"""The `gencast-rmmd data` commands end to end on small stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+from data_synthetic import SMALL_TASK, arco_style_ds, canonical_store_ds
+
+from gencast_rmmd.cli import main
+from gencast_rmmd.config import to_dict
+from gencast_rmmd.data.stats import load_stats
+
+
+def _config_file(tmp_path, **extra):
+    data = {"task": to_dict(SMALL_TASK), "source": "unused", **extra}
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_validate_ok_and_errors(tmp_path, capsys):
+    cfg = _config_file(tmp_path)
+    good = tmp_path / "good.zarr"
+    canonical_store_ds().to_zarr(good, consolidated=False)
+    assert main(["data", "validate", "--data", str(good), "--config", cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == 0
+    bad = tmp_path / "bad.zarr"
+    canonical_store_ds().drop_vars("temperature").to_zarr(bad, consolidated=False)
+    assert main(["data", "validate", "--data", str(bad), "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "missing-variable" in err and "'temperature'" in err and "Traceback" not in err
+    assert main(["data", "validate", "--data", str(tmp_path / "none.zarr"), "--config", cfg]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_prepare_then_stats_then_validate(tmp_path, capsys):
+    src = tmp_path / "arco.zarr"
+    arco_style_ds(hours=48).chunk({"time": 24}).to_zarr(src, consolidated=False)
+    cfg = _config_file(tmp_path)
+    out = tmp_path / "canon.zarr"
+    rc = main(
+        [
+            "data",
+            "prepare",
+            "--source",
+            str(src),
+            "--config",
+            cfg,
+            "--out",
+            str(out),
+            "--",
+            "--direct_num_workers=1",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+    assert main(["data", "stats", "--data", str(out), "--out", str(tmp_path / "stats")]) == 0
+    stats = load_stats(tmp_path / "stats")
+    assert stats["mean"]["temperature"].level.values.tolist() == [500, 850]
+    assert np.all(stats["diffs_stddev"]["temperature"].values > 0)
+    assert main(["data", "validate", "--data", str(out), "--config", cfg]) == 0

@@ -1,0 +1,105 @@
+"""Prepare and stats pipelines (Beam DirectRunner) on small synthetic stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from data_synthetic import SMALL_TASK, arco_style_ds, canonical_store_ds
+
+from gencast_rmmd.data import stats as st
+from gencast_rmmd.data.config import DataConfig, GridConfig
+from gencast_rmmd.data.validate import validate_store
+from gencast_rmmd.errors import DataError, OutputError
+from pipelines.prepare import prepare
+from pipelines.stats import compute_stats_beam
+
+
+@pytest.fixture
+def arco_store(tmp_path):
+    ds = arco_style_ds(hours=96, n_lat=9, n_lon=16)
+    path = tmp_path / "arco.zarr"
+    ds.chunk({"time": 24}).to_zarr(path, consolidated=False)
+    return str(path), ds
+
+
+def _cfg(**kw):
+    return DataConfig(task=SMALL_TASK, source="unused", **kw)
+
+
+def test_prepare_arco_style_store(arco_store, tmp_path):
+    src, raw = arco_store
+    out = tmp_path / "canon.zarr"
+    summary = prepare(
+        src, _cfg(grid=GridConfig(method="subsample", subsample_factor=2)), out, steps_per_item=3
+    )
+    assert summary["status"] == "complete"
+    validate_store(out, SMALL_TASK)
+    ds = xr.open_zarr(out)
+    assert ds.attrs["gencast_rmmd_prepare"] == "complete"
+    assert ds["temperature"].encoding["chunks"][0] == 1  # one time step per chunk
+    assert ds.sizes["time"] == 7  # 12 UTC day 1 .. 12 UTC day 4 (00 UTC day 1 lacks precip history)
+    assert ds.lat.values.tolist() == [-90.0, -45.0, 0.0, 45.0, 90.0]
+    assert "specific_humidity" not in ds and "total_precipitation_12hr" in ds
+    t = np.datetime64("2020-01-02T12", "ns")
+    src_n = raw.rename(latitude="lat", longitude="lon").isel(lat=slice(None, None, -1))
+    np.testing.assert_array_equal(
+        ds["temperature"].sel(time=t, level=850).values,
+        src_n["temperature"].sel(time=t, level=850).values[::2, ::2],
+    )
+    i = int(np.nonzero(src_n.time.values == t)[0][0])
+    np.testing.assert_allclose(
+        ds["total_precipitation_12hr"].sel(time=t).values,
+        src_n["total_precipitation"].values[i - 11 : i + 1].sum(0)[::2, ::2],
+        rtol=1e-5,
+    )
+    # a second run is a no-op
+    assert (
+        prepare(src, _cfg(grid=GridConfig(method="subsample", subsample_factor=2)), out)["status"]
+        == "already complete"
+    )
+
+
+def test_prepare_resumes_after_crash_without_rewriting(arco_store, tmp_path):
+    src, _ = arco_store
+    out = tmp_path / "canon.zarr"
+    cfg = _cfg()
+    first = prepare(src, cfg, out, steps_per_item=2, max_items=2)
+    assert first["status"] == "incomplete"
+    with pytest.raises(DataError, match="incomplete"):
+        validate_store(out, SMALL_TASK)
+    chunk = next((out / "temperature").rglob("c/0/*/*/*"))
+    mtime = chunk.stat().st_mtime_ns
+    second = prepare(src, cfg, out, steps_per_item=2)
+    assert second["status"] == "complete" and second["resumed"]
+    assert second["blocks_skipped"] == 2 and second["blocks_written"] == 2
+    assert chunk.stat().st_mtime_ns == mtime  # finished chunks were not rewritten
+    validate_store(out, SMALL_TASK)
+    full = xr.open_zarr(out).load()
+    fresh = tmp_path / "fresh.zarr"
+    prepare(src, cfg, fresh, steps_per_item=8)
+    xr.testing.assert_identical(full.drop_attrs(), xr.open_zarr(fresh).load().drop_attrs())
+
+
+def test_prepare_refuses_foreign_output(arco_store, tmp_path):
+    src, _ = arco_store
+    out = tmp_path / "other.zarr"
+    canonical_store_ds().to_zarr(out, consolidated=False)
+    with pytest.raises(OutputError, match="overwrite"):
+        prepare(src, _cfg(), out)
+    assert prepare(src, _cfg(), out, overwrite=True)["status"] == "complete"
+
+
+def test_stats_pipeline_matches_in_process(small_store, tmp_path):
+    path, ds = small_store
+    ds = ds.isel(time=[i for i in range(12) if i != 4])
+    path = tmp_path / "gap.zarr"
+    ds.to_zarr(path, consolidated=False)
+    beam_stats = compute_stats_beam(path, tmp_path / "stats", block=3)
+    ref = st.compute_stats(ds)
+    for k in ("mean", "stddev", "diffs_stddev", "min"):
+        for v in ref[k].data_vars:
+            np.testing.assert_allclose(
+                beam_stats[k][v].values, ref[k][v].values, rtol=1e-9, atol=1e-12, err_msg=f"{k}/{v}"
+            )
+    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted(st.STATS_FILES.values())
