@@ -13,7 +13,8 @@ import xarray as xr  # noqa: E402
 
 from gencast_rmmd.evaluation.statistics import VL_DIM  # noqa: E402
 
-MAX_ROWS = 40  # rank-histogram grid rows shown (variable-levels)
+MAX_ROWS = 16  # rank-histogram grid rows shown (variable-levels)
+PREFERRED_LEVELS = (500, 850)  # rows shown first when there are more than MAX_ROWS
 
 
 def _row_labels(ds: xr.Dataset) -> list[str]:
@@ -93,7 +94,13 @@ def rank_histogram_grid(hist: xr.Dataset, path: str, region: str = "global") -> 
     h = hist["rank_histogram"].sel(region=region)
     leads = hist["lead_time"].values
     cols = sorted({0, len(leads) // 2, len(leads) - 1})
-    rows = _row_labels(hist)[:MAX_ROWS]
+    labels = _row_labels(hist)
+    levels = hist["level"].values
+    order = sorted(
+        range(len(labels)), key=lambda i: not (np.isnan(levels[i]) or levels[i] in PREFERRED_LEVELS)
+    )
+    picked = sorted(order[:MAX_ROWS])
+    rows = [labels[i] for i in picked]
     fig, axes = plt.subplots(
         len(rows), len(cols), figsize=(2.4 * len(cols), 1.3 * len(rows)), squeeze=False, sharex=True
     )

@@ -1,0 +1,224 @@
+"""Forecast pipeline: WB2-schema store, resume after a crash, Beam == local, user errors,
+and the end-to-end chain forecast -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gencast_rmmd.data.config import load_data_config
+from gencast_rmmd.data.stats import compute_stats, save_stats
+from gencast_rmmd.errors import ConfigError, DataError, OutputError
+from gencast_rmmd.evaluation.synthetic import synthetic_canonical_store
+from pipelines import forecast as fc_pipe
+from pipelines.evaluate import evaluate
+
+INITS = ["2021-01-01T12/2021-01-02T12"]  # 3 init times
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fc")
+    task = load_data_config("embedded").task
+    ds = synthetic_canonical_store(str(d / "data.zarr"), task, n_times=12)
+    save_stats(compute_stats(ds), str(d / "stats"))
+    return {
+        "dir": d,
+        "data": str(d / "data.zarr"),
+        "stats": str(d / "stats"),
+        "ds": ds,
+        "task": task,
+    }
+
+
+def _run(data, out, **kw):
+    args = dict(
+        model="persistence:0.3",
+        stats_dir=data["stats"],
+        data=data["data"],
+        out=str(out),
+        init_times=INITS,
+        members=3,
+        lead_steps=2,
+        member_block=2,
+        progress=False,
+    )
+    args.update(kw)
+    return fc_pipe.run_forecast(**args)
+
+
+def test_store_schema_and_values(data):
+    out = data["dir"] / "det.zarr"
+    summary = _run(data, out, model="persistence")  # deterministic persistence
+    assert summary["complete"] and summary["regions_written"] == 3 * 2
+    assert os.path.exists(out / ".zmetadata")  # zarr format 2, consolidated: WB2 / zarr 2 readers
+    ds = xr.open_zarr(out)
+    assert ds.attrs["gencast_rmmd_status"] == "complete"
+    for k in ("model", "checkpoint", "sampler", "nfe_per_step", "seed", "ensemble_size"):
+        assert k in ds.attrs, k
+    t = ds["temperature"]
+    assert t.dims == (
+        "time",
+        "prediction_timedelta",
+        "realization",
+        "level",
+        "latitude",
+        "longitude",
+    )
+    assert ds["2m_temperature"].dims == (
+        "time",
+        "prediction_timedelta",
+        "realization",
+        "latitude",
+        "longitude",
+    )
+    assert t.attrs["units"] == "K"
+    assert ds["time"].dtype.kind == "M" and ds["prediction_timedelta"].dtype.kind == "m"
+    np.testing.assert_array_equal(
+        ds["prediction_timedelta"].values // np.timedelta64(1, "h"), [12, 24]
+    )
+    np.testing.assert_array_equal(ds["realization"].values, [0, 1, 2])
+    assert np.all(np.diff(ds["latitude"].values) > 0)
+    # Persistence without noise: every member at every lead equals the state at the init time,
+    # in physical units.
+    truth = data["ds"]["temperature"].sel(time=ds["time"].values)  # (time, level, lat, lon)
+    got = t.isel(prediction_timedelta=1, realization=2).values
+    np.testing.assert_allclose(got, truth.values, rtol=1e-6)
+
+
+def test_resume_after_crash_fills_only_missing_regions(data, monkeypatch):
+    ref_out = data["dir"] / "ref.zarr"
+    _run(data, ref_out)
+    out = data["dir"] / "crash.zarr"
+    real_run = fc_pipe._Worker.run
+    calls = {"n": 0}
+
+    def flaky(self, item):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("worker died")
+        return real_run(self, item)
+
+    monkeypatch.setattr(fc_pipe._Worker, "run", flaky)
+    with pytest.raises(RuntimeError, match="worker died"):
+        _run(data, out)
+    monkeypatch.setattr(fc_pipe._Worker, "run", real_run)
+    assert xr.open_zarr(out).attrs["gencast_rmmd_status"] == "incomplete"
+    with pytest.raises(DataError, match="incomplete"):
+        evaluate(str(out), data["data"], str(data["dir"] / "e_incomplete"), engine="memory")
+    summary = _run(data, out)
+    assert summary["regions_written"] == 3  # 6 regions, 3 were done before the crash
+    a, b = xr.open_zarr(out).load(), xr.open_zarr(ref_out).load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    # A second re-run has nothing to do.
+    assert _run(data, out)["regions_written"] == 0
+
+
+@pytest.mark.slow
+def test_beam_engine_equals_local(data):
+    a = data["dir"] / "local.zarr"
+    b = data["dir"] / "beam.zarr"
+    _run(data, a, members=2, init_times=["2021-01-01T12", "2021-01-02T00"])
+    _run(data, b, members=2, init_times=["2021-01-01T12", "2021-01-02T00"], engine="beam")
+    xr.testing.assert_identical(
+        xr.open_zarr(a).load().drop_attrs(), xr.open_zarr(b).load().drop_attrs()
+    )
+
+
+def test_user_errors(data, tmp_path):
+    with pytest.raises(ConfigError, match="members"):
+        _run(data, tmp_path / "a.zarr", members=0)
+    with pytest.raises(ConfigError, match="members"):
+        _run(data, tmp_path / "a.zarr", members=-2)
+    with pytest.raises(DataError, match="outside the data"):
+        _run(data, tmp_path / "a.zarr", init_times=["2020-06-01T00"])
+    with pytest.raises(DataError, match="outside the data"):
+        _run(data, tmp_path / "a.zarr", init_times=["2021-01-01T00"])  # needs the -12 h frame
+    with pytest.raises(ConfigError, match="multiple"):
+        _run(data, tmp_path / "a.zarr", lead_steps=None, lead_time="18h")
+    assert (
+        _run(
+            data,
+            tmp_path / "ok.zarr",
+            lead_steps=None,
+            lead_time="24h",
+            members=1,
+            init_times=["2021-01-01T12"],
+        )["lead_steps"]
+        == 2
+    )
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x.txt").write_text("other content")
+    with pytest.raises(OutputError, match="not a forecast store|another"):
+        _run(data, busy)
+    with pytest.raises(OutputError, match="other settings"):
+        _run(data, tmp_path / "ok.zarr", members=2, init_times=["2021-01-01T12"], lead_steps=2)
+    with pytest.raises(ConfigError, match="parse"):
+        _run(data, tmp_path / "b.zarr", init_times=["yesterday-ish"])
+
+
+def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):
+    from gencast_rmmd.cli import main
+
+    f = str(tmp_path / "f.zarr")
+    b = str(tmp_path / "b.zarr")
+    common = [
+        "--stats",
+        data["stats"],
+        "--data",
+        data["data"],
+        "--init-times",
+        "2021-01-01T12/2021-01-03T00",
+        "--lead-steps",
+        "2",
+        "--member-block",
+        "4",
+    ]
+    assert (
+        main(["forecast", "--model", "persistence:0.3", "--members", "4", "--out", f, *common]) == 0
+    )
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["complete"] and s["members"] == 4
+    assert main(["forecast", "--model", "persistence", "--members", "1", "--out", b, *common]) == 0
+    out = str(tmp_path / "eval")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--forecast",
+                f,
+                "--baseline",
+                b,
+                "--truth",
+                data["data"],
+                "--out",
+                out,
+                "--engine",
+                "memory",
+            ]
+        )
+        == 0
+    )
+    card = pd_read(os.path.join(out, "scorecard.csv"))
+    assert set(card["metric"]) == {"crps", "rmse", "spread_skill"}
+    assert {"temperature", "2m_temperature"} <= set(card["variable"])
+    assert set(card["lead_time_hours"]) == {12, 24}
+    # Persistence truth at lead 0 is exact, so errors are finite and positive at 12 and 24 h.
+    crps = card[card.metric == "crps"]
+    assert np.isfinite(crps["value"]).all() and (crps["value"] > 0).all()
+    for name in ("scorecard.nc", "rank_histograms.nc", "report.html", "scorecard_crps.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    summ = json.load(open(os.path.join(out, "evaluation.json")))["summary"]
+    assert summ["models"] == {"forecast": "persistence(noise=0.3)", "baseline": "persistence"}
+    assert 0 <= summ["win_rate_crps"] <= 1
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False)
