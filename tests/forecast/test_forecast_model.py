@@ -1,0 +1,94 @@
+"""load_forecast_model: teacher (DPM-Solver++ 2S) and student (K steps) from real checkpoints."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from gencast_rmmd.data.stats import compute_stats, save_stats
+from gencast_rmmd.data.task import gencast_task
+from gencast_rmmd.errors import CheckpointError
+from gencast_rmmd.evaluation.synthetic import synthetic_canonical_store
+from gencast_rmmd.forecast.model import load_forecast_model
+from gencast_rmmd.forecast.rollout import Rollout, run_key
+from gencast_rmmd.model.checkpoint import config_to_tree, make_checkpoint, save_checkpoint
+from gencast_rmmd.model.configs import (
+    DenoiserArchitectureConfig,
+    ModelConfig,
+    SamplerConfig,
+    SparseTransformerConfig,
+)
+from gencast_rmmd.model.denoiser import build_denoiser
+
+N_LAT, N_LON = 32, 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pytest.importorskip("gencast_rmmd.distill.student_sampler")
+    from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+
+    d = tmp_path_factory.mktemp("fm")
+    task = gencast_task(levels=(500, 850))
+    ds = synthetic_canonical_store(str(d / "data.zarr"), task, n_times=4, n_lat=N_LAT, n_lon=N_LON)
+    save_stats(compute_stats(ds), str(d / "stats"))
+    arch = DenoiserArchitectureConfig(
+        sparse_transformer_config=SparseTransformerConfig(
+            attention_k_hop=2, d_model=16, num_layers=1, num_heads=2, ffw_hidden=32
+        ),
+        mesh_size=1,
+        latent_size=16,
+    )
+    lat, lon = ds["lat"].values, ds["lon"].values
+    den = build_denoiser(arch, task, lat, lon)
+    x, sigma, cond = den.example_inputs(1)
+    params = den.init(jax.random.key(0), x, sigma, cond)
+    model_cfg = ModelConfig(
+        denoiser_architecture_config=arch, sampler_config=SamplerConfig(num_noise_levels=3)
+    )
+    prov = {"train_start": "2000-01-01T00:00:00", "train_end": "2001-09-30T12:00:00"}
+    teacher = make_checkpoint(params, task, model_cfg, license="test", extra={"provenance": prov})
+    student = make_checkpoint(
+        params,
+        task,
+        model_cfg,
+        license="test",
+        extra={
+            "provenance": prov,
+            "student_sampler_config": config_to_tree(StudentSamplerConfig(num_steps=2)),
+        },
+    )
+    save_checkpoint(d / "teacher.npz", teacher)
+    save_checkpoint(d / "student.npz", student)
+    return {"dir": d, "ds": ds, "task": task, "lat": lat, "lon": lon}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,nfe", [("teacher", 5), ("student", 2)])
+def test_checkpoint_models_roll_out(setup, kind, nfe):
+    d = setup["dir"]
+    model = load_forecast_model(str(d / f"{kind}.npz"), str(d / "stats"))
+    assert model.nfe == nfe
+    assert model.name == ("teacher" if kind == "teacher" else "student-2")
+    attrs = model.attrs()
+    assert attrs["training_period_start"] == "2000-01-01T00:00:00"
+    assert attrs["nfe_per_step"] == nfe
+    assert ("DPM-Solver++" if kind == "teacher" else "student K=2") in attrs["sampler"]
+    lay = setup["task"].layout
+    rng = np.random.default_rng(0)
+    inputs = (
+        rng.normal(size=(N_LAT, N_LON, lay.n_inputs)).astype(np.float32) * model.norm.input_std
+        + model.norm.input_mean
+    )
+    forcings = rng.normal(size=(2, N_LAT, N_LON, lay.n_forcings)).astype(np.float32)
+    ro = Rollout(model, setup["lat"], setup["lon"], block_size=2)
+    out = ro(run_key(0, np.datetime64("2001-10-01")), [0, 1], inputs, forcings)
+    assert out.shape == (2, 2, N_LAT, N_LON, lay.n_targets)
+    assert np.isfinite(out).all()
+    assert not np.allclose(out[0], out[1])  # members draw their own noise
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_forecast_model(str(tmp_path / "nope.npz"), str(tmp_path / "stats"))
