@@ -38,8 +38,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -157,9 +159,8 @@ def _mountain(lon_rad: np.ndarray, lat_rad: np.ndarray, height: float) -> np.nda
 
 @dataclasses.dataclass
 class _Model:
-    step_12h: object  # jitted: state -> state after output_hours
     make_trajectory: object  # n -> jitted (state) -> (state, nodal outputs of n output steps)
-    initial_state: object
+    initial_state: object  # seed -> initial state
     sigma: np.ndarray
     orography_m: np.ndarray  # [lat, lon] on the output grid
     mask: np.ndarray
@@ -168,7 +169,14 @@ class _Model:
     gravity: float
 
 
+def _model_key(cfg: NatureRunConfig) -> NatureRunConfig:
+    """The part of the config that determines the compiled model (not seed or run length)."""
+    return dataclasses.replace(cfg, seed=0, spinup_days=0, days=1, start_time="2000-01-01")
+
+
+@functools.lru_cache(maxsize=4)
 def _build_model(cfg: NatureRunConfig) -> _Model:
+    """Build (and cache, so that runs differing only in seed or length share compiled code)."""
     import jax
     import jax.numpy as jnp
     from dinosaur import (
@@ -240,7 +248,6 @@ def _build_model(cfg: NatureRunConfig) -> _Model:
         ps = jnp.exp(out_grid.to_nodal(state.log_surface_pressure))[0]
         return {"u": u, "v": v, "t": temp, "phi": phi, "ps": ps}
 
-    step_chunk = jax.jit(time_integration.repeated(step, inner))
     trajectories: dict[int, object] = {}
 
     def make_trajectory(n: int):
@@ -250,7 +257,9 @@ def _build_model(cfg: NatureRunConfig) -> _Model:
             )
         return trajectories[n]
 
-    state0 = init_fn(jax.random.PRNGKey(cfg.seed))
+    def initial_state(seed: int):
+        return init_fn(jax.random.PRNGKey(seed))
+
     lon_o, sin_lat_o = out_grid.nodal_mesh
     mask = (_mountain(lon_o, np.arcsin(sin_lat_o), 1.0) > 0.05).astype(np.float32)
     oro_m = np.asarray(specs.dimensionalize(np.asarray(nodal_oro), units.meter).m)
@@ -259,9 +268,8 @@ def _build_model(cfg: NatureRunConfig) -> _Model:
         return float(specs.dimensionalize(1.0, unit).m)
 
     return _Model(
-        step_12h=step_chunk,
         make_trajectory=make_trajectory,
-        initial_state=state0,
+        initial_state=initial_state,
         sigma=np.asarray(vertical.centers),
         orography_m=oro_m.T,  # dinosaur nodal arrays are [lon, lat]
         mask=mask.T,
@@ -353,29 +361,28 @@ def simulate(
     from gencast_rmmd.data.era5 import add_progress_forcings
 
     per_day = 24 // cfg.output_hours
-    chunk = max(1, min(chunk_days * per_day, cfg.days * per_day))
-    model = _build_model(cfg)
-    state = model.initial_state
     n_spin = cfg.spinup_days * per_day
-    bar = tqdm(
-        total=n_spin + cfg.days * per_day,
-        desc="nature run (12 h steps)",
-        disable=not progress,
-        unit="step",
-    )
-    for _ in range(n_spin):
-        state = model.step_12h(state)
-        bar.update(1)
     n_out = cfg.days * per_day
+    # One compiled trajectory of `chunk` output steps serves both the spin-up (outputs dropped)
+    # and the output: compiling the model step once saves most of a short run's time. The chunk
+    # divides both lengths so nothing is simulated twice or skipped.
+    g = math.gcd(n_spin, n_out) if n_spin else n_out
+    chunk = max(d for d in range(1, min(g, chunk_days * per_day) + 1) if g % d == 0)
+    model = _build_model(_model_key(cfg))
+    trajectory = model.make_trajectory(chunk)
+    state = model.initial_state(cfg.seed)
+    bar = tqdm(
+        total=n_spin + n_out, desc="nature run (12 h steps)", disable=not progress, unit="step"
+    )
+    for _ in range(n_spin // chunk):
+        state, _ = trajectory(state)
+        bar.update(chunk)
     pieces: list[dict[str, np.ndarray]] = []
-    done = 0
-    while done < n_out:
-        take = min(chunk, n_out - done)
-        state, nodal = model.make_trajectory(take)(state)
+    for _ in range(n_out // chunk):
+        state, nodal = trajectory(state)
         nodal = {k: np.asarray(v) for k, v in nodal.items()}
         pieces.append(_postprocess(nodal, model, levels_hpa))
-        done += take
-        bar.update(take)
+        bar.update(chunk)
     bar.close()
     data = {k: np.concatenate([p[k] for p in pieces], axis=0) for k in pieces[0]}
     bad = [k for k, v in data.items() if not np.all(np.isfinite(v))]

@@ -1,0 +1,122 @@
+"""The embedded nature run: schema, physics (jets, temperatures, decorrelation), determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gencast_rmmd.data import nature_run as nr
+from gencast_rmmd.data.validate import check_store
+
+R, G, GAMMA = 287.04, 9.80665, 0.0065
+
+
+def test_sigma_to_pressure_exact_for_lapse_rate_atmosphere():
+    # T = T0 (p/ps)^a and the matching hydrostatic geopotential are exactly what the
+    # below-ground extrapolation assumes; interpolation in log p must stay close.
+    a = R * GAMMA / G
+    sigma = (np.arange(8) + 0.5) / 8
+    ps = np.full((2, 3, 4), 95000.0)
+    p = sigma[None, :, None, None] * ps[:, None]
+    t0 = 290.0
+    temp = t0 * (p / ps[:, None]) ** a
+    phi = -(G * t0 / GAMMA) * ((p / ps[:, None]) ** a - 1.0)
+    u = np.log(p)  # linear in log p: interpolated exactly, held constant outside
+    levels = np.array([50.0, 300.0, 500.0, 850.0, 1000.0]) * 100
+    out = nr.sigma_to_pressure(
+        {"temperature": temp, "geopotential": phi, "u_component_of_wind": u},
+        sigma,
+        ps,
+        levels,
+        gas_constant=R,
+        gravity=G,
+    )
+    exp_t = t0 * (levels / 95000.0) ** a
+    exp_phi = -(G * t0 / GAMMA) * ((levels / 95000.0) ** a - 1.0)
+    # 1000 hPa is below the surface (95000 Pa): exact extrapolation
+    np.testing.assert_allclose(out["temperature"][0, -1, 0, 0], exp_t[-1], rtol=1e-6)
+    np.testing.assert_allclose(out["geopotential"][0, -1, 0, 0], exp_phi[-1], rtol=1e-5, atol=1e-2)
+    np.testing.assert_allclose(out["temperature"][0, 1:4, 0, 0], exp_t[1:4], rtol=2e-3)
+    np.testing.assert_allclose(out["geopotential"][0, 1:4, 0, 0], exp_phi[1:4], rtol=5e-3)
+    np.testing.assert_allclose(
+        out["u_component_of_wind"][0, 1:4, 0, 0], np.log(levels[1:4]), rtol=1e-6
+    )
+    assert out["u_component_of_wind"][0, -1, 0, 0] == pytest.approx(np.log(p[0, -1, 0, 0]))
+    # geopotential decreases with pressure, everything finite
+    assert np.all(np.diff(out["geopotential"], axis=1) < 0)
+    assert all(np.all(np.isfinite(v)) for v in out.values())
+
+
+@pytest.mark.slow
+def test_short_run_schema_and_validity(short_nature_run):
+    path, cfg = short_nature_run
+    ds = xr.open_zarr(path)
+    assert check_store(ds, cfg.task) == []
+    np.testing.assert_allclose(ds.lat.values, -87.1875 + 5.625 * np.arange(32))
+    np.testing.assert_allclose(ds.lon.values, 5.625 * np.arange(64))
+    assert ds.sizes["time"] == 80 and ds["temperature"].encoding["chunks"][0] == 1
+    assert ds["geopotential_at_surface"].dims == ("lat", "lon")
+    assert ds["temperature"].attrs["units"] == "K"
+
+
+@pytest.mark.slow
+def test_jets_temperatures_and_eddies(short_nature_run):
+    path, _ = short_nature_run
+    ds = xr.open_zarr(path).load()
+    lat = ds.lat.values
+    u = ds["u_component_of_wind"].sel(level=250).mean(["time", "lon"]).values
+    for hemi in (lat < 0, lat > 0):
+        k = np.argmax(np.where(hemi, u, -np.inf))
+        assert 18.0 <= u[k] <= 40.0, u  # westerly jet strength, m/s
+        assert 20.0 <= abs(lat[k]) <= 50.0, (lat[k], u)
+    # surface easterlies in the tropics, westerlies in mid-latitudes (momentum balance)
+    us = ds["10m_u_component_of_wind"].mean(["time", "lon"]).values
+    assert us[np.abs(lat) < 12].mean() < 0 < us[(np.abs(lat) > 35) & (np.abs(lat) < 60)].mean()
+    t = ds["temperature"]
+    assert 180.0 < float(t.min()) and float(t.max()) < 330.0
+    t850 = ds["temperature"].sel(level=850).mean(["time", "lon"]).values
+    assert t850[np.abs(lat) < 10].mean() - t850[np.abs(lat) > 70].mean() > 20.0  # pole-equator
+    # eddies: transient meridional wind in mid-latitudes
+    v = ds["v_component_of_wind"].sel(level=250)
+    assert float(v.where(np.abs(v.lat) > 30).where(np.abs(v.lat) < 60).std()) > 4.0
+    z = ds["geopotential"].sel(level=500)
+    assert 4.5e4 < float(z.mean()) < 6.0e4  # ~5.5 km
+
+
+@pytest.mark.slow
+def test_autocorrelation_decays_over_days(short_nature_run):
+    path, _ = short_nature_run
+    ds = xr.open_zarr(path).load()
+    x = ds["temperature"].sel(level=850)
+    x = x.where((np.abs(x.lat) > 30) & (np.abs(x.lat) < 65), drop=True)
+    anom = (x - x.mean(["time", "lon"])).values  # [time, lat, lon]
+    anom = anom - anom.mean(0)
+
+    def corr(lag):
+        a, b = anom[:-lag], anom[lag:]
+        return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+
+    c12h, c2d, c8d = corr(1), corr(4), corr(16)
+    assert c12h > 0.8, c12h  # persistent over half a day (weather, not noise)
+    assert c8d < 0.35, c8d  # decorrelated after about a week
+    assert c12h > c2d > c8d
+
+
+@pytest.mark.slow
+def test_deterministic_per_seed():
+    from gencast_rmmd.data.config import load_data_config
+
+    cfg = load_data_config("embedded")
+    base = dataclasses.replace(cfg.nature_run, spinup_days=3, days=1)
+    levels = cfg.task.pressure_levels
+    a = nr.simulate(base, levels, progress=False)
+    b = nr.simulate(base, levels, progress=False)
+    c = nr.simulate(dataclasses.replace(base, seed=1), levels, progress=False)
+    xr.testing.assert_identical(a, b)
+    assert not np.array_equal(
+        a["mean_sea_level_pressure"].values, c["mean_sea_level_pressure"].values
+    )
+    assert nr.cache_key(base, levels) != nr.cache_key(dataclasses.replace(base, seed=1), levels)
