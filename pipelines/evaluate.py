@@ -72,10 +72,8 @@ def chunk_rng(seed: int, init_ns: int, lead_ns: int) -> np.random.Generator:
     return np.random.default_rng([seed, init_ns % 2**63, lead_ns % 2**63])
 
 
-def compute_item(spec: ModelSpec, item: tuple[int, int]):
-    """Statistics of one work item: (xbeam.Key, Dataset with dims time=1, prediction_timedelta=k)."""
-    import xarray_beam as xbeam
-
+def item_statistics(spec: ModelSpec, item: tuple[int, int]) -> tuple[dict[str, int], xr.Dataset]:
+    """Statistics of one work item: (chunk offsets, Dataset with dims time=1, prediction_timedelta=k)."""
     i, j0 = item
     fc = _open_cached(spec.path, "forecast", spec.ensemble_dim)
     tr = _open_cached(spec.truth_path, "truth")
@@ -87,9 +85,18 @@ def compute_item(spec: ModelSpec, item: tuple[int, int]):
         rng = chunk_rng(spec.seed, spec.init_times[i], spec.leads[j])
         st = chunk_statistics(f_chunk, t_chunk, spec.pairs, ensemble_dim=spec.ensemble_dim, rng=rng)
         parts.append(st.expand_dims(prediction_timedelta=[lead]))
-    ds = xr.concat(parts, dim="prediction_timedelta").expand_dims(time=[init])
+    ds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="prediction_timedelta")
+    ds = ds.expand_dims(time=[init])
     ds.attrs = {}
-    return xbeam.Key({"time": i, "prediction_timedelta": j0}), ds
+    return {"time": i, "prediction_timedelta": j0}, ds
+
+
+def compute_item(spec: ModelSpec, item: tuple[int, int]):
+    """`item_statistics` keyed for xarray-beam: (xbeam.Key, Dataset)."""
+    import xarray_beam as xbeam
+
+    offsets, ds = item_statistics(spec, item)
+    return xbeam.Key(offsets), ds
 
 
 def _per_init(ds: xr.Dataset) -> xr.Dataset:
@@ -118,8 +125,8 @@ def run_memory(spec: ModelSpec) -> tuple[xr.Dataset, xr.Dataset]:
     counts: dict[int, int] = {}
     per_init = []
     for item in spec.items():
-        key, ds = compute_item(spec, item)
-        j0 = key.offsets["prediction_timedelta"]
+        offsets, ds = item_statistics(spec, item)
+        j0 = offsets["prediction_timedelta"]
         s = ds.sum("time")
         sums[j0] = s if j0 not in sums else sums[j0] + s
         counts[j0] = counts.get(j0, 0) + ds.sizes["time"]

@@ -38,7 +38,14 @@ def _open(path: str) -> xr.Dataset:
 
 
 def canonical_grid(ds: xr.Dataset) -> xr.Dataset:
-    """Rename lat/lon to latitude/longitude and sort latitude ascending."""
+    """Rename lat/lon to latitude/longitude, sort latitude ascending, longitude into [0, 360).
+
+    Uses the data layer's `normalize_coords` (also levels in Pa -> hPa), then WeatherBench 2's
+    dim names.
+    """
+    from gencast_rmmd.data.era5 import normalize_coords
+
+    ds = normalize_coords(ds)
     ren = {a: b for a, b in (("lat", "latitude"), ("lon", "longitude")) if a in ds.dims}
     ds = ds.rename(ren)
     for d in ("latitude", "longitude"):
