@@ -1,0 +1,360 @@
+"""The registry of bad inputs and injected faults: one row per case, shared by the tests and the doc.
+
+`BAD_INPUTS` rows are exercised by `test_reliability_bad_inputs.py` (one setup function per `id`
+runs the real CLI and checks the outcome); `FAULTS` rows by `test_reliability_crash.py`.
+`tools/gen_reliability_doc.py` renders both tables into `docs/reliability.md`, and
+`test_reliability_doc.py` fails if the doc, the registry and the tests disagree.
+
+Fields of a bad-input row:
+  id: unique name (the pytest id).
+  category: "data store", "config", "checkpoint", "CLI argument" or "output".
+  command: the `gencast-rmmd` command the case runs.
+  bad_input: what is wrong with the input.
+  message: a regular expression the single error line must match (case-insensitive).
+  outcome: what the tool does (all cases also: exit status 2, one line, no traceback, nothing
+    written).
+  defect: empty, or what the tool does instead (a known defect: the test is a strict xfail, so it
+    fails as soon as the defect is fixed and the row must be updated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    id: str
+    category: str
+    command: str
+    bad_input: str
+    message: str
+    outcome: str
+    defect: str = ""  # non-empty while the tool does not yet behave as `outcome` says
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    id: str
+    target: str
+    fault: str
+    trials: int
+    outcome: str
+
+
+BAD_INPUTS: tuple[BadInput, ...] = (
+    # ---------------------------------------------------------------- data stores
+    BadInput(
+        "store-missing",
+        "data store",
+        "evaluate",
+        "`--forecast` path does not exist",
+        r"does not exist",
+        "refuses: names the missing path",
+    ),
+    BadInput(
+        "store-not-zarr-dir",
+        "data store",
+        "evaluate",
+        "`--forecast` is a directory without Zarr metadata",
+        r"cannot open .* as a Zarr store",
+        "refuses: says the path is not a Zarr store or netCDF file",
+    ),
+    BadInput(
+        "store-not-zarr-file",
+        "data store",
+        "evaluate",
+        "`--truth` is a plain text file",
+        r"cannot open .* as a Zarr store",
+        "refuses: says the path is not a Zarr store or netCDF file",
+    ),
+    BadInput(
+        "store-truncated-chunk",
+        "data store",
+        "evaluate",
+        "one chunk file of the forecast store is cut in half",
+        r"(corrupt|unreadable|cannot read).*temperature",
+        "refuses: names the store and the variable whose chunk cannot be decoded",
+        defect="D1: internal error `RuntimeError: error during blosc decompression` (exit 1), "
+        "naming neither the store nor the variable",
+    ),
+    BadInput(
+        "store-garbage-chunk",
+        "data store",
+        "evaluate",
+        "one chunk file of the truth store is overwritten with random bytes",
+        r"(corrupt|unreadable|cannot read).*temperature",
+        "refuses: names the store and the variable whose chunk cannot be decoded",
+        defect="D1: internal error `RuntimeError: error during blosc decompression` (exit 1), "
+        "naming neither the store nor the variable",
+    ),
+    BadInput(
+        "store-incomplete-forecast",
+        "data store",
+        "evaluate",
+        "forecast store marked `gencast_rmmd_status: incomplete` (an interrupted forecast run)",
+        r"incomplete",
+        "refuses to score it; tells the user to re-run the forecast to fill it",
+    ),
+    BadInput(
+        "store-no-ensemble-dim",
+        "data store",
+        "evaluate",
+        "forecast store has no `realization` dim (GenCast's `sample`)",
+        r"no ensemble dim 'realization'.*--ensemble-dim sample",
+        "refuses: names the dims found and the `--ensemble-dim` flag to pass",
+    ),
+    BadInput(
+        "store-missing-dims",
+        "data store",
+        "evaluate",
+        "forecast store without `prediction_timedelta` (a truth-like store)",
+        r"prediction_timedelta",
+        "refuses: names the WeatherBench 2 dims it needs and those found",
+    ),
+    BadInput(
+        "grids-differ",
+        "data store",
+        "evaluate",
+        "forecast and truth on different latitude/longitude grids",
+        r"grids differ",
+        "refuses: prints both grids and says to regrid one",
+    ),
+    BadInput(
+        "truth-misses-valid-times",
+        "data store",
+        "evaluate",
+        "truth store ends before the forecast's valid times",
+        r"no init time .* has all its valid times",
+        "refuses: names the lead range and the truth store",
+    ),
+    BadInput(
+        "inits-in-training-period",
+        "data store",
+        "evaluate",
+        "forecast init times inside the model's recorded training period",
+        r"training period.*--allow-overlap",
+        "refuses (leakage) unless `--allow-overlap`; names the overlapping init times",
+    ),
+    # ---------------------------------------------------------------- checkpoints
+    BadInput(
+        "ckpt-missing",
+        "checkpoint",
+        "teacher info",
+        "checkpoint path does not exist",
+        r"does not exist",
+        "refuses: names the path",
+    ),
+    BadInput(
+        "ckpt-not-npz",
+        "checkpoint",
+        "teacher info",
+        "a text file named `model.npz`",
+        r"not a readable \.npz",
+        "refuses: says it is not an .npz archive",
+    ),
+    BadInput(
+        "ckpt-truncated",
+        "checkpoint",
+        "teacher info",
+        "a valid checkpoint cut to half its size (interrupted download)",
+        r"not a readable \.npz|unreadable",
+        "refuses: says the archive cannot be read",
+    ),
+    BadInput(
+        "ckpt-pickled",
+        "checkpoint",
+        "teacher info",
+        "an entry holds a pickled Python object",
+        r"description: holds a pickled Python object",
+        "refuses without unpickling: names the key",
+    ),
+    BadInput(
+        "ckpt-missing-key",
+        "checkpoint",
+        "teacher info",
+        "`denoiser_architecture_config:mesh_size` removed",
+        r"missing key denoiser_architecture_config:mesh_size",
+        "refuses: lists every missing or bad key at once",
+    ),
+    BadInput(
+        "ckpt-wrong-type",
+        "checkpoint",
+        "teacher info",
+        "`sampler_config:num_noise_levels` is a string",
+        r"sampler_config:num_noise_levels: expected an int",
+        "refuses: names the key, the expected and the found type",
+    ),
+    BadInput(
+        "ckpt-unknown-section",
+        "checkpoint",
+        "teacher info",
+        "an unknown top-level section (`optimizer:*`)",
+        r"unknown section 'optimizer'",
+        "refuses: names the section and the allowed ones",
+    ),
+    # ---------------------------------------------------------------- configs
+    BadInput(
+        "config-unknown-key",
+        "config",
+        "teacher train",
+        "model config with a misspelt key (`mesh_sise`)",
+        r"unknown key 'denoiser_architecture_config\.mesh_sise'.*allowed keys",
+        "refuses before touching data: names file, key and the allowed keys",
+    ),
+    BadInput(
+        "config-wrong-type",
+        "config",
+        "teacher train",
+        "model config with `latent_size: big`",
+        r"key 'denoiser_architecture_config\.latent_size': expected int, found 'big'",
+        "refuses: names file, key, expected type and value found",
+    ),
+    BadInput(
+        "config-bad-value",
+        "config",
+        "teacher train",
+        "model config whose transformer width differs from the GNN width",
+        r"d_model .* must equal latent_size",
+        "refuses: names the two values that disagree",
+    ),
+    BadInput(
+        "config-not-yaml",
+        "config",
+        "teacher train",
+        "model config that is not valid YAML",
+        r"not valid YAML",
+        "refuses: names the file and the YAML error position",
+    ),
+    BadInput(
+        "config-missing",
+        "config",
+        "teacher train",
+        "`--config` names no file (and no name under configs/model/)",
+        r"not found",
+        "refuses: says where it looked",
+    ),
+    BadInput(
+        "override-bad-value",
+        "config",
+        "teacher train",
+        "`--set training.batch_size=0`",
+        r"batch_size: must be >= 1, found 0",
+        "refuses before training: names the key and the allowed range",
+    ),
+    BadInput(
+        "override-malformed",
+        "CLI argument",
+        "teacher train",
+        "`--set training.num_steps` (no `=value`)",
+        r"expected the form key\.sub=value",
+        "refuses: shows the expected form",
+    ),
+    # ---------------------------------------------------------------- CLI arguments
+    BadInput(
+        "unknown-variable",
+        "CLI argument",
+        "evaluate",
+        "`--variables` names a variable neither store has",
+        r"not in both stores",
+        "refuses: lists the variables each store has",
+    ),
+    BadInput(
+        "lead-chunk-zero",
+        "CLI argument",
+        "evaluate",
+        "`--lead-chunk 0`",
+        r"lead_chunk must be >= 1",
+        "refuses before reading any data",
+    ),
+    BadInput(
+        "bad-choice",
+        "CLI argument",
+        "evaluate",
+        "`--engine spark` (not a choice)",
+        r"invalid choice",
+        "argparse usage error (exit 2) naming the allowed choices",
+    ),
+    # ---------------------------------------------------------------- outputs
+    BadInput(
+        "output-exists-other",
+        "output",
+        "evaluate",
+        "`--out` is an existing directory holding unrelated files",
+        r"exists and holds other files",
+        "refuses and leaves the directory untouched",
+    ),
+    BadInput(
+        "output-is-file",
+        "output",
+        "evaluate",
+        "`--out` is an existing regular file",
+        r"(exists|not a directory)",
+        "refuses and leaves the file untouched",
+        defect="D2: internal error `NotADirectoryError` (exit 1)",
+    ),
+)
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault(
+        "teacher-kill9",
+        "`gencast-rmmd teacher train` (tiny GenCast, 24 steps, checkpoint every 3)",
+        "SIGKILL during start-up, while orbax writes a checkpoint (x2), and 1-3 steps after a "
+        "checkpoint (x2); then resume",
+        5,
+        "resumes from the last complete checkpoint; final parameters and the loss of every step "
+        "equal an uninterrupted run's bit for bit; no teacher.npz before the run has finished",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    id: str
+    rule: str
+    check: str
+
+
+AUDITS: tuple[Audit, ...] = (
+    Audit(
+        "no-pickle",
+        "no pickle anywhere: `np.load(..., allow_pickle=False)` explicitly, `yaml.safe_load` only, "
+        "no pickle/dill/joblib/torch imports, no eval/exec",
+        "AST scan of gencast_rmmd/, pipelines/, tools/ (the scanner is itself tested on a file "
+        "with each pattern)",
+    ),
+    Audit(
+        "pickled-checkpoint",
+        "a checkpoint holding a pickled object is refused without unpickling anything",
+        "an .npz whose `description` is an object array whose unpickling would write a marker "
+        "file: CheckpointError names the key, the marker is never written",
+    ),
+    Audit(
+        "checkpoint-validated",
+        "checkpoint parameter names, shapes and dtypes are checked against the model before use",
+        "a checkpoint with a transposed tensor, a float64 tensor, a missing and an unexpected "
+        "parameter: one CheckpointError listing all 4",
+    ),
+    Audit(
+        "gcs-anonymous",
+        "gs:// stores are read anonymously (`token='anon'`) unless credentials are asked for",
+        "the DataConfig default and the storage options `open_store` passes to Zarr",
+    ),
+    Audit(
+        "outputs-confined",
+        "a command writes only inside the output location it was given",
+        "a full `evaluate` run: every new file is under --out, nothing next to it changes",
+    ),
+)
+
+
+def bad_input_ids() -> list[str]:
+    return [c.id for c in BAD_INPUTS]
+
+
+def case(case_id: str) -> BadInput:
+    for c in BAD_INPUTS:
+        if c.id == case_id:
+            return c
+    raise KeyError(case_id)

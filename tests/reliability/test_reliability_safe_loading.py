@@ -1,0 +1,219 @@
+"""Safe-loading audit: no pickle, validated checkpoints, confined outputs, anonymous GCS, no secrets."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import numpy as np
+import pytest
+from reliability_helpers import REPO, snapshot, tiny_checkpoint
+
+from gencast_rmmd.errors import CheckpointError
+
+SOURCE_DIRS = ("gencast_rmmd", "pipelines", "tools")
+UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "torch",
+    "marshal",
+    "shelve",
+}
+UNSAFE_YAML = {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all", "full_load_all"}
+
+
+def _sources():
+    for d in SOURCE_DIRS:
+        yield from sorted((REPO / d).rglob("*.py"))
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def unsafe_calls(path: pathlib.Path) -> list[str]:
+    """Every unsafe loader use in one file: pickle-like imports, np.load without an explicit
+    allow_pickle=False, yaml.load & co. (safe_load only), eval/exec."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bad = []
+    name = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    where = lambda n: f"{name}:{n.lineno}"  # noqa: E731
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in UNSAFE_MODULES:
+                    bad.append(f"{where(node)}: import {a.name}")
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in UNSAFE_MODULES:
+                bad.append(f"{where(node)}: from {node.module} import ...")
+        elif isinstance(node, ast.Call):
+            call = _dotted(node.func)
+            if call in ("np.load", "numpy.load", "onp.load", "jnp.load"):
+                kw = {k.arg: k.value for k in node.keywords}
+                v = kw.get("allow_pickle")
+                if not (isinstance(v, ast.Constant) and v.value is False):
+                    bad.append(f"{where(node)}: {call} without allow_pickle=False")
+            elif call.startswith("yaml.") and call.split(".", 1)[1] in UNSAFE_YAML:
+                bad.append(f"{where(node)}: {call} (use yaml.safe_load)")
+            elif call in ("eval", "exec"):
+                bad.append(f"{where(node)}: {call}()")
+            elif call.endswith("read_pickle") or call.endswith("from_pickle"):
+                bad.append(f"{where(node)}: {call}")
+    return bad
+
+
+def test_no_unsafe_loaders_anywhere():
+    files = list(_sources())
+    assert len(files) > 20
+    bad = [b for f in files for b in unsafe_calls(f)]
+    assert not bad, "unsafe loading:\n" + "\n".join(bad)
+
+
+def test_the_audit_itself_catches_unsafe_code(tmp_path):
+    """The scanner is not a no-op: it flags each pattern it is meant to flag."""
+    p = tmp_path / "bad.py"
+    p.write_text(
+        "import pickle\nimport numpy as np\nimport yaml\n"
+        "a = np.load('x.npz')\nb = np.load('x.npz', allow_pickle=True)\n"
+        "c = yaml.load(open('x'))\nd = eval('1')\ne = np.load('y', allow_pickle=False)\n"
+    )
+    found = unsafe_calls(p)
+    assert len(found) == 5, found  # import pickle, 2x np.load, yaml.load, eval
+
+
+class _Boom:
+    """Unpickling this writes a marker file: proof that something was unpickled."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(_Boom.marker), "unpickled!"))
+
+
+def test_pickled_checkpoint_is_refused_without_unpickling(tmp_path):
+    from gencast_rmmd.model.checkpoint import checkpoint_to_flat, load_checkpoint
+
+    lat = -90 + (np.arange(8) + 0.5) * 22.5
+    lon = np.arange(16) * 22.5
+    flat = checkpoint_to_flat(tiny_checkpoint(lat, lon))
+    marker = tmp_path / "UNPICKLED"
+    _Boom.marker = str(marker)
+    obj = np.empty((), dtype=object)
+    obj[()] = _Boom()
+    flat["description"] = obj
+    path = tmp_path / "evil.npz"
+    np.savez(path, **flat)
+    with pytest.raises(CheckpointError, match=r"description: holds a pickled Python object"):
+        load_checkpoint(path)
+    assert not marker.exists(), "loading the checkpoint ran pickled code"
+
+
+def _flat_ckpt(tmp_path):
+    from gencast_rmmd.model.checkpoint import checkpoint_to_flat
+
+    lat = -90 + (np.arange(8) + 0.5) * 22.5
+    lon = np.arange(16) * 22.5
+    return lat, lon, checkpoint_to_flat(tiny_checkpoint(lat, lon))
+
+
+def test_checkpoint_names_shapes_dtypes_checked_before_use(tmp_path):
+    """Every mismatch is listed in one CheckpointError before any parameter reaches the model."""
+    from gencast_rmmd.model.checkpoint import denoiser_from_checkpoint, load_checkpoint
+
+    lat, lon, flat = _flat_ckpt(tmp_path)
+    keys = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)
+    k_shape, k_dtype = keys[0], keys[1]
+    k_missing = sorted(k for k in flat if k.startswith("params:"))[-1]
+    flat[k_shape] = np.zeros(flat[k_shape].shape[::-1] + (1,), np.float32)
+    flat[k_dtype] = flat[k_dtype].astype(np.float64)
+    del flat[k_missing]
+    flat["params:intruder:w"] = np.zeros((3, 3), np.float32)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **flat)
+    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError) as e:
+        denoiser_from_checkpoint(ckpt, lat, lon, source=str(path))
+    msg = str(e.value)
+    short = lambda k: k.split(":", 1)[1]  # noqa: E731
+    assert f"parameter {short(k_shape)}: expected shape" in msg
+    assert f"parameter {short(k_dtype)}: expected dtype float32, found float64" in msg
+    assert f"missing parameter {short(k_missing)}" in msg
+    assert "unexpected parameter intruder:w" in msg
+    assert "4 parameter mismatch(es)" in msg
+
+
+def test_gcs_is_anonymous_by_default(monkeypatch):
+    """gs:// stores are opened with token='anon' unless credentials are asked for explicitly."""
+    import xarray as xr
+
+    from gencast_rmmd.data import era5
+    from gencast_rmmd.data.config import DataConfig
+
+    assert DataConfig.__dataclass_fields__["token"].default == "anon"
+    seen = []
+
+    def fake_open_zarr(source, **kw):
+        seen.append(kw.get("storage_options"))
+        return xr.Dataset()
+
+    monkeypatch.setattr(era5.xr, "open_zarr", fake_open_zarr)
+    era5.open_store("gs://some-public-bucket/era5.zarr")
+    era5.open_store("gs://private-bucket/era5.zarr", token="google_default")
+    assert seen == [{"token": "anon"}, {"token": "google_default"}]
+
+
+def test_evaluate_writes_only_inside_out(tmp_path, capfd):
+    """A successful evaluation adds files under --out and nothing else next to it."""
+    from reliability_helpers import run_cli
+
+    from gencast_rmmd.evaluation.synthetic import write_synthetic_pair
+
+    write_synthetic_pair(
+        str(tmp_path / "f.zarr"),
+        str(tmp_path / "t.zarr"),
+        n_init=2,
+        n_lead=1,
+        members=2,
+        n_lat=8,
+        n_lon=16,
+    )
+    before = snapshot(tmp_path)
+    res = run_cli(
+        [
+            "evaluate",
+            "--forecast",
+            tmp_path / "f.zarr",
+            "--truth",
+            tmp_path / "t.zarr",
+            "--out",
+            tmp_path / "ev",
+            "--engine",
+            "memory",
+            "--no-plots",
+            "--allow-overlap",
+        ],
+        capfd,
+    )
+    assert res.rc == 0, res.err
+    after = snapshot(tmp_path)
+    added = set(after) - set(before)
+    assert added and all(a.startswith("ev/") for a in added), sorted(added)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+AUDIT_TESTS = {
+    "no-pickle": test_no_unsafe_loaders_anywhere,
+    "pickled-checkpoint": test_pickled_checkpoint_is_refused_without_unpickling,
+    "checkpoint-validated": test_checkpoint_names_shapes_dtypes_checked_before_use,
+    "gcs-anonymous": test_gcs_is_anonymous_by_default,
+    "outputs-confined": test_evaluate_writes_only_inside_out,
+}
