@@ -1,14 +1,202 @@
-"""`gencast-rmmd teacher` sub-commands (placeholder until the area's issue fills it in)."""
+"""`gencast-rmmd teacher train | export | info`: train a GenCast teacher, export it, describe a .npz."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import pathlib
+
+from gencast_rmmd.cli import add_set_argument
+
 
 def register(sub) -> None:
-    p = sub.add_parser("teacher", help="teacher (not built yet)")
-    p.set_defaults(func=_not_built)
+    p = sub.add_parser(
+        "teacher",
+        help="train a GenCast teacher, export it as an official .npz, describe checkpoints",
+        description="GenCast teacher: train | export | info (see docs/teacher.md).",
+    )
+    tsub = p.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    t = tsub.add_parser(
+        "train",
+        help="train (or resume) a teacher with GenCast's denoising loss",
+        description=(
+            "Train a GenCast denoiser on a canonical store. Resumes from the latest checkpoint "
+            "when --out holds the same run. Writes run.json, checkpoints/, metrics.jsonl and, at "
+            "the end, teacher.npz (official GenCast layout)."
+        ),
+    )
+    t.add_argument("--config", required=True, help="model config (path or name in configs/model/)")
+    t.add_argument("--data", required=True, help="canonical Zarr store")
+    t.add_argument("--stats", required=True, help="statistics directory")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument(
+        "--task",
+        help="data config (path or name in configs/data/) giving the task and splits; default: "
+        "the store's `gencast_rmmd_task` attribute, or configs/data/embedded.yaml for the "
+        "embedded nature run",
+    )
+    t.add_argument(
+        "--split",
+        default=None,
+        help="training split of the data config (default: 'train' if the config has one)",
+    )
+    t.add_argument("--steps", type=int, help="number of optimizer steps (training.num_steps)")
+    t.add_argument("--batch-size", type=int, help="global batch size (training.batch_size)")
+    t.add_argument("--grad-accum", type=int, help="gradient accumulation micro-steps")
+    t.add_argument("--lr", type=float, help="peak learning rate (training.optimizer.learning_rate)")
+    t.add_argument("--seed", type=int, help="seed of init, data order and noise")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_set_argument(t)
+    t.set_defaults(func=_train)
+
+    e = tsub.add_parser(
+        "export",
+        help="write a trained teacher as an official GenCast .npz",
+        description="Export the latest (or --step) checkpoint of a teacher run to the official "
+        "GenCast .npz layout, with extra:provenance (data, training period).",
+    )
+    e.add_argument("--run", required=True, help="teacher run directory (from `teacher train`)")
+    e.add_argument("--out", required=True, help="output .npz path")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.add_argument("--license", default=None, help="license string stored in the file")
+    e.add_argument("--description", default=None, help="description stored in the file")
+    e.set_defaults(func=_export)
+
+    i = tsub.add_parser(
+        "info",
+        help="describe a GenCast .npz (official or ours)",
+        description="Print description, license, task, architecture, sampler and parameter count.",
+    )
+    i.add_argument("file", help="checkpoint .npz")
+    i.set_defaults(func=_info)
 
 
-def _not_built(args) -> int:
-    from gencast_rmmd.errors import UserError
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    model, training = [], []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key.startswith("training."):
+            training.append(o.split("training.", 1)[1])
+        elif key.startswith("model."):
+            model.append(o.split("model.", 1)[1])
+        else:
+            model.append(o)
+    return model, training
 
-    raise UserError("'teacher' is not built yet in this version")
+
+def _resolve_task(args):
+    """(TaskConfig, (train_start, train_end) or (None, None)) from --task / store attrs."""
+    import xarray as xr
+    import yaml
+
+    from gencast_rmmd.config import from_dict, load_config, resolve_config_path
+    from gencast_rmmd.data.config import DataConfig
+    from gencast_rmmd.data.task import TaskConfig
+    from gencast_rmmd.errors import ConfigError, DataError
+
+    data_cfg = None
+    if args.task:
+        path = resolve_config_path(args.task, kind="data")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if isinstance(raw, dict) and set(raw) <= {"task", "splits"}:
+            task = from_dict(TaskConfig, raw.get("task") or {}, f"{path}:task")
+            splits = raw.get("splits") or {}
+        else:
+            data_cfg = load_config(DataConfig, path, kind="data")
+            task, splits = data_cfg.task, data_cfg.splits
+    else:
+        if not pathlib.Path(args.data).exists():
+            raise DataError(f"store {args.data!r} does not exist")
+        with xr.open_zarr(args.data, chunks=None, consolidated=None) as ds:
+            attrs = dict(ds.attrs)
+        if "gencast_rmmd_task" in attrs:
+            task = from_dict(
+                TaskConfig, yaml.safe_load(attrs["gencast_rmmd_task"]), f"{args.data}:attrs"
+            )
+            splits = {}
+        elif "gencast_rmmd_nature_run" in attrs:
+            data_cfg = load_config(DataConfig, "embedded", kind="data")
+            task, splits = data_cfg.task, data_cfg.splits
+        else:
+            raise ConfigError(
+                f"cannot tell the task of store {args.data!r}: it has no 'gencast_rmmd_task' "
+                "attribute; pass --task with a data config (e.g. configs/data/gencast_1p0deg.yaml)"
+            )
+    window = (None, None)
+    split = args.split or ("train" if "train" in splits else None)
+    if split is not None:
+        if split not in splits:
+            raise ConfigError(f"--split {split!r}: the data config has splits {sorted(splits)}")
+        window = tuple(splits[split])
+    return task, window
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gencast_rmmd.config import apply_overrides, from_dict, load_config, to_dict
+    from gencast_rmmd.model.configs import ModelConfig
+    from gencast_rmmd.training import sharding
+    from gencast_rmmd.training.teacher import TeacherTrainingConfig, train_teacher
+
+    sharding.maybe_initialize_distributed()
+    model_over, train_over = _split_overrides(args.overrides)
+    model = load_config(ModelConfig, args.config, model_over, kind="model")
+    task, (start, end) = _resolve_task(args)
+    base = to_dict(TeacherTrainingConfig())
+    if start is not None:
+        base["train_start"], base["train_end"] = start, end
+    for flag, key in (
+        ("steps", "num_steps"),
+        ("batch_size", "batch_size"),
+        ("grad_accum", "grad_accum_steps"),
+        ("seed", "seed"),
+    ):
+        v = getattr(args, flag)
+        if v is not None:
+            base[key] = v
+    if args.lr is not None:
+        base["optimizer"]["learning_rate"] = args.lr
+    base = apply_overrides(base, train_over)
+    training = from_dict(TeacherTrainingConfig, base, "teacher training config (--set training.*)")
+    summary = train_teacher(
+        model,
+        task,
+        args.data,
+        args.stats,
+        args.out,
+        training,
+        progress=not args.no_progress,
+        model_source=str(args.config),
+    )
+    print(
+        f"teacher: {summary['steps']} steps, loss {summary['loss']:.4g}, "
+        f"{summary['num_params']:,} parameters, {summary['steps_per_sec']:.2f} steps/s; "
+        f"run {summary['run_dir']}; exported {summary['export']}"
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gencast_rmmd.training.teacher import DEFAULT_LICENSE, export_teacher
+
+    path = export_teacher(
+        args.run,
+        args.out,
+        step=args.step,
+        license=args.license if args.license is not None else DEFAULT_LICENSE,
+        description=args.description,
+    )
+    print(f"teacher exported to {path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gencast_rmmd.errors import CheckpointError
+    from gencast_rmmd.training.teacher import describe_checkpoint
+
+    if not pathlib.Path(args.file).is_file():
+        raise CheckpointError(f"checkpoint {args.file!r} does not exist")
+    print(describe_checkpoint(args.file))
+    return 0
