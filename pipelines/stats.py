@@ -13,6 +13,7 @@ DirectRunner by default; other runners through standard Beam pipeline options.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -48,10 +49,19 @@ class _MomentsCombine:
         return MomentsCombineFn()
 
 
+@functools.lru_cache(maxsize=4)
 def _open(path: str) -> xr.Dataset:
+    """Open lazily without dask (xarray's lazy indexing reads only the selected chunks); cached
+    per worker process so each work item does not re-read the metadata."""
+    import warnings
+
     from gencast_rmmd.data.era5 import open_store
 
-    return open_store(path, trim_to_valid_range=False)
+    if os.path.isdir(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return xr.open_zarr(path, chunks=None)
+    return open_store(path, trim_to_valid_range=False).compute()
 
 
 def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from data_synthetic import SMALL_TASK, arco_style_ds, canonical_store_ds
 
@@ -61,3 +62,26 @@ def test_prepare_then_stats_then_validate(tmp_path, capsys):
     assert stats["mean"]["temperature"].level.values.tolist() == [500, 850]
     assert np.all(stats["diffs_stddev"]["temperature"].values > 0)
     assert main(["data", "validate", "--data", str(out), "--config", cfg]) == 0
+
+
+@pytest.mark.slow
+def test_nature_run_command(tmp_path, capsys):
+    out = tmp_path / "nr.zarr"
+    args = [
+        "data",
+        "nature-run",
+        "--out",
+        str(out),
+        "--spinup-days",
+        "3",
+        "--days",
+        "1",
+        "--seed",
+        "2",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["times"] == 2 and summary["simulated_days"] == 4
+    assert main(["data", "validate", "--data", str(out), "--config", "embedded"]) == 0
+    assert main(args) == 2  # exists: refuses without --overwrite
+    assert "already exists" in capsys.readouterr().err
