@@ -89,8 +89,12 @@ def assert_one_clear_error(res: CliResult, pattern: str) -> str:
     assert len(lines) == 1, f"expected one error line, found {len(lines)}:\n{res.err}"
     assert lines[0].startswith(ERROR_PREFIX), lines[0]
     assert res.rc == 2, f"exit status {res.rc}, expected 2; stderr:\n{res.err}"
-    msg = lines[0][len(ERROR_PREFIX) :]
-    assert re.search(pattern, msg, flags=re.IGNORECASE), (
+    # The message may go on over indented lines (e.g. a list of every problem found).
+    err_lines = res.err.splitlines()
+    start = err_lines.index(lines[0])
+    rest = [ln for ln in err_lines[start + 1 :] if ln.startswith((" ", "\t"))]
+    msg = "\n".join([lines[0][len(ERROR_PREFIX) :], *rest])
+    assert re.search(pattern, msg, flags=re.IGNORECASE | re.DOTALL), (
         f"message does not name the problem (want /{pattern}/):\n{msg}"
     )
     return msg

@@ -302,6 +302,155 @@ def s_override_malformed(tmp, p):
     return _teacher_train(tmp, p, model, "--set", "training.num_steps")
 
 
+def _ws_copy(tmp, p, *names):
+    w = p["ws"]
+    out = {}
+    for n in names:
+        src = w[n]
+        dst = tmp / src.name
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            dst.write_text(src.read_text().replace(str(w["store"]), str(tmp / w["store"].name)))
+        out[n] = dst
+    return out
+
+
+def _mutated_store(tmp, p, mutate) -> pathlib.Path:
+    ds = xr.open_zarr(p["ws"]["store"]).load()
+    return _write(mutate(ds), tmp / "data.zarr")
+
+
+def _data_config(tmp, p, store, extra: str = "") -> pathlib.Path:
+    from reliability_helpers import tiny_data_config_text
+
+    path = tmp / "data_config.yaml"
+    path.write_text(tiny_data_config_text(store) + extra)
+    return path
+
+
+def s_validate_nan(tmp, p):
+    def mutate(ds):
+        ds["temperature"][3, 1, 2, 5] = np.nan
+        return ds
+
+    store = _mutated_store(tmp, p, mutate)
+    return ["data", "validate", "--data", store, "--config", _data_config(tmp, p, store)]
+
+
+def s_validate_missing_variable(tmp, p):
+    store = _mutated_store(tmp, p, lambda ds: ds.drop_vars("mean_sea_level_pressure"))
+    return ["data", "validate", "--data", store, "--config", _data_config(tmp, p, store)]
+
+
+def s_validate_corrupt_chunk(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    chunk = chunk_files(f, "temperature")[0]
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    return ["data", "validate", "--data", f, "--config", _data_config(tmp, p, f)]
+
+
+def s_stats_missing_store(tmp, p):
+    return ["data", "stats", "--data", tmp / "nope.zarr", "--out", tmp / "stats"]
+
+
+def s_prepare_time_outside(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    cfg = _data_config(tmp, p, f, "time_start: '2031-01-01T00:00'\n")
+    return ["data", "prepare", "--config", cfg, "--out", tmp / "prepared.zarr"]
+
+
+def s_prepare_config_unknown_key(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    cfg = _data_config(tmp, p, f, "tokn: anon\n")
+    return ["data", "prepare", "--config", cfg, "--out", tmp / "prepared.zarr"]
+
+
+def s_prepare_output_foreign(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    out = tmp / "prepared.zarr"
+    out.mkdir()
+    (out / "notes.md").write_text("my notes\n")
+    return ["data", "prepare", "--config", _data_config(tmp, p, f), "--out", out]
+
+
+def _forecast(tmp, p, *extra, model=None, store=None, stats=None, init=None):
+    w = p["ws"]
+    if store is None:
+        store = _ws_copy(tmp, p, "store")["store"]
+    if stats is None:
+        stats = _ws_copy(tmp, p, "stats")["stats"]
+    if model is None:
+        model = _save_flat(p["flat"], tmp / "model.npz")
+    if init is None:
+        init = str(xr.open_zarr(w["store"])["time"].values[2])[:19]
+    return [
+        "forecast", "--model", model, "--stats", stats, "--data", store, "--init-times", init,
+        *extra,
+    ]  # fmt: skip
+
+
+def s_forecast_negative_members(tmp, p):
+    return _forecast(tmp, p, "--members", "-3", "--lead-steps", "1", "--out", tmp / "f.zarr")
+
+
+def s_forecast_lead_not_multiple(tmp, p):
+    return _forecast(tmp, p, "--members", "2", "--lead-time", "18h", "--out", tmp / "f.zarr")
+
+
+def s_forecast_init_outside_data(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        init="2031-01-01T00",
+    )  # fmt: skip
+
+
+def s_forecast_bad_init_time(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", init="yesterday"
+    )
+
+
+def s_forecast_stats_missing(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        stats=tmp / "no_stats",
+    )  # fmt: skip
+
+
+def s_forecast_ckpt_wrong_shape(tmp, p):
+    flat = dict(p["flat"])
+    k = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)[0]
+    flat[k] = np.zeros(flat[k].shape[::-1] + (2,), np.float32)
+    model = _save_flat(flat, tmp / "model.npz")
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
+    )
+
+
+def s_forecast_nan_inputs(tmp, p):
+    w = p["ws"]
+    init = xr.open_zarr(w["store"])["time"].values[2]
+
+    def mutate(ds):
+        ds["temperature"].loc[{"time": init}] = np.nan
+        return ds
+
+    store = _mutated_store(tmp, p, mutate)
+    cfg = _data_config(tmp, p, store)
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        "--data-config", cfg, model="persistence:0.5", store=store,
+    )  # fmt: skip
+
+
+def s_forecast_output_foreign(tmp, p):
+    out = tmp / "f.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine\n")
+    return _forecast(tmp, p, "--members", "2", "--lead-steps", "1", "--out", out)
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -333,10 +482,30 @@ SETUPS = {
     "config-missing": s_config_missing,
     "override-bad-value": s_override_bad_value,
     "override-malformed": s_override_malformed,
+    "validate-nan": s_validate_nan,
+    "validate-missing-variable": s_validate_missing_variable,
+    "validate-corrupt-chunk": s_validate_corrupt_chunk,
+    "stats-missing-store": s_stats_missing_store,
+    "prepare-time-outside": s_prepare_time_outside,
+    "prepare-config-unknown-key": s_prepare_config_unknown_key,
+    "prepare-output-foreign": s_prepare_output_foreign,
+    "forecast-negative-members": s_forecast_negative_members,
+    "forecast-lead-not-multiple": s_forecast_lead_not_multiple,
+    "forecast-init-outside-data": s_forecast_init_outside_data,
+    "forecast-bad-init-time": s_forecast_bad_init_time,
+    "forecast-stats-missing": s_forecast_stats_missing,
+    "forecast-ckpt-wrong-shape": s_forecast_ckpt_wrong_shape,
+    "forecast-nan-inputs": s_forecast_nan_inputs,
+    "forecast-output-foreign": s_forecast_output_foreign,
 }
 
 # Fixtures each setup needs (by command).
-FIXTURES = {"evaluate": "eval_pair", "teacher": "teacher_inputs"}
+FIXTURES = {
+    "evaluate": "eval_pair",
+    "teacher": "teacher_inputs",
+    "data": "teacher_inputs",
+    "forecast": "teacher_inputs",
+}
 
 
 def _params():
