@@ -196,3 +196,15 @@ def test_example_source_errors(store_and_stats, tmp_path):
         ex.ExampleSource(tmp_path / "missing.zarr", SMALL_TASK, stats_dir)
     with pytest.raises(DataError, match="lack their input/target"):
         ex.ExampleSource(path, SMALL_TASK, stats_dir, times=[ds.time.values[7]])
+
+
+def test_loader_shards_are_disjoint_and_cover(store_and_stats):
+    path, _, _, stats_dir = store_and_stats
+    src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    seen = []
+    for i in range(2):
+        it = iter(ex.make_loader(src, 1, seed=3, num_epochs=1, shard=(i, 2), num_threads=1))
+        seen.append([int(b["time"][0]) for b in it])
+    assert len(seen[0]) == len(seen[1]) == 3  # 7 examples, remainder dropped
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) <= set(src.init_times.astype(np.int64).tolist())
