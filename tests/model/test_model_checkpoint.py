@@ -202,7 +202,13 @@ def test_make_checkpoint_from_trained_params(tmp_path):
 
     task = gencast_task(levels=(500, 850))
     model = load_config(
-        ModelConfig, "tiny", kind="model", overrides=["denoiser_architecture_config.mesh_size=1"]
+        ModelConfig,
+        "tiny",
+        kind="model",
+        overrides=[
+            "denoiser_architecture_config.mesh_size=1",
+            "denoiser_architecture_config.sparse_transformer_config.num_layers=1",
+        ],
     )
     den = build_denoiser(
         model.denoiser_architecture_config, task, LAT, LON, model.noise_encoder_config

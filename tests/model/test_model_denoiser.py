@@ -60,20 +60,23 @@ def random_inputs(den, batch: int, seed: int = 0):
     return x, sigma, cond
 
 
-def perturb(params, seed: int = 1, scale: float = 0.05):
-    """Params with every leaf perturbed, so zero-initialized paths are exercised too."""
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    )
+def random_params(den, seed: int = 1):
+    """Random params of the right names/shapes (w ~ N(0, 1/fan_in), b ~ N(0, 0.05^2)), without
+    compiling Haiku's init; every path (also the zero-initialized ones) is active."""
+    rng = np.random.default_rng(seed)
+
+    def draw(a):
+        std = 0.05 if len(a.shape) == 1 else 1.0 / np.sqrt(a.shape[0])
+        return jnp.asarray((std * rng.standard_normal(a.shape)).astype(np.float32))
+
+    return jax.tree_util.tree_map(draw, den.param_shapes())
 
 
 @pytest.fixture(scope="module")
 def tiny():
     den = build_denoiser(tiny_arch(), small_task(), LAT_5P625, LON_5P625)
     x, sigma, cond = random_inputs(den, 2)
-    params = perturb(den.init(jax.random.key(0), x, sigma, cond))
+    params = random_params(den)
     return den, params, (x, sigma, cond)
 
 
@@ -155,7 +158,7 @@ def test_forward_shape_determinism_and_preconditioning(tiny):
     assert d1.shape == x.shape and bool(jnp.all(jnp.isfinite(d1)))
     np.testing.assert_array_equal(np.asarray(d1), np.asarray(apply(params, x, sigma, cond)))
     s = sigma[:, None, None, None]
-    f = den.apply_raw(params, den_lib.c_in(s) * x, sigma, cond)
+    f = jax.jit(den.apply_raw)(params, den_lib.c_in(s) * x, sigma, cond)
     np.testing.assert_allclose(
         d1, den_lib.c_skip(s) * x + den_lib.c_out(s) * f, rtol=1e-4, atol=1e-5
     )
@@ -167,9 +170,10 @@ def test_forward_shape_determinism_and_preconditioning(tiny):
 
 def test_batch_elements_are_independent(tiny):
     den, params, (x, sigma, cond) = tiny
-    both = den.apply(params, x, sigma, cond)
+    apply = jax.jit(den.apply)
+    both = apply(params, x, sigma, cond)
     for i in range(2):
-        one = den.apply(
+        one = apply(
             params,
             x[i : i + 1],
             sigma[i : i + 1],
@@ -180,18 +184,22 @@ def test_batch_elements_are_independent(tiny):
 
 def test_output_depends_on_noise_level_inputs_and_noisy_targets(tiny):
     den, params, (x, sigma, cond) = tiny
-    base = den.apply_raw(params, x, sigma, cond)
-    assert not np.allclose(base, den.apply_raw(params, x, sigma * 2.0, cond))
-    assert not np.allclose(base, den.apply_raw(params, x + 1.0, sigma, cond))
+    raw = jax.jit(den.apply_raw)
+    base = raw(params, x, sigma, cond)
+    assert not np.allclose(base, raw(params, x, sigma * 2.0, cond))
+    assert not np.allclose(base, raw(params, x + 1.0, sigma, cond))
     bumped = Conditioning(cond.inputs.at[..., 0].add(1.0), cond.forcings)
-    assert not np.allclose(base, den.apply_raw(params, x, sigma, bumped))
+    assert not np.allclose(base, raw(params, x, sigma, bumped))
 
 
 def test_attention_backends_give_the_same_denoiser(tiny):
     den, params, (x, sigma, cond) = tiny
     dense = build_denoiser(tiny_arch("mha"), small_task(), LAT_5P625, LON_5P625)
     np.testing.assert_allclose(
-        den.apply(params, x, sigma, cond), dense.apply(params, x, sigma, cond), rtol=1e-4, atol=1e-5
+        jax.jit(den.apply)(params, x, sigma, cond),
+        jax.jit(dense.apply)(params, x, sigma, cond),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 

@@ -39,9 +39,8 @@ def test_dense_masked_attention_matches_reference():
     mesh = icosahedral_mesh.icosahedral_mesh(1)
     mask = icosahedral_mesh.k_hop_mask(mesh, 1).toarray()
     q, k, v = qkv(mesh.num_vertices)
-    np.testing.assert_allclose(
-        tr.dense_masked_attention(q, k, v, mask), reference_attention(q, k, v, mask), atol=1e-5
-    )
+    got = jax.jit(tr.dense_masked_attention)(q, k, v, mask)
+    np.testing.assert_allclose(got, reference_attention(q, k, v, mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("level,k_hop", [(2, 4), (3, 2), (2, 1)])
@@ -51,11 +50,11 @@ def test_banded_attention_equals_dense(level, k_hop):
     bs = icosahedral_mesh.mask_bandwidth(mask) + 1
     blocks = tr.banded_mask_blocks(mask, bs)
     q, k, v = qkv(mesh.num_vertices, seed=level)
-    dense = tr.dense_masked_attention(q, k, v, mask.toarray())
-    banded = tr.banded_attention(q, k, v, blocks)
+    dense = jax.jit(tr.dense_masked_attention)(q, k, v, mask.toarray())
+    banded = jax.jit(tr.banded_attention)(q, k, v, blocks)
     np.testing.assert_allclose(banded, dense, rtol=1e-5, atol=1e-5)
     # A larger block than needed gives the same numbers too.
-    banded2 = tr.banded_attention(q, k, v, tr.banded_mask_blocks(mask, bs + 7))
+    banded2 = jax.jit(tr.banded_attention)(q, k, v, tr.banded_mask_blocks(mask, bs + 7))
     np.testing.assert_allclose(banded2, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -101,15 +100,15 @@ def test_transformer_blocks_are_the_identity_at_init():
     blocks = hk.transform(
         lambda x, c: [tr.Block(cfg, att, name=f"block_{i:02d}")(x, c) for i in range(2)]
     )
-    params = blocks.init(jax.random.key(2), x, cond)
-    for y in blocks.apply(params, None, x, cond):
+    params = jax.jit(blocks.init)(jax.random.key(2), x, cond)
+    for y in jax.jit(blocks.apply)(params, None, x, cond):
         np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
 
     mt = hk.transform(lambda x, c: tr.MeshTransformer(cfg, att)(x, c))
     xt = jnp.swapaxes(x, 0, 1)  # [N, B, D]
-    p = mt.init(jax.random.key(3), xt, cond)
+    p = jax.jit(mt.init)(jax.random.key(3), xt, cond)
     # Blocks are the identity; the final conditioned LayerNorm starts as a plain LayerNorm.
-    np.testing.assert_allclose(mt.apply(p, None, xt, cond), layer_norm(xt), atol=1e-5)
+    np.testing.assert_allclose(jax.jit(mt.apply)(p, None, xt, cond), layer_norm(xt), atol=1e-5)
     # Output projections start at exactly zero; conditioning weights near zero.
     for name in ("mha_final", "ffw_down"):
         m = f"mesh_transformer/~/transformer/block_01/{name}"
@@ -127,26 +126,31 @@ def test_transformer_param_names_and_backend_equivalence():
     cond = jax.random.normal(jax.random.key(1), (2, 16))
     dense = hk.transform(lambda x, c: tr.MeshTransformer(cfg, att_dense)(x, c))
     band = hk.transform(lambda x, c: tr.MeshTransformer(cfg, att_band)(x, c))
-    params = dense.init(jax.random.key(2), x, cond)
+    params = jax.jit(dense.init)(jax.random.key(2), x, cond)
+    dense_apply = jax.jit(dense.apply)
     names = {f"{m}:{k}" for m, p in params.items() for k in p}
     pre = "mesh_transformer/~/transformer/"
     assert f"{pre}block_02/block_02_norm_conditioning_1/linear:w" in names
     assert f"{pre}block_00/mha_proj_q:w" in names and f"{pre}block_00/mha_proj_q:b" not in names
     assert f"{pre}transformer_final_norm_conditioning/linear:b" in names
     assert len(names) == 3 * 13 + 2  # per block: 2 x cond (w, b), q, k, v, 3 x (w, b)
+    rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
-        lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape), params
+        lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(np.float32), params
     )
     np.testing.assert_allclose(
-        dense.apply(params, None, x, cond), band.apply(params, None, x, cond), rtol=1e-4, atol=1e-5
+        dense_apply(params, None, x, cond),
+        jax.jit(band.apply)(params, None, x, cond),
+        rtol=1e-4,
+        atol=1e-5,
     )
     # The mask matters: after L layers a node's output depends on nodes up to L * k hops only.
     reach = icosahedral_mesh.k_hop_mask(
         icosahedral_mesh.icosahedral_mesh(2), cfg.attention_k_hop * cfg.num_layers
     )
     far = np.nonzero(~reach.toarray()[0])[0][0]
-    y0 = dense.apply(params, None, x, cond)
-    y1 = dense.apply(params, None, x.at[far].add(jnp.arange(cfg.d_model) / 4.0), cond)
+    y0 = dense_apply(params, None, x, cond)
+    y1 = dense_apply(params, None, x.at[far].add(jnp.arange(cfg.d_model) / 4.0), cond)
     np.testing.assert_allclose(y0[0], y1[0], atol=1e-5)
     assert not np.allclose(y0[far], y1[far])
 
@@ -173,6 +177,30 @@ def test_splash_mask_equals_dense_mask():
     np.testing.assert_array_equal(
         mh[1, 0:64, 64:128], np.pad(dense, ((0, p - n), (0, p - n)))[0:64, 64:128]
     )
+
+
+def test_splash_kernel_mask_info_reconstructs_the_dense_mask():
+    """The block-sparse MaskInfo the splash kernel would use (built on CPU) covers exactly the
+    k-hop mask: rebuilding a dense mask from its full/partial blocks gives the same array."""
+    mi = pytest.importorskip(
+        "jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_mask_info"
+    )
+    mask = icosahedral_mesh.k_hop_mask(icosahedral_mesh.icosahedral_mesh(3), 4)
+    n, p, bq = mask.shape[0], 768, 128
+    info, _ = mi.process_mask(tr.make_splash_mask(mask, p, 4), (bq, bq))
+    block_mask = np.asarray(info.block_mask)[0].astype(int)
+    data_next = np.asarray(info.data_next)[0].astype(int)
+    mask_next = np.asarray(info.mask_next)[0].astype(int)
+    partial = np.asarray(info.partial_mask_blocks)
+    recon = np.zeros((p, p), bool)
+    for qi, slot in zip(*(a.tolist() for a in np.nonzero(block_mask))):
+        kv = data_next[qi, slot]
+        rows, cols = slice(qi * bq, (qi + 1) * bq), slice(kv * bq, (kv + 1) * bq)
+        recon[rows, cols] = True if block_mask[qi, slot] == 2 else partial[mask_next[qi, slot]]
+    want = np.pad(mask.toarray(), ((0, p - n), (0, p - n)))
+    want[np.arange(n, p), np.arange(n, p)] = True
+    np.testing.assert_array_equal(recon, want)
+    assert (block_mask == 0).any()  # some blocks are skipped: the banded order pays off
 
 
 def test_resolve_attention_type():
