@@ -172,11 +172,11 @@ def initial_conditions(ds, task, init_time, lead_steps: int, sst_fill: float | N
 class _Worker:
     """Per-process state: model, compiled rollout, open data (built once, reused per item)."""
 
-    def __init__(self, spec: ForecastSpec):
+    def __init__(self, spec: ForecastSpec, model=None):
         from gencast_rmmd.forecast.rollout import Rollout
 
         self.spec = spec
-        self.model = load_model(spec)
+        self.model = model if model is not None else load_model(spec)
         self.data = open_data(spec.data)
         self.rollout = Rollout(
             self.model,
@@ -211,19 +211,19 @@ class _Worker:
 _WORKERS: dict[ForecastSpec, _Worker] = {}
 
 
-def _worker(spec: ForecastSpec) -> _Worker:
+def _worker(spec: ForecastSpec, model=None) -> _Worker:
     if spec not in _WORKERS:
-        _WORKERS[spec] = _Worker(spec)
+        _WORKERS[spec] = _Worker(spec, model)
     return _WORKERS[spec]
 
 
-def prepare(spec: ForecastSpec) -> tuple[list[tuple[int, int]], dict]:
+def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict]:
     """Validate, create (or reopen) the store; returns (missing work items, store attrs)."""
     if spec.members <= 0:
         raise ConfigError(f"--members must be >= 1, found {spec.members}")
     if spec.member_block <= 0:
         raise ConfigError(f"--member-block must be >= 1, found {spec.member_block}")
-    model = load_model(spec)
+    model = model if model is not None else load_model(spec)
     task = model.task
     ds = open_data(spec.data)
     lat, lon = ds["lat"].values, ds["lon"].values
@@ -301,11 +301,22 @@ def run_forecast(
         raise ConfigError(f"--members must be a positive integer, found {members!r}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"output path {out!r} exists and is a file; choose a new path")
-    step_hours = 12
-    if not PERSISTENCE.match(model) and os.path.exists(model):
-        from gencast_rmmd.model.checkpoint import load_checkpoint
-
-        step_hours = load_checkpoint(model).task_config.step_hours
+    if members <= 0:
+        raise ConfigError(f"--members must be >= 1, found {members}")
+    base = ForecastSpec(
+        model,
+        stats_dir,
+        data,
+        out,
+        (),
+        members,
+        1,
+        seed,
+        max(1, min(member_block, members)),
+        data_config,
+    )
+    fmodel = load_model(base)  # loaded once; the local engine's worker reuses it
+    step_hours = fmodel.task.step_hours
     n = lead_steps_from(lead_steps, lead_time, step_hours)
     inits = parse_init_times(init_times, step_hours)
     spec = ForecastSpec(
@@ -321,13 +332,13 @@ def run_forecast(
         data_config=data_config,
     )
     t0 = time.time()
-    missing, attrs = prepare(spec)
+    missing, attrs = prepare(spec, fmodel)
     total = len(spec.items())
     if missing:
         if engine == "local":
             from tqdm import tqdm
 
-            w = _worker(spec)
+            w = _worker(spec, fmodel)
             for item in tqdm(missing, desc="forecast regions", unit="region", disable=not progress):
                 w.run(item)
         else:
