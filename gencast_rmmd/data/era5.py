@@ -430,7 +430,7 @@ def open_canonical(cfg: DataConfig, *, source: str | None = None) -> xr.Dataset:
     if src == "embedded":
         from gencast_rmmd.data.nature_run import embedded_store
 
-        src = str(embedded_store(cfg.nature_run))
+        src = str(embedded_store(config=cfg.nature_run, levels_hpa=cfg.task.pressure_levels))
     ds = open_store(src, token=cfg.token)
     return canonicalize(
         ds, cfg.task, grid=cfg.grid, time_start=cfg.time_start, time_stop=cfg.time_stop

@@ -31,4 +31,4 @@ def short_nature_run(tmp_path_factory):
     nr_cfg = dataclasses.replace(cfg.nature_run, spinup_days=SHORT_SPINUP_DAYS, days=SHORT_DAYS)
     cache = tmp_path_factory.mktemp("nature_cache")
     path = nature_run.embedded_store(cache, nr_cfg, cfg.task.pressure_levels, progress=False)
-    return path, cfg
+    return path, dataclasses.replace(cfg, nature_run=nr_cfg)

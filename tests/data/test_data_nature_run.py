@@ -120,3 +120,14 @@ def test_deterministic_per_seed():
         a["mean_sea_level_pressure"].values, c["mean_sea_level_pressure"].values
     )
     assert nr.cache_key(base, levels) != nr.cache_key(dataclasses.replace(base, seed=1), levels)
+
+
+@pytest.mark.slow
+def test_embedded_source_opens_the_cached_run(short_nature_run, monkeypatch):
+    from gencast_rmmd.data.era5 import open_canonical
+
+    path, cfg = short_nature_run
+    monkeypatch.setenv("GENCAST_RMMD_CACHE", str(path.parent))
+    assert nr.embedded_store(config=cfg.nature_run, levels_hpa=cfg.task.pressure_levels) == path
+    ds = open_canonical(cfg)
+    assert ds.sizes["time"] == 80 and check_store(ds, cfg.task) == []
