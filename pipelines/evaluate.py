@@ -124,7 +124,9 @@ def run_memory(spec: ModelSpec) -> tuple[xr.Dataset, xr.Dataset]:
     sums: dict[int, xr.Dataset] = {}
     counts: dict[int, int] = {}
     per_init = []
-    for item in spec.items():
+    from tqdm import tqdm
+
+    for item in tqdm(spec.items(), desc=f"evaluate {spec.label}", unit="chunk", disable=None):
         offsets, ds = item_statistics(spec, item)
         j0 = offsets["prediction_timedelta"]
         s = ds.sum("time")

@@ -121,7 +121,7 @@ def rank_histogram_grid(hist: xr.Dataset, path: str, region: str = "global") -> 
             ax.set_title(f"{lab} +{int(leads[j])}h RI={ri:.2f}", fontsize=6)
             ax.tick_params(labelsize=5)
     fig.suptitle(f"rank histograms [{region}] (dashed: flat = calibrated)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
