@@ -370,6 +370,7 @@ def evaluate(
 
     if engine not in ("beam", "memory"):
         raise DataError(f"engine must be 'beam' or 'memory', found {engine!r}")
+    _open_cached.cache_clear()  # a store rewritten at the same path since a previous call
     out_dir = os.path.abspath(out_dir)
     if (
         os.path.exists(out_dir)

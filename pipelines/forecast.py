@@ -303,6 +303,7 @@ def run_forecast(
         raise OutputError(f"output path {out!r} exists and is a file; choose a new path")
     if members <= 0:
         raise ConfigError(f"--members must be >= 1, found {members}")
+    _WORKERS.clear()  # checkpoints/data may have been rewritten at the same paths since a previous run
     base = ForecastSpec(
         model,
         stats_dir,
