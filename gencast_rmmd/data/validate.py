@@ -217,8 +217,19 @@ def check_store(
                     )
                     break
     if check_values:
-        for v in present:
-            if v in NAN_ALLOWED or not np.issubdtype(ds[v].dtype, np.floating):
+        scan = [
+            v for v in present if v not in NAN_ALLOWED and np.issubdtype(ds[v].dtype, np.floating)
+        ]
+        lazy = [v for v in scan if ds[v].chunks is not None]
+        counts = {}
+        if lazy:
+            # One dask reduction over all variables: streams chunk by chunk, in parallel.
+            import dask
+
+            totals = dask.compute(*[(~np.isfinite(ds[v].data)).sum() for v in lazy])
+            counts = {v: int(n) for v, n in zip(lazy, totals)}
+        for v in scan:
+            if counts.get(v, None) == 0:
                 continue
             n_bad, where = _count_nonfinite(ds[v], time_block)
             if n_bad:
