@@ -13,6 +13,7 @@ init t uses key fold_in(fold_in(PRNGKey(seed), hours(t)), i) whatever the blocki
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -24,6 +25,9 @@ import pandas as pd
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
 
+METRICS_FILE = (
+    "metrics.jsonl"  # one JSON line per region written by the local engine (in the store dir)
+)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
 
 
@@ -340,8 +344,22 @@ def run_forecast(
             from tqdm import tqdm
 
             w = _worker(spec, fmodel)
+            log_path = os.path.join(out, METRICS_FILE)
             for item in tqdm(missing, desc="forecast regions", unit="region", disable=not progress):
+                t_item = time.time()
                 w.run(item)
+                dt = time.time() - t_item
+                n_mem = min(spec.member_block, spec.members - item[1])
+                _append_jsonl(
+                    log_path,
+                    {
+                        "init_time": spec.init_times[item[0]],
+                        "members": [item[1], item[1] + n_mem],
+                        "seconds": round(dt, 4),
+                        "member_steps_per_s": round(n_mem * n / dt, 3) if dt > 0 else None,
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    },
+                )
         else:
             run_beam(spec, missing, beam_args)
     complete = store_lib.mark_complete(out)
@@ -363,6 +381,11 @@ def run_forecast(
             f"forecast store {out!r} is incomplete after the run; re-run the same command to resume"
         )
     return summary
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _run_item(item, spec: ForecastSpec):
