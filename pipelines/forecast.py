@@ -25,9 +25,7 @@ import pandas as pd
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
 
-METRICS_FILE = (
-    "metrics.jsonl"  # one JSON line per region written by the local engine (in the store dir)
-)
+METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
 
 
@@ -344,7 +342,7 @@ def run_forecast(
             from tqdm import tqdm
 
             w = _worker(spec, fmodel)
-            log_path = os.path.join(out, METRICS_FILE)
+            log_path = out.rstrip("/") + METRICS_SUFFIX
             for item in tqdm(missing, desc="forecast regions", unit="region", disable=not progress):
                 t_item = time.time()
                 w.run(item)

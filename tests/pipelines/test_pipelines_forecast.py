@@ -56,7 +56,7 @@ def test_store_schema_and_values(data):
     summary = _run(data, out, model="persistence")  # deterministic persistence
     assert summary["complete"] and summary["regions_written"] == 3 * 2
     assert os.path.exists(out / ".zmetadata")  # zarr format 2, consolidated: WB2 / zarr 2 readers
-    log = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    log = [json.loads(x) for x in open(str(out) + ".metrics.jsonl")]
     assert len(log) == 6 and all(r["seconds"] > 0 and r["member_steps_per_s"] > 0 for r in log)
     ds = xr.open_zarr(out)
     assert ds.attrs["gencast_rmmd_status"] == "complete"
