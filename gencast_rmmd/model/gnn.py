@@ -30,16 +30,69 @@ from gencast_rmmd.model.noise_encoder import LinearNormConditioning, layer_norm
 NODE_SETS = ("grid_nodes", "mesh_nodes")
 
 
+class _GatheredLinear(hk.Module):
+    """A Linear on concat([x_0[idx_0], x_1[idx_1], ...]) computed as sum_i (x_i @ W_i)[idx_i].
+
+    Same parameters (`w` [sum d_i, out], `b`) and init as `hk.Linear` on the concatenation, but
+    node inputs are projected before the gather onto the edges: no [E, B, 3L] concatenation, and
+    a third of the edge FLOPs when a node set is much smaller than the edge set (the mesh).
+    """
+
+    def __init__(self, output_size: int, name: str):
+        super().__init__(name=name)
+        self._out = output_size
+
+    def __call__(self, parts: list[tuple[jax.Array, np.ndarray | None]]) -> jax.Array:
+        sizes = [x.shape[-1] for x, _ in parts]
+        dtype = parts[0][0].dtype
+        w = hk.get_parameter(
+            "w",
+            [sum(sizes), self._out],
+            dtype,
+            init=hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(sum(sizes))),
+        )
+        b = hk.get_parameter("b", [self._out], dtype, init=jnp.zeros)
+        out = None
+        start = 0
+        for (x, idx), d in zip(parts, sizes):
+            y = jnp.dot(x, w[start : start + d])
+            start += d
+            if idx is not None:
+                y = y[jnp.asarray(idx)]
+            out = y if out is None else out + y
+        return out + b
+
+
+class _GatheredMLP(hk.Module):
+    """`hk.nets.MLP`-compatible (same names `linear_i`, swish between layers) whose first layer is
+    a `_GatheredLinear`."""
+
+    def __init__(self, sizes: list[int], name: str):
+        super().__init__(name=name)
+        self._layers = [_GatheredLinear(sizes[0], name="linear_0")] + [
+            hk.Linear(n, name=f"linear_{i}") for i, n in enumerate(sizes[1:], start=1)
+        ]
+
+    def __call__(self, parts: list[tuple[jax.Array, np.ndarray | None]]) -> jax.Array:
+        h = self._layers[0](parts)
+        for layer in self._layers[1:]:
+            h = layer(jax.nn.swish(h))
+        return h
+
+
 class _ConditionedMLP:
     """MLP -> LayerNorm (no affine) -> LinearNormConditioning, or a bare MLP (decoders)."""
 
-    def __init__(self, prefix: str, sizes: list[int], conditioned: bool):
-        self._mlp = hk.nets.MLP(sizes, activation=jax.nn.swish, name=f"{prefix}_mlp")
+    def __init__(self, prefix: str, sizes: list[int], conditioned: bool, gathered: bool = False):
+        if gathered:
+            self._mlp = _GatheredMLP(sizes, name=f"{prefix}_mlp")
+        else:
+            self._mlp = hk.nets.MLP(sizes, activation=jax.nn.swish, name=f"{prefix}_mlp")
         self._cond = (
             LinearNormConditioning(name=f"{prefix}_norm_conditioning") if conditioned else None
         )
 
-    def __call__(self, x: jax.Array, conditioning: jax.Array) -> jax.Array:
+    def __call__(self, x, conditioning: jax.Array) -> jax.Array:
         y = self._mlp(x)
         if self._cond is None:
             return y
@@ -94,7 +147,7 @@ class BipartiteInteractionGNN(hk.Module):
                 nets[f"encoder_nodes_{ns}"] = _ConditionedMLP(f"encoder_nodes_{ns}", sizes, True)
         nets["encoder_edges"] = _ConditionedMLP(f"encoder_edges_{self._edge_set}", sizes, True)
         nets["processor_edges"] = _ConditionedMLP(
-            f"processor_edges_0_{self._edge_set}", sizes, True
+            f"processor_edges_0_{self._edge_set}", sizes, True, gathered=True
         )
         for ns in NODE_SETS:
             nets[f"processor_nodes_{ns}"] = _ConditionedMLP(f"processor_nodes_0_{ns}", sizes, True)
@@ -140,12 +193,15 @@ class BipartiteInteractionGNN(hk.Module):
             latents[ns] = jnp.broadcast_to(with_batch(x), (x.shape[0], batch, self._latent))
         edges = nets["encoder_edges"](jnp.asarray(edge_features)[:, None, :], cond)
 
-        # Processor: one interaction step.
-        sender_lat = latents[self._sender_set][senders]
-        receiver_lat = latents[self._receiver_set][receivers]
-        edges = jnp.broadcast_to(edges, sender_lat.shape[:-1] + (self._latent,))
+        # Processor: one interaction step. The edge MLP sees concat([edge, sender, receiver]);
+        # its first layer projects the node latents before gathering them onto the edges.
         new_edges = nets["processor_edges"](
-            jnp.concatenate([edges, sender_lat, receiver_lat], axis=-1), cond
+            [
+                (edges, None),
+                (latents[self._sender_set], senders),
+                (latents[self._receiver_set], receivers),
+            ],
+            cond,
         )
         msg = new_edges.astype(jnp.float32) if self._f32_aggregation else new_edges
         n_recv = latents[self._receiver_set].shape[0]
