@@ -228,15 +228,19 @@ class ExampleSource:
       task: the task; its variables and levels must be in the store.
       stats: `load_stats(...)` dict (mean, stddev, diffs_stddev, min) or a stats dir path.
       times: init times to serve (datetime64); default every valid init time in the store.
+      local_cache: optional directory for memory-mapped local copies of the store's variables
+        (made once, shared by sources over the same store): much faster reads for stores on
+        slow or remote storage, at the cost of local disk (the store's size at the task levels).
     Each item is a dict of numpy arrays: inputs [lat, lon, C_in] float32, forcings
     [lat, lon, C_f] float32, targets [lat, lon, C_out] float32 (normalized residuals), and
     time (int64 ns since 1970, the init time t).
     """
 
-    def __init__(self, store, task: TaskConfig, stats, times=None):
+    def __init__(self, store, task: TaskConfig, stats, times=None, local_cache=None):
         from gencast_rmmd.data.stats import load_stats
 
         self.store = str(store)
+        self.local_cache = None if local_cache is None else str(local_cache)
         self.task = task
         if isinstance(stats, str | os.PathLike):
             stats = load_stats(stats)
@@ -294,6 +298,7 @@ class ExampleSource:
         )
         self._arrays = None
         self._statics = None
+        self._memmaps: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.init_times.size)
@@ -303,7 +308,8 @@ class ExampleSource:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_arrays"] = None  # zarr handles are re-opened in each worker
+        state["_arrays"] = None  # zarr handles and memmaps are re-opened in each worker
+        state["_memmaps"] = {}
         return state
 
     def _open(self):
@@ -321,6 +327,52 @@ class ExampleSource:
                 # Progress forcings have no lat dim and are tiny: hold them instead of paying a
                 # store read per example (each read costs ~1 ms of per-call overhead).
                 self._small[n] = self._standardize(n, np.asarray(self._arrays[n][...]))
+        self._memmaps = {}
+        if self.local_cache is not None:
+            self._memmaps = self._local_copy()
+
+    def _local_copy(self) -> dict[str, np.ndarray]:
+        """Memory-mapped float32 copies ([time, level, lat, lon], task levels) of the per-example
+        variables under `local_cache`, written once by streaming the store in blocks. Reads are
+        then page-cache slices (microseconds) instead of Zarr calls (~1 ms each); the OS, not
+        this process, decides what stays in memory."""
+        import hashlib
+        import json
+
+        from gencast_rmmd.data.nature_run import _file_lock
+
+        names = [n for n in self._names if n not in self._statics and n not in self._small]
+        meta = pathlib.Path(self.store) / "zarr.json"
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    os.path.abspath(self.store),
+                    meta.stat().st_mtime_ns if meta.exists() else 0,
+                    names,
+                    list(self.task.pressure_levels),
+                ]
+            ).encode()
+        ).hexdigest()[:16]
+        root = pathlib.Path(self.local_cache) / f"examples-{key}"
+        with _file_lock(pathlib.Path(self.local_cache) / f".examples-{key}.lock"):
+            if not (root / "complete").exists():
+                root.mkdir(parents=True, exist_ok=True)
+                n_t = self._times.size
+                for n in names:
+                    first = self._standardize(n, np.asarray(self._arrays[n][:1]))
+                    tmp = root / f".{n}.npy.tmp"
+                    out = np.lib.format.open_memmap(
+                        tmp, mode="w+", dtype=np.float32, shape=(n_t, *first.shape[1:])
+                    )
+                    dims = self._var_dims[n]
+                    for s in range(0, n_t, 64):
+                        sl = tuple(slice(s, s + 64) if d == "time" else slice(None) for d in dims)
+                        out[s : s + 64] = self._standardize(n, np.asarray(self._arrays[n][sl]))
+                    out.flush()
+                    del out
+                    os.replace(tmp, root / f"{n}.npy")
+                (root / "complete").write_text("1")
+        return {n: np.load(root / f"{n}.npy", mmap_mode="r") for n in names}
 
     def _standardize(self, name: str, x: np.ndarray) -> np.ndarray:
         dims = self._var_dims[name]
@@ -354,9 +406,12 @@ class ExampleSource:
             if n in self._small:
                 arrays[n] = self._small[n][lo:hi]
                 continue
-            dims = self._var_dims[n]
-            sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
-            x = self._standardize(n, np.asarray(self._arrays[n][sl]))
+            if n in self._memmaps:
+                x = np.array(self._memmaps[n][lo:hi])
+            else:
+                dims = self._var_dims[n]
+                sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
+                x = self._standardize(n, np.asarray(self._arrays[n][sl]))
             if n == SST and self.sst_fill is not None:
                 x = np.where(np.isnan(x), np.float32(self.sst_fill), x)
             arrays[n] = x

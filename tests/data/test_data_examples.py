@@ -208,3 +208,16 @@ def test_loader_shards_are_disjoint_and_cover(store_and_stats):
     assert len(seen[0]) == len(seen[1]) == 3  # 7 examples, remainder dropped
     assert not set(seen[0]) & set(seen[1])
     assert set(seen[0]) | set(seen[1]) <= set(src.init_times.astype(np.int64).tolist())
+
+
+def test_local_cache_gives_identical_examples(store_and_stats, tmp_path):
+    path, _, _, stats_dir = store_and_stats
+    plain = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    cached = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=tmp_path / "cache")
+    for i in (0, 3, 6):
+        a, b = plain[i], cached[i]
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert len(list((tmp_path / "cache").glob("examples-*/*.npy"))) == 5  # timed, lat-having vars
+    again = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=tmp_path / "cache")
+    np.testing.assert_array_equal(again[2]["targets"], plain[2]["targets"])
