@@ -109,15 +109,16 @@ def grid2mesh_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(senders = grid index, receivers = mesh index) of all pairs with chord distance <= radius,
     sorted by grid index then mesh index."""
-    tree = scipy.spatial.cKDTree(mesh.vertices)
-    hits = tree.query_ball_point(grid_xyz, r=radius)
-    counts = np.array([len(h) for h in hits])
-    senders = np.repeat(np.arange(len(hits)), counts)
-    receivers = np.concatenate([np.sort(np.asarray(h, dtype=np.int64)) for h in hits])
-    return senders.astype(np.int32), receivers.astype(np.int32)
+    pairs = scipy.spatial.cKDTree(grid_xyz).sparse_distance_matrix(
+        scipy.spatial.cKDTree(mesh.vertices), radius, output_type="ndarray"
+    )
+    order = np.lexsort((pairs["j"], pairs["i"]))
+    return pairs["i"][order].astype(np.int32), pairs["j"][order].astype(np.int32)
 
 
-def containing_faces(grid_xyz: np.ndarray, mesh: icosahedral_mesh.TriangularMesh) -> np.ndarray:
+def containing_faces(
+    grid_xyz: np.ndarray, mesh: icosahedral_mesh.TriangularMesh, chunk: int = 131072
+) -> np.ndarray:
     """[N] index of the mesh face containing each point (the face its radial ray crosses).
 
     The candidates are the faces around the 4 nearest vertices; the chosen face maximises the
@@ -137,18 +138,26 @@ def containing_faces(grid_xyz: np.ndarray, mesh: icosahedral_mesh.TriangularMesh
     for j in range(max_deg):
         ok = starts + j < ends
         vf[ok, j] = face_of[starts[ok] + j]
-    _, near = scipy.spatial.cKDTree(v).query(grid_xyz, k=min(4, len(v)))
+    tree = scipy.spatial.cKDTree(v)
+    if len(grid_xyz) > chunk:  # bounded memory on 0.25 deg grids
+        return np.concatenate(
+            [
+                _containing_faces_chunk(grid_xyz[i : i + chunk], v, f, vf, tree)
+                for i in range(0, len(grid_xyz), chunk)
+            ]
+        )
+    return _containing_faces_chunk(grid_xyz, v, f, vf, tree)
+
+
+def _containing_faces_chunk(grid_xyz, v, f, vf, tree) -> np.ndarray:
+    # Edge-plane normals a x b, b x c, c x a of every face: p is inside iff all three dots >= 0.
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    normals = np.stack([np.cross(a, b), np.cross(b, c), np.cross(c, a)], axis=1)  # [F, 3, 3]
+    _, near = tree.query(grid_xyz, k=min(4, len(v)))
     cand = vf[near].reshape(len(grid_xyz), -1)  # [N, 4*max_deg]
     valid = cand >= 0
-    cf = f[np.where(valid, cand, 0)]  # [N, K, 3]
-    a, b, c = v[cf[..., 0]], v[cf[..., 1]], v[cf[..., 2]]
-    p = grid_xyz[:, None, :]
-
-    def det(x, y):
-        return np.einsum("nkj,nkj->nk", np.cross(x, y), np.broadcast_to(p, x.shape))
-
-    score = np.minimum(np.minimum(det(a, b), det(b, c)), det(c, a))
-    score = np.where(valid, score, -np.inf)
+    dots = np.einsum("nkij,nj->nki", normals[np.where(valid, cand, 0)], grid_xyz)
+    score = np.where(valid, dots.min(axis=-1), -np.inf)
     best = np.argmax(score, axis=1)
     if np.any(score[np.arange(len(best)), best] < -1e-9):
         raise RuntimeError("a grid point lies in no candidate mesh face (mesh too coarse?)")
