@@ -1,0 +1,640 @@
+"""The quickstart chain: nature run -> stats -> teacher -> MMD -> RMMD -> forecasts -> scorecard.
+
+`gencast-rmmd quickstart --out DIR` runs the whole product on the embedded default (or on any
+ERA5-schema store with `--data STORE --data-config CFG`) and writes `DIR/report.html` and
+`DIR/summary.json`. Each stage calls the same library functions as its own CLI command, skips
+itself when its output is already complete (so an interrupted quickstart resumes where it
+stopped), and shows its own progress bar.
+
+Profiles (`configs/quickstart/`): `default` (what `make demo` runs), `fast` (toy sizes, used by a
+test) and `result` (`make result`, the headline measurement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gencast_rmmd.config import dump_yaml, load_config
+from gencast_rmmd.errors import ConfigError, OutputError
+
+PROFILES = ("default", "fast", "result")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """Sizes of one quickstart profile (see `configs/quickstart/*.yaml`).
+
+    data_config: data config name/path (task, source; `embedded` = the nature run).
+    nature_run_days / nature_run_spinup_days: length of the embedded run (ignored for --data).
+    eval_days: the last `eval_days` of the store are held out (the teacher and student never train
+      on them); forecasts start inside this window.
+    model_config / model_overrides: the teacher architecture (configs/model) and `--set` overrides.
+    teacher_sampler_levels: noise levels of the teacher's DPM-Solver++ 2S (30 -> 59 evaluations,
+      the RMMD paper's teacher; GenCast's default 20 -> 39).
+    distill_config / distill_overrides: configs/distill and `--set` overrides.
+    eval_init_times / eval_members / eval_lead_steps: the scorecard's size.
+    speed_repeats: timed repetitions of one 12 h step for the wall-clock ratio.
+    """
+
+    data_config: str = "embedded"
+    nature_run_days: int = 730
+    nature_run_spinup_days: int = 200
+    eval_days: int = 90
+    model_config: str = "tiny"
+    model_overrides: tuple[str, ...] = ()
+    teacher_steps: int = 600
+    teacher_batch_size: int = 4
+    teacher_learning_rate: float = 1e-3
+    teacher_sampler_levels: int = 30
+    distill_config: str = "tiny"
+    mmd_steps: int = 200
+    rmmd_steps: int = 200
+    distill_overrides: tuple[str, ...] = ()
+    eval_init_times: int = 8
+    eval_members: int = 4
+    eval_lead_steps: int = 6
+    speed_repeats: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in (
+            "nature_run_days",
+            "eval_days",
+            "teacher_steps",
+            "teacher_batch_size",
+            "teacher_sampler_levels",
+            "eval_init_times",
+            "eval_members",
+            "eval_lead_steps",
+            "speed_repeats",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, found {getattr(self, name)}")
+        if self.mmd_steps < 1 or self.rmmd_steps < 0:
+            raise ValueError("mmd_steps must be >= 1 and rmmd_steps >= 0")
+        if self.eval_members < 2:
+            raise ValueError(f"eval_members: CRPS needs >= 2 members, found {self.eval_members}")
+        if self.eval_days >= self.nature_run_days:
+            raise ValueError(
+                f"eval_days ({self.eval_days}) must be shorter than nature_run_days "
+                f"({self.nature_run_days})"
+            )
+
+
+@dataclasses.dataclass
+class Context:
+    """Paths and settings shared by the stages."""
+
+    out: pathlib.Path
+    cfg: QuickstartConfig
+    data_store: str | None = None  # --data
+    data_config_path: str | None = None  # --data-config
+    progress: bool = True
+    store: str = ""
+    times: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log: list[dict] = dataclasses.field(default_factory=list)
+
+    def path(self, *parts: str) -> pathlib.Path:
+        return self.out.joinpath(*parts)
+
+    # Files the stages produce.
+    @property
+    def data_yaml(self) -> pathlib.Path:
+        return self.path("data.yaml")
+
+    @property
+    def stats_dir(self) -> pathlib.Path:
+        return self.path("stats")
+
+    @property
+    def teacher_run(self) -> pathlib.Path:
+        return self.path("teacher")
+
+    @property
+    def teacher_npz(self) -> pathlib.Path:
+        return self.path("teacher", "teacher.npz")
+
+    @property
+    def teacher_eval_npz(self) -> pathlib.Path:
+        return self.path("teacher", f"teacher_{self.cfg.teacher_sampler_levels}levels.npz")
+
+    @property
+    def distill_run(self) -> pathlib.Path:
+        return self.path("distill")
+
+    @property
+    def student_npz(self) -> pathlib.Path:
+        return self.path("distill", "student.npz")
+
+    def forecast_store(self, who: str) -> pathlib.Path:
+        return self.path("forecasts", f"{who}.zarr")
+
+    @property
+    def eval_dir(self) -> pathlib.Path:
+        return self.path("evaluation")
+
+    @property
+    def speed_json(self) -> pathlib.Path:
+        return self.path("speed.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+def _data_config(ctx: Context):
+    from gencast_rmmd.data.config import load_data_config
+
+    return load_data_config(ctx.data_config_path or ctx.cfg.data_config)
+
+
+def _stage_data(ctx: Context) -> None:
+    """The store (cached nature run or --data) and data.yaml with train/eval splits."""
+    import xarray as xr
+
+    base = _data_config(ctx)
+    if ctx.data_store:
+        if not os.path.exists(ctx.data_store) and "://" not in ctx.data_store:
+            from gencast_rmmd.errors import DataError
+
+            raise DataError(f"--data {ctx.data_store!r} does not exist")
+        ctx.store = ctx.data_store
+    else:
+        from gencast_rmmd.data import nature_run
+
+        nr = dataclasses.replace(
+            base.nature_run,
+            days=ctx.cfg.nature_run_days,
+            spinup_days=ctx.cfg.nature_run_spinup_days,
+            seed=ctx.cfg.seed,
+        )
+        ctx.store = str(
+            nature_run.embedded_store(
+                config=nr, levels_hpa=tuple(base.task.pressure_levels), progress=ctx.progress
+            )
+        )
+    with xr.open_zarr(ctx.store, chunks=None) as ds:
+        times = ds["time"].values
+    step = np.timedelta64(base.task.step_hours, "h")
+    eval_steps = int(ctx.cfg.eval_days * 24 // base.task.step_hours)
+    if len(times) < eval_steps + 20:
+        raise ConfigError(
+            f"the store has {len(times)} time steps; eval_days={ctx.cfg.eval_days} leaves fewer "
+            "than 20 for training"
+        )
+    train_end = times[-eval_steps - 1]
+    eval_start = train_end + step
+    fmt = lambda t: str(np.datetime_as_string(t, unit="m"))  # noqa: E731
+    splits = {"train": (fmt(times[0]), fmt(train_end)), "eval": (fmt(eval_start), fmt(times[-1]))}
+    derived = dataclasses.replace(base, splits=splits)
+    if not ctx.data_store:
+        derived = dataclasses.replace(derived, nature_run=nr)
+    _atomic_text(ctx.data_yaml, dump_yaml(derived))
+    ctx.times = {"train": splits["train"], "eval": splits["eval"], "all": times}
+
+
+def _stage_stats(ctx: Context) -> None:
+    from pipelines.stats import compute_stats_beam
+
+    compute_stats_beam(ctx.store, str(ctx.stats_dir), step_hours=_task(ctx).step_hours)
+
+
+def _stats_done(ctx: Context) -> bool:
+    return all(
+        (ctx.stats_dir / f).exists()
+        for f in (
+            "mean_by_level.nc",
+            "stddev_by_level.nc",
+            "diffs_stddev_by_level.nc",
+            "min_by_level.nc",
+        )
+    )
+
+
+def _task(ctx: Context):
+    from gencast_rmmd.data.config import load_data_config
+
+    return load_data_config(str(ctx.data_yaml)).task
+
+
+def _stage_teacher(ctx: Context) -> None:
+    from gencast_rmmd.cli import main as cli_main
+
+    args = [
+        "teacher",
+        "train",
+        "--config",
+        ctx.cfg.model_config,
+        "--data",
+        ctx.store,
+        "--stats",
+        str(ctx.stats_dir),
+        "--out",
+        str(ctx.teacher_run),
+        "--task",
+        str(ctx.data_yaml),
+        "--split",
+        "train",
+        "--steps",
+        str(ctx.cfg.teacher_steps),
+        "--batch-size",
+        str(ctx.cfg.teacher_batch_size),
+        "--lr",
+        str(ctx.cfg.teacher_learning_rate),
+        "--seed",
+        str(ctx.cfg.seed),
+    ]
+    for o in ctx.cfg.model_overrides:
+        args += ["--set", o]
+    if not ctx.progress:
+        args.append("--no-progress")
+    _run_cli(cli_main, args, "teacher train")
+    if not ctx.teacher_npz.exists():
+        raise OutputError(f"teacher training finished without writing {ctx.teacher_npz}")
+    _write_eval_teacher(ctx)
+
+
+def _write_eval_teacher(ctx: Context) -> None:
+    """The teacher used for forecasts: same weights, `teacher_sampler_levels` noise levels."""
+    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(ctx.teacher_npz)
+    sampler = dataclasses.replace(
+        ckpt.sampler_config, num_noise_levels=ctx.cfg.teacher_sampler_levels
+    )
+    save_checkpoint(ctx.teacher_eval_npz, dataclasses.replace(ckpt, sampler_config=sampler))
+
+
+def _stage_distill(ctx: Context) -> None:
+    from gencast_rmmd.cli import main as cli_main
+
+    args = [
+        "distill",
+        "--config",
+        ctx.cfg.distill_config,
+        "--teacher",
+        str(ctx.teacher_npz),
+        "--data",
+        ctx.store,
+        "--stats",
+        str(ctx.stats_dir),
+        "--out",
+        str(ctx.distill_run),
+        "--phase",
+        "both" if ctx.cfg.rmmd_steps > 0 else "mmd",
+        "--task",
+        str(ctx.data_yaml),
+        "--mmd-steps",
+        str(ctx.cfg.mmd_steps),
+        "--rmmd-steps",
+        str(ctx.cfg.rmmd_steps),
+        "--seed",
+        str(ctx.cfg.seed),
+    ]
+    for o in ctx.cfg.distill_overrides:
+        args += ["--set", o]
+    if not ctx.progress:
+        args.append("--no-progress")
+    _run_cli(cli_main, args, "distill")
+    if not ctx.student_npz.exists():
+        raise OutputError(f"distillation finished without writing {ctx.student_npz}")
+
+
+def eval_init_times(ctx: Context) -> list[str]:
+    """Evenly spaced init times inside the held-out window, leaving room for the lead times."""
+    times = ctx.times.get("all")
+    if times is None:
+        import xarray as xr
+
+        with xr.open_zarr(ctx.store, chunks=None) as ds:
+            times = ds["time"].values
+    task = _task(ctx)
+    from gencast_rmmd.data.config import load_data_config
+
+    eval_start, _ = load_data_config(str(ctx.data_yaml)).split("eval")
+    step = np.timedelta64(task.step_hours, "h")
+    first = eval_start  # targets (init + 12 h ...) are all after the training window
+    last = times[-1] - ctx.cfg.eval_lead_steps * step
+    candidates = times[(times >= first) & (times <= last)]
+    if len(candidates) < ctx.cfg.eval_init_times:
+        raise ConfigError(
+            f"the held-out window has {len(candidates)} possible init times for "
+            f"{ctx.cfg.eval_lead_steps} lead steps; eval_init_times={ctx.cfg.eval_init_times} "
+            "needs a longer eval_days"
+        )
+    idx = np.linspace(0, len(candidates) - 1, ctx.cfg.eval_init_times).round().astype(int)
+    return [str(np.datetime_as_string(t, unit="s")) for t in candidates[idx]]
+
+
+def _stage_forecast(ctx: Context, who: str) -> None:
+    from pipelines.forecast import run_forecast
+
+    model = ctx.teacher_eval_npz if who == "teacher" else ctx.student_npz
+    run_forecast(
+        model=str(model),
+        stats_dir=str(ctx.stats_dir),
+        data=ctx.store,
+        out=str(ctx.forecast_store(who)),
+        init_times=eval_init_times(ctx),
+        members=ctx.cfg.eval_members,
+        lead_steps=ctx.cfg.eval_lead_steps,
+        seed=ctx.cfg.seed + 1000,
+        member_block=ctx.cfg.eval_members,
+        progress=ctx.progress,
+    )
+
+
+def _forecast_done(ctx: Context, who: str) -> bool:
+    from gencast_rmmd.forecast import store as store_lib
+
+    p = ctx.forecast_store(who)
+    if not p.exists():
+        return False
+    import zarr
+
+    try:
+        status = zarr.open_group(str(p), mode="r").attrs.get(store_lib.STATUS_ATTR)
+    except Exception:  # not a readable store: the stage will report it when it runs
+        return False
+    return status == "complete"
+
+
+def _stage_evaluate(ctx: Context) -> None:
+    from pipelines.evaluate import evaluate
+
+    evaluate(
+        forecast_path=str(ctx.forecast_store("student")),
+        truth_path=ctx.store,
+        out_dir=str(ctx.eval_dir),
+        baseline_path=str(ctx.forecast_store("teacher")),
+        engine="beam",
+        seed=ctx.cfg.seed,
+    )
+
+
+def measure_step_seconds(
+    checkpoints: dict[str, str], stats_dir: str, store: str, members: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Wall-clock seconds of one 12 h ensemble step per model, measured in this one process.
+
+    Each model's vmapped step over `members` is compiled and run once (warm-up), then timed
+    `repeats` times with `block_until_ready`; the minimum is reported (least disturbed by other
+    load). Same inputs, same device, same process for every model, so the ratio is fair.
+    """
+    import jax
+    import xarray as xr
+
+    from gencast_rmmd.forecast.model import load_forecast_model
+
+    with xr.open_zarr(store, chunks=None) as ds:
+        lat = ds["lat"].values
+        lon = ds["lon"].values
+    out = {}
+    for name, path in checkpoints.items():
+        model = load_forecast_model(path, stats_dir, name=name)
+        step_fn, params = model.build(lat, lon)
+        lay = model.task.layout
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((members, len(lat), len(lon), lay.n_inputs)).astype(np.float32)
+        f = rng.standard_normal((members, len(lat), len(lon), lay.n_forcings)).astype(np.float32)
+        keys = jax.random.split(jax.random.PRNGKey(0), members)
+        fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
+        fn(params, keys, x, f).block_until_ready()
+        times = []
+        for r in range(repeats):
+            keys = jax.random.split(jax.random.PRNGKey(r + 1), members)
+            t0 = time.perf_counter()
+            fn(params, keys, x, f).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"seconds": float(min(times)), "nfe": int(model.nfe), "members": members}
+    return out
+
+
+def _stage_speed(ctx: Context) -> None:
+    res = measure_step_seconds(
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+        str(ctx.stats_dir),
+        ctx.store,
+        ctx.cfg.eval_members,
+        ctx.cfg.speed_repeats,
+    )
+    _atomic_text(ctx.speed_json, json.dumps(res, indent=2))
+
+
+def build_summary(ctx: Context) -> dict:
+    """summary.json: the headline numbers (see the README for the keys)."""
+    from gencast_rmmd.evaluation.scorecard import load_summary
+
+    speed = json.loads(ctx.speed_json.read_text())
+    ev = load_summary(str(ctx.eval_dir))
+    models = ev.get("models", {})
+    student_name = models.get("forecast", "student")
+    teacher_name = models.get("baseline", "teacher")
+    t, s = speed["teacher"], speed["student"]
+    return {
+        "teacher_nfe": t["nfe"],
+        "student_nfe": s["nfe"],
+        "teacher_step_seconds": t["seconds"],
+        "student_step_seconds": s["seconds"],
+        "speedup": t["seconds"] / s["seconds"] if s["seconds"] > 0 else float("nan"),
+        "win_rate": ev.get("win_rate_crps"),
+        # The scorecard's relative change is (student - teacher) / teacher; positive here means
+        # the student's CRPS is lower (better).
+        "mean_crps_change_percent": -ev["mean_crps_change_percent"]
+        if ev.get("mean_crps_change_percent") is not None
+        else None,
+        "spread_skill_teacher": ev.get("spread_skill", {}).get(teacher_name),
+        "spread_skill_student": ev.get("spread_skill", {}).get(student_name),
+        "entries": ev.get("n_entries"),
+        "win_rate_rmse": ev.get("win_rate_rmse"),
+        "significant_wins_crps": ev.get("significant_wins_crps"),
+        "significant_losses_crps": ev.get("significant_losses_crps"),
+        "ensemble_size": ev.get("ensemble_size"),
+        "profile_config": dataclasses.asdict(ctx.cfg),
+    }
+
+
+def _stage_summary(ctx: Context) -> None:
+    summary = build_summary(ctx)
+    _atomic_text(ctx.path("summary.json"), json.dumps(summary, indent=2, default=_jsonable))
+    _write_report(ctx, summary)
+
+
+def _write_report(ctx: Context, summary: dict) -> None:
+    """DIR/report.html: the evaluation report with the speed headline on top."""
+    src = ctx.eval_dir / "report.html"
+    html = src.read_text() if src.exists() else "<html><body></body></html>"
+    rows = "".join(
+        f"<tr><td>{k}</td><td>{_fmt(summary.get(k))}</td></tr>"
+        for k in (
+            "teacher_nfe",
+            "student_nfe",
+            "teacher_step_seconds",
+            "student_step_seconds",
+            "speedup",
+            "win_rate",
+            "mean_crps_change_percent",
+            "spread_skill_teacher",
+            "spread_skill_student",
+            "entries",
+        )
+    )
+    head = (
+        "<h1>gencast-rmmd quickstart</h1><p>8-step RMMD student against its DPM-Solver++ 2S "
+        "teacher on held-out init times. Wall-clock per 12 h step measured in one process.</p>"
+        f"<table border=1 cellpadding=4>{rows}</table><hr>"
+    )
+    # Plots are referenced relative to the evaluation directory.
+    html = html.replace('src="', 'src="evaluation/')
+    html = html.replace("<body>", "<body>" + head, 1) if "<body>" in html else head + html
+    _atomic_text(ctx.path("report.html"), html)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        return list(v)
+    return str(v)
+
+
+def _atomic_text(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _run_cli(cli_main: Callable[[list[str]], int], args: list[str], what: str) -> None:
+    rc = cli_main(args)
+    if rc:
+        raise OutputError(
+            f"quickstart stage '{what}' failed (exit status {rc}); see the message above"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], None]
+    done: Callable[[Context], bool]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", _stage_data, lambda c: False),  # cheap: resolves the cached store and splits
+    Stage("stats", _stage_stats, _stats_done),
+    Stage(
+        "teacher", _stage_teacher, lambda c: c.teacher_npz.exists() and c.teacher_eval_npz.exists()
+    ),
+    Stage("distill", _stage_distill, lambda c: c.student_npz.exists()),
+    Stage(
+        "forecast teacher",
+        lambda c: _stage_forecast(c, "teacher"),
+        lambda c: _forecast_done(c, "teacher"),
+    ),
+    Stage(
+        "forecast student",
+        lambda c: _stage_forecast(c, "student"),
+        lambda c: _forecast_done(c, "student"),
+    ),
+    Stage("evaluate", _stage_evaluate, lambda c: (c.eval_dir / "scorecard.csv").exists()),
+    Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),
+    Stage("summary", _stage_summary, lambda c: False),
+)
+
+
+def load_profile(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> QuickstartConfig:
+    if profile not in PROFILES and not pathlib.Path(profile).exists():
+        raise ConfigError(
+            f"--profile {profile!r}: expected one of {', '.join(PROFILES)} or a YAML path"
+        )
+    return load_config(QuickstartConfig, profile, overrides, kind="quickstart")
+
+
+def run_chain(ctx: Context) -> dict:
+    """Run every stage not yet complete; return the summary."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    marker = ctx.path("quickstart.yaml")
+    text = dump_yaml(ctx.cfg)
+    if marker.exists() and marker.read_text() != text:
+        raise OutputError(
+            f"{ctx.out} holds a quickstart run with other settings ({marker}); use a new --out "
+            "or delete the directory"
+        )
+    if not marker.exists() and any(ctx.out.iterdir()):
+        raise OutputError(f"--out {ctx.out} exists and holds other files; choose a new directory")
+    _atomic_text(marker, text)
+    n = len(STAGES)
+    t_all = time.perf_counter()
+    for i, stage in enumerate(STAGES, 1):
+        if stage.done(ctx):
+            print(f"[{i}/{n}] {stage.name}: already complete, skipped", flush=True)
+            continue
+        print(f"[{i}/{n}] {stage.name} ...", flush=True)
+        t0 = time.perf_counter()
+        stage.run(ctx)
+        dt = time.perf_counter() - t0
+        ctx.log.append({"stage": stage.name, "seconds": round(dt, 1)})
+        print(f"[{i}/{n}] {stage.name}: done in {dt:.1f} s", flush=True)
+    summary = json.loads(ctx.path("summary.json").read_text())
+    _atomic_text(
+        ctx.path("stages.json"),
+        json.dumps(
+            {"stages": ctx.log, "total_seconds": round(time.perf_counter() - t_all, 1)}, indent=2
+        ),
+    )
+    return summary
+
+
+def print_summary(summary: dict, out: pathlib.Path) -> None:
+    def f(v, spec=".3g"):
+        return "n/a" if v is None else format(v, spec)
+
+    print()
+    print("=" * 72)
+    print("gencast-rmmd quickstart: student (RMMD) vs teacher (DPM-Solver++ 2S)")
+    print(
+        f"  network evaluations per 12 h step: teacher {summary['teacher_nfe']}, "
+        f"student {summary['student_nfe']}"
+    )
+    print(
+        f"  wall-clock per 12 h step: teacher {f(summary['teacher_step_seconds'])} s, "
+        f"student {f(summary['student_step_seconds'])} s -> {f(summary['speedup'])}x faster"
+    )
+    wr = summary.get("win_rate")
+    print(
+        f"  CRPS win rate of the student: {f(None if wr is None else 100 * wr, '.1f')}% of "
+        f"{summary.get('entries')} scorecard entries; mean CRPS change "
+        f"{f(summary.get('mean_crps_change_percent'), '+.2f')}% (positive = student better)"
+    )
+    print(
+        f"  spread/skill (1 = calibrated): teacher {f(summary.get('spread_skill_teacher'))}, "
+        f"student {f(summary.get('spread_skill_student'))}"
+    )
+    print(f"  report: {out / 'report.html'}   numbers: {out / 'summary.json'}")
+    print("=" * 72)
+
+
+def clean_partial(out: pathlib.Path) -> None:
+    """Remove temp files a crash may have left (the stages themselves resume)."""
+    for tmp in out.rglob("*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
