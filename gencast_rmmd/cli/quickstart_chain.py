@@ -200,6 +200,7 @@ def _stage_data(ctx: Context) -> None:
     if not ctx.data_store:
         derived = dataclasses.replace(derived, nature_run=nr)
     _atomic_text(ctx.data_yaml, dump_yaml(derived))
+    _atomic_text(ctx.path("store.json"), json.dumps({"store": ctx.store}))
     ctx.times = {"train": splits["train"], "eval": splits["eval"], "all": times}
 
 

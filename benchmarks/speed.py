@@ -1,0 +1,85 @@
+"""Teacher vs student wall-clock per 12 h step, measured side by side in one process (JSON).
+
+    python benchmarks/speed.py [--run runs/quickstart] [--members 4] [--repeats 5]
+
+Uses the teacher (DPM-Solver++ 2S at the quickstart's noise levels) and the student of a
+quickstart run directory; without one, it first runs `gencast-rmmd quickstart --fast` into
+`runs/bench-fast` (toy sizes: the ratio is still meaningful, since both models share one
+architecture and the ratio is set by the number of network evaluations and the overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="runs/quickstart")
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    run = pathlib.Path(args.run)
+    if not (run / "distill" / "student.npz").exists():
+        run = pathlib.Path("runs/bench-fast")
+        if not (run / "distill" / "student.npz").exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gencast_rmmd",
+                    "quickstart",
+                    "--fast",
+                    "--no-progress",
+                    "--out",
+                    str(run),
+                ],
+                check=True,
+            )
+    from gencast_rmmd.cli.quickstart_chain import measure_step_seconds
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.data.config import DataConfig
+
+    data_cfg = load_config(DataConfig, run / "data.yaml")
+    from gencast_rmmd.data import nature_run
+
+    store = str(
+        nature_run.embedded_store(
+            config=data_cfg.nature_run, levels_hpa=data_cfg.task.pressure_levels
+        )
+    )
+    teacher = sorted((run / "teacher").glob("teacher_*levels.npz"))[0]
+    res = measure_step_seconds(
+        {"teacher": str(teacher), "student": str(run / "distill" / "student.npz")},
+        str(run / "stats"),
+        store,
+        args.members,
+        args.repeats,
+    )
+    t, s = res["teacher"], res["student"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "speed",
+                "device": jax.devices()[0].platform,
+                "members": args.members,
+                "teacher_nfe": t["nfe"],
+                "student_nfe": s["nfe"],
+                "teacher_step_seconds": t["seconds"],
+                "student_step_seconds": s["seconds"],
+                "wall_clock_speedup": t["seconds"] / s["seconds"],
+                "nfe_ratio": t["nfe"] / s["nfe"],
+                "overhead_efficiency": (t["seconds"] / s["seconds"]) / (t["nfe"] / s["nfe"]),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
