@@ -81,7 +81,9 @@ def item_statistics(spec: ModelSpec, item: tuple[int, int]) -> tuple[dict[str, i
     parts = []
     for j in range(j0, min(j0 + spec.lead_chunk, len(spec.leads))):
         lead = np.timedelta64(spec.leads[j], "ns")
-        f_chunk, t_chunk = stores.load_chunk(fc, tr, init, lead, spec.pairs)
+        f_chunk, t_chunk = stores.load_chunk(
+            fc, tr, init, lead, spec.pairs, (spec.path, spec.truth_path)
+        )
         rng = chunk_rng(spec.seed, spec.init_times[i], spec.leads[j])
         st = chunk_statistics(f_chunk, t_chunk, spec.pairs, ensemble_dim=spec.ensemble_dim, rng=rng)
         parts.append(st.expand_dims(prediction_timedelta=[lead]))

@@ -171,6 +171,27 @@ def initial_conditions(ds, task, init_time, lead_steps: int, sst_fill: float | N
     return inputs, forcings
 
 
+def check_initial_conditions(ds, model, spec: ForecastSpec) -> None:
+    """Raise `DataError` naming the variable and time if any init time's inputs hold NaN/Inf."""
+    from gencast_rmmd.data.examples import physical_window
+
+    lay = model.task.layout
+    for s in spec.init_times:
+        t = np.datetime64(s, "ns")
+        inputs, _, _ = physical_window(ds, model.task, t, 0, sst_fill=model.sst_fill)
+        bad = ~np.isfinite(inputs).all(axis=(0, 1))
+        if bad.any():
+            var, frame, level = lay.inputs[int(np.argmax(bad))]
+            when = t - (model.task.input_frames - 1 - frame) * np.timedelta64(
+                model.task.step_hours, "h"
+            )
+            lev = f" at {level} hPa" if level is not None else ""
+            raise DataError(
+                f"data store {spec.data!r} has NaN/Inf in {var!r}{lev} at {str(when)[:19]} (an input "
+                f"frame of init time {s}); fix the data or choose other init times"
+            )
+
+
 class _Worker:
     """Per-process state: model, compiled rollout, open data (built once, reused per item)."""
 
@@ -244,6 +265,10 @@ def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict
             f"{task.input_frames} input frames ({task.step_hours} h apart, ending at the init time) in "
             f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]}"
         )
+    # Fail before the store exists: the model must build on this grid (checks every parameter's
+    # name/shape against the architecture) and every initial condition must be finite.
+    model.build(lat, lon)
+    check_initial_conditions(ds, model, spec)
     attrs = model.attrs()
     attrs.update(
         {

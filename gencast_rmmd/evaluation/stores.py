@@ -215,8 +215,13 @@ def load_chunk(
     init_time: np.datetime64,
     lead: np.timedelta64,
     pairs: Sequence[tuple[str, int | None]],
+    paths: tuple[str, str] = ("forecast", "truth"),
 ) -> tuple[xr.Dataset, xr.Dataset]:
-    """Load one (init, lead) forecast chunk (all members, full globe) and its verifying truth."""
+    """Load one (init, lead) forecast chunk (all members, full globe) and its verifying truth.
+
+    A chunk that cannot be decoded (truncated or corrupt file) raises `DataError` naming the store,
+    the variable and the time.
+    """
     names = sorted({v for v, _ in pairs})
     levels = sorted({lev for _, lev in pairs if lev is not None})
     fc = forecast[names].sel(time=init_time, prediction_timedelta=lead)
@@ -224,4 +229,19 @@ def load_chunk(
     if levels:
         fc = fc.sel(level=levels) if "level" in fc.dims else fc
         tr = tr.sel(level=levels) if "level" in tr.dims else tr
-    return fc.load(), tr.load()
+    return _load(fc, paths[0], f"init {init_time} lead {lead}"), _load(
+        tr, paths[1], f"valid time {init_time + lead}"
+    )
+
+
+def _load(ds: xr.Dataset, path: str, where: str) -> xr.Dataset:
+    out = {}
+    for v in ds.data_vars:
+        try:
+            out[v] = ds[v].load()
+        except Exception as e:  # zarr/numcodecs raise RuntimeError, ValueError, ... on bad chunks
+            raise DataError(
+                f"store {path!r}: cannot read variable {v!r} at {where}: a chunk is corrupt or "
+                f"unreadable ({type(e).__name__}: {e}); re-create the store"
+            ) from None
+    return ds.assign(out)

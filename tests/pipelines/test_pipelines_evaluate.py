@@ -219,3 +219,17 @@ def test_cli_ensemble_dim_number(stores, tmp_path, capsys):
         ]
     )
     assert rc == 2  # default ensemble dim 'realization' is absent: one-line user error
+
+
+def test_corrupt_chunk_is_a_clear_error(stores, tmp_path):
+    import shutil
+
+    f = str(tmp_path / "f.zarr")
+    shutil.copytree(stores["f"], f)
+    chunk = sorted(
+        p for p in (tmp_path / "f.zarr" / "temperature").iterdir() if not p.name.startswith(".")
+    )[0]
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(DataError, match="cannot read variable 'temperature'.*corrupt"):
+        evaluate(f, stores["t"], str(tmp_path / "e"), engine="memory", plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr"]  # nothing half-written

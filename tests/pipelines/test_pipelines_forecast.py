@@ -39,7 +39,7 @@ def _run(data, out, **kw):
     args = dict(
         model="persistence:0.3",
         stats_dir=data["stats"],
-        data=data["data"],
+        data=kw.pop("store", data["data"]),
         out=str(out),
         init_times=INITS,
         members=3,
@@ -162,6 +162,14 @@ def test_user_errors(data, tmp_path):
         _run(data, tmp_path / "ok.zarr", members=2, init_times=["2021-01-01T12"], lead_steps=2)
     with pytest.raises(ConfigError, match="parse"):
         _run(data, tmp_path / "b.zarr", init_times=["yesterday-ish"])
+    # NaN in an input frame: refused before any store is created, naming variable and time.
+    bad = data["ds"].copy(deep=True)
+    bad["temperature"].loc[{"time": np.datetime64("2021-01-02T00")}] = np.nan
+    bad_path = str(tmp_path / "nan.zarr")
+    bad.to_zarr(bad_path, zarr_format=2)
+    with pytest.raises(DataError, match="NaN/Inf in 'temperature'.*2021-01-02T00"):
+        _run(data, tmp_path / "c.zarr", store=bad_path)
+    assert not (tmp_path / "c.zarr").exists()
 
 
 def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):
