@@ -169,6 +169,7 @@ def bench_arch(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-mini", action="store_true")
+    ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--mini-sample", action="store_true", help="time a real Mini sampling step")
     ap.add_argument("--mini-train", action="store_true", help="time Mini training steps")
     ap.add_argument("--repeats", type=int, default=5)
@@ -186,12 +187,21 @@ def main() -> None:
     emb = load_data_config("embedded")
     lat = -87.1875 + 5.625 * np.arange(32)
     lon = 5.625 * np.arange(64)
-    tiny = load_config(ModelConfig, "tiny", kind="model")
-    result["results"].append(
-        bench_arch(
-            "tiny", tiny, emb.task, lat, lon, args.repeats, True, args.train_steps, args.train_batch
+    if not args.skip_tiny:
+        tiny = load_config(ModelConfig, "tiny", kind="model")
+        result["results"].append(
+            bench_arch(
+                "tiny",
+                tiny,
+                emb.task,
+                lat,
+                lon,
+                args.repeats,
+                True,
+                args.train_steps,
+                args.train_batch,
+            )
         )
-    )
     if not args.skip_mini:
         mini = load_config(ModelConfig, "gencast_1p0deg_mini", kind="model")
         lat1 = np.linspace(-90.0, 90.0, 181)

@@ -169,10 +169,12 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model_source=str(args.config),
     )
+    loss = "n/a (already complete)" if summary["loss"] is None else f"{summary['loss']:.4g}"
+    rate = summary["steps_per_sec"]
+    rate = f"{rate:.2f} steps/s" if rate else "no new steps"
     print(
-        f"teacher: {summary['steps']} steps, loss {summary['loss']:.4g}, "
-        f"{summary['num_params']:,} parameters, {summary['steps_per_sec']:.2f} steps/s; "
-        f"run {summary['run_dir']}; exported {summary['export']}"
+        f"teacher: {summary['steps']} steps, loss {loss}, {summary['num_params']:,} parameters, "
+        f"{rate}; run {summary['run_dir']}; exported {summary['export']}"
     )
     print(json.dumps(summary))
     return 0

@@ -357,7 +357,7 @@ def train_teacher(
         "num_params": n_params,
         "num_tensors": n_tensors,
         "train_seconds": seconds,
-        "steps_per_sec": (steps - start) / seconds if seconds > 0 else None,
+        "steps_per_sec": (steps - start) / seconds if seconds > 0 and steps > start else None,
         "run_dir": str(out),
         "export": None,
         "train_start": train_start,
