@@ -311,7 +311,9 @@ class Trainer:
         missing = [g for g in self.optimizers if g not in trainable]
         if missing:
             raise ValueError(f"trainable params missing for groups {missing}")
-        params = {g: jax.tree.map(jnp.asarray, trainable[g]) for g in self.optimizers}
+        # Fresh host copies: groups initialized from the same arrays (student and aux both start
+        # from the teacher) must not share device buffers, because the step donates the state.
+        params = {g: jax.tree.map(np.array, trainable[g]) for g in self.optimizers}
         state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
