@@ -407,6 +407,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **flat)
+        # mkstemp creates the file 0600; give it the permissions a plain write would have.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -415,8 +417,21 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     return path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of an npz without unpickling anything; CheckpointError lists every pickled key."""
+    flat, errors = _read_flat(path)
+    if errors:
+        raise CheckpointError(f"{path}: {len(errors)} problem(s): " + "; ".join(errors))
+    return flat
+
+
+def _read_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
@@ -435,28 +450,29 @@ def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 errors.append(f"{key}: holds a pickled Python object (refused, allow_pickle=False)")
             except (OSError, zipfile.BadZipFile, EOFError) as e:
                 errors.append(f"{key}: unreadable ({e})")
-    if errors:
-        raise CheckpointError(f"{path}: {len(errors)} problem(s): " + "; ".join(errors))
-    return flat
+    return flat, errors
 
 
 def load_checkpoint(
-    path: str | os.PathLike, attention_type: str | None = "auto"
+    path: str | os.PathLike,
+    attention_type: str | None = "auto",
+    validate_params: bool = True,
 ) -> GenCastCheckpoint:
     """Read a GenCast checkpoint (official or ours) into typed configs and numpy params.
 
     attention_type: "auto" (default) replaces a `splash_mha` backend by `triblockdiag_mha`
     (mask_type "full") when not running on a TPU, as GenCast's GPU recipe does; None keeps the
     stored backend; any backend name forces that backend. Raises CheckpointError listing every
-    problem found (pickled entries, unknown/missing keys, bad values, non-numeric params).
+    problem found (pickled entries, unknown/missing keys, bad values, non-numeric params and,
+    with `validate_params`, every parameter name/shape/dtype that differs from `jax.eval_shape`
+    of the model the configs describe).
     """
     from gencast_rmmd.model import configs as configs_lib
     from gencast_rmmd.model import transformer as transformer_lib
 
     path = pathlib.Path(path)
-    flat = read_flat(path)
+    flat, errors = _read_flat(path)
     tree = unflatten(flat)
-    errors: list[str] = []
     for k in sorted(set(tree) - set(SECTIONS)):
         errors.append(f"unknown section {k!r} (allowed: {', '.join(SECTIONS)})")
 
@@ -524,9 +540,21 @@ def load_checkpoint(
     description = section("description", lambda v: _convert(v, str, "description"), False) or ""
     license_ = section("license", lambda v: _convert(v, str, "license"), False) or ""
 
+    n_param_errors = 0
+    if validate_params and task is not None and arch is not None and params:
+        try:
+            bad = param_mismatches(params, expected_param_shapes(arch, task, enc))
+        except (ValueError, KeyError) as e:
+            bad = []
+            errors.append(f"configs do not describe a buildable model: {e}")
+        n_param_errors = len(bad)
+        errors.extend(bad)
     if errors:
+        detail = (
+            f" ({n_param_errors} parameter mismatch(es) with the model)" if n_param_errors else ""
+        )
         raise CheckpointError(
-            f"{path}: {len(errors)} problem(s) in checkpoint: " + "; ".join(errors)
+            f"{path}: {len(errors)} problem(s) in checkpoint{detail}: " + "; ".join(errors)
         )
     if arch is not None and attention_type is not None:
         if attention_type == "auto":
@@ -580,6 +608,30 @@ def param_mismatches(params: Any, expected: Any) -> list[str]:
         if gd != wd:
             out.append(f"parameter {k}: expected dtype {wd}, found {gd}")
     return out
+
+
+def expected_param_shapes(
+    arch: DenoiserArchitectureConfig, task: TaskConfig, noise_encoder: NoiseEncoderConfig
+) -> dict[str, dict[str, Any]]:
+    """{module: {name: ShapeDtypeStruct}} of the model `arch` describes, by `jax.eval_shape`.
+
+    Parameter shapes do not depend on the grid, the mesh level, the k-hop or the attention
+    backend, so this evaluates the model on a small grid and a level-1 mesh (cheap even for the
+    0.25 deg configs).
+    """
+    from gencast_rmmd.model.configs import with_attention_type
+    from gencast_rmmd.model.denoiser import build_denoiser
+
+    small = with_attention_type(dataclasses.replace(arch, mesh_size=min(arch.mesh_size, 1)), "mha")
+    small = dataclasses.replace(
+        small,
+        sparse_transformer_config=dataclasses.replace(
+            small.sparse_transformer_config, attention_k_hop=1
+        ),
+    )
+    lat = -84.375 + 11.25 * np.arange(16)
+    lon = 11.25 * np.arange(32)
+    return build_denoiser(small, task, lat, lon, noise_encoder).param_shapes()
 
 
 def check_params(params: Any, expected: Any, source: str = "checkpoint") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 
 import jax
@@ -20,6 +21,12 @@ from gencast_rmmd.model.denoiser import Conditioning
 LAT = -87.1875 + 5.625 * np.arange(32)
 LON = 5.625 * np.arange(64)
 SMALL = dict(mesh_size=2, latent=32, num_layers=2, ffw_hidden=64, k_hop=4, n_out=84)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_official(path: pathlib.Path, seed: int = 0, **overrides) -> dict[str, np.ndarray]:
@@ -93,6 +100,7 @@ def test_official_layout_loads_runs_and_round_trips(official, tmp_path):
         den2.apply(params2, x, sigma, cond), den.apply(params, x, sigma, cond)
     )
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as a plain write, not mkstemp's 0600
 
 
 def test_extra_sections_round_trip(official, tmp_path):
@@ -153,15 +161,40 @@ def test_param_mismatches_are_all_reported(tmp_path):
     flat[pre + "ffw_down:b"] = flat[pre + "ffw_down:b"].astype(np.float64)  # wrong dtype
     with open(path, "wb") as f:
         np.savez(f, **flat)
-    ckpt = ck.load_checkpoint(path)
+    # Both gates report all four at once: the loader (against eval_shape of the configs' model)...
     with pytest.raises(CheckpointError) as e:
+        ck.load_checkpoint(path)
+    # ... and building the model from an unvalidated checkpoint.
+    ckpt = ck.load_checkpoint(path, validate_params=False)
+    with pytest.raises(CheckpointError) as e2:
         ck.denoiser_from_checkpoint(ckpt, LAT, LON)
+    assert "4 parameter mismatch" in str(e2.value)
+    for msg in (str(e.value), str(e2.value)):
+        assert "4 " in msg
+        assert "block_00/ffw_up:w: expected shape (32, 64), found (32, 65)" in msg
+        assert "missing parameter mesh_transformer/~/transformer/block_00/mha_final:b" in msg
+        assert "unexpected parameter mesh_transformer/~/transformer/block_09/ffw_up:w" in msg
+        assert "expected dtype float32, found float64" in msg
+
+
+def test_pickles_config_errors_and_param_mismatches_reported_together(tmp_path):
+    path = tmp_path / "mixed.npz"
+    flat = write_official(path)
+    flat["license"] = np.array([object()], dtype=object)
+    flat["sampler_config:rho"] = np.array("seven")
+    pre = "params:mesh2grid_gnn/~_networks_builder/decoder_nodes_grid_nodes_mlp/~/linear_1:"
+    flat[pre + "w"] = np.zeros((32, 83), np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, **flat)
+    with pytest.raises(CheckpointError) as e:
+        ck.load_checkpoint(path)
     msg = str(e.value)
-    assert "4 parameter mismatch" in msg
-    assert "block_00/ffw_up:w: expected shape (32, 64), found (32, 65)" in msg
-    assert "missing parameter mesh_transformer/~/transformer/block_00/mha_final:b" in msg
-    assert "unexpected parameter mesh_transformer/~/transformer/block_09/ffw_up:w" in msg
-    assert "expected dtype float32, found float64" in msg
+    assert "3 problem" in msg
+    assert "license: holds a pickled Python object" in msg
+    assert "sampler_config:rho" in msg
+    assert (
+        "decoder_nodes_grid_nodes_mlp/~/linear_1:w: expected shape (32, 84), found (32, 83)" in msg
+    )
 
 
 def test_config_problems_are_all_reported(tmp_path):
