@@ -153,3 +153,86 @@ def test_fill_sst_with_min():
     assert (out["sea_surface_temperature"].values == 271.0).sum() == np.isnan(
         ds["sea_surface_temperature"].values
     ).sum()
+
+
+def test_full_gencast_config_on_arco_schema():
+    """GenCast's 1 deg config end to end on a tiny ARCO-schema store (all variables, 37 levels)."""
+    from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.data.examples import stack
+    from gencast_rmmd.data.task import has_level, variable_kind
+
+    cfg = load_data_config("gencast_1p0deg", overrides=["time_start=null", "time_stop=null"])
+    rng = np.random.default_rng(0)
+    hours = 30
+    times = np.datetime64("2019-03-29T00", "ns") + np.arange(hours) * np.timedelta64(1, "h")
+    lat = np.linspace(90, -90, 17)  # "0.25 deg with poles", descending
+    lon = np.arange(32) * 360 / 32
+    levels = np.array(
+        [
+            1,
+            2,
+            3,
+            5,
+            7,
+            10,
+            20,
+            30,
+            50,
+            70,
+            100,
+            125,
+            150,
+            175,
+            200,
+            225,
+            250,
+            300,
+            350,
+            400,
+            450,
+            500,
+            550,
+            600,
+            650,
+            700,
+            750,
+            775,
+            800,
+            825,
+            850,
+            875,
+            900,
+            925,
+            950,
+            975,
+            1000,
+        ]
+    )
+    data = {}
+    for v in sorted(set(cfg.task.input_variables) | set(cfg.task.target_variables)):
+        if variable_kind(v) == "forcing" or v == "total_precipitation_12hr":
+            continue
+        if has_level(v):
+            dims, shape = ("time", "level", "latitude", "longitude"), (hours, 37, 17, 32)
+        else:
+            dims, shape = ("time", "latitude", "longitude"), (hours, 17, 32)
+        data[v] = (dims, rng.normal(size=shape).astype(np.float32))
+    data["total_precipitation"] = (
+        ("time", "latitude", "longitude"),
+        rng.gamma(1, 1e-4, (hours, 17, 32)).astype(np.float32),
+    )
+    data["toa_incident_solar_radiation"] = (
+        ("time", "latitude", "longitude"),
+        np.zeros((hours, 17, 32), np.float32),
+    )
+    raw = xr.Dataset(
+        data, coords={"time": times, "latitude": lat, "longitude": lon, "level": levels}
+    )
+    ds = era5.canonicalize(raw, cfg.task, grid=cfg.grid)
+    assert ds.sizes["lat"] == 5 and ds.sizes["lon"] == 8 and ds.sizes["level"] == 13
+    assert ds.lat.values.tolist() == [-90.0, -45.0, 0.0, 45.0, 90.0]
+    want = np.array(["2019-03-29T12", "2019-03-30T00"], dtype="datetime64[ns]")
+    np.testing.assert_array_equal(ds.time.values, want)  # 00 UTC day 1 lacks 12 h of precip
+    assert "toa_incident_solar_radiation" not in ds and ds["land_sea_mask"].dims == ("lat", "lon")
+    x = stack(ds.isel(time=[0, 1]), cfg.task.layout.inputs)
+    assert x.shape == (5, 8, 176)  # + 88 noisy-target/forcing channels = 264
