@@ -374,6 +374,10 @@ def evaluate(
         raise DataError(f"engine must be 'beam' or 'memory', found {engine!r}")
     _open_cached.cache_clear()  # a store rewritten at the same path since a previous call
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(
+            f"output path {out_dir!r} exists and is a file, not a directory; choose a new path"
+        )
     if (
         os.path.exists(out_dir)
         and os.listdir(out_dir)

@@ -167,6 +167,10 @@ def test_user_errors(stores, tmp_path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="other files"):
         evaluate(stores["f"], stores["t"], str(other), engine="memory")
+    (tmp_path / "file").write_text("precious")
+    with pytest.raises(OutputError, match="is a file"):
+        evaluate(stores["f"], stores["t"], str(tmp_path / "file"), engine="memory")
+    assert (tmp_path / "file").read_text() == "precious"
     with pytest.raises(DataError, match="ensemble dim 'sample'"):
         evaluate(
             stores["f"], stores["t"], str(tmp_path / "x"), ensemble_dim="sample", engine="memory"
