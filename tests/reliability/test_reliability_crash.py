@@ -11,6 +11,7 @@ of every step; a run directory never holds an exported model before the run has 
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -21,6 +22,7 @@ from reliability_helpers import (
     checkpoint_steps,
     command_available,
     crash_env,
+    has_tmp_entry,
     last_metric_step,
     run_to_completion,
     run_until_killed,
@@ -77,18 +79,29 @@ def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every:
 
 
 def kill_chain(cmd, run_dir: pathlib.Path, env, every: int, finished_marker: pathlib.Path):
-    """Run `cmd` len(KILL_KINDS) times with kills, then once to the end. Returns the kill log."""
+    """Also checks that no half-written checkpoint directory is left at the end.
+
+    Run `cmd` len(KILL_KINDS) times with kills, then once to the end. Returns the kill log."""
     log = []
     for i, kind in enumerate(KILL_KINDS):
         rng = np.random.default_rng(SEED + i)
         kill = make_kill(kind, run_dir, rng, every)
+        saving = has_tmp_entry(run_dir / "checkpoints")
         outcome = run_until_killed(cmd, env, kill)
-        log.append((kill.name, outcome, max(checkpoint_steps(run_dir / "checkpoints"), default=0)))
+        name = kill.name + (
+            " (orbax tmp dir present)"
+            if has_tmp_entry(run_dir / "checkpoints") and not saving
+            else ""
+        )
+        log.append((name, outcome, max(checkpoint_steps(run_dir / "checkpoints"), default=0)))
+        print("kill", i, log[-1])
         if outcome == "killed":
             assert not finished_marker.exists(), (
                 f"{finished_marker.name} exists after a kill: an interrupted run looks finished"
             )
     run_to_completion(cmd, env)
+    left = [n for n in os.listdir(run_dir / "checkpoints") if not n.isdigit()]
+    assert not left, f"half-written checkpoints left behind after resuming: {left}"
     return log
 
 
@@ -164,6 +177,217 @@ def test_teacher_kill9_resume(tmp_path, workspace, env):
     assert lc == lr, "the logged losses of the resumed run differ from the uninterrupted run"
 
 
-FAULT_TESTS = {
-    "teacher-kill9": test_teacher_kill9_resume,
-}
+FAULT_TESTS = {"teacher-kill9": test_teacher_kill9_resume}
+
+
+@pytest.mark.slow
+def test_distill_kill9_resume(tmp_path, env):
+    """The distiller (`distill.trainer.run_phase`, RMMD phase-2 settings, alternating aux/student
+    rules, frozen teacher and student copies) killed 5 times, resumed: same final params."""
+    import sys
+
+    import reliability_distill_worker as worker
+
+    assert _fault("distill-kill9").trials == len(KILL_KINDS)
+    script = pathlib.Path(worker.__file__)
+
+    def cmd(run):
+        return [sys.executable, str(script), str(run), str(run / "final.npz")]
+
+    ref, run = tmp_path / "reference", tmp_path / "crashed"
+    ref.mkdir()
+    run.mkdir()
+    run_to_completion(cmd(ref), env)
+    log = kill_chain(cmd(run), run, env, worker.EVERY, run / "final.npz")
+    assert [o for _, o, _ in log] == ["killed"] * len(KILL_KINDS), log
+    with (
+        np.load(ref / "final.npz", allow_pickle=False) as a,
+        np.load(run / "final.npz", allow_pickle=False) as b,
+    ):
+        assert sorted(a.files) == sorted(b.files) and len(a.files) == 8
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert not np.array_equal(a["student/w1"], worker.teacher_params()["w1"])
+    lr, lc = _losses(ref), _losses(run)
+    assert sorted(lc) == list(range(1, worker.NUM_STEPS + 1))
+    assert lc == lr
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipelines: kill mid-way, check the interrupted output is never reported complete, re-run, compare.
+
+
+def _assert_same_dataset(a, b, skip_attrs=()):
+    import xarray as xr
+
+    da, db = xr.open_zarr(a, chunks=None), xr.open_zarr(b, chunks=None)
+    assert sorted(da.data_vars) == sorted(db.data_vars)
+    for v in da.data_vars:
+        np.testing.assert_array_equal(da[v].values, db[v].values, err_msg=v)
+    for c in da.coords:
+        np.testing.assert_array_equal(da[c].values, db[c].values, err_msg=c)
+    ka = {k: v for k, v in da.attrs.items() if k not in skip_attrs}
+    kb = {k: v for k, v in db.attrs.items() if k not in skip_attrs}
+    assert ka == kb
+
+
+def _done_count(store: pathlib.Path) -> int:
+    import zarr
+
+    try:
+        return int(np.asarray(zarr.open_group(str(store), mode="r")["region_done"][...]).sum())
+    except Exception:  # not created yet, or being created
+        return -1
+
+
+FORECAST_KILLS = ("startup", "regions", "regions")
+
+
+@pytest.mark.slow
+def test_forecast_kill9_rerun(tmp_path, workspace, env):
+    if not command_available("forecast"):
+        pytest.skip("`gencast-rmmd forecast` is not built yet (placeholder)")
+    import xarray as xr
+
+    from gencast_rmmd.errors import DataError
+    from gencast_rmmd.evaluation.stores import open_forecast
+
+    assert _fault("forecast-kill9").trials == len(FORECAST_KILLS)
+    w = workspace
+    times = xr.open_zarr(w["store"])["time"].values
+    inits = f"{str(times[2])[:19]}/{str(times[9])[:19]}"  # 8 init times
+    n_regions = 8 * 2  # 4 members in blocks of 2
+
+    def cmd(out):
+        return [
+            str(CLI_SCRIPT), "forecast", "--model", "persistence:0.5", "--data-config",
+            str(w["data_config"]), "--stats", str(w["stats"]), "--data", str(w["store"]),
+            "--init-times", inits, "--members", "4", "--member-block", "2", "--lead-steps", "3",
+            "--seed", "7", "--out", str(out),
+        ]  # fmt: skip
+
+    ref, out = tmp_path / "reference.zarr", tmp_path / "crashed.zarr"
+    run_to_completion(cmd(ref), env)
+    log = []
+    for i, kind in enumerate(FORECAST_KILLS):
+        rng = np.random.default_rng(SEED + 100 + i)
+        if kind == "startup":
+            kill = Kill(kind, lambda: True, delay=float(rng.uniform(0.5, 3.0)))
+        else:
+            target = max(_done_count(out), 0) + int(rng.integers(1, n_regions // 4))
+            kill = Kill(
+                f"after {target} regions",
+                lambda t=target: _done_count(out) >= t,
+                delay=float(rng.uniform(0.0, 0.3)),
+                poll=0.01,
+            )
+        outcome = run_until_killed(cmd(out), env, kill)
+        log.append((kill.name, outcome, _done_count(out)))
+        assert outcome == "killed", log
+        if out.exists():  # an interrupted store is never reported complete
+            assert xr.open_zarr(out).attrs.get("gencast_rmmd_status") != "complete"
+            with pytest.raises(DataError, match="incomplete"):
+                open_forecast(str(out))
+    assert log[-1][2] > 0, f"no region was written before the last kill: {log}"
+    run_to_completion(cmd(out), env)
+    assert xr.open_zarr(out).attrs["gencast_rmmd_status"] == "complete"
+    _assert_same_dataset(out, ref, skip_attrs=("created",))
+
+
+@pytest.mark.slow
+def test_evaluate_kill9_rerun(tmp_path, env):
+    """Killed mid-run: no output directory at all (temp dir + rename); the re-run equals a clean
+    run, and leaves no temporary directory behind."""
+    import json
+    import os
+
+    import xarray as xr
+
+    from gencast_rmmd.evaluation.synthetic import write_synthetic_pair
+
+    assert _fault("evaluate-kill9").trials == 2
+    f, t = tmp_path / "f.zarr", tmp_path / "t.zarr"
+    write_synthetic_pair(str(f), str(t), n_init=4, n_lead=3, members=3, n_lat=8, n_lon=16)
+
+    def cmd(out):
+        return [
+            str(CLI_SCRIPT), "evaluate", "--forecast", str(f), "--truth", str(t), "--out",
+            str(out), "--engine", "memory", "--allow-overlap",
+        ]  # fmt: skip
+
+    ref, out = tmp_path / "ref", tmp_path / "crashed"
+    run_to_completion(cmd(ref), env)
+
+    def tmp_dirs():
+        return [n for n in os.listdir(tmp_path) if n.startswith(".eval-tmp")]
+
+    for i in range(2):
+        rng = np.random.default_rng(SEED + 200 + i)
+        before = set(tmp_dirs())
+        kill = Kill(
+            "mid-run",
+            lambda b=before: bool(set(tmp_dirs()) - b),
+            delay=float(rng.uniform(0.0, 1.0)),
+            poll=0.005,
+        )
+        assert run_until_killed(cmd(out), env, kill) == "killed"
+        assert not out.exists(), "a killed evaluation left a (partial) output directory"
+    run_to_completion(cmd(out), env)
+    a, b = xr.open_dataset(out / "scorecard.nc"), xr.open_dataset(ref / "scorecard.nc")
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    ja, jb = (json.loads((d / "evaluation.json").read_text()) for d in (out, ref))
+    for j in (ja, jb):
+        j.pop("created", None)
+        for k in ("forecast", "truth"):
+            j.pop(k, None)
+    assert ja == jb
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
+
+
+@pytest.mark.slow
+def test_prepare_kill9_rerun(tmp_path, workspace, env, capfd):
+    if not command_available("data", "prepare"):
+        pytest.skip("`gencast-rmmd data prepare` is not built yet (placeholder)")
+    import xarray as xr
+    from reliability_helpers import run_cli, tiny_data_config_text
+
+    assert _fault("prepare-kill9").trials == 2
+    w = workspace
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(tiny_data_config_text(w["store"]))
+
+    def cmd(out):
+        return [
+            str(CLI_SCRIPT), "data", "prepare", "--config", str(cfg), "--out", str(out),
+            "--steps-per-item", "2",
+        ]  # fmt: skip
+
+    ref, out = tmp_path / "reference.zarr", tmp_path / "crashed.zarr"
+    run_to_completion(cmd(ref), env)
+    progress = pathlib.Path(str(out) + ".prepare-progress")
+    for i in range(2):
+        rng = np.random.default_rng(SEED + 300 + i)
+        have = len(list(progress.glob("*.done"))) if progress.exists() else 0
+        target = have + int(rng.integers(1, 3))
+
+        def trigger(t=target):
+            return progress.exists() and len(list(progress.glob("*.done"))) >= t
+
+        assert run_until_killed(cmd(out), env, Kill("blocks", trigger, poll=0.005)) == "killed"
+        res = run_cli(["data", "validate", "--data", out, "--config", cfg], capfd)
+        assert res.rc == 2 and "[incomplete]" in res.err, res.err
+    run_to_completion(cmd(out), env)
+    res = run_cli(["data", "validate", "--data", out, "--config", cfg], capfd)
+    assert res.rc == 0, res.err
+    _assert_same_dataset(out, ref, skip_attrs=())
+    assert xr.open_zarr(out).attrs.get("gencast_rmmd_prepare") == "complete"
+
+
+FAULT_TESTS.update(
+    {
+        "distill-kill9": test_distill_kill9_resume,
+        "forecast-kill9": test_forecast_kill9_rerun,
+        "evaluate-kill9": test_evaluate_kill9_rerun,
+        "prepare-kill9": test_prepare_kill9_rerun,
+    }
+)

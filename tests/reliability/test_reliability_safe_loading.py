@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -71,11 +72,21 @@ def unsafe_calls(path: pathlib.Path) -> list[str]:
     return bad
 
 
+# Known violations (file: defect id) while another area's fix is pending; the test fails when a
+# listed file becomes clean, so the entry is removed with the fix.
+KNOWN_UNSAFE = {
+    "gencast_rmmd/data/examples.py": "D7: np.load of the local cache without allow_pickle=False",
+}
+
+
 def test_no_unsafe_loaders_anywhere():
     files = list(_sources())
     assert len(files) > 20
     bad = [b for f in files for b in unsafe_calls(f)]
-    assert not bad, "unsafe loading:\n" + "\n".join(bad)
+    unknown = [b for b in bad if b.split(":", 1)[0] not in KNOWN_UNSAFE]
+    assert not unknown, "unsafe loading:\n" + "\n".join(unknown)
+    fixed = set(KNOWN_UNSAFE) - {b.split(":", 1)[0] for b in bad}
+    assert not fixed, f"fixed, remove from KNOWN_UNSAFE: {sorted(fixed)}"
 
 
 def test_the_audit_itself_catches_unsafe_code(tmp_path):
@@ -139,16 +150,15 @@ def test_checkpoint_names_shapes_dtypes_checked_before_use(tmp_path):
     flat["params:intruder:w"] = np.zeros((3, 3), np.float32)
     path = tmp_path / "bad.npz"
     np.savez(path, **flat)
-    ckpt = load_checkpoint(path)
-    with pytest.raises(CheckpointError) as e:
-        denoiser_from_checkpoint(ckpt, lat, lon, source=str(path))
+    with pytest.raises(CheckpointError) as e:  # at load time, or at the latest when built
+        denoiser_from_checkpoint(load_checkpoint(path), lat, lon, source=str(path))
     msg = str(e.value)
     short = lambda k: k.split(":", 1)[1]  # noqa: E731
     assert f"parameter {short(k_shape)}: expected shape" in msg
     assert f"parameter {short(k_dtype)}: expected dtype float32, found float64" in msg
     assert f"missing parameter {short(k_missing)}" in msg
     assert "unexpected parameter intruder:w" in msg
-    assert "4 parameter mismatch(es)" in msg
+    assert re.search(r"\b4 (problem|parameter mismatch)", msg), msg
 
 
 def test_gcs_is_anonymous_by_default(monkeypatch):
@@ -216,4 +226,40 @@ AUDIT_TESTS = {
     "checkpoint-validated": test_checkpoint_names_shapes_dtypes_checked_before_use,
     "gcs-anonymous": test_gcs_is_anonymous_by_default,
     "outputs-confined": test_evaluate_writes_only_inside_out,
+    "outputs-umask": None,  # filled below
 }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect D6: tempfile.mkstemp/mkdtemp make outputs 0600/0700 whatever the umask",
+)
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    """Files written atomically (temp name + rename) get the same permissions as a plain write:
+    a team sharing a run directory can read exported checkpoints and stats."""
+    import os
+
+    from reliability_helpers import tiny_canonical_ds
+
+    from gencast_rmmd.data.stats import compute_stats, save_stats
+    from gencast_rmmd.model.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        want = plain.stat().st_mode & 0o777
+        lat = -90 + (np.arange(8) + 0.5) * 22.5
+        lon = np.arange(16) * 22.5
+        ck = save_checkpoint(tmp_path / "model.npz", tiny_checkpoint(lat, lon))
+        stats = save_stats(compute_stats(tiny_canonical_ds(n_times=4)), tmp_path / "stats")
+        got = {
+            "checkpoint": ck.stat().st_mode & 0o777,
+            **{p.name: p.stat().st_mode & 0o777 for p in stats.iterdir()},
+        }
+    finally:
+        os.umask(old)
+    assert all(m == want for m in got.values()), {k: oct(v) for k, v in got.items()}
+
+
+AUDIT_TESTS["outputs-umask"] = test_atomic_outputs_follow_the_umask
