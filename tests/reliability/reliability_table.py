@@ -408,7 +408,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--out` is an existing regular file",
         r"(exists|not a directory)",
         "refuses and leaves the file untouched",
-        defect="D2: internal error `NotADirectoryError` (exit 1)",
     ),
 )
 
@@ -502,6 +501,12 @@ AUDITS: tuple[Audit, ...] = (
         "files written atomically (temp name + rename) get the permissions of a plain write",
         "exported checkpoint and stats files under umask 022 are 0644 (strict xfail while "
         "defect D6 stands: they are 0600)",
+    ),
+    Audit(
+        "no-secrets",
+        "credentials (a gcsfs `token` in the data config) never reach outputs or logs",
+        "`data prepare` with a token string in its config: the string is in no written file and "
+        "not on stdout/stderr",
     ),
 )
 

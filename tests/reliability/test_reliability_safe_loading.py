@@ -262,4 +262,33 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     assert all(m == want for m in got.values()), {k: oct(v) for k, v in got.items()}
 
 
+def test_credentials_never_reach_outputs_or_logs(tmp_path, capfd):
+    """A data config carrying a credential (`token`): `data prepare` succeeds and the credential
+    appears in no file it writes and nowhere on stdout/stderr."""
+    from reliability_helpers import (
+        command_available,
+        run_cli,
+        tiny_canonical_ds,
+        tiny_data_config_text,
+        write_store,
+    )
+
+    if not command_available("data", "prepare"):
+        pytest.skip("`gencast-rmmd data prepare` is not built yet (placeholder)")
+    secret = "ya29.SECRET-token-4f3c2b1a"
+    src = write_store(tiny_canonical_ds(n_times=6), tmp_path / "src.zarr")
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(tiny_data_config_text(src, token=secret))
+    before = snapshot(tmp_path)
+    res = run_cli(["data", "prepare", "--config", cfg, "--out", tmp_path / "out.zarr"], capfd)
+    assert res.rc == 0, res.err
+    assert secret not in res.out and secret not in res.err
+    after = snapshot(tmp_path)
+    written = [tmp_path / k for k in set(after) - set(before) if not k.endswith("/")]
+    assert written
+    leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
+    assert not leaks, f"the credential was written to {leaks}"
+
+
 AUDIT_TESTS["outputs-umask"] = test_atomic_outputs_follow_the_umask
+AUDIT_TESTS["no-secrets"] = test_credentials_never_reach_outputs_or_logs
