@@ -275,8 +275,3 @@ def _build_graphs(
     ):
         getattr(graphs, name).setflags(write=False)
     return graphs
-
-
-def sparse_to_dense_bool(m: scipy.sparse.spmatrix) -> np.ndarray:
-    """Dense boolean copy of a sparse matrix (helper for tests and the dense backend)."""
-    return np.asarray(m.toarray(), dtype=bool)

@@ -102,6 +102,8 @@ def test_mini_architecture_param_count_and_names():
     # Grid input width 264 + 3 and the 1 deg graph sizes of the official model.
     assert den.task.layout.n_denoiser_grid_features == 264
     assert len(den.graphs.g2m_senders) == 102_486
+    assert np.bincount(den.graphs.g2m_senders, minlength=181 * 360).min() >= 1
+    assert len(den.graphs.m2g_senders) == 3 * 181 * 360
     assert den.graphs.n_mesh == 2562
     # A splash checkpoint config runs as triblockdiag off TPU.
     assert den.requested_attention_type == "splash_mha"
