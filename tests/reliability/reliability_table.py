@@ -253,6 +253,33 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"exists and is not a forecast store",
         "refuses and leaves the directory untouched",
     ),
+    BadInput(
+        "image-data-missing",
+        "data store",
+        "image teacher",
+        "`--data` names a missing downsampled-ImageNet .npz",
+        r"image data file .* not found",
+        "refuses before creating the run directory: names the file and the format expected",
+        defect="D8: the message is right but an empty run directory is left at `--out`",
+    ),
+    BadInput(
+        "image-data-pickled",
+        "data store",
+        "image teacher",
+        "`--data` .npz whose `data` entry is a pickled object array",
+        r"cannot be read without pickle",
+        "refuses without unpickling, before creating the run directory",
+        defect="D8: the message is right but an empty run directory is left at `--out`",
+    ),
+    BadInput(
+        "image-data-wrong-shape",
+        "data store",
+        "image teacher",
+        "`--data` .npz whose images are not 3 x 64 x 64",
+        r"'data' should have shape \[N, 12288\].*found \(4, 10\)",
+        "refuses before creating the run directory: expected and found shapes",
+        defect="D8: the message is right but an empty run directory is left at `--out`",
+    ),
     # ---------------------------------------------------------------- checkpoints
     BadInput(
         "ckpt-missing",

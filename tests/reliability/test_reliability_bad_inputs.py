@@ -451,6 +451,29 @@ def s_forecast_output_foreign(tmp, p):
     return _forecast(tmp, p, "--members", "2", "--lead-steps", "1", "--out", out)
 
 
+def _image(tmp, data):
+    return [
+        "image", "teacher", "--config", "imagenet64", "--out", tmp / "run", "--data", data,
+        "--no-progress",
+    ]  # fmt: skip
+
+
+def s_image_data_missing(tmp, p):
+    return _image(tmp, tmp / "imagenet64.npz")
+
+
+def s_image_data_pickled(tmp, p):
+    obj = np.empty(3, dtype=object)
+    obj[:] = [{"pixels": 1}, 2, 3]
+    np.savez(tmp / "imagenet64.npz", data=obj, labels=np.arange(1, 4))
+    return _image(tmp, tmp / "imagenet64.npz")
+
+
+def s_image_data_wrong_shape(tmp, p):
+    np.savez(tmp / "imagenet64.npz", data=np.zeros((4, 10), np.uint8), labels=np.arange(1, 5))
+    return _image(tmp, tmp / "imagenet64.npz")
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -497,6 +520,9 @@ SETUPS = {
     "forecast-ckpt-wrong-shape": s_forecast_ckpt_wrong_shape,
     "forecast-nan-inputs": s_forecast_nan_inputs,
     "forecast-output-foreign": s_forecast_output_foreign,
+    "image-data-missing": s_image_data_missing,
+    "image-data-pickled": s_image_data_pickled,
+    "image-data-wrong-shape": s_image_data_wrong_shape,
 }
 
 # Fixtures each setup needs (by command).
@@ -505,6 +531,7 @@ FIXTURES = {
     "teacher": "teacher_inputs",
     "data": "teacher_inputs",
     "forecast": "teacher_inputs",
+    "image": None,
 }
 
 
@@ -524,7 +551,8 @@ def test_bad_input(case_id, tmp_path, request, capfd):
     words = c.command.split()
     if not command_available(*words):
         pytest.skip(f"`gencast-rmmd {c.command}` is not built yet (placeholder)")
-    inputs = request.getfixturevalue(FIXTURES[words[0]])
+    fixture = FIXTURES[words[0]]
+    inputs = request.getfixturevalue(fixture) if fixture else None
     argv = SETUPS[case_id](tmp_path, inputs)
     before = snapshot(tmp_path)
     res = run_cli(argv, capfd)
