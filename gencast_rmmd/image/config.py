@@ -1,0 +1,241 @@
+"""Configs of the image path (`configs/image/*.yaml`), loaded by `gencast_rmmd.config.load_config`.
+
+One top-level `ImageConfig` groups the data, the U-ViT, the variance-preserving schedule, the
+teacher and classifier training, the MMD distillation (phase 1), the reward fine-tuning (RMMD and
+the baselines, phase 2) and the Pareto sweep. Defaults are the embedded digits setting; see
+`docs/image.md` for every key and `configs/image/imagenet64.yaml` for the ImageNet 64 setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+
+REWARDS = ("bw", "laplacian", "classifier")
+METHODS = ("rmmd", "draft", "refl", "dipp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataConfig:
+    """Where the images come from.
+
+    source: `digits` (scikit-learn's 8x8 handwritten digits, embedded, no download) or `npz`
+    (downsampled-ImageNet style `.npz` with arrays `data` [N, 3*H*W] uint8 and `labels` [N],
+    labels 1-based as in the official files; set `label_offset` to 0 for 0-based labels).
+    """
+
+    source: Literal["digits", "npz"] = "digits"
+    path: str | None = None
+    resolution: int = 8
+    channels: int = 1
+    num_classes: int = 10
+    label_offset: int = 1
+    max_examples: int | None = None
+    eval_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.source == "npz" and not self.path:
+            raise ValueError("source 'npz' needs data.path (the downsampled-ImageNet .npz file)")
+        if self.resolution < 4 or self.resolution % 4:
+            raise ValueError(
+                f"resolution must be a multiple of 4 and >= 4, found {self.resolution}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, found {self.channels}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), found {self.eval_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class UViTConfig:
+    """U-ViT (Simple Diffusion): conv stages at full and half resolution around a transformer."""
+
+    channels: tuple[int, ...] = (32, 64)
+    blocks_per_stage: int = 1
+    transformer_layers: int = 2
+    transformer_width: int = 96
+    heads: int = 4
+    mlp_ratio: int = 4
+    embed_dim: int = 128
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        if len(self.channels) < 1:
+            raise ValueError("channels needs at least one stage")
+        if self.transformer_width % self.heads:
+            raise ValueError(
+                f"transformer_width ({self.transformer_width}) must divide by heads ({self.heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), found {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Shifted cosine schedule: logSNR(t) = -2 log tan(pi t / 2) + 2 log(shift), clipped.
+
+    `shift` = 64 / resolution in Simple Diffusion for images above 64 px (they use 2 log(64/d));
+    1.0 is the plain cosine schedule. The clip keeps logSNR in [logsnr_min, logsnr_max].
+    """
+
+    shift: float = 1.0
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+
+    def validate(self) -> None:
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, found {self.shift}")
+        if self.logsnr_min >= self.logsnr_max:
+            raise ValueError("logsnr_min must be below logsnr_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam(b1, b2, eps) with a constant learning rate after a linear warm-up, grad-norm clip."""
+
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-12
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    decay_to_zero: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """Teacher training (v-prediction loss, i.e. x0-MSE weighted by SNR+1) and sampling."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    optim: OptimConfig = OptimConfig(learning_rate=2e-3, warmup_steps=200, decay_to_zero=True)
+    ema_decay: float = 0.999
+    sampler: StudentSamplerConfig = StudentSamplerConfig(
+        num_steps=64, max_noise_level=80.0, min_noise_level=0.01, rho=7.0, eta=1.0
+    )
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Small CNN classifiers: one gives the reward, an independent one gives the evaluation."""
+
+    width: int = 16
+    feature_dim: int = 32
+    steps: int = 600
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    noise_augment: float = 0.1
+    seed: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MMDConfig:
+    """Phase 1: moment matching (student and auxiliary denoiser), off-policy (data start).
+
+    `sampler` is the distill area's K-step student sampler on the VE view of the VP model
+    (K = 8 default; 1, 2, 4 allowed); the objective is `gencast_rmmd.distill.objectives` with the
+    weighting / regulariser knobs below (see that module for their meaning).
+    """
+
+    sampler: StudentSamplerConfig = StudentSamplerConfig(
+        num_steps=8, max_noise_level=80.0, min_noise_level=0.03, rho=100.0, eta=1.0
+    )
+    steps: int = 1500
+    batch_size: int = 128
+    optim: OptimConfig = OptimConfig(learning_rate=3e-4, warmup_steps=50, b1=0.0)
+    update_schedule: Literal["alternating", "simultaneous"] = "simultaneous"
+    time_sampling: Literal["continuous", "grid"] = "continuous"
+    mmd_weighting: Literal["uniform", "edm", "inv_sigma2"] = "uniform"
+    aux_weighting: Literal["uniform", "edm", "inv_sigma2"] = "edm"
+    aux_reg_weight: float = 0.0
+    s_floor: float = 0.01
+    dropout: bool = True
+    seed: int = 2
+
+    def validate(self) -> None:
+        if self.sampler.num_steps not in (1, 2, 4, 8):
+            raise ValueError(
+                f"sampler.num_steps must be 1, 2, 4 or 8, found {self.sampler.num_steps}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Phase 2: RMMD and the baselines, each with its reward weight `lambda` swept.
+
+    rmmd: L = L_MMD(on-policy) - lambda R + (lambda * reg_ratio) ||G - sg G0||^2.
+    draft: L = -lambda R(x0 after the K-step chain, gradient through the last `draft_k` steps)
+           + draft_l2 ||theta - theta0||^2.
+    refl: L = -lambda R(x0 from one gradient step at a random early stop) + denoising loss on data;
+          the stop index is uniform on {refl_min_stop, ..., K-1} (-1: K // 2, the later half).
+    dipp: the RMMD loss with a 1-step student from t = 1 (DI++).
+    """
+
+    steps: int = 300
+    batch_size: int = 64
+    optim: OptimConfig = OptimConfig(learning_rate=3e-4, warmup_steps=0, b1=0.0)
+    on_policy: Literal["discrete", "continuous"] = "discrete"
+    reg_ratio: float = 0.5
+    m_ref: Literal["teacher", "frozen_aux"] = "teacher"
+    draft_k: int = 1
+    draft_l2: float = 1.0
+    refl_min_stop: int = -1
+    refl_data_weight: float = 1.0
+    dropout: bool = True
+    seed: int = 3
+
+    def validate(self) -> None:
+        if self.draft_k < 1:
+            raise ValueError(f"draft_k must be >= 1, found {self.draft_k}")
+        if self.reg_ratio < 0 or self.draft_l2 < 0 or self.refl_data_weight < 0:
+            raise ValueError("reg_ratio, draft_l2 and refl_data_weight must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParetoConfig:
+    """The lambda sweep: methods x rewards x lambdas, evaluated every `eval_every` steps."""
+
+    methods: tuple[str, ...] = METHODS
+    rewards: tuple[str, ...] = REWARDS
+    lambdas: dict[str, tuple[float, ...]] = dataclasses.field(
+        default_factory=lambda: {
+            "bw": (0.3, 1.0, 3.0),
+            "laplacian": (0.3, 1.0, 3.0),
+            "classifier": (0.03, 0.1, 0.3),
+        }
+    )
+    eval_every: int = 100
+    eval_samples: int = 1000
+    dipp_mmd_steps: int = 800
+
+    def validate(self) -> None:
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHODS)}")
+        for r in self.rewards:
+            if r not in REWARDS:
+                raise ValueError(f"unknown reward {r!r}; allowed: {', '.join(REWARDS)}")
+            if r not in self.lambdas:
+                raise ValueError(f"lambdas has no entry for reward {r!r}")
+        if self.eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """Everything the `gencast-rmmd image` commands need."""
+
+    data: ImageDataConfig = ImageDataConfig()
+    model: UViTConfig = UViTConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    mmd: MMDConfig = MMDConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    pareto: ParetoConfig = ParetoConfig()
+    inception_weights: str | None = None
+    inception_reference_stats: str | None = None

@@ -1,0 +1,210 @@
+"""Phase 2 on images: RMMD and the baselines, one reward and one lambda per run.
+
+- `rmmd`: the distill area's objective (`gencast_rmmd.distill.objectives`) with on-policy starts
+  (discrete = the student's own chain stopped at a random grid level, or continuous = a re-noised
+  finished sample), `reward_weight = lambda`, `l2_weight = lambda * reg_ratio` (lambda/2 on
+  ImageNet), m_ref = teacher (or the frozen phase-1 aux), the auxiliary keeps training online
+  (rmmd.md §2.2-2.4, U1). Student and aux start from the phase-1 MMD networks.
+- `dipp`: DI++ = the same objective with a one-step student (K = 1, start = pure noise), started
+  from a phase-1 MMD run with K = 1.
+- `draft`, `refl`: `gencast_rmmd.image.baselines`, started from the same phase-1 student.
+
+Each run evaluates the student every `eval_every` steps (and at step 0) and returns rows
+`{method, reward, lambda, step, distance, reward_value, ...}` for the Pareto front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from gencast_rmmd.distill import objectives as obj
+from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+from gencast_rmmd.errors import TrainingDivergedError
+from gencast_rmmd.image import baselines
+from gencast_rmmd.image.config import FinetuneConfig
+from gencast_rmmd.image.data import ImageDataset, batch_iterator
+from gencast_rmmd.image.evaluation import Evaluator, generate
+from gencast_rmmd.image.model import ImageModel
+from gencast_rmmd.image.rewards import Reward
+from gencast_rmmd.image.training import image_objective, make_optimizer
+from gencast_rmmd.model.sh_noise import gaussian_noise
+
+
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+    """Phase-1 networks a fine-tuning run starts from (and anchors to)."""
+
+    student: Any
+    aux: Any
+    sampler: StudentSamplerConfig
+
+
+def rmmd_objective_config(cfg: FinetuneConfig, lam: float) -> obj.ObjectiveConfig:
+    """Phase-2 `ObjectiveConfig`: on-policy start, reward weight lambda, L2 lambda * reg_ratio."""
+    return obj.ObjectiveConfig(
+        start="on_policy_discrete" if cfg.on_policy == "discrete" else "on_policy_continuous",
+        members=1,
+        mmd_weight=1.0,
+        reward_weight=float(lam),
+        l2_weight=float(lam) * cfg.reg_ratio,
+        reference=cfg.m_ref,
+        aux_update="online",
+        update_schedule="simultaneous",
+        time_sampling="grid" if cfg.on_policy == "discrete" else "continuous",
+        mmd_weighting="uniform",
+        aux_weighting="edm",
+        aux_reg_weight=0.0,
+        s_floor=0.01,
+    )
+
+
+def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, lam: float, reward: Reward, opt):
+    objective = image_objective(model, start.sampler, rmmd_objective_config(cfg, lam), reward)
+
+    @jax.jit
+    def step(trainable, frozen, opt_state, batch, key):
+        def loss_fn(tr):
+            return objective({**frozen, **tr}, batch, key, student=True, aux=True)
+
+        (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        upd, opt_state = opt.update(g, opt_state, trainable)
+        return optax.apply_updates(trainable, upd), opt_state, loss, metrics
+
+    return step
+
+
+def _baseline_step(
+    model: ImageModel, method: str, start: StartPoint, cfg: FinetuneConfig, reward, opt
+):
+    denoise = model.denoise_fn
+    sampler = start.sampler
+
+    def loss_fn(tr, frozen, batch, key, lam):
+        cond = (
+            batch["labels"] if batch.get("dropout") is None else (batch["labels"], batch["dropout"])
+        )
+        if method == "draft":
+            return baselines.draft_loss(
+                denoise, tr["student"], frozen["student_frozen"], key, cond,
+                batch["images"].shape, gaussian_noise, sampler, reward, lam, cfg.draft_k, cfg.draft_l2,
+            )  # fmt: skip
+        return baselines.refl_loss(
+            denoise, tr["student"], key, cond, batch["images"], gaussian_noise, sampler, reward,
+            lam, cfg.refl_min_stop if cfg.refl_min_stop >= 0 else sampler.num_steps // 2,
+            cfg.refl_data_weight,
+        )  # fmt: skip
+
+    @jax.jit
+    def step(trainable, frozen, opt_state, batch, key, lam):
+        (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, frozen, batch, key, lam
+        )
+        upd, opt_state = opt.update(g, opt_state, trainable)
+        return optax.apply_updates(trainable, upd), opt_state, loss, metrics
+
+    return step
+
+
+def finetune_run(
+    method: str,
+    reward_name: str,
+    lam: float,
+    *,
+    model: ImageModel,
+    teacher_params: Any,
+    start: StartPoint,
+    reward: Reward,
+    data: ImageDataset,
+    cfg: FinetuneConfig,
+    evaluator: Evaluator,
+    eval_every: int,
+    eval_seed: int = 1234,
+    steps: int | None = None,
+    step_cache: dict | None = None,
+    progress: bool = True,
+    on_eval: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Fine-tune with `method` in {rmmd, dipp, draft, refl} on one reward and lambda.
+
+    Returns one row per evaluation (step 0 included): method, reward, lambda, step, distance
+    (Frechet classifier distance), reward_value (mean reward of the evaluated samples), accuracy.
+    `step_cache` (a dict) reuses compiled baseline steps across lambdas (lambda is traced there).
+    """
+    steps = cfg.steps if steps is None else steps
+    opt = make_optimizer(cfg.optim, steps)
+    if method in ("rmmd", "dipp"):
+        step = _rmmd_step(model, start, cfg, lam, reward, opt)
+        trainable = {"student": start.student, "aux": start.aux}
+        frozen = {
+            "teacher": teacher_params,
+            "student_frozen": start.student,
+            "aux_frozen": start.aux,
+        }
+    elif method in ("draft", "refl"):
+        key = (method, reward_name, id(start))
+        if step_cache is not None and key in step_cache:
+            base = step_cache[key]
+        else:
+            base = _baseline_step(model, method, start, cfg, reward, opt)
+            if step_cache is not None:
+                step_cache[key] = base
+        lam_arr = jnp.float32(lam)
+
+        def step(tr, fr, os_, batch, k):
+            return base(tr, fr, os_, batch, k, lam_arr)
+
+        trainable = {"student": start.student}
+        frozen = {"student_frozen": start.student}
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    opt_state = opt.init(trainable)
+
+    rows: list[dict] = []
+
+    def evaluate(i: int) -> None:
+        x = generate(model, trainable["student"], start.sampler, evaluator.labels, eval_seed)
+        m = evaluator.evaluate(x)
+        row = {
+            "method": method,
+            "reward": reward_name,
+            "lambda": float(lam),
+            "step": int(i),
+            "distance": m["frechet_classifier_distance"],
+            "reward_value": m[f"reward_{reward_name}"],
+            "accuracy": m["accuracy"],
+        }
+        rows.append(row)
+        if on_eval is not None:
+            on_eval(row)
+
+    evaluate(0)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
+    rng = jax.random.PRNGKey(cfg.seed)
+    bar = tqdm(
+        range(1, steps + 1), desc=f"{method}/{reward_name}/lam={lam:g}", disable=not progress
+    )
+    for i in bar:
+        x, y = next(it)
+        rng, k, kd = jax.random.split(rng, 3)
+        batch = {
+            "images": jnp.asarray(x),
+            "labels": jnp.asarray(y),
+            "dropout": kd if cfg.dropout else None,
+        }
+        trainable, opt_state, loss, metrics = step(trainable, frozen, opt_state, batch, k)
+        if i % eval_every == 0 or i == steps:
+            lv = float(loss)
+            if not np.isfinite(lv):
+                raise TrainingDivergedError(
+                    f"{method}/{reward_name}/lambda={lam}: loss became {lv} at step {i}"
+                )
+            evaluate(i)
+    return rows

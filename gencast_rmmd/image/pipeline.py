@@ -1,0 +1,401 @@
+"""The image path end to end: classifiers, teacher, MMD distillation, the Pareto sweep.
+
+Run directory layout (`--out DIR`), every stage resumable (a finished stage's file is reused):
+
+    DIR/config.yaml                      the resolved ImageConfig
+    DIR/classifier_reward.npz            reward classifier  (classifier reward)
+    DIR/classifier_eval.npz              evaluation classifier (accuracy, Frechet features)
+    DIR/teacher.npz                      teacher (EMA) parameters
+    DIR/student_k{K}.npz, aux_k{K}.npz   phase-1 MMD student and auxiliary (K steps)
+    DIR/metrics_*.jsonl                  JSON-lines training metrics per stage
+    DIR/teacher_eval.json, distill_eval.json
+    DIR/pareto_rows.jsonl                one row per evaluation of the sweep (resume log)
+    DIR/pareto.csv, DIR/pareto.png, DIR/pareto_summary.json
+
+`pareto.csv` columns: `method, reward, lambda, step, distance, reward_value`; `distance` is the
+Frechet classifier distance on the embedded digits (the column name is fixed by the interface;
+`pareto_summary.json` names the distance as `frechet_classifier_distance`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from gencast_rmmd.config import dump_yaml
+from gencast_rmmd.errors import OutputError
+from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
+from gencast_rmmd.image.config import ImageConfig
+from gencast_rmmd.image.data import ImageDataset, load_dataset
+from gencast_rmmd.image.evaluation import Evaluator, generate
+from gencast_rmmd.image.finetune import StartPoint, finetune_run
+from gencast_rmmd.image.model import ImageModel, build_model
+from gencast_rmmd.image.rewards import make_reward
+from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
+
+CSV_COLUMNS = ("method", "reward", "lambda", "step", "distance", "reward_value")
+DISTANCE_NAME = "frechet_classifier_distance"
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _log(msg: str) -> None:
+    print(f"[image {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything the stages share (data, model, classifiers, evaluator)."""
+
+    cfg: ImageConfig
+    out: pathlib.Path
+    data: ImageDataset
+    model: ImageModel
+    reward_clf: Classifier
+    eval_clf: Classifier
+    evaluator: Evaluator
+    progress: bool = True
+
+    def reward(self, name: str):
+        return make_reward(name, self.reward_clf)
+
+
+def _classifier(
+    ctx_cfg: ImageConfig,
+    out: pathlib.Path,
+    data: ImageDataset,
+    which: str,
+    seed: int,
+    progress: bool,
+) -> Classifier:
+    path = out / f"classifier_{which}.npz"
+    net = build_classifier(ctx_cfg.classifier, data.num_classes)
+    if path.exists():
+        import jax
+
+        like = net.init(jax.random.PRNGKey(0), data.train_images[:2])
+        params, _ = load_params(path, like)
+        return Classifier(params=params, apply=net.apply)
+    clf = train_classifier(
+        ctx_cfg.classifier, data.train_images, data.train_labels, data.num_classes, seed, progress
+    )
+    acc = accuracy(clf, data.eval_images, data.eval_labels)
+    save_params(path, clf.params, {"eval_accuracy": acc, "seed": seed, "role": which})
+    _log(f"classifier ({which}) held-out accuracy {acc:.3f}")
+    return clf
+
+
+def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
+    """Load data, train or reload both classifiers, build the model and the evaluator."""
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_text = dump_yaml(cfg)
+    prev = out / "config.yaml"
+    if prev.exists() and prev.read_text() != cfg_text:
+        _log(
+            f"note: {prev} differs from this run's config; it is overwritten, stages found on "
+            "disk are reused as they are (use a fresh --out to retrain)"
+        )
+    _write_atomic(prev, cfg_text)
+    data = load_dataset(cfg.data)
+    seed = cfg.classifier.seed
+    reward_clf = _classifier(cfg, out, data, "reward", seed, progress)
+    eval_clf = _classifier(cfg, out, data, "eval", seed + 1000, progress)
+    model = build_model(cfg.model, cfg.schedule, data.shape, data.num_classes)
+    ref_images = np.concatenate([data.train_images, data.eval_images])
+    ref_labels = np.concatenate([data.train_labels, data.eval_labels])
+    n = min(cfg.pareto.eval_samples, ref_labels.shape[0])
+    rng = np.random.default_rng(0)
+    labels = ref_labels[rng.permutation(ref_labels.shape[0])[:n]]
+    evaluator = Evaluator(
+        eval_classifier=eval_clf,
+        reference_images=ref_images,
+        labels=labels,
+        rewards={r: make_reward(r, reward_clf) for r in ("bw", "laplacian", "classifier")},
+    )
+    return Context(cfg, out, data, model, reward_clf, eval_clf, evaluator, progress)
+
+
+def _like(ctx: Context) -> Any:
+    import jax
+
+    return ctx.model.init(jax.random.PRNGKey(0))
+
+
+def stage_teacher(ctx: Context) -> Any:
+    """Train (or reload) the teacher; writes `teacher.npz` and `teacher_eval.json`."""
+    path = ctx.out / "teacher.npz"
+    if path.exists():
+        params, _ = load_params(path, _like(ctx))
+    else:
+        t0 = time.time()
+        params = train_teacher(
+            ctx.cfg.teacher, ctx.model, ctx.data, ctx.out / "metrics_teacher.jsonl", ctx.progress
+        )
+        save_params(path, params, {"train_seconds": time.time() - t0})
+    ev_path = ctx.out / "teacher_eval.json"
+    if not ev_path.exists():
+        x = generate(ctx.model, params, ctx.cfg.teacher.sampler, ctx.evaluator.labels, 7)
+        m = ctx.evaluator.evaluate(x)
+        m["sampler_steps"] = ctx.cfg.teacher.sampler.num_steps
+        _write_atomic(ev_path, json.dumps(m, indent=2))
+        _log(
+            f"teacher ({m['sampler_steps']} steps): accuracy {m['accuracy']:.3f}, "
+            f"{DISTANCE_NAME} {m[DISTANCE_NAME]:.4f}"
+        )
+    return params
+
+
+def stage_mmd(
+    ctx: Context, teacher: Any, num_steps: int | None = None, steps: int | None = None
+) -> StartPoint:
+    """Phase-1 MMD with a K-step student (K = config default unless given); reloads if done."""
+    cfg = ctx.cfg.mmd
+    if num_steps is not None and num_steps != cfg.sampler.num_steps:
+        cfg = dataclasses.replace(
+            cfg, sampler=dataclasses.replace(cfg.sampler, num_steps=num_steps)
+        )
+    k = cfg.sampler.num_steps
+    sp, ap = ctx.out / f"student_k{k}.npz", ctx.out / f"aux_k{k}.npz"
+    if sp.exists() and ap.exists():
+        like = _like(ctx)
+        student, _ = load_params(sp, like)
+        aux, _ = load_params(ap, like)
+    else:
+        t0 = time.time()
+        student, aux = train_mmd(
+            cfg, ctx.model, teacher, ctx.data, steps=steps,
+            metrics_path=ctx.out / f"metrics_mmd_k{k}.jsonl", progress=ctx.progress,
+            desc=f"mmd K={k}",
+        )  # fmt: skip
+        meta = {"train_seconds": time.time() - t0, "num_steps": k}
+        save_params(ap, aux, meta)
+        save_params(sp, student, meta)
+    return StartPoint(student=student, aux=aux, sampler=cfg.sampler)
+
+
+def stage_distill(ctx: Context) -> dict:
+    """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`."""
+    teacher = stage_teacher(ctx)
+    start = stage_mmd(ctx, teacher)
+    k = start.sampler.num_steps
+    t_eval = json.loads((ctx.out / "teacher_eval.json").read_text())
+    x = generate(ctx.model, start.student, start.sampler, ctx.evaluator.labels, 7)
+    s_eval = ctx.evaluator.evaluate(x)
+    # The teacher's own chain with the student's K steps: what distillation buys.
+    x_tk = generate(ctx.model, teacher, start.sampler, ctx.evaluator.labels, 7)
+    tk_eval = ctx.evaluator.evaluate(x_tk)
+    summary = {
+        "distance_name": DISTANCE_NAME,
+        "teacher": t_eval,
+        f"student_mmd_k{k}": s_eval,
+        f"teacher_k{k}_same_sampler": tk_eval,
+        "student_over_teacher_distance": s_eval[DISTANCE_NAME] / t_eval[DISTANCE_NAME],
+    }
+    _write_atomic(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
+    _log(
+        f"MMD student K={k}: accuracy {s_eval['accuracy']:.3f}, {DISTANCE_NAME} "
+        f"{s_eval[DISTANCE_NAME]:.4f} ({summary['student_over_teacher_distance']:.2f}x teacher); "
+        f"teacher sampled with the same {k} steps: {tk_eval[DISTANCE_NAME]:.4f}"
+    )
+    return summary
+
+
+def _read_rows(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated (distance, reward) points (lower distance, higher reward), by distance."""
+    front = []
+    for d, r in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or r > front[-1][1]:
+            front.append((d, r))
+    return front
+
+
+def dominance(front_a: list[tuple[float, float]], front_b: list[tuple[float, float]]) -> float:
+    """Share of `front_b`'s points weakly dominated by some point of `front_a`."""
+    if not front_b:
+        return float("nan")
+    hit = sum(any(da <= db and ra >= rb for da, ra in front_a) for db, rb in front_b)
+    return hit / len(front_b)
+
+
+def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ...]) -> dict:
+    """Per reward: each method's Pareto front and the share of DRaFT/ReFL/DI++ front points that
+    the RMMD front dominates; `rmmd_dominates` is true when that share is 1."""
+    out: dict[str, Any] = {"distance_name": DISTANCE_NAME, "rewards": {}}
+    wins = 0
+    for r in rewards:
+        fronts = {}
+        for m in methods:
+            pts = [
+                (x["distance"], x["reward_value"])
+                for x in rows
+                if x["reward"] == r and x["method"] == m
+            ]
+            fronts[m] = pareto_front(pts)
+        entry: dict[str, Any] = {"fronts": fronts}
+        if "rmmd" in fronts:
+            for b in ("draft", "refl", "dipp"):
+                if b in fronts:
+                    entry[f"rmmd_dominates_{b}_share"] = dominance(fronts["rmmd"], fronts[b])
+            both = [entry.get(f"rmmd_dominates_{b}_share") for b in ("draft", "refl")]
+            entry["rmmd_dominates_draft_and_refl"] = all(s == 1.0 for s in both if s is not None)
+            wins += int(entry["rmmd_dominates_draft_and_refl"])
+        out["rewards"][r] = entry
+    out["rewards_where_rmmd_dominates_draft_and_refl"] = wins
+    return out
+
+
+def write_outputs(out: pathlib.Path, rows: list[dict], summary: dict, refs: dict) -> None:
+    """Write `pareto.csv` (exact columns), `pareto_summary.json` and `pareto.png`, atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for x in rows:
+        w.writerow(
+            [
+                x["method"],
+                x["reward"],
+                x["lambda"],
+                x["step"],
+                f"{x['distance']:.6g}",
+                f"{x['reward_value']:.6g}",
+            ]
+        )
+    _write_atomic(out / "pareto.csv", buf.getvalue())
+    _write_atomic(
+        out / "pareto_summary.json", json.dumps({**summary, "references": refs}, indent=2)
+    )
+    plot_pareto(out / "pareto.png", rows, summary, refs)
+
+
+def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict) -> None:
+    """One panel per reward: every evaluated point (faint) and each method's front (line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rewards = list(summary["rewards"])
+    fig, axes = plt.subplots(1, len(rewards), figsize=(5 * len(rewards), 4), squeeze=False)
+    colors = {"rmmd": "C3", "mmd": "C7", "draft": "C0", "refl": "C2", "dipp": "C1"}
+    for ax, r in zip(axes[0], rewards):
+        for m, front in summary["rewards"][r]["fronts"].items():
+            pts = [
+                (x["reward_value"], x["distance"])
+                for x in rows
+                if x["reward"] == r and x["method"] == m
+            ]
+            c = colors.get(m, None)
+            if pts:
+                ax.scatter(*zip(*pts), s=8, alpha=0.3, color=c)
+            if front:
+                ds, rs = zip(*front)
+                ax.plot(rs, ds, "-o", ms=3, color=c, label=m)
+        for name, ref in refs.items():
+            if r in ref:
+                ax.scatter([ref[r]], [ref["distance"]], marker="*", s=120, label=name, zorder=5)
+        ax.set_xlabel(f"reward: {r} (higher is better)")
+        ax.set_ylabel(DISTANCE_NAME.replace("_", " "))
+        ax.set_title(f"{r}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def stage_pareto(ctx: Context) -> dict:
+    """The lambda sweep (methods x rewards x lambdas), resumable through `pareto_rows.jsonl`."""
+    cfg = ctx.cfg
+    teacher = stage_teacher(ctx)
+    start = stage_mmd(ctx, teacher)
+    if not (ctx.out / "distill_eval.json").exists():
+        stage_distill(ctx)
+    starts = {"rmmd": start, "draft": start, "refl": start}
+    if "dipp" in cfg.pareto.methods:
+        starts["dipp"] = stage_mmd(ctx, teacher, num_steps=1, steps=cfg.pareto.dipp_mmd_steps)
+    log_path = ctx.out / "pareto_rows.jsonl"
+    rows = _read_rows(log_path)
+    done = {
+        (x["method"], x["reward"], x["lambda"]) for x in rows if x["step"] == cfg.finetune.steps
+    }
+    rows = [x for x in rows if (x["method"], x["reward"], x["lambda"]) in done]
+
+    def log_row(row: dict) -> None:
+        with log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # Rewrite the log with only complete runs (an interrupted run restarts from its step 0).
+    _write_atomic(log_path, "".join(json.dumps(x) + "\n" for x in rows))
+    cache: dict = {}
+    refs = {}
+    for name, (params, sampler) in {
+        "mmd": (start.student, start.sampler),
+        "teacher": (teacher, cfg.teacher.sampler),
+    }.items():
+        x = generate(ctx.model, params, sampler, ctx.evaluator.labels, 1234)
+        m = ctx.evaluator.evaluate(x)
+        refs[name] = {
+            "distance": m[DISTANCE_NAME],
+            **{r: m[f"reward_{r}"] for r in cfg.pareto.rewards},
+        }
+    for r in cfg.pareto.rewards:
+        reward = ctx.reward(r)
+        for method in cfg.pareto.methods:
+            for lam in cfg.pareto.lambdas[r]:
+                if (method, r, float(lam)) in done:
+                    continue
+                new = finetune_run(
+                    method, r, float(lam), model=ctx.model, teacher_params=teacher,
+                    start=starts[method], reward=reward, data=ctx.data, cfg=cfg.finetune,
+                    evaluator=ctx.evaluator, eval_every=cfg.pareto.eval_every, step_cache=cache,
+                    progress=ctx.progress,
+                )  # fmt: skip
+                for row in new:
+                    log_row(row)
+                rows.extend(new)
+                last = new[-1]
+                _log(
+                    f"{method:5s} {r:10s} lambda={lam:<6g} step {last['step']}: distance "
+                    f"{last['distance']:.4f} reward {last['reward_value']:.4f}"
+                )
+    all_rows = [
+        {"method": "mmd", "reward": r, "lambda": 0.0, "step": cfg.mmd.steps,
+         "distance": refs["mmd"]["distance"], "reward_value": refs["mmd"][r]}
+        for r in cfg.pareto.rewards
+    ] + rows  # fmt: skip
+    summary = summarize(all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards)
+    write_outputs(ctx.out, all_rows, summary, refs)
+    _log(
+        f"pareto: RMMD front dominates DRaFT and ReFL on "
+        f"{summary['rewards_where_rmmd_dominates_draft_and_refl']} of {len(cfg.pareto.rewards)} "
+        f"rewards; wrote {ctx.out / 'pareto.csv'} and {ctx.out / 'pareto.png'}"
+    )
+    return summary

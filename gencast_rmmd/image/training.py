@@ -1,0 +1,263 @@
+"""Training loops of the image path: the VP teacher and phase-1 moment matching (MMD).
+
+Both are small single-host loops (the image path runs on the embedded digits on a laptop; the
+sharded orbax trainer of `gencast_rmmd.training` is built for the GenCast data pipeline). Each loop
+shows a tqdm bar, appends JSON-lines metrics (`gencast_rmmd.training.metrics.MetricsWriter`) and
+raises `TrainingDivergedError` on a non-finite loss. Resumability is per stage: a finished stage
+writes its parameters atomically (`save_params`) and is skipped when its file exists.
+
+Phase 1 uses the distill area's objective (`gencast_rmmd.distill.objectives.make_objective`,
+start = "data") on the VE view of the U-ViT; student and auxiliary are initialised from the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from gencast_rmmd.distill import objectives as obj
+from gencast_rmmd.errors import CheckpointError, TrainingDivergedError
+from gencast_rmmd.image.config import MMDConfig, OptimConfig, TeacherConfig
+from gencast_rmmd.image.data import ImageDataset, batch_iterator
+from gencast_rmmd.image.model import ImageModel
+from gencast_rmmd.model.sh_noise import gaussian_noise
+from gencast_rmmd.training.metrics import MetricsWriter
+
+
+def save_params(path: str | pathlib.Path, params: Any, meta: dict | None = None) -> None:
+    """Write a params pytree as a flat `.npz` (keys `params/<module>/<name>`, plus `meta` as a
+    JSON string array), atomically, loadable with `allow_pickle=False`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
+        flat[f"params/{key}"] = np.asarray(leaf)
+    flat["meta"] = np.array(json.dumps(meta or {}))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+
+
+def load_params(path: str | pathlib.Path, like: Any) -> tuple[Any, dict]:
+    """Read `save_params` output into the structure of `like`; checks names and shapes."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    with np.load(path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    leaves = []
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        key = "params/" + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
+        if key not in data:
+            raise CheckpointError(f"{path}: missing array {key!r} (model config mismatch?)")
+        if data[key].shape != np.shape(leaf):
+            raise CheckpointError(
+                f"{path}: {key!r} has shape {data[key].shape}, the model expects {np.shape(leaf)}"
+            )
+        leaves.append(jnp.asarray(data[key]))
+    meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta
+
+
+def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation:
+    """Adam(b1, b2, eps) with linear warm-up, then constant or linear decay to 0; grad clip."""
+    warm = max(cfg.warmup_steps, 0)
+    if cfg.decay_to_zero:
+        after = optax.linear_schedule(cfg.learning_rate, 0.0, max(steps - warm, 1))
+    else:
+        after = optax.constant_schedule(cfg.learning_rate)
+    if warm > 0:
+        sched = optax.join_schedules(
+            [optax.linear_schedule(0.0, cfg.learning_rate, warm), after], [warm]
+        )
+    else:
+        sched = after
+    parts = []
+    if cfg.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    parts.append(optax.adam(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    return optax.chain(*parts)
+
+
+def metrics_writer(path: str | pathlib.Path | None) -> MetricsWriter:
+    """A JSON-lines writer for `path`, or a disabled one for None."""
+    return MetricsWriter(path if path is not None else "unused.jsonl", enabled=path is not None)
+
+
+def _check_finite(loss: float, step: int, what: str) -> None:
+    if not np.isfinite(loss):
+        raise TrainingDivergedError(
+            f"{what}: loss became {loss} at step {step}; no checkpoint of this stage was written "
+            "(lower the learning rate and rerun)"
+        )
+
+
+def train_teacher(
+    cfg: TeacherConfig,
+    model: ImageModel,
+    data: ImageDataset,
+    metrics_path: str | pathlib.Path | None = None,
+    progress: bool = True,
+) -> Any:
+    """Train the VP teacher (v-prediction loss, `ImageModel.vp_loss`); returns EMA params."""
+    rng = jax.random.PRNGKey(cfg.seed)
+    rng, r_init = jax.random.split(rng)
+    params = model.init(r_init)
+    opt = make_optimizer(cfg.optim, cfg.steps)
+    opt_state = opt.init(params)
+    ema = params
+
+    @jax.jit
+    def step(params, ema, opt_state, x, y, key):
+        loss, g = jax.value_and_grad(model.vp_loss)(params, key, x, y)
+        upd, opt_state = opt.update(g, opt_state, params)
+        params = optax.apply_updates(params, upd)
+        ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+        return params, ema, opt_state, loss
+
+    writer = metrics_writer(metrics_path)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
+    bar = tqdm(range(cfg.steps), desc="teacher", disable=not progress)
+    run = 0.0
+    for i in bar:
+        x, y = next(it)
+        rng, key = jax.random.split(rng)
+        params, ema, opt_state, loss = step(
+            params, ema, opt_state, jnp.asarray(x), jnp.asarray(y), key
+        )
+        if i % 50 == 0 or i == cfg.steps - 1:
+            lv = float(loss)
+            _check_finite(lv, i, "teacher")
+            run = lv if i == 0 else 0.9 * run + 0.1 * lv
+            bar.set_postfix(loss=f"{run:.4f}")
+            writer.write(i, {"loss": lv})
+    return ema
+
+
+def image_objective(
+    model: ImageModel,
+    sampler_cfg,
+    ocfg: obj.ObjectiveConfig,
+    reward_fn=None,
+):
+    """The distill area's MMD/RMMD objective on the VE view of the U-ViT.
+
+    Batches are dicts `{"images": [B, H, W, C], "labels": [B], "dropout": rng key or None}`;
+    the conditioning is `(labels, dropout_rng)` when dropout is on, else the labels.
+    `reward_fn(x [B, H, W, C], labels [B]) -> [B]` is averaged over the M members.
+    """
+
+    def cond_fn(batch):
+        if batch.get("dropout") is not None:
+            return (batch["labels"], batch["dropout"])
+        return batch["labels"]
+
+    wrapped = None
+    if reward_fn is not None:
+
+        def wrapped(samples, cond, batch):
+            return jnp.mean(jax.vmap(lambda s: reward_fn(s, batch["labels"]))(samples), axis=0)
+
+    return obj.make_objective(
+        model.denoise_fn,
+        gaussian_noise,
+        sampler_cfg,
+        ocfg,
+        target_fn=lambda b: b["images"],
+        cond_fn=cond_fn,
+        reward_fn=wrapped,
+        teacher_denoise_fn=model.teacher_denoise_fn,
+    )
+
+
+def mmd_objective_config(cfg: MMDConfig) -> obj.ObjectiveConfig:
+    """Phase-1 `ObjectiveConfig` (data start, no reward) from the image MMD config."""
+    return obj.ObjectiveConfig(
+        start="data",
+        members=1,
+        mmd_weight=1.0,
+        reward_weight=0.0,
+        l2_weight=0.0,
+        reference="teacher",
+        aux_update="online",
+        update_schedule=cfg.update_schedule,
+        time_sampling=cfg.time_sampling,
+        mmd_weighting=cfg.mmd_weighting,
+        aux_weighting=cfg.aux_weighting,
+        aux_reg_weight=cfg.aux_reg_weight,
+        s_floor=cfg.s_floor,
+    )
+
+
+def make_distill_step(objective, opt: optax.GradientTransformation, schedule: str):
+    """Jitted step over `params = {"student", "aux", <frozen groups>}`: the optimizer updates
+    `trainable = {"student", "aux"}`; "alternating" updates the aux on even and the student on odd
+    steps (MMD Algorithm 2), "simultaneous" both from one pass (disjoint parameter groups, and the
+    student loss sees the aux only through stop_gradient, so one gradient gives both updates)."""
+
+    def make(student: bool, aux: bool):
+        @jax.jit
+        def step(trainable, frozen, opt_state, batch, key):
+            def loss_fn(tr):
+                return objective({**frozen, **tr}, batch, key, student=student, aux=aux)
+
+            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+            upd, opt_state = opt.update(g, opt_state, trainable)
+            return optax.apply_updates(trainable, upd), opt_state, loss, metrics
+
+        return step
+
+    if schedule == "simultaneous":
+        both = make(True, True)
+        return lambda i, *a: both(*a)
+    s_step, a_step = make(True, False), make(False, True)
+    return lambda i, *a: (a_step if i % 2 == 0 else s_step)(*a)
+
+
+def train_mmd(
+    cfg: MMDConfig,
+    model: ImageModel,
+    teacher_params: Any,
+    data: ImageDataset,
+    steps: int | None = None,
+    metrics_path: str | pathlib.Path | None = None,
+    progress: bool = True,
+    desc: str = "mmd",
+) -> tuple[Any, Any]:
+    """Phase 1 (off-policy MMD): returns `(student_params, aux_params)`, both from the teacher."""
+    steps = cfg.steps if steps is None else steps
+    objective = image_objective(model, cfg.sampler, mmd_objective_config(cfg))
+    opt = make_optimizer(cfg.optim, steps)
+    trainable = {"student": teacher_params, "aux": teacher_params}
+    frozen = {"teacher": teacher_params}
+    opt_state = opt.init(trainable)
+    step = make_distill_step(objective, opt, cfg.update_schedule)
+    writer = metrics_writer(metrics_path)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
+    rng = jax.random.PRNGKey(cfg.seed)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for i in bar:
+        x, y = next(it)
+        rng, key, kd = jax.random.split(rng, 3)
+        batch = {
+            "images": jnp.asarray(x),
+            "labels": jnp.asarray(y),
+            "dropout": kd if cfg.dropout else None,
+        }
+        trainable, opt_state, loss, metrics = step(i, trainable, frozen, opt_state, batch, key)
+        if i % 50 == 0 or i == steps - 1:
+            lv = float(loss)
+            _check_finite(lv, i, desc)
+            m = {k: float(v) for k, v in metrics.items()}
+            bar.set_postfix(gap=f"{m.get('moment_gap', float('nan')):.4f}")
+            writer.write(i, {"loss": lv, **m})
+    return trainable["student"], trainable["aux"]

@@ -1,0 +1,95 @@
+"""Image data: embedded digits and the downsampled-ImageNet .npz reader (format and errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gencast_rmmd.errors import DataError
+from gencast_rmmd.image.config import ImageDataConfig
+from gencast_rmmd.image.data import batch_iterator, load_dataset, load_npz_images
+
+
+def test_digits_dataset_split_and_range():
+    ds = load_dataset(ImageDataConfig())
+    assert ds.shape == (8, 8, 1) and ds.num_classes == 10
+    n = ds.train_images.shape[0] + ds.eval_images.shape[0]
+    assert n == 1797
+    for x in (ds.train_images, ds.eval_images):
+        assert x.dtype == np.float32 and x.min() >= -1.0 and x.max() <= 1.0
+    # stratified: every class in both splits, eval share ~ 20% per class
+    for c in range(10):
+        ne, nt = (ds.eval_labels == c).sum(), (ds.train_labels == c).sum()
+        assert abs(ne / (ne + nt) - 0.2) < 0.02
+    # disjoint splits: no eval image appears in train
+    tr = {x.tobytes() for x in ds.train_images}
+    dup = sum(x.tobytes() in tr for x in ds.eval_images)
+    assert dup <= 2  # the digits set has a couple of exact duplicate scans
+
+
+def test_digits_rejects_wrong_geometry():
+    with pytest.raises(DataError, match="8x8"):
+        load_dataset(ImageDataConfig(resolution=16))
+
+
+def _write_imagenet_like(path, n=6, res=4, labels=None):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(n, res, res, 3), dtype=np.uint8)
+    data = img.transpose(0, 3, 1, 2).reshape(n, -1)  # CHW flattening, as in the official files
+    labels = np.arange(1, n + 1) if labels is None else labels
+    np.savez(path, data=data, labels=labels)
+    return img, labels
+
+
+def test_npz_reader_roundtrip_chw_order(tmp_path):
+    p = tmp_path / "train.npz"
+    img, labels = _write_imagenet_like(p, labels=np.array([1, 1, 1, 2, 2, 2]))
+    x, y = load_npz_images(p, 4, 10)
+    assert x.shape == (6, 4, 4, 3)
+    np.testing.assert_allclose(x, img.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_array_equal(y, labels - 1)
+    ds = load_dataset(
+        ImageDataConfig(
+            source="npz", path=str(p), resolution=4, channels=3, num_classes=10, eval_fraction=0.3
+        )
+    )
+    assert ds.shape == (4, 4, 3)
+
+
+def test_npz_reader_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_npz_images(tmp_path / "missing.npz", 4, 10)
+    p = tmp_path / "bad_keys.npz"
+    np.savez(p, images=np.zeros((2, 48), np.uint8))
+    with pytest.raises(DataError, match="'data' and 'labels'"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "bad_shape.npz"
+    np.savez(p, data=np.zeros((2, 50), np.uint8), labels=np.ones(2))
+    with pytest.raises(DataError, match=r"\[N, 48\]"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "bad_labels.npz"
+    _write_imagenet_like(p, labels=np.array([1, 2, 3, 4, 5, 99]))
+    with pytest.raises(DataError, match="labels"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "pickled.npz"
+    np.savez(
+        p, data=np.zeros((2, 48), np.uint8), labels=np.array([{"a": 1}, {"b": 2}], dtype=object)
+    )
+    with pytest.raises(DataError, match="pickle"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "notzip.npz"
+    p.write_text("hello")
+    with pytest.raises(DataError):
+        load_npz_images(p, 4, 10)
+
+
+def test_batch_iterator_deterministic_and_covers_epoch():
+    x = np.arange(10, dtype=np.float32)[:, None, None, None]
+    y = np.arange(10)
+    a = batch_iterator(x, y, 5, 3)
+    b = batch_iterator(x, y, 5, 3)
+    first = [next(a) for _ in range(2)]
+    second = [next(b) for _ in range(2)]
+    for (_xa, ya), (_xb, yb) in zip(first, second):
+        np.testing.assert_array_equal(ya, yb)
+    assert sorted(np.concatenate([f[1] for f in first]).tolist()) == list(range(10))
