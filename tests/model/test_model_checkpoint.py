@@ -258,3 +258,27 @@ def test_make_checkpoint_from_trained_params(tmp_path):
     assert jax.tree_util.tree_all(
         jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), params, p2)
     )
+
+
+def test_non_12h_step_round_trips_through_extra(tmp_path):
+    task = dataclasses.replace(gencast_task(levels=(500,)), step_hours=6, input_frames=3)
+    arch = ck.load_checkpoint(write_official_path(tmp_path)).denoiser_architecture_config
+    arch = dataclasses.replace(arch, node_output_size=None)
+    shapes = ck.expected_param_shapes(arch, task, ck.NoiseEncoderConfig())
+    params = {
+        m: {n: np.zeros(a.shape, np.float32) for n, a in p.items()} for m, p in shapes.items()
+    }
+    c = ck.make_checkpoint(params, task, ModelConfig(arch), license="test")
+    path = ck.save_checkpoint(tmp_path / "six.npz", c)
+    with np.load(path) as f:
+        assert str(f["task_config:input_duration"]) == "18h"
+        assert int(f["extra:task:step_hours"]) == 6
+    back = ck.load_checkpoint(path)
+    assert back.task_config == task and back.extra == {}
+    assert back.denoiser_architecture_config.node_output_size == task.layout.n_targets
+
+
+def write_official_path(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "official.npz"
+    write_official(path)
+    return path
