@@ -1,0 +1,406 @@
+"""Distil a GenCast teacher (official `.npz` or ours) into a K-step student: phase 1 MMD, phase 2
+RMMD, on a canonical data store; export the students as official-layout `.npz` files.
+
+Run directory layout (`run_distill(..., out=RUN)`):
+
+    RUN/config.yaml            the DistillConfig used (a different config refuses to resume)
+    RUN/mmd/checkpoints/...    phase 1 training state (orbax), RUN/mmd/metrics.jsonl
+    RUN/mmd/student.npz        phase 1 student (official layout + extra:student_sampler_config,
+                               extra:provenance); RUN/mmd/aux.npz the phase 1 auxiliary denoiser
+    RUN/rmmd/...               the same for phase 2 (RUN/rmmd/student.npz is the product)
+    RUN/summary.json           per phase: steps, last metrics, steps/s, exports
+
+Data: `ExampleSource` items (normalized inputs/forcings, normalized residual targets). Training
+init times: `data.train_start..train_end` of the config; if unset, the teacher's own training
+period (`extra:provenance`), else every valid init time of the store. The provenance of every
+checkpoint and export records the teacher, the config, the data store, the stats and the training
+period (`train_start` = first input time used, `train_end` = last target time used), so that
+evaluation can refuse to score init times inside it.
+
+Reward / loss weights: per-point latitude weights (cos, mean 1) x GenCast's per-channel
+level/variable weights (`model.grid.channel_weights`, rescaled to mean 1), shape [lat, 1, C].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from gencast_rmmd.config import to_dict
+from gencast_rmmd.distill.objectives import ObjectiveConfig
+from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
+from gencast_rmmd.errors import CheckpointError, DataError, OutputError
+from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
+
+PHASES = ("mmd", "rmmd")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillDataConfig:
+    """Training init-time window (inclusive ISO strings); None: see module doc."""
+
+    train_start: str | None = None
+    train_end: str | None = None
+
+    def validate(self) -> None:
+        for name in ("train_start", "train_end"):
+            v = getattr(self, name)
+            if v is not None:
+                try:
+                    np.datetime64(v)
+                except ValueError:
+                    raise ValueError(f"{name}: not an ISO date/time: {v!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsConfig:
+    """Per-point weights of the CRPS reward (and of the MMD/L2/aux terms if
+    `objective.weight_regularizers`). variable_weights None = GenCast's (`model.grid`)."""
+
+    latitude: bool = True
+    per_level: bool = True
+    variable_weights: dict[str, float] | None = None
+
+
+def _default_phase(kind: str) -> PhaseConfig:
+    if kind == "mmd":
+        obj = ObjectiveConfig()
+    else:
+        obj = ObjectiveConfig(
+            start="on_policy_continuous",
+            members=2,
+            reward_weight=0.3,
+            l2_weight=0.15,
+            update_schedule="simultaneous",
+        )
+    return PhaseConfig(
+        objective=obj,
+        loop=LoopConfig(num_steps=300_000, batch_size=16, grad_accum_steps=8),
+        optimizer=OptimizerConfig(learning_rate=1e-7),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """A distillation run (YAML: configs/distill/*.yaml). See docs/distill.md."""
+
+    student_sampler: StudentSamplerConfig = StudentSamplerConfig()
+    mmd: PhaseConfig = dataclasses.field(default_factory=lambda: _default_phase("mmd"))
+    rmmd: PhaseConfig = dataclasses.field(default_factory=lambda: _default_phase("rmmd"))
+    weights: WeightsConfig = WeightsConfig()
+    data: DistillDataConfig = DistillDataConfig()
+    noise: Literal["spherical", "gaussian"] = "spherical"
+    description: str = ""
+
+    def validate(self) -> None:
+        self.student_sampler.validate()
+        for p in (self.mmd, self.rmmd):
+            p.objective.validate()
+            p.loop.validate()
+            p.optimizer.validate()
+        if (
+            self.mmd.objective.reference == "frozen_aux"
+            or self.mmd.objective.aux_update == "frozen"
+        ):
+            raise ValueError("mmd.objective: phase 1 has no frozen phase-1 auxiliary to use")
+        if self.mmd.objective.l2_weight > 0:
+            raise ValueError("mmd.objective.l2_weight: phase 1 has no frozen phase-1 student")
+        self.data.validate()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def resolve_teacher(path: str | os.PathLike) -> pathlib.Path:
+    """A teacher `.npz`, or a teacher run directory holding `teacher.npz`."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        cand = p / "teacher.npz"
+        if cand.is_file():
+            return cand
+        raise CheckpointError(
+            f"teacher directory {p} holds no teacher.npz (finish `teacher train` or run "
+            "`teacher export`)"
+        )
+    if not p.is_file():
+        raise CheckpointError(f"teacher checkpoint {str(p)!r} does not exist")
+    return p
+
+
+def select_init_times(
+    all_times: np.ndarray, start: str | None, end: str | None, task
+) -> np.ndarray:
+    """Init times t whose whole window (first input .. target) lies in [start, end]."""
+    t = np.asarray(all_times).astype("datetime64[ns]")
+    step = np.timedelta64(task.step_hours, "h")
+    keep = np.ones(t.shape, bool)
+    if start is not None:
+        keep &= t - step * (task.input_frames - 1) >= np.datetime64(start, "ns")
+    if end is not None:
+        keep &= t + step <= np.datetime64(end, "ns")
+    return t[keep]
+
+
+def gencast_weights(cfg: WeightsConfig, lat: np.ndarray, layout) -> np.ndarray:
+    """[lat, 1, C] float32 weights (latitude x channel), each factor of mean 1."""
+    from gencast_rmmd.model import grid as grid_lib
+
+    lat_w = grid_lib.latitude_weights(lat) if cfg.latitude else np.ones(len(lat), np.float32)
+    ch = grid_lib.channel_weights(layout, cfg.variable_weights, cfg.per_level)
+    ch = ch / ch.mean()
+    return (lat_w[:, None, None] * ch[None, None, :]).astype(np.float32)
+
+
+class _Batches:
+    """Model inputs of `ShuffledBatches` (drops the int64 `time`)."""
+
+    def __init__(self, inner: ShuffledBatches):
+        self.inner = inner
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        b = self.inner(step)
+        return {k: b[k] for k in ("inputs", "forcings", "targets")}
+
+
+@dataclasses.dataclass
+class _Setup:
+    ckpt: Any
+    teacher_path: pathlib.Path
+    denoiser: Any
+    teacher_params: Any
+    source: Any
+    noise_fn: Any
+    weights: np.ndarray
+    provenance: dict
+
+
+def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text: str) -> _Setup:
+    from gencast_rmmd.data.examples import ExampleSource
+    from gencast_rmmd.model import checkpoint as ckpt_lib
+    from gencast_rmmd.model import sh_noise
+
+    teacher_path = resolve_teacher(teacher).absolute()
+    ckpt = ckpt_lib.load_checkpoint(teacher_path)
+    if (ckpt.extra or {}).get("student_sampler_config"):
+        raise CheckpointError(f"{teacher_path} is a distilled student, not a teacher")
+    task = ckpt.task_config
+    store = str(pathlib.Path(data).absolute())
+    stats = str(pathlib.Path(stats).absolute())
+    probe = ExampleSource(store, task, stats)
+    start, end = cfg.data.train_start, cfg.data.train_end
+    tprov = (ckpt.extra or {}).get("provenance") or {}
+    if start is None and end is None and tprov.get("train_start"):
+        start, end = str(np.asarray(tprov["train_start"])), str(np.asarray(tprov["train_end"]))
+    times = select_init_times(probe.init_times, start, end, task)
+    batch = max(cfg.mmd.loop.batch_size, cfg.rmmd.loop.batch_size)
+    if times.size < batch:
+        raise DataError(
+            f"training window {start}..{end} holds {times.size} init times in {store}, fewer "
+            f"than one batch ({batch})"
+        )
+    source = ExampleSource(store, task, stats, times=times)
+    den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, source.lat, source.lon, str(teacher_path))
+    if cfg.noise == "spherical":
+        noise_fn = sh_noise.make_sh_noise_fn(source.lat, source.lon)
+    else:
+        noise_fn = sh_noise.gaussian_noise
+    step_h = np.timedelta64(task.step_hours, "h")
+    provenance = {
+        "teacher": str(teacher_path),
+        "teacher_description": ckpt.description,
+        "config": config_text,
+        "data_store": store,
+        "stats": stats,
+        "train_start": str(
+            (times.min() - step_h * (task.input_frames - 1)).astype("datetime64[s]")
+        ),
+        "train_end": str((times.max() + step_h).astype("datetime64[s]")),
+        "examples": int(times.size),
+    }
+    weights = gencast_weights(cfg.weights, np.asarray(source.lat), task.layout)
+    return _Setup(ckpt, teacher_path, den, params, source, noise_fn, weights, provenance)
+
+
+def export_student(
+    path: pathlib.Path,
+    setup: _Setup,
+    params: Any,
+    cfg: DistillConfig,
+    phase: str,
+    step: int,
+    role: str = "student",
+) -> pathlib.Path:
+    """Write `params` as an official-layout `.npz` with the student sampler and provenance."""
+    from gencast_rmmd.model import checkpoint as ckpt_lib
+
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    extra: dict[str, Any] = {
+        "provenance": dict(setup.provenance, phase=phase, step=int(step), role=role),
+    }
+    if role == "student":
+        extra["student_sampler_config"] = ckpt_lib.config_to_tree(cfg.student_sampler)
+    k = cfg.student_sampler.num_steps
+    desc = f"{role} distilled with gencast-rmmd ({phase}, {k} steps) from: {setup.ckpt.description}"
+    ck = ckpt_lib.make_checkpoint(
+        host,
+        setup.ckpt.task_config,
+        setup.ckpt.model_config,
+        license=setup.ckpt.license,
+        description=desc,
+        extra=extra,
+    )
+    return ckpt_lib.save_checkpoint(path, ck)
+
+
+def _load_params(path: pathlib.Path, setup: _Setup) -> Any:
+    from gencast_rmmd.model import checkpoint as ckpt_lib
+
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: run phase 1 first (`--phase mmd` or `--phase both`)"
+        )
+    ck = ckpt_lib.load_checkpoint(path)
+    lat, lon = setup.source.lat, setup.source.lon
+    return ckpt_lib.denoiser_from_checkpoint(ck, lat, lon, str(path))[1]
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    d = json.loads(json.dumps(cfg_dict))
+    for ph in PHASES:
+        for k in ("num_steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress"):
+            d[ph]["loop"].pop(k, None)
+    d.pop("description", None)
+    return d
+
+
+def run_distill(
+    cfg: DistillConfig,
+    teacher: str | os.PathLike,
+    data: str | os.PathLike,
+    stats: str | os.PathLike,
+    out: str | os.PathLike,
+    phase: Literal["mmd", "rmmd", "both"] = "both",
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) phase 1, phase 2 or both in run directory `out`; return the summary.
+
+    Phase 2 reads phase 1's exports (`out/mmd/student.npz`, `out/mmd/aux.npz`): the frozen
+    anchor G0, the frozen auxiliary, and the starting point of the student and auxiliary.
+    `stop_after` stops a phase after that many steps without its final checkpoint (tests).
+    """
+    cfg.validate()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    config_text = yaml.safe_dump(cfg_dict, sort_keys=False)
+    cfg_file = out / "config.yaml"
+    if cfg_file.exists():
+        old = yaml.safe_load(cfg_file.read_text())
+        if _comparable(old) != _comparable(cfg_dict):
+            raise OutputError(
+                f"{out} holds a distillation run with a different config; use another --out, "
+                "or the same settings (only num_steps/checkpoint_every/log_every may change) "
+                "to resume"
+            )
+    _write_atomic(cfg_file, config_text)
+    setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
+    from gencast_rmmd.model.denoiser import Conditioning
+
+    def cond_fn(batch):
+        return Conditioning(batch["inputs"], batch["forcings"])
+
+    def target_fn(batch):
+        return batch["targets"]
+
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["teacher"] = str(setup.teacher_path)
+    summary["provenance"] = {k: v for k, v in setup.provenance.items() if k != "config"}
+    phases = PHASES if phase == "both" else (phase,)
+    for ph in phases:
+        pcfg: PhaseConfig = getattr(cfg, ph)
+        if ph == "mmd":
+            params = {
+                "student": setup.teacher_params,
+                "aux": setup.teacher_params,
+                "teacher": setup.teacher_params,
+            }
+        else:
+            stu = _load_params(out / "mmd" / "student.npz", setup)
+            aux = _load_params(out / "mmd" / "aux.npz", setup)
+            params = {
+                "student": stu,
+                "aux": aux,
+                "teacher": setup.teacher_params,
+                "student_frozen": stu,
+                "aux_frozen": aux,
+            }
+            params = {g: params[g] for g in pcfg.objective.required_groups()}
+        seed = pcfg.loop.seed + (0 if ph == "mmd" else 1)
+        batches = _Batches(ShuffledBatches(setup.source, pcfg.loop.batch_size, seed=seed))
+        meta = {"kind": f"distill-{ph}", "provenance": dict(setup.provenance, phase=ph)}
+        t0 = time.perf_counter()
+        trained, trainer = run_phase(
+            dataclasses.replace(
+                pcfg, loop=dataclasses.replace(pcfg.loop, progress=progress and pcfg.loop.progress)
+            ),
+            cfg.student_sampler,
+            params,
+            batches,
+            out / ph,
+            stop_after=stop_after,
+            denoise_fn=setup.denoiser.apply,
+            noise_fn=setup.noise_fn,
+            target_fn=target_fn,
+            cond_fn=cond_fn,
+            weights=jnp.asarray(setup.weights),
+            meta=meta,
+            desc=f"distill {ph}",
+        )
+        seconds = time.perf_counter() - t0
+        step = trainer.ckpt.latest_step() or 0
+        done = step >= pcfg.loop.num_steps
+        rec = {
+            "steps": step,
+            "complete": done,
+            "seconds": seconds,
+            "last_metrics": trainer.last_metrics,
+            "run_dir": str(out / ph),
+        }
+        if done:
+            rec["student"] = str(
+                export_student(out / ph / "student.npz", setup, trained["student"], cfg, ph, step)
+            )
+            aux_params = trained.get("aux")
+            if aux_params is not None:
+                rec["aux"] = str(
+                    export_student(
+                        out / ph / "aux.npz", setup, aux_params, cfg, ph, step, role="aux"
+                    )
+                )
+        trainer.ckpt.close()
+        summary[ph] = rec
+        _write_atomic(summary_path, json.dumps(summary, indent=1, default=str))
+        if not done:
+            break
+    return summary

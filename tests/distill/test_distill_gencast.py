@@ -1,0 +1,110 @@
+"""GenCast distillation end to end through the CLI on a synthetic store and a tiny random teacher:
+both phases run, students are exported in the official layout with the student sampler and
+provenance, the forecast loader reads them as K-step models, and runs resume / refuse mismatches."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from gencast_rmmd.cli import main
+from gencast_rmmd.data.stats import compute_stats, save_stats
+from gencast_rmmd.data.task import gencast_task
+from gencast_rmmd.evaluation.synthetic import synthetic_canonical_store
+from gencast_rmmd.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from gencast_rmmd.model.configs import (
+    DenoiserArchitectureConfig,
+    ModelConfig,
+    SparseTransformerConfig,
+)
+from gencast_rmmd.model.denoiser import build_denoiser
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill_gc")
+    task = gencast_task(levels=(500, 850))
+    ds = synthetic_canonical_store(str(d / "data.zarr"), task, n_times=8, n_lat=32, n_lon=64)
+    save_stats(compute_stats(ds), str(d / "stats"))
+    arch = DenoiserArchitectureConfig(
+        sparse_transformer_config=SparseTransformerConfig(
+            attention_k_hop=2, d_model=16, num_layers=1, num_heads=2, ffw_hidden=32
+        ),
+        mesh_size=1,
+        latent_size=16,
+    )
+    den = build_denoiser(arch, task, ds["lat"].values, ds["lon"].values)
+    params = jax.jit(den.init)(jax.random.key(0), *den.example_inputs(1))
+    ck = make_checkpoint(
+        params, task, ModelConfig(denoiser_architecture_config=arch), license="test-license"
+    )
+    save_checkpoint(d / "teacher.npz", ck)
+    return d
+
+
+def _args(d, out, phase="both", extra=()):
+    sets = [
+        "mmd.loop.num_steps=2",
+        "mmd.loop.batch_size=2",
+        "mmd.loop.checkpoint_every=1",
+        "rmmd.loop.num_steps=2",
+        "rmmd.loop.batch_size=2",
+        "student_sampler.num_steps=2",
+        *extra,
+    ]
+    args = ["distill", "--config", "tiny", "--teacher", str(d / "teacher.npz")]
+    args += ["--data", str(d / "data.zarr"), "--stats", str(d / "stats"), "--out", str(out)]
+    args += ["--phase", phase, "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+@pytest.mark.slow
+def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
+    from gencast_rmmd.forecast.model import load_forecast_model
+
+    out = tmp_path / "run"
+    # phase 2 before phase 1 is a user error
+    assert main(_args(world, out, phase="rmmd")) == 2
+    assert "run phase 1 first" in capsys.readouterr().err
+    assert main(_args(world, out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for ph in ("mmd", "rmmd"):
+        assert summary[ph]["complete"] and summary[ph]["steps"] == 2
+        assert np.isfinite(summary[ph]["last_metrics"]["loss"])
+        ck = load_checkpoint(out / ph / "student.npz")
+        prov = ck.extra["provenance"]
+        assert str(np.asarray(prov["teacher"])).endswith("teacher.npz")
+        assert str(np.asarray(prov["phase"])) == ph
+        assert str(np.asarray(prov["data_store"])).endswith("data.zarr")
+        assert np.datetime64(str(np.asarray(prov["train_start"]))) < np.datetime64(
+            str(np.asarray(prov["train_end"]))
+        )
+        assert "student_sampler" in str(np.asarray(prov["config"]))
+        assert ck.license == "test-license"
+        assert (out / ph / "metrics.jsonl").exists()
+    rm = json.loads((out / "rmmd" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"reward", "crps", "l2", "mmd", "aux_loss", "grad_norm/student"} <= set(rm)
+    model = load_forecast_model(str(out / "rmmd" / "student.npz"), str(world / "stats"))
+    assert model.nfe == 2 and model.name == "student-2"
+    # phase-2 student differs from phase 1 (it was trained)
+    a = load_checkpoint(out / "mmd" / "student.npz").params
+    b = load_checkpoint(out / "rmmd" / "student.npz").params
+    assert any(not np.array_equal(a[m][n], b[m][n]) for m in a for n in a[m])
+    # re-running is a resume (no new steps); a different objective refuses the directory
+    assert main(_args(world, out)) == 0
+    assert main(_args(world, out, extra=["rmmd.objective.reward_weight=0.5"])) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
+    assert main(_args(world, tmp_path / "r", extra=["mmd.objective.members=0"])) == 2
+    assert "members" in capsys.readouterr().err
+    args = _args(world, tmp_path / "r2")
+    args[args.index("--teacher") + 1] = str(tmp_path / "missing.npz")
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
