@@ -474,6 +474,39 @@ def s_image_data_wrong_shape(tmp, p):
     return _image(tmp, tmp / "imagenet64.npz")
 
 
+def _distill(tmp, p, *extra, teacher=None, store=None):
+    if store is None:
+        store = _ws_copy(tmp, p, "store")["store"]
+    if teacher is None:
+        teacher = _save_flat(p["flat"], tmp / "teacher.npz")
+    stats = _ws_copy(tmp, p, "stats")["stats"]
+    return [
+        "distill", "--config", "tiny", "--teacher", teacher, "--data", store, "--stats", stats,
+        "--out", tmp / "run", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def s_distill_config_unknown_key(tmp, p):
+    return _distill(tmp, p, "--set", "mmd.loop.num_stepz=3")
+
+
+def s_distill_override_bad_value(tmp, p):
+    return _distill(tmp, p, "--set", "mmd.loop.batch_size=0")
+
+
+def s_distill_teacher_missing(tmp, p):
+    return _distill(tmp, p, teacher=tmp / "missing.npz")
+
+
+def s_distill_store_lacks_variable(tmp, p):
+    store = _mutated_store(tmp, p, lambda ds: ds.drop_vars("mean_sea_level_pressure"))
+    return _distill(tmp, p, "--set", "mmd.loop.num_steps=1", store=store)
+
+
+def s_distill_rmmd_without_mmd(tmp, p):
+    return _distill(tmp, p, "--phase", "rmmd")
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -523,6 +556,11 @@ SETUPS = {
     "image-data-missing": s_image_data_missing,
     "image-data-pickled": s_image_data_pickled,
     "image-data-wrong-shape": s_image_data_wrong_shape,
+    "distill-config-unknown-key": s_distill_config_unknown_key,
+    "distill-override-bad-value": s_distill_override_bad_value,
+    "distill-teacher-missing": s_distill_teacher_missing,
+    "distill-store-lacks-variable": s_distill_store_lacks_variable,
+    "distill-rmmd-without-mmd": s_distill_rmmd_without_mmd,
 }
 
 # Fixtures each setup needs (by command).
@@ -532,6 +570,7 @@ FIXTURES = {
     "data": "teacher_inputs",
     "forecast": "teacher_inputs",
     "image": None,
+    "distill": "teacher_inputs",
 }
 
 
