@@ -81,8 +81,14 @@ def _zero(tree):
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("start", ["data", "on_policy_continuous", "on_policy_discrete"])
-@pytest.mark.parametrize("reference", ["teacher", "frozen_aux"])
+@pytest.mark.parametrize(
+    "start,reference",
+    [
+        ("data", "teacher"),
+        ("on_policy_continuous", "frozen_aux"),
+        ("on_policy_discrete", "teacher"),
+    ],
+)
 def test_student_gradient_is_jacobian_transpose_of_moment_gap(start, reference):
     obj, params, batch, w, cfg, target_fn = _setup(start, reference=reference)
     key = jax.random.PRNGKey(7)

@@ -26,20 +26,11 @@ def test_rho100_grid_matches_reference_table():
     assert ss.noise_levels(ss.StudentSamplerConfig(num_steps=1)).tolist() == [80.0]
 
 
-@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("k", [1, 8])
 def test_num_evaluations_is_k(k):
     cfg = ss.StudentSamplerConfig(num_steps=k)
-    calls = []
-
-    def den(params, x, sigma, cond):
-        calls.append(1)
-        return 0.5 * x
-
-    jax.make_jaxpr(lambda r: ss.sample(den, None, r, None, (2, 3), G.gaussian_noise, cfg))(
-        jax.random.PRNGKey(0)
-    )
     assert ss.num_evaluations(cfg) == k
-    # inside lax.scan the body is traced once; count calls of an un-scanned python loop instead
+    # count the denoiser calls of an actual (un-jitted) run
     counter = {"n": 0}
 
     def den_count(params, x, sigma, cond):
