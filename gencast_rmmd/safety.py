@@ -1,0 +1,82 @@
+"""Small shared helpers for safe outputs and reads (one implementation of each idea).
+
+- `current_umask()` and `publish_mode(path)`: files and directories made with
+  `tempfile.mkstemp` / `mkdtemp` are private (0600 / 0700). Outputs written under a temporary
+  name and renamed into place must end up with the permissions a plain `open()` / `mkdir()` would
+  give (0666 / 0777 minus the umask), or a team sharing a run directory cannot read exported
+  checkpoints, statistics or scorecards. Call `publish_mode(tmp)` before `os.replace`.
+- `load_or_data_error(obj, store, where)`: load a lazy xarray object; a chunk that cannot be
+  decoded (truncated or corrupt file: zarr/numcodecs raise RuntimeError, ValueError, OSError, ...)
+  becomes one `DataError` naming the store, the variable and where, instead of an internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from typing import Any
+
+from gencast_rmmd.errors import DataError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux; elsewhere set and restored under a lock)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give `path` (a file or a directory tree made private by tempfile) the default permissions
+    of a plain file (0666 & ~umask) or directory (0777 & ~umask)."""
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if not os.path.isdir(path):
+        os.chmod(path, file_mode)
+        return
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            p = os.path.join(root, d)
+            if stat.S_IMODE(os.stat(p).st_mode) == 0o700:
+                os.chmod(p, dir_mode)
+        for f in files:
+            p = os.path.join(root, f)
+            if stat.S_IMODE(os.stat(p).st_mode) == 0o600:
+                os.chmod(p, file_mode)
+    os.chmod(path, dir_mode)
+
+
+def load_or_data_error(obj: Any, store: str | os.PathLike, where: str = "") -> Any:
+    """`obj.load()` for a lazy xarray Dataset/DataArray read from `store`; an undecodable chunk
+    raises `DataError` naming the store, the variable (a Dataset is loaded variable by variable)
+    and `where` (e.g. "time 2020-01-01T00")."""
+    import xarray as xr
+
+    at = f" at {where}" if where else ""
+
+    def one(da: xr.DataArray, name: str) -> xr.DataArray:
+        try:
+            return da.load()
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # codecs and stores raise many types for a bad chunk
+            raise DataError(
+                f"store {os.fspath(store)!r}: cannot read variable {name!r}{at}: a chunk is "
+                f"corrupt or unreadable ({type(e).__name__}: {e}); re-create or re-download "
+                "the store"
+            ) from None
+
+    if isinstance(obj, xr.Dataset):
+        return obj.assign({v: one(obj[v], str(v)) for v in obj.data_vars})
+    return one(obj, str(obj.name))
