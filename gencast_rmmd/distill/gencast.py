@@ -310,7 +310,6 @@ def run_distill(
     """
     cfg.validate()
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     config_text = yaml.safe_dump(cfg_dict, sort_keys=False)
     cfg_file = out / "config.yaml"
@@ -322,8 +321,18 @@ def run_distill(
                 "or the same settings (only num_steps/checkpoint_every/log_every may change) "
                 "to resume"
             )
-    _write_atomic(cfg_file, config_text)
+    if phase == "rmmd":
+        for name in ("student.npz", "aux.npz"):
+            if not (out / "mmd" / name).is_file():
+                raise CheckpointError(
+                    f"{out / 'mmd' / name} is missing: run phase 1 first (`--phase mmd` or "
+                    "`--phase both`)"
+                )
+    # Everything a user can get wrong (teacher, store, stats, window) is checked before the run
+    # directory is created, so a refused run leaves nothing behind.
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(cfg_file, config_text)
     from gencast_rmmd.model.denoiser import Conditioning
 
     def cond_fn(batch):

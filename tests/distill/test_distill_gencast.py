@@ -71,6 +71,7 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     # phase 2 before phase 1 is a user error
     assert main(_args(world, out, phase="rmmd")) == 2
     assert "run phase 1 first" in capsys.readouterr().err
+    assert not out.exists()  # a refused run leaves nothing behind
     assert main(_args(world, out)) == 0
     summary = json.loads((out / "summary.json").read_text())
     for ph in ("mmd", "rmmd"):
@@ -108,3 +109,4 @@ def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
     args[args.index("--teacher") + 1] = str(tmp_path / "missing.npz")
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
