@@ -260,7 +260,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--data` names a missing downsampled-ImageNet .npz",
         r"image data file .* not found",
         "refuses before creating the run directory: names the file and the format expected",
-        defect="D8: the message is right but an empty run directory is left at `--out`",
     ),
     BadInput(
         "image-data-pickled",
@@ -269,7 +268,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--data` .npz whose `data` entry is a pickled object array",
         r"cannot be read without pickle",
         "refuses without unpickling, before creating the run directory",
-        defect="D8: the message is right but an empty run directory is left at `--out`",
     ),
     BadInput(
         "image-data-wrong-shape",
@@ -278,7 +276,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--data` .npz whose images are not 3 x 64 x 64",
         r"'data' should have shape \[N, 12288\].*found \(4, 10\)",
         "refuses before creating the run directory: expected and found shapes",
-        defect="D8: the message is right but an empty run directory is left at `--out`",
     ),
     # ---------------------------------------------------------------- checkpoints
     BadInput(
@@ -417,7 +414,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--teacher` names a missing file",
         r"teacher checkpoint .* does not exist",
         "refuses before creating the run directory",
-        defect="D9: the message is right but an empty run directory is left at `--out`",
     ),
     BadInput(
         "distill-store-lacks-variable",
@@ -426,7 +422,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "the data store lacks a variable of the teacher's task",
         r"lacks variables \['mean_sea_level_pressure'\] needed by the task",
         "refuses before creating the run directory: names the missing variables",
-        defect="D9: the message is right but an empty run directory is left at `--out`",
     ),
     BadInput(
         "distill-rmmd-without-mmd",
@@ -435,7 +430,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--phase rmmd` in a run directory without phase 1",
         r"run phase 1 first",
         "refuses: says which phase to run first",
-        defect="D9: the message is right but an empty run directory is left at `--out`",
     ),
     # ---------------------------------------------------------------- CLI arguments
     BadInput(
