@@ -246,6 +246,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before creating the output store: names the variable and time in the data",
     ),
     BadInput(
+        "forecast-resume-other-settings",
+        "output",
+        "forecast",
+        "re-running into an existing forecast store with another ensemble size",
+        r"holds a forecast made with other settings.*members",
+        "refuses to mix runs: lists the settings that differ; the store is untouched",
+    ),
+    BadInput(
         "forecast-output-foreign",
         "output",
         "forecast",
@@ -333,6 +341,24 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "an unknown top-level section (`optimizer:*`)",
         r"unknown section 'optimizer'",
         "refuses: names the section and the allowed ones",
+    ),
+    BadInput(
+        "ckpt-bad-student-sampler",
+        "checkpoint",
+        "forecast",
+        "a student checkpoint whose `extra:student_sampler_config:num_steps` is 0",
+        r"extra:student_sampler_config.*num_steps: must be >= 1, found 0",
+        "refuses before creating the output store: names the section, key and allowed range",
+        defect="D10: the message says `bad extra in checkpoint: extra: num_steps: ...` without "
+        "naming the `student_sampler_config` section",
+    ),
+    BadInput(
+        "teacher-export-not-a-run",
+        "checkpoint",
+        "teacher export",
+        "`--run` is an empty directory (no `teacher train` run)",
+        r"not a teacher run directory.*run\.json",
+        "refuses: says which file a run directory must hold; no .npz is written",
     ),
     # ---------------------------------------------------------------- configs
     BadInput(

@@ -507,6 +507,37 @@ def s_distill_rmmd_without_mmd(tmp, p):
     return _distill(tmp, p, "--phase", "rmmd")
 
 
+def s_ckpt_bad_student_sampler(tmp, p):
+    flat = dict(p["flat"])
+    flat["extra:student_sampler_config:num_steps"] = np.asarray(0)
+    flat["extra:student_sampler_config:eta"] = np.asarray(0.5)
+    model = _save_flat(flat, tmp / "student.npz")
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
+    )
+
+
+def s_teacher_export_not_a_run(tmp, p):
+    (tmp / "run").mkdir()
+    return ["teacher", "export", "--run", tmp / "run", "--out", tmp / "teacher.npz"]
+
+
+def s_forecast_resume_other_settings(tmp, p):
+    from gencast_rmmd.cli import main
+
+    cfg = _data_config(tmp, p, p["ws"]["store"])
+
+    def argv(members):
+        return _forecast(
+            tmp, p, "--members", members, "--lead-steps", "1", "--out", tmp / "f.zarr",
+            "--data-config", cfg, model="persistence:0.5", store=p["ws"]["store"],
+            stats=p["ws"]["stats"],
+        )  # fmt: skip
+
+    assert main([str(a) for a in argv("2")]) == 0
+    return argv("3")
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -561,6 +592,9 @@ SETUPS = {
     "distill-teacher-missing": s_distill_teacher_missing,
     "distill-store-lacks-variable": s_distill_store_lacks_variable,
     "distill-rmmd-without-mmd": s_distill_rmmd_without_mmd,
+    "ckpt-bad-student-sampler": s_ckpt_bad_student_sampler,
+    "teacher-export-not-a-run": s_teacher_export_not_a_run,
+    "forecast-resume-other-settings": s_forecast_resume_other_settings,
 }
 
 # Fixtures each setup needs (by command).
