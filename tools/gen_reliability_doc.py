@@ -106,6 +106,16 @@ def render(mod) -> str:
     for a in audits:
         lines.append(f"| `{a.id}` | {_cell(a.rule)} | {_cell(a.check)} |")
     lines.append("")
+    open_defects = getattr(mod, "OPEN_DEFECTS", ())
+    lines.append("## Open defects without a table row\n")
+    if open_defects:
+        lines.append("| id | where | what happens |")
+        lines.append("|---|---|---|")
+        for d in open_defects:
+            lines.append(f"| {d.id} | {_cell(d.where)} | {_cell(d.what)} |")
+    else:
+        lines.append("None.")
+    lines.append("")
     lines.append("## Regenerating this page\n")
     lines.append(
         "Add or change a row in `tests/reliability/reliability_table.py` together with its test, "
