@@ -282,9 +282,15 @@ def _load_params(path: pathlib.Path, setup: _Setup) -> Any:
     return ckpt_lib.denoiser_from_checkpoint(ck, lat, lon, str(path))[1]
 
 
-def _comparable(cfg_dict: dict) -> dict:
+def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
+    """The parts of a config that must not change when a run resumes: everything except the
+    loop's length/bookkeeping and the description; a phase's section only once that phase has
+    started (so phase 2 settings may still change after phase 1)."""
     d = json.loads(json.dumps(cfg_dict))
     for ph in PHASES:
+        if not (out / ph / "checkpoints").exists():
+            d.pop(ph, None)
+            continue
         for k in ("num_steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress"):
             d[ph]["loop"].pop(k, None)
     d.pop("description", None)
@@ -315,11 +321,11 @@ def run_distill(
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
         old = yaml.safe_load(cfg_file.read_text())
-        if _comparable(old) != _comparable(cfg_dict):
+        if _comparable(old, out) != _comparable(cfg_dict, out):
             raise OutputError(
-                f"{out} holds a distillation run with a different config; use another --out, "
-                "or the same settings (only num_steps/checkpoint_every/log_every may change) "
-                "to resume"
+                f"{out} holds a distillation run with a different config; use another --out "
+                "(to reuse phase 1, copy RUN/mmd there and run --phase rmmd), or the same "
+                "settings (only num_steps/checkpoint_every/log_every may change) to resume"
             )
     if phase == "rmmd":
         for name in ("student.npz", "aux.npz"):
