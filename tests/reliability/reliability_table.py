@@ -484,6 +484,25 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     ),
     # ---------------------------------------------------------------- outputs
     BadInput(
+        "teacher-out-is-file",
+        "output",
+        "teacher train",
+        "`--out` is an existing regular file",
+        r"exists and is not a directory|is a file",
+        "refuses before training and leaves the file untouched",
+        defect="D11: internal error `FileExistsError` (exit 1)",
+    ),
+    BadInput(
+        "stats-out-is-file",
+        "output",
+        "data stats",
+        "`--out` is an existing regular file",
+        r"exists and is not a directory|is a file",
+        "refuses before computing anything and leaves the file untouched",
+        defect="D12: internal error `FileExistsError` raised in Beam's write step after all the "
+        "statistics were computed",
+    ),
+    BadInput(
         "output-exists-other",
         "output",
         "evaluate",

@@ -538,6 +538,20 @@ def s_forecast_resume_other_settings(tmp, p):
     return argv("3")
 
 
+def s_teacher_out_is_file(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    argv = _teacher_train(tmp, p, model)
+    (tmp / "run").write_text("not a run directory\n")
+    return argv
+
+
+def s_stats_out_is_file(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    (tmp / "stats").write_text("not a directory\n")
+    return ["data", "stats", "--data", f, "--out", tmp / "stats"]
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -595,6 +609,8 @@ SETUPS = {
     "ckpt-bad-student-sampler": s_ckpt_bad_student_sampler,
     "teacher-export-not-a-run": s_teacher_export_not_a_run,
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
+    "teacher-out-is-file": s_teacher_out_is_file,
+    "stats-out-is-file": s_stats_out_is_file,
 }
 
 # Fixtures each setup needs (by command).
