@@ -503,6 +503,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "statistics were computed",
     ),
     BadInput(
+        "nature-run-out-exists",
+        "output",
+        "data nature-run",
+        "`--out` already exists (no `--overwrite`)",
+        r"already exists.*--overwrite",
+        "refuses before simulating anything and leaves the output untouched",
+        defect="D13: the refusal comes only after the whole simulation has run (the test makes "
+        "the simulation raise, so the command ends in an internal error)",
+    ),
+    BadInput(
         "output-exists-other",
         "output",
         "evaluate",

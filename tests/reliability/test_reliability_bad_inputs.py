@@ -552,6 +552,13 @@ def s_stats_out_is_file(tmp, p):
     return ["data", "stats", "--data", f, "--out", tmp / "stats"]
 
 
+def s_nature_run_out_exists(tmp, p):
+    out = tmp / "nature.zarr"
+    out.mkdir()
+    (out / "zarr.json").write_text("{}")
+    return ["data", "nature-run", "--out", out, "--spinup-days", "0", "--days", "1"]
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -611,6 +618,7 @@ SETUPS = {
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
     "teacher-out-is-file": s_teacher_out_is_file,
     "stats-out-is-file": s_stats_out_is_file,
+    "nature-run-out-exists": s_nature_run_out_exists,
 }
 
 # Fixtures each setup needs (by command).
@@ -643,6 +651,13 @@ def test_bad_input(case_id, tmp_path, request, capfd):
     fixture = FIXTURES[words[0]]
     inputs = request.getfixturevalue(fixture) if fixture else None
     argv = SETUPS[case_id](tmp_path, inputs)
+    if case_id == "nature-run-out-exists":  # an output check must come before the expensive part
+        from gencast_rmmd.data import nature_run
+
+        def simulate(*a, **k):
+            raise RuntimeError("simulated before checking --out")
+
+        request.getfixturevalue("monkeypatch").setattr(nature_run, "simulate", simulate)
     before = snapshot(tmp_path)
     res = run_cli(argv, capfd)
     after = snapshot(tmp_path)
