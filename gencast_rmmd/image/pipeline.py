@@ -102,6 +102,8 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {str(out)!r} exists and is not a directory")
+    # Read (and so validate) the data before anything is created at --out.
+    data = load_dataset(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
     cfg_text = dump_yaml(cfg)
     prev = out / "config.yaml"
@@ -111,7 +113,6 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
             "disk are reused as they are (use a fresh --out to retrain)"
         )
     _write_atomic(prev, cfg_text)
-    data = load_dataset(cfg.data)
     seed = cfg.classifier.seed
     reward_clf = _classifier(cfg, out, data, "reward", seed, progress)
     eval_clf = _classifier(cfg, out, data, "eval", seed + 1000, progress)
@@ -355,21 +356,38 @@ def stage_pareto(ctx: Context) -> dict:
     # Rewrite the log with only complete runs (an interrupted run restarts from its step 0).
     _write_atomic(log_path, "".join(json.dumps(x) + "\n" for x in rows))
     cache: dict = {}
-    refs = {}
+    refs_path = ctx.out / "pareto_refs.json"
+    refs = json.loads(refs_path.read_text()) if refs_path.exists() else {}
     for name, (params, sampler) in {
         "mmd": (start.student, start.sampler),
         "teacher": (teacher, cfg.teacher.sampler),
     }.items():
+        if name in refs:
+            continue
         x = generate(ctx.model, params, sampler, ctx.evaluator.labels, 1234)
         m = ctx.evaluator.evaluate(x)
         refs[name] = {
             "distance": m[DISTANCE_NAME],
-            **{r: m[f"reward_{r}"] for r in cfg.pareto.rewards},
+            **{k[len("reward_") :]: v for k, v in m.items() if k.startswith("reward_")},
         }
+        _write_atomic(refs_path, json.dumps(refs, indent=2))
+
+    def finish() -> dict:
+        all_rows = [
+            {"method": "mmd", "reward": r, "lambda": 0.0, "step": cfg.mmd.steps,
+             "distance": refs["mmd"]["distance"], "reward_value": refs["mmd"][r]}
+            for r in cfg.pareto.rewards
+        ] + rows  # fmt: skip
+        summary = summarize(all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards)
+        write_outputs(ctx.out, all_rows, summary, refs)
+        return summary
+
+    # lambda-major order: at any point the finished runs cover the methods evenly, and the
+    # outputs are rewritten after each run, so an interrupted sweep leaves a usable front.
     for r in cfg.pareto.rewards:
         reward = ctx.reward(r)
-        for method in cfg.pareto.methods:
-            for lam in cfg.pareto.lambdas[r]:
+        for lam in cfg.pareto.lambdas[r]:
+            for method in cfg.pareto.methods:
                 if (method, r, float(lam)) in done:
                     continue
                 new = finetune_run(
@@ -386,13 +404,8 @@ def stage_pareto(ctx: Context) -> dict:
                     f"{method:5s} {r:10s} lambda={lam:<6g} step {last['step']}: distance "
                     f"{last['distance']:.4f} reward {last['reward_value']:.4f}"
                 )
-    all_rows = [
-        {"method": "mmd", "reward": r, "lambda": 0.0, "step": cfg.mmd.steps,
-         "distance": refs["mmd"]["distance"], "reward_value": refs["mmd"][r]}
-        for r in cfg.pareto.rewards
-    ] + rows  # fmt: skip
-    summary = summarize(all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards)
-    write_outputs(ctx.out, all_rows, summary, refs)
+                finish()
+    summary = finish()
     _log(
         f"pareto: RMMD front dominates DRaFT and ReFL on "
         f"{summary['rewards_where_rmmd_dominates_draft_and_refl']} of {len(cfg.pareto.rewards)} "

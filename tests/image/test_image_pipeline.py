@@ -66,3 +66,15 @@ def test_config_errors_name_the_key():
         load_config(ImageConfig, "digits", ["mmd.sampler.num_steps=3"], kind="image")
     with pytest.raises(ConfigError, match="unknown method"):
         load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, hypernoise]"], kind="image")
+
+
+def test_cli_bad_data_leaves_no_run_directory(tmp_path):
+    from gencast_rmmd.cli import main
+
+    out = tmp_path / "run"
+    rc = main(
+        ["image", "teacher", "--config", "imagenet64", "--out", str(out),
+         "--data", str(tmp_path / "missing.npz")]
+    )  # fmt: skip
+    assert rc == 2
+    assert not out.exists()
