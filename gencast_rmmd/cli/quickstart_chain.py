@@ -133,7 +133,13 @@ class Context:
 
     @property
     def student_npz(self) -> pathlib.Path:
-        return self.path("distill", "student.npz")
+        """The final student: phase 2 (RMMD), or phase 1 when rmmd_steps is 0."""
+        phase = "rmmd" if self.cfg.rmmd_steps > 0 else "mmd"
+        return self.path("distill", phase, "student.npz")
+
+    @property
+    def mmd_student_npz(self) -> pathlib.Path:
+        return self.path("distill", "mmd", "student.npz")
 
     def forecast_store(self, who: str) -> pathlib.Path:
         return self.path("forecasts", f"{who}.zarr")
@@ -277,6 +283,7 @@ def _write_eval_teacher(ctx: Context) -> None:
 
 
 def _stage_distill(ctx: Context) -> None:
+    """Phase 1 (MMD) then phase 2 (RMMD); the data window defaults to the teacher's own."""
     from gencast_rmmd.cli import main as cli_main
 
     args = [
@@ -293,22 +300,26 @@ def _stage_distill(ctx: Context) -> None:
         str(ctx.distill_run),
         "--phase",
         "both" if ctx.cfg.rmmd_steps > 0 else "mmd",
-        "--task",
-        str(ctx.data_yaml),
-        "--mmd-steps",
-        str(ctx.cfg.mmd_steps),
-        "--rmmd-steps",
-        str(ctx.cfg.rmmd_steps),
-        "--seed",
-        str(ctx.cfg.seed),
+        "--set",
+        f"mmd.loop.num_steps={ctx.cfg.mmd_steps}",
+        "--set",
+        f"mmd.loop.seed={ctx.cfg.seed}",
     ]
+    if ctx.cfg.rmmd_steps > 0:
+        args += [
+            "--set",
+            f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}",
+            "--set",
+            f"rmmd.loop.seed={ctx.cfg.seed}",
+        ]
     for o in ctx.cfg.distill_overrides:
         args += ["--set", o]
     if not ctx.progress:
         args.append("--no-progress")
     _run_cli(cli_main, args, "distill")
-    if not ctx.student_npz.exists():
-        raise OutputError(f"distillation finished without writing {ctx.student_npz}")
+    for path in (ctx.student_npz, ctx.mmd_student_npz):
+        if not path.exists():
+            raise OutputError(f"distillation finished without writing {path}")
 
 
 def eval_init_times(ctx: Context) -> list[str]:
@@ -340,7 +351,11 @@ def eval_init_times(ctx: Context) -> list[str]:
 def _stage_forecast(ctx: Context, who: str) -> None:
     from pipelines.forecast import run_forecast
 
-    model = ctx.teacher_eval_npz if who == "teacher" else ctx.student_npz
+    model = {
+        "teacher": ctx.teacher_eval_npz,
+        "student": ctx.student_npz,
+        "mmd_student": ctx.mmd_student_npz,
+    }[who]
     run_forecast(
         model=str(model),
         stats_dir=str(ctx.stats_dir),
@@ -370,16 +385,17 @@ def _forecast_done(ctx: Context, who: str) -> bool:
     return status == "complete"
 
 
-def _stage_evaluate(ctx: Context) -> None:
+def _stage_evaluate(ctx: Context, who: str = "student") -> None:
     from pipelines.evaluate import evaluate
 
     evaluate(
-        forecast_path=str(ctx.forecast_store("student")),
+        forecast_path=str(ctx.forecast_store(who)),
         truth_path=ctx.store,
-        out_dir=str(ctx.eval_dir),
+        out_dir=str(ctx.eval_dir if who == "student" else ctx.path(f"evaluation_{who}")),
         baseline_path=str(ctx.forecast_store("teacher")),
         engine="beam",
         seed=ctx.cfg.seed,
+        plots=who == "student",
     )
 
 
@@ -442,7 +458,7 @@ def build_summary(ctx: Context) -> dict:
     student_name = models.get("forecast", "student")
     teacher_name = models.get("baseline", "teacher")
     t, s = speed["teacher"], speed["student"]
-    return {
+    out = {
         "teacher_nfe": t["nfe"],
         "student_nfe": s["nfe"],
         "teacher_step_seconds": t["seconds"],
@@ -463,6 +479,19 @@ def build_summary(ctx: Context) -> dict:
         "ensemble_size": ev.get("ensemble_size"),
         "profile_config": dataclasses.asdict(ctx.cfg),
     }
+    mmd_dir = ctx.path("evaluation_mmd_student")
+    if ctx.cfg.rmmd_steps > 0 and (mmd_dir / "scorecard.csv").exists():
+        mmd = load_summary(str(mmd_dir))
+        out["ablation_mmd_only"] = {
+            "win_rate": mmd.get("win_rate_crps"),
+            "mean_crps_change_percent": -mmd["mean_crps_change_percent"]
+            if mmd.get("mean_crps_change_percent") is not None
+            else None,
+            "spread_skill": mmd.get("spread_skill", {}).get(
+                mmd.get("models", {}).get("forecast", "")
+            ),
+        }
+    return out
 
 
 def _stage_summary(ctx: Context) -> None:
@@ -555,6 +584,18 @@ STAGES: tuple[Stage, ...] = (
         lambda c: _forecast_done(c, "student"),
     ),
     Stage("evaluate", _stage_evaluate, lambda c: (c.eval_dir / "scorecard.csv").exists()),
+    Stage(
+        "forecast mmd-only student",
+        lambda c: _stage_forecast(c, "mmd_student"),
+        lambda c: c.cfg.rmmd_steps == 0 or _forecast_done(c, "mmd_student"),
+    ),
+    Stage(
+        "evaluate mmd-only student",
+        lambda c: _stage_evaluate(c, "mmd_student"),
+        lambda c: (
+            c.cfg.rmmd_steps == 0 or (c.path("evaluation_mmd_student") / "scorecard.csv").exists()
+        ),
+    ),
     Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),
     Stage("summary", _stage_summary, lambda c: False),
 )
@@ -628,6 +669,15 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
         f"  spread/skill (1 = calibrated): teacher {f(summary.get('spread_skill_teacher'))}, "
         f"student {f(summary.get('spread_skill_student'))}"
     )
+    abl = summary.get("ablation_mmd_only")
+    if abl:
+        wr = abl.get("win_rate")
+        print(
+            f"  phase 1 only (MMD student): win rate "
+            f"{f(None if wr is None else 100 * wr, '.1f')}%, mean CRPS change "
+            f"{f(abl.get('mean_crps_change_percent'), '+.2f')}%, spread/skill "
+            f"{f(abl.get('spread_skill'))}"
+        )
     print(f"  report: {out / 'report.html'}   numbers: {out / 'summary.json'}")
     print("=" * 72)
 

@@ -1,0 +1,88 @@
+"""End to end: `gencast-rmmd quickstart --fast` runs the whole chain and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gencast_rmmd.cli import main
+from gencast_rmmd.cli import quickstart_chain as chain
+
+SUMMARY_KEYS = {
+    "teacher_nfe",
+    "student_nfe",
+    "teacher_step_seconds",
+    "student_step_seconds",
+    "speedup",
+    "win_rate",
+    "mean_crps_change_percent",
+    "spread_skill_teacher",
+    "spread_skill_student",
+    "entries",
+}
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    rc = main(["quickstart", "--fast", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
+    summary = json.loads((fast_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["teacher_nfe"] == 59  # 30 noise levels of DPM-Solver++ 2S
+    assert summary["student_nfe"] == 8
+    assert summary["teacher_step_seconds"] > 0 and summary["student_step_seconds"] > 0
+    assert math.isclose(
+        summary["speedup"],
+        summary["teacher_step_seconds"] / summary["student_step_seconds"],
+        rel_tol=1e-9,
+    )
+    assert 0.0 <= summary["win_rate"] <= 1.0
+    assert summary["entries"] > 0
+    assert math.isfinite(summary["mean_crps_change_percent"])
+    html = (fast_run / "report.html").read_text()
+    assert "speedup" in html and "evaluation/" in html
+    assert (fast_run / "evaluation" / "scorecard.csv").exists()
+    assert (fast_run / "forecasts" / "student.zarr").exists()
+
+
+@pytest.mark.slow
+def test_rerun_skips_completed_stages(fast_run, capsys):
+    capsys.readouterr()
+    rc = main(["quickstart", "--fast", "--no-progress", "--out", str(fast_run)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for stage in ("stats", "teacher", "distill", "forecast teacher", "evaluate", "speed"):
+        assert f"{stage}: already complete, skipped" in out
+
+
+def test_profiles_load_and_validate():
+    for name in chain.PROFILES:
+        cfg = chain.load_profile(name)
+        assert cfg.eval_members >= 2
+    result = chain.load_profile("result")
+    # The headline profile must be statistically meaningful (issue: >= 16 inits, 8 members, 5 days).
+    assert result.eval_init_times >= 16 and result.eval_members >= 8
+    assert result.eval_lead_steps * 12 >= 120
+
+
+def test_other_settings_in_out_dir_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "quickstart.yaml").write_text("seed: 99\n")
+    rc = main(["quickstart", "--fast", "--out", str(out)])
+    assert rc == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_data_without_config_is_refused(tmp_path, capsys):
+    rc = main(["quickstart", "--out", str(tmp_path / "x"), "--data", str(tmp_path)])
+    assert rc == 2
+    assert "--data and --data-config go together" in capsys.readouterr().err
