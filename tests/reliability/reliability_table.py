@@ -552,6 +552,14 @@ FAULTS: tuple[Fault, ...] = (
         "of every step equal an uninterrupted run's bit for bit",
     ),
     Fault(
+        "distill-cli-kill9",
+        "`gencast-rmmd distill --phase mmd` (GenCast objective on a tiny teacher, 12 steps, "
+        "checkpoint every 3)",
+        "SIGKILL 1-3 steps after a new checkpoint, then while orbax writes the next one; resume",
+        2,
+        "the exported student.npz and the loss of every step equal an uninterrupted run's",
+    ),
+    Fault(
         "forecast-kill9",
         "`gencast-rmmd forecast` (8 init times x 4 members in blocks of 2, 3 lead steps)",
         "SIGKILL during start-up, then twice after a random number of written regions",
