@@ -43,6 +43,8 @@ class QuickstartConfig:
     distill_config / distill_overrides: configs/distill and `--set` overrides.
     eval_init_times / eval_members / eval_lead_steps: the scorecard's size.
     speed_repeats: timed repetitions of one 12 h step for the wall-clock ratio.
+    ablation_offline: also train phase 2 in the offline ablation (re-noised truth instead of
+      on-policy states, from the same phase-1 student) and score it against the teacher.
     """
 
     data_config: str = "embedded"
@@ -63,6 +65,7 @@ class QuickstartConfig:
     eval_members: int = 4
     eval_lead_steps: int = 6
     speed_repeats: int = 3
+    ablation_offline: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -322,6 +325,48 @@ def _stage_distill(ctx: Context) -> None:
             raise OutputError(f"distillation finished without writing {path}")
 
 
+def _stage_distill_offline(ctx: Context) -> None:
+    """The offline RMMD ablation: phase 2 from the same phase-1 student on re-noised truth."""
+    from gencast_rmmd.cli import main as cli_main
+
+    run = ctx.path("distill_offline")
+    if not (run / "mmd").exists():
+        tmp = run.with_name(run.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ctx.distill_run / "mmd", tmp / "mmd")
+        os.replace(tmp, run)
+    args = [
+        "distill",
+        "--config",
+        ctx.cfg.distill_config,
+        "--teacher",
+        str(ctx.teacher_npz),
+        "--data",
+        ctx.store,
+        "--stats",
+        str(ctx.stats_dir),
+        "--out",
+        str(run),
+        "--phase",
+        "rmmd",
+        "--set",
+        f"mmd.loop.num_steps={ctx.cfg.mmd_steps}",
+        "--set",
+        f"mmd.loop.seed={ctx.cfg.seed}",
+        "--set",
+        f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}",
+        "--set",
+        f"rmmd.loop.seed={ctx.cfg.seed}",
+        "--set",
+        "rmmd.objective.start=data",
+    ]
+    for o in ctx.cfg.distill_overrides:
+        args += ["--set", o]
+    if not ctx.progress:
+        args.append("--no-progress")
+    _run_cli(cli_main, args, "distill (offline ablation)")
+
+
 def eval_init_times(ctx: Context) -> list[str]:
     """Evenly spaced init times inside the held-out window, leaving room for the lead times."""
     times = ctx.times.get("all")
@@ -355,6 +400,7 @@ def _stage_forecast(ctx: Context, who: str) -> None:
         "teacher": ctx.teacher_eval_npz,
         "student": ctx.student_npz,
         "mmd_student": ctx.mmd_student_npz,
+        "offline_student": ctx.path("distill_offline", "rmmd", "student.npz"),
     }[who]
     run_forecast(
         model=str(model),
@@ -479,18 +525,22 @@ def build_summary(ctx: Context) -> dict:
         "ensemble_size": ev.get("ensemble_size"),
         "profile_config": dataclasses.asdict(ctx.cfg),
     }
-    mmd_dir = ctx.path("evaluation_mmd_student")
-    if ctx.cfg.rmmd_steps > 0 and (mmd_dir / "scorecard.csv").exists():
-        mmd = load_summary(str(mmd_dir))
-        out["ablation_mmd_only"] = {
-            "win_rate": mmd.get("win_rate_crps"),
-            "mean_crps_change_percent": -mmd["mean_crps_change_percent"]
-            if mmd.get("mean_crps_change_percent") is not None
-            else None,
-            "spread_skill": mmd.get("spread_skill", {}).get(
-                mmd.get("models", {}).get("forecast", "")
-            ),
-        }
+    for key, who in (
+        ("ablation_mmd_only", "mmd_student"),
+        ("ablation_offline_rmmd", "offline_student"),
+    ):
+        d = ctx.path(f"evaluation_{who}")
+        if ctx.cfg.rmmd_steps > 0 and (d / "scorecard.csv").exists():
+            ev_a = load_summary(str(d))
+            out[key] = {
+                "win_rate": ev_a.get("win_rate_crps"),
+                "mean_crps_change_percent": -ev_a["mean_crps_change_percent"]
+                if ev_a.get("mean_crps_change_percent") is not None
+                else None,
+                "spread_skill": ev_a.get("spread_skill", {}).get(
+                    ev_a.get("models", {}).get("forecast", "")
+                ),
+            }
     return out
 
 
@@ -596,6 +646,33 @@ STAGES: tuple[Stage, ...] = (
             c.cfg.rmmd_steps == 0 or (c.path("evaluation_mmd_student") / "scorecard.csv").exists()
         ),
     ),
+    Stage(
+        "distill offline ablation",
+        _stage_distill_offline,
+        lambda c: (
+            not c.cfg.ablation_offline
+            or c.cfg.rmmd_steps == 0
+            or c.path("distill_offline", "rmmd", "student.npz").exists()
+        ),
+    ),
+    Stage(
+        "forecast offline-RMMD student",
+        lambda c: _stage_forecast(c, "offline_student"),
+        lambda c: (
+            not c.cfg.ablation_offline
+            or c.cfg.rmmd_steps == 0
+            or _forecast_done(c, "offline_student")
+        ),
+    ),
+    Stage(
+        "evaluate offline-RMMD student",
+        lambda c: _stage_evaluate(c, "offline_student"),
+        lambda c: (
+            not c.cfg.ablation_offline
+            or c.cfg.rmmd_steps == 0
+            or (c.path("evaluation_offline_student") / "scorecard.csv").exists()
+        ),
+    ),
     Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),
     Stage("summary", _stage_summary, lambda c: False),
 )
@@ -669,15 +746,18 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
         f"  spread/skill (1 = calibrated): teacher {f(summary.get('spread_skill_teacher'))}, "
         f"student {f(summary.get('spread_skill_student'))}"
     )
-    abl = summary.get("ablation_mmd_only")
-    if abl:
-        wr = abl.get("win_rate")
-        print(
-            f"  phase 1 only (MMD student): win rate "
-            f"{f(None if wr is None else 100 * wr, '.1f')}%, mean CRPS change "
-            f"{f(abl.get('mean_crps_change_percent'), '+.2f')}%, spread/skill "
-            f"{f(abl.get('spread_skill'))}"
-        )
+    for key, label in (
+        ("ablation_mmd_only", "phase 1 only (MMD student)"),
+        ("ablation_offline_rmmd", "offline RMMD (re-noised truth)"),
+    ):
+        abl = summary.get(key)
+        if abl:
+            wr = abl.get("win_rate")
+            print(
+                f"  {label}: win rate {f(None if wr is None else 100 * wr, '.1f')}%, mean CRPS "
+                f"change {f(abl.get('mean_crps_change_percent'), '+.2f')}%, spread/skill "
+                f"{f(abl.get('spread_skill'))}"
+            )
     print(f"  report: {out / 'report.html'}   numbers: {out / 'summary.json'}")
     print("=" * 72)
 
