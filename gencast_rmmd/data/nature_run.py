@@ -47,6 +47,7 @@ import pathlib
 import shutil
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -436,7 +437,12 @@ def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False)
         for name, da in ds.data_vars.items():
             chunks = tuple(1 if d == "time" else da.sizes[d] for d in da.dims)
             encoding[name] = {"chunks": chunks}
-        ds.to_zarr(tmp / "store.zarr", mode="w", encoding=encoding, consolidated=False)
+        # Consolidated metadata lets every reader open the store without a per-array listing
+        # (and without xarray's "failed to open with consolidated metadata" warning); zarr 3
+        # warns that consolidation is not in the v3 spec yet, which is moot for our own reader.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            ds.to_zarr(tmp / "store.zarr", mode="w", encoding=encoding, consolidated=True)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "store.zarr", out)
