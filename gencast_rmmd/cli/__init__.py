@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -45,9 +46,30 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Log lines that Apache Beam prints on every run and that say nothing to our users: the GCP
+# extras we do not install, and the (correct) fallback coder for xarray-beam's Key objects.
+_QUIET_LOG_MESSAGES = ("apitools not found", "Using fallback deterministic coder")
+
+
+class _QuietFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(q in msg for q in _QUIET_LOG_MESSAGES)
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
+    if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietFilter())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
+    _configure_logging(debug)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
