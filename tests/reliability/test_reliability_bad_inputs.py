@@ -559,6 +559,38 @@ def s_nature_run_out_exists(tmp, p):
     return ["data", "nature-run", "--out", out, "--spinup-days", "0", "--days", "1"]
 
 
+def _incomplete_store(tmp, p) -> pathlib.Path:
+    import zarr
+
+    f = _ws_copy(tmp, p, "store")["store"]
+    zarr.open_group(str(f), mode="r+").attrs["gencast_rmmd_prepare"] = "in-progress"
+    zarr.consolidate_metadata(str(f))
+    return f
+
+
+def s_stats_incomplete_store(tmp, p):
+    return ["data", "stats", "--data", _incomplete_store(tmp, p), "--out", tmp / "stats"]
+
+
+def s_teacher_incomplete_store(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    argv = _teacher_train(tmp, p, model)
+    store = pathlib.Path(argv[argv.index("--data") + 1])
+    shutil.rmtree(store)
+    argv[argv.index("--data") + 1] = _incomplete_store(tmp, p)
+    return argv
+
+
+def s_forecast_incomplete_store(tmp, p):
+    store = _incomplete_store(tmp, p)
+    cfg = _data_config(tmp, p, store)
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        "--data-config", cfg, model="persistence:0.5", store=store,
+    )  # fmt: skip
+
+
 SETUPS = {
     "store-missing": s_store_missing,
     "store-not-zarr-dir": s_store_not_zarr_dir,
@@ -619,6 +651,9 @@ SETUPS = {
     "teacher-out-is-file": s_teacher_out_is_file,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,
+    "stats-incomplete-store": s_stats_incomplete_store,
+    "teacher-incomplete-store": s_teacher_incomplete_store,
+    "forecast-incomplete-store": s_forecast_incomplete_store,
 }
 
 # Fixtures each setup needs (by command).
