@@ -56,6 +56,7 @@ def open_store(
     token: str = "anon",
     storage_options: dict | None = None,
     trim_to_valid_range: bool = True,
+    allow_incomplete: bool = False,
 ) -> xr.Dataset:
     """Open a Zarr or NetCDF store lazily (dask arrays with the store's own chunks).
 
@@ -67,8 +68,10 @@ def open_store(
       storage_options: extra fsspec options (merged over the token).
       trim_to_valid_range: ARCO-ERA5 stores carry `valid_time_start`/`valid_time_stop` attrs (the
         time axis is allocated beyond the filled data, which reads as NaN); trim to them.
+      allow_incomplete: open an unfinished `data prepare` output (only `data validate` does, to
+        report it); by default such a store is a DataError.
     Raises:
-      DataError: the path does not exist or is neither Zarr nor NetCDF.
+      DataError: the path does not exist, is neither Zarr nor NetCDF, or is incomplete.
     """
     source = os.fspath(source)
     if source.startswith("file://"):
@@ -99,6 +102,10 @@ def open_store(
         if not path.exists():
             raise DataError(f"store path {source!r} does not exist")
         ds = _open_local(path)
+    if not allow_incomplete:  # an interrupted `data prepare` output is never used as data
+        from gencast_rmmd.data.validate import require_complete
+
+        require_complete(ds, source)
     if trim_to_valid_range and "time" in ds.dims:
         start = ds.attrs.get("valid_time_start")
         stop = ds.attrs.get("valid_time_stop")

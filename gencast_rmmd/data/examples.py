@@ -252,6 +252,9 @@ class ExampleSource:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no consolidated metadata: fine
             ds = xr.open_zarr(self.store, chunks=None)
+        from gencast_rmmd.data.validate import require_complete
+
+        require_complete(ds, self.store)
         with ds:
             self._times = ds["time"].values.astype("datetime64[ns]")
             self._levels = np.asarray(ds["level"].values) if "level" in ds.coords else np.array([])
@@ -372,7 +375,7 @@ class ExampleSource:
                     del out
                     os.replace(tmp, root / f"{n}.npy")
                 (root / "complete").write_text("1")
-        return {n: np.load(root / f"{n}.npy", mmap_mode="r") for n in names}
+        return {n: np.load(root / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
 
     def _standardize(self, name: str, x: np.ndarray) -> np.ndarray:
         dims = self._var_dims[name]

@@ -143,10 +143,16 @@ def _check_times(times: np.ndarray, step_hours: int) -> list[Problem]:
 
 
 def check_store(
-    ds: xr.Dataset, task: TaskConfig, *, check_values: bool = True, time_block: int = 64
+    ds: xr.Dataset,
+    task: TaskConfig,
+    *,
+    check_values: bool = True,
+    time_block: int = 64,
+    source: str = "store",
 ) -> list[Problem]:
     """All problems of `ds` for `task` (see the module docstring). `check_values` scans every
-    value for NaN/Inf, streaming `time_block` times at a time."""
+    value for NaN/Inf, streaming `time_block` times at a time; a chunk that cannot be decoded is
+    an `unreadable` problem naming `source` (the store's path) and the variable."""
     from gencast_rmmd.data.era5 import normalize_coords
 
     problems: list[Problem] = []
@@ -226,12 +232,19 @@ def check_store(
             # One dask reduction over all variables: streams chunk by chunk, in parallel.
             import dask
 
-            totals = dask.compute(*[(~np.isfinite(ds[v].data)).sum() for v in lazy])
-            counts = {v: int(n) for v, n in zip(lazy, totals)}
+            try:
+                totals = dask.compute(*[(~np.isfinite(ds[v].data)).sum() for v in lazy])
+                counts = {v: int(n) for v, n in zip(lazy, totals)}
+            except Exception:  # an undecodable chunk: found variable by variable below
+                counts = {}
         for v in scan:
             if counts.get(v, None) == 0:
                 continue
-            n_bad, where = _count_nonfinite(ds[v], time_block)
+            try:
+                n_bad, where = _count_nonfinite(ds[v], time_block, source)
+            except DataError as e:
+                problems.append(Problem("unreadable", str(e)))
+                continue
             if n_bad:
                 problems.append(
                     Problem(
@@ -243,14 +256,18 @@ def check_store(
     return problems
 
 
-def _count_nonfinite(da: xr.DataArray, block: int) -> tuple[int, str]:
+def _count_nonfinite(da: xr.DataArray, block: int, source: str = "store") -> tuple[int, str]:
+    from gencast_rmmd.safety import load_or_data_error
+
     if "time" not in da.dims:
-        x = np.asarray(da.values)
+        x = np.asarray(load_or_data_error(da, source, "the static field").values)
         bad = ~np.isfinite(x)
         return int(bad.sum()), "static field" if bad.any() else ""
     total, where = 0, ""
     for s in range(0, da.sizes["time"], block):
-        x = np.asarray(da.isel(time=slice(s, s + block)).values)
+        part = da.isel(time=slice(s, s + block))
+        t0 = str(part["time"].values[0])[:19]
+        x = np.asarray(load_or_data_error(part, source, f"the {block} times from {t0}").values)
         bad = ~np.isfinite(x)
         n = int(bad.sum())
         if n and not where:
@@ -267,13 +284,25 @@ def is_incomplete(ds_or_attrs) -> bool:
     return state is not None and state != "complete"
 
 
+def require_complete(ds_or_attrs, path: str | os.PathLike) -> None:
+    """Raise `DataError` if the store at `path` is an unfinished `data prepare` output: a
+    half-written store is never used as data (only `validate_store` opens it, to report it)."""
+    if is_incomplete(ds_or_attrs):
+        attrs = getattr(ds_or_attrs, "attrs", ds_or_attrs)
+        raise DataError(
+            f"store {os.fspath(path)!r} is incomplete: `data prepare` did not finish writing it "
+            f"(attribute {PREPARE_STATE_ATTR}={attrs[PREPARE_STATE_ATTR]!r}); re-run the same "
+            "prepare command to complete it"
+        )
+
+
 def validate_store(
     path: str | os.PathLike, task: TaskConfig, *, check_values: bool = True
 ) -> list[Problem]:
     """Open `path` and check it; raise `DataError` listing every problem, else return []."""
     from gencast_rmmd.data.era5 import open_store
 
-    ds = open_store(path, trim_to_valid_range=False)
+    ds = open_store(path, trim_to_valid_range=False, allow_incomplete=True)
     problems = []
     if is_incomplete(ds):
         problems.append(
@@ -284,7 +313,7 @@ def validate_store(
                 "complete it",
             )
         )
-    problems += check_store(ds, task, check_values=check_values)
+    problems += check_store(ds, task, check_values=check_values, source=os.fspath(path))
     if problems:
         raise DataError(
             f"store {os.fspath(path)!r} does not match the task ({len(problems)} problem(s)):\n  "
