@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import xarray as xr
 
 from gencast_rmmd.data import stats as st
-from gencast_rmmd.errors import DataError
+from gencast_rmmd.errors import DataError, OutputError
 
 
 class _MomentsCombine:
@@ -56,11 +56,14 @@ def _open(path: str) -> xr.Dataset:
     import warnings
 
     from gencast_rmmd.data.era5 import open_store
+    from gencast_rmmd.data.validate import require_complete
 
     if os.path.isdir(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return xr.open_zarr(path, chunks=None)
+            ds = xr.open_zarr(path, chunks=None)
+        require_complete(ds, path)
+        return ds
     return open_store(path, trim_to_valid_range=False).compute()
 
 
@@ -98,6 +101,10 @@ def compute_stats_beam(
     from apache_beam.options.pipeline_options import PipelineOptions
 
     data = os.fspath(data)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(
+            f"--out {os.fspath(out_dir)!r} exists and is not a directory; choose a stats directory"
+        )
     ds = _open(data)
     if "time" not in ds.dims or ds.sizes["time"] == 0:
         raise DataError(f"store {data!r} has no times to compute statistics over")

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.safety import publish_mode
 
 STATS_FILES = {
     "mean": "mean_by_level.nc",
@@ -195,6 +196,7 @@ def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> path
             ds = ds.assign_coords(level=ds["level"].values.astype(np.int32))
         # NetCDF3 through scipy: readable everywhere, no HDF5 library needed.
         ds.to_netcdf(tmp, engine="scipy")
+        publish_mode(tmp)
         os.replace(tmp, out / fname)
     return out
 
