@@ -423,13 +423,19 @@ def simulate(
     return ds
 
 
+def _check_out(out: pathlib.Path, overwrite: bool) -> None:
+    from gencast_rmmd.errors import OutputError
+
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {str(out)!r} already exists (pass --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {str(out)!r} is a file, not a Zarr store; remove it first")
+
+
 def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
     """Write `ds` as Zarr with chunks of one time step, to a temp name then moved into place."""
     out = pathlib.Path(out)
-    if out.exists() and not overwrite:
-        from gencast_rmmd.errors import OutputError
-
-        raise OutputError(f"output {str(out)!r} already exists (pass --overwrite to replace it)")
+    _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -460,6 +466,7 @@ def build(
     progress: bool = True,
 ) -> dict:
     """Simulate and write the store; returns a summary (seconds, seconds per simulated day)."""
+    _check_out(pathlib.Path(out), overwrite)  # before the (long) simulation
     t0 = time.perf_counter()
     ds = simulate(cfg, levels_hpa, progress=progress)
     t1 = time.perf_counter()
