@@ -40,6 +40,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
+from gencast_rmmd.safety import publish_mode
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
@@ -167,6 +168,7 @@ def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1)
+    publish_mode(tmp)
     os.replace(tmp, path)
 
 
@@ -297,6 +299,10 @@ def train_teacher(
     training.validate()
     model.validate()
     out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            f"--out {str(out)!r} exists and is not a directory; choose a run directory"
+        )
     store = str(pathlib.Path(store).absolute())
     stats = str(pathlib.Path(stats).absolute())
     probe = ExampleSource(store, task, stats)
