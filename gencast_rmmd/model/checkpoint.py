@@ -41,6 +41,7 @@ from gencast_rmmd.model.configs import (
     NoiseEncoderConfig,
     SamplerConfig,
 )
+from gencast_rmmd.safety import publish_mode
 
 T = TypeVar("T")
 SEP = ":"
@@ -407,20 +408,13 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **flat)
-        # mkstemp creates the file 0600; give it the permissions a plain write would have.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        publish_mode(tmp)  # mkstemp makes it 0600; give it a plain write's permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
