@@ -32,6 +32,7 @@ from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, chunk_statistics
+from gencast_rmmd.safety import publish_mode
 
 MARKER = "evaluation.json"
 
@@ -347,6 +348,23 @@ def _nc_attrs(meta: dict) -> dict:
     return out
 
 
+def _remove_stale_tmp(parent: str, prefix: str) -> None:
+    """Remove the temp dirs `<prefix><pid>-*` of earlier runs for the same --out whose process no
+    longer exists (a killed run cannot clean up after itself)."""
+    for name in os.listdir(parent):
+        pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another evaluation into the same --out)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def evaluate(
     forecast_path: str,
     truth_path: str,
@@ -399,7 +417,9 @@ def evaluate(
     )
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".eval-tmp-", dir=parent)
+    prefix = f".{os.path.basename(out_dir)}.eval-tmp-"
+    _remove_stale_tmp(parent, prefix)
+    tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     try:
         stats_dir = os.path.join(tmp, "stats")
         os.makedirs(stats_dir)
@@ -442,6 +462,7 @@ def evaluate(
         )
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(meta, f, indent=2, default=str)
+        publish_mode(tmp)  # mkdtemp makes it 0700; give it a plain mkdir's permissions
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

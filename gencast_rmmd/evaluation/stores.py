@@ -19,6 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.safety import load_or_data_error
 
 ENSEMBLE_DIMS = ("realization", "sample", "number")
 STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
@@ -235,13 +236,4 @@ def load_chunk(
 
 
 def _load(ds: xr.Dataset, path: str, where: str) -> xr.Dataset:
-    out = {}
-    for v in ds.data_vars:
-        try:
-            out[v] = ds[v].load()
-        except Exception as e:  # zarr/numcodecs raise RuntimeError, ValueError, ... on bad chunks
-            raise DataError(
-                f"store {path!r}: cannot read variable {v!r} at {where}: a chunk is corrupt or "
-                f"unreadable ({type(e).__name__}: {e}); re-create the store"
-            ) from None
-    return ds.assign(out)
+    return load_or_data_error(ds, path, where)
