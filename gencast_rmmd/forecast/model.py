@@ -176,7 +176,9 @@ def load_forecast_model(
     if student_tree:
         from gencast_rmmd.distill import student_sampler
 
-        cfg = ckpt_lib.config_from_tree(student_sampler.StudentSamplerConfig, student_tree)
+        cfg = ckpt_lib.config_from_tree(
+            student_sampler.StudentSamplerConfig, student_tree, "extra:student_sampler_config"
+        )
         sample_fn = student_sampler.sample
         nfe = student_sampler.num_evaluations(cfg)
         sampler = f"student K={cfg.num_steps} (DDIM eta={cfg.eta}, rho={cfg.rho}, sigma {cfg.min_noise_level}..{cfg.max_noise_level})"
