@@ -155,7 +155,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "one chunk file of the data store cut to 20 bytes",
         r"(corrupt|unreadable|cannot read).*temperature",
         "refuses: names the store and the variable whose chunk cannot be decoded",
-        defect="D1: internal error `RuntimeError: Zstd decompression error` (exit 1)",
     ),
     BadInput(
         "stats-incomplete-store",
@@ -165,7 +164,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "in-progress`)",
         r"incomplete|in-progress|not finished",
         "refuses to compute statistics from a half-written store; says to re-run prepare",
-        defect="D14: computes statistics from the half-written store and exits 0",
     ),
     BadInput(
         "teacher-incomplete-store",
@@ -174,7 +172,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "the data store is an interrupted `data prepare` output",
         r"incomplete|in-progress|not finished",
         "refuses to train on a half-written store; says to re-run prepare",
-        defect="D14: trains on the half-written store and exits 0",
     ),
     BadInput(
         "forecast-incomplete-store",
@@ -183,7 +180,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "the initial conditions come from an interrupted `data prepare` output",
         r"incomplete|in-progress|not finished",
         "refuses to start forecasts from a half-written store; says to re-run prepare",
-        defect="D14: forecasts from the half-written store and exits 0",
     ),
     BadInput(
         "stats-missing-store",
@@ -377,8 +373,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "a student checkpoint whose `extra:student_sampler_config:num_steps` is 0",
         r"extra:student_sampler_config.*num_steps: must be >= 1, found 0",
         "refuses before creating the output store: names the section, key and allowed range",
-        defect="D10: the message says `bad extra in checkpoint: extra: num_steps: ...` without "
-        "naming the `student_sampler_config` section",
     ),
     BadInput(
         "teacher-export-not-a-run",
@@ -518,7 +512,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--out` is an existing regular file",
         r"exists and is not a directory|is a file",
         "refuses before training and leaves the file untouched",
-        defect="D11: internal error `FileExistsError` (exit 1)",
     ),
     BadInput(
         "stats-out-is-file",
@@ -527,8 +520,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--out` is an existing regular file",
         r"exists and is not a directory|is a file",
         "refuses before computing anything and leaves the file untouched",
-        defect="D12: internal error `FileExistsError` raised in Beam's write step after all the "
-        "statistics were computed",
     ),
     BadInput(
         "nature-run-out-exists",
@@ -537,8 +528,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--out` already exists (no `--overwrite`)",
         r"already exists.*--overwrite",
         "refuses before simulating anything and leaves the output untouched",
-        defect="D13: the refusal comes only after the whole simulation has run (the test makes "
-        "the simulation raise, so the command ends in an internal error)",
     ),
     BadInput(
         "output-exists-other",
@@ -654,8 +643,8 @@ AUDITS: tuple[Audit, ...] = (
     Audit(
         "outputs-umask",
         "files written atomically (temp name + rename) get the permissions of a plain write",
-        "exported checkpoint and stats files under umask 022 are 0644 (strict xfail while "
-        "defect D6 stands: they are 0600)",
+        "under umask 022 the exported checkpoint, the stats files and the evaluation directory "
+        "have the modes of a plain write (0644 / 0755)",
     ),
     Audit(
         "no-secrets",
@@ -682,25 +671,6 @@ OPEN_DEFECTS: tuple[Defect, ...] = (
         "a corrupt chunk in the data store is an internal error raised inside Beam's xarray-beam "
         "reader (`RuntimeError: Zstd decompression error [while running 'chunks/KeyToChunks']`), "
         "and Beam logs a traceback",
-    ),
-    Defect(
-        "D6",
-        "gencast_rmmd/data/stats.py, training/teacher.py (run.json), data/nature_run.py, "
-        "pipelines/evaluate.py",
-        "files and directories written under a `tempfile` name and renamed into place keep mode "
-        "0600/0700 whatever the umask (checkpoint export is fixed); `gencast_rmmd.safety."
-        "publish_mode` is the shared fix",
-    ),
-    Defect(
-        "D5",
-        "pipelines/evaluate.py (`evaluate`)",
-        "a killed run leaves its `.eval-tmp-*` directory (with the statistics) next to `--out`; "
-        "re-runs never remove it",
-    ),
-    Defect(
-        "D7",
-        "gencast_rmmd/data/examples.py",
-        "`np.load` of the local cache without an explicit `allow_pickle=False`",
     ),
 )
 

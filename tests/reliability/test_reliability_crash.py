@@ -370,7 +370,7 @@ def test_evaluate_kill9_rerun(tmp_path, env):
     run_to_completion(cmd(ref), env)
 
     def tmp_dirs():
-        return [n for n in os.listdir(tmp_path) if n.startswith(".eval-tmp")]
+        return [n for n in os.listdir(tmp_path) if ".eval-tmp-" in n]
 
     for i in range(2):
         rng = np.random.default_rng(SEED + 200 + i)
@@ -383,7 +383,9 @@ def test_evaluate_kill9_rerun(tmp_path, env):
         )
         assert run_until_killed(cmd(out), env, kill) == "killed"
         assert not out.exists(), "a killed evaluation left a (partial) output directory"
+    assert tmp_dirs(), "the kills left no temporary directory: the test did not kill mid-run"
     run_to_completion(cmd(out), env)
+    assert not tmp_dirs(), f"temporary directories of killed runs left behind: {tmp_dirs()}"
     a, b = xr.open_dataset(out / "scorecard.nc"), xr.open_dataset(ref / "scorecard.nc")
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     ja, jb = (json.loads((d / "evaluation.json").read_text()) for d in (out, ref))

@@ -74,9 +74,7 @@ def unsafe_calls(path: pathlib.Path) -> list[str]:
 
 # Known violations (file: defect id) while another area's fix is pending; the test fails when a
 # listed file becomes clean, so the entry is removed with the fix.
-KNOWN_UNSAFE = {
-    "gencast_rmmd/data/examples.py": "D7: np.load of the local cache without allow_pickle=False",
-}
+KNOWN_UNSAFE: dict[str, str] = {}
 
 
 def test_no_unsafe_loaders_anywhere():
@@ -230,19 +228,17 @@ AUDIT_TESTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect D6: tempfile.mkstemp/mkdtemp make outputs 0600/0700 whatever the umask",
-)
 def test_atomic_outputs_follow_the_umask(tmp_path):
     """Files written atomically (temp name + rename) get the same permissions as a plain write:
-    a team sharing a run directory can read exported checkpoints and stats."""
+    a team sharing a run directory can read exported checkpoints, stats and scorecards."""
     import os
 
     from reliability_helpers import tiny_canonical_ds
 
     from gencast_rmmd.data.stats import compute_stats, save_stats
+    from gencast_rmmd.evaluation.synthetic import write_synthetic_pair
     from gencast_rmmd.model.checkpoint import save_checkpoint
+    from pipelines.evaluate import evaluate
 
     old = os.umask(0o022)
     try:
@@ -257,9 +253,27 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
             "checkpoint": ck.stat().st_mode & 0o777,
             **{p.name: p.stat().st_mode & 0o777 for p in stats.iterdir()},
         }
+        plain_dir = tmp_path / "plain_dir"
+        plain_dir.mkdir()
+        write_synthetic_pair(
+            str(tmp_path / "f.zarr"), str(tmp_path / "t.zarr"), n_init=2, n_lead=1, members=2,
+            n_lat=8, n_lon=16,
+        )  # fmt: skip
+        ev = evaluate(
+            str(tmp_path / "f.zarr"), str(tmp_path / "t.zarr"), str(tmp_path / "ev"),
+            engine="memory", plots=False, allow_overlap=True,
+        )  # fmt: skip
+        want_dir = plain_dir.stat().st_mode & 0o777
+        got_dir = {"evaluation dir": os.stat(ev.out_dir).st_mode & 0o777}
+        got_files = {
+            p.name: p.stat().st_mode & 0o777 for p in pathlib.Path(ev.out_dir).iterdir()
+            if p.is_file()
+        }  # fmt: skip
     finally:
         os.umask(old)
     assert all(m == want for m in got.values()), {k: oct(v) for k, v in got.items()}
+    assert all(m == want for m in got_files.values()), {k: oct(v) for k, v in got_files.items()}
+    assert got_dir["evaluation dir"] == want_dir == 0o755, oct(got_dir["evaluation dir"])
 
 
 def test_credentials_never_reach_outputs_or_logs(tmp_path, capfd):
