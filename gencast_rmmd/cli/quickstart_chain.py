@@ -554,20 +554,22 @@ def _write_report(ctx: Context, summary: dict) -> None:
     """DIR/report.html: the evaluation report with the speed headline on top."""
     src = ctx.eval_dir / "report.html"
     html = src.read_text() if src.exists() else "<html><body></body></html>"
+    explain = {
+        "teacher_nfe": "network evaluations per 12 h step, teacher",
+        "student_nfe": "network evaluations per 12 h step, student",
+        "teacher_step_seconds": "wall-clock seconds per 12 h ensemble step, teacher",
+        "student_step_seconds": "wall-clock seconds per 12 h ensemble step, student",
+        "speedup": "teacher / student wall-clock",
+        "win_rate": "fraction of scorecard entries where the student's CRPS is lower",
+        "mean_crps_change_percent": "mean CRPS change, positive = student better (the scorecard "
+        "below uses (student - teacher) / teacher, so there it has the opposite sign)",
+        "spread_skill_teacher": "spread/skill of the teacher (1 = calibrated)",
+        "spread_skill_student": "spread/skill of the student (1 = calibrated)",
+        "entries": "scorecard entries compared (variable-level x lead time)",
+    }
     rows = "".join(
-        f"<tr><td>{k}</td><td>{_fmt(summary.get(k))}</td></tr>"
-        for k in (
-            "teacher_nfe",
-            "student_nfe",
-            "teacher_step_seconds",
-            "student_step_seconds",
-            "speedup",
-            "win_rate",
-            "mean_crps_change_percent",
-            "spread_skill_teacher",
-            "spread_skill_student",
-            "entries",
-        )
+        f"<tr><td>{k}</td><td>{_fmt(summary.get(k))}</td><td>{text}</td></tr>"
+        for k, text in explain.items()
     )
     head = (
         "<h1>gencast-rmmd quickstart</h1><p>8-step RMMD student against its DPM-Solver++ 2S "
