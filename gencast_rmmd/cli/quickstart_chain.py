@@ -285,10 +285,8 @@ def _write_eval_teacher(ctx: Context) -> None:
     save_checkpoint(ctx.teacher_eval_npz, dataclasses.replace(ckpt, sampler_config=sampler))
 
 
-def _stage_distill(ctx: Context) -> None:
-    """Phase 1 (MMD) then phase 2 (RMMD); the data window defaults to the teacher's own."""
-    from gencast_rmmd.cli import main as cli_main
-
+def _distill_args(ctx: Context, run: pathlib.Path, phase: str, extra: list[str]) -> list[str]:
+    """`gencast-rmmd distill` arguments for the quickstart's teacher, store and step counts."""
     args = [
         "distill",
         "--config",
@@ -300,26 +298,26 @@ def _stage_distill(ctx: Context) -> None:
         "--stats",
         str(ctx.stats_dir),
         "--out",
-        str(ctx.distill_run),
+        str(run),
         "--phase",
-        "both" if ctx.cfg.rmmd_steps > 0 else "mmd",
-        "--set",
-        f"mmd.loop.num_steps={ctx.cfg.mmd_steps}",
-        "--set",
-        f"mmd.loop.seed={ctx.cfg.seed}",
+        phase,
     ]
+    sets = [f"mmd.loop.num_steps={ctx.cfg.mmd_steps}", f"mmd.loop.seed={ctx.cfg.seed}"]
     if ctx.cfg.rmmd_steps > 0:
-        args += [
-            "--set",
-            f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}",
-            "--set",
-            f"rmmd.loop.seed={ctx.cfg.seed}",
-        ]
-    for o in ctx.cfg.distill_overrides:
+        sets += [f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}", f"rmmd.loop.seed={ctx.cfg.seed}"]
+    for o in [*sets, *extra, *ctx.cfg.distill_overrides]:
         args += ["--set", o]
     if not ctx.progress:
         args.append("--no-progress")
-    _run_cli(cli_main, args, "distill")
+    return args
+
+
+def _stage_distill(ctx: Context) -> None:
+    """Phase 1 (MMD) then phase 2 (RMMD); the data window defaults to the teacher's own."""
+    from gencast_rmmd.cli import main as cli_main
+
+    phase = "both" if ctx.cfg.rmmd_steps > 0 else "mmd"
+    _run_cli(cli_main, _distill_args(ctx, ctx.distill_run, phase, []), "distill")
     for path in (ctx.student_npz, ctx.mmd_student_npz):
         if not path.exists():
             raise OutputError(f"distillation finished without writing {path}")
@@ -335,35 +333,7 @@ def _stage_distill_offline(ctx: Context) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(ctx.distill_run / "mmd", tmp / "mmd")
         os.replace(tmp, run)
-    args = [
-        "distill",
-        "--config",
-        ctx.cfg.distill_config,
-        "--teacher",
-        str(ctx.teacher_npz),
-        "--data",
-        ctx.store,
-        "--stats",
-        str(ctx.stats_dir),
-        "--out",
-        str(run),
-        "--phase",
-        "rmmd",
-        "--set",
-        f"mmd.loop.num_steps={ctx.cfg.mmd_steps}",
-        "--set",
-        f"mmd.loop.seed={ctx.cfg.seed}",
-        "--set",
-        f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}",
-        "--set",
-        f"rmmd.loop.seed={ctx.cfg.seed}",
-        "--set",
-        "rmmd.objective.start=data",
-    ]
-    for o in ctx.cfg.distill_overrides:
-        args += ["--set", o]
-    if not ctx.progress:
-        args.append("--no-progress")
+    args = _distill_args(ctx, run, "rmmd", ["rmmd.objective.start=data"])
     _run_cli(cli_main, args, "distill (offline ablation)")
 
 
