@@ -43,6 +43,10 @@ SMALL_VARIABLE_BYTES = 64 * 2**20
 # --------------------------------------------------------------------------------------------
 
 
+# The example entries a model step consumes (the int64 `time` stays on the host).
+MODEL_KEYS = ("inputs", "forcings", "targets")
+
+
 def _standard_array(da: xr.DataArray) -> np.ndarray:
     """DataArray -> float32 numpy [time, level, lat, lon], size-1 axes for absent dims."""
     dims = ("time", "level", "lat", "lon")

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from gencast_rmmd.config import to_dict
+from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
@@ -167,17 +168,6 @@ def gencast_weights(cfg: WeightsConfig, lat: np.ndarray, layout) -> np.ndarray:
     ch = grid_lib.channel_weights(layout, cfg.variable_weights, cfg.per_level)
     ch = ch / ch.mean()
     return (lat_w[:, None, None] * ch[None, None, :]).astype(np.float32)
-
-
-class _Batches:
-    """Model inputs of `ShuffledBatches` (drops the int64 `time`)."""
-
-    def __init__(self, inner: ShuffledBatches):
-        self.inner = inner
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        b = self.inner(step)
-        return {k: b[k] for k in ("inputs", "forcings", "targets")}
 
 
 @dataclasses.dataclass
@@ -372,7 +362,7 @@ def run_distill(
             }
             params = {g: params[g] for g in pcfg.objective.required_groups()}
         seed = pcfg.loop.seed + (0 if ph == "mmd" else 1)
-        batches = _Batches(ShuffledBatches(setup.source, pcfg.loop.batch_size, seed=seed))
+        batches = ShuffledBatches(setup.source, pcfg.loop.batch_size, seed=seed, keys=MODEL_KEYS)
         meta = {"kind": f"distill-{ph}", "provenance": dict(setup.provenance, phase=ph)}
         t0 = time.perf_counter()
         trained, trainer = run_phase(

@@ -190,6 +190,8 @@ class ShuffledBatches:
     `numpy.random.default_rng([seed, epoch])`, incomplete last batches are dropped. Each example
     is a dict (or pytree) of numpy arrays; the batch stacks them on a new leading axis. With
     several processes, process p gets rows `[p*B/P, (p+1)*B/P)` of the global batch.
+    `keys`: for dict examples, keep only these entries (e.g. drop an int64 `time` the loss does
+    not need, so it never goes to the device).
     """
 
     def __init__(
@@ -199,8 +201,10 @@ class ShuffledBatches:
         seed: int = 0,
         process_index: int | None = None,
         process_count: int | None = None,
+        keys: tuple[str, ...] | None = None,
     ):
         self.source = source
+        self.keys = keys
         self.batch_size = batch_size
         self.seed = seed
         self.process_index = jax.process_index() if process_index is None else process_index
@@ -229,6 +233,8 @@ class ShuffledBatches:
         local = self.batch_size // self.process_count
         idx = idx[self.process_index * local : (self.process_index + 1) * local]
         examples = [self.source[int(i)] for i in idx]
+        if self.keys is not None:
+            examples = [{k: ex[k] for k in self.keys} for ex in examples]
         return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *examples)
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.config import from_dict, to_dict
+from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.task import TaskConfig
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
 from gencast_rmmd.model import grid as grid_lib
@@ -180,17 +181,6 @@ def _select_times(source_times: np.ndarray, cfg: TeacherTrainingConfig) -> np.nd
     if cfg.train_end is not None:
         keep &= t <= np.datetime64(cfg.train_end, "ns")
     return t[keep]
-
-
-class _Batches:
-    """`ShuffledBatches` without the `time` entry (not needed by the loss; int64 on device)."""
-
-    def __init__(self, inner: ShuffledBatches):
-        self.inner = inner
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        b = self.inner(step)
-        return {k: b[k] for k in ("inputs", "forcings", "targets")}
 
 
 def make_teacher_loss(denoiser, noise_fn, noise_cfg, lat_weights, chan_weights):
@@ -351,7 +341,7 @@ def train_teacher(
     trainer = _trainer(run, den, out, progress, meta)
     state = trainer.restore_or_init({GROUP: params})
     start = trainer.step_of(state)
-    batches = _Batches(ShuffledBatches(source, training.batch_size, seed=training.seed))
+    batches = ShuffledBatches(source, training.batch_size, seed=training.seed, keys=MODEL_KEYS)
     t0 = time.perf_counter()
     state = trainer.fit(state, {}, batches, stop_after=stop_after)
     seconds = time.perf_counter() - t0
