@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -30,6 +31,9 @@ T = TypeVar("T")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_ROOT = REPO_ROOT / "configs"
+
+
+_FLOAT_LITERAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def resolve_config_path(path: str | pathlib.Path, kind: str | None = None) -> pathlib.Path:
@@ -146,6 +150,9 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
             "nan",
         }:
             return float(value.strip().lower().replace(".inf", "inf"))
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            # PyYAML (YAML 1.1) reads `1e-4` (no dot) as a string; it is a float to any user.
+            return float(value)
         fail()
     if tp is str:
         if isinstance(value, str):

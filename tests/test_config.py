@@ -73,6 +73,14 @@ def test_overrides():
         from_dict(Outer, {"name": "x"}, overrides=["novalue"])
 
 
+def test_float_literal_without_dot():
+    # PyYAML reads `1e-4` as a string (YAML 1.1); as a float field it is the number.
+    cfg = from_dict(Outer, {"name": "x"}, overrides=["inner.rate=1e-4", "maybe=-2E3"])
+    assert cfg.inner.rate == 1e-4 and cfg.maybe == -2000.0
+    with pytest.raises(ConfigError, match="inner.rate"):
+        from_dict(Outer, {"name": "x"}, overrides=["inner.rate=1e-4x"])
+
+
 def test_missing_file_is_clear():
     with pytest.raises(ConfigError, match="not found"):
         load_config(Outer, "/nonexistent/x.yaml")

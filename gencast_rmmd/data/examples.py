@@ -224,6 +224,33 @@ def valid_init_times(times: np.ndarray, task: TaskConfig) -> np.ndarray:
     )
 
 
+LOCAL_CACHE_AUTO_MAX_BYTES = 4 * 2**30
+
+
+def resolve_local_cache(setting: str | None, source: ExampleSource) -> str | None:
+    """A training config's `local_cache` setting -> the directory to give `ExampleSource`.
+
+    "auto" (the default of the trainers): `$GENCAST_RMMD_EXAMPLES_CACHE`, else the user cache
+    (`$GENCAST_RMMD_CACHE/examples`, see `nature_run.cache_dir`), when the store is on local disk and its per-example variables at the
+    task levels take at most `LOCAL_CACHE_AUTO_MAX_BYTES` (the embedded nature run: ~0.1 GB;
+    1-degree ERA5 over decades is far larger and keeps reading Zarr); "off" or None: read the
+    store directly; anything else: that directory, whatever the size.
+    """
+    if setting is None or setting == "off":
+        return None
+    if setting != "auto":
+        return setting
+    if "://" in source.store:
+        return None
+    if source.cache_bytes() > LOCAL_CACHE_AUTO_MAX_BYTES:
+        return None
+    if os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):
+        return os.environ["GENCAST_RMMD_EXAMPLES_CACHE"]
+    from gencast_rmmd.data.nature_run import cache_dir
+
+    return str(cache_dir() / "examples")
+
+
 class ExampleSource:
     """grain `RandomAccessDataSource` of normalized examples read from a canonical Zarr store.
 
@@ -309,6 +336,17 @@ class ExampleSource:
 
     def __len__(self) -> int:
         return int(self.init_times.size)
+
+    def cache_bytes(self) -> int:
+        """Bytes a `local_cache` copy takes: float32 per-example variables at the task levels."""
+        per_time = 0
+        n_grid = self.lat.size * self.lon.size
+        for n in self._names:
+            dims = self._var_dims[n]
+            if "time" not in dims or "lat" not in dims:
+                continue
+            per_time += n_grid * (len(self.task.pressure_levels) if "level" in dims else 1)
+        return 4 * per_time * int(self._times.size)
 
     def __repr__(self) -> str:
         return f"ExampleSource({self.store!r}, {len(self)} examples)"

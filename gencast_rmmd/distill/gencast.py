@@ -49,10 +49,13 @@ PHASES = ("mmd", "rmmd")
 
 @dataclasses.dataclass(frozen=True)
 class DistillDataConfig:
-    """Training init-time window (inclusive ISO strings); None: see module doc."""
+    """Training init-time window (inclusive ISO strings); None: see module doc. local_cache:
+    "auto" (local copy of small stores, see `data.examples.resolve_local_cache`), "off", or a
+    directory for memory-mapped copies of the store's variables."""
 
     train_start: str | None = None
     train_end: str | None = None
+    local_cache: str | None = "auto"
 
     def validate(self) -> None:
         for name in ("train_start", "train_end"):
@@ -183,7 +186,7 @@ class _Setup:
 
 
 def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text: str) -> _Setup:
-    from gencast_rmmd.data.examples import ExampleSource
+    from gencast_rmmd.data.examples import ExampleSource, resolve_local_cache
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.model import sh_noise
 
@@ -206,7 +209,13 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
             f"training window {start}..{end} holds {times.size} init times in {store}, fewer "
             f"than one batch ({batch})"
         )
-    source = ExampleSource(store, task, stats, times=times)
+    source = ExampleSource(
+        store,
+        task,
+        stats,
+        times=times,
+        local_cache=resolve_local_cache(cfg.data.local_cache, probe),
+    )
     den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, source.lat, source.lon, str(teacher_path))
     if cfg.noise == "spherical":
         noise_fn = sh_noise.make_sh_noise_fn(source.lat, source.lon)
@@ -284,6 +293,7 @@ def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
         for k in ("num_steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress"):
             d[ph]["loop"].pop(k, None)
     d.pop("description", None)
+    d.get("data", {}).pop("local_cache", None)  # where examples are read from, not what
     return d
 
 

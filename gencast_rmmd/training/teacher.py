@@ -70,7 +70,8 @@ class TeacherTrainingConfig:
     seed (data order, init and noise). train_start/train_end: inclusive init-time window (ISO);
     None uses every valid init time of the store. variable_weights: per-variable loss weights
     (None: GenCast's, `grid.GENCAST_VARIABLE_WEIGHTS`); per_level_weights: pressure-proportional
-    level weights.
+    level weights. local_cache: "auto" (memory-mapped local copy of small local stores, see
+    `data.examples.resolve_local_cache`), "off", or a directory for that copy.
     """
 
     num_steps: int = 2000
@@ -87,6 +88,7 @@ class TeacherTrainingConfig:
     train_end: str | None = None
     variable_weights: dict[str, float] | None = None
     per_level_weights: bool = True
+    local_cache: str | None = "auto"
 
     def validate(self) -> None:
         self.loop_config().validate()
@@ -252,6 +254,7 @@ def _comparable(d: dict) -> dict:
     d["training"].pop("log_every", None)
     d["training"].pop("checkpoint_every", None)
     d["training"].pop("keep_checkpoints", None)
+    d["training"].pop("local_cache", None)  # where examples are read from, not what
     return d
 
 
@@ -283,7 +286,7 @@ def train_teacher(
     Returns {"steps", "loss", "weighted_mse", "num_params", "num_tensors", "train_seconds",
     "steps_per_sec", "run_dir", "export", "train_start", "train_end", "examples"}.
     """
-    from gencast_rmmd.data.examples import ExampleSource
+    from gencast_rmmd.data.examples import ExampleSource, resolve_local_cache
     from gencast_rmmd.model.denoiser import count_params
 
     training.validate()
@@ -302,7 +305,13 @@ def train_teacher(
             f"training window {training.train_start}..{training.train_end} holds {times.size} "
             f"init times in {store}, fewer than one batch ({training.batch_size})"
         )
-    source = ExampleSource(store, task, stats, times=times)
+    source = ExampleSource(
+        store,
+        task,
+        stats,
+        times=times,
+        local_cache=resolve_local_cache(training.local_cache, probe),
+    )
     run = TeacherRun(
         model=model,
         task=task,

@@ -221,3 +221,22 @@ def test_local_cache_gives_identical_examples(store_and_stats, tmp_path):
     assert len(list((tmp_path / "cache").glob("examples-*/*.npy"))) == 5  # timed, lat-having vars
     again = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=tmp_path / "cache")
     np.testing.assert_array_equal(again[2]["targets"], plain[2]["targets"])
+
+
+def test_resolve_local_cache_auto_off_and_path(store_and_stats, tmp_path, monkeypatch):
+    path, _, _, stats_dir = store_and_stats
+    src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    copy = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=tmp_path / "copy")
+    copy[0]  # writes the memory-mapped copy
+    written = sum(np.load(f, mmap_mode="r").nbytes for f in tmp_path.glob("copy/examples-*/*.npy"))
+    assert src.cache_bytes() == written > 0
+    monkeypatch.delenv("GENCAST_RMMD_EXAMPLES_CACHE", raising=False)
+    monkeypatch.setenv("GENCAST_RMMD_CACHE", str(tmp_path / "c"))
+    assert ex.resolve_local_cache("auto", src) == str(tmp_path / "c" / "examples")
+    monkeypatch.setenv("GENCAST_RMMD_EXAMPLES_CACHE", str(tmp_path / "e"))
+    assert ex.resolve_local_cache("auto", src) == str(tmp_path / "e")
+    assert ex.resolve_local_cache("off", src) is None
+    assert ex.resolve_local_cache(None, src) is None
+    assert ex.resolve_local_cache(str(tmp_path / "mine"), src) == str(tmp_path / "mine")
+    monkeypatch.setattr(ex, "LOCAL_CACHE_AUTO_MAX_BYTES", src.cache_bytes() - 1)
+    assert ex.resolve_local_cache("auto", src) is None  # too big for an automatic copy
