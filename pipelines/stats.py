@@ -1,6 +1,7 @@
 """Stats pipeline: a canonical store -> GenCast's four normalization-statistics files (Beam).
 
-    store --xbeam.DatasetToChunks(time blocks)--> partial moments per block --CombineGlobally-->
+    store --time blocks (each read with `safety.load_or_data_error`: a corrupt chunk is one
+      `DataError` naming the variable)--> partial moments per block --CombineGlobally-->
       mean / M2 / min per variable and level
     store --block starts (each block read with one extra earlier time)--> moments of the 12 h
       differences --CombineGlobally-->
@@ -17,10 +18,12 @@ import functools
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError, OutputError
+from gencast_rmmd.safety import load_or_data_error
 
 
 class _MomentsCombine:
@@ -67,12 +70,21 @@ def _open(path: str) -> xr.Dataset:
     return open_store(path, trim_to_valid_range=False).compute()
 
 
+def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
+    """Times [lo, hi) of `names`, loaded; a corrupt chunk is a `DataError` naming the variable."""
+    ds = _open(path)[names].isel(time=slice(lo, hi))
+    t = ds["time"].values
+    where = (
+        f"times {np.datetime_as_string(t[0], unit='h')}..{np.datetime_as_string(t[-1], unit='h')}"
+    )
+    return load_or_data_error(ds, path, where=where)
+
+
 def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):
     import apache_beam as beam
 
-    ds = _open(path)[names]
     lo = max(start - 1, 0)
-    pair = ds.isel(time=slice(lo, start + block)).compute()
+    pair = _read_block(path, names, lo, start + block)
     d = st.time_differences(pair, step_hours)
     beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
     if not d.sizes.get("time", 0):
@@ -80,11 +92,12 @@ def _diff_moments(start: int, path: str, names: list[str], block: int, step_hour
     return st.chunk_moments(d)
 
 
-def _values_moments(key, chunk: xr.Dataset):
+def _values_moments(start: int, path: str, names: list[str], block: int):
     import apache_beam as beam
 
+    chunk = _read_block(path, names, start, start + block)
     beam.metrics.Metrics.counter("stats", "time_steps_read").inc(int(chunk.sizes["time"]))
-    return st.chunk_moments(chunk.compute())
+    return st.chunk_moments(chunk)
 
 
 def compute_stats_beam(
@@ -97,7 +110,6 @@ def compute_stats_beam(
 ) -> dict[str, xr.Dataset]:
     """Compute the four statistics of store `data` with Beam and write them to `out_dir`."""
     import apache_beam as beam
-    import xarray_beam as xbeam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     data = os.fspath(data)
@@ -119,8 +131,8 @@ def compute_stats_beam(
     with beam.Pipeline(options=PipelineOptions(opts)) as p:
         values = (
             p
-            | "chunks" >> xbeam.DatasetToChunks(_open(data)[timed], {"time": block})
-            | "moments" >> beam.MapTuple(_values_moments)
+            | "blocks" >> beam.Create(list(range(0, n, block)))
+            | "moments" >> beam.Map(_values_moments, data, timed, block)
             | "combine values" >> beam.CombineGlobally(_MomentsCombine())
         )
         diffs = (

@@ -157,6 +157,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the store and the variable whose chunk cannot be decoded",
     ),
     BadInput(
+        "stats-corrupt-chunk",
+        "data store",
+        "data stats",
+        "one chunk file of the data store cut to 20 bytes",
+        r"(corrupt|unreadable|cannot read).*temperature",
+        "refuses: names the store, the variable and the times whose chunk cannot be decoded",
+    ),
+    BadInput(
         "stats-incomplete-store",
         "data store",
         "data stats",
@@ -664,15 +672,7 @@ class Defect:
     what: str
 
 
-OPEN_DEFECTS: tuple[Defect, ...] = (
-    Defect(
-        "D1b",
-        "pipelines/stats.py (`data stats`)",
-        "a corrupt chunk in the data store is an internal error raised inside Beam's xarray-beam "
-        "reader (`RuntimeError: Zstd decompression error [while running 'chunks/KeyToChunks']`), "
-        "and Beam logs a traceback",
-    ),
-)
+OPEN_DEFECTS: tuple[Defect, ...] = ()
 
 
 def bad_input_ids() -> list[str]:

@@ -350,6 +350,13 @@ def s_validate_corrupt_chunk(tmp, p):
     return ["data", "validate", "--data", f, "--config", _data_config(tmp, p, f)]
 
 
+def s_stats_corrupt_chunk(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    chunk = chunk_files(f, "temperature")[0]
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    return ["data", "stats", "--data", f, "--out", tmp / "stats"]
+
+
 def s_stats_missing_store(tmp, p):
     return ["data", "stats", "--data", tmp / "nope.zarr", "--out", tmp / "stats"]
 
@@ -625,6 +632,7 @@ SETUPS = {
     "validate-nan": s_validate_nan,
     "validate-missing-variable": s_validate_missing_variable,
     "validate-corrupt-chunk": s_validate_corrupt_chunk,
+    "stats-corrupt-chunk": s_stats_corrupt_chunk,
     "stats-missing-store": s_stats_missing_store,
     "prepare-time-outside": s_prepare_time_outside,
     "prepare-config-unknown-key": s_prepare_config_unknown_key,
