@@ -175,7 +175,9 @@ def make_objective(
       weights: per-channel weights broadcastable to the per-example shape, or None.
       teacher_denoise_fn: the teacher network if it differs from `denoise_fn`.
     `student` / `aux` select which of the two losses are included (static Python bools):
-    the returned loss is `L_G * student + L_A * aux`. `intermediates=True` also returns the
+    the returned loss is `L_G * student + L_A * aux`. `reward_weight` / `l2_weight` (may be
+    traced) replace the config's lambda / lambda_reg, so one compiled step serves a whole lambda
+    sweep; the reward and L2 terms are built only when the config's weights are > 0. `intermediates=True` also returns the
     arrays the loss was built from (x_t, sigma_t, x_hat, x_s, sigma_s, aux_out, teacher_out). Metrics always include `mmd`, `aux_loss`
     where computed, `reward` and `crps` when a reward is used, `l2`, `moment_gap`.
     """
@@ -191,9 +193,18 @@ def make_objective(
     use_reward = cfg.reward_weight > 0
 
     def objective(
-        params, batch, rng, student: bool = True, aux: bool = True, intermediates: bool = False
+        params,
+        batch,
+        rng,
+        student: bool = True,
+        aux: bool = True,
+        intermediates: bool = False,
+        reward_weight: jax.Array | float | None = None,
+        l2_weight: jax.Array | float | None = None,
     ):
         sg = jax.lax.stop_gradient
+        lam = cfg.reward_weight if reward_weight is None else reward_weight
+        lam_reg = cfg.l2_weight if l2_weight is None else l2_weight
         cond1 = cond_fn(batch)
         x_true = target_fn(batch)
         b = x_true.shape[0]
@@ -268,12 +279,12 @@ def make_objective(
                 metrics["crps"] = jnp.mean(
                     weighted_mean(fair_crps(sg(samples), x_true, axis=0), weights)
                 )
-                loss_g = loss_g - cfg.reward_weight * r
+                loss_g = loss_g - lam * r
             if cfg.l2_weight > 0:
                 anchor = sg(denoise_fn(params["student_frozen"], x_t, sigma_t, cond))
                 l2 = jnp.mean(weighted_mean((x_hat - anchor) ** 2, reg_w))
                 metrics["l2"] = l2
-                loss_g = loss_g + cfg.l2_weight * l2
+                loss_g = loss_g + lam_reg * l2
             metrics["student_loss"] = loss_g
             total = total + loss_g
 

@@ -66,13 +66,23 @@ def rmmd_objective_config(cfg: FinetuneConfig, lam: float) -> obj.ObjectiveConfi
     )
 
 
-def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, lam: float, reward: Reward, opt):
-    objective = image_objective(model, start.sampler, rmmd_objective_config(cfg, lam), reward)
+def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, reward: Reward, opt):
+    """The jitted phase-2 step; lambda is traced (one compilation per reward, not per lambda)."""
+    # lambda = 1 only switches the reward and L2 terms on; the step's `lam` argument sets them.
+    objective = image_objective(model, start.sampler, rmmd_objective_config(cfg, 1.0), reward)
 
     @jax.jit
-    def step(trainable, frozen, opt_state, batch, key):
+    def step(trainable, frozen, opt_state, batch, key, lam):
         def loss_fn(tr):
-            return objective({**frozen, **tr}, batch, key, student=True, aux=True)
+            return objective(
+                {**frozen, **tr},
+                batch,
+                key,
+                student=True,
+                aux=True,
+                reward_weight=lam,
+                l2_weight=lam * cfg.reg_ratio,
+            )
 
         (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         upd, opt_state = opt.update(g, opt_state, trainable)
@@ -136,12 +146,19 @@ def finetune_run(
 
     Returns one row per evaluation (step 0 included): method, reward, lambda, step, distance
     (Frechet classifier distance), reward_value (mean reward of the evaluated samples), accuracy.
-    `step_cache` (a dict) reuses compiled baseline steps across lambdas (lambda is traced there).
+    `step_cache` (a dict) reuses compiled steps across lambdas (lambda is traced in every method).
     """
     steps = cfg.steps if steps is None else steps
     opt = make_optimizer(cfg.optim, steps)
+    lam_arr = jnp.float32(lam)
+    key = (method, reward_name, id(start), steps)  # the optimizer schedule depends on steps
     if method in ("rmmd", "dipp"):
-        step = _rmmd_step(model, start, cfg, lam, reward, opt)
+        if step_cache is not None and key in step_cache:
+            base = step_cache[key]
+        else:
+            base = _rmmd_step(model, start, cfg, reward, opt)
+            if step_cache is not None:
+                step_cache[key] = base
         trainable = {"student": start.student, "aux": start.aux}
         frozen = {
             "teacher": teacher_params,
@@ -149,23 +166,20 @@ def finetune_run(
             "aux_frozen": start.aux,
         }
     elif method in ("draft", "refl"):
-        key = (method, reward_name, id(start))
         if step_cache is not None and key in step_cache:
             base = step_cache[key]
         else:
             base = _baseline_step(model, method, start, cfg, reward, opt)
             if step_cache is not None:
                 step_cache[key] = base
-        lam_arr = jnp.float32(lam)
-
-        def step(tr, fr, os_, batch, k):
-            return base(tr, fr, os_, batch, k, lam_arr)
-
         trainable = {"student": start.student}
         frozen = {"student_frozen": start.student}
     else:
         raise ValueError(f"unknown method {method!r}")
     opt_state = opt.init(trainable)
+
+    def step(tr, fr, os_, batch, k):
+        return base(tr, fr, os_, batch, k, lam_arr)
 
     rows: list[dict] = []
 

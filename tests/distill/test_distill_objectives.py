@@ -161,3 +161,26 @@ def test_discrete_mode_uses_grid_levels_and_s_is_one_step_below():
             k = int(np.argmin(np.abs(levels - a)))
             assert a == pytest.approx(levels[k], rel=1e-5)
             assert ext[k + 1] * (1 - 1e-5) <= b < a
+
+
+def test_traced_lambda_equals_config_lambda_and_compiles_once():
+    """`reward_weight` / `l2_weight` arguments give the loss and gradients of a config with those
+    weights, and a lambda sweep through them reuses one compilation."""
+    obj, params, batch, _, _, _ = _setup("on_policy_continuous", reward=1.0, l2=1.0)
+    traces = []
+
+    def loss(p, lam, lam_reg):
+        traces.append(1)
+        return obj(p, batch, jax.random.PRNGKey(3), reward_weight=lam, l2_weight=lam_reg)
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    for lam, lam_reg in ((0.3, 0.15), (0.8, 0.4), (0.05, 0.0)):
+        (v, m), g = grad(params, jnp.float32(lam), jnp.float32(lam_reg))
+        ref_obj, *_ = _setup("on_policy_continuous", reward=lam, l2=lam_reg or 1e-30)
+        (v_ref, m_ref), g_ref = jax.value_and_grad(
+            lambda p: ref_obj(p, batch, jax.random.PRNGKey(3)), has_aux=True
+        )(params)
+        np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-4, atol=1e-6)
+        _close(g, g_ref)
+        assert float(m["reward"]) == pytest.approx(float(m_ref["reward"]), rel=1e-5)
+    assert len(traces) == 1
