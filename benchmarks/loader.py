@@ -1,10 +1,16 @@
 """Loader throughput on the embedded nature-run store: examples/s and batches/s (prints JSON).
 
 Usage: python benchmarks/loader.py [--store PATH] [--stats DIR] [--batch 4] [--batches 40]
+                                   [--train-metrics RUN/metrics.jsonl]
 Without --store, the cached embedded store is used (built on first use). Without --stats, the
 statistics are computed in-process from the first 200 times (enough for normalization here).
-The loader must be >= 10x faster than a training step (issue 2); compare with the teacher's
-steps/s from its own benchmark.
+Both read paths are timed: Zarr directly and the memory-mapped `local_cache` copy, through grain
+(`make_loader`) and through `ShuffledBatches`, the synchronous batcher the trainers call every
+step; `trainer_mode` is what the trainers' default `local_cache: auto` picks for this store. The
+loader must be >= 10x faster than a training step (issue 2): with --train-metrics (default: the
+demo teacher's `runs/quickstart/teacher/metrics.jsonl` when present) the JSON also has the
+median training steps/s logged there and `loader_to_train_ratio` (ShuffledBatches batches/s in
+the trainers' mode / training steps/s).
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ def main() -> None:
 
     from gencast_rmmd.data import stats as st
     from gencast_rmmd.data.config import load_data_config
-    from gencast_rmmd.data.examples import ExampleSource, make_loader
+    from gencast_rmmd.data.examples import ExampleSource, make_loader, resolve_local_cache
     from gencast_rmmd.data.nature_run import embedded_store
+    from gencast_rmmd.training.loop import ShuffledBatches
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=None)
     ap.add_argument("--stats", default=None)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--train-metrics", default="runs/quickstart/teacher/metrics.jsonl")
     args = ap.parse_args()
     cfg = load_data_config("embedded")
     store = args.store or str(embedded_store(None, cfg.nature_run, cfg.task.pressure_levels))
@@ -69,6 +77,27 @@ def main() -> None:
             results[f"{mode}_batches_per_s_threads{threads}"] = round(args.batches / dt, 2)
             results[f"{mode}_examples_per_s_threads{threads}"] = round(
                 args.batches * args.batch / dt, 1
+            )
+        batches = ShuffledBatches(src, args.batch, seed=0, keys=("inputs", "forcings", "targets"))
+        batches(0)
+        t0 = time.perf_counter()
+        for step in range(1, args.batches + 1):
+            batches(step)
+        results[f"{mode}_shuffled_batches_per_s"] = round(
+            args.batches / (time.perf_counter() - t0), 2
+        )
+    auto = resolve_local_cache("auto", ExampleSource(store, cfg.task, stats_dir))
+    results["trainer_mode"] = "zarr" if auto is None else "local_cache"
+    if args.train_metrics and os.path.exists(args.train_metrics):
+        with open(args.train_metrics) as f:
+            rates = [json.loads(line).get("steps_per_sec") for line in f if line.strip()]
+        rates = [r for r in rates if r]
+        if rates:
+            train = float(np.median(rates))
+            results["train_metrics"] = args.train_metrics
+            results["train_steps_per_s"] = round(train, 3)
+            results["loader_to_train_ratio"] = round(
+                results[f"{results['trainer_mode']}_shuffled_batches_per_s"] / train, 1
             )
     results["load_average_1min"] = os.getloadavg()[0]
     print(json.dumps(results))

@@ -161,6 +161,17 @@ class Context:
 # ----------------------------------------------------------------------------------------------
 
 
+def _open_zarr(path: str):
+    """Open a store lazily without xarray's warning about unconsolidated metadata (ours are)."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return xr.open_zarr(path, chunks=None)
+
+
 def _data_config(ctx: Context):
     from gencast_rmmd.data.config import load_data_config
 
@@ -169,7 +180,6 @@ def _data_config(ctx: Context):
 
 def _stage_data(ctx: Context) -> None:
     """The store (cached nature run or --data) and data.yaml with train/eval splits."""
-    import xarray as xr
 
     base = _data_config(ctx)
     if ctx.data_store:
@@ -192,7 +202,7 @@ def _stage_data(ctx: Context) -> None:
                 config=nr, levels_hpa=tuple(base.task.pressure_levels), progress=ctx.progress
             )
         )
-    with xr.open_zarr(ctx.store, chunks=None) as ds:
+    with _open_zarr(ctx.store) as ds:
         times = ds["time"].values
     step = np.timedelta64(base.task.step_hours, "h")
     eval_steps = int(ctx.cfg.eval_days * 24 // base.task.step_hours)
@@ -341,9 +351,7 @@ def eval_init_times(ctx: Context) -> list[str]:
     """Evenly spaced init times inside the held-out window, leaving room for the lead times."""
     times = ctx.times.get("all")
     if times is None:
-        import xarray as xr
-
-        with xr.open_zarr(ctx.store, chunks=None) as ds:
+        with _open_zarr(ctx.store) as ds:
             times = ds["time"].values
     task = _task(ctx)
     from gencast_rmmd.data.config import load_data_config
@@ -425,11 +433,10 @@ def measure_step_seconds(
     load). Same inputs, same device, same process for every model, so the ratio is fair.
     """
     import jax
-    import xarray as xr
 
     from gencast_rmmd.forecast.model import load_forecast_model
 
-    with xr.open_zarr(store, chunks=None) as ds:
+    with _open_zarr(store) as ds:
         lat = ds["lat"].values
         lon = ds["lon"].values
     out = {}
