@@ -178,7 +178,7 @@ def test_traced_lambda_equals_config_lambda_and_compiles_once():
         (v, m), g = grad(params, jnp.float32(lam), jnp.float32(lam_reg))
         ref_obj, *_ = _setup("on_policy_continuous", reward=lam, l2=lam_reg or 1e-30)
         (v_ref, m_ref), g_ref = jax.value_and_grad(
-            lambda p: ref_obj(p, batch, jax.random.PRNGKey(3)), has_aux=True
+            lambda p, f=ref_obj: f(p, batch, jax.random.PRNGKey(3)), has_aux=True
         )(params)
         np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-4, atol=1e-6)
         _close(g, g_ref)
