@@ -154,6 +154,7 @@ class MMDConfig:
     aux_reg_weight: float = 0.0
     s_floor: float = 0.01
     dropout: bool = True
+    ema_decay: float = 0.0
     seed: int = 2
 
     def validate(self) -> None:

@@ -233,7 +233,9 @@ def train_mmd(
     progress: bool = True,
     desc: str = "mmd",
 ) -> tuple[Any, Any]:
-    """Phase 1 (off-policy MMD): returns `(student_params, aux_params)`, both from the teacher."""
+    """Phase 1 (off-policy MMD): returns `(student_params, aux_params)`, both from the teacher.
+    With `cfg.ema_decay > 0` the returned student is the exponential moving average of its
+    iterates (started at the teacher)."""
     steps = cfg.steps if steps is None else steps
     objective = image_objective(model, cfg.sampler, mmd_objective_config(cfg))
     opt = make_optimizer(cfg.optim, steps)
@@ -242,6 +244,7 @@ def train_mmd(
     opt_state = opt.init(trainable)
     step = make_distill_step(objective, opt, cfg.update_schedule)
     writer = metrics_writer(metrics_path)
+    ema = teacher_params
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
     rng = jax.random.PRNGKey(cfg.seed)
     bar = tqdm(range(steps), desc=desc, disable=not progress)
@@ -260,4 +263,12 @@ def train_mmd(
             m = {k: float(v) for k, v in metrics.items()}
             bar.set_postfix(gap=f"{m.get('moment_gap', float('nan')):.4f}")
             writer.write(i, {"loss": lv, **m})
-    return trainable["student"], trainable["aux"]
+        if cfg.ema_decay > 0:
+            ema = _ema_update(ema, trainable["student"], cfg.ema_decay)
+    student = ema if cfg.ema_decay > 0 else trainable["student"]
+    return student, trainable["aux"]
+
+
+@jax.jit
+def _ema_update(ema, params, decay):
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)

@@ -1,0 +1,91 @@
+"""Fair CRPS of a forecast store against a per-grid-point Gaussian climatology, per lead time.
+
+Usage: python tools/skill_vs_climatology.py FORECAST.zarr TRUTH.zarr CLIM_START CLIM_END
+          [--vars temperature:850 geopotential:500 ...]
+Prints JSON: for each variable(-level), the forecast's area-weighted fair CRPS per lead, the
+climatology's (Gaussian with the per-point mean/std over CLIM_START..CLIM_END of the truth
+store, normally the training period), and the last lead up to which the forecast is better at
+every lead. This is how the teacher's skill numbers in the notes (issue 3) were measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def gaussian_crps(mu, sd, y):
+    import numpy as np
+    from scipy.stats import norm
+
+    z = (y - mu) / sd
+    return sd * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / np.sqrt(np.pi))
+
+
+def main() -> None:
+    import numpy as np
+    import xarray as xr
+
+    from gencast_rmmd.evaluation.crps import fair_crps
+    from gencast_rmmd.model.grid import latitude_weights
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("forecast")
+    ap.add_argument("truth")
+    ap.add_argument("clim_start")
+    ap.add_argument("clim_end")
+    ap.add_argument("--vars", nargs="+", default=["temperature:850", "geopotential:500"])
+    args = ap.parse_args()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fc = xr.open_zarr(args.forecast, chunks=None)
+        truth = xr.open_zarr(args.truth, chunks=None)
+    t_lat = "lat" if "lat" in truth.dims else "latitude"
+    t_lon = "lon" if "lon" in truth.dims else "longitude"
+    truth = truth.rename({t_lat: "latitude", t_lon: "longitude"})
+    w = latitude_weights(fc["latitude"].values)[:, None]
+    out = {}
+    for spec in args.vars:
+        name, _, level = spec.partition(":")
+        f, t = fc[name], truth[name]
+        if level:
+            f, t = f.sel(level=int(level)), t.sel(level=int(level))
+        clim = t.sel(time=slice(args.clim_start, args.clim_end))
+        mu, sd = clim.mean("time").values, clim.std("time").values
+        leads = fc["prediction_timedelta"].values
+        model, ref = np.zeros(leads.size), np.zeros(leads.size)
+        inits = fc["time"].values
+        for t0 in inits:
+            ens = f.sel(time=t0).values  # [lead, member, lat, lon]
+            for i, lead in enumerate(leads):
+                y = t.sel(time=t0 + lead).values
+                model[i] += float(np.mean(fair_crps(ens[i], y, axis=0) * w))
+                ref[i] += float(np.mean(gaussian_crps(mu, sd, y) * w))
+        model, ref = model / inits.size, ref / inits.size
+        hours = (leads / np.timedelta64(1, "h")).astype(int).tolist()
+        better = model < ref
+        upto = 0
+        for h, b in zip(hours, better):
+            if h == 0:
+                continue
+            if not b:
+                break
+            upto = h
+        out[spec] = {
+            "lead_hours": hours,
+            "crps": np.round(model, 4).tolist(),
+            "crps_climatology": np.round(ref, 4).tolist(),
+            "beats_climatology_up_to_hours": upto,
+        }
+    out["inits"] = int(fc.sizes["time"])
+    out["members"] = int(fc.sizes["realization"])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
