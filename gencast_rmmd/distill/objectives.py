@@ -179,7 +179,8 @@ def make_objective(
     traced) replace the config's lambda / lambda_reg, so one compiled step serves a whole lambda
     sweep; the reward and L2 terms are built only when the config's weights are > 0. `intermediates=True` also returns the
     arrays the loss was built from (x_t, sigma_t, x_hat, x_s, sigma_s, aux_out, teacher_out). Metrics always include `mmd`, `aux_loss`
-    where computed, `reward` and `crps` when a reward is used, `l2`, `moment_gap`.
+    where computed, `reward` when a reward is used (`crps` too for the default CRPS reward with
+    M >= 2), `l2`, `moment_gap`.
     """
     cfg.validate()
     sampler_cfg.validate()
@@ -188,6 +189,8 @@ def make_objective(
     log_levels = extended_log_levels(sampler_cfg, cfg.s_floor)
     m = cfg.members
     reg_w = weights if cfg.weight_regularizers else None
+    # The CRPS diagnostic: only for the default (CRPS) reward, and the fair CRPS needs M >= 2.
+    log_crps = reward_fn is None and m >= 2
     if reward_fn is None:
         reward_fn = crps_reward(target_fn, weights)
     use_reward = cfg.reward_weight > 0
@@ -276,9 +279,10 @@ def make_objective(
                 samples = x_hat.reshape((m, b) + x_hat.shape[1:])
                 r = jnp.mean(reward_fn(samples, cond1, batch))
                 metrics["reward"] = r
-                metrics["crps"] = jnp.mean(
-                    weighted_mean(fair_crps(sg(samples), x_true, axis=0), weights)
-                )
+                if log_crps:
+                    metrics["crps"] = jnp.mean(
+                        weighted_mean(fair_crps(sg(samples), x_true, axis=0), weights)
+                    )
                 loss_g = loss_g - lam * r
             if cfg.l2_weight > 0:
                 anchor = sg(denoise_fn(params["student_frozen"], x_t, sigma_t, cond))

@@ -184,3 +184,28 @@ def test_traced_lambda_equals_config_lambda_and_compiles_once():
         _close(g, g_ref)
         assert float(m["reward"]) == pytest.approx(float(m_ref["reward"]), rel=1e-5)
     assert len(traces) == 1
+
+
+def test_one_member_custom_reward_logs_no_crps():
+    """With M = 1 and a custom reward (the image path) there is no fair CRPS to log (it needs
+    two members); every logged metric is finite."""
+    names = ["student", "aux", "teacher", "student_frozen", "aux_frozen"]
+    params = {n: _params(jax.random.PRNGKey(i)) for i, n in enumerate(names)}
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(B, *SHAPE)), jnp.float32),
+        "c": jnp.asarray(rng.normal(size=(B,)), jnp.float32),
+    }
+    cfg = ObjectiveConfig(start="on_policy_discrete", members=1, reward_weight=0.5, l2_weight=0.1)
+    obj = make_objective(
+        mlp_denoise,
+        lambda k, s: jax.random.normal(k, s),
+        ss.StudentSamplerConfig(num_steps=4),
+        cfg,
+        target_fn=lambda b: b["x"],
+        cond_fn=lambda b: b["c"],
+        reward_fn=lambda samples, cond, b: -jnp.mean(samples**2, axis=(0, *range(2, samples.ndim))),
+    )
+    _, m = obj(params, batch, jax.random.PRNGKey(0))
+    assert "crps" not in m and "reward" in m
+    assert all(np.isfinite(float(v)) for v in m.values())
