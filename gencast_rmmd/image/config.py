@@ -14,7 +14,7 @@ from typing import Literal
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 
 REWARDS = ("bw", "laplacian", "classifier")
-METHODS = ("rmmd", "draft", "refl", "dipp")
+METHODS = ("rmmd", "draft", "refl", "dipp", "hypernoise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +174,8 @@ class FinetuneConfig:
     refl: L = -lambda R(x0 from one gradient step at a random early stop) + denoising loss on data;
           the stop index is uniform on {refl_min_stop, ..., K-1} (-1: K // 2, the later half).
     dipp: the RMMD loss with a 1-step student from t = 1 (DI++).
+    hypernoise: the student frozen; a noise network f (width `hypernoise_width`) modulates its
+           initial noise, L = -lambda R(G(eps + f(eps))) + hypernoise_kl * 0.5 mean f^2.
     """
 
     steps: int = 300
@@ -186,14 +188,18 @@ class FinetuneConfig:
     draft_l2: float = 1.0
     refl_min_stop: int = -1
     refl_data_weight: float = 1.0
+    hypernoise_width: int = 32
+    hypernoise_kl: float = 1.0
     dropout: bool = True
     seed: int = 3
 
     def validate(self) -> None:
         if self.draft_k < 1:
             raise ValueError(f"draft_k must be >= 1, found {self.draft_k}")
-        if self.reg_ratio < 0 or self.draft_l2 < 0 or self.refl_data_weight < 0:
-            raise ValueError("reg_ratio, draft_l2 and refl_data_weight must be >= 0")
+        if min(self.reg_ratio, self.draft_l2, self.refl_data_weight, self.hypernoise_kl) < 0:
+            raise ValueError("reg_ratio, draft_l2, refl_data_weight and hypernoise_kl must be >= 0")
+        if self.hypernoise_width < 1:
+            raise ValueError(f"hypernoise_width must be >= 1, found {self.hypernoise_width}")
 
 
 @dataclasses.dataclass(frozen=True)

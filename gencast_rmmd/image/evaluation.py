@@ -32,6 +32,18 @@ def _sampler(model: ImageModel, sampler_cfg: StudentSamplerConfig):
     return jax.jit(lambda p, rng, y: model.sample(p, rng, y, sampler_cfg))
 
 
+@functools.lru_cache(maxsize=32)
+def _noise_sampler(model: ImageModel, sampler_cfg: StudentSamplerConfig, apply):
+    from gencast_rmmd.image.hypernoise import modulated_noise
+
+    def fn(p, rng, y, phi):
+        shape = (y.shape[0],) + tuple(model.image_shape)
+        init, _ = modulated_noise(apply, phi, rng, y, shape)
+        return model.sample(p, rng, y, sampler_cfg, init_noise=init)
+
+    return jax.jit(fn)
+
+
 def generate(
     model: ImageModel,
     params: Any,
@@ -39,9 +51,16 @@ def generate(
     labels: np.ndarray,
     seed: int,
     batch: int = 500,
+    noise_net: tuple[Any, Any] | None = None,
 ) -> np.ndarray:
-    """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i))."""
-    fn = _sampler(model, sampler_cfg)
+    """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i)).
+    `noise_net = (apply, phi)`: HyperNoise's modulation of the initial noise
+    (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0."""
+    if noise_net is None:
+        fn = _sampler(model, sampler_cfg)
+    else:
+        apply, phi = noise_net
+        fn = functools.partial(_noise_sampler(model, sampler_cfg, apply), phi=phi)
     out = []
     base = jax.random.PRNGKey(seed)
     n = labels.shape[0]

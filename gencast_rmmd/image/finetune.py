@@ -8,6 +8,8 @@
 - `dipp`: DI++ = the same objective with a one-step student (K = 1, start = pure noise), started
   from a phase-1 MMD run with K = 1.
 - `draft`, `refl`: `gencast_rmmd.image.baselines`, started from the same phase-1 student.
+- `hypernoise`: `gencast_rmmd.image.hypernoise`, the same phase-1 student frozen, its initial
+  noise modulated by a trained noise network.
 
 Each run evaluates the student every `eval_every` steps (and at step 0) and returns rows
 `{method, reward, lambda, step, distance, reward_value, ...}` for the Pareto front.
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from gencast_rmmd.distill import objectives as obj
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.errors import TrainingDivergedError
-from gencast_rmmd.image import baselines
+from gencast_rmmd.image import baselines, hypernoise
 from gencast_rmmd.image.config import FinetuneConfig
 from gencast_rmmd.image.data import ImageDataset, batch_iterator
 from gencast_rmmd.image.evaluation import Evaluator, generate
@@ -92,12 +94,23 @@ def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, reward: Reward, op
 
 
 def _baseline_step(
-    model: ImageModel, method: str, start: StartPoint, cfg: FinetuneConfig, reward, opt
+    model: ImageModel,
+    method: str,
+    start: StartPoint,
+    cfg: FinetuneConfig,
+    reward,
+    opt,
+    noise_apply: hypernoise.NoiseApply | None = None,
 ):
     denoise = model.denoise_fn
     sampler = start.sampler
 
     def loss_fn(tr, frozen, batch, key, lam):
+        if method == "hypernoise":  # the student is frozen and samples as at inference
+            return hypernoise.hypernoise_loss(
+                model.teacher_denoise_fn, frozen["student"], noise_apply, tr["noise"], key,
+                batch["labels"], batch["images"].shape, sampler, reward, lam, cfg.hypernoise_kl,
+            )  # fmt: skip
         cond = (
             batch["labels"] if batch.get("dropout") is None else (batch["labels"], batch["dropout"])
         )
@@ -142,7 +155,7 @@ def finetune_run(
     progress: bool = True,
     on_eval: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Fine-tune with `method` in {rmmd, dipp, draft, refl} on one reward and lambda.
+    """Fine-tune with `method` in {rmmd, dipp, draft, refl, hypernoise} on one reward and lambda.
 
     Returns one row per evaluation (step 0 included): method, reward, lambda, step, distance
     (Frechet classifier distance), reward_value (mean reward of the evaluated samples), accuracy.
@@ -174,6 +187,18 @@ def finetune_run(
                 step_cache[key] = base
         trainable = {"student": start.student}
         frozen = {"student_frozen": start.student}
+    elif method == "hypernoise":
+        noise_apply, phi = hypernoise.init_noise_net(
+            cfg.hypernoise_width, model.num_classes, model.image_shape, cfg.seed
+        )
+        if step_cache is not None and key in step_cache:
+            base = step_cache[key]
+        else:
+            base = _baseline_step(model, method, start, cfg, reward, opt, noise_apply)
+            if step_cache is not None:
+                step_cache[key] = base
+        trainable = {"noise": phi}
+        frozen = {"student": start.student}
     else:
         raise ValueError(f"unknown method {method!r}")
     opt_state = opt.init(trainable)
@@ -184,7 +209,13 @@ def finetune_run(
     rows: list[dict] = []
 
     def evaluate(i: int) -> None:
-        x = generate(model, trainable["student"], start.sampler, evaluator.labels, eval_seed)
+        if method == "hypernoise":
+            x = generate(
+                model, frozen["student"], start.sampler, evaluator.labels, eval_seed,
+                noise_net=(noise_apply, trainable["noise"]),
+            )  # fmt: skip
+        else:
+            x = generate(model, trainable["student"], start.sampler, evaluator.labels, eval_seed)
         m = evaluator.evaluate(x)
         row = {
             "method": method,

@@ -76,12 +76,15 @@ class ImageModel:
         rng: jax.Array,
         labels: jax.Array,
         sampler_cfg: ss.StudentSamplerConfig,
+        init_noise: jax.Array | None = None,
     ) -> jax.Array:
-        """Samples `[B, H, W, C]` for `labels [B]` with the K-step DDIM-eta sampler (no dropout)."""
+        """Samples `[B, H, W, C]` for `labels [B]` with the K-step DDIM-eta sampler (no dropout);
+        `init_noise` replaces the initial Gaussian draw (HyperNoise)."""
         shape = (labels.shape[0],) + tuple(self.image_shape)
         return ss.sample(
-            self.teacher_denoise_fn, params, rng, labels, shape, gaussian_noise, sampler_cfg
-        )
+            self.teacher_denoise_fn, params, rng, labels, shape, gaussian_noise, sampler_cfg,
+            init_noise=init_noise,
+        )  # fmt: skip
 
 
 def build_model(

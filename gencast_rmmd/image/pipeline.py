@@ -246,7 +246,7 @@ def dominance(front_a: list[tuple[float, float]], front_b: list[tuple[float, flo
 
 
 def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ...]) -> dict:
-    """Per reward: each method's Pareto front and the share of DRaFT/ReFL/DI++ front points that
+    """Per reward: each method's Pareto front and the share of DRaFT/ReFL/DI++/HyperNoise front points that
     the RMMD front dominates; `rmmd_dominates` is true when that share is 1."""
     out: dict[str, Any] = {"distance_name": DISTANCE_NAME, "rewards": {}}
     wins = 0
@@ -261,7 +261,7 @@ def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ..
             fronts[m] = pareto_front(pts)
         entry: dict[str, Any] = {"fronts": fronts}
         if "rmmd" in fronts:
-            for b in ("draft", "refl", "dipp"):
+            for b in ("draft", "refl", "dipp", "hypernoise"):
                 if b in fronts:
                     entry[f"rmmd_dominates_{b}_share"] = dominance(fronts["rmmd"], fronts[b])
             both = [entry.get(f"rmmd_dominates_{b}_share") for b in ("draft", "refl")]
@@ -304,7 +304,14 @@ def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict)
 
     rewards = list(summary["rewards"])
     fig, axes = plt.subplots(1, len(rewards), figsize=(5 * len(rewards), 4), squeeze=False)
-    colors = {"rmmd": "C3", "mmd": "C7", "draft": "C0", "refl": "C2", "dipp": "C1"}
+    colors = {
+        "rmmd": "C3",
+        "mmd": "C7",
+        "draft": "C0",
+        "refl": "C2",
+        "dipp": "C1",
+        "hypernoise": "C4",
+    }
     for ax, r in zip(axes[0], rewards):
         for m, front in summary["rewards"][r]["fronts"].items():
             pts = [
