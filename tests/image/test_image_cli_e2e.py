@@ -27,7 +27,7 @@ def test_image_pareto_cli_end_to_end(tmp_path):
     with open(out / "pareto.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["method", "reward", "lambda", "step", "distance", "reward_value"]
-    assert {r["method"] for r in rows} == {"mmd", "rmmd", "draft", "refl", "dipp"}
+    assert {r["method"] for r in rows} == {"mmd", "rmmd", "draft", "refl", "dipp", "hypernoise"}
     # each fine-tuning run is evaluated at steps 0, 1, 2
     assert sorted(int(r["step"]) for r in rows if r["method"] == "draft") == [0, 1, 2]
     assert (out / "pareto.png").stat().st_size > 1000
