@@ -139,7 +139,6 @@ def sample_trajectory(
     noise_fn: NoiseFn,
     cfg: StudentSamplerConfig,
     stop_gradient: bool = True,
-    init_noise: jax.Array | None = None,
 ) -> Trajectory:
     """Run the K-step sampler and keep every intermediate state (on-policy training modes).
 
@@ -147,15 +146,12 @@ def sample_trajectory(
     initial noise uses `fold_in(rng, 0)` and the step-k posterior noise `fold_in(rng, k + 1)`,
     so `sample` and `sample_trajectory` give the same sample for the same rng. With
     `stop_gradient` (default) nothing here is differentiated (the student's on-policy sampler
-    carries no gradient; rmmd.md §2.1 idea 3). `init_noise` (unit variance, `shape`) replaces
-    the initial noise draw (noise-space methods such as HyperNoise modulate it).
+    carries no gradient; rmmd.md §2.1 idea 3).
     """
     levels = jnp.asarray(noise_levels(cfg), jnp.float32)
     nxt = jnp.concatenate([levels[1:], jnp.zeros((1,), jnp.float32)])
     batch = shape[0]
-    if init_noise is None:
-        init_noise = noise_fn(jax.random.fold_in(rng, 0), shape)
-    y0 = levels[0] * init_noise
+    y0 = levels[0] * noise_fn(jax.random.fold_in(rng, 0), shape)
     sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
 
     def body(y, xs):
@@ -178,12 +174,9 @@ def sample(
     shape: tuple[int, ...],
     noise_fn: NoiseFn,
     cfg: StudentSamplerConfig,
-    init_noise: jax.Array | None = None,
 ) -> jax.Array:
     """Draw student samples `[B, ...]` with K denoiser calls (same call shape as the teacher's
-    `dpm_solver.sample`); differentiable through the whole chain if the caller wants it.
-    `init_noise`: see `sample_trajectory`."""
+    `dpm_solver.sample`); differentiable through the whole chain if the caller wants it."""
     return sample_trajectory(
-        denoise_fn, params, rng, cond, shape, noise_fn, cfg, stop_gradient=False,
-        init_noise=init_noise,
-    ).sample  # fmt: skip
+        denoise_fn, params, rng, cond, shape, noise_fn, cfg, stop_gradient=False
+    ).sample

@@ -34,12 +34,10 @@ def _sampler(model: ImageModel, sampler_cfg: StudentSamplerConfig):
 
 @functools.lru_cache(maxsize=32)
 def _noise_sampler(model: ImageModel, sampler_cfg: StudentSamplerConfig, apply):
-    from gencast_rmmd.image.hypernoise import modulated_noise
+    from gencast_rmmd.image.hypernoise import modulated_noise_fn
 
     def fn(p, rng, y, phi):
-        shape = (y.shape[0],) + tuple(model.image_shape)
-        init, _ = modulated_noise(apply, phi, rng, y, shape)
-        return model.sample(p, rng, y, sampler_cfg, init_noise=init)
+        return model.sample(p, rng, y, sampler_cfg, noise_fn=modulated_noise_fn(apply, phi, y))
 
     return jax.jit(fn)
 
@@ -54,7 +52,7 @@ def generate(
     noise_net: tuple[Any, Any] | None = None,
 ) -> np.ndarray:
     """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i)).
-    `noise_net = (apply, phi)`: HyperNoise's modulation of the initial noise
+    `noise_net = (apply, phi)`: HyperNoise's modulation of the sampler's noise
     (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0."""
     if noise_net is None:
         fn = _sampler(model, sampler_cfg)

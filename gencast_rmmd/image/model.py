@@ -76,15 +76,12 @@ class ImageModel:
         rng: jax.Array,
         labels: jax.Array,
         sampler_cfg: ss.StudentSamplerConfig,
-        init_noise: jax.Array | None = None,
+        noise_fn: ss.NoiseFn = gaussian_noise,
     ) -> jax.Array:
         """Samples `[B, H, W, C]` for `labels [B]` with the K-step DDIM-eta sampler (no dropout);
-        `init_noise` replaces the initial Gaussian draw (HyperNoise)."""
+        `noise_fn(rng, shape)` draws every noise of the chain (HyperNoise modulates it)."""
         shape = (labels.shape[0],) + tuple(self.image_shape)
-        return ss.sample(
-            self.teacher_denoise_fn, params, rng, labels, shape, gaussian_noise, sampler_cfg,
-            init_noise=init_noise,
-        )  # fmt: skip
+        return ss.sample(self.teacher_denoise_fn, params, rng, labels, shape, noise_fn, sampler_cfg)
 
 
 def build_model(

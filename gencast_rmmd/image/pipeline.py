@@ -346,7 +346,7 @@ def stage_pareto(ctx: Context) -> dict:
     start = stage_mmd(ctx, teacher)
     if not (ctx.out / "distill_eval.json").exists():
         stage_distill(ctx)
-    starts = {"rmmd": start, "draft": start, "refl": start}
+    starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
     if "dipp" in cfg.pareto.methods:
         starts["dipp"] = stage_mmd(ctx, teacher, num_steps=1, steps=cfg.pareto.dipp_mmd_steps)
     log_path = ctx.out / "pareto_rows.jsonl"

@@ -235,7 +235,7 @@ def train_mmd(
 ) -> tuple[Any, Any]:
     """Phase 1 (off-policy MMD): returns `(student_params, aux_params)`, both from the teacher.
     With `cfg.ema_decay > 0` the returned student is the exponential moving average of its
-    iterates (started at the teacher)."""
+    iterates, the decay warmed up as min(ema_decay, (1 + i) / (10 + i)) at step i."""
     steps = cfg.steps if steps is None else steps
     objective = image_objective(model, cfg.sampler, mmd_objective_config(cfg))
     opt = make_optimizer(cfg.optim, steps)
@@ -264,7 +264,10 @@ def train_mmd(
             bar.set_postfix(gap=f"{m.get('moment_gap', float('nan')):.4f}")
             writer.write(i, {"loss": lv, **m})
         if cfg.ema_decay > 0:
-            ema = _ema_update(ema, trainable["student"], cfg.ema_decay)
+            # warm-up of the decay, min(decay, (1 + i) / (10 + i)): the average forgets the
+            # teacher it starts from within the first steps instead of keeping decay^steps of it
+            decay = min(cfg.ema_decay, (1.0 + i) / (10.0 + i))
+            ema = _ema_update(ema, trainable["student"], jnp.float32(decay))
     student = ema if cfg.ema_decay > 0 else trainable["student"]
     return student, trainable["aux"]
 
