@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +34,9 @@ def _open(path: str) -> xr.Dataset:
     try:
         if str(path).endswith((".nc", ".nc4", ".h5")):
             return xr.open_dataset(path)
-        return xr.open_zarr(path, chunks=None)
+        with warnings.catch_warnings():  # unconsolidated metadata (our stores) is fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return xr.open_zarr(path, chunks=None)
     except Exception as e:  # zarr/xarray raise many types for a non-store
         raise DataError(f"cannot open {path!r} as a Zarr store or netCDF file: {e}") from e
 

@@ -65,7 +65,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="num_steps"):
         load_config(ImageConfig, "digits", ["mmd.sampler.num_steps=3"], kind="image")
     with pytest.raises(ConfigError, match="unknown method"):
-        load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, hypernoise]"], kind="image")
+        load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, bogus]"], kind="image")
 
 
 def test_cli_bad_data_leaves_no_run_directory(tmp_path):
