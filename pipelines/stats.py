@@ -56,15 +56,12 @@ class _MomentsCombine:
 def _open(path: str) -> xr.Dataset:
     """Open lazily without dask (xarray's lazy indexing reads only the selected chunks); cached
     per worker process so each work item does not re-read the metadata."""
-    import warnings
 
-    from gencast_rmmd.data.era5 import open_store
+    from gencast_rmmd.data.era5 import open_store, open_zarr_quiet
     from gencast_rmmd.data.validate import require_complete
 
     if os.path.isdir(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ds = xr.open_zarr(path, chunks=None)
+        ds = open_zarr_quiet(path, chunks=None)
         require_complete(ds, path)
         return ds
     return open_store(path, trim_to_valid_range=False).compute()

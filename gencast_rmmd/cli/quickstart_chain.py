@@ -162,14 +162,9 @@ class Context:
 
 
 def _open_zarr(path: str):
-    """Open a store lazily without xarray's warning about unconsolidated metadata (ours are)."""
-    import warnings
+    from gencast_rmmd.data.era5 import open_zarr_quiet
 
-    import xarray as xr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return xr.open_zarr(path, chunks=None)
+    return open_zarr_quiet(path, chunks=None)
 
 
 def _data_config(ctx: Context):

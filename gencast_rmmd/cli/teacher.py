@@ -88,11 +88,11 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def _resolve_task(args):
     """(TaskConfig, (train_start, train_end) or (None, None)) from --task / store attrs."""
-    import xarray as xr
     import yaml
 
     from gencast_rmmd.config import from_dict, load_config, resolve_config_path
     from gencast_rmmd.data.config import DataConfig
+    from gencast_rmmd.data.era5 import open_zarr_quiet
     from gencast_rmmd.data.task import TaskConfig
     from gencast_rmmd.errors import ConfigError, DataError
 
@@ -109,7 +109,7 @@ def _resolve_task(args):
     else:
         if not pathlib.Path(args.data).exists():
             raise DataError(f"store {args.data!r} does not exist")
-        with xr.open_zarr(args.data, chunks=None, consolidated=None) as ds:
+        with open_zarr_quiet(args.data, chunks=None) as ds:
             attrs = dict(ds.attrs)
         if "gencast_rmmd_task" in attrs:
             task = from_dict(

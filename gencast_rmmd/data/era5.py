@@ -17,6 +17,7 @@ import os
 import pathlib
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -44,6 +45,14 @@ SST = "sea_surface_temperature"
 # --------------------------------------------------------------------------------------------
 # Opening stores
 # --------------------------------------------------------------------------------------------
+
+
+def open_zarr_quiet(path: Any, **kwargs: Any) -> xr.Dataset:
+    """`xr.open_zarr(path, **kwargs)` without xarray's warning about missing consolidated
+    metadata: stores without it are fine (Zarr v3 has none by spec, and ours are written so)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return xr.open_zarr(path, **kwargs)
 
 
 def _is_url(source: str) -> bool:
@@ -88,9 +97,7 @@ def open_store(
                     fsspec.open(source, **opts).open(), engine="h5netcdf", chunks={}
                 )
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    ds = xr.open_zarr(source, chunks={}, storage_options=opts or None)
+                ds = open_zarr_quiet(source, chunks={}, storage_options=opts or None)
         except FileNotFoundError as e:
             raise DataError(f"store {source!r} does not exist or is not readable ({e})") from None
         except (ValueError, KeyError, OSError) as e:
@@ -122,10 +129,7 @@ def _open_local(path: pathlib.Path) -> xr.Dataset:
                 f"(expected one of {', '.join(_ZARR_MARKERS)} inside it)"
             )
         try:
-            with warnings.catch_warnings():
-                # stores without consolidated metadata are fine (zarr v3 has none by spec)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return xr.open_zarr(path, chunks={})
+            return open_zarr_quiet(path, chunks={})
         except Exception as e:  # zarr raises a variety of errors for broken stores
             raise DataError(f"store path {str(path)!r}: not a readable Zarr store ({e})") from None
     with open(path, "rb") as f:

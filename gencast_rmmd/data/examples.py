@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data import normalization as nz
+from gencast_rmmd.data.era5 import open_zarr_quiet
 from gencast_rmmd.data.task import Channel, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
 
@@ -280,9 +280,7 @@ class ExampleSource:
         self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
         if not pathlib.Path(self.store).exists():
             raise DataError(f"store path {self.store!r} does not exist")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # no consolidated metadata: fine
-            ds = xr.open_zarr(self.store, chunks=None)
+        ds = open_zarr_quiet(self.store, chunks=None)
         from gencast_rmmd.data.validate import require_complete
 
         require_complete(ds, self.store)

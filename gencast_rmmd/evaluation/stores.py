@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from gencast_rmmd.data.era5 import open_zarr_quiet
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.safety import load_or_data_error
 
@@ -34,9 +34,7 @@ def _open(path: str) -> xr.Dataset:
     try:
         if str(path).endswith((".nc", ".nc4", ".h5")):
             return xr.open_dataset(path)
-        with warnings.catch_warnings():  # unconsolidated metadata (our stores) is fine
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return xr.open_zarr(path, chunks=None)
+        return open_zarr_quiet(path, chunks=None)
     except Exception as e:  # zarr/xarray raise many types for a non-store
         raise DataError(f"cannot open {path!r} as a Zarr store or netCDF file: {e}") from e
 

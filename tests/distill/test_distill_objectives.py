@@ -34,7 +34,7 @@ def _params(key):
     }
 
 
-def _setup(start, members=2, reward=0.3, l2=0.15, reference="teacher", aux_reg=0.5):
+def _setup(start, members=2, reward=0.3, l2=0.15, reference="teacher", aux_reg=0.5, reward_fn=None):
     names = ["student", "aux", "teacher", "student_frozen", "aux_frozen"]
     params = {n: _params(jax.random.PRNGKey(i)) for i, n in enumerate(names)}
     rng = np.random.default_rng(0)
@@ -58,8 +58,9 @@ def _setup(start, members=2, reward=0.3, l2=0.15, reference="teacher", aux_reg=0
     cond_fn = lambda b: b["c"]  # noqa: E731
     noise = lambda k, s: jax.random.normal(k, s)  # noqa: E731
     obj = make_objective(
-        mlp_denoise, noise, scfg, cfg, target_fn=target_fn, cond_fn=cond_fn, weights=weights
-    )
+        mlp_denoise, noise, scfg, cfg, target_fn=target_fn, cond_fn=cond_fn, weights=weights,
+        reward_fn=reward_fn,
+    )  # fmt: skip
     obj = jax.jit(obj, static_argnames=("student", "aux", "intermediates"))
     return obj, params, batch, weights, cfg, target_fn
 
@@ -189,22 +190,12 @@ def test_traced_lambda_equals_config_lambda_and_compiles_once():
 def test_one_member_custom_reward_logs_no_crps():
     """With M = 1 and a custom reward (the image path) there is no fair CRPS to log (it needs
     two members); every logged metric is finite."""
-    names = ["student", "aux", "teacher", "student_frozen", "aux_frozen"]
-    params = {n: _params(jax.random.PRNGKey(i)) for i, n in enumerate(names)}
-    rng = np.random.default_rng(0)
-    batch = {
-        "x": jnp.asarray(rng.normal(size=(B, *SHAPE)), jnp.float32),
-        "c": jnp.asarray(rng.normal(size=(B,)), jnp.float32),
-    }
-    cfg = ObjectiveConfig(start="on_policy_discrete", members=1, reward_weight=0.5, l2_weight=0.1)
-    obj = make_objective(
-        mlp_denoise,
-        lambda k, s: jax.random.normal(k, s),
-        ss.StudentSamplerConfig(num_steps=4),
-        cfg,
-        target_fn=lambda b: b["x"],
-        cond_fn=lambda b: b["c"],
-        reward_fn=lambda samples, cond, b: -jnp.mean(samples**2, axis=(0, *range(2, samples.ndim))),
+
+    def reward_fn(samples, cond, batch):
+        return -jnp.mean(samples**2, axis=(0, *range(2, samples.ndim)))
+
+    obj, params, batch, *_ = _setup(
+        "on_policy_discrete", members=1, reward=0.5, l2=0.1, reward_fn=reward_fn
     )
     _, m = obj(params, batch, jax.random.PRNGKey(0))
     assert "crps" not in m and "reward" in m
