@@ -74,6 +74,7 @@ def main() -> None:
                 "teacher_step_seconds": t["seconds"],
                 "student_step_seconds": s["seconds"],
                 "wall_clock_speedup": t["seconds"] / s["seconds"],
+                "wall_clock_speedup_median": t["median_seconds"] / s["median_seconds"],
                 "nfe_ratio": t["nfe"] / s["nfe"],
                 "overhead_efficiency": (t["seconds"] / s["seconds"]) / (t["nfe"] / s["nfe"]),
             }

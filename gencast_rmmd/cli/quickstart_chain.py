@@ -423,9 +423,10 @@ def measure_step_seconds(
 ) -> dict[str, dict[str, float]]:
     """Wall-clock seconds of one 12 h ensemble step per model, measured in this one process.
 
-    Each model's vmapped step over `members` is compiled and run once (warm-up), then timed
-    `repeats` times with `block_until_ready`; the minimum is reported (least disturbed by other
-    load). Same inputs, same device, same process for every model, so the ratio is fair.
+    Each model's vmapped step over `members` is compiled and run once (warm-up). Then the models
+    are timed in turn, `repeats` rounds, with `block_until_ready`, so that every model sees the
+    same background load; `seconds` is the minimum (least disturbed), `median_seconds` the median.
+    Same inputs, same device, same process for every model, so the ratio is fair.
     """
     import jax
 
@@ -434,7 +435,7 @@ def measure_step_seconds(
     with _open_zarr(store) as ds:
         lat = ds["lat"].values
         lon = ds["lon"].values
-    out = {}
+    runs = {}
     for name, path in checkpoints.items():
         model = load_forecast_model(path, stats_dir, name=name)
         step_fn, params = model.build(lat, lon)
@@ -445,14 +446,23 @@ def measure_step_seconds(
         keys = jax.random.split(jax.random.PRNGKey(0), members)
         fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
         fn(params, keys, x, f).block_until_ready()
-        times = []
-        for r in range(repeats):
-            keys = jax.random.split(jax.random.PRNGKey(r + 1), members)
+        runs[name] = (fn, params, x, f, int(model.nfe))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(repeats):
+        keys = jax.random.split(jax.random.PRNGKey(r + 1), members)
+        for name, (fn, params, x, f, _) in runs.items():
             t0 = time.perf_counter()
             fn(params, keys, x, f).block_until_ready()
-            times.append(time.perf_counter() - t0)
-        out[name] = {"seconds": float(min(times)), "nfe": int(model.nfe), "members": members}
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "seconds": float(min(times[name])),
+            "median_seconds": float(np.median(times[name])),
+            "nfe": runs[name][4],
+            "members": members,
+        }
+        for name in runs
+    }
 
 
 def _stage_speed(ctx: Context) -> None:
@@ -482,6 +492,10 @@ def build_summary(ctx: Context) -> dict:
         "teacher_step_seconds": t["seconds"],
         "student_step_seconds": s["seconds"],
         "speedup": t["seconds"] / s["seconds"] if s["seconds"] > 0 else float("nan"),
+        # The same ratio from the medians of the interleaved rounds (a load-robustness check).
+        "speedup_median": t["median_seconds"] / s["median_seconds"]
+        if s.get("median_seconds") and t.get("median_seconds")
+        else None,
         "win_rate": ev.get("win_rate_crps"),
         # The scorecard's relative change is (student - teacher) / teacher; positive here means
         # the student's CRPS is lower (better).

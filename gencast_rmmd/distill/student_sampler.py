@@ -16,7 +16,8 @@ With S_s = 0 after the last level the step returns `x0_hat` exactly, so the last
 prediction is the sample (no Euler step, no churn: churn hurts MMD students, rmmd.md §2.6).
 eta = 1 is the DDPM posterior, eta = 0 deterministic DDIM; GenCast's RMMD uses eta = 0.5.
 
-Cost: exactly K denoiser evaluations (`num_evaluations`).
+Cost: exactly K denoiser evaluations (`num_evaluations`) and K noise draws (the initial noise and
+K - 1 posterior noises; the last step's noise has coefficient 0 and is not drawn).
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def sample_trajectory(
 
     `shape = (B, ...)` is the sample shape; `cond` is passed unchanged to `denoise_fn`. The
     initial noise uses `fold_in(rng, 0)` and the step-k posterior noise `fold_in(rng, k + 1)`,
-    so `sample` and `sample_trajectory` give the same sample for the same rng. With
+    so `sample` and `sample_trajectory` give the same sample for the same rng. The last step's
+    noise (coefficient 0) is never drawn, nor any step noise when eta = 0. With
     `stop_gradient` (default) nothing here is differentiated (the student's on-policy sampler
     carries no gradient; rmmd.md §2.1 idea 3).
     """
@@ -153,11 +155,19 @@ def sample_trajectory(
     batch = shape[0]
     y0 = levels[0] * noise_fn(jax.random.fold_in(rng, 0), shape)
     sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
+    eta_is_zero = isinstance(cfg.eta, (int, float)) and cfg.eta == 0
+    last_noisy = 0 if eta_is_zero else cfg.num_steps - 1  # steps k < last_noisy draw noise
 
     def body(y, xs):
         k, s_t, s_s = xs
         x0_hat = sg(denoise_fn(params, y, jnp.full((batch,), s_t), cond))
-        z = noise_fn(jax.random.fold_in(rng, k + 1), shape)
+        # The last step goes to S_s = 0, where the noise coefficient is 0: skip that draw (and
+        # every draw when eta = 0). `k` is not batched under vmap, so this stays a real branch.
+        z = jax.lax.cond(
+            k < last_noisy,
+            lambda: noise_fn(jax.random.fold_in(rng, k + 1), shape).astype(jnp.float32),
+            lambda: jnp.zeros(shape, jnp.float32),
+        )
         y_next = ddim_eta_step(y, x0_hat, s_t, s_s, cfg.eta, z)
         return y_next, (y, x0_hat)
 

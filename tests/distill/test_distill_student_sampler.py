@@ -42,6 +42,30 @@ def test_num_evaluations_is_k(k):
     assert counter["n"] == k
 
 
+@pytest.mark.parametrize("k,eta,draws", [(1, 0.5, 1), (8, 0.25, 8), (8, 0.0, 1)])
+def test_noise_draws_skip_zero_coefficient_steps(k, eta, draws):
+    # The initial noise plus one draw per step whose next level is > 0; none when eta = 0.
+    cfg = ss.StudentSamplerConfig(num_steps=k, eta=eta)
+    calls = {"n": 0}
+
+    def counting_noise(rng, shape):
+        calls["n"] += 1
+        return G.gaussian_noise(rng, shape)
+
+    den = lambda p, x, s, c: 0.5 * x  # noqa: E731
+    key = jax.random.PRNGKey(1)
+    with jax.disable_jit():
+        x = ss.sample(den, None, key, None, (3, 2), counting_noise, cfg)
+    assert calls["n"] == draws
+    # Same sample as the plain chain that draws every step's noise (its last coefficient is 0).
+    levels = list(ss.noise_levels(cfg)) + [0.0]
+    y = levels[0] * G.gaussian_noise(jax.random.fold_in(key, 0), (3, 2))
+    for i, (st, sn) in enumerate(zip(levels[:-1], levels[1:])):
+        z = G.gaussian_noise(jax.random.fold_in(key, i + 1), (3, 2))
+        y = ss.ddim_eta_step(y, 0.5 * y, st, sn, eta, z)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5)
+
+
 def test_ddim_step_marginal_and_limits():
     # If x0_hat is the true x0 and y_t = x0 + S_t eps, then y_s = x0 + S_s * (unit noise) for any eta.
     rng = np.random.default_rng(0)
