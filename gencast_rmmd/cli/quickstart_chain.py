@@ -674,16 +674,40 @@ def load_profile(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Q
     return load_config(QuickstartConfig, profile, overrides, kind="quickstart")
 
 
+# Settings that change no stage's output except the speed measurement.
+_TIMING_ONLY_KEYS = ("speed_repeats",)
+
+
+def _same_results(marker_text: str, text: str) -> bool:
+    """True when two profile dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
+    import yaml
+
+    try:
+        a, b = yaml.safe_load(marker_text), yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    for k in _TIMING_ONLY_KEYS:
+        a.pop(k, None)
+        b.pop(k, None)
+    return a == b
+
+
 def run_chain(ctx: Context) -> dict:
     """Run every stage not yet complete; return the summary."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     marker = ctx.path("quickstart.yaml")
     text = dump_yaml(ctx.cfg)
     if marker.exists() and marker.read_text() != text:
-        raise OutputError(
-            f"{ctx.out} holds a quickstart run with other settings ({marker}); use a new --out "
-            "or delete the directory"
-        )
+        if _same_results(marker.read_text(), text):
+            # Only the timing repeats changed: keep every result, re-time the speed stage.
+            ctx.speed_json.unlink(missing_ok=True)
+        else:
+            raise OutputError(
+                f"{ctx.out} holds a quickstart run with other settings ({marker}); use a new "
+                "--out or delete the directory"
+            )
     if not marker.exists() and any(ctx.out.iterdir()):
         raise OutputError(f"--out {ctx.out} exists and holds other files; choose a new directory")
     _atomic_text(marker, text)

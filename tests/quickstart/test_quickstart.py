@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -80,6 +81,17 @@ def test_other_settings_in_out_dir_are_refused(tmp_path, capsys):
     rc = main(["quickstart", "--fast", "--out", str(out)])
     assert rc == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_changed_speed_repeats_keeps_results_and_retimes(tmp_path):
+    # A marker that differs only in the number of timing rounds is not "other settings".
+    cfg = chain.load_profile("fast")
+    marker = chain.dump_yaml(cfg)
+    retimed = chain.dump_yaml(dataclasses.replace(cfg, speed_repeats=cfg.speed_repeats + 4))
+    assert marker != retimed
+    assert chain._same_results(marker, retimed)
+    assert not chain._same_results(marker, chain.dump_yaml(dataclasses.replace(cfg, seed=99)))
+    assert not chain._same_results(marker, "seed: [unclosed\n")
 
 
 def test_data_without_config_is_refused(tmp_path, capsys):
