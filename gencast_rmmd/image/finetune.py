@@ -18,7 +18,7 @@ Each run evaluates the student every `eval_every` steps (and at step 0) and retu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -68,13 +68,29 @@ def rmmd_objective_config(cfg: FinetuneConfig, lam: float) -> obj.ObjectiveConfi
     )
 
 
-def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, reward: Reward, opt):
-    """The jitted phase-2 step; lambda is traced (one compilation per reward, not per lambda)."""
-    # lambda = 1 only switches the reward and L2 terms on; the step's `lam` argument sets them.
-    objective = image_objective(model, start.sampler, rmmd_objective_config(cfg, 1.0), reward)
+def switched_reward(rewards: Sequence[Reward], index: jax.Array) -> Reward:
+    """The reward `rewards[index]` for a traced `index` (`lax.switch`: only that branch runs), so
+    one compiled step serves every reward of a sweep."""
+    fns = list(rewards)
+    if len(fns) == 1:
+        return fns[0]
+    return lambda images, labels: jax.lax.switch(index, fns, images, labels)
+
+
+def _rmmd_step(model, start: StartPoint, cfg: FinetuneConfig, rewards: Sequence[Reward], opt):
+    """The jitted phase-2 step; lambda and the reward index are traced (one compilation for the
+    whole sweep of a method, not one per reward and lambda)."""
 
     @jax.jit
-    def step(trainable, frozen, opt_state, batch, key, lam):
+    def step(trainable, frozen, opt_state, batch, key, lam, reward_index):
+        # lambda = 1 only switches the reward and L2 terms on; `lam` sets them.
+        objective = image_objective(
+            model,
+            start.sampler,
+            rmmd_objective_config(cfg, 1.0),
+            switched_reward(rewards, reward_index),
+        )
+
         def loss_fn(tr):
             return objective(
                 {**frozen, **tr},
@@ -98,14 +114,15 @@ def _baseline_step(
     method: str,
     start: StartPoint,
     cfg: FinetuneConfig,
-    reward,
+    rewards: Sequence[Reward],
     opt,
     noise_apply: hypernoise.NoiseApply | None = None,
 ):
     denoise = model.denoise_fn
     sampler = start.sampler
 
-    def loss_fn(tr, frozen, batch, key, lam):
+    def loss_fn(tr, frozen, batch, key, lam, reward_index):
+        reward = switched_reward(rewards, reward_index)
         if method == "hypernoise":  # the student is frozen and samples as at inference
             return hypernoise.hypernoise_loss(
                 model.teacher_denoise_fn, frozen["student"], noise_apply, tr["noise"], key,
@@ -126,9 +143,9 @@ def _baseline_step(
         )  # fmt: skip
 
     @jax.jit
-    def step(trainable, frozen, opt_state, batch, key, lam):
+    def step(trainable, frozen, opt_state, batch, key, lam, reward_index):
         (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, frozen, batch, key, lam
+            trainable, frozen, batch, key, lam, reward_index
         )
         upd, opt_state = opt.update(g, opt_state, trainable)
         return optax.apply_updates(trainable, upd), opt_state, loss, metrics
@@ -154,22 +171,33 @@ def finetune_run(
     step_cache: dict | None = None,
     progress: bool = True,
     on_eval: Callable[[dict], None] | None = None,
+    sweep_rewards: Mapping[str, Reward] | None = None,
 ) -> list[dict]:
     """Fine-tune with `method` in {rmmd, dipp, draft, refl, hypernoise} on one reward and lambda.
 
     Returns one row per evaluation (step 0 included): method, reward, lambda, step, distance
     (Frechet classifier distance), reward_value (mean reward of the evaluated samples), accuracy.
-    `step_cache` (a dict) reuses compiled steps across lambdas (lambda is traced in every method).
+    `step_cache` (a dict) reuses compiled steps: lambda is traced in every method, and with
+    `sweep_rewards` (every reward of the sweep by name, `reward_name` among them; `reward` is then
+    `sweep_rewards[reward_name]`) so is the choice of reward, so a method compiles once per sweep.
     """
     steps = cfg.steps if steps is None else steps
     opt = make_optimizer(cfg.optim, steps)
     lam_arr = jnp.float32(lam)
-    key = (method, reward_name, id(start), steps)  # the optimizer schedule depends on steps
+    if sweep_rewards is None:
+        sweep_rewards = {reward_name: reward}
+    if reward_name not in sweep_rewards:
+        raise ValueError(f"reward {reward_name!r} is not in sweep_rewards {list(sweep_rewards)}")
+    names = tuple(sweep_rewards)
+    rewards = tuple(sweep_rewards[n] for n in names)
+    index_arr = jnp.int32(names.index(reward_name))
+    # The optimizer schedule depends on steps; the compiled step on the reward set.
+    key = (method, names, tuple(id(r) for r in rewards), id(start), steps)
     if method in ("rmmd", "dipp"):
         if step_cache is not None and key in step_cache:
             base = step_cache[key]
         else:
-            base = _rmmd_step(model, start, cfg, reward, opt)
+            base = _rmmd_step(model, start, cfg, rewards, opt)
             if step_cache is not None:
                 step_cache[key] = base
         trainable = {"student": start.student, "aux": start.aux}
@@ -182,7 +210,7 @@ def finetune_run(
         if step_cache is not None and key in step_cache:
             base = step_cache[key]
         else:
-            base = _baseline_step(model, method, start, cfg, reward, opt)
+            base = _baseline_step(model, method, start, cfg, rewards, opt)
             if step_cache is not None:
                 step_cache[key] = base
         trainable = {"student": start.student}
@@ -194,7 +222,7 @@ def finetune_run(
         if step_cache is not None and key in step_cache:
             base = step_cache[key]
         else:
-            base = _baseline_step(model, method, start, cfg, reward, opt, noise_apply)
+            base = _baseline_step(model, method, start, cfg, rewards, opt, noise_apply)
             if step_cache is not None:
                 step_cache[key] = base
         trainable = {"noise": phi}
@@ -204,7 +232,7 @@ def finetune_run(
     opt_state = opt.init(trainable)
 
     def step(tr, fr, os_, batch, k):
-        return base(tr, fr, os_, batch, k, lam_arr)
+        return base(tr, fr, os_, batch, k, lam_arr, index_arr)
 
     rows: list[dict] = []
 

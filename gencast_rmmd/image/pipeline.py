@@ -407,8 +407,10 @@ def stage_pareto(ctx: Context) -> dict:
 
     # lambda-major order: at any point the finished runs cover the methods evenly, and the
     # outputs are rewritten after each run, so an interrupted sweep leaves a usable front.
+    # Every reward of the sweep, so that each method compiles one step for all of them.
+    sweep_rewards = {r: ctx.reward(r) for r in cfg.pareto.rewards}
     for r in cfg.pareto.rewards:
-        reward = ctx.reward(r)
+        reward = sweep_rewards[r]
         for lam in cfg.pareto.lambdas[r]:
             for method in cfg.pareto.methods:
                 if (method, r, float(lam)) in done:
@@ -417,7 +419,7 @@ def stage_pareto(ctx: Context) -> dict:
                     method, r, float(lam), model=ctx.model, teacher_params=teacher,
                     start=starts[method], reward=reward, data=ctx.data, cfg=cfg.finetune,
                     evaluator=ctx.evaluator, eval_every=cfg.pareto.eval_every, step_cache=cache,
-                    progress=ctx.progress,
+                    progress=ctx.progress, sweep_rewards=sweep_rewards,
                 )  # fmt: skip
                 for row in new:
                     log_row(row)

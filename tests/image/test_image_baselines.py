@@ -179,3 +179,28 @@ def test_hypernoise_loss_definition_and_gradient():
     )(phi, P)
     assert sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(g_phi)) > 0
     assert all(float(v) == 0.0 for v in jax.tree.leaves(g_p))  # the student is frozen
+
+
+def test_switched_reward_matches_each_reward_with_one_compilation():
+    # The sweep compiles one step per method: the reward is chosen by a traced index.
+    from gencast_rmmd.image.finetune import switched_reward
+    from gencast_rmmd.image.rewards import bw_reward, laplacian_reward
+
+    rewards = (bw_reward, laplacian_reward, reward)
+    traces = {"n": 0}
+
+    @jax.jit
+    def value_and_grad(x, labels, index):
+        traces["n"] += 1
+        f = switched_reward(rewards, index)
+        return jax.value_and_grad(lambda y: jnp.sum(f(y, labels)))(x)
+
+    x = jax.random.normal(jax.random.PRNGKey(5), SHAPE)
+    for i, r in enumerate(rewards):
+        v, g = value_and_grad(x, COND, jnp.int32(i))
+        v_ref, g_ref = jax.value_and_grad(lambda y, r=r: jnp.sum(r(y, COND)))(x)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+    assert traces["n"] == 1
+    # A single reward is passed through unchanged.
+    assert switched_reward((bw_reward,), jnp.int32(0)) is bw_reward
