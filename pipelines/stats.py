@@ -56,7 +56,6 @@ class _MomentsCombine:
 def _open(path: str) -> xr.Dataset:
     """Open lazily without dask (xarray's lazy indexing reads only the selected chunks); cached
     per worker process so each work item does not re-read the metadata."""
-
     from gencast_rmmd.data.era5 import open_store, open_zarr_quiet
     from gencast_rmmd.data.validate import require_complete
 

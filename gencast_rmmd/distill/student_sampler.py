@@ -73,6 +73,14 @@ def num_evaluations(cfg: StudentSamplerConfig) -> int:
     return cfg.num_steps
 
 
+def num_noise_draws(cfg: StudentSamplerConfig) -> int:
+    """Noise draws of one sample, with keys `fold_in(rng, j)` for `j < num_noise_draws`: the
+    initial noise (j = 0) and the posterior noise of every step but the last (j = k + 1), whose
+    coefficient is 0 (S_s = 0); only the initial noise when eta = 0 (a static 0, not a traced one)."""
+    eta_is_zero = isinstance(cfg.eta, (int, float)) and cfg.eta == 0
+    return 1 if eta_is_zero else cfg.num_steps
+
+
 def noise_levels(cfg: StudentSamplerConfig) -> np.ndarray:
     """The K noise levels, decreasing, float64 numpy `[K]` (EDM rho grid, see module doc)."""
     k = cfg.num_steps
@@ -155,8 +163,7 @@ def sample_trajectory(
     batch = shape[0]
     y0 = levels[0] * noise_fn(jax.random.fold_in(rng, 0), shape)
     sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
-    eta_is_zero = isinstance(cfg.eta, (int, float)) and cfg.eta == 0
-    last_noisy = 0 if eta_is_zero else cfg.num_steps - 1  # steps k < last_noisy draw noise
+    n_draws = num_noise_draws(cfg)  # step k draws its posterior noise when k + 1 < n_draws
 
     def body(y, xs):
         k, s_t, s_s = xs
@@ -164,7 +171,7 @@ def sample_trajectory(
         # The last step goes to S_s = 0, where the noise coefficient is 0: skip that draw (and
         # every draw when eta = 0). `k` is not batched under vmap, so this stays a real branch.
         z = jax.lax.cond(
-            k < last_noisy,
+            k + 1 < n_draws,
             lambda: noise_fn(jax.random.fold_in(rng, k + 1), shape).astype(jnp.float32),
             lambda: jnp.zeros(shape, jnp.float32),
         )

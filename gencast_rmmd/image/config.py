@@ -174,8 +174,8 @@ class FinetuneConfig:
     refl: L = -lambda R(x0 from one gradient step at a random early stop) + denoising loss on data;
           the stop index is uniform on {refl_min_stop, ..., K-1} (-1: K // 2, the later half).
     dipp: the RMMD loss with a 1-step student from t = 1 (DI++).
-    hypernoise: the student frozen; a noise network f (width `hypernoise_width`) modulates its
-           initial noise, L = -lambda R(G(eps + f(eps))) + hypernoise_kl * 0.5 mean f^2.
+    hypernoise: the student frozen; a noise network f (width `hypernoise_width`) modulates every
+           noise it draws, L = -lambda R(G(eps + f(eps))) + hypernoise_kl * 0.5 sum_j mean f(eps_j)^2.
     """
 
     steps: int = 300

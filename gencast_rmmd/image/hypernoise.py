@@ -85,11 +85,11 @@ def noise_kl(
     shape: tuple[int, ...],
     cfg: ss.StudentSamplerConfig,
 ) -> jax.Array:
-    """`0.5 sum_k mean f_phi(eps_k)^2` over the K noises that reach the sample (the initial draw,
-    `fold_in(rng, 0)`, and the posterior noises of steps 0..K-2, `fold_in(rng, k + 1)`; the last
-    step goes to sigma = 0 and adds none)."""
+    """`0.5 sum_j mean f_phi(eps_j)^2` over the noises the sampler draws, `eps_j` from
+    `fold_in(rng, j)` for `j < ss.num_noise_draws(cfg)` (the initial draw and the posterior noises
+    of steps 0..K-2; the last step goes to sigma = 0 and adds none)."""
     total = jnp.zeros((), jnp.float32)
-    for k in range(cfg.num_steps):
+    for k in range(ss.num_noise_draws(cfg)):
         eps = gaussian_noise(jax.random.fold_in(rng, k), shape)
         total = total + 0.5 * jnp.mean(apply(phi, eps, labels) ** 2)
     return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,6 +172,13 @@ def test_hypernoise_loss_definition_and_gradient():
     ref = -lam * jnp.mean(reward(y, COND)) + kl_w * kl
     np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
     np.testing.assert_allclose(float(m["noise_kl"]), float(kl), rtol=1e-5)
+    # With eta = 0 the chain draws only the initial noise, and the KL counts only that one.
+    cfg0 = dataclasses.replace(CFG, eta=0.0)
+    np.testing.assert_allclose(
+        float(H.noise_kl(apply, phi, rng, COND, SHAPE, cfg0)),
+        float(0.5 * jnp.mean(mod(0)[1] ** 2)),
+        rtol=1e-6,
+    )
 
     g_phi, g_p = jax.grad(
         lambda ph, p: H.hypernoise_loss(
