@@ -19,6 +19,15 @@ import sys
 import jax
 
 
+def _student(run: pathlib.Path) -> pathlib.Path | None:
+    """The run's final student: phase 2 (distill/rmmd), else phase 1 (distill/mmd)."""
+    for phase in ("rmmd", "mmd"):
+        path = run / "distill" / phase / "student.npz"
+        if path.exists():
+            return path
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/quickstart")
@@ -26,9 +35,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     run = pathlib.Path(args.run)
-    if not (run / "distill" / "student.npz").exists():
+    if _student(run) is None:
         run = pathlib.Path("runs/bench-fast")
-        if not (run / "distill" / "student.npz").exists():
+        if _student(run) is None:
             subprocess.run(
                 [
                     sys.executable,
@@ -46,17 +55,21 @@ def main() -> None:
     from gencast_rmmd.config import load_config
     from gencast_rmmd.data.config import DataConfig
 
-    data_cfg = load_config(DataConfig, run / "data.yaml")
-    from gencast_rmmd.data import nature_run
+    store = None
+    if (run / "store.json").exists():  # the store the run used (the nature run or --data)
+        store = json.loads((run / "store.json").read_text())["store"]
+    if store is None or not pathlib.Path(store).exists():
+        from gencast_rmmd.data import nature_run
 
-    store = str(
-        nature_run.embedded_store(
-            config=data_cfg.nature_run, levels_hpa=data_cfg.task.pressure_levels
+        data_cfg = load_config(DataConfig, run / "data.yaml")
+        store = str(
+            nature_run.embedded_store(
+                config=data_cfg.nature_run, levels_hpa=data_cfg.task.pressure_levels
+            )
         )
-    )
     teacher = sorted((run / "teacher").glob("teacher_*levels.npz"))[0]
     res = measure_step_seconds(
-        {"teacher": str(teacher), "student": str(run / "distill" / "student.npz")},
+        {"teacher": str(teacher), "student": str(_student(run))},
         str(run / "stats"),
         store,
         args.members,

@@ -139,6 +139,9 @@ class MMDConfig:
     `sampler` is the distill area's K-step student sampler on the VE view of the VP model
     (K = 8 default; 1, 2, 4 allowed); the objective is `gencast_rmmd.distill.objectives` with the
     weighting / regulariser knobs below (see that module for their meaning).
+    `ema_decay > 0` returns the moving average of the student's iterates (decay warmed up as
+    min(ema_decay, (1 + i) / (10 + i))); `aux_lr_ratio` gives the auxiliary denoiser its own
+    learning rate, `aux_lr_ratio` x the student's (two time scales; 1 = one optimizer).
     """
 
     sampler: StudentSamplerConfig = StudentSamplerConfig(
@@ -155,9 +158,12 @@ class MMDConfig:
     s_floor: float = 0.01
     dropout: bool = True
     ema_decay: float = 0.0
+    aux_lr_ratio: float = 1.0
     seed: int = 2
 
     def validate(self) -> None:
+        if self.aux_lr_ratio <= 0:
+            raise ValueError(f"aux_lr_ratio must be > 0, found {self.aux_lr_ratio}")
         if self.sampler.num_steps not in (1, 2, 4, 8):
             raise ValueError(
                 f"sampler.num_steps must be 1, 2, 4 or 8, found {self.sampler.num_steps}"
@@ -204,7 +210,14 @@ class FinetuneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ParetoConfig:
-    """The lambda sweep: methods x rewards x lambdas, evaluated every `eval_every` steps."""
+    """The lambda sweep: methods x rewards x lambdas, evaluated every `eval_every` steps.
+
+    `lambdas[reward]` is every method's lambda list for that reward unless
+    `method_lambdas[method][reward]` gives that method its own: lambda multiplies a reward
+    against a different regulariser in each method (RMMD: the MMD term and lambda/2 L2 anchor;
+    DRaFT: `draft_l2 ||theta - theta0||^2`; ReFL: the denoising loss), so comparable fronts need
+    per-method ranges that span the same rewards.
+    """
 
     methods: tuple[str, ...] = METHODS
     rewards: tuple[str, ...] = REWARDS
@@ -215,9 +228,16 @@ class ParetoConfig:
             "classifier": (0.03, 0.1, 0.3),
         }
     )
+    method_lambdas: dict[str, dict[str, tuple[float, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
     eval_every: int = 100
     eval_samples: int = 1000
     dipp_mmd_steps: int = 800
+
+    def lambdas_for(self, method: str, reward: str) -> tuple[float, ...]:
+        """The lambdas swept for (method, reward): the method's own list, else the reward's."""
+        return tuple(self.method_lambdas.get(method, {}).get(reward, self.lambdas[reward]))
 
     def validate(self) -> None:
         for m in self.methods:
@@ -228,6 +248,16 @@ class ParetoConfig:
                 raise ValueError(f"unknown reward {r!r}; allowed: {', '.join(REWARDS)}")
             if r not in self.lambdas:
                 raise ValueError(f"lambdas has no entry for reward {r!r}")
+        for m, per_reward in self.method_lambdas.items():
+            if m not in METHODS:
+                raise ValueError(
+                    f"method_lambdas: unknown method {m!r}; allowed: {', '.join(METHODS)}"
+                )
+            for r in per_reward:
+                if r not in REWARDS:
+                    raise ValueError(
+                        f"method_lambdas.{m}: unknown reward {r!r}; allowed: {', '.join(REWARDS)}"
+                    )
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
 

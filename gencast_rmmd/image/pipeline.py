@@ -189,7 +189,8 @@ def stage_mmd(
     return StartPoint(student=student, aux=aux, sampler=cfg.sampler)
 
 
-DISTILL_EVAL_SEEDS = (7, 8, 9, 10)
+# Sample sets (noise seeds) of the teacher / student comparison, the same for every model.
+DISTILL_EVAL_SEEDS = (7, 8, 9, 10, 11, 12, 13, 14)
 
 
 def stage_distill(ctx: Context) -> dict:
@@ -199,16 +200,14 @@ def stage_distill(ctx: Context) -> dict:
     k = start.sampler.num_steps
 
     def mean_eval(params, sampler) -> dict:
-        # The distance of N = eval_samples samples varies by ~+-20% from one sample set to the
-        # next (measured: teacher 1.32 vs 1.96 for two seeds), so the comparison averages
-        # DISTILL_EVAL_SEEDS sample sets, the same ones for every model.
-        evals = [
-            ctx.evaluator.evaluate(generate(ctx.model, params, sampler, ctx.evaluator.labels, sd))
-            for sd in DISTILL_EVAL_SEEDS
-        ]
-        out = {key: float(np.mean([e[key] for e in evals])) for key in evals[0]}
-        out[f"{DISTANCE_NAME}_per_seed"] = [e[DISTANCE_NAME] for e in evals]
-        return out
+        # One distance of all DISTILL_EVAL_SEEDS sets pooled (8 x eval_samples samples): a single
+        # set of 500 varies by a factor 4 between sets of real images (Evaluator.evaluate_pooled).
+        return ctx.evaluator.evaluate_pooled(
+            [
+                generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
+                for sd in DISTILL_EVAL_SEEDS
+            ]
+        )
 
     t_eval = mean_eval(teacher, ctx.cfg.teacher.sampler)
     s_eval = mean_eval(start.student, start.sampler)
@@ -225,7 +224,7 @@ def stage_distill(ctx: Context) -> dict:
     _write_atomic(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
     _log(
         f"MMD student K={k}: accuracy {s_eval['accuracy']:.3f}, {DISTANCE_NAME} "
-        f"(mean of {len(DISTILL_EVAL_SEEDS)} sample sets, teacher {t_eval[DISTANCE_NAME]:.4f}) "
+        f"({s_eval['samples']} samples pooled, teacher {t_eval[DISTANCE_NAME]:.4f}) "
         f"{s_eval[DISTANCE_NAME]:.4f} ({summary['student_over_teacher_distance']:.2f}x teacher); "
         f"teacher sampled with the same {k} steps: {tk_eval[DISTANCE_NAME]:.4f}"
     )
@@ -274,7 +273,8 @@ def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ..
                 for x in rows
                 if x["reward"] == r and x["method"] == m
             ]
-            fronts[m] = pareto_front(pts)
+            if pts:  # a method may sweep no lambda for this reward (pareto.method_lambdas)
+                fronts[m] = pareto_front(pts)
         entry: dict[str, Any] = {"fronts": fronts}
         if "rmmd" in fronts:
             for b in ("draft", "refl", "dipp", "hypernoise"):
@@ -344,8 +344,17 @@ def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict)
         for name, ref in refs.items():
             if r in ref:
                 ax.scatter([ref[r]], [ref["distance"]], marker="*", s=120, label=name, zorder=5)
+        # Distances span 1 to 100s (DI++), so a log axis; the reward axis covers the fronts and
+        # the references (dominated outliers, e.g. DI++'s untuned start, fall outside).
+        xs = [p[1] for f in summary["rewards"][r]["fronts"].values() for p in f]
+        xs += [ref[r] for ref in refs.values() if r in ref]
+        if xs:
+            lo, hi = min(xs), max(xs)
+            pad = 0.08 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-3
+            ax.set_xlim(lo - pad, hi + pad)
+        ax.set_yscale("log")
         ax.set_xlabel(f"reward: {r} (higher is better)")
-        ax.set_ylabel(DISTANCE_NAME.replace("_", " "))
+        ax.set_ylabel(DISTANCE_NAME.replace("_", " ") + " (log)")
         ax.set_title(f"{r}")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -411,8 +420,12 @@ def stage_pareto(ctx: Context) -> dict:
     sweep_rewards = {r: ctx.reward(r) for r in cfg.pareto.rewards}
     for r in cfg.pareto.rewards:
         reward = sweep_rewards[r]
-        for lam in cfg.pareto.lambdas[r]:
+        per_method = {m: cfg.pareto.lambdas_for(m, r) for m in cfg.pareto.methods}
+        for i in range(max(len(v) for v in per_method.values())):
             for method in cfg.pareto.methods:
+                if i >= len(per_method[method]):
+                    continue
+                lam = per_method[method][i]
                 if (method, r, float(lam)) in done:
                     continue
                 new = finetune_run(

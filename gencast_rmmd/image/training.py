@@ -12,6 +12,7 @@ start = "data") on the VE view of the U-ViT; student and auxiliary are initialis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -223,6 +224,22 @@ def make_distill_step(objective, opt: optax.GradientTransformation, schedule: st
     return lambda i, *a: (a_step if i % 2 == 0 else s_step)(*a)
 
 
+def mmd_optimizer(cfg: MMDConfig, steps: int) -> optax.GradientTransformation:
+    """The optimizer of `{"student", "aux"}`: `cfg.optim` for both, or with `aux_lr_ratio != 1`
+    two time scales, the auxiliary denoiser at `aux_lr_ratio` x the learning rate (each group
+    then clips its own gradient norm)."""
+    opt = make_optimizer(cfg.optim, steps)
+    if cfg.aux_lr_ratio == 1.0:
+        return opt
+    aux_optim = dataclasses.replace(
+        cfg.optim, learning_rate=cfg.optim.learning_rate * cfg.aux_lr_ratio
+    )
+    return optax.multi_transform(
+        {"student": opt, "aux": make_optimizer(aux_optim, steps)},
+        lambda tree: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in tree.items()},
+    )
+
+
 def train_mmd(
     cfg: MMDConfig,
     model: ImageModel,
@@ -238,7 +255,7 @@ def train_mmd(
     iterates, the decay warmed up as min(ema_decay, (1 + i) / (10 + i)) at step i."""
     steps = cfg.steps if steps is None else steps
     objective = image_objective(model, cfg.sampler, mmd_objective_config(cfg))
-    opt = make_optimizer(cfg.optim, steps)
+    opt = mmd_optimizer(cfg, steps)
     trainable = {"student": teacher_params, "aux": teacher_params}
     frozen = {"teacher": teacher_params}
     opt_state = opt.init(trainable)

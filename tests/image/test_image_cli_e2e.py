@@ -14,6 +14,7 @@ TINY = [
     "mmd.steps=3", "mmd.sampler.num_steps=2", "pareto.dipp_mmd_steps=2",
     "finetune.steps=2", "finetune.batch_size=8", "pareto.eval_every=1",
     "pareto.eval_samples=40", "pareto.rewards=[bw]", "pareto.lambdas.bw=[1.0]",
+    "pareto.method_lambdas={draft: {bw: [1.0, 10.0]}}",
 ]  # fmt: skip
 
 
@@ -28,8 +29,10 @@ def test_image_pareto_cli_end_to_end(tmp_path):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["method", "reward", "lambda", "step", "distance", "reward_value"]
     assert {r["method"] for r in rows} == {"mmd", "rmmd", "draft", "refl", "dipp", "hypernoise"}
-    # each fine-tuning run is evaluated at steps 0, 1, 2
-    assert sorted(int(r["step"]) for r in rows if r["method"] == "draft") == [0, 1, 2]
+    # each fine-tuning run is evaluated at steps 0, 1, 2; DRaFT runs its own two lambdas
+    assert sorted(int(r["step"]) for r in rows if r["method"] == "refl") == [0, 1, 2]
+    draft = [(float(r["lambda"]), int(r["step"])) for r in rows if r["method"] == "draft"]
+    assert sorted(draft) == [(lam, s) for lam in (1.0, 10.0) for s in (0, 1, 2)]
     assert (out / "pareto.png").stat().st_size > 1000
     summary = json.loads((out / "pareto_summary.json").read_text())
     assert summary["distance_name"] == "frechet_classifier_distance"

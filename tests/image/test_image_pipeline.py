@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from gencast_rmmd.config import load_config
@@ -37,8 +38,11 @@ def test_summarize_and_csv_columns(tmp_path):
                     "reward_value": -1.0 + 0.2 * k,
                 }
             )
-    s = pipeline.summarize(rows, ("rmmd", "draft", "refl", "dipp"), ("bw",))
+    s = pipeline.summarize(rows, ("rmmd", "draft", "refl", "dipp", "hypernoise"), ("bw",))
     assert s["rewards"]["bw"]["rmmd_dominates_draft_share"] == 1.0
+    # a method with no run on this reward has no front and no share (not NaN)
+    assert "hypernoise" not in s["rewards"]["bw"]["fronts"]
+    assert "rmmd_dominates_hypernoise_share" not in s["rewards"]["bw"]
     assert s["rewards"]["bw"]["rmmd_dominates_draft_and_refl"] is True
     assert s["rewards_where_rmmd_dominates_draft_and_refl"] == 1
     pipeline.write_outputs(tmp_path, rows, s, {"teacher": {"distance": 1.0, "bw": -0.5}})
@@ -68,6 +72,26 @@ def test_config_errors_name_the_key():
         load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, bogus]"], kind="image")
 
 
+def test_method_lambdas_override_the_reward_list():
+    cfg = load_config(
+        ImageConfig,
+        "digits",
+        ["pareto.lambdas.bw=[0.1, 1.0]", "pareto.method_lambdas={draft: {bw: [3.0, 30.0, 300.0]}}"],
+        kind="image",
+    ).pareto
+    assert cfg.lambdas_for("draft", "bw") == (3.0, 30.0, 300.0)
+    assert cfg.lambdas_for("refl", "bw") == (0.1, 1.0)  # no override: the reward's list
+    assert cfg.lambdas_for("draft", "laplacian") == cfg.lambdas["laplacian"]
+    with pytest.raises(ConfigError, match="method_lambdas: unknown method 'bogus'"):
+        load_config(
+            ImageConfig, "digits", ["pareto.method_lambdas={bogus: {bw: [1]}}"], kind="image"
+        )
+    with pytest.raises(ConfigError, match="method_lambdas.draft: unknown reward 'color'"):
+        load_config(
+            ImageConfig, "digits", ["pareto.method_lambdas={draft: {color: [1]}}"], kind="image"
+        )
+
+
 def test_cli_bad_data_leaves_no_run_directory(tmp_path):
     from gencast_rmmd.cli import main
 
@@ -78,3 +102,31 @@ def test_cli_bad_data_leaves_no_run_directory(tmp_path):
     )  # fmt: skip
     assert rc == 2
     assert not out.exists()
+
+
+def test_mmd_optimizer_two_time_scales():
+    """aux_lr_ratio = r: the auxiliary's first Adam step is r x the student's (same gradient)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    import optax
+
+    from gencast_rmmd.image.config import MMDConfig, OptimConfig
+    from gencast_rmmd.image.training import mmd_optimizer
+
+    params = {"student": {"w": jnp.ones(3)}, "aux": {"w": jnp.ones(3)}}
+    grads = {
+        "student": {"w": jnp.array([0.5, -2.0, 1.0])},
+        "aux": {"w": jnp.array([0.5, -2.0, 1.0])},
+    }
+    base = MMDConfig(optim=OptimConfig(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0))
+    for ratio in (1.0, 4.0):
+        opt = mmd_optimizer(dataclasses.replace(base, aux_lr_ratio=ratio), steps=10)
+        upd, _ = opt.update(grads, opt.init(params), params)
+        new = optax.apply_updates(params, upd)
+        d_student = np.asarray(new["student"]["w"] - 1.0)
+        d_aux = np.asarray(new["aux"]["w"] - 1.0)
+        np.testing.assert_allclose(d_student, -1e-3 * np.sign([0.5, -2.0, 1.0]), rtol=1e-4)
+        np.testing.assert_allclose(d_aux, ratio * d_student, rtol=1e-4)
+    with pytest.raises(ConfigError, match="aux_lr_ratio"):
+        load_config(ImageConfig, "digits", ["mmd.aux_lr_ratio=0"], kind="image")
