@@ -199,7 +199,7 @@ def stage_distill(ctx: Context) -> dict:
     start = stage_mmd(ctx, teacher)
     k = start.sampler.num_steps
 
-    def mean_eval(params, sampler) -> dict:
+    def pooled_eval(params, sampler) -> dict:
         # One distance of all DISTILL_EVAL_SEEDS sets pooled (8 x eval_samples samples): a single
         # set of 500 varies by a factor 4 between sets of real images (Evaluator.evaluate_pooled).
         return ctx.evaluator.evaluate_pooled(
@@ -209,10 +209,10 @@ def stage_distill(ctx: Context) -> dict:
             ]
         )
 
-    t_eval = mean_eval(teacher, ctx.cfg.teacher.sampler)
-    s_eval = mean_eval(start.student, start.sampler)
+    t_eval = pooled_eval(teacher, ctx.cfg.teacher.sampler)
+    s_eval = pooled_eval(start.student, start.sampler)
     # The teacher's own chain with the student's K steps: what distillation buys.
-    tk_eval = mean_eval(teacher, start.sampler)
+    tk_eval = pooled_eval(teacher, start.sampler)
     summary = {
         "distance_name": DISTANCE_NAME,
         "seeds": list(DISTILL_EVAL_SEEDS),
@@ -281,7 +281,9 @@ def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ..
                 if b in fronts:
                     entry[f"rmmd_dominates_{b}_share"] = dominance(fronts["rmmd"], fronts[b])
             both = [entry.get(f"rmmd_dominates_{b}_share") for b in ("draft", "refl")]
-            entry["rmmd_dominates_draft_and_refl"] = all(s == 1.0 for s in both if s is not None)
+            both = [s for s in both if s is not None]
+            # no DRaFT or ReFL front on this reward: nothing is dominated (not a vacuous win)
+            entry["rmmd_dominates_draft_and_refl"] = bool(both) and all(s == 1.0 for s in both)
             wins += int(entry["rmmd_dominates_draft_and_refl"])
         out["rewards"][r] = entry
     out["rewards_where_rmmd_dominates_draft_and_refl"] = wins
@@ -421,7 +423,7 @@ def stage_pareto(ctx: Context) -> dict:
     for r in cfg.pareto.rewards:
         reward = sweep_rewards[r]
         per_method = {m: cfg.pareto.lambdas_for(m, r) for m in cfg.pareto.methods}
-        for i in range(max(len(v) for v in per_method.values())):
+        for i in range(max((len(v) for v in per_method.values()), default=0)):
             for method in cfg.pareto.methods:
                 if i >= len(per_method[method]):
                     continue

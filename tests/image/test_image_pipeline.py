@@ -43,6 +43,12 @@ def test_summarize_and_csv_columns(tmp_path):
     # a method with no run on this reward has no front and no share (not NaN)
     assert "hypernoise" not in s["rewards"]["bw"]["fronts"]
     assert "rmmd_dominates_hypernoise_share" not in s["rewards"]["bw"]
+    # without DRaFT and ReFL runs on a reward, RMMD wins nothing there
+    only = pipeline.summarize(
+        [x for x in rows if x["method"] == "rmmd"], ("rmmd", "draft"), ("bw",)
+    )
+    assert only["rewards"]["bw"]["rmmd_dominates_draft_and_refl"] is False
+    assert only["rewards_where_rmmd_dominates_draft_and_refl"] == 0
     assert s["rewards"]["bw"]["rmmd_dominates_draft_and_refl"] is True
     assert s["rewards_where_rmmd_dominates_draft_and_refl"] == 1
     pipeline.write_outputs(tmp_path, rows, s, {"teacher": {"distance": 1.0, "bw": -0.5}})
