@@ -194,12 +194,7 @@ def finetune_run(
     # The optimizer schedule depends on steps; the compiled step on the reward set.
     key = (method, names, tuple(id(r) for r in rewards), id(start), steps)
     if method in ("rmmd", "dipp"):
-        if step_cache is not None and key in step_cache:
-            base = step_cache[key]
-        else:
-            base = _rmmd_step(model, start, cfg, rewards, opt)
-            if step_cache is not None:
-                step_cache[key] = base
+        build = lambda: _rmmd_step(model, start, cfg, rewards, opt)  # noqa: E731
         trainable = {"student": start.student, "aux": start.aux}
         frozen = {
             "teacher": teacher_params,
@@ -207,28 +202,26 @@ def finetune_run(
             "aux_frozen": start.aux,
         }
     elif method in ("draft", "refl"):
-        if step_cache is not None and key in step_cache:
-            base = step_cache[key]
-        else:
-            base = _baseline_step(model, method, start, cfg, rewards, opt)
-            if step_cache is not None:
-                step_cache[key] = base
+        build = lambda: _baseline_step(model, method, start, cfg, rewards, opt)  # noqa: E731
         trainable = {"student": start.student}
         frozen = {"student_frozen": start.student}
     elif method == "hypernoise":
         noise_apply, phi = hypernoise.init_noise_net(
             cfg.hypernoise_width, model.num_classes, model.image_shape, cfg.seed
         )
-        if step_cache is not None and key in step_cache:
-            base = step_cache[key]
-        else:
-            base = _baseline_step(model, method, start, cfg, rewards, opt, noise_apply)
-            if step_cache is not None:
-                step_cache[key] = base
+        build = lambda: _baseline_step(  # noqa: E731
+            model, method, start, cfg, rewards, opt, noise_apply
+        )
         trainable = {"noise": phi}
         frozen = {"student": start.student}
     else:
         raise ValueError(f"unknown method {method!r}")
+    if step_cache is None:
+        base = build()
+    else:
+        if key not in step_cache:
+            step_cache[key] = build()
+        base = step_cache[key]
     opt_state = opt.init(trainable)
 
     def step(tr, fr, os_, batch, k):
