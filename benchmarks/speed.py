@@ -19,13 +19,11 @@ import sys
 import jax
 
 
-def _student(run: pathlib.Path) -> pathlib.Path | None:
-    """The run's final student: phase 2 (distill/rmmd), else phase 1 (distill/mmd)."""
-    for phase in ("rmmd", "mmd"):
-        path = run / "distill" / phase / "student.npz"
-        if path.exists():
-            return path
-    return None
+def _finished(run: pathlib.Path) -> bool:
+    """A quickstart run directory whose final student exists."""
+    from gencast_rmmd.cli.quickstart_chain import Context
+
+    return (run / "quickstart.yaml").exists() and Context.from_run(run).student_npz.exists()
 
 
 def main() -> None:
@@ -35,9 +33,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     run = pathlib.Path(args.run)
-    if _student(run) is None:
+    if not _finished(run):
         run = pathlib.Path("runs/bench-fast")
-        if _student(run) is None:
+        if not _finished(run):
             subprocess.run(
                 [
                     sys.executable,
@@ -51,26 +49,24 @@ def main() -> None:
                 ],
                 check=True,
             )
-    from gencast_rmmd.cli.quickstart_chain import measure_step_seconds
-    from gencast_rmmd.config import load_config
-    from gencast_rmmd.data.config import DataConfig
+    from gencast_rmmd.cli.quickstart_chain import Context, measure_step_seconds
 
-    store = None
-    if (run / "store.json").exists():  # the store the run used (the nature run or --data)
-        store = json.loads((run / "store.json").read_text())["store"]
-    if store is None or not pathlib.Path(store).exists():
+    ctx = Context.from_run(run)
+    store = ctx.store  # the store the run used (the nature run or --data)
+    if not store or ("://" not in store and not pathlib.Path(store).exists()):
+        from gencast_rmmd.config import load_config
         from gencast_rmmd.data import nature_run
+        from gencast_rmmd.data.config import DataConfig
 
-        data_cfg = load_config(DataConfig, run / "data.yaml")
+        data_cfg = load_config(DataConfig, ctx.data_yaml)
         store = str(
             nature_run.embedded_store(
                 config=data_cfg.nature_run, levels_hpa=data_cfg.task.pressure_levels
             )
         )
-    teacher = sorted((run / "teacher").glob("teacher_*levels.npz"))[0]
     res = measure_step_seconds(
-        {"teacher": str(teacher), "student": str(_student(run))},
-        str(run / "stats"),
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+        str(ctx.stats_dir),
         store,
         args.members,
         args.repeats,

@@ -4,8 +4,11 @@ Usage: python tools/skill_vs_climatology.py FORECAST.zarr TRUTH.zarr CLIM_START 
           [--vars temperature:850 geopotential:500 ...]
 Prints JSON: for each variable(-level), the forecast's area-weighted fair CRPS per lead, the
 climatology's (Gaussian with the per-point mean/std over CLIM_START..CLIM_END of the truth
-store, normally the training period), and the last lead up to which the forecast is better at
-every lead. This is how the teacher's skill numbers in the notes (issue 3) were measured.
+store, normally the training period), the last lead up to which the forecast is better at
+every lead, and the members' activity: their mean squared anomaly about the climatological mean
+over the climatological variance (area-weighted). A stable model keeps it near that of the truth
+(printed too, about 1); a rollout that drifts off the climate shows it growing with lead time.
+This is how the teacher's skill numbers in the notes (issue 3) were measured.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main() -> None:
         mu, sd = clim.mean("time").values, clim.std("time").values
         leads = fc["prediction_timedelta"].values
         model, ref = np.zeros(leads.size), np.zeros(leads.size)
+        act, act_truth = np.zeros(leads.size), np.zeros(leads.size)
+        clim_var = float(np.mean(sd**2 * w))
         inits = fc["time"].values
         for t0 in inits:
             ens = f.sel(time=t0).values  # [lead, member, lat, lon]
@@ -66,7 +71,10 @@ def main() -> None:
                 y = t.sel(time=t0 + lead).values
                 model[i] += float(np.mean(fair_crps(ens[i], y, axis=0) * w))
                 ref[i] += float(np.mean(gaussian_crps(mu, sd, y) * w))
+                act[i] += float(np.mean((ens[i] - mu) ** 2 * w)) / clim_var
+                act_truth[i] += float(np.mean((y - mu) ** 2 * w)) / clim_var
         model, ref = model / inits.size, ref / inits.size
+        act, act_truth = act / inits.size, act_truth / inits.size
         hours = (leads / np.timedelta64(1, "h")).astype(int).tolist()
         better = model < ref
         upto = 0
@@ -81,6 +89,8 @@ def main() -> None:
             "crps": np.round(model, 4).tolist(),
             "crps_climatology": np.round(ref, 4).tolist(),
             "beats_climatology_up_to_hours": upto,
+            "activity": np.round(act, 3).tolist(),
+            "activity_truth": np.round(act_truth, 3).tolist(),
         }
     out["inits"] = int(fc.sizes["time"])
     out["members"] = int(fc.sizes["realization"])

@@ -109,6 +109,19 @@ class Context:
     def path(self, *parts: str) -> pathlib.Path:
         return self.out.joinpath(*parts)
 
+    @classmethod
+    def from_run(cls, out: str | pathlib.Path) -> Context:
+        """The context of a finished (or started) quickstart run directory: its settings from
+        `quickstart.yaml` and its store from `store.json` (for tools that reuse a run)."""
+        out = pathlib.Path(out)
+        marker = out / "quickstart.yaml"
+        if not marker.exists():
+            raise OutputError(f"{out} is not a quickstart run directory (no {marker.name})")
+        ctx = cls(out=out, cfg=load_config(QuickstartConfig, marker))
+        if (out / "store.json").exists():
+            ctx.store = json.loads((out / "store.json").read_text())["store"]
+        return ctx
+
     # Files the stages produce.
     @property
     def data_yaml(self) -> pathlib.Path:

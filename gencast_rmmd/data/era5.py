@@ -66,6 +66,7 @@ def open_store(
     storage_options: dict | None = None,
     trim_to_valid_range: bool = True,
     allow_incomplete: bool = False,
+    chunks: dict | None | str = "store",
 ) -> xr.Dataset:
     """Open a Zarr or NetCDF store lazily (dask arrays with the store's own chunks).
 
@@ -79,10 +80,13 @@ def open_store(
         time axis is allocated beyond the filled data, which reads as NaN); trim to them.
       allow_incomplete: open an unfinished `data prepare` output (only `data validate` does, to
         report it); by default such a store is a DataError.
+      chunks: "store" (default): dask arrays in the store's own chunks; `None`: lazily loaded
+        numpy arrays (what the evaluation's per-region reads use); else xarray's `chunks`.
     Raises:
       DataError: the path does not exist, is neither Zarr nor NetCDF, or is incomplete.
     """
     source = os.fspath(source)
+    chunks = {} if chunks == "store" else chunks
     if source.startswith("file://"):
         source = source[len("file://") :]
     if _is_url(source):
@@ -94,10 +98,10 @@ def open_store(
                 import fsspec
 
                 ds = xr.open_dataset(
-                    fsspec.open(source, **opts).open(), engine="h5netcdf", chunks={}
+                    fsspec.open(source, **opts).open(), engine="h5netcdf", chunks=chunks
                 )
             else:
-                ds = open_zarr_quiet(source, chunks={}, storage_options=opts or None)
+                ds = open_zarr_quiet(source, chunks=chunks, storage_options=opts or None)
         except FileNotFoundError as e:
             raise DataError(f"store {source!r} does not exist or is not readable ({e})") from None
         except (ValueError, KeyError, OSError) as e:
@@ -108,7 +112,7 @@ def open_store(
         path = pathlib.Path(source)
         if not path.exists():
             raise DataError(f"store path {source!r} does not exist")
-        ds = _open_local(path)
+        ds = _open_local(path, chunks)
     if not allow_incomplete:  # an interrupted `data prepare` output is never used as data
         from gencast_rmmd.data.validate import require_complete
 
@@ -121,7 +125,7 @@ def open_store(
     return ds
 
 
-def _open_local(path: pathlib.Path) -> xr.Dataset:
+def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
     if path.is_dir():
         if not any((path / m).exists() for m in _ZARR_MARKERS):
             raise DataError(
@@ -129,7 +133,7 @@ def _open_local(path: pathlib.Path) -> xr.Dataset:
                 f"(expected one of {', '.join(_ZARR_MARKERS)} inside it)"
             )
         try:
-            return open_zarr_quiet(path, chunks={})
+            return open_zarr_quiet(path, chunks=chunks)
         except Exception as e:  # zarr raises a variety of errors for broken stores
             raise DataError(f"store path {str(path)!r}: not a readable Zarr store ({e})") from None
     with open(path, "rb") as f:
@@ -137,7 +141,7 @@ def _open_local(path: pathlib.Path) -> xr.Dataset:
     if magic.startswith(b"\x89HDF") or magic.startswith(b"CDF"):
         engine = "h5netcdf" if magic.startswith(b"\x89HDF") else "scipy"
         try:
-            return xr.open_dataset(path, engine=engine, chunks={})
+            return xr.open_dataset(path, engine=engine, chunks=chunks)
         except ImportError as e:
             raise DataError(
                 f"store path {str(path)!r} is a NetCDF4/HDF5 file; reading it needs h5py ({e})"

@@ -11,14 +11,13 @@ are accepted). The truth is any ERA5-schema store with a `time` dim. Both are op
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from gencast_rmmd.data.era5 import open_zarr_quiet
+from gencast_rmmd.data.era5 import open_store
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.safety import load_or_data_error
 
@@ -29,14 +28,9 @@ TRAIN_END_ATTR = "training_period_end"
 
 
 def _open(path: str) -> xr.Dataset:
-    if not os.path.exists(path) and "://" not in path:
-        raise DataError(f"store {path!r} does not exist")
-    try:
-        if str(path).endswith((".nc", ".nc4", ".h5")):
-            return xr.open_dataset(path)
-        return open_zarr_quiet(path, chunks=None)
-    except Exception as e:  # zarr/xarray raise many types for a non-store
-        raise DataError(f"cannot open {path!r} as a Zarr store or netCDF file: {e}") from e
+    """A forecast or truth store (local Zarr/NetCDF, or an fsspec URL such as a WeatherBench 2
+    or ARCO-ERA5 bucket), through the data layer's opener, as lazily loaded numpy arrays."""
+    return open_store(path, chunks=None)
 
 
 def canonical_grid(ds: xr.Dataset) -> xr.Dataset:

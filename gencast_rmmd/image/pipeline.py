@@ -332,6 +332,8 @@ def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict)
     }
     for ax, r in zip(axes[0], rewards):
         for m, front in summary["rewards"][r]["fronts"].items():
+            if m in refs:  # the phase-1 student's single point: drawn once, as its star below
+                continue
             pts = [
                 (x["reward_value"], x["distance"])
                 for x in rows

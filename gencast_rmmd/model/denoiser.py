@@ -75,11 +75,6 @@ def c_out(sigma: jax.Array) -> jax.Array:
     return sigma * SIGMA_DATA / jnp.sqrt(sigma**2 + SIGMA_DATA**2)
 
 
-def loss_weight(sigma: jax.Array) -> jax.Array:
-    """EDM loss weight lambda(sigma) = 1 / c_out^2 = (sigma^2 + 1) / sigma^2."""
-    return (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
-
-
 def _bcast(s: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.reshape(s, s.shape + (1,) * (x.ndim - s.ndim))
 

@@ -84,9 +84,10 @@ def test_preconditioning_identities():
     sigma = jnp.geomspace(0.02, 88.0, 50)
     np.testing.assert_allclose(den_lib.c_skip(sigma) + den_lib.c_out(sigma) ** 2, 1.0, rtol=1e-6)
     np.testing.assert_allclose(den_lib.c_in(sigma) ** 2 * (sigma**2 + 1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(
-        den_lib.loss_weight(sigma) * den_lib.c_out(sigma) ** 2, 1.0, rtol=1e-5
-    )
+    # The training loss weight (model/losses.py) is 1 / c_out^2.
+    from gencast_rmmd.model.losses import loss_weight
+
+    np.testing.assert_allclose(loss_weight(sigma) * den_lib.c_out(sigma) ** 2, 1.0, rtol=1e-5)
 
 
 def test_mini_architecture_param_count_and_names():

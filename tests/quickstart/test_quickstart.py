@@ -98,3 +98,19 @@ def test_data_without_config_is_refused(tmp_path, capsys):
     rc = main(["quickstart", "--out", str(tmp_path / "x"), "--data", str(tmp_path)])
     assert rc == 2
     assert "--data and --data-config go together" in capsys.readouterr().err
+
+
+def test_context_from_run_reads_settings_and_store(tmp_path):
+    # Tools (benchmarks/speed.py) reopen a run directory through its saved settings.
+    from gencast_rmmd.errors import OutputError
+
+    with pytest.raises(OutputError, match="not a quickstart run"):
+        chain.Context.from_run(tmp_path)
+    cfg = dataclasses.replace(chain.load_profile("fast"), rmmd_steps=0)
+    (tmp_path / "quickstart.yaml").write_text(chain.dump_yaml(cfg))
+    (tmp_path / "store.json").write_text(json.dumps({"store": "/data/era5.zarr"}))
+    ctx = chain.Context.from_run(tmp_path)
+    assert ctx.cfg == cfg and ctx.store == "/data/era5.zarr"
+    # Without phase 2 the final student is phase 1's.
+    assert ctx.student_npz == tmp_path / "distill" / "mmd" / "student.npz"
+    assert ctx.teacher_eval_npz.name == f"teacher_{cfg.teacher_sampler_levels}levels.npz"
