@@ -57,7 +57,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "data store",
         "evaluate",
         "`--forecast` is a directory without Zarr metadata",
-        r"cannot open .* as a Zarr store",
+        r"is a directory but not a Zarr store",
         "refuses: says the path is not a Zarr store or netCDF file",
     ),
     BadInput(
@@ -65,7 +65,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "data store",
         "evaluate",
         "`--truth` is a plain text file",
-        r"cannot open .* as a Zarr store",
+        r"is neither a Zarr store .* nor a NetCDF file",
         "refuses: says the path is not a Zarr store or netCDF file",
     ),
     BadInput(
