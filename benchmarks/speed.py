@@ -84,6 +84,7 @@ def main() -> None:
                 "student_step_seconds": s["seconds"],
                 "wall_clock_speedup": t["seconds"] / s["seconds"],
                 "wall_clock_speedup_median": t["median_seconds"] / s["median_seconds"],
+                "cpu_seconds_speedup_median": t["median_cpu_seconds"] / s["median_cpu_seconds"],
                 "nfe_ratio": t["nfe"] / s["nfe"],
                 "overhead_efficiency": (t["seconds"] / s["seconds"]) / (t["nfe"] / s["nfe"]),
             }
