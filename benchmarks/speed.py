@@ -19,11 +19,14 @@ import sys
 import jax
 
 
-def _finished(run: pathlib.Path) -> bool:
-    """A quickstart run directory whose final student exists."""
+def _context(run: pathlib.Path):
+    """The quickstart context of `run` when its final student exists, else None."""
     from gencast_rmmd.cli.quickstart_chain import Context
 
-    return (run / "quickstart.yaml").exists() and Context.from_run(run).student_npz.exists()
+    if not (run / "quickstart.yaml").exists():
+        return None
+    ctx = Context.from_run(run)
+    return ctx if ctx.student_npz.exists() else None
 
 
 def main() -> None:
@@ -32,10 +35,10 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    run = pathlib.Path(args.run)
-    if not _finished(run):
+    ctx = _context(pathlib.Path(args.run))
+    if ctx is None:
         run = pathlib.Path("runs/bench-fast")
-        if not _finished(run):
+        if _context(run) is None:
             subprocess.run(
                 [
                     sys.executable,
@@ -49,9 +52,9 @@ def main() -> None:
                 ],
                 check=True,
             )
-    from gencast_rmmd.cli.quickstart_chain import Context, measure_step_seconds
+        ctx = _context(run)
+    from gencast_rmmd.cli.quickstart_chain import measure_step_seconds
 
-    ctx = Context.from_run(run)
     store = ctx.store  # the store the run used (the nature run or --data)
     if not store or ("://" not in store and not pathlib.Path(store).exists()):
         from gencast_rmmd.config import load_config
