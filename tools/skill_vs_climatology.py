@@ -8,8 +8,9 @@ store, normally the training period), the last lead up to which the forecast is 
 every lead, and the members' activity: their mean squared anomaly about the climatological mean
 over the climatological variance (area-weighted). A stable model keeps it near that of the truth
 (printed too, about 1); a rollout that drifts off the climate shows it growing with lead time.
-Also the CRPS ratio (forecast / climatology, area-weighted within the region) per lead in the
-tropics (|lat| < 20, WeatherBench 2's region) and the extratropics, to show where skill is lost.
+Also the CRPS ratio (forecast / climatology, area-weighted within the region) per lead in each
+of the evaluation's regions but the globe (tropics and northern and southern extratropics,
+`gencast_rmmd.evaluation.regions`), to show where skill is lost.
 This is how the teacher's skill numbers in the notes (issue 3) were measured.
 """
 
@@ -37,6 +38,7 @@ def main() -> None:
     import xarray as xr
 
     from gencast_rmmd.evaluation.crps import fair_crps
+    from gencast_rmmd.evaluation.regions import REGIONS, region_weights
     from gencast_rmmd.model.grid import latitude_weights
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,9 +66,9 @@ def main() -> None:
         mu, sd = clim.mean("time").values, clim.std("time").values
         leads = fc["prediction_timedelta"].values
         model, ref = np.zeros(leads.size), np.zeros(leads.size)
-        tropics = np.abs(fc["latitude"].values) < 20
-        regions = {"tropics": tropics, "extratropics": ~tropics}
-        by_region = {r: np.zeros((2, leads.size)) for r in regions}  # forecast, climatology
+        regions = {k: v for k, v in REGIONS.items() if k != "global"}
+        reg_w = region_weights(fc["latitude"].values, regions)  # [region, lat]
+        by_region = np.zeros((2, len(regions), leads.size))  # forecast, climatology
         act, act_truth = np.zeros(leads.size), np.zeros(leads.size)
         clim_var = float(np.mean(sd**2 * w))
         inits = fc["time"].values
@@ -74,12 +76,11 @@ def main() -> None:
             ens = f.sel(time=t0).values  # [lead, member, lat, lon]
             for i, lead in enumerate(leads):
                 y = t.sel(time=t0 + lead).values
-                crps_f = fair_crps(ens[i], y, axis=0) * w
-                crps_c = gaussian_crps(mu, sd, y) * w
-                model[i] += float(np.mean(crps_f))
-                ref[i] += float(np.mean(crps_c))
-                for r, rows in regions.items():
-                    by_region[r][:, i] += (crps_f[rows].sum(), crps_c[rows].sum())
+                crps_f = fair_crps(ens[i], y, axis=0)
+                crps_c = gaussian_crps(mu, sd, y)
+                model[i] += float(np.mean(crps_f * w))
+                ref[i] += float(np.mean(crps_c * w))
+                by_region[:, :, i] += (reg_w @ crps_f.mean(-1), reg_w @ crps_c.mean(-1))
                 act[i] += float(np.mean((ens[i] - mu) ** 2 * w)) / clim_var
                 act_truth[i] += float(np.mean((y - mu) ** 2 * w)) / clim_var
         model, ref = model / inits.size, ref / inits.size
@@ -101,8 +102,8 @@ def main() -> None:
             "activity": np.round(act, 3).tolist(),
             "activity_truth": np.round(act_truth, 3).tolist(),
         }
-        for r, (f_sum, c_sum) in by_region.items():
-            out[spec][f"crps_ratio_{r}"] = np.round(f_sum / c_sum, 3).tolist()
+        for j, r in enumerate(regions):
+            out[spec][f"crps_ratio_{r}"] = np.round(by_region[0, j] / by_region[1, j], 3).tolist()
     out["inits"] = int(fc.sizes["time"])
     out["members"] = int(fc.sizes["realization"])
     print(json.dumps(out))
