@@ -234,6 +234,11 @@ class ParetoConfig:
     eval_every: int = 100
     eval_samples: int = 1000
     dipp_mmd_steps: int = 800
+    # Sample sets of `eval_samples` pooled into ONE distance in the teacher / student comparison
+    # (`distill_eval.json`, noise seeds 7, 8, ...). Measured on digits (docs/image.md): the
+    # 8-step student's pooled distance varies 1.27-1.63 between blocks of 8 sets of 500, and
+    # 1.31 / 1.45 between two blocks of 32 (the teacher's: 1.23-1.30 and 1.23 / 1.24).
+    distill_eval_sets: int = 32
 
     def lambdas_for(self, method: str, reward: str) -> tuple[float, ...]:
         """The lambdas swept for (method, reward): the method's own list, else the reward's."""
@@ -260,6 +265,8 @@ class ParetoConfig:
                     )
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
+        if self.distill_eval_sets < 1:
+            raise ValueError(f"distill_eval_sets must be >= 1, found {self.distill_eval_sets}")
 
 
 @dataclasses.dataclass(frozen=True)

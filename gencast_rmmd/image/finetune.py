@@ -172,6 +172,7 @@ def finetune_run(
     progress: bool = True,
     on_eval: Callable[[dict], None] | None = None,
     sweep_rewards: Mapping[str, Reward] | None = None,
+    eval_cache: dict | None = None,
 ) -> list[dict]:
     """Fine-tune with `method` in {rmmd, dipp, draft, refl, hypernoise} on one reward and lambda.
 
@@ -180,6 +181,8 @@ def finetune_run(
     `step_cache` (a dict) reuses compiled steps: lambda is traced in every method, and with
     `sweep_rewards` (every reward of the sweep by name, `reward_name` among them; `reward` is then
     `sweep_rewards[reward_name]`) so is the choice of reward, so a method compiles once per sweep.
+    `eval_cache` (a dict) reuses the step-0 evaluation, where every method but HyperNoise still
+    has the start point's student: one evaluation per start point and seed for the whole sweep.
     """
     steps = cfg.steps if steps is None else steps
     opt = make_optimizer(cfg.optim, steps)
@@ -229,15 +232,24 @@ def finetune_run(
 
     rows: list[dict] = []
 
-    def evaluate(i: int) -> None:
+    def metrics_at(i: int) -> dict:
         if method == "hypernoise":
             x = generate(
                 model, frozen["student"], start.sampler, evaluator.labels, eval_seed,
                 noise_net=(noise_apply, trainable["noise"]),
             )  # fmt: skip
-        else:
-            x = generate(model, trainable["student"], start.sampler, evaluator.labels, eval_seed)
+            return evaluator.evaluate(x)
+        cache_key = ("start", id(start), eval_seed)
+        if i == 0 and eval_cache is not None and cache_key in eval_cache:
+            return eval_cache[cache_key]
+        x = generate(model, trainable["student"], start.sampler, evaluator.labels, eval_seed)
         m = evaluator.evaluate(x)
+        if i == 0 and eval_cache is not None:
+            eval_cache[cache_key] = m
+        return m
+
+    def evaluate(i: int) -> None:
+        m = metrics_at(i)
         row = {
             "method": method,
             "reward": reward_name,

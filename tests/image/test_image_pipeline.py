@@ -76,6 +76,8 @@ def test_config_errors_name_the_key():
         load_config(ImageConfig, "digits", ["mmd.sampler.num_steps=3"], kind="image")
     with pytest.raises(ConfigError, match="unknown method"):
         load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, bogus]"], kind="image")
+    with pytest.raises(ConfigError, match="distill_eval_sets must be >= 1, found 0"):
+        load_config(ImageConfig, "digits", ["pareto.distill_eval_sets=0"], kind="image")
 
 
 def test_method_lambdas_override_the_reward_list():
