@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install demo result test test-fast lint bench clean
+.PHONY: install demo result image-demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: install
 
 result: install
 	$(BIN)/gencast-rmmd quickstart --profile result --out runs/result
+
+# The image path on the embedded digits: classifiers, teacher, MMD student, Pareto sweep.
+image-demo: install
+	$(BIN)/gencast-rmmd image pareto --out runs/image
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Any
 
 import jax
@@ -25,6 +26,8 @@ from gencast_rmmd.image.classifier import Classifier
 from gencast_rmmd.image.frechet import frechet_distance, gaussian_stats
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
+
+_SAMPLER_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=32)
@@ -54,11 +57,12 @@ def generate(
     """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i)).
     `noise_net = (apply, phi)`: HyperNoise's modulation of the sampler's noise
     (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0."""
-    if noise_net is None:
-        fn = _sampler(model, sampler_cfg)
-    else:
-        apply, phi = noise_net
-        fn = functools.partial(_noise_sampler(model, sampler_cfg, apply), phi=phi)
+    with _SAMPLER_LOCK:  # one jitted sampler per config, also when threads call at once
+        if noise_net is None:
+            fn = _sampler(model, sampler_cfg)
+        else:
+            apply, phi = noise_net
+            fn = functools.partial(_noise_sampler(model, sampler_cfg, apply), phi=phi)
     out = []
     base = jax.random.PRNGKey(seed)
     n = labels.shape[0]

@@ -26,6 +26,8 @@ import json
 import os
 import pathlib
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier
 from gencast_rmmd.image.config import ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
 from gencast_rmmd.image.evaluation import Evaluator, generate
-from gencast_rmmd.image.finetune import StartPoint, finetune_run
+from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
@@ -54,6 +56,46 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 def _log(msg: str) -> None:
     print(f"[image {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_jobs(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    workers: int,
+    desc: str | None = None,
+    progress: bool = False,
+    on_done: Callable[[int, Any], None] | None = None,
+) -> list[Any]:
+    """`[fn(x) for x in items]`, up to `workers` at a time in threads (XLA releases the GIL while
+    it computes, and one small job leaves part of the cores idle). Results keep the order of
+    `items`; `on_done(index, result)` runs in the calling thread as each job finishes. The first
+    exception cancels the jobs not yet started and is raised once the running ones finish."""
+    bar = tqdm(total=len(items), desc=desc, disable=not progress or desc is None, leave=False)
+    results: list[Any] = [None] * len(items)
+    if workers <= 1 or len(items) <= 1:
+        for i, x in enumerate(items):
+            results[i] = fn(x)
+            bar.update()
+            if on_done is not None:
+                on_done(i, results[i])
+        bar.close()
+        return results
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        futures = {ex.submit(fn, x): i for i, x in enumerate(items)}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                bar.update()
+                if on_done is not None:
+                    on_done(i, results[i])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+    return results
 
 
 @dataclasses.dataclass
@@ -190,33 +232,50 @@ def stage_mmd(
     return StartPoint(student=student, aux=aux, sampler=cfg.sampler)
 
 
+# Noise seed of the sweep's evaluations (every run, every step) and of `pareto_refs.json`.
+EVAL_SEED = 1234
+
 # First noise seed of the teacher / student comparison's sample sets (seeds 7, 8, ...,
 # `pareto.distill_eval_sets` of them), the same for every model.
 DISTILL_EVAL_FIRST_SEED = 7
 
 
-def stage_distill(ctx: Context) -> dict:
+# Sets pooled for the teacher sampled with the student's K steps (a diagnostic of what
+# distillation buys, about 3x the teacher's distance: its precision matters less).
+SAME_SAMPLER_EVAL_SETS = 8
+
+
+def stage_distill(ctx: Context, start: StartPoint | None = None) -> dict:
     """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`."""
     teacher = stage_teacher(ctx)
-    start = stage_mmd(ctx, teacher)
+    start = stage_mmd(ctx, teacher) if start is None else start
     k = start.sampler.num_steps
     n_sets = ctx.cfg.pareto.distill_eval_sets
     seeds = list(range(DISTILL_EVAL_FIRST_SEED, DISTILL_EVAL_FIRST_SEED + n_sets))
+    seeds_tk = seeds[:SAME_SAMPLER_EVAL_SETS]
+    # One distance of all sets pooled (n_sets x eval_samples samples): a single set of 500
+    # varies by a factor 4 between sets of real images (Evaluator.evaluate_pooled), and the
+    # 8-step student's distance still varies by 0.36 between blocks of 8 sets of 500.
+    models = {
+        "teacher": (teacher, ctx.cfg.teacher.sampler, seeds),
+        "student": (start.student, start.sampler, seeds),
+        # the teacher's own chain with the student's K steps: what distillation buys
+        "teacher_k": (teacher, start.sampler, seeds_tk),
+    }
+    jobs = [(name, sd) for name, (_, _, sds) in models.items() for sd in sds]
 
-    def pooled_eval(params, sampler, what: str) -> dict:
-        # One distance of all sets pooled (n_sets x eval_samples samples): a single set of 500
-        # varies by a factor 4 between sets of real images (Evaluator.evaluate_pooled), and the
-        # 8-step student's distance still varies by 0.36 between blocks of 8 sets of 500.
-        sets = [
-            generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
-            for sd in tqdm(seeds, desc=f"evaluate {what}", disable=not ctx.progress, leave=False)
-        ]
-        return ctx.evaluator.evaluate_pooled(sets)
+    def job(item):
+        name, sd = item
+        params, sampler, _ = models[name]
+        return generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
 
-    t_eval = pooled_eval(teacher, ctx.cfg.teacher.sampler, "teacher")
-    s_eval = pooled_eval(start.student, start.sampler, f"student K={k}")
-    # The teacher's own chain with the student's K steps: what distillation buys.
-    tk_eval = pooled_eval(teacher, start.sampler, f"teacher K={k}")
+    sets = run_jobs(job, jobs, ctx.cfg.pareto.workers, "evaluate teacher and student", ctx.progress)
+    pooled = {
+        name: ctx.evaluator.evaluate_pooled([x for (n, _), x in zip(jobs, sets) if n == name])
+        for name in models
+    }
+    t_eval, s_eval, tk_eval = pooled["teacher"], pooled["student"], pooled["teacher_k"]
+    tk_eval["seeds"] = seeds_tk
     summary = {
         "distance_name": DISTANCE_NAME,
         "seeds": seeds,
@@ -376,23 +435,24 @@ def stage_pareto(ctx: Context) -> dict:
     """The lambda sweep (methods x rewards x lambdas), resumable through `pareto_rows.jsonl`."""
     cfg = ctx.cfg
     teacher = stage_teacher(ctx)
-    start = stage_mmd(ctx, teacher)
-    if not (ctx.out / "distill_eval.json").exists():
-        stage_distill(ctx)
-    starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
+    # The phase-1 students: K steps, and K = 1 for DI++ (independent: trained side by side).
+    phase1 = [{}]
     if "dipp" in cfg.pareto.methods:
-        starts["dipp"] = stage_mmd(ctx, teacher, num_steps=1, steps=cfg.pareto.dipp_mmd_steps)
+        phase1.append({"num_steps": 1, "steps": cfg.pareto.dipp_mmd_steps})
+    start, *dipp_start = run_jobs(
+        lambda kw: stage_mmd(ctx, teacher, **kw), phase1, cfg.pareto.workers
+    )
+    if not (ctx.out / "distill_eval.json").exists():
+        stage_distill(ctx, start)
+    starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
+    if dipp_start:
+        starts["dipp"] = dipp_start[0]
     log_path = ctx.out / "pareto_rows.jsonl"
     rows = _read_rows(log_path)
     done = {
         (x["method"], x["reward"], x["lambda"]) for x in rows if x["step"] == cfg.finetune.steps
     }
     rows = [x for x in rows if (x["method"], x["reward"], x["lambda"]) in done]
-
-    def log_row(row: dict) -> None:
-        with log_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
     # Rewrite the log with only complete runs (an interrupted run restarts from its step 0).
     _write_atomic(log_path, "".join(json.dumps(x) + "\n" for x in rows))
     cache: dict = {}  # compiled fine-tuning steps
@@ -405,7 +465,7 @@ def stage_pareto(ctx: Context) -> dict:
     }.items():
         if name in refs:
             continue
-        x = generate(ctx.model, params, sampler, ctx.evaluator.labels, 1234)
+        x = generate(ctx.model, params, sampler, ctx.evaluator.labels, EVAL_SEED)
         m = ctx.evaluator.evaluate(x)
         refs[name] = {
             "distance": m[DISTANCE_NAME],
@@ -413,45 +473,64 @@ def stage_pareto(ctx: Context) -> dict:
         }
         _write_atomic(refs_path, json.dumps(refs, indent=2))
 
+    # lambda-major order: at any point the finished runs cover the methods evenly, and the
+    # outputs are rewritten after each run, so an interrupted sweep leaves a usable front.
+    plan = []
+    for r in cfg.pareto.rewards:
+        per_method = {m: cfg.pareto.lambdas_for(m, r) for m in cfg.pareto.methods}
+        for i in range(max((len(v) for v in per_method.values()), default=0)):
+            for method in cfg.pareto.methods:
+                if i < len(per_method[method]):
+                    plan.append((method, r, float(per_method[method][i])))
+    order = {run: i for i, run in enumerate(plan)}
+
     def finish() -> dict:
+        # rows in plan order whatever order the runs finished in: the outputs are deterministic
+        ordered = sorted(
+            rows, key=lambda x: (order.get((x["method"], x["reward"], x["lambda"]), -1), x["step"])
+        )
         all_rows = [
             {"method": "mmd", "reward": r, "lambda": 0.0, "step": cfg.mmd.steps,
              "distance": refs["mmd"]["distance"], "reward_value": refs["mmd"][r]}
             for r in cfg.pareto.rewards
-        ] + rows  # fmt: skip
+        ] + ordered  # fmt: skip
         summary = summarize(all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards)
         write_outputs(ctx.out, all_rows, summary, refs)
         return summary
 
-    # lambda-major order: at any point the finished runs cover the methods evenly, and the
-    # outputs are rewritten after each run, so an interrupted sweep leaves a usable front.
     # Every reward of the sweep, so that each method compiles one step for all of them.
     sweep_rewards = {r: ctx.reward(r) for r in cfg.pareto.rewards}
-    for r in cfg.pareto.rewards:
-        reward = sweep_rewards[r]
-        per_method = {m: cfg.pareto.lambdas_for(m, r) for m in cfg.pareto.methods}
-        for i in range(max((len(v) for v in per_method.values()), default=0)):
-            for method in cfg.pareto.methods:
-                if i >= len(per_method[method]):
-                    continue
-                lam = per_method[method][i]
-                if (method, r, float(lam)) in done:
-                    continue
-                new = finetune_run(
-                    method, r, float(lam), model=ctx.model, teacher_params=teacher,
-                    start=starts[method], reward=reward, data=ctx.data, cfg=cfg.finetune,
-                    evaluator=ctx.evaluator, eval_every=cfg.pareto.eval_every, step_cache=cache,
-                    progress=ctx.progress, sweep_rewards=sweep_rewards, eval_cache=eval_cache,
-                )  # fmt: skip
-                for row in new:
-                    log_row(row)
-                rows.extend(new)
-                last = new[-1]
-                _log(
-                    f"{method:5s} {r:10s} lambda={lam:<6g} step {last['step']}: distance "
-                    f"{last['distance']:.4f} reward {last['reward_value']:.4f}"
-                )
-                finish()
+    if any(run[0] != "hypernoise" for run in plan):
+        for sp in {id(sp): sp for sp in starts.values()}.values():  # before the runs share it
+            start_metrics(ctx.model, sp, ctx.evaluator, EVAL_SEED, eval_cache)
+    todo = [run for run in plan if run not in done]
+
+    def run_one(run: tuple[str, str, float]) -> list[dict]:
+        method, r, lam = run
+        return finetune_run(
+            method, r, lam, model=ctx.model, teacher_params=teacher, start=starts[method],
+            reward=sweep_rewards[r], data=ctx.data, cfg=cfg.finetune, evaluator=ctx.evaluator,
+            eval_every=cfg.pareto.eval_every, eval_seed=EVAL_SEED, step_cache=cache,
+            progress=ctx.progress and cfg.pareto.workers == 1, sweep_rewards=sweep_rewards,
+            eval_cache=eval_cache,
+        )  # fmt: skip
+
+    def on_done(i: int, new: list[dict]) -> None:
+        method, r, lam = todo[i]
+        with log_path.open("a") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in new))
+        rows.extend(new)
+        last = new[-1]
+        _log(
+            f"{method:5s} {r:10s} lambda={lam:<6g} step {last['step']}: distance "
+            f"{last['distance']:.4f} reward {last['reward_value']:.4f}"
+        )
+        finish()
+
+    run_jobs(
+        run_one, todo, cfg.pareto.workers, f"sweep ({cfg.pareto.workers} runs at a time)",
+        ctx.progress and cfg.pareto.workers > 1, on_done,
+    )  # fmt: skip
     summary = finish()
     _log(
         f"pareto: RMMD front dominates DRaFT and ReFL on "

@@ -25,9 +25,42 @@ def _zeros() -> hk.initializers.Initializer:
     return hk.initializers.Constant(0.0)
 
 
+class GroupNorm(hk.Module):
+    """Group normalisation of `[B, ..., C]` over the spatial axes and C / groups channels, then a
+    per-channel `scale` and `offset` (shape `[C]`): the function and the parameters (names,
+    shapes, initial values) of `hk.GroupNorm(groups)` with `create_scale` and `create_offset`.
+
+    Computed from per-channel sums over the spatial axes, summed per group, rather than a
+    reduction over a reshaped `[B, H, W, G, C/G]`: XLA on CPU runs that reshape-reduction slowly
+    (the U-ViT's forward at batch 500: 71 ms with hk.GroupNorm against 52 ms with no norm at
+    all; benchmarks/image.py measures the two side by side)."""
+
+    def __init__(self, groups: int, eps: float = 1e-5, name: str = "group_norm"):
+        super().__init__(name=name)
+        self.groups = groups
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c, g = x.shape[0], x.shape[-1], self.groups
+        if c % g:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups")
+        scale = hk.get_parameter("scale", (c,), x.dtype, init=jnp.ones)
+        offset = hk.get_parameter("offset", (c,), x.dtype, init=jnp.zeros)
+        axes = tuple(range(1, x.ndim - 1))
+        n = x.size // (b * g)  # elements per group and sample
+
+        def group_mean(per_channel_sum: jax.Array) -> jax.Array:  # [B, C] -> [B, 1.., C]
+            m = per_channel_sum.reshape(b, g, c // g).sum(-1) / n
+            return jnp.repeat(m, c // g, axis=-1).reshape((b,) + (1,) * len(axes) + (c,))
+
+        d = x - group_mean(jnp.sum(x, axis=axes))
+        var = group_mean(jnp.sum(d * d, axis=axes))
+        return d * (jax.lax.rsqrt(var + self.eps) * scale) + offset
+
+
 def _norm(x: jax.Array) -> jax.Array:
     groups = next(g for g in (8, 4, 2, 1) if x.shape[-1] % g == 0)
-    return hk.GroupNorm(groups, create_scale=True, create_offset=True)(x)
+    return GroupNorm(groups)(x)
 
 
 def fourier_logsnr(logsnr: jax.Array, num: int = 16) -> jax.Array:

@@ -78,6 +78,8 @@ def test_config_errors_name_the_key():
         load_config(ImageConfig, "digits", ["pareto.methods=[rmmd, bogus]"], kind="image")
     with pytest.raises(ConfigError, match="distill_eval_sets must be >= 1, found 0"):
         load_config(ImageConfig, "digits", ["pareto.distill_eval_sets=0"], kind="image")
+    with pytest.raises(ConfigError, match="workers must be >= 1, found 0"):
+        load_config(ImageConfig, "digits", ["pareto.workers=0"], kind="image")
 
 
 def test_method_lambdas_override_the_reward_list():
@@ -138,3 +140,74 @@ def test_mmd_optimizer_two_time_scales():
         np.testing.assert_allclose(d_aux, ratio * d_student, rtol=1e-4)
     with pytest.raises(ConfigError, match="aux_lr_ratio"):
         load_config(ImageConfig, "digits", ["mmd.aux_lr_ratio=0"], kind="image")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_run_jobs_keeps_order_and_reports_each_job(workers):
+    import time
+
+    done = []
+    # later items finish first: the results still come back in the order of the items
+    out = pipeline.run_jobs(
+        lambda x: (time.sleep(0.02 * (4 - x)), x * x)[1],
+        [0, 1, 2, 3],
+        workers,
+        on_done=lambda i, r: done.append((i, r)),
+    )
+    assert out == [0, 1, 4, 9]
+    assert sorted(done) == [(0, 0), (1, 1), (2, 4), (3, 9)]
+    if workers == 1:
+        assert done == [(0, 0), (1, 1), (2, 4), (3, 9)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_jobs_raises_the_first_error_and_skips_jobs_not_started(workers):
+    import threading
+    import time
+
+    started = []
+    lock = threading.Lock()
+
+    def job(x):
+        with lock:
+            started.append(x)
+        if x == 0:
+            raise RuntimeError("job 0 failed")
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(RuntimeError, match="job 0 failed"):
+        pipeline.run_jobs(job, list(range(50)), workers)
+    assert started[0] == 0 if workers == 1 else 0 in started
+    assert len(started) == 1 if workers == 1 else len(started) < 10
+
+
+def test_generate_in_threads_equals_one_after_the_other():
+    import jax
+
+    from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+    from gencast_rmmd.image.config import ScheduleConfig, UViTConfig
+    from gencast_rmmd.image.evaluation import generate
+    from gencast_rmmd.image.model import build_model
+
+    model = build_model(
+        UViTConfig(channels=(8, 16), transformer_width=16, heads=2, embed_dim=16),
+        ScheduleConfig(),
+        (8, 8, 1),
+        10,
+    )
+    # random (not zero-initialised) output layers, so the samples depend on the network
+    params = jax.tree.map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape),
+        model.init(jax.random.PRNGKey(0)),
+    )
+    sampler = StudentSamplerConfig(num_steps=3, rho=7.0)
+    labels = np.arange(30) % 10
+    seeds = [3, 4, 5, 6]
+    one = [generate(model, params, sampler, labels, sd, batch=16) for sd in seeds]
+    two = pipeline.run_jobs(
+        lambda sd: generate(model, params, sampler, labels, sd, batch=16), seeds, 2
+    )
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(one[0], one[1])

@@ -74,3 +74,40 @@ def test_uvit_rejects_bad_resolution():
     init, _ = build_uvit(SMALL, 10, 1)
     with pytest.raises(ValueError, match="divisible"):
         init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 1)), jnp.zeros((1,)), jnp.zeros((1,), int))
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 8, 8, 16), 8), ((2, 4, 4, 12), 4), ((2, 6, 4), 2)])
+def test_groupnorm_matches_haiku(shape, groups):
+    import haiku as hk
+
+    from gencast_rmmd.image.uvit import GroupNorm
+
+    ours = hk.without_apply_rng(hk.transform(lambda x: GroupNorm(groups)(x)))
+    ref = hk.without_apply_rng(
+        hk.transform(lambda x: hk.GroupNorm(groups, create_scale=True, create_offset=True)(x))
+    )
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
+    p_ours, p_ref = ours.init(None, x), ref.init(None, x)
+    # the same parameter names, shapes and initial values: checkpoints load either way
+    assert jax.tree.map(np.shape, p_ours) == jax.tree.map(np.shape, p_ref)
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
+        np.testing.assert_array_equal(a, b)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    c = shape[-1]
+    params = {
+        "group_norm": {
+            "scale": jax.random.normal(k1, (c,)),
+            "offset": jax.random.normal(k2, (c,)),
+        }
+    }
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-5, rtol=1e-5)
+
+
+def test_groupnorm_rejects_indivisible_channels():
+    import haiku as hk
+
+    from gencast_rmmd.image.uvit import GroupNorm
+
+    f = hk.without_apply_rng(hk.transform(lambda x: GroupNorm(4)(x)))
+    with pytest.raises(ValueError, match="6 channels are not divisible by 4 groups"):
+        f.init(None, jnp.zeros((1, 2, 2, 6)))
