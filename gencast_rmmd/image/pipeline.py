@@ -245,19 +245,51 @@ DISTILL_EVAL_FIRST_SEED = 7
 SAME_SAMPLER_EVAL_SETS = 8
 
 
-def stage_distill(ctx: Context, start: StartPoint | None = None) -> dict:
-    """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`."""
-    teacher = stage_teacher(ctx)
-    start = stage_mmd(ctx, teacher) if start is None else start
-    k = start.sampler.num_steps
+def _distill_eval_seeds(ctx: Context) -> list[int]:
     n_sets = ctx.cfg.pareto.distill_eval_sets
-    seeds = list(range(DISTILL_EVAL_FIRST_SEED, DISTILL_EVAL_FIRST_SEED + n_sets))
+    return list(range(DISTILL_EVAL_FIRST_SEED, DISTILL_EVAL_FIRST_SEED + n_sets))
+
+
+def _phase1_and_teacher_sets(
+    ctx: Context, teacher: Any, phase1: list[dict], teacher_sets: bool
+) -> tuple[list[StartPoint], list[np.ndarray] | None]:
+    """The phase-1 students (one per `stage_mmd` keyword set in `phase1`) and, if `teacher_sets`,
+    the teacher's sample sets of the teacher / student comparison, `pareto.workers` jobs at a
+    time: the sets need only the teacher, so they use the cores that phase 1 leaves idle."""
+    jobs: list[tuple[str, Any]] = [("mmd", kw) for kw in phase1]
+    if teacher_sets:
+        jobs += [("teacher", sd) for sd in _distill_eval_seeds(ctx)]
+
+    def job(item):
+        kind, arg = item
+        if kind == "mmd":
+            return stage_mmd(ctx, teacher, **arg)
+        return generate(ctx.model, teacher, ctx.cfg.teacher.sampler, ctx.evaluator.labels, arg)
+
+    desc = "phase 1 and the teacher's sample sets" if teacher_sets else None
+    out = run_jobs(job, jobs, ctx.cfg.pareto.workers, desc, ctx.progress)
+    return out[: len(phase1)], (out[len(phase1) :] if teacher_sets else None)
+
+
+def stage_distill(
+    ctx: Context,
+    start: StartPoint | None = None,
+    teacher_sets: list[np.ndarray] | None = None,
+) -> dict:
+    """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`.
+    `teacher_sets`: the teacher's sample sets for the seeds of the comparison, if drawn already."""
+    teacher = stage_teacher(ctx)
+    if start is None:
+        (start,), drawn = _phase1_and_teacher_sets(ctx, teacher, [{}], teacher_sets is None)
+        teacher_sets = drawn if teacher_sets is None else teacher_sets
+    k = start.sampler.num_steps
+    seeds = _distill_eval_seeds(ctx)
     seeds_tk = seeds[:SAME_SAMPLER_EVAL_SETS]
     # One distance of all sets pooled (n_sets x eval_samples samples): a single set of 500
     # varies by a factor 4 between sets of real images (Evaluator.evaluate_pooled), and the
     # 8-step student's distance still varies by 0.36 between blocks of 8 sets of 500.
     models = {
-        "teacher": (teacher, ctx.cfg.teacher.sampler, seeds),
+        "teacher": (teacher, ctx.cfg.teacher.sampler, seeds if teacher_sets is None else []),
         "student": (start.student, start.sampler, seeds),
         # the teacher's own chain with the student's K steps: what distillation buys
         "teacher_k": (teacher, start.sampler, seeds_tk),
@@ -270,10 +302,10 @@ def stage_distill(ctx: Context, start: StartPoint | None = None) -> dict:
         return generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
 
     sets = run_jobs(job, jobs, ctx.cfg.pareto.workers, "evaluate teacher and student", ctx.progress)
-    pooled = {
-        name: ctx.evaluator.evaluate_pooled([x for (n, _), x in zip(jobs, sets) if n == name])
-        for name in models
-    }
+    by_model = {name: [x for (n, _), x in zip(jobs, sets) if n == name] for name in models}
+    if teacher_sets is not None:
+        by_model["teacher"] = list(teacher_sets)
+    pooled = {name: ctx.evaluator.evaluate_pooled(xs) for name, xs in by_model.items()}
     t_eval, s_eval, tk_eval = pooled["teacher"], pooled["student"], pooled["teacher_k"]
     tk_eval["seeds"] = seeds_tk
     summary = {
@@ -435,15 +467,15 @@ def stage_pareto(ctx: Context) -> dict:
     """The lambda sweep (methods x rewards x lambdas), resumable through `pareto_rows.jsonl`."""
     cfg = ctx.cfg
     teacher = stage_teacher(ctx)
-    # The phase-1 students: K steps, and K = 1 for DI++ (independent: trained side by side).
+    # The phase-1 students: K steps, and K = 1 for DI++ (independent: trained side by side,
+    # with the teacher's sample sets of the comparison when it is still to be made).
     phase1 = [{}]
     if "dipp" in cfg.pareto.methods:
         phase1.append({"num_steps": 1, "steps": cfg.pareto.dipp_mmd_steps})
-    start, *dipp_start = run_jobs(
-        lambda kw: stage_mmd(ctx, teacher, **kw), phase1, cfg.pareto.workers
-    )
-    if not (ctx.out / "distill_eval.json").exists():
-        stage_distill(ctx, start)
+    need_eval = not (ctx.out / "distill_eval.json").exists()
+    (start, *dipp_start), teacher_sets = _phase1_and_teacher_sets(ctx, teacher, phase1, need_eval)
+    if need_eval:
+        stage_distill(ctx, start, teacher_sets)
     starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
     if dipp_start:
         starts["dipp"] = dipp_start[0]

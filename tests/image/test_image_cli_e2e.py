@@ -65,3 +65,10 @@ def test_image_pareto_cli_end_to_end(tmp_path, monkeypatch):
     before = (out / "pareto.csv").read_text()
     assert main(args) == 0
     assert (out / "pareto.csv").read_text() == before
+    # `image distill` alone (teacher sets drawn beside phase 1, one job at a time) gives the
+    # same comparison as the sweep's (teacher sets drawn beside both phase-1 students)
+    first = (out / "distill_eval.json").read_text()
+    (out / "distill_eval.json").unlink()
+    distill_args = [a if a != "pareto" else "distill" for a in args]
+    assert main(distill_args + ["--set", "pareto.workers=1"]) == 0
+    assert (out / "distill_eval.json").read_text() == first
