@@ -128,7 +128,7 @@ def _classifier(
     if path.exists():
         import jax
 
-        like = net.init(jax.random.PRNGKey(0), data.train_images[:2])
+        like = jax.eval_shape(net.init, jax.random.PRNGKey(0), data.train_images[:2])
         params, _ = load_params(path, like)
         return Classifier(params=params, apply=net.apply)
     clf = train_classifier(
@@ -177,7 +177,8 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
 def _like(ctx: Context) -> Any:
     import jax
 
-    return ctx.model.init(jax.random.PRNGKey(0))
+    # names and shapes are all that `load_params` needs
+    return jax.eval_shape(ctx.model.init, jax.random.PRNGKey(0))
 
 
 def stage_teacher(ctx: Context) -> Any:
@@ -532,10 +533,10 @@ def stage_pareto(ctx: Context) -> dict:
 
     # Every reward of the sweep, so that each method compiles one step for all of them.
     sweep_rewards = {r: ctx.reward(r) for r in cfg.pareto.rewards}
-    if any(run[0] != "hypernoise" for run in plan):
-        for sp in {id(sp): sp for sp in starts.values()}.values():  # before the runs share it
-            start_metrics(ctx.model, sp, ctx.evaluator, EVAL_SEED, eval_cache)
     todo = [run for run in plan if run not in done]
+    # The step-0 evaluation of each start point, once, before the runs that share it start.
+    for sp in {id(starts[m]): starts[m] for m, _, _ in todo if m != "hypernoise"}.values():
+        start_metrics(ctx.model, sp, ctx.evaluator, EVAL_SEED, eval_cache)
 
     def run_one(run: tuple[str, str, float]) -> list[dict]:
         method, r, lam = run

@@ -197,8 +197,9 @@ def test_generate_in_threads_equals_one_after_the_other():
         10,
     )
     # random (not zero-initialised) output layers, so the samples depend on the network
+    rng = np.random.default_rng(0)
     params = jax.tree.map(
-        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape),
+        lambda p: p + np.float32(0.1) * rng.standard_normal(p.shape, np.float32),
         model.init(jax.random.PRNGKey(0)),
     )
     sampler = StudentSamplerConfig(num_steps=3, rho=7.0)
