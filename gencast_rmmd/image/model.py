@@ -29,7 +29,7 @@ from gencast_rmmd.image.uvit import build_uvit
 from gencast_rmmd.model.sh_noise import gaussian_noise
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # one jitted init per network in use
 def _jitted(fn: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(fn)
 
