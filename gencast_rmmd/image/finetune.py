@@ -180,7 +180,7 @@ def _baseline_step(
     return step
 
 
-_CACHE_LOCK = threading.RLock()
+_CACHE_LOCK = threading.Lock()
 
 
 def start_metrics(

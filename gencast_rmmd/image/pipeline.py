@@ -72,30 +72,30 @@ def run_jobs(
     exception cancels the jobs not yet started and is raised once the running ones finish."""
     bar = tqdm(total=len(items), desc=desc, disable=not progress or desc is None, leave=False)
     results: list[Any] = [None] * len(items)
-    if workers <= 1 or len(items) <= 1:
-        for i, x in enumerate(items):
-            results[i] = fn(x)
-            bar.update()
-            if on_done is not None:
-                on_done(i, results[i])
-        bar.close()
+
+    def done(i: int, result: Any) -> None:
+        results[i] = result
+        bar.update()
+        if on_done is not None:
+            on_done(i, result)
+
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for i, x in enumerate(items):
+                done(i, fn(x))
+            return results
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            futures = {ex.submit(fn, x): i for i, x in enumerate(items)}
+            try:
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
         return results
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        futures = {ex.submit(fn, x): i for i, x in enumerate(items)}
-        try:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                bar.update()
-                if on_done is not None:
-                    on_done(i, results[i])
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            bar.close()
-    return results
+    finally:
+        bar.close()
 
 
 @dataclasses.dataclass
@@ -492,14 +492,14 @@ def stage_pareto(ctx: Context) -> dict:
     eval_cache: dict = {}  # step-0 evaluations of each start point
     refs_path = ctx.out / "pareto_refs.json"
     refs = json.loads(refs_path.read_text()) if refs_path.exists() else {}
-    for name, (params, sampler) in {
-        "mmd": (start.student, start.sampler),
-        "teacher": (teacher, cfg.teacher.sampler),
-    }.items():
+    for name in ("mmd", "teacher"):
         if name in refs:
             continue
-        x = generate(ctx.model, params, sampler, ctx.evaluator.labels, EVAL_SEED)
-        m = ctx.evaluator.evaluate(x)
+        if name == "mmd":  # the phase-1 student: the step-0 evaluation every run shares
+            m = start_metrics(ctx.model, start, ctx.evaluator, EVAL_SEED, eval_cache)
+        else:
+            x = generate(ctx.model, teacher, cfg.teacher.sampler, ctx.evaluator.labels, EVAL_SEED)
+            m = ctx.evaluator.evaluate(x)
         refs[name] = {
             "distance": m[DISTANCE_NAME],
             **{k[len("reward_") :]: v for k, v in m.items() if k.startswith("reward_")},
