@@ -8,6 +8,15 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# The suite compiles hundreds of small XLA programs, and on 2 cores compiling is most of its time.
+# LLVM backend optimisation level 1 (XLA's default is 3) compiles them 2-3x faster with the same
+# semantics; the product keeps XLA's defaults (except `image.finetune.STEP_COMPILER_OPTIONS`).
+# Child processes inherit the flag: tests that set XLA_FLAGS for a child append to this value.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+    ).strip()
+
 # The trainers' automatic local copies of small stores (`local_cache: auto`) of the many
 # temporary test stores go to one throw-away directory, not the user's cache.
 if not os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):

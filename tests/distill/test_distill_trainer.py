@@ -173,7 +173,9 @@ _SCRIPT = textwrap.dedent(
 
 def _run(n, out):
     env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}"
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
     )
     code = _SCRIPT.format(here=str(pathlib.Path(__file__).parent), out=str(out))
     res = subprocess.run(

@@ -214,7 +214,9 @@ _SHARD_SCRIPT = textwrap.dedent(
 
 def _run_devices(n, out):
     env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}"
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
     )
     code = _SHARD_SCRIPT.format(testdir=os.path.dirname(__file__), out=str(out))
     res = subprocess.run(

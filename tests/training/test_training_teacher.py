@@ -263,7 +263,7 @@ def test_two_devices_match_one_device(data, tmp_path):
         env = dict(
             os.environ,
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
         )
         cmd = [sys.executable, "-m", "gencast_rmmd", "teacher", "train", "--config", str(cfg)]
         cmd += ["--data", str(store), "--stats", str(stats), "--task", str(task)]
