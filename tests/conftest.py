@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -23,3 +25,15 @@ if not os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):
     _examples_cache = tempfile.mkdtemp(prefix="gencast-rmmd-examples-")
     os.environ["GENCAST_RMMD_EXAMPLES_CACHE"] = _examples_cache
     atexit.register(shutil.rmtree, _examples_cache, True)
+
+
+@pytest.fixture
+def host_devices_env():
+    """`env(n)`: the environment of a child process that sees `n` CPU devices and keeps the
+    suite's XLA flags (the optimisation level above)."""
+
+    def env(n: int) -> dict[str, str]:
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
+
+    return env

@@ -80,9 +80,9 @@ def switched_reward(rewards: Sequence[Reward], index: jax.Array) -> Reward:
 
 
 # XLA options of the compiled fine-tuning steps on CPU. Backend optimisation level 1 instead of
-# XLA's default (3) compiles the RMMD step in 10.7-11.6 s instead of 16.3-17.5 s on 2 cores at a step
-# time within the noise (73-90 ms against 75-87 ms; level 0 doubles it), and each method of a
-# sweep compiles one step (benchmarks/image.py measures both levels side by side).
+# XLA's default (3) compiles the RMMD step in 10.7-11.6 s instead of 16.3-17.5 s on 2 cores, at a
+# step time within the noise (73-90 ms against 75-87 ms; level 0 doubles it), and each method of
+# a sweep compiles one step (benchmarks/image.py measures both levels side by side).
 STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 

@@ -16,7 +16,6 @@ student.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -171,12 +170,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _run(n, out):
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
-    )
+def _run(n, out, env):
     code = _SCRIPT.format(here=str(pathlib.Path(__file__).parent), out=str(out))
     res = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
@@ -185,8 +179,9 @@ def _run(n, out):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_four_devices_equal_one_device(tmp_path):
-    one, four = _run(1, tmp_path / "one"), _run(4, tmp_path / "four")
+def test_four_devices_equal_one_device(tmp_path, host_devices_env):
+    one = _run(1, tmp_path / "one", host_devices_env(1))
+    four = _run(4, tmp_path / "four", host_devices_env(4))
     assert (one["mesh"], four["mesh"]) == (1, 4)
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4, atol=1e-6)
     for a, b in zip(one["params"], four["params"]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -167,7 +166,7 @@ def test_persistence_without_noise_repeats_the_initial_state():
 
 
 @pytest.mark.slow
-def test_two_devices_give_the_same_members():
+def test_two_devices_give_the_same_members(host_devices_env):
     code = textwrap.dedent(
         """
         import sys, numpy as np, jax
@@ -184,11 +183,7 @@ def test_two_devices_give_the_same_members():
         print("OK")
         """
     )
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-    )
+    env = host_devices_env(2)
     res = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )

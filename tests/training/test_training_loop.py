@@ -212,12 +212,7 @@ _SHARD_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_devices(n, out):
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
-    )
+def _run_devices(n, out, env):
     code = _SHARD_SCRIPT.format(testdir=os.path.dirname(__file__), out=str(out))
     res = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
@@ -226,9 +221,9 @@ def _run_devices(n, out):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_four_devices_match_one_device(tmp_path):
-    one = _run_devices(1, tmp_path / "one")
-    four = _run_devices(4, tmp_path / "four")
+def test_four_devices_match_one_device(tmp_path, host_devices_env):
+    one = _run_devices(1, tmp_path / "one", host_devices_env(1))
+    four = _run_devices(4, tmp_path / "four", host_devices_env(4))
     assert (one["n"], four["n"]) == (1, 4)
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5)
     for a, b in zip(one["params"], four["params"]):

@@ -241,10 +241,9 @@ def test_cli_train_info_export(data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_devices_match_one_device(data, tmp_path):
+def test_two_devices_match_one_device(data, tmp_path, host_devices_env):
     """Data parallel over 2 CPU devices (batch split over the `data` axis) gives the same losses
     and weights as 1 device with the same global batch (up to float summation order)."""
-    import os
     import subprocess
     import sys
 
@@ -260,11 +259,7 @@ def test_two_devices_match_one_device(data, tmp_path):
     outs = {}
     for n in (1, 2):
         out = tmp_path / f"dev{n}"
-        env = dict(
-            os.environ,
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}",
-        )
+        env = host_devices_env(n)
         cmd = [sys.executable, "-m", "gencast_rmmd", "teacher", "train", "--config", str(cfg)]
         cmd += ["--data", str(store), "--stats", str(stats), "--task", str(task)]
         cmd += ["--out", str(out), "--steps", "3", "--batch-size", "4", "--no-progress"]
