@@ -110,9 +110,24 @@ class Context:
     eval_clf: Classifier
     evaluator: Evaluator
     progress: bool = True
+    # The teacher's sample sets drawn ahead of their use, by noise seed (`teacher_set`).
+    teacher_sets: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def reward(self, name: str):
         return make_reward(name, self.reward_clf)
+
+
+def teacher_set(ctx: Context, teacher: Any, seed: int, keep: bool = False) -> np.ndarray:
+    """The teacher's sample set (its own sampler, the evaluator's labels) for noise `seed`.
+    A set drawn with `keep` is held for the next call with the same seed, which takes it:
+    `teacher_eval.json` and the teacher / student comparison share seed
+    `DISTILL_EVAL_FIRST_SEED`, and a set may be large (ImageNet 64: 10,000 x 64 x 64 x 3)."""
+    x = ctx.teacher_sets.pop(seed, None)
+    if x is None:
+        x = generate(ctx.model, teacher, ctx.cfg.teacher.sampler, ctx.evaluator.labels, seed)
+    if keep:
+        ctx.teacher_sets[seed] = x
+    return x
 
 
 def _classifier(
@@ -194,8 +209,7 @@ def stage_teacher(ctx: Context) -> Any:
         save_params(path, params, {"train_seconds": time.time() - t0})
     ev_path = ctx.out / "teacher_eval.json"
     if not ev_path.exists():
-        x = generate(ctx.model, params, ctx.cfg.teacher.sampler, ctx.evaluator.labels, 7)
-        m = ctx.evaluator.evaluate(x)
+        m = ctx.evaluator.evaluate(teacher_set(ctx, params, DISTILL_EVAL_FIRST_SEED, keep=True))
         m["sampler_steps"] = ctx.cfg.teacher.sampler.num_steps
         _write_atomic(ev_path, json.dumps(m, indent=2))
         _log(
@@ -265,7 +279,7 @@ def _phase1_and_teacher_sets(
         kind, arg = item
         if kind == "mmd":
             return stage_mmd(ctx, teacher, **arg)
-        return generate(ctx.model, teacher, ctx.cfg.teacher.sampler, ctx.evaluator.labels, arg)
+        return teacher_set(ctx, teacher, arg)
 
     desc = "phase 1 and the teacher's sample sets" if teacher_sets else None
     out = run_jobs(job, jobs, ctx.cfg.pareto.workers, desc, ctx.progress)
@@ -300,6 +314,8 @@ def stage_distill(
     def job(item):
         name, sd = item
         params, sampler, _ = models[name]
+        if name == "teacher":
+            return teacher_set(ctx, params, sd)
         return generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
 
     sets = run_jobs(job, jobs, ctx.cfg.pareto.workers, "evaluate teacher and student", ctx.progress)
@@ -477,6 +493,7 @@ def stage_pareto(ctx: Context) -> dict:
     (start, *dipp_start), teacher_sets = _phase1_and_teacher_sets(ctx, teacher, phase1, need_eval)
     if need_eval:
         stage_distill(ctx, start, teacher_sets)
+    ctx.teacher_sets.clear()  # the teacher's sets are used only up to here
     starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
     if dipp_start:
         starts["dipp"] = dipp_start[0]

@@ -212,3 +212,29 @@ def test_generate_in_threads_equals_one_after_the_other():
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(one[0], one[1])
+
+
+def test_teacher_set_kept_set_is_drawn_once_then_released(monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake_generate(model, params, sampler, labels, seed):
+        calls.append(seed)
+        return np.full((2, 4, 4, 1), float(seed) + 0.01 * len(calls), np.float32)
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    cfg = SimpleNamespace(teacher=SimpleNamespace(sampler="teacher sampler"))
+    ctx = pipeline.Context(
+        cfg=cfg, out=None, data=None, model="m", reward_clf=None, eval_clf=None,
+        evaluator=SimpleNamespace(labels=np.arange(2)),
+    )  # fmt: skip
+    first = pipeline.teacher_set(ctx, "params", 7, keep=True)  # teacher_eval.json
+    assert calls == [7] and 7 in ctx.teacher_sets
+    again = pipeline.teacher_set(ctx, "params", 7)  # the comparison takes the kept set
+    np.testing.assert_array_equal(again, first)
+    assert calls == [7] and not ctx.teacher_sets  # released: a set may be large
+    other = pipeline.teacher_set(ctx, "params", 8)
+    assert calls == [7, 8] and other[0, 0, 0, 0] > 8 and not ctx.teacher_sets
+    third = pipeline.teacher_set(ctx, "params", 7)  # not kept: drawn again
+    assert calls == [7, 8, 7] and not np.array_equal(third, first)
