@@ -620,11 +620,25 @@ def _run_cli(cli_main: Callable[[list[str]], int], args: list[str], what: str) -
         )
 
 
+def _no_phase2(c: Context) -> str | None:
+    return "rmmd_steps: 0, so the student is phase 1's" if c.cfg.rmmd_steps == 0 else None
+
+
+def _no_offline(c: Context) -> str | None:
+    if not c.cfg.ablation_offline:
+        return "ablation_offline: false"
+    return _no_phase2(c)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
+    """One step of the chain: `run` it unless `done` (its output is complete) or `off` gives the
+    profile setting that leaves it out."""
+
     name: str
     run: Callable[[Context], None]
     done: Callable[[Context], bool]
+    off: Callable[[Context], str | None] = lambda c: None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -648,41 +662,32 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "forecast mmd-only student",
         lambda c: _stage_forecast(c, "mmd_student"),
-        lambda c: c.cfg.rmmd_steps == 0 or _forecast_done(c, "mmd_student"),
+        lambda c: _forecast_done(c, "mmd_student"),
+        _no_phase2,
     ),
     Stage(
         "evaluate mmd-only student",
         lambda c: _stage_evaluate(c, "mmd_student"),
-        lambda c: (
-            c.cfg.rmmd_steps == 0 or (c.path("evaluation_mmd_student") / "scorecard.csv").exists()
-        ),
+        lambda c: (c.path("evaluation_mmd_student") / "scorecard.csv").exists(),
+        _no_phase2,
     ),
     Stage(
         "distill offline ablation",
         _stage_distill_offline,
-        lambda c: (
-            not c.cfg.ablation_offline
-            or c.cfg.rmmd_steps == 0
-            or c.path("distill_offline", "rmmd", "student.npz").exists()
-        ),
+        lambda c: c.path("distill_offline", "rmmd", "student.npz").exists(),
+        _no_offline,
     ),
     Stage(
         "forecast offline-RMMD student",
         lambda c: _stage_forecast(c, "offline_student"),
-        lambda c: (
-            not c.cfg.ablation_offline
-            or c.cfg.rmmd_steps == 0
-            or _forecast_done(c, "offline_student")
-        ),
+        lambda c: _forecast_done(c, "offline_student"),
+        _no_offline,
     ),
     Stage(
         "evaluate offline-RMMD student",
         lambda c: _stage_evaluate(c, "offline_student"),
-        lambda c: (
-            not c.cfg.ablation_offline
-            or c.cfg.rmmd_steps == 0
-            or (c.path("evaluation_offline_student") / "scorecard.csv").exists()
-        ),
+        lambda c: (c.path("evaluation_offline_student") / "scorecard.csv").exists(),
+        _no_offline,
     ),
     Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),
     Stage("summary", _stage_summary, lambda c: False),
@@ -737,6 +742,10 @@ def run_chain(ctx: Context) -> dict:
     n = len(STAGES)
     t_all = time.perf_counter()
     for i, stage in enumerate(STAGES, 1):
+        off = stage.off(ctx)
+        if off is not None:
+            print(f"[{i}/{n}] {stage.name}: not in this profile ({off}), skipped", flush=True)
+            continue
         if stage.done(ctx):
             print(f"[{i}/{n}] {stage.name}: already complete, skipped", flush=True)
             continue

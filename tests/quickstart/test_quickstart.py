@@ -64,6 +64,9 @@ def test_rerun_skips_completed_stages(fast_run, capsys):
     out = capsys.readouterr().out
     for stage in ("stats", "teacher", "distill", "forecast teacher", "evaluate", "speed"):
         assert f"{stage}: already complete, skipped" in out
+    # a stage the profile leaves out says so, and names the setting
+    assert "distill offline ablation: not in this profile (ablation_offline: false)" in out
+    assert "distill offline ablation: already complete" not in out
 
 
 def test_profiles_load_and_validate():
@@ -116,3 +119,13 @@ def test_context_from_run_reads_settings_and_store(tmp_path):
     # Without phase 2 the final student is phase 1's.
     assert ctx.student_npz == tmp_path / "distill" / "mmd" / "student.npz"
     assert ctx.teacher_eval_npz.name == f"teacher_{cfg.teacher_sampler_levels}levels.npz"
+    # Stages the profile leaves out, with the setting that does it.
+    off = {st.name: st.off(ctx) for st in chain.STAGES}
+    assert off["forecast mmd-only student"] == "rmmd_steps: 0, so the student is phase 1's"
+    assert off["distill offline ablation"] == "ablation_offline: false"
+    assert off["stats"] is None and off["forecast student"] is None
+    with_offline = dataclasses.replace(cfg, ablation_offline=True)
+    (tmp_path / "quickstart.yaml").write_text(chain.dump_yaml(with_offline))
+    ctx = chain.Context.from_run(tmp_path)
+    offline = next(st for st in chain.STAGES if st.name == "distill offline ablation")
+    assert offline.off(ctx) == "rmmd_steps: 0, so the student is phase 1's"
