@@ -285,12 +285,16 @@ def test_two_devices_match_one_device(data, tmp_path, host_devices_env):
 # 2 cores. Environment variables allow a bigger check by hand.
 SKILL_STEPS = int(os.environ.get("GENCAST_RMMD_SKILL_STEPS", 1500))
 SKILL_BATCH = int(os.environ.get("GENCAST_RMMD_SKILL_BATCH", 2))
+SKILL_LR = float(os.environ.get("GENCAST_RMMD_SKILL_LR", 2e-3))
 SKILL_INITS = 4  # init times in the held-out eval split, 5 days apart
 SKILL_MEMBERS = 4
 SKILL_LEADS = 6  # 72 h
 # Leads (12 h steps) over which the CRPS must beat climatology. Measured with these settings
 # (4 inits x 4 members): T850 and Z500 beat climatology to 48 h and lose narrowly from 60 h (the
 # issue asks for 72 h: not reached with a few minutes of training; 600 steps reach 36 h).
+# Measured by hand with the environment knobs (CRPS / climatology at 72 h, T850 and Z500; test
+# wall time): the defaults 1.06 / 1.12 (230 s); batch 4: 60 h for both, 1.01 / 1.06 (353 s);
+# batch 4 x 1100 steps 1.07 / 1.11; learning rate 4e-3 1.07 / 1.12.
 SKILL_CRPS_LEADS = int(os.environ.get("GENCAST_RMMD_SKILL_CRPS_LEADS", 4))
 SKILL_OVERRIDES = os.environ.get(
     "GENCAST_RMMD_SKILL_OVERRIDES",
@@ -346,7 +350,7 @@ def test_tiny_teacher_skill_on_nature_run(tmp_path):
         num_steps=SKILL_STEPS,
         batch_size=SKILL_BATCH,
         optimizer=OptimizerConfig(
-            learning_rate=2e-3, schedule="cosine", warmup_steps=50, end_learning_rate=1e-5
+            learning_rate=SKILL_LR, schedule="cosine", warmup_steps=50, end_learning_rate=1e-5
         ),
         checkpoint_every=SKILL_STEPS,
         log_every=50,
