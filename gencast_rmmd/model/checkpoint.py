@@ -429,6 +429,13 @@ def _read_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK") and head != b"\x93NUMPY":
+        # np.load would call anything else a pickle, which says nothing useful here
+        raise CheckpointError(
+            f"{path}: not an .npz archive (expected a zip file, found a file starting {head!r})"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:

@@ -331,7 +331,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "checkpoint",
         "teacher info",
         "a text file named `model.npz`",
-        r"not a readable \.npz",
+        r"not an \.npz archive \(expected a zip file, found a file starting b'",
         "refuses: says it is not an .npz archive",
     ),
     BadInput(
