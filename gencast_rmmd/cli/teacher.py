@@ -86,6 +86,21 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return model, training
 
 
+def _describe_overrides(model, overrides: list[str]):
+    """`model` with its overrides named in the description (which exported checkpoints and
+    `teacher info` show): the YAML's text describes the file, not the `--set` changes. An
+    explicit `--set description=...` is kept as given."""
+    import dataclasses
+
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if not overrides or "description" in keys:
+        return model
+    short = ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={o.split('=', 1)[1].strip()}" for k, o in zip(keys, overrides)
+    )
+    return dataclasses.replace(model, description=f"{model.description}; overridden: {short}")
+
+
 def _resolve_task(args):
     """(TaskConfig, (train_start, train_end) or (None, None)) from --task / store attrs."""
     import yaml
@@ -142,6 +157,7 @@ def _train(args: argparse.Namespace) -> int:
     sharding.maybe_initialize_distributed()
     model_over, train_over = _split_overrides(args.overrides)
     model = load_config(ModelConfig, args.config, model_over, kind="model")
+    model = _describe_overrides(model, model_over)
     task, (start, end) = _resolve_task(args)
     base = to_dict(TeacherTrainingConfig())
     if start is not None:

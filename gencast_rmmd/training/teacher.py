@@ -252,6 +252,7 @@ def _comparable(d: dict) -> dict:
     d = json.loads(json.dumps(d))
     d["training"].pop("num_steps", None)
     d["training"].pop("log_every", None)
+    d["model"].pop("description", None)  # free text, not a setting
     d["training"].pop("checkpoint_every", None)
     d["training"].pop("keep_checkpoints", None)
     d["training"].pop("local_cache", None)  # where examples are read from, not what

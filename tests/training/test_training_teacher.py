@@ -233,6 +233,13 @@ def test_cli_train_info_export(data, tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
     assert main(["teacher", "info", str(out / "teacher.npz")]) == 0
     assert "parameters:" in capsys.readouterr().out
+    # A model override is named in the description that the checkpoint carries.
+    over = tmp_path / "over"
+    argv_over = [str(over) if a == str(out) else a for a in argv]
+    assert main([*argv_over, "--set", "sampler_config.num_noise_levels=7"]) == 0
+    capsys.readouterr()
+    assert main(["teacher", "info", str(over / "teacher.npz")]) == 0
+    assert f"{MODEL.description}; overridden: num_noise_levels=7" in capsys.readouterr().out
     assert main(["teacher", "export", "--run", str(out), "--out", str(tmp_path / "e.npz")]) == 0
     assert (tmp_path / "e.npz").is_file()
     # A bad override is a one-line user error (exit 2).
