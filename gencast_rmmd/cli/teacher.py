@@ -92,12 +92,12 @@ def _describe_overrides(model, overrides: list[str]):
     explicit `--set description=...` is kept as given."""
     import dataclasses
 
-    keys = [o.split("=", 1)[0].strip() for o in overrides]
-    if not overrides or "description" in keys:
+    from gencast_rmmd.config import parse_override
+
+    parsed = [parse_override(o) for o in overrides]
+    if not parsed or any(parts == ["description"] for parts, _ in parsed):
         return model
-    short = ", ".join(
-        f"{k.rsplit('.', 1)[-1]}={o.split('=', 1)[1].strip()}" for k, o in zip(keys, overrides)
-    )
+    short = ", ".join(f"{parts[-1]}={value}" for parts, value in parsed)
     return dataclasses.replace(model, description=f"{model.description}; overridden: {short}")
 
 
