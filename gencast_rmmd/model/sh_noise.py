@@ -9,7 +9,9 @@ coefficients ``a_lm ~ N(0, s_l^2)`` for total wavenumbers ``l < L`` (``L = nlon 
     s_l^2 = 4 pi P_l / (2 l + 1),   P_l = 1 / L,
 
 and transform them to the grid with dinosaur's `RealSphericalHarmonics` (orthonormal real harmonics
-on the unit sphere). By the addition theorem the point variance is
+on the unit sphere). Exactly one normal is drawn per coefficient: the ``L^2`` real coefficients are
+packed from one ``[L, L]`` square of normals (`pack_triangle`), not drawn for all ``(2L - 1) L``
+slots of dinosaur's modal array and half thrown away (drawing the normals is most of the cost). By the addition theorem the point variance is
 ``sum_l s_l^2 (2l + 1) / (4 pi) = sum_l P_l = 1`` everywhere, each total wavenumber carries the same
 power ``P_l`` (flat spectrum), and the field is statistically invariant under rotations.
 
@@ -64,6 +66,33 @@ def sh_coefficient_scale(grid: spherical_harmonic.Grid) -> np.ndarray:
     return np.where(np.abs(m) <= ell, scale, 0.0).astype(np.float32)
 
 
+def pack_triangle(square: jax.Array, m_rows: np.ndarray) -> jax.Array:
+    """Place an ``[..., L, L]`` square of values on the ``L^2`` real SH modes ``|m| <= l < L``.
+
+    Returns ``[..., 2L - 1, L]`` in dinosaur's modal layout, whose row ``r`` has wavenumber
+    ``m_rows[r]``. Row ``m = +a`` takes ``square[a, l]`` (upper triangle with the diagonal, used
+    where ``l >= a``); row ``m = -a`` (``a >= 1``) takes ``square[L - a, L - 1 - l]``, the strict
+    lower triangle read backwards (``L - 1 - l < L - a`` exactly when ``l >= a``). Every entry of
+    `square` lands on exactly one mode; slots with ``|m| > l`` hold leftovers that the caller
+    multiplies by a zero scale. Built from slices, a flip and an interleave (no gather: an
+    element gather costs more than the normals it would save).
+    """
+    n_l = square.shape[-1]
+    m_rows = np.asarray(m_rows)
+    pos = square  # rows m = 0, 1, ..., L - 1
+    neg = square[..., ::-1, ::-1][..., : n_l - 1, :]  # rows m = -1, ..., -(L - 1)
+    interleaved = np.concatenate(
+        [[0], np.stack([np.arange(1, n_l), -np.arange(1, n_l)], 1).ravel()]
+    )
+    if np.array_equal(m_rows, interleaved):  # dinosaur's order: 0, 1, -1, 2, -2, ...
+        pairs = jnp.stack([pos[..., 1:, :], neg], axis=-2)
+        pairs = pairs.reshape(square.shape[:-2] + (2 * (n_l - 1), n_l))
+        return jnp.concatenate([pos[..., :1, :], pairs], axis=-2)
+    rows = jnp.concatenate([pos, neg], axis=-2)  # any other order: one row gather
+    index = np.where(m_rows >= 0, m_rows, n_l - 1 - m_rows)
+    return jnp.take(rows, index, axis=-2)
+
+
 def make_sh_noise_fn(lat: np.ndarray, lon: np.ndarray) -> NoiseFn:
     """Build a jit-able sampler of isotropic unit-variance spherical white noise on a lat/lon grid.
 
@@ -81,7 +110,8 @@ def make_sh_noise_fn(lat: np.ndarray, lon: np.ndarray) -> NoiseFn:
     scale = sh_coefficient_scale(grid)  # [2M-1, L]
     # Build the (cached) numpy basis now, outside any trace.
     _ = grid.spherical_harmonics.basis
-    modal_shape = tuple(grid.modal_shape)
+    m_rows = np.asarray(grid.modal_mesh[0])[:, 0]
+    n_l = grid.total_wavenumbers
 
     def noise_fn(rng: jax.Array, shape: Sequence[int]) -> jax.Array:
         shape = tuple(int(s) for s in shape)
@@ -90,8 +120,8 @@ def make_sh_noise_fn(lat: np.ndarray, lon: np.ndarray) -> NoiseFn:
                 f"SH noise: expected shape [..., {spec.nlat}, {spec.nlon}, C], found {list(shape)}"
             )
         lead, n_ch = shape[:-3], shape[-1]
-        coeffs = jax.random.normal(rng, lead + (n_ch,) + modal_shape, dtype=jnp.float32)
-        coeffs = coeffs * scale
+        square = jax.random.normal(rng, lead + (n_ch, n_l, n_l), dtype=jnp.float32)
+        coeffs = pack_triangle(square, m_rows) * scale
         nodal = grid.to_nodal(coeffs)  # [..., C, lon, lat]
         nd = nodal.ndim
         perm = tuple(range(nd - 3)) + (nd - 1, nd - 2, nd - 3)  # -> [..., lat, lon, C]

@@ -140,6 +140,30 @@ def test_jit_vmap_determinism_and_shapes():
         noise_fn(jax.random.key(0), (2, 64, 32, 1))
 
 
+@pytest.mark.parametrize("order", ["dinosaur", "shuffled"])
+def test_pack_triangle_puts_each_normal_on_exactly_one_mode(order):
+    """The L^2 drawn values cover the L^2 valid modes one to one, whatever the row order."""
+    lat, lon = GRIDS["equiangular_32x64"]
+    grid = sh_noise.dinosaur_grid(grid_spec(lat, lon))
+    m, ell = grid.modal_mesh
+    n_l = grid.total_wavenumbers
+    perm = np.arange(m.shape[0])
+    if order == "shuffled":  # the generic path (a row gather), for another modal row order
+        perm = np.random.default_rng(0).permutation(perm)
+    m_rows, valid = m[perm, 0], (np.abs(m) <= ell)[perm]
+    ids = jnp.arange(1, n_l * n_l + 1, dtype=jnp.float32).reshape(n_l, n_l)
+    square = jnp.stack([ids, -ids])  # with a leading dim
+    packed = np.asarray(sh_noise.pack_triangle(square, m_rows))
+    assert packed.shape == (2,) + m.shape
+    used = packed[0][valid]
+    assert valid.sum() == n_l * n_l
+    np.testing.assert_array_equal(np.sort(used), np.arange(1, n_l * n_l + 1))
+    np.testing.assert_array_equal(packed[1][valid], -used)
+    # Row m = 0 takes square row 0 as it is; row m = -1 takes square row L - 1 reversed.
+    np.testing.assert_array_equal(packed[0][m_rows == 0][0], np.asarray(square[0, 0]))
+    np.testing.assert_array_equal(packed[0][m_rows == -1][0], np.asarray(square[0, -1, ::-1]))
+
+
 def test_bad_grids_are_rejected():
     lat, lon = GRIDS["equiangular_32x64"]
     with pytest.raises(DataError, match="ascending"):
