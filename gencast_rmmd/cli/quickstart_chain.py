@@ -778,7 +778,8 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
     )
     print(
         f"  wall-clock per 12 h step: teacher {f(summary['teacher_step_seconds'])} s, "
-        f"student {f(summary['student_step_seconds'])} s -> {f(summary['speedup'])}x faster"
+        f"student {f(summary['student_step_seconds'])} s -> {f(summary['speedup'], '.2f')}x "
+        f"faster (medians {f(summary.get('speedup_median'), '.2f')}x)"
     )
     wr = summary.get("win_rate")
     print(

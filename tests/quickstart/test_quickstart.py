@@ -56,6 +56,28 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     assert (fast_run / "forecasts" / "student.zarr").exists()
 
 
+def test_summary_prints_the_speedup_unrounded(tmp_path, capsys):
+    """The speed-up has two decimals and the medians' ratio beside it (three significant digits
+    printed a 6.997x run as "7x")."""
+    summary = {
+        "teacher_nfe": 59,
+        "student_nfe": 8,
+        "teacher_step_seconds": 3.3125,
+        "student_step_seconds": 0.47339,
+        "speedup": 6.9975,
+        "speedup_median": 6.9297,
+        "win_rate": 0.98056,
+        "entries": 360,
+        "mean_crps_change_percent": 5.3013,
+        "spread_skill_teacher": 1.382,
+        "spread_skill_student": 1.145,
+    }
+    chain.print_summary(summary, tmp_path)
+    out = capsys.readouterr().out
+    assert "teacher 3.31 s, student 0.473 s -> 7.00x faster (medians 6.93x)" in out
+    assert "98.1% of 360 scorecard entries" in out and "+5.30%" in out
+
+
 @pytest.mark.slow
 def test_rerun_skips_completed_stages(fast_run, capsys):
     capsys.readouterr()
