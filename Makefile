@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install demo result image-demo test test-fast lint bench clean
+.PHONY: install demo result image-demo test test-fast test-skill lint bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" -x
+
+# The teacher-skill test at the issue's full bar: CRPS below climatology's to 72 h for T850 and
+# Z500, with a 5000-step batch-4 teacher (16 min on 2 cores, too long for `make test`, whose copy
+# of this test trains 1500 x 2 and asserts 48 h). docs/teacher.md has the figures.
+test-skill: install
+	GENCAST_RMMD_SKILL_STEPS=5000 GENCAST_RMMD_SKILL_BATCH=4 GENCAST_RMMD_SKILL_CRPS_LEADS=6 \
+	  $(BIN)/python -m pytest -q -s -m slow \
+	  tests/training/test_training_teacher.py::test_tiny_teacher_skill_on_nature_run
 
 lint: install
 	$(BIN)/ruff check .

@@ -299,6 +299,8 @@ SKILL_LEADS = 6  # 72 h
 # Leads (12 h steps) over which the CRPS must beat climatology. Measured with these settings
 # (4 inits x 4 members): T850 and Z500 beat climatology to 48 h and lose narrowly from 60 h (the
 # issue asks for 72 h: not reached with a few minutes of training; 600 steps reach 36 h).
+# `make test-skill` runs this test at 5000 steps, batch 4 and 72 h (16 min): CRPS / climatology's
+# at 72 h 0.82 (T850) and 0.88 (Z500).
 # Other batch sizes, step counts and learning rates (the environment knobs): docs/teacher.md,
 # "What else does and does not help a few-minute teacher".
 SKILL_CRPS_LEADS = int(os.environ.get("GENCAST_RMMD_SKILL_CRPS_LEADS", 4))
