@@ -11,9 +11,10 @@ coefficients ``a_lm ~ N(0, s_l^2)`` for total wavenumbers ``l < L`` (``L = nlon 
 and transform them to the grid with dinosaur's `RealSphericalHarmonics` (orthonormal real harmonics
 on the unit sphere). Exactly one normal is drawn per coefficient: the ``L^2`` real coefficients are
 packed from one ``[L, L]`` square of normals (`pack_triangle`), not drawn for all ``(2L - 1) L``
-slots of dinosaur's modal array and half thrown away (drawing the normals is most of the cost). By the addition theorem the point variance is
-``sum_l s_l^2 (2l + 1) / (4 pi) = sum_l P_l = 1`` everywhere, each total wavenumber carries the same
-power ``P_l`` (flat spectrum), and the field is statistically invariant under rotations.
+slots of dinosaur's modal array and half thrown away (drawing the normals is most of the cost).
+By the addition theorem the point variance is ``sum_l s_l^2 (2l + 1) / (4 pi) = sum_l P_l = 1``
+everywhere, each total wavenumber carries the same power ``P_l`` (flat spectrum), and the field is
+statistically invariant under rotations.
 
 Both noise functions follow the contract ``noise_fn(rng, shape) -> float32 array`` with
 ``shape = [..., lat, lon, C]`` (channels last); channels and leading dims are independent.
