@@ -47,6 +47,11 @@ def main() -> None:
         help="embedded: the 32 x 64 grid and task; 1deg: 181 x 360 with GenCast's full task",
     )
     ap.add_argument("--skip-train", action="store_true", help="time the forecast step only")
+    ap.add_argument(
+        "--distill-config",
+        default=None,
+        help="distill config (configs/distill/): default tiny, rmmd_gencast with --grid 1deg",
+    )
     ap.add_argument("--levels", default="20,30", help="teacher noise levels to time, e.g. 30")
     args = ap.parse_args()
 
@@ -78,7 +83,8 @@ def main() -> None:
     )
     params = jax.jit(den.init)(jax.random.key(0), *den.example_inputs(1))
     noise_fn = sh_noise.make_sh_noise_fn(lat, lon)
-    dcfg = load_config(DistillConfig, "tiny", kind="distill")
+    dname = args.distill_config or ("rmmd_gencast" if args.grid == "1deg" else "tiny")
+    dcfg = load_config(DistillConfig, dname, kind="distill")
     weights = jnp.asarray(gencast_weights(dcfg.weights, lat, lay))
     rng = np.random.default_rng(0)
     b = args.batch
@@ -95,6 +101,7 @@ def main() -> None:
         "device": str(jax.devices()[0].platform),
         "devices": jax.device_count(),
         "model": args.config,
+        "distill_config": dname,
         "grid": [nlat, nlon],
         "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
         "channels_out": lay.n_targets,
