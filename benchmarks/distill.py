@@ -86,7 +86,6 @@ def main() -> None:
     dname = args.distill_config or ("rmmd_gencast" if args.grid == "1deg" else "tiny")
     dcfg = load_config(DistillConfig, dname, kind="distill")
     weights = jnp.asarray(gencast_weights(dcfg.weights, lat, lay))
-    rng = np.random.default_rng(0)
     b = args.batch
 
     def batch(step):
@@ -193,7 +192,6 @@ def main() -> None:
         out[f"{name}_over_student_cpu"] = min(cpu[name]) / min(cpu["student"])
         out[f"{name}_over_student_wallclock"] = min(times[name]) / t_stu
         out[f"{name}_over_student_nfe"] = out[f"{name}_nfe"] / out["student_nfe"]
-    _ = rng
     print(json.dumps(out))
 
 
