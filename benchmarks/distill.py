@@ -16,8 +16,8 @@ At GenCast's real size, the forecast step only (the training part would take hou
         --levels 30 --repeats 1
 
 builds the Mini architecture (57.5 M parameters) on the 1 deg 181 x 360 grid with GenCast's full
-task (random weights; speed does not depend on the values). Both samplers are compiled ahead of
-time and then timed in alternating rounds (student, teacher), without an untimed warm-up run
+task (random weights; speed does not depend on the values). All samplers are compiled ahead of
+time and then timed in alternating rounds (student, teachers), without an untimed warm-up run
 (one Mini teacher step takes about 12 minutes on 2 CPU cores).
 """
 
@@ -59,6 +59,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from gencast_rmmd.cli.quickstart_chain import time_in_rounds
     from gencast_rmmd.config import load_config
     from gencast_rmmd.data.config import load_data_config
     from gencast_rmmd.data.task import gencast_task
@@ -67,7 +68,7 @@ def main() -> None:
     from gencast_rmmd.distill.trainer import build_phase_trainer
     from gencast_rmmd.model import dpm_solver, sh_noise
     from gencast_rmmd.model.configs import ModelConfig
-    from gencast_rmmd.model.denoiser import Conditioning, build_denoiser
+    from gencast_rmmd.model.denoiser import Conditioning, build_denoiser, count_params
 
     model = load_config(ModelConfig, args.config, kind="model")
     if args.grid == "1deg":
@@ -102,7 +103,7 @@ def main() -> None:
         "model": args.config,
         "distill_config": dname,
         "grid": [nlat, nlon],
-        "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
+        "num_params": count_params(params)[0],
         "channels_out": lay.n_targets,
         **({} if args.skip_train else {"batch": b}),
     }
@@ -169,28 +170,24 @@ def main() -> None:
         compiled[name] = fn.lower(params, key, cond).compile()
         out[f"{name}_compile_seconds"] = time.perf_counter() - t0
         out[f"{name}_nfe"] = nfe
-    # Alternating rounds, so that every sampler sees the same background load; the minimum.
-    times = {name: [] for name in compiled}
-    cpu = {name: [] for name in compiled}
     if args.grid == "embedded":  # one untimed run each (cheap at this size)
         for fn in compiled.values():
             jax.block_until_ready(fn(params, key, cond))
-    for _ in range(args.repeats):
-        for name, fn in compiled.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn(params, key, cond))
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    t_stu = min(times["student"])
-    out["student_step_seconds"] = t_stu
-    out["student_step_cpu_seconds"] = min(cpu["student"])
-    for name in compiled:
+    # Alternating rounds, so that every sampler sees the same background load; the minima.
+    timed = time_in_rounds(
+        {name: lambda _, fn=fn: fn(params, key, cond) for name, fn in compiled.items()},
+        args.repeats,
+    )
+    stu = timed["student"]
+    out["student_step_seconds"] = stu["seconds"]
+    out["student_step_cpu_seconds"] = stu["cpu_seconds"]
+    for name, t in timed.items():
         if name == "student":
             continue
-        out[f"{name}_step_seconds"] = min(times[name])
-        out[f"{name}_step_cpu_seconds"] = min(cpu[name])
-        out[f"{name}_over_student_cpu"] = min(cpu[name]) / min(cpu["student"])
-        out[f"{name}_over_student_wallclock"] = min(times[name]) / t_stu
+        out[f"{name}_step_seconds"] = t["seconds"]
+        out[f"{name}_step_cpu_seconds"] = t["cpu_seconds"]
+        out[f"{name}_over_student_cpu"] = t["cpu_seconds"] / stu["cpu_seconds"]
+        out[f"{name}_over_student_wallclock"] = t["seconds"] / stu["seconds"]
         out[f"{name}_over_student_nfe"] = out[f"{name}_nfe"] / out["student_nfe"]
     print(json.dumps(out))
 

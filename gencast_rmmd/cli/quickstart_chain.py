@@ -13,6 +13,7 @@ test) and `result` (`make result`, the headline measurement).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -460,26 +461,51 @@ def measure_step_seconds(
         fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
         fn(params, keys, x, f).block_until_ready()
         runs[name] = (fn, params, x, f, int(model.nfe))
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(repeats):
-        keys = jax.random.split(jax.random.PRNGKey(r + 1), members)
-        for name, (fn, params, x, f, _) in runs.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn(params, keys, x, f).block_until_ready()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+
+    def call(name: str, r: int):
+        fn, params, x, f, _ = runs[name]
+        return fn(params, jax.random.split(jax.random.PRNGKey(r + 1), members), x, f)
+
+    timed = time_in_rounds({name: functools.partial(call, name) for name in runs}, repeats)
     return {
         name: {
-            "seconds": float(min(times[name])),
-            "median_seconds": float(np.median(times[name])),
-            # CPU seconds of this process (all threads): not the wall-clock figure the headline
-            # asks for, but not inflated by time the host gives to other machines either.
-            "median_cpu_seconds": float(np.median(cpu[name])),
+            "seconds": timed[name]["seconds"],
+            "median_seconds": timed[name]["median_seconds"],
+            "median_cpu_seconds": timed[name]["median_cpu_seconds"],
             "nfe": runs[name][4],
             "members": members,
         }
         for name in runs
+    }
+
+
+def time_in_rounds(calls: dict[str, Callable[[int], Any]], repeats: int) -> dict[str, dict]:
+    """Time each ``calls[name](round)`` (blocked until ready) in alternating rounds.
+
+    The calls run in turn, `repeats` rounds, so every one sees the same background load. Per name:
+    `seconds` (minimum wall, the least disturbed), `median_seconds`, and process CPU seconds
+    (`cpu_seconds` minimum, `median_cpu_seconds`): CPU seconds sum over threads, so they are not
+    the wall-clock figure a headline asks for, but they are not inflated by time the host gives
+    to other work either.
+    """
+    import jax
+
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(r))
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {
+        name: {
+            "seconds": float(min(wall[name])),
+            "median_seconds": float(np.median(wall[name])),
+            "cpu_seconds": float(min(cpu[name])),
+            "median_cpu_seconds": float(np.median(cpu[name])),
+        }
+        for name in calls
     }
 
 

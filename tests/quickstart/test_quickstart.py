@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
+import numpy as np
 import pytest
 
 from gencast_rmmd.cli import main
@@ -54,6 +56,25 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     assert "speedup" in html and "evaluation/" in html
     assert (fast_run / "evaluation" / "scorecard.csv").exists()
     assert (fast_run / "forecasts" / "student.zarr").exists()
+
+
+def test_time_in_rounds_alternates_and_reports_minima():
+    """Every call sees the same background load: the calls run in turn, round by round."""
+    order = []
+
+    def call(name):
+        def run(r):
+            order.append((name, r))
+            time.sleep(0.002 if name == "a" else 0.004)
+            return np.zeros(1)
+
+        return run
+
+    timed = chain.time_in_rounds({"a": call("a"), "b": call("b")}, 3)
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    for t in timed.values():
+        assert t["seconds"] <= t["median_seconds"] and t["cpu_seconds"] <= t["median_cpu_seconds"]
+    assert 0.002 <= timed["a"]["seconds"] < timed["b"]["seconds"]
 
 
 def test_summary_prints_the_speedup_unrounded(tmp_path, capsys):
