@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -206,6 +207,13 @@ def prepare(
     if complete:
         group = zarr.open_group(out, mode="r+")
         group.attrs[PREPARE_STATE_ATTR] = "complete"
+        # Consolidated metadata (written last, over the final attributes) lets a plain
+        # `xr.open_zarr(out)` open the store without a per-array listing and without xarray's
+        # "failed to open with consolidated metadata" warning; zarr 3 warns that consolidation is
+        # not in the v3 spec yet, which does not matter to zarr-python and xarray readers.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(out)
         shutil.rmtree(spec.progress_dir, ignore_errors=True)
     return {
         "out": out,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -35,7 +37,11 @@ def test_prepare_arco_style_store(arco_store, tmp_path):
     )
     assert summary["status"] == "complete"
     validate_store(out, SMALL_TASK)
-    ds = xr.open_zarr(out)
+    # The finished store carries consolidated metadata: a plain open_zarr needs no fallback
+    # (which xarray announces with a RuntimeWarning) and sees the final attributes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ds = xr.open_zarr(out, consolidated=True)
     assert ds.attrs["gencast_rmmd_prepare"] == "complete"
     assert ds["temperature"].encoding["chunks"][0] == 1  # one time step per chunk
     assert ds.sizes["time"] == 7  # 12 UTC day 1 .. 12 UTC day 4 (00 UTC day 1 lacks precip history)
