@@ -111,6 +111,26 @@ def write_template(ds: xr.Dataset, out: str, key: str) -> None:
     zarr.open_group(out, mode="r+").attrs[PREPARE_STATE_ATTR] = "in-progress"
 
 
+def _consolidate(out: str, only_if_missing: bool = False) -> None:
+    """Write consolidated metadata over the store's final attributes (the last step of a run).
+
+    It lets a plain `xr.open_zarr(out)` open the store without a per-array listing and without
+    xarray's "failed to open with consolidated metadata" warning. zarr 3 warns that consolidation
+    is not in the v3 spec yet, which does not matter to zarr-python and xarray readers.
+    """
+    import zarr
+
+    if only_if_missing:
+        try:
+            zarr.open_consolidated(out, mode="r")
+            return
+        except Exception:  # no (readable) consolidated metadata: write it
+            pass
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(out)
+
+
 class _WriteBlock:
     """Beam DoFn body: read one block of times from the source and write its region."""
 
@@ -176,6 +196,7 @@ def prepare(
             shutil.rmtree(out)
             shutil.rmtree(spec.progress_dir, ignore_errors=True)
         elif attrs.get(PREPARE_STATE_ATTR) == "complete":
+            _consolidate(out, only_if_missing=True)  # a crash may have come just before it
             return {"out": out, "status": "already complete", "times": int(ds.sizes["time"])}
         else:
             resumed = True
@@ -207,13 +228,7 @@ def prepare(
     if complete:
         group = zarr.open_group(out, mode="r+")
         group.attrs[PREPARE_STATE_ATTR] = "complete"
-        # Consolidated metadata (written last, over the final attributes) lets a plain
-        # `xr.open_zarr(out)` open the store without a per-array listing and without xarray's
-        # "failed to open with consolidated metadata" warning; zarr 3 warns that consolidation is
-        # not in the v3 spec yet, which does not matter to zarr-python and xarray readers.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(out)
+        _consolidate(out)
         shutil.rmtree(spec.progress_dir, ignore_errors=True)
     return {
         "out": out,

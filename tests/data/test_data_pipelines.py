@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -59,11 +60,18 @@ def test_prepare_arco_style_store(arco_store, tmp_path):
         src_n["total_precipitation"].values[i - 11 : i + 1].sum(0)[::2, ::2],
         rtol=1e-5,
     )
-    # a second run is a no-op
+    # a second run is a no-op, except that it consolidates a store whose run crashed just after
+    # marking it complete (simulated by dropping the consolidated metadata)
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta.pop("consolidated_metadata")
+    (out / "zarr.json").write_text(json.dumps(meta))
     assert (
         prepare(src, _cfg(grid=GridConfig(method="subsample", subsample_factor=2)), out)["status"]
         == "already complete"
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert xr.open_zarr(out, consolidated=True).attrs["gencast_rmmd_prepare"] == "complete"
 
 
 def test_prepare_resumes_after_crash_without_rewriting(arco_store, tmp_path):
