@@ -49,6 +49,15 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     )
     # The steadier checks: median wall-clock and median process-CPU ratios, both positive.
     assert summary["speedup_median"] > 0 and summary["speedup_cpu"] > 0
+    # The fast profile's ensemble step has 2 members, so the one-member step is timed as well.
+    speed = json.loads((fast_run / "speed.json").read_text())
+    assert speed["one_member"]["student"]["members"] == 1
+    assert speed["student"]["members"] == 2
+    assert math.isclose(
+        summary["speedup_one_member"],
+        speed["one_member"]["teacher"]["seconds"] / speed["one_member"]["student"]["seconds"],
+        rel_tol=1e-9,
+    )
     assert 0.0 <= summary["win_rate"] <= 1.0
     assert summary["entries"] > 0
     assert math.isfinite(summary["mean_crps_change_percent"])
@@ -96,6 +105,9 @@ def test_summary_prints_the_speedup_unrounded(tmp_path, capsys):
     chain.print_summary(summary, tmp_path)
     out = capsys.readouterr().out
     assert "teacher 3.31 s, student 0.473 s -> 7.00x faster (medians 6.93x)" in out
+    summary["speedup_one_member"] = 7.2912
+    chain.print_summary(summary, tmp_path)
+    assert "(medians 6.93x; one member per call 7.29x)" in capsys.readouterr().out
     assert "98.1% of 360 scorecard entries" in out and "+5.30%" in out
 
 
