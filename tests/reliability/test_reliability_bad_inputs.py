@@ -18,6 +18,7 @@ from reliability_helpers import (
     assert_one_clear_error,
     chunk_files,
     command_available,
+    consolidate,
     run_cli,
     run_cli_subprocess,
     snapshot,
@@ -571,7 +572,7 @@ def _incomplete_store(tmp, p) -> pathlib.Path:
 
     f = _ws_copy(tmp, p, "store")["store"]
     zarr.open_group(str(f), mode="r+").attrs["gencast_rmmd_prepare"] = "in-progress"
-    zarr.consolidate_metadata(str(f))
+    consolidate(f)
     return f
 
 
