@@ -49,7 +49,7 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     )
     # The steadier checks: median wall-clock and median process-CPU ratios, both positive.
     assert summary["speedup_median"] > 0 and summary["speedup_cpu"] > 0
-    # The fast profile's ensemble step has 2 members, so the one-member step is timed as well.
+    # The fast profile sets speed_one_member: the one-member step is timed beside the 2-member one.
     speed = json.loads((fast_run / "speed.json").read_text())
     assert speed["one_member"]["student"]["members"] == 1
     assert speed["student"]["members"] == 2
@@ -150,6 +150,13 @@ def test_changed_speed_repeats_keeps_results_and_retimes(tmp_path):
     retimed = chain.dump_yaml(dataclasses.replace(cfg, speed_repeats=cfg.speed_repeats + 4))
     assert marker != retimed
     assert chain._same_results(marker, retimed)
+    # So is one that adds or drops the one-member timing, or predates that setting.
+    no_single = dataclasses.replace(cfg, speed_one_member=not cfg.speed_one_member)
+    assert chain._same_results(marker, chain.dump_yaml(no_single))
+    older = "\n".join(
+        line for line in marker.splitlines() if not line.startswith("speed_one_member")
+    )
+    assert older != marker and chain._same_results(older, marker)
     assert not chain._same_results(marker, chain.dump_yaml(dataclasses.replace(cfg, seed=99)))
     assert not chain._same_results(marker, "seed: [unclosed\n")
 
