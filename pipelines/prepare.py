@@ -24,7 +24,6 @@ import json
 import os
 import pathlib
 import shutil
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -115,10 +114,11 @@ def _consolidate(out: str, only_if_missing: bool = False) -> None:
     """Write consolidated metadata over the store's final attributes (the last step of a run).
 
     It lets a plain `xr.open_zarr(out)` open the store without a per-array listing and without
-    xarray's "failed to open with consolidated metadata" warning. zarr 3 warns that consolidation
-    is not in the v3 spec yet, which does not matter to zarr-python and xarray readers.
+    xarray's "failed to open with consolidated metadata" warning.
     """
     import zarr
+
+    from gencast_rmmd.data.era5 import quiet_v3_consolidation
 
     if only_if_missing:
         try:
@@ -126,8 +126,7 @@ def _consolidate(out: str, only_if_missing: bool = False) -> None:
             return
         except Exception:  # no (readable) consolidated metadata: write it
             pass
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    with quiet_v3_consolidation():
         zarr.consolidate_metadata(out)
 
 

@@ -13,6 +13,7 @@ Canonical schema (docs/contracts.md): dims `time, level, lat, lon`; `lat` ascend
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import warnings
@@ -53,6 +54,16 @@ def open_zarr_quiet(path: Any, **kwargs: Any) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return xr.open_zarr(path, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_v3_consolidation():
+    """Silence zarr 3's warning, on writing consolidated metadata into a Zarr v3 store, that
+    consolidation is not in the v3 spec yet: it does not matter to zarr-python and xarray readers,
+    which is what our stores are read with."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
 
 
 def _is_url(source: str) -> bool:

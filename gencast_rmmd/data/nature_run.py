@@ -47,12 +47,12 @@ import pathlib
 import shutil
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data.config import NatureRunConfig
+from gencast_rmmd.data.era5 import quiet_v3_consolidation
 
 R_DRY = 287.04  # J kg-1 K-1 (Held-Suarez / dinosaur value is within 0.1%; we use the model's)
 G = 9.80665
@@ -444,10 +444,8 @@ def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False)
             chunks = tuple(1 if d == "time" else da.sizes[d] for d in da.dims)
             encoding[name] = {"chunks": chunks}
         # Consolidated metadata lets every reader open the store without a per-array listing
-        # (and without xarray's "failed to open with consolidated metadata" warning); zarr 3
-        # warns that consolidation is not in the v3 spec yet, which is moot for our own reader.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # (and without xarray's "failed to open with consolidated metadata" warning).
+        with quiet_v3_consolidation():
             ds.to_zarr(tmp / "store.zarr", mode="w", encoding=encoding, consolidated=True)
         if out.exists():
             shutil.rmtree(out)

@@ -14,17 +14,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
 import re
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import xarray as xr
+
+from gencast_rmmd.data.era5 import quiet_v3_consolidation
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -207,27 +207,18 @@ def tiny_canonical_ds(
     return ds
 
 
-@contextlib.contextmanager
-def _no_v3_consolidation_warning():
-    """Silence zarr 3's warning that consolidated metadata is not in the v3 spec yet (as the
-    library's own writers do: it does not matter to zarr-python and xarray readers)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        yield
-
-
 def consolidate(path: str | os.PathLike) -> None:
     """`zarr.consolidate_metadata(path)` without zarr 3's warning about it."""
     import zarr
 
-    with _no_v3_consolidation_warning():
+    with quiet_v3_consolidation():
         zarr.consolidate_metadata(str(path))
 
 
 def write_store(ds: xr.Dataset, path: str | os.PathLike, time_chunk: int = 4) -> pathlib.Path:
     """Write `ds` as a Zarr store chunked along time (so single chunks can be damaged)."""
     chunks = {"time": time_chunk} if "time" in ds.dims else {}
-    with _no_v3_consolidation_warning():
+    with quiet_v3_consolidation():
         ds.chunk(chunks).to_zarr(path, mode="w", consolidated=True)
     return pathlib.Path(path)
 
