@@ -436,14 +436,21 @@ def _stage_evaluate(ctx: Context, who: str = "student") -> None:
 
 
 def measure_step_seconds(
-    checkpoints: dict[str, str], stats_dir: str, store: str, members: int, repeats: int
-) -> dict[str, dict[str, float]]:
+    checkpoints: dict[str, str],
+    stats_dir: str,
+    store: str,
+    members: int,
+    repeats: int,
+    one_member: bool = False,
+) -> dict[str, Any]:
     """Wall-clock seconds of one 12 h ensemble step per model, measured in this one process.
 
     Each model's vmapped step over `members` is compiled and run once (warm-up). Then the models
     are timed in turn, `repeats` rounds, with `block_until_ready`, so that every model sees the
     same background load; `seconds` is the minimum (least disturbed), `median_seconds` the median.
-    Same inputs, same device, same process for every model, so the ratio is fair.
+    Same inputs, same device, same process for every model, so the ratio is fair. With
+    `one_member`, the same models (loaded once) are also timed with one member per call, in the
+    same rounds, under the key "one_member".
     """
     import jax
 
@@ -452,34 +459,38 @@ def measure_step_seconds(
     with _open_zarr(store) as ds:
         lat = ds["lat"].values
         lon = ds["lon"].values
+    counts = {"": members, "one_member": 1} if one_member else {"": members}
     runs = {}
     for name, path in checkpoints.items():
         model = load_forecast_model(path, stats_dir, name=name)
         step_fn, params = model.build(lat, lon)
-        lay = model.task.layout
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((members, len(lat), len(lon), lay.n_inputs)).astype(np.float32)
-        f = rng.standard_normal((members, len(lat), len(lon), lay.n_forcings)).astype(np.float32)
-        keys = jax.random.split(jax.random.PRNGKey(0), members)
         fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
-        fn(params, keys, x, f).block_until_ready()
-        runs[name] = (fn, params, x, f, int(model.nfe))
+        lay = model.task.layout
+        for group, m in counts.items():
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((m, len(lat), len(lon), lay.n_inputs)).astype(np.float32)
+            f = rng.standard_normal((m, len(lat), len(lon), lay.n_forcings)).astype(np.float32)
+            fn(params, jax.random.split(jax.random.PRNGKey(0), m), x, f).block_until_ready()
+            runs[group, name] = (fn, params, x, f, int(model.nfe), m)
 
-    def call(name: str, r: int):
-        fn, params, x, f, _ = runs[name]
-        return fn(params, jax.random.split(jax.random.PRNGKey(r + 1), members), x, f)
+    def call(run: tuple, r: int):
+        fn, params, x, f, _, m = run
+        return fn(params, jax.random.split(jax.random.PRNGKey(r + 1), m), x, f)
 
-    timed = time_in_rounds({name: functools.partial(call, name) for name in runs}, repeats)
-    return {
-        name: {
-            "seconds": timed[name]["seconds"],
-            "median_seconds": timed[name]["median_seconds"],
-            "median_cpu_seconds": timed[name]["median_cpu_seconds"],
-            "nfe": runs[name][4],
-            "members": members,
+    timed = time_in_rounds(
+        {key: functools.partial(call, run) for key, run in runs.items()}, repeats
+    )
+    out: dict[str, Any] = {group: {} for group in counts if group}
+    for (group, name), run in runs.items():
+        t = timed[group, name]
+        (out[group] if group else out)[name] = {
+            "seconds": t["seconds"],
+            "median_seconds": t["median_seconds"],
+            "median_cpu_seconds": t["median_cpu_seconds"],
+            "nfe": run[4],
+            "members": run[5],
         }
-        for name in runs
-    }
+    return out
 
 
 def time_in_rounds(calls: dict[str, Callable[[int], Any]], repeats: int) -> dict[str, dict]:
@@ -518,13 +529,14 @@ def _stage_speed(ctx: Context) -> None:
     member per device). The two ratios differ because the network call and the noise draw (one per
     evaluation in the student, 22 per 59 evaluations in the teacher) scale differently with the
     batch; which ratio is the higher depends on the model size (docs/distill.md, "Speed")."""
-    checkpoints = {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)}
-    args = (str(ctx.stats_dir), ctx.store)
-    res: dict[str, Any] = measure_step_seconds(
-        checkpoints, *args, ctx.cfg.eval_members, ctx.cfg.speed_repeats
+    res = measure_step_seconds(
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+        str(ctx.stats_dir),
+        ctx.store,
+        ctx.cfg.eval_members,
+        ctx.cfg.speed_repeats,
+        one_member=ctx.cfg.speed_one_member,
     )
-    if ctx.cfg.speed_one_member:
-        res["one_member"] = measure_step_seconds(checkpoints, *args, 1, ctx.cfg.speed_repeats)
     _atomic_text(ctx.speed_json, json.dumps(res, indent=2))
 
 
@@ -543,18 +555,14 @@ def build_summary(ctx: Context) -> dict:
         "student_nfe": s["nfe"],
         "teacher_step_seconds": t["seconds"],
         "student_step_seconds": s["seconds"],
-        "speedup": _ratio_of_minima(speed) or float("nan"),
+        "speedup": _speed_ratio(speed, "seconds") or float("nan"),
         # The same ratio from the medians of the interleaved rounds (a load-robustness check).
-        "speedup_median": t["median_seconds"] / s["median_seconds"]
-        if s.get("median_seconds") and t.get("median_seconds")
-        else None,
+        "speedup_median": _speed_ratio(speed, "median_seconds"),
         # The ratio of process CPU seconds (medians): not stretched by time the host gives to
         # others (three runs on runs/result: 7.01-7.21, where the minima gave 6.79-7.55).
-        "speedup_cpu": t["median_cpu_seconds"] / s["median_cpu_seconds"]
-        if s.get("median_cpu_seconds") and t.get("median_cpu_seconds")
-        else None,
+        "speedup_cpu": _speed_ratio(speed, "median_cpu_seconds"),
         # The same ratio with one member per call (None unless `speed_one_member`).
-        "speedup_one_member": _ratio_of_minima(speed.get("one_member")),
+        "speedup_one_member": _speed_ratio(speed.get("one_member"), "seconds"),
         "win_rate": ev.get("win_rate_crps"),
         # The scorecard's relative change is (student - teacher) / teacher; positive here means
         # the student's CRPS is lower (better).
@@ -595,11 +603,11 @@ def _stage_summary(ctx: Context) -> None:
     _write_report(ctx, summary)
 
 
-def _ratio_of_minima(speed: dict | None) -> float | None:
-    """Teacher / student minimum step seconds of one speed measurement (None without one)."""
-    if not speed or not speed["student"]["seconds"] > 0:
-        return None
-    return speed["teacher"]["seconds"] / speed["student"]["seconds"]
+def _speed_ratio(speed: dict | None, key: str) -> float | None:
+    """Teacher / student `key` of one speed measurement (None where it or the figure is missing,
+    or the student's is not positive)."""
+    t, s = ((speed or {}).get(who, {}).get(key) for who in ("teacher", "student"))
+    return t / s if t is not None and s else None
 
 
 def _write_report(ctx: Context, summary: dict) -> None:
