@@ -139,6 +139,56 @@ class Trajectory(NamedTuple):
     sample: jax.Array
 
 
+def _chain(
+    denoise_fn: DenoiseFn,
+    params: Any,
+    rng: jax.Array,
+    cond: Any,
+    shape: tuple[int, ...],
+    noise_fn: NoiseFn,
+    cfg: StudentSamplerConfig,
+    stop_gradient: bool,
+    keep: bool,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """The K-step chain: (sample, states [K, B, ...], predictions [K, B, ...]); the stacks are
+    None unless `keep`. The first K - 1 steps run in a `lax.scan` whose every step draws its
+    posterior noise (none when eta is a static 0); the last network call, whose next level is 0,
+    runs after the loop and its prediction is the sample. No `lax.cond` in the loop and no
+    stacked outputs without `keep`: both cost time on XLA:CPU (docs/distill.md, "Speed")."""
+    levels = jnp.asarray(noise_levels(cfg), jnp.float32)
+    batch = shape[0]
+    draw = num_noise_draws(cfg) > 1
+    sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
+
+    def denoise(y, s_t):
+        return sg(denoise_fn(params, y, jnp.full((batch,), s_t), cond))
+
+    def body(y, xs):
+        k, s_t, s_s = xs
+        x0_hat = denoise(y, s_t)
+        if draw:
+            z = noise_fn(jax.random.fold_in(rng, k + 1), shape).astype(jnp.float32)
+        else:
+            z = jnp.zeros(shape, jnp.float32)
+        y_next = ddim_eta_step(y, x0_hat, s_t, s_s, cfg.eta, z)
+        return y_next, ((y, x0_hat) if keep else None)
+
+    y0 = (levels[0] * noise_fn(jax.random.fold_in(rng, 0), shape)).astype(jnp.float32)
+    states, preds = [], []
+    y_last = y0
+    if cfg.num_steps > 1:  # (a zero-length scan has no output type outside jit)
+        steps = (jnp.arange(cfg.num_steps - 1), levels[:-1], levels[1:])
+        y_last, stacked = jax.lax.scan(body, y0, steps)
+        if keep:
+            states, preds = [stacked[0]], [stacked[1]]
+    sample = denoise(y_last, levels[-1])
+    if not keep:
+        return sample, None, None
+    states = jnp.concatenate([*states, y_last[None]])
+    predictions = jnp.concatenate([*preds, sample[None]])
+    return sample, states, predictions
+
+
 def sample_trajectory(
     denoise_fn: DenoiseFn,
     params: Any,
@@ -158,28 +208,10 @@ def sample_trajectory(
     `stop_gradient` (default) nothing here is differentiated (the student's on-policy sampler
     carries no gradient; rmmd.md §2.1 idea 3).
     """
+    final, states, preds = _chain(
+        denoise_fn, params, rng, cond, shape, noise_fn, cfg, stop_gradient, keep=True
+    )
     levels = jnp.asarray(noise_levels(cfg), jnp.float32)
-    nxt = jnp.concatenate([levels[1:], jnp.zeros((1,), jnp.float32)])
-    batch = shape[0]
-    y0 = levels[0] * noise_fn(jax.random.fold_in(rng, 0), shape)
-    sg = jax.lax.stop_gradient if stop_gradient else (lambda x: x)
-    n_draws = num_noise_draws(cfg)  # step k draws its posterior noise when k + 1 < n_draws
-
-    def body(y, xs):
-        k, s_t, s_s = xs
-        x0_hat = sg(denoise_fn(params, y, jnp.full((batch,), s_t), cond))
-        # The last step goes to S_s = 0, where the noise coefficient is 0: skip that draw (and
-        # every draw when eta = 0). `k` is not batched under vmap, so this stays a real branch.
-        z = jax.lax.cond(
-            k + 1 < n_draws,
-            lambda: noise_fn(jax.random.fold_in(rng, k + 1), shape).astype(jnp.float32),
-            lambda: jnp.zeros(shape, jnp.float32),
-        )
-        y_next = ddim_eta_step(y, x0_hat, s_t, s_s, cfg.eta, z)
-        return y_next, (y, x0_hat)
-
-    ks = jnp.arange(cfg.num_steps)
-    final, (states, preds) = jax.lax.scan(body, y0.astype(jnp.float32), (ks, levels, nxt))
     return Trajectory(states=states, predictions=preds, sigmas=levels, sample=final)
 
 
@@ -194,6 +226,6 @@ def sample(
 ) -> jax.Array:
     """Draw student samples `[B, ...]` with K denoiser calls (same call shape as the teacher's
     `dpm_solver.sample`); differentiable through the whole chain if the caller wants it."""
-    return sample_trajectory(
-        denoise_fn, params, rng, cond, shape, noise_fn, cfg, stop_gradient=False
-    ).sample
+    return _chain(
+        denoise_fn, params, rng, cond, shape, noise_fn, cfg, stop_gradient=False, keep=False
+    )[0]
