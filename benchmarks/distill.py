@@ -24,14 +24,117 @@ time and then timed in alternating rounds (student, teachers), without an untime
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build_setup(config: str, grid: str, distill_config: str | None, b: int):
+    """The benchmark's model (random weights), grid, distill config and a `batch(step)` of `b`
+    random normalized examples (speed does not depend on the values)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.data.task import gencast_task
+    from gencast_rmmd.distill.gencast import DistillConfig, gencast_weights
+    from gencast_rmmd.model import sh_noise
+    from gencast_rmmd.model.configs import ModelConfig
+    from gencast_rmmd.model.denoiser import build_denoiser
+
+    model = load_config(ModelConfig, config, kind="model")
+    if grid == "1deg":
+        task = gencast_task()
+        lat, lon = np.linspace(-90.0, 90.0, 181), np.arange(360.0)
+    else:
+        task = load_data_config("embedded").task
+        lat, lon = -87.1875 + 5.625 * np.arange(32), 5.625 * np.arange(64)
+    lay = task.layout
+    den = build_denoiser(
+        model.denoiser_architecture_config, task, lat, lon, model.noise_encoder_config
+    )
+    dname = distill_config or ("rmmd_gencast" if grid == "1deg" else "tiny")
+    dcfg = load_config(DistillConfig, dname, kind="distill")
+
+    def batch(step):
+        r = np.random.default_rng(step)
+        return {
+            "inputs": r.normal(size=(b, len(lat), len(lon), lay.n_inputs)).astype(np.float32),
+            "forcings": r.normal(size=(b, len(lat), len(lon), lay.n_forcings)).astype(np.float32),
+            "targets": r.normal(size=(b, len(lat), len(lon), lay.n_targets)).astype(np.float32),
+        }
+
+    return types.SimpleNamespace(
+        model=model,
+        lat=lat,
+        lon=lon,
+        layout=lay,
+        den=den,
+        params=jax.jit(den.init)(jax.random.key(0), *den.example_inputs(1)),
+        noise_fn=sh_noise.make_sh_noise_fn(lat, lon),
+        distill_config=dname,
+        dcfg=dcfg,
+        weights=jnp.asarray(gencast_weights(dcfg.weights, lat, lay)),
+        batch=batch,
+    )
+
+
+@contextlib.contextmanager
+def training_step(phase: str, setup):
+    """A phase's training step on `build_setup`'s model and batches, as `step_fn(step) ->
+    metrics` (the state kept inside); every trainable group and frozen model starts from the
+    setup's weights, one accumulation step per training step."""
+    import jax
+    import jax.numpy as jnp
+
+    from gencast_rmmd.distill.trainer import build_phase_trainer
+    from gencast_rmmd.model.denoiser import Conditioning
+
+    pcfg = getattr(setup.dcfg, phase)
+    b = len(setup.batch(0)["targets"])
+    pcfg = dataclasses.replace(
+        pcfg,
+        loop=dataclasses.replace(
+            pcfg.loop, num_steps=10**6, batch_size=b, grad_accum_steps=1, progress=False
+        ),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_phase_trainer(
+            pcfg,
+            setup.dcfg.student_sampler,
+            tmp,
+            denoise_fn=setup.den.apply,
+            noise_fn=setup.noise_fn,
+            target_fn=lambda bt: bt["targets"],
+            cond_fn=lambda bt: Conditioning(bt["inputs"], bt["forcings"]),
+            weights=setup.weights,
+        )
+        groups = pcfg.objective.trainable_groups()
+        params = setup.params
+        state = trainer.init_state({g: params for g in groups})
+        frozen = {g: params for g in pcfg.objective.required_groups() if g not in groups}
+        frozen = jax.tree.map(jnp.asarray, frozen)
+
+        def step_fn(step: int):
+            nonlocal state
+            state, metrics = trainer.train_step(
+                state, frozen, setup.batch(step), trainer.schedule(step)
+            )
+            return metrics
+
+        try:
+            yield step_fn
+        finally:
+            trainer.ckpt.close()
 
 
 def main() -> None:
@@ -56,46 +159,16 @@ def main() -> None:
     args = ap.parse_args()
 
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     from gencast_rmmd.cli.quickstart_chain import time_in_rounds
-    from gencast_rmmd.config import load_config
-    from gencast_rmmd.data.config import load_data_config
-    from gencast_rmmd.data.task import gencast_task
     from gencast_rmmd.distill import student_sampler as ss
-    from gencast_rmmd.distill.gencast import DistillConfig, gencast_weights
-    from gencast_rmmd.distill.trainer import build_phase_trainer
-    from gencast_rmmd.model import dpm_solver, sh_noise
-    from gencast_rmmd.model.configs import ModelConfig
-    from gencast_rmmd.model.denoiser import Conditioning, build_denoiser, count_params
+    from gencast_rmmd.model import dpm_solver
+    from gencast_rmmd.model.denoiser import count_params
 
-    model = load_config(ModelConfig, args.config, kind="model")
-    if args.grid == "1deg":
-        task = gencast_task()
-        lat, lon = np.linspace(-90.0, 90.0, 181), np.arange(360.0)
-    else:
-        task = load_data_config("embedded").task
-        lat, lon = -87.1875 + 5.625 * np.arange(32), 5.625 * np.arange(64)
-    lay = task.layout
-    nlat, nlon = len(lat), len(lon)
-    den = build_denoiser(
-        model.denoiser_architecture_config, task, lat, lon, model.noise_encoder_config
-    )
-    params = jax.jit(den.init)(jax.random.key(0), *den.example_inputs(1))
-    noise_fn = sh_noise.make_sh_noise_fn(lat, lon)
-    dname = args.distill_config or ("rmmd_gencast" if args.grid == "1deg" else "tiny")
-    dcfg = load_config(DistillConfig, dname, kind="distill")
-    weights = jnp.asarray(gencast_weights(dcfg.weights, lat, lay))
-    b = args.batch
-
-    def batch(step):
-        r = np.random.default_rng(step)
-        return {
-            "inputs": r.normal(size=(b, nlat, nlon, lay.n_inputs)).astype(np.float32),
-            "forcings": r.normal(size=(b, nlat, nlon, lay.n_forcings)).astype(np.float32),
-            "targets": r.normal(size=(b, nlat, nlon, lay.n_targets)).astype(np.float32),
-        }
+    setup = build_setup(args.config, args.grid, args.distill_config, args.batch)
+    model, den, params, dcfg = setup.model, setup.den, setup.params, setup.dcfg
+    noise_fn, lay, b = setup.noise_fn, setup.layout, args.batch
+    nlat, nlon, dname = len(setup.lat), len(setup.lon), setup.distill_config
 
     out: dict = {
         "device": str(jax.devices()[0].platform),
@@ -108,40 +181,17 @@ def main() -> None:
         **({} if args.skip_train else {"batch": b}),
     }
     for phase in () if args.skip_train else ("mmd", "rmmd"):
-        pcfg = getattr(dcfg, phase)
-        pcfg = dataclasses.replace(
-            pcfg,
-            loop=dataclasses.replace(
-                pcfg.loop, num_steps=10**6, batch_size=b, grad_accum_steps=1, progress=False
-            ),
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_phase_trainer(
-                pcfg,
-                dcfg.student_sampler,
-                tmp,
-                denoise_fn=den.apply,
-                noise_fn=noise_fn,
-                target_fn=lambda bt: bt["targets"],
-                cond_fn=lambda bt: Conditioning(bt["inputs"], bt["forcings"]),
-                weights=weights,
-            )
-            groups = pcfg.objective.trainable_groups()
-            state = trainer.init_state({g: params for g in groups})
-            frozen = {g: params for g in pcfg.objective.required_groups() if g not in groups}
-            frozen = jax.tree.map(jnp.asarray, frozen)
-            # compile every rule once
-            for step in range(2):
-                state, m = trainer.train_step(state, frozen, batch(step), trainer.schedule(step))
+        with training_step(phase, setup) as step_fn:
+            for step in range(2):  # compile every rule once
+                m = step_fn(step)
             jax.block_until_ready(m["loss"])
             t0 = time.perf_counter()
             for step in range(2, 2 + args.train_steps):
-                state, m = trainer.train_step(state, frozen, batch(step), trainer.schedule(step))
+                m = step_fn(step)
             jax.block_until_ready(m["loss"])
             dt = time.perf_counter() - t0
-            out[f"{phase}_steps_per_sec"] = args.train_steps / dt
-            out[f"{phase}_examples_per_sec"] = args.train_steps * b / dt
-            trainer.ckpt.close()
+        out[f"{phase}_steps_per_sec"] = args.train_steps / dt
+        out[f"{phase}_examples_per_sec"] = args.train_steps * b / dt
 
     # One 12 h step (a single member), every sampler compiled ahead of time.
     x, sigma, cond = den.example_inputs(1)
@@ -193,4 +243,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from gencast_rmmd import runtime
+
+    runtime.tune_allocator()  # as the CLI does (GENCAST_RMMD_MALLOC; benchmarks/allocator.py)
     main()

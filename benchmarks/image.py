@@ -146,4 +146,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from gencast_rmmd import runtime
+
+    runtime.tune_allocator()  # as the CLI does (GENCAST_RMMD_MALLOC; benchmarks/allocator.py)
     main()

@@ -3,9 +3,11 @@
     python benchmarks/speed.py [--run runs/quickstart] [--members 4] [--repeats 5]
 
 Uses the teacher (DPM-Solver++ 2S at the quickstart's noise levels) and the student of a
-quickstart run directory; without one, it first runs `gencast-rmmd quickstart --fast` into
-`runs/bench-fast` (toy sizes: the ratio is still meaningful, since both models share one
-architecture and the ratio is set by the number of network evaluations and the overhead).
+quickstart run directory, under the allocator setting of `GENCAST_RMMD_MALLOC`
+(gencast_rmmd/runtime.py; benchmarks/allocator.py compares the settings). Without a run
+directory, it first runs `gencast-rmmd quickstart --fast` into `runs/bench-fast` (toy sizes: the
+ratio is still meaningful, since both models share one architecture and the ratio is set by the
+number of network evaluations and the overhead).
 """
 
 from __future__ import annotations
@@ -29,13 +31,10 @@ def _context(run: pathlib.Path):
     return ctx if ctx.student_npz.exists() else None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/quickstart")
-    ap.add_argument("--members", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    ctx = _context(pathlib.Path(args.run))
+def resolve_run(run_dir: str):
+    """(quickstart context, data store) of `run_dir`, or of `runs/bench-fast` (made first with
+    `quickstart --fast` when needed) where `run_dir` has no final student."""
+    ctx = _context(pathlib.Path(run_dir))
     if ctx is None:
         run = pathlib.Path("runs/bench-fast")
         if _context(run) is None:
@@ -53,8 +52,6 @@ def main() -> None:
                 check=True,
             )
         ctx = _context(run)
-    from gencast_rmmd.cli.quickstart_chain import measure_step_seconds
-
     store = ctx.store  # the store the run used (the nature run or --data)
     if not store or ("://" not in store and not pathlib.Path(store).exists()):
         from gencast_rmmd.config import load_config
@@ -67,6 +64,21 @@ def main() -> None:
                 config=data_cfg.nature_run, levels_hpa=data_cfg.task.pressure_levels
             )
         )
+    return ctx, store
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="runs/quickstart")
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    from gencast_rmmd import runtime
+
+    allocator = runtime.tune_allocator()
+    ctx, store = resolve_run(args.run)
+    from gencast_rmmd.cli.quickstart_chain import _paired_ratio, measure_step_seconds
+
     res = measure_step_seconds(
         {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
         str(ctx.stats_dir),
@@ -80,6 +92,7 @@ def main() -> None:
             {
                 "benchmark": "speed",
                 "device": jax.devices()[0].platform,
+                "allocator": allocator,
                 "members": args.members,
                 "teacher_nfe": t["nfe"],
                 "student_nfe": s["nfe"],
@@ -88,6 +101,7 @@ def main() -> None:
                 "wall_clock_speedup": t["seconds"] / s["seconds"],
                 "wall_clock_speedup_median": t["median_seconds"] / s["median_seconds"],
                 "cpu_seconds_speedup_median": t["median_cpu_seconds"] / s["median_cpu_seconds"],
+                "wall_clock_speedup_paired": _paired_ratio(res),
                 "nfe_ratio": t["nfe"] / s["nfe"],
                 "overhead_efficiency": (t["seconds"] / s["seconds"]) / (t["nfe"] / s["nfe"]),
             }

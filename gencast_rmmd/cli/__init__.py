@@ -16,7 +16,8 @@ import logging
 import os
 import sys
 
-from gencast_rmmd.errors import UserError
+from gencast_rmmd import runtime
+from gencast_rmmd.errors import ConfigError, UserError
 
 AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
     _configure_logging(debug)
     try:
+        try:  # before JAX allocates anything (gencast_rmmd/runtime.py)
+            runtime.tune_allocator()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

@@ -13,7 +13,6 @@ test) and `result` (`make result`, the headline measurement).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import pathlib
@@ -435,6 +434,38 @@ def _stage_evaluate(ctx: Context, who: str = "student") -> None:
     )
 
 
+def build_step_calls(
+    checkpoints: dict[str, str], stats_dir: str, store: str, counts: dict[str, int]
+) -> dict[tuple[str, str], tuple[Callable[[int], Any], int, int]]:
+    """Compiled, warmed-up 12 h ensemble steps: `{(group, name): (call, nfe, members)}` for every
+    model in `checkpoints` and every `group -> members` in `counts`; `call(r)` runs one step
+    (round r's member keys) and returns its output (not blocked). Each model is loaded once."""
+    import jax
+
+    from gencast_rmmd.forecast.model import load_forecast_model
+
+    with _open_zarr(store) as ds:
+        lat = ds["lat"].values
+        lon = ds["lon"].values
+    runs = {}
+    for name, path in checkpoints.items():
+        model = load_forecast_model(path, stats_dir, name=name)
+        step_fn, params = model.build(lat, lon)
+        fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
+        lay = model.task.layout
+        for group, m in counts.items():
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((m, len(lat), len(lon), lay.n_inputs)).astype(np.float32)
+            f = rng.standard_normal((m, len(lat), len(lon), lay.n_forcings)).astype(np.float32)
+
+            def call(r: int, fn=fn, params=params, x=x, f=f, m=m):
+                return fn(params, jax.random.split(jax.random.PRNGKey(r + 1), m), x, f)
+
+            jax.block_until_ready(call(-1))  # compile and warm up
+            runs[group, name] = (call, int(model.nfe), m)
+    return runs
+
+
 def measure_step_seconds(
     checkpoints: dict[str, str],
     stats_dir: str,
@@ -452,34 +483,10 @@ def measure_step_seconds(
     `one_member`, the same models (loaded once) are also timed with one member per call, in the
     same rounds, under the key "one_member".
     """
-    import jax
-
-    from gencast_rmmd.forecast.model import load_forecast_model
-
-    with _open_zarr(store) as ds:
-        lat = ds["lat"].values
-        lon = ds["lon"].values
     counts = {"": members, "one_member": 1} if one_member else {"": members}
-    runs = {}
-    for name, path in checkpoints.items():
-        model = load_forecast_model(path, stats_dir, name=name)
-        step_fn, params = model.build(lat, lon)
-        fn = jax.jit(jax.vmap(step_fn, in_axes=(None, 0, 0, 0)))
-        lay = model.task.layout
-        for group, m in counts.items():
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((m, len(lat), len(lon), lay.n_inputs)).astype(np.float32)
-            f = rng.standard_normal((m, len(lat), len(lon), lay.n_forcings)).astype(np.float32)
-            fn(params, jax.random.split(jax.random.PRNGKey(0), m), x, f).block_until_ready()
-            runs[group, name] = (fn, params, x, f, int(model.nfe), m)
-
-    def call(run: tuple, r: int):
-        fn, params, x, f, _, m = run
-        return fn(params, jax.random.split(jax.random.PRNGKey(r + 1), m), x, f)
-
-    timed = time_in_rounds(
-        {key: functools.partial(call, run) for key, run in runs.items()}, repeats
-    )
+    runs = build_step_calls(checkpoints, stats_dir, store, counts)
+    calls = {key: call for key, (call, _, _) in runs.items()}
+    timed = time_in_rounds(calls, repeats)
     out: dict[str, Any] = {group: {} for group in counts if group}
     for (group, name), run in runs.items():
         t = timed[group, name]
@@ -487,8 +494,9 @@ def measure_step_seconds(
             "seconds": t["seconds"],
             "median_seconds": t["median_seconds"],
             "median_cpu_seconds": t["median_cpu_seconds"],
-            "nfe": run[4],
-            "members": run[5],
+            "round_seconds": t["round_seconds"],
+            "nfe": run[1],
+            "members": run[2],
         }
     return out
 
@@ -497,7 +505,8 @@ def time_in_rounds(calls: dict[str, Callable[[int], Any]], repeats: int) -> dict
     """Time each ``calls[name](round)`` (blocked until ready) in alternating rounds.
 
     The calls run in turn, `repeats` rounds, so every one sees the same background load. Per name:
-    `seconds` (minimum wall, the least disturbed), `median_seconds`, and process CPU seconds
+    `seconds` (minimum wall, the least disturbed), `median_seconds`, `round_seconds` (the wall
+    time of every round, in order, for ratios paired by round), and process CPU seconds
     (`cpu_seconds` minimum, `median_cpu_seconds`): CPU seconds sum over threads, so they are not
     the wall-clock figure a headline asks for, but they are not inflated by time the host gives
     to other work either.
@@ -518,6 +527,7 @@ def time_in_rounds(calls: dict[str, Callable[[int], Any]], repeats: int) -> dict
             "median_seconds": float(np.median(wall[name])),
             "cpu_seconds": float(min(cpu[name])),
             "median_cpu_seconds": float(np.median(cpu[name])),
+            "round_seconds": [float(w) for w in wall[name]],
         }
         for name in calls
     }
@@ -561,6 +571,9 @@ def build_summary(ctx: Context) -> dict:
         # The ratio of process CPU seconds (medians): not stretched by time the host gives to
         # others (three runs on runs/result: 7.01-7.21, where the minima gave 6.79-7.55).
         "speedup_cpu": _speed_ratio(speed, "median_cpu_seconds"),
+        # The median over rounds of the ratio within each round (teacher and student timed one
+        # after the other): robust to load that drifts between rounds.
+        "speedup_paired": _paired_ratio(speed),
         # The same ratio with one member per call (None unless `speed_one_member`).
         "speedup_one_member": _speed_ratio(speed.get("one_member"), "seconds"),
         "win_rate": ev.get("win_rate_crps"),
@@ -610,6 +623,15 @@ def _speed_ratio(speed: dict | None, key: str) -> float | None:
     return t / s if t is not None and s else None
 
 
+def _paired_ratio(speed: dict | None) -> float | None:
+    """Median over rounds of teacher / student wall time within the round (None if the speed
+    measurement predates per-round times)."""
+    t, s = ((speed or {}).get(who, {}).get("round_seconds") for who in ("teacher", "student"))
+    if not t or not s or len(t) != len(s):
+        return None
+    return float(np.median(np.asarray(t) / np.asarray(s)))
+
+
 def _write_report(ctx: Context, summary: dict) -> None:
     """DIR/report.html: the evaluation report with the speed headline on top."""
     src = ctx.eval_dir / "report.html"
@@ -619,7 +641,9 @@ def _write_report(ctx: Context, summary: dict) -> None:
         "student_nfe": "network evaluations per 12 h step, student",
         "teacher_step_seconds": "wall-clock seconds per 12 h ensemble step, teacher",
         "student_step_seconds": "wall-clock seconds per 12 h ensemble step, student",
-        "speedup": "teacher / student wall-clock",
+        "speedup": "teacher / student wall-clock (minima over the timed rounds)",
+        "speedup_median": "the same from the medians over the rounds",
+        "speedup_paired": "the median over rounds of the ratio within each round",
         "speedup_one_member": "the same with one member per call (GenCast's production layout: "
         "one member per device)",
         "win_rate": "fraction of scorecard entries where the student's CRPS is lower",
@@ -833,6 +857,11 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
         f"  wall-clock per 12 h step: teacher {f(summary['teacher_step_seconds'])} s, "
         f"student {f(summary['student_step_seconds'])} s -> {f(summary['speedup'], '.2f')}x "
         f"faster (medians {f(summary.get('speedup_median'), '.2f')}x"
+        + (
+            f"; paired by round {f(summary['speedup_paired'], '.2f')}x"
+            if summary.get("speedup_paired") is not None
+            else ""
+        )
         + (
             f"; one member per call {f(summary['speedup_one_member'], '.2f')}x)"
             if summary.get("speedup_one_member") is not None

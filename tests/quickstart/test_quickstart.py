@@ -49,8 +49,17 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     )
     # The steadier checks: median wall-clock and median process-CPU ratios, both positive.
     assert summary["speedup_median"] > 0 and summary["speedup_cpu"] > 0
-    # The fast profile sets speed_one_member: the one-member step is timed beside the 2-member one.
+    # ... and the median of the ratios paired by round.
     speed = json.loads((fast_run / "speed.json").read_text())
+    pairs = [
+        t / s
+        for t, s in zip(
+            speed["teacher"]["round_seconds"], speed["student"]["round_seconds"], strict=True
+        )
+    ]
+    assert len(pairs) == summary["profile_config"]["speed_repeats"]
+    assert math.isclose(summary["speedup_paired"], float(np.median(pairs)), rel_tol=1e-9)
+    # The fast profile sets speed_one_member: the one-member step is timed beside the 2-member one.
     assert speed["one_member"]["student"]["members"] == 1
     assert speed["student"]["members"] == 2
     assert math.isclose(
@@ -63,6 +72,7 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     assert math.isfinite(summary["mean_crps_change_percent"])
     html = (fast_run / "report.html").read_text()
     assert "speedup" in html and "evaluation/" in html
+    assert f"<td>speedup_paired</td><td>{chain._fmt(summary['speedup_paired'])}</td>" in html
     assert (fast_run / "evaluation" / "scorecard.csv").exists()
     assert (fast_run / "forecasts" / "student.zarr").exists()
 
@@ -83,6 +93,7 @@ def test_time_in_rounds_alternates_and_reports_minima():
     assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
     for t in timed.values():
         assert t["seconds"] <= t["median_seconds"] and t["cpu_seconds"] <= t["median_cpu_seconds"]
+        assert len(t["round_seconds"]) == 3 and min(t["round_seconds"]) == t["seconds"]
     assert 0.002 <= timed["a"]["seconds"] < timed["b"]["seconds"]
 
 
@@ -108,6 +119,10 @@ def test_summary_prints_the_speedup_unrounded(tmp_path, capsys):
     summary["speedup_one_member"] = 7.2912
     chain.print_summary(summary, tmp_path)
     assert "(medians 6.93x; one member per call 7.29x)" in capsys.readouterr().out
+    summary["speedup_paired"] = 7.0412
+    chain.print_summary(summary, tmp_path)
+    out = capsys.readouterr().out
+    assert "(medians 6.93x; paired by round 7.04x; one member per call 7.29x)" in out
     assert "98.1% of 360 scorecard entries" in out and "+5.30%" in out
 
 

@@ -1,0 +1,90 @@
+"""Process-level runtime settings: the C allocator under XLA:CPU.
+
+XLA:CPU allocates each program's temporary buffers afresh on every execution (and, inside loops,
+every iteration) with the C allocator. glibc serves large requests with `mmap` and gives them back
+with `munmap` on free, so every 12 h step of a forecast touches hundreds of MB of new pages: the
+kernel zero-fills and maps each 4 KiB page on first touch (a "minor page fault"). Measured on the
+`make result` models (8 members, 32 x 64 grid, 2 cores): ~69,000 faults per student step and
+~93,000 for eight separate denoiser calls, 25-30% of their wall time (benchmarks/allocator.py).
+
+`tune_allocator()` tells glibc to keep freed memory for reuse instead: no `mmap` for large
+blocks (`M_MMAP_MAX = 0`) and no trimming of the heap top (`M_TRIM_THRESHOLD` at its maximum);
+the "one-arena" mode also puts all threads on one malloc arena (`M_ARENA_MAX = 1`), the
+process's `brk` heap, rather than per-thread `mmap`ed heaps that glibc still shrinks. The cost:
+the process keeps its peak heap mapped until it exits (it does not return freed memory to the OS).
+
+Measured (benchmarks/allocator.py, benchmarks/distill.py; docs/distill.md, "Speed"): `keep`
+removes most faults (teacher step ~434,000 -> ~35,000, student ~65,000 -> ~16,000) and speeds
+both forecast steps up; `one-arena` removes all of them but made RMMD training steps slower
+(threads contend for the one arena's lock), so it is not the default.
+
+The mode comes from the environment variable `GENCAST_RMMD_MALLOC` (read once, at process
+start, by the CLI and the benchmarks): `keep` (the default), `one-arena` or `off` (glibc's
+defaults). Outside glibc (macOS, musl) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+ENV = "GENCAST_RMMD_MALLOC"
+MODES = ("keep", "one-arena", "off")
+DEFAULT_MODE = "keep"
+
+# glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_INT_MAX = 2**31 - 1
+
+_applied: str | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it (musl does not)
+            return None
+        return libc
+    except OSError:
+        return None
+
+
+def allocator_mode(env: dict[str, str] | None = None) -> str:
+    """The requested mode (`GENCAST_RMMD_MALLOC`, default `keep`); ValueError if unknown."""
+    mode = (os.environ if env is None else env).get(ENV, DEFAULT_MODE).strip() or DEFAULT_MODE
+    if mode not in MODES:
+        raise ValueError(f"{ENV}: expected one of {', '.join(MODES)}, found {mode!r}")
+    return mode
+
+
+def tune_allocator(mode: str | None = None) -> str:
+    """Apply `mode` (default: `allocator_mode()`) to this process's glibc allocator, once.
+
+    Returns the mode in effect: the one applied, "off", or "unavailable" (not glibc). Call it
+    before the first large allocation (the arena setting only affects arenas created later);
+    later calls return the first call's result.
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    mode = allocator_mode() if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"allocator mode: expected one of {', '.join(MODES)}, found {mode!r}")
+    libc = _glibc() if mode != "off" else None
+    if mode == "off":
+        _applied = "off"
+    elif libc is None:
+        _applied = "unavailable"
+    else:
+        settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)]
+        if mode == "one-arena":
+            settings.append((_M_ARENA_MAX, 1))
+        ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
+        _applied = mode if ok else "unavailable"
+    return _applied
