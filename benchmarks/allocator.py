@@ -4,13 +4,16 @@
         [--train rmmd]
 
 An allocator setting is process-wide, so each mode (`off`, `keep`, `one-arena`) gets its own
-worker process, which loads the teacher and the student of a quickstart run once (the run's models,
+worker processes: one loads the teacher and the student of a quickstart run once (the run's models,
 or `runs/bench-fast` made first, as benchmarks/speed.py does) and compiles their 12 h ensemble
-steps, and builds a training step for each distillation phase in `--train` (the tiny model with
-random weights, batch 2, as benchmarks/distill.py). The workers then take turns, one step of each
-per turn and round, so that every mode sees the same background load; only one worker runs at a
-time. Per mode and step: minimum and median wall seconds, median CPU seconds and median minor
-page faults; each mode's median speed-up over `off` (paired by round); per mode the teacher /
+steps; with `--train`, another builds a training step for each distillation phase listed (the tiny
+model with random weights, batch 2, as benchmarks/distill.py). Forecast and training steps need
+separate processes: glibc's default raises its mmap threshold (up to 32 MiB) each time it frees a
+large mapped block, so once a process has run a training step, `off` no longer maps (and faults
+in) the forecast step's blocks, and it would measure like `keep`. The workers then take turns, one
+step of each per turn and round, so that every mode sees the same background load; only one worker
+runs at a time. Per mode and step: minimum and median wall seconds, median CPU seconds and median
+minor page faults; each mode's median speed-up over `off` (paired by round); per mode the teacher /
 student ratio.
 """
 
@@ -31,35 +34,38 @@ MODES = ("off", "keep", "one-arena")
 
 
 def worker(run: str, members: int, train: list[str]) -> None:
-    """Serve rounds on stdin ("r" per line) with one timed step of each model per round, and one
-    training step of each phase in `train`."""
+    """Serve rounds on stdin ("r" per line): with `train`, one training step of each phase listed;
+    without, one timed 12 h step of the run's teacher and student per round."""
     from gencast_rmmd import runtime
 
     mode = runtime.tune_allocator()
     import jax
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from distill import build_setup, training_step
-    from speed import resolve_run
-
-    from gencast_rmmd.cli.quickstart_chain import build_step_calls
-
-    ctx, store = resolve_run(run)
-    runs = build_step_calls(
-        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
-        str(ctx.stats_dir),
-        store,
-        {"": members},
-    )
-    calls = {name: call for (_, name), (call, _, _) in runs.items()}
+    calls = {}
     with contextlib.ExitStack() as stack:
         if train:
+            from distill import build_setup, training_step
+
             setup = build_setup("tiny", "embedded", None, 2)
-        for phase in train:
-            step_fn = stack.enter_context(training_step(phase, setup))
-            for step in range(2):  # compile every rule once
-                jax.block_until_ready(step_fn(step)["loss"])
-            calls[f"{phase}_train"] = lambda r, f=step_fn: f(r + 2)["loss"]
+            for phase in train:
+                step_fn = stack.enter_context(training_step(phase, setup))
+                for step in range(2):  # compile every rule once
+                    jax.block_until_ready(step_fn(step)["loss"])
+                calls[f"{phase}_train"] = lambda r, f=step_fn: f(r + 2)["loss"]
+        else:
+            from speed import resolve_run
+
+            from gencast_rmmd.cli.quickstart_chain import build_step_calls
+
+            ctx, store = resolve_run(run)
+            runs = build_step_calls(
+                {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+                str(ctx.stats_dir),
+                store,
+                {"": members},
+            )
+            calls = {name: call for (_, name), (call, _, _) in runs.items()}
         _serve(mode, calls)
 
 
@@ -112,17 +118,23 @@ def main() -> None:
     if args.worker:
         worker(args.run, args.members, [p for p in args.train.split(",") if p])
         return
+    kinds = [""] + ([args.train] if args.train else [])  # forecast steps, training steps
     procs, applied = {}, {}
     try:
         for mode in MODES:  # one at a time: compiling in parallel would slow every worker
-            procs[mode] = _start(mode, args.run, args.members, args.train)
-            applied[mode] = _read(procs[mode])["ready"]
+            for kind in kinds:
+                procs[mode, kind] = _start(mode, args.run, args.members, kind)
+                applied[mode] = _read(procs[mode, kind])["ready"]
         rounds: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for r in range(args.repeats):
-            for mode, proc in procs.items():
-                proc.stdin.write(f"{r}\n")
-                proc.stdin.flush()
-                rounds[mode].append(_read(proc))
+            for mode in MODES:
+                merged = {}
+                for kind in kinds:
+                    proc = procs[mode, kind]
+                    proc.stdin.write(f"{r}\n")
+                    proc.stdin.flush()
+                    merged.update(_read(proc))
+                rounds[mode].append(merged)
     finally:
         for proc in procs.values():
             if proc.stdin:

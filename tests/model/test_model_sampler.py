@@ -229,3 +229,51 @@ def test_jit_vmap_over_members_and_determinism():
     # Conditioning is passed through (shifts the denoised mean).
     shifted = one(keys[0], jnp.ones(()))
     assert float(jnp.mean(shifted - one(keys[0], cond))) > 0.5
+
+
+def _reference_2s(params, rng, shape, cfg):
+    """The algorithm written as the module docstring states it, in a Python loop with both of a
+    step's calls in one iteration (the same keys: initial noise, then churn noise folded by step)."""
+    sig = dpm_solver.noise_schedule(cfg).astype(np.float32)
+    gam = dpm_solver.churn_schedule(cfg).astype(np.float32)
+    n = len(sig) - 1
+    k_init, k_churn = jax.random.split(rng)
+    x = sig[0] * gaussian_noise(k_init, shape)
+    for i in range(n):
+        s = sig[i]
+        if gam[i] > 0:
+            s_hat = s * (1 + gam[i])
+            std = cfg.noise_level_inflation_factor * np.sqrt(s_hat**2 - s**2)
+            x = x + std * gaussian_noise(jax.random.fold_in(k_churn, i), shape)
+            s = s_hat
+        sigma = jnp.full((shape[0],), s, jnp.float32)
+        if i == n - 1:
+            return gaussian_denoiser(params, x, sigma, None)
+        mid = np.sqrt(s * sig[i + 1])
+        x_mid = (mid / s) * x + (1 - mid / s) * gaussian_denoiser(params, x, sigma, None)
+        d_mid = gaussian_denoiser(params, x_mid, jnp.full((shape[0],), mid, jnp.float32), None)
+        x = (sig[i + 1] / s) * x + (1 - sig[i + 1] / s) * d_mid
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("levels, churn_rate", [(30, 2.5), (7, 2.5), (6, 0.0)])
+def test_sampler_matches_the_two_calls_per_step_reference(levels, churn_rate):
+    """The one-call-per-iteration loops give the reference's sample path (float32 rounding only):
+    the same evaluation points, noise and keys, so a mixed-up half-step or a churn drawn at the
+    midpoint would show as an O(1) difference."""
+    cfg = SamplerConfig(num_noise_levels=levels, stochastic_churn_rate=churn_rate)
+    shape = (2, 4, 8, len(MU))
+    params = (jnp.asarray(MU, jnp.float32), jnp.asarray(S, jnp.float32))
+    key = jax.random.key(3)
+    got = jax.jit(
+        functools.partial(
+            dpm_solver.sample,
+            gaussian_denoiser,
+            shape=shape,
+            noise_fn=gaussian_noise,
+            cfg=cfg,
+            cond=None,
+        )
+    )(params, key)
+    want = _reference_2s(params, key, shape, cfg)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
