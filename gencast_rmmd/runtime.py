@@ -4,8 +4,9 @@ XLA:CPU allocates each program's temporary buffers afresh on every execution (an
 every iteration) with the C allocator. glibc serves large requests with `mmap` and gives them back
 with `munmap` on free, so every 12 h step of a forecast touches hundreds of MB of new pages: the
 kernel zero-fills and maps each 4 KiB page on first touch (a "minor page fault"). Measured on the
-`make result` models (8 members, 32 x 64 grid, 2 cores): ~69,000 faults per student step and
-~93,000 for eight separate denoiser calls, 25-30% of their wall time (benchmarks/allocator.py).
+`make result` models (8 members, 32 x 64 grid, 2 cores): ~64,000-69,000 faults per student step,
+~415,000 per teacher step and ~93,000 for eight separate denoiser calls, 15-30% of their wall time
+(benchmarks/allocator.py).
 
 `tune_allocator()` tells glibc to keep freed memory for reuse instead: no `mmap` for large
 blocks (`M_MMAP_MAX = 0`) and no trimming of the heap top (`M_TRIM_THRESHOLD` at its maximum);
@@ -13,10 +14,12 @@ the "one-arena" mode also puts all threads on one malloc arena (`M_ARENA_MAX = 1
 process's `brk` heap, rather than per-thread `mmap`ed heaps that glibc still shrinks. The cost:
 the process keeps its peak heap mapped until it exits (it does not return freed memory to the OS).
 
-Measured (benchmarks/allocator.py, benchmarks/distill.py; docs/distill.md, "Speed"): `keep`
-removes most faults (teacher step ~434,000 -> ~35,000, student ~65,000 -> ~16,000) and speeds
-both forecast steps up; `one-arena` removes all of them but made RMMD training steps slower
-(threads contend for the one arena's lock), so it is not the default.
+Measured (benchmarks/allocator.py; docs/distill.md, "Speed"): `keep` removes the forecast steps'
+faults (teacher step ~415,000 -> 0, student ~64,000 -> 1) and speeds them up by ~1.2x; it leaves
+the training steps' (in per-thread arenas, which glibc still shrinks). `one-arena` removes all of
+them and makes a bare training step 5-11% faster, but the forecast steps slower than `keep`, and
+whole distillation runs (data-loader threads, checkpoint writer) timed slower under it in earlier,
+noisier runs, so it is not the default.
 
 The mode comes from the environment variable `GENCAST_RMMD_MALLOC` (read once, at process
 start, by the CLI and the benchmarks): `keep` (the default), `one-arena` or `off` (glibc's

@@ -69,6 +69,20 @@ def _propagate_moments(cfg: SamplerConfig, mu: float, s: float) -> tuple[float, 
     raise AssertionError("unreachable")
 
 
+def _gaussian_sampler(cfg: SamplerConfig, shape: tuple[int, ...]):
+    """The jitted sampler with the exact Gaussian denoiser and i.i.d. noise: fn(params, key)."""
+    return jax.jit(
+        functools.partial(
+            dpm_solver.sample,
+            gaussian_denoiser,
+            shape=shape,
+            noise_fn=gaussian_noise,
+            cfg=cfg,
+            cond=None,
+        )
+    )
+
+
 def test_default_schedule_and_churn():
     cfg = SamplerConfig()
     sig = dpm_solver.noise_schedule(cfg)
@@ -148,16 +162,7 @@ def test_exact_gaussian_denoiser_gives_right_moments(name):
     cfg, solver_tol = CONFIGS[name]
     shape = (16, 32, 64, len(MU))
     params = (jnp.asarray(MU, jnp.float32), jnp.asarray(S, jnp.float32))
-    fn = jax.jit(
-        functools.partial(
-            dpm_solver.sample,
-            gaussian_denoiser,
-            shape=shape,
-            noise_fn=gaussian_noise,
-            cfg=cfg,
-            cond=None,
-        )
-    )
+    fn = _gaussian_sampler(cfg, shape)
     x = np.asarray(fn(params, jax.random.key(42)), np.float64)
     n = np.prod(shape[:-1])
     for c in range(len(MU)):
@@ -265,15 +270,6 @@ def test_sampler_matches_the_two_calls_per_step_reference(levels, churn_rate):
     shape = (2, 4, 8, len(MU))
     params = (jnp.asarray(MU, jnp.float32), jnp.asarray(S, jnp.float32))
     key = jax.random.key(3)
-    got = jax.jit(
-        functools.partial(
-            dpm_solver.sample,
-            gaussian_denoiser,
-            shape=shape,
-            noise_fn=gaussian_noise,
-            cfg=cfg,
-            cond=None,
-        )
-    )(params, key)
+    got = _gaussian_sampler(cfg, shape)(params, key)
     want = _reference_2s(params, key, shape, cfg)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
