@@ -67,12 +67,18 @@ def resolve_run(run_dir: str):
     return ctx, store
 
 
-def main() -> None:
+def run_arguments(members: int = 4, repeats: int = 5) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time a quickstart run's models: --run, --members,
+    --repeats (speed.py, allocator.py, step_breakdown.py)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/quickstart")
-    ap.add_argument("--members", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--run", default="runs/quickstart", help="quickstart run directory")
+    ap.add_argument("--members", type=int, default=members, help="ensemble members per call")
+    ap.add_argument("--repeats", type=int, default=repeats, help="timed rounds")
+    return ap
+
+
+def main() -> None:
+    args = run_arguments().parse_args()
     from gencast_rmmd import runtime
 
     allocator = runtime.tune_allocator()

@@ -151,6 +151,47 @@ def persistence_model(
     )
 
 
+def checkpoint_sampler(ckpt: Any) -> tuple[Callable[..., Any], Any, int, bool]:
+    """(sample_fn, sampler config, NFE per step, is_student) of a loaded checkpoint: the K-step
+    student sampler when it carries `extra:student_sampler_config`, else DPM-Solver++ 2S with its
+    `sampler_config`."""
+    from gencast_rmmd.model import checkpoint as ckpt_lib
+
+    student_tree = (ckpt.extra or {}).get("student_sampler_config")
+    if student_tree:
+        from gencast_rmmd.distill import student_sampler
+
+        cfg = ckpt_lib.config_from_tree(
+            student_sampler.StudentSamplerConfig, student_tree, "extra:student_sampler_config"
+        )
+        return student_sampler.sample, cfg, int(student_sampler.num_evaluations(cfg)), True
+    from gencast_rmmd.model import dpm_solver
+
+    cfg = ckpt.sampler_config
+    return dpm_solver.sample, cfg, int(dpm_solver.num_evaluations(cfg)), False
+
+
+def checkpoint_step(
+    ckpt: Any, den: Any, lat: np.ndarray, lon: np.ndarray, noise_fn: Any = None
+) -> StepFn:
+    """The per-member 12 h step of a loaded checkpoint with its denoiser `den` on a grid (the
+    module docstring's contract). `noise_fn` replaces the spherical white noise (benchmarks time
+    the step without draws); by default it is built for the grid."""
+    from gencast_rmmd.model import sh_noise
+    from gencast_rmmd.model.denoiser import Conditioning
+
+    sample_fn, cfg, _, _ = checkpoint_sampler(ckpt)
+    if noise_fn is None:
+        noise_fn = sh_noise.make_sh_noise_fn(lat, lon)
+    shape = (1, len(lat), len(lon), ckpt.task_config.layout.n_targets)
+
+    def step(params, rng, inputs_norm, forcings_norm):
+        cond = Conditioning(inputs_norm[None], forcings_norm[None])
+        return sample_fn(den.apply, params, rng, cond, shape, noise_fn, cfg)[0]
+
+    return step
+
+
 def load_forecast_model(
     checkpoint_path: str, stats_dir: str, name: str | None = None
 ) -> ForecastModel:
@@ -170,41 +211,17 @@ def load_forecast_model(
     norm, sst = norm_from_stats_dir(stats_dir, task)
     extra = ckpt.extra or {}
     provenance = {k: _plain(v) for k, v in (extra.get("provenance") or {}).items()}
-    student_tree = extra.get("student_sampler_config")
-    n_out = task.layout.n_targets
-
-    if student_tree:
-        from gencast_rmmd.distill import student_sampler
-
-        cfg = ckpt_lib.config_from_tree(
-            student_sampler.StudentSamplerConfig, student_tree, "extra:student_sampler_config"
-        )
-        sample_fn = student_sampler.sample
-        nfe = student_sampler.num_evaluations(cfg)
+    _, cfg, nfe, student = checkpoint_sampler(ckpt)
+    if student:
         sampler = f"student K={cfg.num_steps} (DDIM eta={cfg.eta}, rho={cfg.rho}, sigma {cfg.min_noise_level}..{cfg.max_noise_level})"
         default_name = f"student-{cfg.num_steps}"
     else:
-        from gencast_rmmd.model import dpm_solver
-
-        cfg = ckpt.sampler_config
-        sample_fn = dpm_solver.sample
-        nfe = dpm_solver.num_evaluations(cfg)
         sampler = f"DPM-Solver++ 2S ({cfg.num_noise_levels} noise levels, churn {cfg.stochastic_churn_rate})"
         default_name = "teacher"
 
     def builder(lat, lon):
-        from gencast_rmmd.model import sh_noise
-        from gencast_rmmd.model.denoiser import Conditioning
-
         den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, lat, lon, source=checkpoint_path)
-        noise_fn = sh_noise.make_sh_noise_fn(lat, lon)
-        shape = (1, len(lat), len(lon), n_out)
-
-        def step(params, rng, inputs_norm, forcings_norm):
-            cond = Conditioning(inputs_norm[None], forcings_norm[None])
-            return sample_fn(den.apply, params, rng, cond, shape, noise_fn, cfg)[0]
-
-        return step, params
+        return checkpoint_step(ckpt, den, lat, lon), params
 
     return ForecastModel(
         name=name or default_name,

@@ -93,17 +93,17 @@ def sample(
     def denoise(x, s):
         return denoise_fn(params, x, jnp.full((batch,), s, dtype=jnp.float32), cond)
 
-    def churn(i, x, churned: bool, draw=True):
+    def churn(i, x, churned: bool, draw: jax.Array | None = None):
         """Raise sigma_i to sigma_hat = sigma_i (1 + gamma_i) by adding fresh noise (`churned`:
         a static flag, True exactly where gamma_i > 0, so churn-free steps draw no noise; `draw`:
-        a traced flag, the noise added only where it is True, through a cond on the draw)."""
+        None to add it, or a traced flag: added only where True, through a cond on the draw)."""
         s = sigmas[i]
         if not churned:
             return x, s
         s_hat = s * (1.0 + gammas[i])
         std = inflation * jnp.sqrt(jnp.maximum(s_hat**2 - s**2, 0.0))
         key = jax.random.fold_in(k_churn, i)
-        if draw is True:
+        if draw is None:
             return x + std * noise_fn(key, shape), s_hat
         return jax.lax.cond(draw, lambda x: x + std * noise_fn(key, shape), lambda x: x, x), s_hat
 
