@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from gencast_rmmd.config import dump_yaml, load_config
+from gencast_rmmd.config import dump_yaml, load_config, to_dict
 from gencast_rmmd.errors import ConfigError, OutputError
 
 PROFILES = ("default", "fast", "result")
+TUNE_BY = ("mean_crps", "win_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,13 @@ class QuickstartConfig:
     nature_run_days / nature_run_spinup_days: length of the embedded run (ignored for --data).
     eval_days: the last `eval_days` of the store are held out (the teacher and student never train
       on them); forecasts start inside this window.
+    validation_days: the `validation_days` before the held-out window are held out too (0: none);
+      the student's sampling `eta` is tuned there, never on the held-out window (`tune_eta`).
+    tune_eta / tune_by: with a validation window, the final student is forecast on it at each
+      `eta` in `tune_eta` and scored against the teacher's forecast of the same init times; the
+      `eta` with the best `tune_by` (`mean_crps`: largest mean CRPS gain over the teacher, or
+      `win_rate`) is the one every student is sampled with on the held-out window. Empty: the
+      trained `eta` (`student_sampler.eta` of the distill config).
     model_config / model_overrides: the teacher architecture (configs/model) and `--set` overrides.
     teacher_sampler_levels: noise levels of the teacher's DPM-Solver++ 2S (30 -> 59 evaluations,
       the RMMD paper's teacher; GenCast's default 20 -> 39).
@@ -53,6 +61,9 @@ class QuickstartConfig:
     nature_run_days: int = 730
     nature_run_spinup_days: int = 200
     eval_days: int = 90
+    validation_days: int = 0
+    tune_eta: tuple[float, ...] = ()
+    tune_by: str = "mean_crps"
     model_config: str = "tiny"
     model_overrides: tuple[str, ...] = ()
     teacher_steps: int = 600
@@ -89,10 +100,26 @@ class QuickstartConfig:
             raise ValueError("mmd_steps must be >= 1 and rmmd_steps >= 0")
         if self.eval_members < 2:
             raise ValueError(f"eval_members: CRPS needs >= 2 members, found {self.eval_members}")
-        if self.eval_days >= self.nature_run_days:
+        if self.validation_days < 0:
+            raise ValueError(f"validation_days: must be >= 0, found {self.validation_days}")
+        if self.eval_days + self.validation_days >= self.nature_run_days:
             raise ValueError(
-                f"eval_days ({self.eval_days}) must be shorter than nature_run_days "
-                f"({self.nature_run_days})"
+                f"eval_days + validation_days ({self.eval_days} + {self.validation_days}) must be "
+                f"shorter than nature_run_days ({self.nature_run_days})"
+            )
+        if self.tune_eta and self.validation_days == 0:
+            raise ValueError(
+                "tune_eta: needs a validation window (validation_days > 0); tuning on the "
+                "held-out window would score the choice on the data it was chosen on"
+            )
+        bad = [e for e in self.tune_eta if not 0 <= e <= 1]
+        if bad:
+            raise ValueError(f"tune_eta: every eta must be in [0, 1], found {bad}")
+        if len(set(self.tune_eta)) != len(self.tune_eta):
+            raise ValueError(f"tune_eta: repeated values in {list(self.tune_eta)}")
+        if self.tune_by not in TUNE_BY:
+            raise ValueError(
+                f"tune_by: expected one of {', '.join(TUNE_BY)}, found {self.tune_by!r}"
             )
 
 
@@ -215,23 +242,33 @@ def _stage_data(ctx: Context) -> None:
         )
     with _open_zarr(ctx.store) as ds:
         times = ds["time"].values
-    step = np.timedelta64(base.task.step_hours, "h")
     eval_steps = int(ctx.cfg.eval_days * 24 // base.task.step_hours)
-    if len(times) < eval_steps + 20:
+    val_steps = int(ctx.cfg.validation_days * 24 // base.task.step_hours)
+    if len(times) < eval_steps + val_steps + 20:
         raise ConfigError(
-            f"the store has {len(times)} time steps; eval_days={ctx.cfg.eval_days} leaves fewer "
-            "than 20 for training"
+            f"the store has {len(times)} time steps; eval_days={ctx.cfg.eval_days} and "
+            f"validation_days={ctx.cfg.validation_days} leave fewer than 20 for training"
         )
-    train_end = times[-eval_steps - 1]
-    eval_start = train_end + step
+    if ctx.cfg.validation_days and val_steps == 0:
+        raise ConfigError(
+            f"validation_days={ctx.cfg.validation_days} is shorter than one "
+            f"{base.task.step_hours} h step"
+        )
+    # [train][validation][eval]: every window ends before the next one starts.
+    train_end = times[-eval_steps - val_steps - 1]
     fmt = lambda t: str(np.datetime_as_string(t, unit="m"))  # noqa: E731
-    splits = {"train": (fmt(times[0]), fmt(train_end)), "eval": (fmt(eval_start), fmt(times[-1]))}
+    splits = {
+        "train": (fmt(times[0]), fmt(train_end)),
+        "eval": (fmt(times[-eval_steps]), fmt(times[-1])),
+    }
+    if val_steps:
+        splits["validation"] = (fmt(times[-eval_steps - val_steps]), fmt(times[-eval_steps - 1]))
     derived = dataclasses.replace(base, splits=splits)
     if not ctx.data_store:
         derived = dataclasses.replace(derived, nature_run=nr)
     _atomic_text(ctx.data_yaml, dump_yaml(derived))
     _atomic_text(ctx.path("store.json"), json.dumps({"store": ctx.store}))
-    ctx.times = {"train": splits["train"], "eval": splits["eval"], "all": times}
+    ctx.times = {**splits, "all": times}
 
 
 def _stage_stats(ctx: Context) -> None:
@@ -358,8 +395,9 @@ def _stage_distill_offline(ctx: Context) -> None:
     _run_cli(cli_main, args, "distill (offline ablation)")
 
 
-def eval_init_times(ctx: Context) -> list[str]:
-    """Evenly spaced init times inside the held-out window, leaving room for the lead times."""
+def eval_init_times(ctx: Context, split: str = "eval") -> list[str]:
+    """Evenly spaced init times inside window `split` (the held-out `eval`, or `validation`),
+    leaving room for the lead times: every target lies in the same window."""
     times = ctx.times.get("all")
     if times is None:
         with _open_zarr(ctx.store) as ds:
@@ -367,36 +405,77 @@ def eval_init_times(ctx: Context) -> list[str]:
     task = _task(ctx)
     from gencast_rmmd.data.config import load_data_config
 
-    eval_start, _ = load_data_config(str(ctx.data_yaml)).split("eval")
+    start, stop = load_data_config(str(ctx.data_yaml)).split(split)
     step = np.timedelta64(task.step_hours, "h")
-    first = eval_start  # targets (init + 12 h ...) are all after the training window
-    last = times[-1] - ctx.cfg.eval_lead_steps * step
+    first = start  # targets (init + 12 h ...) are all after the training window
+    last = min(times[-1], stop) - ctx.cfg.eval_lead_steps * step
     candidates = times[(times >= first) & (times <= last)]
     if len(candidates) < ctx.cfg.eval_init_times:
+        setting = "eval_days" if split == "eval" else f"{split}_days"
         raise ConfigError(
-            f"the held-out window has {len(candidates)} possible init times for "
+            f"the {split} window has {len(candidates)} possible init times for "
             f"{ctx.cfg.eval_lead_steps} lead steps; eval_init_times={ctx.cfg.eval_init_times} "
-            "needs a longer eval_days"
+            f"needs a longer {setting}"
         )
     idx = np.linspace(0, len(candidates) - 1, ctx.cfg.eval_init_times).round().astype(int)
     return [str(np.datetime_as_string(t, unit="s")) for t in candidates[idx]]
 
 
-def _stage_forecast(ctx: Context, who: str) -> None:
-    from pipelines.forecast import run_forecast
+STUDENTS = ("student", "mmd_student", "offline_student")
 
-    model = {
+
+def _trained_npz(ctx: Context, who: str) -> pathlib.Path:
+    """The checkpoint of `who` as trained (students with their trained `eta`)."""
+    return {
         "teacher": ctx.teacher_eval_npz,
         "student": ctx.student_npz,
         "mmd_student": ctx.mmd_student_npz,
         "offline_student": ctx.path("distill_offline", "rmmd", "student.npz"),
     }[who]
+
+
+def with_student_eta(src: pathlib.Path, eta: float, dst: pathlib.Path) -> pathlib.Path:
+    """`dst`: the student checkpoint `src` with its sampler's `eta` set (same weights); written
+    once, re-used after."""
+    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+
+    if dst.exists():
+        return dst
+    ckpt = load_checkpoint(src)
+    extra = dict(ckpt.extra or {})
+    if not extra.get("student_sampler_config"):
+        raise OutputError(f"{src} is not a distilled student (no extra:student_sampler_config)")
+    extra["student_sampler_config"] = dict(extra["student_sampler_config"], eta=float(eta))
+    return save_checkpoint(dst, dataclasses.replace(ckpt, extra=extra))
+
+
+def tuned_eta(ctx: Context) -> float | None:
+    """The `eta` chosen on the validation window (None: no tuning, students keep their own)."""
+    if not ctx.cfg.tune_eta:
+        return None
+    path = ctx.path("tuning", "tuning.json")
+    if not path.exists():
+        raise OutputError(f"{path} is missing: the tuning stage has not run")
+    return float(json.loads(path.read_text())["eta"])
+
+
+def forecast_npz(ctx: Context, who: str) -> pathlib.Path:
+    """The checkpoint forecast (and timed) as `who`: students at the tuned `eta`, if tuned."""
+    eta = tuned_eta(ctx) if who in STUDENTS else None
+    if eta is None:
+        return _trained_npz(ctx, who)
+    return with_student_eta(_trained_npz(ctx, who), eta, ctx.path("tuning", f"{who}.npz"))
+
+
+def _run_forecast(ctx: Context, model: pathlib.Path, out: pathlib.Path, split: str) -> None:
+    from pipelines.forecast import run_forecast
+
     run_forecast(
         model=str(model),
         stats_dir=str(ctx.stats_dir),
         data=ctx.store,
-        out=str(ctx.forecast_store(who)),
-        init_times=eval_init_times(ctx),
+        out=str(out),
+        init_times=eval_init_times(ctx, split),
         members=ctx.cfg.eval_members,
         lead_steps=ctx.cfg.eval_lead_steps,
         seed=ctx.cfg.seed + 1000,
@@ -405,10 +484,63 @@ def _stage_forecast(ctx: Context, who: str) -> None:
     )
 
 
+def _stage_forecast(ctx: Context, who: str) -> None:
+    _run_forecast(ctx, forecast_npz(ctx, who), ctx.forecast_store(who), "eval")
+
+
+def _eta_dir(ctx: Context, eta: float) -> pathlib.Path:
+    return ctx.path("tuning", f"eta_{eta:g}")
+
+
+def _stage_tune(ctx: Context) -> None:
+    """tuning/tuning.json: the final student forecast on the validation window at each `eta` of
+    `tune_eta`, scored against the teacher's forecast of the same inits; the best by `tune_by`.
+    Each eta's forecast and scorecard are kept (tuning/eta_*/), so an interrupted stage resumes."""
+    from pipelines.evaluate import evaluate
+
+    teacher = ctx.path("tuning", "teacher.zarr")
+    if not _store_complete(teacher):
+        _run_forecast(ctx, ctx.teacher_eval_npz, teacher, "validation")
+    rows = []
+    for eta in ctx.cfg.tune_eta:
+        d = _eta_dir(ctx, eta)
+        store = d / "student.zarr"
+        if not _store_complete(store):
+            model = with_student_eta(ctx.student_npz, eta, d / "student.npz")
+            _run_forecast(ctx, model, store, "validation")
+        if not (d / "evaluation" / "scorecard.csv").exists():
+            evaluate(
+                forecast_path=str(store),
+                truth_path=ctx.store,
+                out_dir=str(d / "evaluation"),
+                baseline_path=str(teacher),
+                engine="beam",
+                seed=ctx.cfg.seed,
+                plots=False,
+            )
+        rows.append({"eta": float(eta), **scorecard_headline(d / "evaluation")})
+        print(
+            f"  eta {eta:g} on the validation window: win rate {100 * rows[-1]['win_rate']:.1f}%, "
+            f"mean CRPS change {rows[-1]['mean_crps_change_percent']:+.2f}%",
+            flush=True,
+        )
+    key = {"mean_crps": "mean_crps_change_percent", "win_rate": "win_rate"}[ctx.cfg.tune_by]
+    best = max(rows, key=lambda r: (r[key], r["win_rate"], r["mean_crps_change_percent"]))
+    from gencast_rmmd.data.config import load_data_config
+
+    window = list(load_data_config(str(ctx.data_yaml)).splits["validation"])
+    result = {"eta": best["eta"], "by": ctx.cfg.tune_by, "window": window, "results": rows}
+    _atomic_text(ctx.path("tuning", "tuning.json"), json.dumps(result, indent=2))
+
+
 def _forecast_done(ctx: Context, who: str) -> bool:
+    return _store_complete(ctx.forecast_store(who))
+
+
+def _store_complete(p: pathlib.Path) -> bool:
+    """True when `p` is a forecast store its pipeline marked complete."""
     from gencast_rmmd.forecast import store as store_lib
 
-    p = ctx.forecast_store(who)
     if not p.exists():
         return False
     import zarr
@@ -540,7 +672,7 @@ def _stage_speed(ctx: Context) -> None:
     evaluation in the student, 22 per 59 evaluations in the teacher) scale differently with the
     batch; which ratio is the higher depends on the model size (docs/distill.md, "Speed")."""
     res = measure_step_seconds(
-        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(forecast_npz(ctx, "student"))},
         str(ctx.stats_dir),
         ctx.store,
         ctx.cfg.eval_members,
@@ -560,6 +692,7 @@ def build_summary(ctx: Context) -> dict:
     student_name = models.get("forecast", "student")
     teacher_name = models.get("baseline", "teacher")
     t, s = speed["teacher"], speed["student"]
+    head = scorecard_headline(ctx.eval_dir, ev)
     out = {
         "teacher_nfe": t["nfe"],
         "student_nfe": s["nfe"],
@@ -576,12 +709,8 @@ def build_summary(ctx: Context) -> dict:
         "speedup_paired": _paired_ratio(speed),
         # The same ratio with one member per call (None unless `speed_one_member`).
         "speedup_one_member": _speed_ratio(speed.get("one_member"), "seconds"),
-        "win_rate": ev.get("win_rate_crps"),
-        # The scorecard's relative change is (student - teacher) / teacher; positive here means
-        # the student's CRPS is lower (better).
-        "mean_crps_change_percent": -ev["mean_crps_change_percent"]
-        if ev.get("mean_crps_change_percent") is not None
-        else None,
+        "win_rate": head["win_rate"],
+        "mean_crps_change_percent": head["mean_crps_change_percent"],
         "spread_skill_teacher": ev.get("spread_skill", {}).get(teacher_name),
         "spread_skill_student": ev.get("spread_skill", {}).get(student_name),
         "entries": ev.get("n_entries"),
@@ -591,23 +720,34 @@ def build_summary(ctx: Context) -> dict:
         "ensemble_size": ev.get("ensemble_size"),
         "profile_config": dataclasses.asdict(ctx.cfg),
     }
+    if ctx.cfg.tune_eta:
+        # The students' sampling eta, chosen on the validation window (tuning/tuning.json).
+        out["student_eta"] = tuned_eta(ctx)
+        out["tuning"] = json.loads(ctx.path("tuning", "tuning.json").read_text())
     for key, who in (
         ("ablation_mmd_only", "mmd_student"),
         ("ablation_offline_rmmd", "offline_student"),
     ):
         d = ctx.path(f"evaluation_{who}")
         if ctx.cfg.rmmd_steps > 0 and (d / "scorecard.csv").exists():
-            ev_a = load_summary(str(d))
-            out[key] = {
-                "win_rate": ev_a.get("win_rate_crps"),
-                "mean_crps_change_percent": -ev_a["mean_crps_change_percent"]
-                if ev_a.get("mean_crps_change_percent") is not None
-                else None,
-                "spread_skill": ev_a.get("spread_skill", {}).get(
-                    ev_a.get("models", {}).get("forecast", "")
-                ),
-            }
+            out[key] = scorecard_headline(d)
     return out
+
+
+def scorecard_headline(eval_dir: pathlib.Path, ev: dict | None = None) -> dict:
+    """Win rate, mean CRPS change (positive = the forecast better than the baseline) and the
+    forecast's spread/skill of a finished evaluation directory (`ev`: its summary, if loaded)."""
+    from gencast_rmmd.evaluation.scorecard import load_summary
+
+    ev = load_summary(str(eval_dir)) if ev is None else ev
+    change = ev.get("mean_crps_change_percent")
+    return {
+        "win_rate": ev.get("win_rate_crps"),
+        # The scorecard's relative change is (forecast - baseline) / baseline; positive here means
+        # the forecast's CRPS is lower (better).
+        "mean_crps_change_percent": None if change is None else -change,
+        "spread_skill": ev.get("spread_skill", {}).get(ev.get("models", {}).get("forecast", "")),
+    }
 
 
 def _stage_summary(ctx: Context) -> None:
@@ -652,10 +792,13 @@ def _write_report(ctx: Context, summary: dict) -> None:
         "spread_skill_teacher": "spread/skill of the teacher (1 = calibrated)",
         "spread_skill_student": "spread/skill of the student (1 = calibrated)",
         "entries": "scorecard entries compared (variable-level x lead time)",
+        "student_eta": "the students' sampling eta, chosen on the validation window "
+        "(tuning/tuning.json); absent: the trained eta",
     }
     rows = "".join(
         f"<tr><td>{k}</td><td>{_fmt(summary.get(k))}</td><td>{text}</td></tr>"
         for k, text in explain.items()
+        if k in summary or k != "student_eta"
     )
     head = (
         "<h1>gencast-rmmd quickstart</h1><p>8-step RMMD student against its DPM-Solver++ 2S "
@@ -726,6 +869,12 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage("distill", _stage_distill, lambda c: c.student_npz.exists()),
     Stage(
+        "tune eta on the validation window",
+        _stage_tune,
+        lambda c: c.path("tuning", "tuning.json").exists(),
+        lambda c: None if c.cfg.tune_eta else "tune_eta: []",
+    ),
+    Stage(
         "forecast teacher",
         lambda c: _stage_forecast(c, "teacher"),
         lambda c: _forecast_done(c, "teacher"),
@@ -793,6 +942,10 @@ def _same_results(marker_text: str, text: str) -> bool:
         return False
     if not isinstance(a, dict) or not isinstance(b, dict):
         return False
+    # A setting added after a run was made is absent from its marker: its default (which keeps the
+    # behaviour from before the setting existed) is what that run used.
+    defaults = to_dict(QuickstartConfig())
+    a, b = {**defaults, **a}, {**defaults, **b}
     for k in _TIMING_ONLY_KEYS:
         a.pop(k, None)
         b.pop(k, None)
@@ -878,6 +1031,13 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
         f"  spread/skill (1 = calibrated): teacher {f(summary.get('spread_skill_teacher'))}, "
         f"student {f(summary.get('spread_skill_student'))}"
     )
+    tuning = summary.get("tuning")
+    if tuning:
+        tried = ", ".join(f"{r['eta']:g}" for r in tuning["results"])
+        print(
+            f"  student eta {tuning['eta']:g}: chosen by {tuning['by']} on the validation window "
+            f"{tuning['window'][0]} .. {tuning['window'][1]} (tried {tried}; tuning/tuning.json)"
+        )
     for key, label in (
         ("ablation_mmd_only", "phase 1 only (MMD student)"),
         ("ablation_offline_rmmd", "offline RMMD (re-noised truth)"),

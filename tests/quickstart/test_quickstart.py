@@ -77,6 +77,69 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     assert (fast_run / "forecasts" / "student.zarr").exists()
 
 
+@pytest.mark.slow
+def test_eta_is_tuned_on_the_validation_window_only(fast_run):
+    """[train][validation][eval]: the students' eta is chosen on validation-window forecasts (inits
+    and every target inside it), by the profile's criterion, and is the eta the held-out
+    forecasts and the speed stage use."""
+    import xarray as xr
+    import yaml
+
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.model.checkpoint import load_checkpoint
+
+    cfg = chain.load_profile("fast")
+    assert cfg.tune_eta and cfg.validation_days > 0
+    splits = yaml.safe_load((fast_run / "data.yaml").read_text())["splits"]
+    (t0, t1), (v0, v1), (e0, e1) = (
+        np.array(splits[k], dtype="datetime64[ns]") for k in ("train", "validation", "eval")
+    )
+    assert t0 < t1 < v0 < v1 < e0 < e1
+    assert e1 - e0 == v1 - v0  # the fast profile holds out 10 days of each
+    tuning = json.loads((fast_run / "tuning" / "tuning.json").read_text())
+    assert [r["eta"] for r in tuning["results"]] == list(cfg.tune_eta)
+    best = max(tuning["results"], key=lambda r: r["mean_crps_change_percent"])
+    assert tuning["eta"] == best["eta"] and tuning["by"] == "mean_crps"
+    for r in tuning["results"]:
+        with xr.open_zarr(fast_run / "tuning" / f"eta_{r['eta']:g}" / "student.zarr") as ds:
+            inits = ds["time"].values
+            valid = inits[:, None] + ds["prediction_timedelta"].values[None, :]
+            assert ds.attrs["sampler"].startswith(f"student K=8 (DDIM eta={r['eta']}")
+        assert (inits >= v0).all() and (valid <= v1).all()
+        assert 0 <= r["win_rate"] <= 1
+    summary = json.loads((fast_run / "summary.json").read_text())
+    assert summary["student_eta"] == tuning["eta"]
+    ctx = chain.Context.from_run(fast_run)
+    for who in ("student", "mmd_student"):
+        with xr.open_zarr(ctx.forecast_store(who)) as ds:
+            assert (ds["time"].values > v1).all()
+            assert f"eta={tuning['eta']}" in ds.attrs["sampler"]
+        eta = load_checkpoint(chain.forecast_npz(ctx, who)).extra["student_sampler_config"]["eta"]
+        assert float(eta) == tuning["eta"]
+    # The trained checkpoints are left as they were.
+    trained = load_checkpoint(ctx.student_npz).extra["student_sampler_config"]["eta"]
+    assert float(trained) == 0.25  # configs/distill/tiny.yaml
+    with pytest.raises(OutputError, match="not a distilled student"):
+        chain.with_student_eta(ctx.teacher_eval_npz, 0.0, fast_run / "tuning" / "x.npz")
+
+
+def test_tuning_settings_are_checked():
+    fast = chain.load_profile("fast")
+    with pytest.raises(ValueError, match="needs a validation window"):
+        dataclasses.replace(fast, validation_days=0).validate()
+    with pytest.raises(ValueError, match=r"in \[0, 1\], found \[1.5\]"):
+        dataclasses.replace(fast, tune_eta=(0.0, 1.5)).validate()
+    with pytest.raises(ValueError, match="repeated"):
+        dataclasses.replace(fast, tune_eta=(0.5, 0.5)).validate()
+    with pytest.raises(ValueError, match="tune_by: expected one of mean_crps, win_rate"):
+        dataclasses.replace(fast, tune_by="rmse").validate()
+    with pytest.raises(ValueError, match="eval_days \\+ validation_days"):
+        dataclasses.replace(fast, validation_days=fast.nature_run_days - fast.eval_days).validate()
+    # The headline profile tunes on its own validation window, as long as the held-out one.
+    result = chain.load_profile("result")
+    assert result.tune_eta and result.validation_days == result.eval_days
+
+
 def test_time_in_rounds_alternates_and_reports_minima():
     """Every call sees the same background load: the calls run in turn, round by round."""
     order = []
@@ -173,6 +236,15 @@ def test_changed_speed_repeats_keeps_results_and_retimes(tmp_path):
     )
     assert older != marker and chain._same_results(older, marker)
     assert not chain._same_results(marker, chain.dump_yaml(dataclasses.replace(cfg, seed=99)))
+    # A run made before the validation window existed had none: the same as validation_days 0.
+    untuned = chain.dump_yaml(dataclasses.replace(cfg, validation_days=0, tune_eta=()))
+    before = "\n".join(
+        line
+        for line in untuned.splitlines()
+        if not line.startswith(("validation_days", "tune_eta", "tune_by"))
+    )
+    assert chain._same_results(before, untuned)
+    assert not chain._same_results(before, marker)
     assert not chain._same_results(marker, "seed: [unclosed\n")
 
 
