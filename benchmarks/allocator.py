@@ -55,11 +55,14 @@ def worker(run: str, members: int, train: list[str]) -> None:
         else:
             from speed import resolve_run
 
-            from gencast_rmmd.cli.quickstart_chain import build_step_calls
+            from gencast_rmmd.cli.quickstart_chain import build_step_calls, forecast_npz
 
             ctx, store = resolve_run(run)
             runs = build_step_calls(
-                {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+                {
+                    "teacher": str(ctx.teacher_eval_npz),
+                    "student": str(forecast_npz(ctx, "student")),
+                },
                 str(ctx.stats_dir),
                 store,
                 {"": members},

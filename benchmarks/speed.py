@@ -83,10 +83,11 @@ def main() -> None:
 
     allocator = runtime.tune_allocator()
     ctx, store = resolve_run(args.run)
-    from gencast_rmmd.cli.quickstart_chain import _paired_ratio, measure_step_seconds
+    from gencast_rmmd.cli.quickstart_chain import _paired_ratio, forecast_npz, measure_step_seconds
 
     res = measure_step_seconds(
-        {"teacher": str(ctx.teacher_eval_npz), "student": str(ctx.student_npz)},
+        # The student as the run forecast it (at the eta tuned on its validation window, if any).
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(forecast_npz(ctx, "student"))},
         str(ctx.stats_dir),
         store,
         args.members,

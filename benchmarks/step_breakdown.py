@@ -38,7 +38,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from gencast_rmmd.cli.quickstart_chain import time_in_rounds
+    from gencast_rmmd.cli.quickstart_chain import forecast_npz, time_in_rounds
     from gencast_rmmd.data.era5 import open_zarr_quiet
     from gencast_rmmd.forecast.model import checkpoint_sampler, checkpoint_step
     from gencast_rmmd.model import checkpoint as ckpt_lib
@@ -52,7 +52,8 @@ def main() -> None:
     keys = lambda r: jax.random.split(jax.random.PRNGKey(r + 1), m)  # noqa: E731
     zeros = lambda rng, shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
     calls, nfes, nets = {}, {}, {}
-    for name, path in (("teacher", ctx.teacher_eval_npz), ("student", ctx.student_npz)):
+    student = forecast_npz(ctx, "student")  # as the run forecast it (its tuned eta, if any)
+    for name, path in (("teacher", ctx.teacher_eval_npz), ("student", student)):
         ckpt = ckpt_lib.load_checkpoint(str(path))
         den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, lat, lon, source=str(path))
         nfes[name] = checkpoint_sampler(ckpt)[2]

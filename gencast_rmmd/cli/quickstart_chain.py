@@ -629,6 +629,7 @@ def measure_step_seconds(
             "round_seconds": t["round_seconds"],
             "nfe": run[1],
             "members": run[2],
+            "checkpoint": checkpoints[name],
         }
     return out
 

@@ -116,6 +116,9 @@ def test_eta_is_tuned_on_the_validation_window_only(fast_run):
             assert f"eta={tuning['eta']}" in ds.attrs["sampler"]
         eta = load_checkpoint(chain.forecast_npz(ctx, who)).extra["student_sampler_config"]["eta"]
         assert float(eta) == tuning["eta"]
+    # The speed stage timed the student that was scored.
+    speed = json.loads((fast_run / "speed.json").read_text())
+    assert speed["student"]["checkpoint"] == str(chain.forecast_npz(ctx, "student"))
     # The trained checkpoints are left as they were.
     trained = load_checkpoint(ctx.student_npz).extra["student_sampler_config"]["eta"]
     assert float(trained) == 0.25  # configs/distill/tiny.yaml
