@@ -436,7 +436,7 @@ def _trained_npz(ctx: Context, who: str) -> pathlib.Path:
 
 def with_student_eta(src: pathlib.Path, eta: float, dst: pathlib.Path) -> pathlib.Path:
     """`dst`: the student checkpoint `src` with its sampler's `eta` set (same weights); written
-    once, re-used after."""
+    once, re-used after (so `dst` must name both the student and the eta: `_eta_npz`)."""
     from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
 
     if dst.exists():
@@ -464,7 +464,7 @@ def forecast_npz(ctx: Context, who: str) -> pathlib.Path:
     eta = tuned_eta(ctx) if who in STUDENTS else None
     if eta is None:
         return _trained_npz(ctx, who)
-    return with_student_eta(_trained_npz(ctx, who), eta, ctx.path("tuning", f"{who}.npz"))
+    return with_student_eta(_trained_npz(ctx, who), eta, _eta_npz(ctx, who, eta))
 
 
 def _run_forecast(ctx: Context, model: pathlib.Path, out: pathlib.Path, split: str) -> None:
@@ -492,10 +492,17 @@ def _eta_dir(ctx: Context, eta: float) -> pathlib.Path:
     return ctx.path("tuning", f"eta_{eta:g}")
 
 
+def _eta_npz(ctx: Context, who: str, eta: float) -> pathlib.Path:
+    """Where student `who` sampled at `eta` is written (the final student's file at the chosen
+    eta is the one the tuning stage forecast with)."""
+    return _eta_dir(ctx, eta) / f"{who}.npz"
+
+
 def _stage_tune(ctx: Context) -> None:
     """tuning/tuning.json: the final student forecast on the validation window at each `eta` of
     `tune_eta`, scored against the teacher's forecast of the same inits; the best by `tune_by`.
     Each eta's forecast and scorecard are kept (tuning/eta_*/), so an interrupted stage resumes."""
+    from gencast_rmmd.data.config import load_data_config
     from pipelines.evaluate import evaluate
 
     teacher = ctx.path("tuning", "teacher.zarr")
@@ -506,7 +513,7 @@ def _stage_tune(ctx: Context) -> None:
         d = _eta_dir(ctx, eta)
         store = d / "student.zarr"
         if not _store_complete(store):
-            model = with_student_eta(ctx.student_npz, eta, d / "student.npz")
+            model = with_student_eta(ctx.student_npz, eta, _eta_npz(ctx, "student", eta))
             _run_forecast(ctx, model, store, "validation")
         if not (d / "evaluation" / "scorecard.csv").exists():
             evaluate(
@@ -526,8 +533,6 @@ def _stage_tune(ctx: Context) -> None:
         )
     key = {"mean_crps": "mean_crps_change_percent", "win_rate": "win_rate"}[ctx.cfg.tune_by]
     best = max(rows, key=lambda r: (r[key], r["win_rate"], r["mean_crps_change_percent"]))
-    from gencast_rmmd.data.config import load_data_config
-
     window = list(load_data_config(str(ctx.data_yaml)).splits["validation"])
     result = {"eta": best["eta"], "by": ctx.cfg.tune_by, "window": window, "results": rows}
     _atomic_text(ctx.path("tuning", "tuning.json"), json.dumps(result, indent=2))
@@ -723,8 +728,8 @@ def build_summary(ctx: Context) -> dict:
     }
     if ctx.cfg.tune_eta:
         # The students' sampling eta, chosen on the validation window (tuning/tuning.json).
-        out["student_eta"] = tuned_eta(ctx)
         out["tuning"] = json.loads(ctx.path("tuning", "tuning.json").read_text())
+        out["student_eta"] = float(out["tuning"]["eta"])
     for key, who in (
         ("ablation_mmd_only", "mmd_student"),
         ("ablation_offline_rmmd", "offline_student"),

@@ -116,6 +116,9 @@ def test_eta_is_tuned_on_the_validation_window_only(fast_run):
             assert f"eta={tuning['eta']}" in ds.attrs["sampler"]
         eta = load_checkpoint(chain.forecast_npz(ctx, who)).extra["student_sampler_config"]["eta"]
         assert float(eta) == tuning["eta"]
+    # The final student at the chosen eta is the file the tuning stage forecast with.
+    chosen = fast_run / "tuning" / f"eta_{tuning['eta']:g}" / "student.npz"
+    assert chain.forecast_npz(ctx, "student") == chosen
     # The speed stage timed the student that was scored.
     speed = json.loads((fast_run / "speed.json").read_text())
     assert speed["student"]["checkpoint"] == str(chain.forecast_npz(ctx, "student"))
