@@ -24,6 +24,7 @@ import pandas as pd
 
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
+from gencast_rmmd.model.checkpoint import file_sha256
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
@@ -43,6 +44,7 @@ class ForecastSpec:
     seed: int
     member_block: int
     data_config: str | None = None
+    model_sha256: str | None = None  # the checkpoint's bytes (None: persistence)
 
     def store_spec(self) -> dict:
         """What must match for a re-run to resume into an existing store."""
@@ -53,6 +55,7 @@ class ForecastSpec:
             "lead_steps": self.lead_steps,
             "seed": self.seed,
             "member_block": self.member_block,
+            "model_sha256": self.model_sha256,
         }
 
     def items(self) -> list[tuple[int, int]]:
@@ -358,6 +361,9 @@ def run_forecast(
         seed=seed,
         member_block=min(member_block, members),
         data_config=data_config,
+        # Resuming must not mix members of two models: a checkpoint retrained at the same path
+        # does not match the store it would resume into.
+        model_sha256=None if PERSISTENCE.match(model) else file_sha256(model),
     )
     t0 = time.time()
     missing, attrs = prepare(spec, fmodel)

@@ -436,16 +436,21 @@ def _trained_npz(ctx: Context, who: str) -> pathlib.Path:
 
 def with_student_eta(src: pathlib.Path, eta: float, dst: pathlib.Path) -> pathlib.Path:
     """`dst`: the student checkpoint `src` with its sampler's `eta` set (same weights); written
-    once, re-used after (so `dst` must name both the student and the eta: `_eta_npz`)."""
-    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+    once and re-used while `src` is unchanged (`dst` records `src`'s SHA-256; it must name both
+    the student and the eta: `_eta_npz`)."""
+    from gencast_rmmd.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
+    source = file_sha256(src)
     if dst.exists():
-        return dst
+        found = (load_checkpoint(dst, validate_params=False).extra or {}).get("eta_source_sha256")
+        if found == source:
+            return dst
     ckpt = load_checkpoint(src)
     extra = dict(ckpt.extra or {})
     if not extra.get("student_sampler_config"):
         raise OutputError(f"{src} is not a distilled student (no extra:student_sampler_config)")
     extra["student_sampler_config"] = dict(extra["student_sampler_config"], eta=float(eta))
+    extra["eta_source_sha256"] = source
     return save_checkpoint(dst, dataclasses.replace(ckpt, extra=extra))
 
 
@@ -506,14 +511,14 @@ def _stage_tune(ctx: Context) -> None:
     from pipelines.evaluate import evaluate
 
     teacher = ctx.path("tuning", "teacher.zarr")
-    if not _store_complete(teacher):
+    if not _store_complete(teacher, ctx.teacher_eval_npz):
         _run_forecast(ctx, ctx.teacher_eval_npz, teacher, "validation")
     rows = []
     for eta in ctx.cfg.tune_eta:
         d = _eta_dir(ctx, eta)
         store = d / "student.zarr"
-        if not _store_complete(store):
-            model = with_student_eta(ctx.student_npz, eta, _eta_npz(ctx, "student", eta))
+        model = with_student_eta(ctx.student_npz, eta, _eta_npz(ctx, "student", eta))
+        if not _store_complete(store, model):
             _run_forecast(ctx, model, store, "validation")
         if not (d / "evaluation" / "scorecard.csv").exists():
             evaluate(
@@ -539,22 +544,29 @@ def _stage_tune(ctx: Context) -> None:
 
 
 def _forecast_done(ctx: Context, who: str) -> bool:
-    return _store_complete(ctx.forecast_store(who))
+    return _store_complete(ctx.forecast_store(who), forecast_npz(ctx, who))
 
 
-def _store_complete(p: pathlib.Path) -> bool:
-    """True when `p` is a forecast store its pipeline marked complete."""
+def _store_complete(p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
+    """True when `p` is a forecast store its pipeline marked complete (made with `model`'s
+    current bytes, if given: a store of a checkpoint since rewritten is not done, and its
+    stage's forecast run then says so)."""
     from gencast_rmmd.forecast import store as store_lib
+    from gencast_rmmd.model.checkpoint import file_sha256
 
     if not p.exists():
         return False
     import zarr
 
     try:
-        status = zarr.open_group(str(p), mode="r").attrs.get(store_lib.STATUS_ATTR)
+        attrs = zarr.open_group(str(p), mode="r").attrs
+        status = attrs.get(store_lib.STATUS_ATTR)
+        made_with = json.loads(attrs.get(store_lib.SPEC_ATTR, "{}")).get("model_sha256")
     except Exception:  # not a readable store: the stage will report it when it runs
         return False
-    return status == "complete"
+    if status != "complete":
+        return False
+    return model is None or made_with is None or made_with == file_sha256(model)
 
 
 def _stage_evaluate(ctx: Context, who: str = "student") -> None:

@@ -112,10 +112,19 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             f"output path {path!r} exists and holds another Zarr store; choose a new path"
         )
     old = json.loads(found)
+    if "model_sha256" not in old:  # written before stores recorded the checkpoint's digest
+        spec = {k: v for k, v in spec.items() if k != "model_sha256"}
     if old != spec:
         diff = {
             k: (old.get(k), spec.get(k)) for k in set(old) | set(spec) if old.get(k) != spec.get(k)
         }
+        if set(diff) == {"model_sha256"}:
+            raise OutputError(
+                f"output path {path!r} holds a forecast made with another checkpoint at "
+                f"{spec.get('model')!r} (SHA-256 {str(old.get('model_sha256'))[:12]}..., now "
+                f"{str(spec.get('model_sha256'))[:12]}...): its members cannot be mixed with this "
+                "one's; use a new path"
+            )
         raise OutputError(
             f"output path {path!r} holds a forecast made with other settings "
             f"(stored vs requested: {diff}); use a new path or the same arguments to resume"

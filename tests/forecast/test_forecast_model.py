@@ -92,3 +92,49 @@ def test_checkpoint_models_roll_out(setup, kind, nfe):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_forecast_model(str(tmp_path / "nope.npz"), str(tmp_path / "stats"))
+
+
+def test_resume_refuses_a_checkpoint_rewritten_at_the_same_path(setup, tmp_path):
+    """A forecast store resumes only with the checkpoint it was started with: one retrained at
+    the same path would mix two models' members in one ensemble."""
+    import dataclasses
+    import shutil
+
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.model.checkpoint import load_checkpoint
+    from pipelines.forecast import run_forecast
+
+    d = setup["dir"]
+    model = tmp_path / "student.npz"
+    shutil.copy(d / "student.npz", model)
+    args = dict(
+        model=str(model),
+        stats_dir=str(d / "stats"),
+        data=str(d / "data.zarr"),
+        out=str(tmp_path / "f.zarr"),
+        init_times=["2021-01-01T12"],
+        members=2,
+        lead_steps=1,
+        member_block=1,
+        progress=False,
+    )
+    assert run_forecast(**args)["regions_written"] == 2
+    assert run_forecast(**args)["regions_written"] == 0  # same checkpoint: nothing left to do
+    ckpt = load_checkpoint(model)
+    params = jax.tree_util.tree_map(lambda a: a * 1.01, ckpt.params)
+    save_checkpoint(model, dataclasses.replace(ckpt, params=params))  # "retrained", same path
+    with pytest.raises(OutputError, match="another checkpoint"):
+        run_forecast(**args)
+    # A store written before the digest was recorded still resumes (its spec lacks the key).
+    import json
+
+    import zarr
+
+    from gencast_rmmd.forecast import store as store_lib
+
+    g = zarr.open_group(args["out"], mode="r+")
+    spec = json.loads(g.attrs[store_lib.SPEC_ATTR])
+    del spec["model_sha256"]
+    g.attrs[store_lib.SPEC_ATTR] = json.dumps(spec, sort_keys=True)
+    zarr.consolidate_metadata(args["out"])
+    assert run_forecast(**args)["regions_written"] == 0

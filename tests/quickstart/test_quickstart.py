@@ -129,6 +129,41 @@ def test_eta_is_tuned_on_the_validation_window_only(fast_run):
         chain.with_student_eta(ctx.teacher_eval_npz, 0.0, fast_run / "tuning" / "x.npz")
 
 
+@pytest.mark.slow
+def test_a_student_rewritten_since_is_not_reused(fast_run, tmp_path):
+    """The eta-rewritten checkpoint and the forecast stores are reused only while the checkpoint
+    they were made from is byte-for-byte the same."""
+    import shutil
+
+    import jax
+
+    from gencast_rmmd.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+
+    ctx = chain.Context.from_run(fast_run)
+    src, dst = tmp_path / "student.npz", tmp_path / "student_eta.npz"
+    shutil.copy(ctx.student_npz, src)
+    chain.with_student_eta(src, 0.5, dst)
+    extra = load_checkpoint(dst).extra
+    assert float(extra["student_sampler_config"]["eta"]) == 0.5
+    assert extra["eta_source_sha256"] == file_sha256(src)
+    written = dst.stat().st_mtime_ns
+    time.sleep(0.01)
+    chain.with_student_eta(src, 0.5, dst)
+    assert dst.stat().st_mtime_ns == written  # same source: reused
+    ckpt = load_checkpoint(src)
+    retrained = jax.tree_util.tree_map(lambda a: a * 1.01, ckpt.params)
+    save_checkpoint(src, dataclasses.replace(ckpt, params=retrained))
+    chain.with_student_eta(src, 0.5, dst)
+    got = load_checkpoint(dst)
+    assert got.extra["eta_source_sha256"] == file_sha256(src)
+    for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(retrained)):
+        np.testing.assert_array_equal(a, b)
+    # A complete forecast store counts as done for the checkpoint it was made with only.
+    store = ctx.forecast_store("student")
+    assert chain._store_complete(store, chain.forecast_npz(ctx, "student"))
+    assert not chain._store_complete(store, src)
+
+
 def test_tuning_settings_are_checked():
     fast = chain.load_profile("fast")
     with pytest.raises(ValueError, match="needs a validation window"):

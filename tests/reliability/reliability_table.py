@@ -286,6 +286,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses to mix runs: lists the settings that differ; the store is untouched",
     ),
     BadInput(
+        "forecast-resume-other-checkpoint",
+        "output",
+        "forecast",
+        "re-running into a forecast store after its checkpoint was rewritten at the same path "
+        "(retrained weights)",
+        r"holds a forecast made with another checkpoint at .*SHA-256",
+        "refuses to mix two models' members in one ensemble; the store is untouched",
+    ),
+    BadInput(
         "forecast-output-foreign",
         "output",
         "forecast",

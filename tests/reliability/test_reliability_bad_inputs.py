@@ -546,6 +546,21 @@ def s_forecast_resume_other_settings(tmp, p):
     return argv("3")
 
 
+def s_forecast_resume_other_checkpoint(tmp, p):
+    from gencast_rmmd.cli import main
+
+    model = _save_flat(p["flat"], tmp / "model.npz")
+    argv = _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
+    )
+    assert main([str(a) for a in argv]) == 0
+    retrained = {
+        k: v * np.float32(1.01) if k.startswith("params:") else v for k, v in p["flat"].items()
+    }
+    _save_flat(retrained, model)
+    return argv
+
+
 def s_teacher_out_is_file(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -657,6 +672,7 @@ SETUPS = {
     "ckpt-bad-student-sampler": s_ckpt_bad_student_sampler,
     "teacher-export-not-a-run": s_teacher_export_not_a_run,
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
+    "forecast-resume-other-checkpoint": s_forecast_resume_other_checkpoint,
     "teacher-out-is-file": s_teacher_out_is_file,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,
