@@ -548,25 +548,15 @@ def _forecast_done(ctx: Context, who: str) -> bool:
 
 
 def _store_complete(p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
-    """True when `p` is a forecast store its pipeline marked complete (made with `model`'s
-    current bytes, if given: a store of a checkpoint since rewritten is not done, and its
-    stage's forecast run then says so)."""
+    """True when `p` is a forecast store marked complete and made with `model`'s current bytes,
+    if given (a store of a checkpoint since rewritten is not done; its stage's forecast run then
+    says so)."""
     from gencast_rmmd.forecast import store as store_lib
     from gencast_rmmd.model.checkpoint import file_sha256
 
     if not p.exists():
         return False
-    import zarr
-
-    try:
-        attrs = zarr.open_group(str(p), mode="r").attrs
-        status = attrs.get(store_lib.STATUS_ATTR)
-        made_with = json.loads(attrs.get(store_lib.SPEC_ATTR, "{}")).get("model_sha256")
-    except Exception:  # not a readable store: the stage will report it when it runs
-        return False
-    if status != "complete":
-        return False
-    return model is None or made_with is None or made_with == file_sha256(model)
+    return store_lib.is_complete(str(p), None if model is None else file_sha256(model))
 
 
 def _stage_evaluate(ctx: Context, who: str = "student") -> None:

@@ -112,7 +112,7 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             f"output path {path!r} exists and holds another Zarr store; choose a new path"
         )
     old = json.loads(found)
-    if "model_sha256" not in old:  # written before stores recorded the checkpoint's digest
+    if not _recorded_model(old):  # written before stores recorded the checkpoint's digest
         spec = {k: v for k, v in spec.items() if k != "model_sha256"}
     if old != spec:
         diff = {
@@ -130,6 +130,28 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             f"(stored vs requested: {diff}); use a new path or the same arguments to resume"
         )
     return ds
+
+
+def _recorded_model(spec: dict[str, Any]) -> bool:
+    """Whether a stored spec records its checkpoint's digest (stores written before digests
+    were recorded do not, and are taken as made with the current checkpoint)."""
+    return "model_sha256" in spec
+
+
+def is_complete(path: str, model_sha256: str | None = None) -> bool:
+    """True when `path` is a forecast store marked complete and, given `model_sha256`, made with
+    that checkpoint (`open_existing`'s rule); False for anything else, unreadable included."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(path, mode="r").attrs
+        status = attrs.get(STATUS_ATTR)
+        spec = json.loads(attrs.get(SPEC_ATTR, "{}"))
+    except Exception:  # not a readable store: whoever writes it will report why
+        return False
+    if status != "complete":
+        return False
+    return model_sha256 is None or not _recorded_model(spec) or spec["model_sha256"] == model_sha256
 
 
 def done_regions(path: str) -> np.ndarray:
