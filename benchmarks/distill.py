@@ -137,6 +137,15 @@ def training_step(phase: str, setup):
             trainer.ckpt.close()
 
 
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout holds only the JSON), with seconds since start: a run stopped
+    by a time limit still shows which part it reached and how long each took."""
+    print(f"[distill bench {time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="tiny", help="model config (configs/model/)")
@@ -165,7 +174,9 @@ def main() -> None:
     from gencast_rmmd.model import dpm_solver
     from gencast_rmmd.model.denoiser import count_params
 
+    log(f"backend {jax.default_backend()}, {jax.device_count()} device(s); building {args.config}")
     setup = build_setup(args.config, args.grid, args.distill_config, args.batch)
+    log("model built and initialised")
     model, den, params, dcfg = setup.model, setup.den, setup.params, setup.dcfg
     noise_fn, lay, b = setup.noise_fn, setup.layout, args.batch
     nlat, nlon, dname = len(setup.lat), len(setup.lon), setup.distill_config
@@ -182,14 +193,20 @@ def main() -> None:
     }
     for phase in () if args.skip_train else ("mmd", "rmmd"):
         with training_step(phase, setup) as step_fn:
+            log(f"{phase}: trainer built; compiling and running its first 2 steps")
+            t0 = time.perf_counter()
             for step in range(2):  # compile every rule once
                 m = step_fn(step)
             jax.block_until_ready(m["loss"])
+            # The first two steps: compilation of every rule plus two steps.
+            out[f"{phase}_first_two_steps_seconds"] = time.perf_counter() - t0
+            log(f"{phase}: first 2 steps in {out[f'{phase}_first_two_steps_seconds']:.1f} s")
             t0 = time.perf_counter()
             for step in range(2, 2 + args.train_steps):
                 m = step_fn(step)
             jax.block_until_ready(m["loss"])
             dt = time.perf_counter() - t0
+            log(f"{phase}: {args.train_steps} timed steps in {dt:.2f} s")
         out[f"{phase}_steps_per_sec"] = args.train_steps / dt
         out[f"{phase}_examples_per_sec"] = args.train_steps * b / dt
 
@@ -219,11 +236,15 @@ def main() -> None:
         t0 = time.perf_counter()
         compiled[name] = fn.lower(params, key, cond).compile()
         out[f"{name}_compile_seconds"] = time.perf_counter() - t0
+        log(
+            f"{name} sampler ({nfe} evaluations) compiled in {out[f'{name}_compile_seconds']:.1f} s"
+        )
         out[f"{name}_nfe"] = nfe
     if args.grid == "embedded":  # one untimed run each (cheap at this size)
         for fn in compiled.values():
             jax.block_until_ready(fn(params, key, cond))
     # Alternating rounds, so that every sampler sees the same background load; the minima.
+    log(f"timing the samplers, {args.repeats} rounds")
     timed = time_in_rounds(
         {name: lambda _, fn=fn: fn(params, key, cond) for name, fn in compiled.items()},
         args.repeats,

@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issues #6 and #3: one run on a CUDA machine, JSON figures in $OUT.
 #
-#   tools/device_check.sh wheels   # here (PyPI reachable): fetch the packages the GPU image lacks
-#   tools/device_check.sh run      # there: install them, then time teacher vs student and train
+#   tools/device_check.sh wheels     # here (PyPI reachable): fetch the packages the GPU image lacks
+#   tools/device_check.sh pack RUN   # here: copy a quickstart run's timed models into .devrun/
+#   tools/device_check.sh run        # there: install them, then time teacher vs student and train
 #
 # `wheels` downloads, into `.whl/` (ignored through .git/info/exclude), the pure-Python and
 # CPython 3.12 manylinux wheels of what this project imports on the speed and training path and
 # the device image (JAX with CUDA, optax, orbax, xarray, ...) does not hold: dm-haiku, dinosaur
-# and their needs. `run` installs them into /tmp/site without touching the image's JAX, puts the
-# source tree on PYTHONPATH, and writes:
-#   devices.txt         jax.devices() and the backend
+# and their needs, and zarr. `pack RUN` copies what benchmarks/speed.py times from a quickstart
+# run (the 59-evaluation teacher, the student as forecast, the stats, and a one-time-step copy of
+# the store for the grid: a few MB) into `.devrun/`, ignored like `.whl/`; name both in `carry`.
+# `run` installs the wheels into /tmp/site without touching the image's JAX, puts the source tree
+# on PYTHONPATH, and writes:
+#   devices.txt         jax.devices(), the backend, the JAX and Haiku versions
 #   distill_tiny.json   benchmarks/distill.py: phase 1 and phase 2 training steps/s (jitted steps
 #                       sharded over a `data` mesh of all local devices) and one 12 h step,
 #                       teacher (39 and 59 evaluations) vs student (8), same process
+#   speed.json          benchmarks/speed.py on the packed run's models (when .devrun/ exists):
+#                       the quickstart's headline step time, 8 members per call and one member
 #   distill_mini.json   the same 12 h steps with the Mini architecture on the 1 deg grid
 #   teacher.json        benchmarks/teacher.py: forward, 39-evaluation step and training steps of
 #                       the tiny and Mini architectures
+#   stages.log          the finished stages' progress lines (stderr)
 # Each stage has its own time limit (DEVICE_CHECK_LIMIT_S, default 240 s), so one slow stage
-# cannot eat a short device lease; a stage that fails or times out leaves a .err file and the
-# others still run. On a CPU machine the same script runs (slowly); DEVICE_CHECK_MINI=0 skips
-# the Mini stages. Tried here on CPU only (`PYTHON=.venv/bin/python DEVICE_CHECK_MINI=0`, JAX
-# 0.10.2); no GPU has been lent yet, and the device image's JAX (0.11.2) is newer.
+# cannot eat a short device lease; a stage that fails or times out leaves a .err file (at the
+# limit, with every Python thread's stack) and the others still run. On a CPU machine the same
+# script runs (slowly); DEVICE_CHECK_MINI=0 skips the Mini stages.
+#
+# Run once on an H200 (2026-12-04, JAX 0.11.2 CUDA 13, `JAX_PLATFORMS=cuda
+# DEVICE_CHECK_LIMIT_S=200`, 570 s call; docs/distill.md, "On a GPU"): speed.json 71 s and
+# distill_mini.json 138 s done; distill_tiny.json (then the second stage) ran past 200 s without
+# output, and the call's limit stopped teacher.json. The stages were reordered afterwards (the
+# training steps first) and distill.py now logs each part, so the next lease shows where the time
+# goes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +41,7 @@ WHEELS=(
   dm-haiku==0.0.17 jmp==0.0.4 dinosaur==1.5.1 tree-math==0.2.1 Pint==0.25.3 flexcache==0.3
   flexparser==0.4 platformdirs==4.14.9 lazy-importer==0.1.0 dask==2026.8.0
   importlib_metadata==10.2.0 pytz==2026.6 zstandard==0.25.0
+  zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
 )
 
 case "${1:-}" in
@@ -38,9 +52,32 @@ case "${1:-}" in
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
     ;;
+  pack)
+    RUN="${2:?usage: tools/device_check.sh pack RUN (a quickstart run directory)}"
+    if [ -z "${DEVRUN:-}" ]; then  # DEVRUN=DIR packs elsewhere (what the test does)
+      grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/info/exclude
+    fi
+    exec "${PYTHON:-.venv/bin/python}" - "$RUN" "${DEVRUN:-.devrun}" <<'PY'
+import json, pathlib, shutil, sys
+
+from gencast_rmmd.cli.quickstart_chain import Context, _open_zarr, forecast_npz
+
+ctx = Context.from_run(sys.argv[1])
+dst = pathlib.Path(sys.argv[2])
+shutil.rmtree(dst, ignore_errors=True)
+dst.mkdir()
+shutil.copy(ctx.teacher_eval_npz, dst / "teacher.npz")
+shutil.copy(forecast_npz(ctx, "student"), dst / "student.npz")
+shutil.copytree(ctx.stats_dir, dst / "stats")
+with _open_zarr(ctx.store) as ds:
+    ds.isel(time=slice(0, 1)).to_zarr(dst / "grid.zarr", mode="w", consolidated=False)
+(dst / "source.json").write_text(json.dumps({"run": sys.argv[1], "store": ctx.store}))
+print(f"packed {sys.argv[1]} into {dst}/")
+PY
+    ;;
   run) ;;
   *)
-    echo "usage: tools/device_check.sh wheels|run" >&2
+    echo "usage: tools/device_check.sh wheels|pack RUN|run" >&2
     exit 2
     ;;
 esac
@@ -55,16 +92,19 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
   export PYTHONPATH="$PWD"
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 LIMIT="${DEVICE_CHECK_LIMIT_S:-240}"
 
 stage() {  # stage NAME COMMAND...: stdout to $OUT/NAME, stderr to $OUT/NAME.err on failure
   local name=$1
   shift
   local t0=$SECONDS
-  timeout "$LIMIT" "$@" > "$OUT/$name" 2> "$OUT/$name.err"
+  # SIGABRT at the limit: with PYTHONFAULTHANDLER set, Python writes every thread's stack into
+  # the .err file first, so a stage that overran shows where it was.
+  timeout -s ABRT -k 10 "$LIMIT" "$@" > "$OUT/$name" 2> "$OUT/$name.err"
   local rc=$?
-  if [ "$rc" = 0 ]; then
+  if [ "$rc" = 0 ]; then  # keep the stage's progress lines (stderr) in one log
+    { echo "== $name"; cat "$OUT/$name.err"; } >> "$OUT/stages.log"
     rm -f "$OUT/$name.err"
     echo "== $name: done in $((SECONDS - t0)) s"
   elif [ "$rc" = 124 ]; then
@@ -75,9 +115,15 @@ stage() {  # stage NAME COMMAND...: stdout to $OUT/NAME, stderr to $OUT/NAME.err
   fi
 }
 
-stage devices.txt "$PY" -c 'import jax; print(jax.default_backend(), jax.devices())'
+stage devices.txt "$PY" -c 'import jax, haiku; print(jax.default_backend(), jax.devices(), \
+  "jax", jax.__version__, "haiku", haiku.__version__)'
 cat "$OUT/devices.txt"
 stage distill_tiny.json "$PY" benchmarks/distill.py --repeats 3 --train-steps 4
+if [ -d .devrun ]; then
+  stage speed.json "$PY" benchmarks/speed.py --teacher .devrun/teacher.npz \
+    --student .devrun/student.npz --stats .devrun/stats --data .devrun/grid.zarr \
+    --members 8 --repeats 10 --one-member
+fi
 if [ "${DEVICE_CHECK_MINI:-1}" != 0 ]; then
   stage distill_mini.json "$PY" benchmarks/distill.py --config gencast_1p0deg_mini --grid 1deg \
     --skip-train --levels 20,30 --repeats 3

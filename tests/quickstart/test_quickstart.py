@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -228,6 +232,42 @@ def test_summary_prints_the_speedup_unrounded(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(medians 6.93x; paired by round 7.04x; one member per call 7.29x)" in out
     assert "98.1% of 360 scorecard entries" in out and "+5.30%" in out
+
+
+@pytest.mark.slow
+def test_packed_run_is_timed_by_speed_benchmark(fast_run, tmp_path):
+    # What the GPU check does: pack a run's timed models (with a one-time-step copy of its store
+    # for the grid) and time them by path with benchmarks/speed.py.
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": sys.executable, "DEVRUN": str(tmp_path / "pack")}
+    subprocess.run(
+        ["bash", "tools/device_check.sh", "pack", str(fast_run)], cwd=root, env=env, check=True
+    )
+    pack = tmp_path / "pack"
+    ctx = chain.Context.from_run(fast_run)
+    assert (pack / "teacher.npz").read_bytes() == ctx.teacher_eval_npz.read_bytes()
+    assert (pack / "student.npz").read_bytes() == chain.forecast_npz(ctx, "student").read_bytes()
+    with chain._open_zarr(str(pack / "grid.zarr")) as g, chain._open_zarr(ctx.store) as full:
+        assert g.sizes["time"] == 1
+        np.testing.assert_array_equal(g["lat"].values, full["lat"].values)
+        np.testing.assert_array_equal(g["lon"].values, full["lon"].values)
+    speed = [sys.executable, "benchmarks/speed.py", "--members", "2", "--repeats", "2"]
+    models = ["--teacher", str(pack / "teacher.npz"), "--student", str(pack / "student.npz")]
+    data = ["--stats", str(pack / "stats"), "--data", str(pack / "grid.zarr")]
+    res = subprocess.run(
+        speed + models + data + ["--one-member"], cwd=root, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    summary = json.loads((fast_run / "summary.json").read_text())
+    assert (out["teacher_nfe"], out["student_nfe"]) == (59, summary["student_nfe"])
+    assert out["teacher_nfe"] == summary["teacher_nfe"] and out["members"] == 2
+    assert out["teacher_step_seconds"] > 0 and out["student_step_seconds"] > 0
+    assert out["wall_clock_speedup"] == out["teacher_step_seconds"] / out["student_step_seconds"]
+    assert out["one_member"]["nfe_ratio"] == out["nfe_ratio"]
+    # The four paths go together.
+    res = subprocess.run(speed + models, cwd=root, capture_output=True, text=True)
+    assert res.returncode != 0 and "go together" in res.stderr
 
 
 @pytest.mark.slow
