@@ -3,7 +3,6 @@
     python benchmarks/speed.py [--run runs/quickstart] [--members 4] [--repeats 5] [--one-member]
     python benchmarks/speed.py --teacher T.npz --student S.npz --stats DIR --data STORE
 
-
 Uses the teacher (DPM-Solver++ 2S at the quickstart's noise levels) and the student of a
 quickstart run directory, under the allocator setting of `GENCAST_RMMD_MALLOC`
 (gencast_rmmd/runtime.py; benchmarks/allocator.py compares the settings). Without a run

@@ -60,7 +60,8 @@ case "${1:-}" in
     exec "${PYTHON:-.venv/bin/python}" - "$RUN" "${DEVRUN:-.devrun}" <<'PY'
 import json, pathlib, shutil, sys
 
-from gencast_rmmd.cli.quickstart_chain import Context, _open_zarr, forecast_npz
+from gencast_rmmd.cli.quickstart_chain import Context, forecast_npz
+from gencast_rmmd.data.era5 import open_zarr_quiet
 
 ctx = Context.from_run(sys.argv[1])
 dst = pathlib.Path(sys.argv[2])
@@ -69,7 +70,7 @@ dst.mkdir()
 shutil.copy(ctx.teacher_eval_npz, dst / "teacher.npz")
 shutil.copy(forecast_npz(ctx, "student"), dst / "student.npz")
 shutil.copytree(ctx.stats_dir, dst / "stats")
-with _open_zarr(ctx.store) as ds:
+with open_zarr_quiet(ctx.store, chunks=None) as ds:
     ds.isel(time=slice(0, 1)).to_zarr(dst / "grid.zarr", mode="w", consolidated=False)
 (dst / "source.json").write_text(json.dumps({"run": sys.argv[1], "store": ctx.store}))
 print(f"packed {sys.argv[1]} into {dst}/")
