@@ -8,6 +8,8 @@
 - `load_or_data_error(obj, store, where)`: load a lazy xarray object; a chunk that cannot be
   decoded (truncated or corrupt file: zarr/numcodecs raise RuntimeError, ValueError, OSError, ...)
   becomes one `DataError` naming the store, the variable and where, instead of an internal error.
+- `file_sha256(path)`: the hex SHA-256 of a file's bytes, remembered per (device, inode, size,
+  mtime) so that the checks of a long chain hash a 1 GB checkpoint once, not once per stage.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any
 from gencast_rmmd.errors import DataError
 
 _UMASK_LOCK = threading.Lock()
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+_SETTLED_NS = 2_000_000_000  # see file_sha256
 
 
 def current_umask() -> int:
@@ -80,3 +85,34 @@ def load_or_data_error(obj: Any, store: str | os.PathLike, where: str = "") -> A
     if isinstance(obj, xr.Dataset):
         return obj.assign({v: one(obj[v], str(v)) for v in obj.data_vars})
     return one(obj, str(obj.name))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes.
+
+    Remembered per (path, device, inode, size, mtime in ns): a file rewritten in place or replaced
+    by a rename (what every writer here does) changes at least one of them, so the digest is
+    recomputed then; an unchanged file is read once per process. File timestamps tick coarsely
+    (milliseconds), so a file modified less than `_SETTLED_NS` before it was hashed is not
+    remembered (git's "racily clean" rule): a same-size rewrite within one tick cannot hide.
+    """
+    import hashlib
+    import time
+
+    path = os.fspath(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        found = _DIGESTS.get(key)
+    if found is not None:
+        return found
+    settled = time.time_ns() - st.st_mtime_ns > _SETTLED_NS
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if settled:
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = digest
+    return digest

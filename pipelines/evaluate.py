@@ -32,6 +32,7 @@ from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, chunk_statistics
+from gencast_rmmd.forecast.store import STORE_ID_ATTR
 from gencast_rmmd.safety import publish_mode
 
 MARKER = "evaluation.json"
@@ -321,6 +322,10 @@ def prepare(
         "ensemble_dim": ens_dim,
         "ensemble_size": int(fc.sizes[ens_dim]),
         "baseline_ensemble_size": None if base is None else int(base.sizes[base_dim]),
+        # Which stores were scored (their creation ids; None for stores without one): a store
+        # re-made at the same path is told from the one this evaluation saw.
+        "forecast_store_id": fc.attrs.get(STORE_ID_ATTR),
+        "baseline_store_id": None if base is None else base.attrs.get(STORE_ID_ATTR),
         "estimator": "fair CRPS (Ferro 2014; skill - spread/2, spread over distinct member pairs); "
         "ensemble-mean RMSE = sqrt(mean SE); spread/skill = sqrt((M+1)/M) sqrt(mean var / mean SE); "
         "rank histogram with random tie-breaking",

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
-from gencast_rmmd.model.checkpoint import file_sha256
+from gencast_rmmd.safety import file_sha256
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
@@ -45,6 +46,7 @@ class ForecastSpec:
     member_block: int
     data_config: str | None = None
     model_sha256: str | None = None  # the checkpoint's bytes (None: persistence)
+    stats_sha256: str | None = None  # the normalisation statistics' bytes (data.stats)
 
     def store_spec(self) -> dict:
         """What must match for a re-run to resume into an existing store."""
@@ -56,6 +58,7 @@ class ForecastSpec:
             "seed": self.seed,
             "member_block": self.member_block,
             "model_sha256": self.model_sha256,
+            "stats_sha256": self.stats_sha256,
         }
 
     def items(self) -> list[tuple[int, int]]:
@@ -364,6 +367,8 @@ def run_forecast(
         # Resuming must not mix members of two models: a checkpoint retrained at the same path
         # does not match the store it would resume into.
         model_sha256=None if PERSISTENCE.match(model) else file_sha256(model),
+        # Nor members normalised with statistics recomputed at the same path.
+        stats_sha256=stats_sha256(stats_dir),
     )
     t0 = time.time()
     missing, attrs = prepare(spec, fmodel)

@@ -111,25 +111,14 @@ def _prepare(args) -> int:
 
 
 def _stats(args) -> int:
+    from gencast_rmmd.data.stats import STATS_FILES
     from pipelines.stats import compute_stats_beam
 
     beam_args = [a for a in args.beam_args if a != "--"]
     compute_stats_beam(
         args.data, args.out, step_hours=args.step_hours, block=args.block, beam_args=beam_args
     )
-    print(
-        json.dumps(
-            {
-                "out": args.out,
-                "files": [
-                    "mean_by_level.nc",
-                    "stddev_by_level.nc",
-                    "diffs_stddev_by_level.nc",
-                    "min_by_level.nc",
-                ],
-            }
-        )
-    )
+    print(json.dumps({"out": args.out, "files": list(STATS_FILES.values())}))
     return 0
 
 

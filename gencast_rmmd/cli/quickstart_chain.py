@@ -278,15 +278,9 @@ def _stage_stats(ctx: Context) -> None:
 
 
 def _stats_done(ctx: Context) -> bool:
-    return all(
-        (ctx.stats_dir / f).exists()
-        for f in (
-            "mean_by_level.nc",
-            "stddev_by_level.nc",
-            "diffs_stddev_by_level.nc",
-            "min_by_level.nc",
-        )
-    )
+    from gencast_rmmd.data.stats import STATS_FILES
+
+    return all((ctx.stats_dir / f).exists() for f in STATS_FILES.values())
 
 
 def _task(ctx: Context):
@@ -438,7 +432,8 @@ def with_student_eta(src: pathlib.Path, eta: float, dst: pathlib.Path) -> pathli
     """`dst`: the student checkpoint `src` with its sampler's `eta` set (same weights); written
     once and re-used while `src` is unchanged (`dst` records `src`'s SHA-256; it must name both
     the student and the eta: `_eta_npz`)."""
-    from gencast_rmmd.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+    from gencast_rmmd.safety import file_sha256
 
     source = file_sha256(src)
     if dst.exists():
@@ -511,16 +506,16 @@ def _stage_tune(ctx: Context) -> None:
     from pipelines.evaluate import evaluate
 
     teacher = ctx.path("tuning", "teacher.zarr")
-    if not _store_complete(teacher, ctx.teacher_eval_npz):
+    if not _store_complete(ctx, teacher, ctx.teacher_eval_npz):
         _run_forecast(ctx, ctx.teacher_eval_npz, teacher, "validation")
     rows = []
     for eta in ctx.cfg.tune_eta:
         d = _eta_dir(ctx, eta)
         store = d / "student.zarr"
         model = with_student_eta(ctx.student_npz, eta, _eta_npz(ctx, "student", eta))
-        if not _store_complete(store, model):
+        if not _store_complete(ctx, store, model):
             _run_forecast(ctx, model, store, "validation")
-        if not (d / "evaluation" / "scorecard.csv").exists():
+        if not _evaluation_done(d / "evaluation", store, teacher):
             evaluate(
                 forecast_path=str(store),
                 truth_path=ctx.store,
@@ -544,19 +539,53 @@ def _stage_tune(ctx: Context) -> None:
 
 
 def _forecast_done(ctx: Context, who: str) -> bool:
-    return _store_complete(ctx.forecast_store(who), forecast_npz(ctx, who))
+    return _store_complete(ctx, ctx.forecast_store(who), forecast_npz(ctx, who))
 
 
-def _store_complete(p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
+def _store_complete(ctx: Context, p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
     """True when `p` is a forecast store marked complete and made with `model`'s current bytes,
-    if given (a store of a checkpoint since rewritten is not done; its stage's forecast run then
-    says so)."""
+    if given, and the run's current statistics (a store of a checkpoint or statistics since
+    rewritten is not done; its stage's forecast run then says so)."""
+    from gencast_rmmd.data.stats import stats_sha256
     from gencast_rmmd.forecast import store as store_lib
-    from gencast_rmmd.model.checkpoint import file_sha256
+    from gencast_rmmd.safety import file_sha256
 
     if not p.exists():
         return False
-    return store_lib.is_complete(str(p), None if model is None else file_sha256(model))
+    return store_lib.is_complete(
+        str(p),
+        model_sha256=None if model is None else file_sha256(model),
+        stats_sha256=stats_sha256(ctx.stats_dir),
+    )
+
+
+def _evaluation_done(
+    eval_dir: pathlib.Path, forecast: pathlib.Path, baseline: pathlib.Path
+) -> bool:
+    """True when `eval_dir` holds a finished evaluation of the forecast and baseline stores as
+    they are now: a store re-made since it was scored (another store id) makes it stale."""
+    from gencast_rmmd.forecast import store as store_lib
+
+    marker = eval_dir / "evaluation.json"
+    if not (eval_dir / "scorecard.csv").exists() or not marker.exists():
+        return False
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("forecast_store_id") == store_lib.store_id(str(forecast)) and meta.get(
+        "baseline_store_id"
+    ) == store_lib.store_id(str(baseline))
+
+
+def _eval_dir(ctx: Context, who: str) -> pathlib.Path:
+    return ctx.eval_dir if who == "student" else ctx.path(f"evaluation_{who}")
+
+
+def _evaluate_done(ctx: Context, who: str = "student") -> bool:
+    return _evaluation_done(
+        _eval_dir(ctx, who), ctx.forecast_store(who), ctx.forecast_store("teacher")
+    )
 
 
 def _stage_evaluate(ctx: Context, who: str = "student") -> None:
@@ -565,7 +594,7 @@ def _stage_evaluate(ctx: Context, who: str = "student") -> None:
     evaluate(
         forecast_path=str(ctx.forecast_store(who)),
         truth_path=ctx.store,
-        out_dir=str(ctx.eval_dir if who == "student" else ctx.path(f"evaluation_{who}")),
+        out_dir=str(_eval_dir(ctx, who)),
         baseline_path=str(ctx.forecast_store("teacher")),
         engine="beam",
         seed=ctx.cfg.seed,
@@ -706,17 +735,17 @@ def build_summary(ctx: Context) -> dict:
         "student_nfe": s["nfe"],
         "teacher_step_seconds": t["seconds"],
         "student_step_seconds": s["seconds"],
-        "speedup": _speed_ratio(speed, "seconds") or float("nan"),
+        "speedup": speed_ratio(speed, "seconds") or float("nan"),
         # The same ratio from the medians of the interleaved rounds (a load-robustness check).
-        "speedup_median": _speed_ratio(speed, "median_seconds"),
+        "speedup_median": speed_ratio(speed, "median_seconds"),
         # The ratio of process CPU seconds (medians): not stretched by time the host gives to
         # others (three runs on runs/result: 7.01-7.21, where the minima gave 6.79-7.55).
-        "speedup_cpu": _speed_ratio(speed, "median_cpu_seconds"),
+        "speedup_cpu": speed_ratio(speed, "median_cpu_seconds"),
         # The median over rounds of the ratio within each round (teacher and student timed one
         # after the other): robust to load that drifts between rounds.
-        "speedup_paired": _paired_ratio(speed),
+        "speedup_paired": paired_ratio(speed),
         # The same ratio with one member per call (None unless `speed_one_member`).
-        "speedup_one_member": _speed_ratio(speed.get("one_member"), "seconds"),
+        "speedup_one_member": speed_ratio(speed.get("one_member"), "seconds"),
         "win_rate": head["win_rate"],
         "mean_crps_change_percent": head["mean_crps_change_percent"],
         "spread_skill_teacher": ev.get("spread_skill", {}).get(teacher_name),
@@ -764,14 +793,14 @@ def _stage_summary(ctx: Context) -> None:
     _write_report(ctx, summary)
 
 
-def _speed_ratio(speed: dict | None, key: str) -> float | None:
+def speed_ratio(speed: dict | None, key: str) -> float | None:
     """Teacher / student `key` of one speed measurement (None where it or the figure is missing,
     or the student's is not positive)."""
     t, s = ((speed or {}).get(who, {}).get(key) for who in ("teacher", "student"))
     return t / s if t is not None and s else None
 
 
-def _paired_ratio(speed: dict | None) -> float | None:
+def paired_ratio(speed: dict | None) -> float | None:
     """Median over rounds of teacher / student wall time within the round (None if the speed
     measurement predates per-round times)."""
     t, s = ((speed or {}).get(who, {}).get("round_seconds") for who in ("teacher", "student"))
@@ -892,7 +921,7 @@ STAGES: tuple[Stage, ...] = (
         lambda c: _stage_forecast(c, "student"),
         lambda c: _forecast_done(c, "student"),
     ),
-    Stage("evaluate", _stage_evaluate, lambda c: (c.eval_dir / "scorecard.csv").exists()),
+    Stage("evaluate", _stage_evaluate, _evaluate_done),
     Stage(
         "forecast mmd-only student",
         lambda c: _stage_forecast(c, "mmd_student"),
@@ -902,7 +931,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate mmd-only student",
         lambda c: _stage_evaluate(c, "mmd_student"),
-        lambda c: (c.path("evaluation_mmd_student") / "scorecard.csv").exists(),
+        lambda c: _evaluate_done(c, "mmd_student"),
         _no_phase2,
     ),
     Stage(
@@ -920,7 +949,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate offline-RMMD student",
         lambda c: _stage_evaluate(c, "offline_student"),
-        lambda c: (c.path("evaluation_offline_student") / "scorecard.csv").exists(),
+        lambda c: _evaluate_done(c, "offline_student"),
         _no_offline,
     ),
     Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),

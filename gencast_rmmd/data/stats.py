@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.safety import publish_mode
+from gencast_rmmd.safety import file_sha256, publish_mode
 
 STATS_FILES = {
     "mean": "mean_by_level.nc",
@@ -199,6 +199,21 @@ def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> path
         publish_mode(tmp)
         os.replace(tmp, out / fname)
     return out
+
+
+def stats_sha256(stats_dir: str | os.PathLike) -> str:
+    """One hex SHA-256 over the stats dir's four files (names and bytes): what identifies the
+    normalisation a forecast was made with. DataError naming the missing file(s)."""
+    import hashlib
+
+    d = pathlib.Path(stats_dir)
+    missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
+    if missing:
+        raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")
+    h = hashlib.sha256()
+    for fname in sorted(STATS_FILES.values()):
+        h.update(f"{fname}:{file_sha256(d / fname)}\n".encode())
+    return h.hexdigest()
 
 
 def load_stats(stats_dir: str | os.PathLike) -> dict[str, xr.Dataset]:

@@ -19,10 +19,10 @@ import xarray as xr
 
 from gencast_rmmd.data.era5 import open_store
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.forecast.store import STATUS_ATTR
 from gencast_rmmd.safety import load_or_data_error
 
 ENSEMBLE_DIMS = ("realization", "sample", "number")
-STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
 TRAIN_START_ATTR = "training_period_start"
 TRAIN_END_ATTR = "training_period_end"
 

@@ -12,11 +12,17 @@ Integrity: the store is created (metadata + NaN fill) before any member is run, 
 whole Zarr chunk) writes its region, then sets its cells of the `region_done` (time, realization)
 marker array. Re-running with the same arguments skips done regions; the status becomes
 "complete" only when every region is marked, so an interrupted store never looks complete.
+
+Identity: the spec records the SHA-256 of the checkpoint (`model_sha256`) and of the
+normalisation statistics (`stats_sha256`), so a store never resumes with members of another model
+or normalisation written at the same paths; `gencast_rmmd_store_id` (a random id set at creation)
+tells a re-made store from the one an evaluation scored.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +33,16 @@ import xarray as xr
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level
 from gencast_rmmd.errors import OutputError
 
-STATUS_ATTR = "gencast_rmmd_status"
+STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
 SPEC_ATTR = "gencast_rmmd_forecast_spec"
+STORE_ID_ATTR = "gencast_rmmd_store_id"
 MARKER = "region_done"
+# Spec keys identifying the inputs by content. A store written before a key was recorded lacks it
+# and is taken as made with the current inputs.
+DIGEST_KEYS = {
+    "model_sha256": "another checkpoint",
+    "stats_sha256": "other normalisation statistics",
+}
 
 
 def target_variables(task: TaskConfig) -> list[str]:
@@ -94,6 +107,7 @@ def create(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
     ds = tmpl.copy()
     ds.attrs[STATUS_ATTR] = "incomplete"
     ds.attrs[SPEC_ATTR] = json.dumps(spec, sort_keys=True)
+    ds.attrs[STORE_ID_ATTR] = uuid.uuid4().hex
     encoding = {v: {"_FillValue": np.float32(np.nan)} for v in ds.data_vars if v != MARKER}
     ds.to_zarr(path, mode="w-", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
 
@@ -112,18 +126,22 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             f"output path {path!r} exists and holds another Zarr store; choose a new path"
         )
     old = json.loads(found)
-    if not _recorded_model(old):  # written before stores recorded the checkpoint's digest
-        spec = {k: v for k, v in spec.items() if k != "model_sha256"}
+    spec = _comparable(old, spec)
     if old != spec:
         diff = {
             k: (old.get(k), spec.get(k)) for k in set(old) | set(spec) if old.get(k) != spec.get(k)
         }
-        if set(diff) == {"model_sha256"}:
+        if set(diff) <= set(DIGEST_KEYS):
+            inputs = " and ".join(
+                DIGEST_KEYS[k]
+                + (f" at {spec.get('model')!r}" if k == "model_sha256" else "")
+                + f" (SHA-256 {str(diff[k][0])[:12]}..., now {str(diff[k][1])[:12]}...)"
+                for k in DIGEST_KEYS
+                if k in diff
+            )
             raise OutputError(
-                f"output path {path!r} holds a forecast made with another checkpoint at "
-                f"{spec.get('model')!r} (SHA-256 {str(old.get('model_sha256'))[:12]}..., now "
-                f"{str(spec.get('model_sha256'))[:12]}...): its members cannot be mixed with this "
-                "one's; use a new path"
+                f"output path {path!r} holds a forecast made with {inputs}: its members cannot be "
+                "mixed with this one's; use a new path"
             )
         raise OutputError(
             f"output path {path!r} holds a forecast made with other settings "
@@ -132,17 +150,20 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
     return ds
 
 
-def _recorded_model(spec: dict[str, Any]) -> bool:
-    """Whether a stored spec records its checkpoint's digest (stores written before digests
-    were recorded do not, and are taken as made with the current checkpoint)."""
-    return "model_sha256" in spec
+def _comparable(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` less the digests `stored` does not record (stores written before they were)."""
+    return {k: v for k, v in spec.items() if k not in DIGEST_KEYS or k in stored}
 
 
-def is_complete(path: str, model_sha256: str | None = None) -> bool:
-    """True when `path` is a forecast store marked complete and, given `model_sha256`, made with
-    that checkpoint (`open_existing`'s rule); False for anything else, unreadable included."""
+def is_complete(path: str, **digests: str | None) -> bool:
+    """True when `path` is a forecast store marked complete and made with the inputs whose
+    digests are given (`model_sha256=`, `stats_sha256=`; `open_existing`'s rule: a digest the
+    store does not record matches); False for anything else, unreadable included."""
     import zarr
 
+    unknown = set(digests) - set(DIGEST_KEYS)
+    if unknown:
+        raise TypeError(f"is_complete: unknown digest(s) {sorted(unknown)}")
     try:
         attrs = zarr.open_group(path, mode="r").attrs
         status = attrs.get(STATUS_ATTR)
@@ -151,7 +172,18 @@ def is_complete(path: str, model_sha256: str | None = None) -> bool:
         return False
     if status != "complete":
         return False
-    return model_sha256 is None or not _recorded_model(spec) or spec["model_sha256"] == model_sha256
+    return all(v is None or k not in spec or spec[k] == v for k, v in digests.items())
+
+
+def store_id(path: str) -> str | None:
+    """The random id set when the store at `path` was created (None: no store, or one written
+    before ids were recorded)."""
+    import zarr
+
+    try:
+        return zarr.open_group(path, mode="r").attrs.get(STORE_ID_ATTR)
+    except Exception:
+        return None
 
 
 def done_regions(path: str) -> np.ndarray:

@@ -417,18 +417,6 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     return path
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a checkpoint file's bytes: what identifies the weights a forecast was made
-    with, whatever the path (a checkpoint rewritten at the same path gets another digest)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of an npz without unpickling anything; CheckpointError lists every pickled key."""
     flat, errors = _read_flat(path)

@@ -94,6 +94,21 @@ def test_missing_checkpoint(tmp_path):
         load_forecast_model(str(tmp_path / "nope.npz"), str(tmp_path / "stats"))
 
 
+def _resume_args(d, tmp_path, model, stats) -> dict:
+    """`run_forecast` arguments of the resume tests: 2 members, one lead, one region each."""
+    return dict(
+        model=str(model),
+        stats_dir=str(stats),
+        data=str(d / "data.zarr"),
+        out=str(tmp_path / "f.zarr"),
+        init_times=["2021-01-01T12"],
+        members=2,
+        lead_steps=1,
+        member_block=1,
+        progress=False,
+    )
+
+
 def test_resume_refuses_a_checkpoint_rewritten_at_the_same_path(setup, tmp_path):
     """A forecast store resumes only with the checkpoint it was started with: one retrained at
     the same path would mix two models' members in one ensemble."""
@@ -107,17 +122,7 @@ def test_resume_refuses_a_checkpoint_rewritten_at_the_same_path(setup, tmp_path)
     d = setup["dir"]
     model = tmp_path / "student.npz"
     shutil.copy(d / "student.npz", model)
-    args = dict(
-        model=str(model),
-        stats_dir=str(d / "stats"),
-        data=str(d / "data.zarr"),
-        out=str(tmp_path / "f.zarr"),
-        init_times=["2021-01-01T12"],
-        members=2,
-        lead_steps=1,
-        member_block=1,
-        progress=False,
-    )
+    args = _resume_args(d, tmp_path, model, d / "stats")
     assert run_forecast(**args)["regions_written"] == 2
     assert run_forecast(**args)["regions_written"] == 0  # same checkpoint: nothing left to do
     ckpt = load_checkpoint(model)
@@ -137,4 +142,42 @@ def test_resume_refuses_a_checkpoint_rewritten_at_the_same_path(setup, tmp_path)
     del spec["model_sha256"]
     g.attrs[store_lib.SPEC_ATTR] = json.dumps(spec, sort_keys=True)
     zarr.consolidate_metadata(args["out"])
+    assert run_forecast(**args)["regions_written"] == 0
+
+
+def test_resume_refuses_statistics_rewritten_at_the_same_path(setup, tmp_path):
+    """Nor with normalisation statistics recomputed at the same path: the same checkpoint then
+    makes other members. A store written before the stats digest was recorded still resumes."""
+    import json
+    import shutil
+
+    import xarray as xr
+    import zarr
+
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.forecast import store as store_lib
+    from pipelines.forecast import run_forecast
+
+    d = setup["dir"]
+    stats = tmp_path / "stats"
+    shutil.copytree(d / "stats", stats)
+    args = _resume_args(d, tmp_path, d / "student.npz", stats)
+    assert run_forecast(**args)["regions_written"] == 2
+    complete = store_lib.is_complete
+    assert complete(args["out"], model_sha256=None)
+    mean = stats / "mean_by_level.nc"
+    with xr.open_dataset(mean) as ds:
+        ds = ds.load()
+    (ds + 1.0).assign_attrs(ds.attrs).to_netcdf(mean)
+    with pytest.raises(OutputError, match="other normalisation statistics"):
+        run_forecast(**args)
+    from gencast_rmmd.data.stats import stats_sha256
+
+    assert not complete(args["out"], stats_sha256=stats_sha256(stats))
+    g = zarr.open_group(args["out"], mode="r+")
+    spec = json.loads(g.attrs[store_lib.SPEC_ATTR])
+    del spec["stats_sha256"]
+    g.attrs[store_lib.SPEC_ATTR] = json.dumps(spec, sort_keys=True)
+    zarr.consolidate_metadata(args["out"])
+    assert complete(args["out"], stats_sha256=stats_sha256(stats))
     assert run_forecast(**args)["regions_written"] == 0

@@ -141,7 +141,8 @@ def test_a_student_rewritten_since_is_not_reused(fast_run, tmp_path):
 
     import jax
 
-    from gencast_rmmd.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+    from gencast_rmmd.safety import file_sha256
 
     ctx = chain.Context.from_run(fast_run)
     src, dst = tmp_path / "student.npz", tmp_path / "student_eta.npz"
@@ -164,8 +165,37 @@ def test_a_student_rewritten_since_is_not_reused(fast_run, tmp_path):
         np.testing.assert_array_equal(a, b)
     # A complete forecast store counts as done for the checkpoint it was made with only.
     store = ctx.forecast_store("student")
-    assert chain._store_complete(store, chain.forecast_npz(ctx, "student"))
-    assert not chain._store_complete(store, src)
+    assert chain._store_complete(ctx, store, chain.forecast_npz(ctx, "student"))
+    assert not chain._store_complete(ctx, store, src)
+
+
+@pytest.mark.slow
+def test_an_evaluation_is_done_only_for_the_stores_it_scored(fast_run):
+    """The evaluation stages skip themselves only while the forecast and baseline stores are the
+    ones they scored: a store re-made at the same path (another store id) makes them stale."""
+    import json
+
+    import zarr
+
+    from gencast_rmmd.forecast import store as store_lib
+
+    ctx = chain.Context.from_run(fast_run)
+    meta = json.loads((ctx.eval_dir / "evaluation.json").read_text())
+    student, teacher = ctx.forecast_store("student"), ctx.forecast_store("teacher")
+    assert meta["forecast_store_id"] == store_lib.store_id(str(student)) is not None
+    assert meta["baseline_store_id"] == store_lib.store_id(str(teacher)) is not None
+    assert meta["forecast_store_id"] != meta["baseline_store_id"]
+    assert chain._evaluate_done(ctx)
+    g = zarr.open_group(str(teacher), mode="r+")
+    original = g.attrs[store_lib.STORE_ID_ATTR]
+    try:
+        g.attrs[store_lib.STORE_ID_ATTR] = "re-made"
+        zarr.consolidate_metadata(str(teacher))
+        assert not chain._evaluate_done(ctx)
+    finally:
+        g.attrs[store_lib.STORE_ID_ATTR] = original
+        zarr.consolidate_metadata(str(teacher))
+    assert chain._evaluate_done(ctx)
 
 
 def test_tuning_settings_are_checked():

@@ -295,6 +295,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses to mix two models' members in one ensemble; the store is untouched",
     ),
     BadInput(
+        "forecast-resume-other-stats",
+        "output",
+        "forecast",
+        "re-running into a forecast store after the normalisation statistics were recomputed at "
+        "the same `--stats` path",
+        r"holds a forecast made with other normalisation statistics .*SHA-256",
+        "refuses to mix members normalised two ways in one ensemble; the store is untouched",
+    ),
+    BadInput(
         "forecast-output-foreign",
         "output",
         "forecast",

@@ -561,6 +561,21 @@ def s_forecast_resume_other_checkpoint(tmp, p):
     return argv
 
 
+def s_forecast_resume_other_stats(tmp, p):
+    from gencast_rmmd.cli import main
+
+    stats = _ws_copy(tmp, p, "stats")["stats"]
+    argv = _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", stats=stats
+    )
+    assert main([str(a) for a in argv]) == 0
+    mean = stats / "mean_by_level.nc"
+    with xr.open_dataset(mean) as ds:
+        ds = ds.load()
+    (ds * 1.01).assign_attrs(ds.attrs).to_netcdf(mean)  # recomputed over another period, say
+    return argv
+
+
 def s_teacher_out_is_file(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -673,6 +688,7 @@ SETUPS = {
     "teacher-export-not-a-run": s_teacher_export_not_a_run,
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
     "forecast-resume-other-checkpoint": s_forecast_resume_other_checkpoint,
+    "forecast-resume-other-stats": s_forecast_resume_other_stats,
     "teacher-out-is-file": s_teacher_out_is_file,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,

@@ -11,8 +11,35 @@ import pytest
 import xarray as xr
 from reliability_helpers import chunk_files, tiny_canonical_ds, write_store
 
+from gencast_rmmd import safety
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.safety import current_umask, load_or_data_error, publish_mode
+from gencast_rmmd.safety import current_umask, file_sha256, load_or_data_error, publish_mode
+
+
+def test_file_sha256_is_remembered_only_while_the_file_is_unchanged(tmp_path):
+    import hashlib
+
+    f = tmp_path / "ckpt.npz"
+    f.write_bytes(b"a" * 1000)
+    # Freshly written: hashed, not remembered (a same-size rewrite in the same tick must show).
+    assert file_sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    f.write_bytes(b"b" * 1000)
+    assert file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    # Settled (mtime 10 s back): remembered, so the file is not read again...
+    old = os.stat(f).st_mtime_ns - 10_000_000_000
+    os.utime(f, ns=(old, old))
+    digest = file_sha256(f)
+    key = next(k for k in safety._DIGESTS if k[0] == str(f))
+    safety._DIGESTS[key] = "remembered"
+    assert file_sha256(f) == "remembered"
+    # ...until it changes: rewritten in place (new mtime) or replaced by a rename (new inode).
+    f.write_bytes(b"b" * 1000)
+    assert file_sha256(f) == digest
+    g = tmp_path / "new.npz"
+    g.write_bytes(b"c" * 1000)
+    os.utime(g, ns=(old, old))
+    os.replace(g, f)
+    assert file_sha256(f) == hashlib.sha256(b"c" * 1000).hexdigest()
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
