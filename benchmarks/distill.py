@@ -9,6 +9,10 @@
   same process, same weights; the wall-clock ratio teacher/student and the NFE ratio.
 
 Usage: python benchmarks/distill.py [--batch 2] [--repeats 3] [--config tiny]
+       [--phases mmd,rmmd] [--skip-train | --skip-sample]
+
+`--phases rmmd --skip-sample` times phase 2's sharded training step alone (one compilation: what
+tools/device_check.sh runs first on a GPU, where compiling is the slow part).
 
 At GenCast's real size, the forecast step only (the training part would take hours on CPU):
 
@@ -146,6 +150,29 @@ def log(msg: str) -> None:
     print(f"[distill bench {time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
+def log_slow_compiles(min_seconds: float = 1.0) -> None:
+    """Log, through `log`, every XLA compilation that takes at least `min_seconds` (JAX's
+    `jax_log_compiles` records, the many small ones dropped): on a GPU, compiling can be most of
+    a training stage's time."""
+    import logging
+    import re
+
+    import jax
+
+    pattern = re.compile(r"Finished XLA compilation of (.*) in ([0-9.eE+-]+) sec")
+
+    class SlowCompiles(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = pattern.search(record.getMessage())
+            if m and float(m.group(2)) >= min_seconds:
+                log(f"compiled {m.group(1)} in {float(m.group(2)):.1f} s")
+
+    logger = logging.getLogger("jax")
+    logger.addHandler(SlowCompiles())
+    logger.propagate = False  # the rest of jax_log_compiles' lines stay off stderr
+    jax.config.update("jax_log_compiles", True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="tiny", help="model config (configs/model/)")
@@ -160,15 +187,31 @@ def main() -> None:
     )
     ap.add_argument("--skip-train", action="store_true", help="time the forecast step only")
     ap.add_argument(
+        "--skip-sample", action="store_true", help="time the training steps only (no 12 h step)"
+    )
+    ap.add_argument(
+        "--phases", default="mmd,rmmd", help="training phases to time, e.g. rmmd (default both)"
+    )
+    ap.add_argument(
         "--distill-config",
         default=None,
         help="distill config (configs/distill/): default tiny, rmmd_gencast with --grid 1deg",
     )
     ap.add_argument("--levels", default="20,30", help="teacher noise levels to time, e.g. 30")
+    ap.add_argument(
+        "--log-compiles", action="store_true", help="log each compilation of 1 s or more (stderr)"
+    )
     args = ap.parse_args()
+    phases = tuple(p for p in args.phases.split(",") if p)
+    if not phases or set(phases) - {"mmd", "rmmd"}:
+        ap.error(f"--phases: expected mmd, rmmd or mmd,rmmd, found {args.phases!r}")
+    if args.skip_train and args.skip_sample:
+        ap.error("--skip-train and --skip-sample leave nothing to time")
 
     import jax
 
+    if args.log_compiles:
+        log_slow_compiles()
     from gencast_rmmd.cli.quickstart_chain import time_in_rounds
     from gencast_rmmd.distill import student_sampler as ss
     from gencast_rmmd.model import dpm_solver
@@ -191,7 +234,7 @@ def main() -> None:
         "channels_out": lay.n_targets,
         **({} if args.skip_train else {"batch": b}),
     }
-    for phase in () if args.skip_train else ("mmd", "rmmd"):
+    for phase in () if args.skip_train else phases:
         with training_step(phase, setup) as step_fn:
             log(f"{phase}: trainer built; compiling and running its first 2 steps")
             t0 = time.perf_counter()
@@ -209,6 +252,9 @@ def main() -> None:
             log(f"{phase}: {args.train_steps} timed steps in {dt:.2f} s")
         out[f"{phase}_steps_per_sec"] = args.train_steps / dt
         out[f"{phase}_examples_per_sec"] = args.train_steps * b / dt
+    if args.skip_sample:
+        print(json.dumps(out))
+        return
 
     # One 12 h step (a single member), every sampler compiled ahead of time.
     x, sigma, cond = den.example_inputs(1)

@@ -14,11 +14,12 @@
 # `run` installs the wheels into /tmp/site without touching the image's JAX, puts the source tree
 # on PYTHONPATH, and writes:
 #   devices.txt         jax.devices(), the backend, the JAX and Haiku versions
-#   distill_tiny.json   benchmarks/distill.py: phase 1 and phase 2 training steps/s (jitted steps
-#                       sharded over a `data` mesh of all local devices) and one 12 h step,
-#                       teacher (39 and 59 evaluations) vs student (8), same process
+#   train_rmmd.json     benchmarks/distill.py --phases rmmd --skip-sample: phase 2's training
+#                       steps/s with the tiny GenCast (the jitted step sharded over a `data` mesh
+#                       of all local devices), each compilation of 1 s or more logged
 #   speed.json          benchmarks/speed.py on the packed run's models (when .devrun/ exists):
 #                       the quickstart's headline step time, 8 members per call and one member
+#   train_mmd.json      the same for phase 1 (two compiled rules: aux and student steps)
 #   distill_mini.json   the same 12 h steps with the Mini architecture on the 1 deg grid
 #   teacher.json        benchmarks/teacher.py: forward, 39-evaluation step and training steps of
 #                       the tiny and Mini architectures
@@ -30,10 +31,13 @@
 #
 # Run once on an H200 (2026-12-04, JAX 0.11.2 CUDA 13, `JAX_PLATFORMS=cuda
 # DEVICE_CHECK_LIMIT_S=200`, 570 s call; docs/distill.md, "On a GPU"): speed.json 71 s and
-# distill_mini.json 138 s done; distill_tiny.json (then the second stage) ran past 200 s without
-# output, and the call's limit stopped teacher.json. The stages were reordered afterwards (the
-# training steps first) and distill.py now logs each part, so the next lease shows where the time
-# goes.
+# distill_mini.json 138 s done; the training stage (then both phases and the tiny 12 h steps in
+# one) ran past 200 s without output, and the call's limit stopped teacher.json. The training
+# steps now come first, one phase per stage, without the 12 h steps (speed.json times those on
+# the real models), and log their progress and compilations, so the next lease shows where the
+# time goes. On this 2-core CPU, one device: train_rmmd 60 s (first two steps, compilation
+# included, 33.6 s), train_mmd 45 s (two compilations of 13-15 s). XLA_FLAGS passes through (e.g.
+# --xla_gpu_autotune_level=0, to see how much of a GPU compilation is autotuning).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -119,12 +123,14 @@ stage() {  # stage NAME COMMAND...: stdout to $OUT/NAME, stderr to $OUT/NAME.err
 stage devices.txt "$PY" -c 'import jax, haiku; print(jax.default_backend(), jax.devices(), \
   "jax", jax.__version__, "haiku", haiku.__version__)'
 cat "$OUT/devices.txt"
-stage distill_tiny.json "$PY" benchmarks/distill.py --repeats 3 --train-steps 4
+TRAIN=(benchmarks/distill.py --skip-sample --train-steps 4 --log-compiles)
+stage train_rmmd.json "$PY" "${TRAIN[@]}" --phases rmmd
 if [ -d .devrun ]; then
   stage speed.json "$PY" benchmarks/speed.py --teacher .devrun/teacher.npz \
     --student .devrun/student.npz --stats .devrun/stats --data .devrun/grid.zarr \
     --members 8 --repeats 10 --one-member
 fi
+stage train_mmd.json "$PY" "${TRAIN[@]}" --phases mmd
 if [ "${DEVICE_CHECK_MINI:-1}" != 0 ]; then
   stage distill_mini.json "$PY" benchmarks/distill.py --config gencast_1p0deg_mini --grid 1deg \
     --skip-train --levels 20,30 --repeats 3
