@@ -375,6 +375,27 @@ def _stage_distill(ctx: Context) -> None:
             raise OutputError(f"distillation finished without writing {path}")
 
 
+def _distilled(ctx: Context, *students: pathlib.Path) -> bool:
+    """True when every student exists and was distilled from the run's current teacher and
+    statistics (a student that predates recording them counts as such). Otherwise the distill
+    stage runs again, and refuses a run directory begun from other inputs, naming it."""
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.model.checkpoint import read_provenance
+    from gencast_rmmd.safety import file_sha256
+
+    if not all(p.exists() for p in students):
+        return False
+    current = {
+        "teacher_sha256": file_sha256(ctx.teacher_npz),
+        "stats_sha256": stats_sha256(ctx.stats_dir),
+    }
+    for p in students:
+        prov = read_provenance(p)
+        if any(k in prov and prov[k] != v for k, v in current.items()):
+            return False
+    return True
+
+
 def _stage_distill_offline(ctx: Context) -> None:
     """The offline RMMD ablation: phase 2 from the same phase-1 student on re-noised truth."""
     from gencast_rmmd.cli import main as cli_main
@@ -904,7 +925,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "teacher", _stage_teacher, lambda c: c.teacher_npz.exists() and c.teacher_eval_npz.exists()
     ),
-    Stage("distill", _stage_distill, lambda c: c.student_npz.exists()),
+    Stage("distill", _stage_distill, lambda c: _distilled(c, c.student_npz, c.mmd_student_npz)),
     Stage(
         "tune eta on the validation window",
         _stage_tune,
@@ -937,7 +958,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "distill offline ablation",
         _stage_distill_offline,
-        lambda c: c.path("distill_offline", "rmmd", "student.npz").exists(),
+        lambda c: _distilled(c, c.path("distill_offline", "rmmd", "student.npz")),
         _no_offline,
     ),
     Stage(

@@ -4,6 +4,8 @@ RMMD, on a canonical data store; export the students as official-layout `.npz` f
 Run directory layout (`run_distill(..., out=RUN)`):
 
     RUN/config.yaml            the DistillConfig used (a different config refuses to resume)
+    RUN/inputs.json            SHA-256 of the teacher and of the stats (other bytes at the same
+                               paths refuse to resume a started run)
     RUN/mmd/checkpoints/...    phase 1 training state (orbax), RUN/mmd/metrics.jsonl
     RUN/mmd/student.npz        phase 1 student (official layout + extra:student_sampler_config,
                                extra:provenance); RUN/mmd/aux.npz the phase 1 auxiliary denoiser
@@ -38,10 +40,12 @@ import yaml
 
 from gencast_rmmd.config import to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
+from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
+from gencast_rmmd.safety import file_sha256
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 
 PHASES = ("mmd", "rmmd")
@@ -224,6 +228,10 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     step_h = np.timedelta64(task.step_hours, "h")
     provenance = {
         "teacher": str(teacher_path),
+        # What the run depends on by content: a teacher retrained or statistics recomputed at the
+        # same paths must not resume into this run (`run_distill`) nor pass for its inputs.
+        "teacher_sha256": file_sha256(teacher_path),
+        "stats_sha256": stats_sha256(stats),
         "teacher_description": ckpt.description,
         "config": config_text,
         "data_store": store,
@@ -297,6 +305,37 @@ def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
     return d
 
 
+# What a run's trained state depends on by content (RUN/inputs.json), with what to call it.
+INPUT_DIGESTS = {
+    "teacher_sha256": "another teacher",
+    "stats_sha256": "other normalisation statistics",
+}
+
+
+def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
+    """Refuse to resume a run begun from another teacher or other statistics (same paths,
+    other bytes): its trained state would be continued against inputs it never saw. A run that
+    has not started a phase, or predates RUN/inputs.json, takes the current inputs."""
+    path = out / "inputs.json"
+    started = any(
+        (out / ph / "checkpoints").exists() or (out / ph / "student.npz").exists() for ph in PHASES
+    )
+    if not started or not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in INPUT_DIGESTS if k in old and old[k] != inputs[k]]
+    if changed:
+        what = " and ".join(
+            f"{INPUT_DIGESTS[k]} (SHA-256 {str(old[k])[:12]}..., now {inputs[k][:12]}...)"
+            for k in changed
+        )
+        raise OutputError(
+            f"{out} holds a distillation begun from {what} at the same path "
+            f"({provenance['teacher'] if 'teacher_sha256' in changed else provenance['stats']}); "
+            "use another --out"
+        )
+
+
 def run_distill(
     cfg: DistillConfig,
     teacher: str | os.PathLike,
@@ -337,8 +376,11 @@ def run_distill(
     # Everything a user can get wrong (teacher, store, stats, window) is checked before the run
     # directory is created, so a refused run leaves nothing behind.
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
+    inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS}
+    _check_inputs(out, inputs, setup.provenance)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(cfg_file, config_text)
+    _write_atomic(out / "inputs.json", json.dumps(inputs, indent=1))
     from gencast_rmmd.model.denoiser import Conditioning
 
     def cond_fn(batch):

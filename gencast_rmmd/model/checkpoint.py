@@ -417,15 +417,25 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     return path
 
 
-def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an npz without unpickling anything; CheckpointError lists every pickled key."""
-    flat, errors = _read_flat(path)
+def read_flat(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray]:
+    """The arrays of an npz (those whose key starts with `prefix`; the others are not read)
+    without unpickling anything; CheckpointError lists every pickled key."""
+    flat, errors = _read_flat(path, prefix)
     if errors:
         raise CheckpointError(f"{path}: {len(errors)} problem(s): " + "; ".join(errors))
     return flat
 
 
-def _read_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's `extra:provenance` (what it was made from, as plain scalars; {} when it
+    records none), read without its parameters."""
+    prefix = "extra:provenance:"
+    return {k[len(prefix) :]: _scalar(v) for k, v in read_flat(path, prefix).items()}
+
+
+def _read_flat(
+    path: str | os.PathLike, prefix: str = ""
+) -> tuple[dict[str, np.ndarray], list[str]]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
@@ -445,6 +455,8 @@ def _read_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str
     flat, errors = {}, []
     with data:
         for key in data.files:
+            if not key.startswith(prefix):
+                continue
             try:
                 flat[key] = data[key]
             except ValueError:

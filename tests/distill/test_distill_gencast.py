@@ -110,3 +110,41 @@ def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.slow
+def test_a_run_does_not_resume_from_a_teacher_rewritten_at_the_same_path(world, tmp_path, capsys):
+    """The run records what it was begun from by content (RUN/inputs.json, the students'
+    provenance); a teacher retrained at the same path would continue a state it never made."""
+    import dataclasses
+    import shutil
+
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.model.checkpoint import read_provenance
+    from gencast_rmmd.safety import file_sha256
+
+    teacher, out = tmp_path / "teacher.npz", tmp_path / "run"
+    shutil.copy(world / "teacher.npz", teacher)
+
+    def args():
+        a = _args(world, out, phase="mmd", extra=["mmd.loop.num_steps=1"])
+        a[a.index("--teacher") + 1] = str(teacher)
+        return a
+
+    assert main(args()) == 0
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert inputs == {
+        "teacher_sha256": file_sha256(teacher),
+        "stats_sha256": stats_sha256(world / "stats"),
+    }
+    prov = read_provenance(out / "mmd" / "student.npz")  # read without the parameters
+    assert {k: prov[k] for k in inputs} == inputs and prov["phase"] == "mmd"
+    assert main(args()) == 0  # same teacher: a resume
+    ck = load_checkpoint(teacher)
+    retrained = jax.tree_util.tree_map(lambda a: a * 1.01, ck.params)
+    save_checkpoint(teacher, dataclasses.replace(ck, params=retrained))
+    capsys.readouterr()
+    assert main(args()) == 2
+    err = capsys.readouterr().err
+    assert "begun from another teacher (SHA-256" in err and str(teacher) in err
+    assert json.loads((out / "inputs.json").read_text()) == inputs  # the run is untouched

@@ -198,6 +198,22 @@ def test_an_evaluation_is_done_only_for_the_stores_it_scored(fast_run):
     assert chain._evaluate_done(ctx)
 
 
+@pytest.mark.slow
+def test_a_student_counts_as_distilled_only_from_the_current_teacher(fast_run, tmp_path):
+    from gencast_rmmd.model.checkpoint import load_checkpoint, read_provenance, save_checkpoint
+    from gencast_rmmd.safety import file_sha256
+
+    ctx = chain.Context.from_run(fast_run)
+    assert read_provenance(ctx.student_npz)["teacher_sha256"] == file_sha256(ctx.teacher_npz)
+    assert chain._distilled(ctx, ctx.student_npz, ctx.mmd_student_npz)
+    ckpt = load_checkpoint(ctx.student_npz)
+    extra = dict(ckpt.extra)
+    extra["provenance"] = dict(extra["provenance"], teacher_sha256="0" * 64)
+    other = save_checkpoint(tmp_path / "other.npz", dataclasses.replace(ckpt, extra=extra))
+    assert not chain._distilled(ctx, ctx.student_npz, other)
+    assert not chain._distilled(ctx, tmp_path / "missing.npz")
+
+
 def test_tuning_settings_are_checked():
     fast = chain.load_profile("fast")
     with pytest.raises(ValueError, match="needs a validation window"):

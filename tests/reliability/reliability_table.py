@@ -505,6 +505,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"run phase 1 first",
         "refuses: says which phase to run first",
     ),
+    BadInput(
+        "distill-resume-other-teacher",
+        "output",
+        "distill",
+        "re-running into a distillation run after its teacher was rewritten at the same path "
+        "(retrained weights)",
+        r"begun from another teacher \(SHA-256",
+        "refuses to continue a state trained against another teacher; the run is untouched",
+    ),
     # ---------------------------------------------------------------- CLI arguments
     BadInput(
         "unknown-variable",

@@ -515,6 +515,18 @@ def s_distill_rmmd_without_mmd(tmp, p):
     return _distill(tmp, p, "--phase", "rmmd")
 
 
+def s_distill_resume_other_teacher(tmp, p):
+    from gencast_rmmd.cli import main
+
+    argv = _distill(tmp, p, "--phase", "mmd", "--set", "mmd.loop.num_steps=1")
+    assert main([str(a) for a in argv]) == 0
+    retrained = {
+        k: v * np.float32(1.01) if k.startswith("params:") else v for k, v in p["flat"].items()
+    }
+    _save_flat(retrained, tmp / "teacher.npz")
+    return argv
+
+
 def s_ckpt_bad_student_sampler(tmp, p):
     flat = dict(p["flat"])
     flat["extra:student_sampler_config:num_steps"] = np.asarray(0)
@@ -689,6 +701,7 @@ SETUPS = {
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
     "forecast-resume-other-checkpoint": s_forecast_resume_other_checkpoint,
     "forecast-resume-other-stats": s_forecast_resume_other_stats,
+    "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,
