@@ -427,10 +427,11 @@ def read_flat(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray
 
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's `extra:provenance` (what it was made from, as plain scalars; {} when it
-    records none), read without its parameters."""
+    """A checkpoint's `extra:provenance` (what it was made from: scalars as plain Python values;
+    {} when it records none), read without its parameters."""
     prefix = "extra:provenance:"
-    return {k[len(prefix) :]: _scalar(v) for k, v in read_flat(path, prefix).items()}
+    flat = read_flat(path, prefix)
+    return {k[len(prefix) :]: v.item() if v.ndim == 0 else v for k, v in flat.items()}
 
 
 def _read_flat(

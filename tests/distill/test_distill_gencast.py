@@ -1,26 +1,35 @@
 """GenCast distillation end to end through the CLI on a synthetic store and a tiny random teacher:
 both phases run, students are exported in the official layout with the student sampler and
-provenance, the forecast loader reads them as K-step models, and runs resume / refuse mismatches."""
+provenance, the forecast loader reads them as K-step models, and runs resume / refuse mismatches
+(another config, a teacher rewritten at the same path)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from gencast_rmmd.cli import main
-from gencast_rmmd.data.stats import compute_stats, save_stats
+from gencast_rmmd.data.stats import compute_stats, save_stats, stats_sha256
 from gencast_rmmd.data.task import gencast_task
 from gencast_rmmd.evaluation.synthetic import synthetic_canonical_store
-from gencast_rmmd.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from gencast_rmmd.model.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    read_provenance,
+    save_checkpoint,
+)
 from gencast_rmmd.model.configs import (
     DenoiserArchitectureConfig,
     ModelConfig,
     SparseTransformerConfig,
 )
 from gencast_rmmd.model.denoiser import build_denoiser
+from gencast_rmmd.safety import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +54,7 @@ def world(tmp_path_factory):
     return d
 
 
-def _args(d, out, phase="both", extra=()):
+def _world_args(d, out, phase="both", extra=()):
     sets = [
         "mmd.loop.num_steps=2",
         "mmd.loop.batch_size=2",
@@ -68,11 +77,19 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     from gencast_rmmd.forecast.model import load_forecast_model
 
     out = tmp_path / "run"
+    teacher = tmp_path / "teacher.npz"  # a copy: retrained (rewritten) at the end of the test
+    shutil.copy(world / "teacher.npz", teacher)
+
+    def run_args(d, out, **kw):
+        a = _world_args(d, out, **kw)
+        a[a.index("--teacher") + 1] = str(teacher)
+        return a
+
     # phase 2 before phase 1 is a user error
-    assert main(_args(world, out, phase="rmmd")) == 2
+    assert main(run_args(world, out, phase="rmmd")) == 2
     assert "run phase 1 first" in capsys.readouterr().err
     assert not out.exists()  # a refused run leaves nothing behind
-    assert main(_args(world, out)) == 0
+    assert main(run_args(world, out)) == 0
     summary = json.loads((out / "summary.json").read_text())
     for ph in ("mmd", "rmmd"):
         assert summary[ph]["complete"] and summary[ph]["steps"] == 2
@@ -97,54 +114,34 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     b = load_checkpoint(out / "rmmd" / "student.npz").params
     assert any(not np.array_equal(a[m][n], b[m][n]) for m in a for n in a[m])
     # re-running is a resume (no new steps); a different objective refuses the directory
-    assert main(_args(world, out)) == 0
-    assert main(_args(world, out, extra=["rmmd.objective.reward_weight=0.5"])) == 2
+    assert main(run_args(world, out)) == 0
+    assert main(run_args(world, out, extra=["rmmd.objective.reward_weight=0.5"])) == 2
     assert "different config" in capsys.readouterr().err
-
-
-def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
-    assert main(_args(world, tmp_path / "r", extra=["mmd.objective.members=0"])) == 2
-    assert "members" in capsys.readouterr().err
-    args = _args(world, tmp_path / "r2")
-    args[args.index("--teacher") + 1] = str(tmp_path / "missing.npz")
-    assert main(args) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert not (tmp_path / "r2").exists()
-
-
-@pytest.mark.slow
-def test_a_run_does_not_resume_from_a_teacher_rewritten_at_the_same_path(world, tmp_path, capsys):
-    """The run records what it was begun from by content (RUN/inputs.json, the students'
-    provenance); a teacher retrained at the same path would continue a state it never made."""
-    import dataclasses
-    import shutil
-
-    from gencast_rmmd.data.stats import stats_sha256
-    from gencast_rmmd.model.checkpoint import read_provenance
-    from gencast_rmmd.safety import file_sha256
-
-    teacher, out = tmp_path / "teacher.npz", tmp_path / "run"
-    shutil.copy(world / "teacher.npz", teacher)
-
-    def args():
-        a = _args(world, out, phase="mmd", extra=["mmd.loop.num_steps=1"])
-        a[a.index("--teacher") + 1] = str(teacher)
-        return a
-
-    assert main(args()) == 0
+    # The run records what it was begun from by content (RUN/inputs.json, the students'
+    # provenance, read without the parameters); a teacher retrained at the same path would
+    # continue a state it never made, so the run refuses it and stays as it was.
     inputs = json.loads((out / "inputs.json").read_text())
     assert inputs == {
         "teacher_sha256": file_sha256(teacher),
         "stats_sha256": stats_sha256(world / "stats"),
     }
-    prov = read_provenance(out / "mmd" / "student.npz")  # read without the parameters
-    assert {k: prov[k] for k in inputs} == inputs and prov["phase"] == "mmd"
-    assert main(args()) == 0  # same teacher: a resume
+    for ph in ("mmd", "rmmd"):
+        prov = read_provenance(out / ph / "student.npz")
+        assert {k: prov[k] for k in inputs} == inputs and prov["phase"] == ph
     ck = load_checkpoint(teacher)
     retrained = jax.tree_util.tree_map(lambda a: a * 1.01, ck.params)
     save_checkpoint(teacher, dataclasses.replace(ck, params=retrained))
-    capsys.readouterr()
-    assert main(args()) == 2
+    assert main(run_args(world, out)) == 2
     err = capsys.readouterr().err
     assert "begun from another teacher (SHA-256" in err and str(teacher) in err
-    assert json.loads((out / "inputs.json").read_text()) == inputs  # the run is untouched
+    assert json.loads((out / "inputs.json").read_text()) == inputs
+
+
+def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
+    assert main(_world_args(world, tmp_path / "r", extra=["mmd.objective.members=0"])) == 2
+    assert "members" in capsys.readouterr().err
+    args = _world_args(world, tmp_path / "r2")
+    args[args.index("--teacher") + 1] = str(tmp_path / "missing.npz")
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
