@@ -478,11 +478,33 @@ def evaluate(
     return EvaluationResult(out_dir, card, hist, summ, files)
 
 
+def is_current(out_dir: str, forecast_path: str, baseline_path: str | None = None) -> bool:
+    """True when `out_dir` holds a finished evaluation (its MARKER and scorecard) of the forecast
+    and baseline stores as they are now: a store re-made at the same path since it was scored has
+    another creation id (`forecast.store.STORE_ID_ATTR`), which makes the evaluation stale."""
+    from gencast_rmmd.forecast.store import store_id
+
+    marker = os.path.join(out_dir, MARKER)
+    if not os.path.exists(os.path.join(out_dir, "scorecard.csv")) or not os.path.exists(marker):
+        return False
+    try:
+        with open(marker) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    baseline = None if baseline_path is None else store_id(baseline_path)
+    return (
+        meta.get("forecast_store_id") == store_id(forecast_path)
+        and meta.get("baseline_store_id") == baseline
+    )
+
+
 load_summary = sc_lib.load_summary
 
 
 __all__ = [
     "evaluate",
+    "is_current",
     "load_summary",
     "prepare",
     "run_beam",

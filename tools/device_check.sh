@@ -35,8 +35,8 @@
 # one) ran past 200 s without output, and the call's limit stopped teacher.json. The training
 # steps now come first, one phase per stage, without the 12 h steps (speed.json times those on
 # the real models), and log their progress and compilations, so the next lease shows where the
-# time goes. On this 2-core CPU, one device: train_rmmd 60 s (first two steps, compilation
-# included, 33.6 s), train_mmd 45 s (two compilations of 13-15 s). XLA_FLAGS passes through (e.g.
+# time goes. On this 2-core CPU, one device: train_rmmd 61 s (one compilation of 21.4 s; first two
+# steps 34.1 s), train_mmd 43 s (two compilations of 12.5-12.8 s). XLA_FLAGS passes through (e.g.
 # --xla_gpu_autotune_level=0, to see how much of a GPU compilation is autotuning).
 set -uo pipefail
 cd "$(dirname "$0")/.."

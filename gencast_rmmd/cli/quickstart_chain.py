@@ -379,21 +379,13 @@ def _distilled(ctx: Context, *students: pathlib.Path) -> bool:
     """True when every student exists and was distilled from the run's current teacher and
     statistics (a student that predates recording them counts as such). Otherwise the distill
     stage runs again, and refuses a run directory begun from other inputs, naming it."""
-    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.distill.gencast import changed_inputs, input_digests
     from gencast_rmmd.model.checkpoint import read_provenance
-    from gencast_rmmd.safety import file_sha256
 
     if not all(p.exists() for p in students):
         return False
-    current = {
-        "teacher_sha256": file_sha256(ctx.teacher_npz),
-        "stats_sha256": stats_sha256(ctx.stats_dir),
-    }
-    for p in students:
-        prov = read_provenance(p)
-        if any(k in prov and prov[k] != v for k, v in current.items()):
-            return False
-    return True
+    current = input_digests(ctx.teacher_npz, ctx.stats_dir)
+    return not any(changed_inputs(read_provenance(p), current) for p in students)
 
 
 def _stage_distill_offline(ctx: Context) -> None:
@@ -524,7 +516,7 @@ def _stage_tune(ctx: Context) -> None:
     `tune_eta`, scored against the teacher's forecast of the same inits; the best by `tune_by`.
     Each eta's forecast and scorecard are kept (tuning/eta_*/), so an interrupted stage resumes."""
     from gencast_rmmd.data.config import load_data_config
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import evaluate, is_current
 
     teacher = ctx.path("tuning", "teacher.zarr")
     if not _store_complete(ctx, teacher, ctx.teacher_eval_npz):
@@ -536,7 +528,7 @@ def _stage_tune(ctx: Context) -> None:
         model = with_student_eta(ctx.student_npz, eta, _eta_npz(ctx, "student", eta))
         if not _store_complete(ctx, store, model):
             _run_forecast(ctx, model, store, "validation")
-        if not _evaluation_done(d / "evaluation", store, teacher):
+        if not is_current(str(d / "evaluation"), str(store), str(teacher)):
             evaluate(
                 forecast_path=str(store),
                 truth_path=ctx.store,
@@ -580,32 +572,16 @@ def _store_complete(ctx: Context, p: pathlib.Path, model: pathlib.Path | None = 
     )
 
 
-def _evaluation_done(
-    eval_dir: pathlib.Path, forecast: pathlib.Path, baseline: pathlib.Path
-) -> bool:
-    """True when `eval_dir` holds a finished evaluation of the forecast and baseline stores as
-    they are now: a store re-made since it was scored (another store id) makes it stale."""
-    from gencast_rmmd.forecast import store as store_lib
-
-    marker = eval_dir / "evaluation.json"
-    if not (eval_dir / "scorecard.csv").exists() or not marker.exists():
-        return False
-    try:
-        meta = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("forecast_store_id") == store_lib.store_id(str(forecast)) and meta.get(
-        "baseline_store_id"
-    ) == store_lib.store_id(str(baseline))
-
-
 def _eval_dir(ctx: Context, who: str) -> pathlib.Path:
     return ctx.eval_dir if who == "student" else ctx.path(f"evaluation_{who}")
 
 
 def _evaluate_done(ctx: Context, who: str = "student") -> bool:
-    return _evaluation_done(
-        _eval_dir(ctx, who), ctx.forecast_store(who), ctx.forecast_store("teacher")
+    """True when `who`'s evaluation is finished and scored the forecast stores there are now."""
+    from pipelines.evaluate import is_current
+
+    return is_current(
+        str(_eval_dir(ctx, who)), str(ctx.forecast_store(who)), str(ctx.forecast_store("teacher"))
     )
 
 

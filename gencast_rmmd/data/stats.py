@@ -201,15 +201,25 @@ def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> path
     return out
 
 
+def _stats_dir(stats_dir: str | os.PathLike) -> pathlib.Path:
+    """`stats_dir` as a path, once it is known to hold the four files; DataError otherwise."""
+    d = pathlib.Path(stats_dir)
+    if not d.is_dir():
+        raise DataError(
+            f"stats dir {str(d)!r} does not exist (expected {sorted(STATS_FILES.values())})"
+        )
+    missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
+    if missing:
+        raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")
+    return d
+
+
 def stats_sha256(stats_dir: str | os.PathLike) -> str:
     """One hex SHA-256 over the stats dir's four files (names and bytes): what identifies the
     normalisation a forecast was made with. DataError naming the missing file(s)."""
     import hashlib
 
-    d = pathlib.Path(stats_dir)
-    missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
-    if missing:
-        raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")
+    d = _stats_dir(stats_dir)
     h = hashlib.sha256()
     for fname in sorted(STATS_FILES.values()):
         h.update(f"{fname}:{file_sha256(d / fname)}\n".encode())
@@ -221,14 +231,7 @@ def load_stats(stats_dir: str | os.PathLike) -> dict[str, xr.Dataset]:
 
     Raises DataError naming the missing file(s).
     """
-    d = pathlib.Path(stats_dir)
-    if not d.is_dir():
-        raise DataError(
-            f"stats dir {str(d)!r} does not exist (expected {sorted(STATS_FILES.values())})"
-        )
-    missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
-    if missing:
-        raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")
+    d = _stats_dir(stats_dir)
     out = {}
     for key, fname in STATS_FILES.items():
         with open(d / fname, "rb") as f:

@@ -230,8 +230,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         "teacher": str(teacher_path),
         # What the run depends on by content: a teacher retrained or statistics recomputed at the
         # same paths must not resume into this run (`run_distill`) nor pass for its inputs.
-        "teacher_sha256": file_sha256(teacher_path),
-        "stats_sha256": stats_sha256(stats),
+        **input_digests(teacher_path, stats),
         "teacher_description": ckpt.description,
         "config": config_text,
         "data_store": store,
@@ -312,6 +311,17 @@ INPUT_DIGESTS = {
 }
 
 
+def input_digests(teacher: str | os.PathLike, stats: str | os.PathLike) -> dict[str, str]:
+    """The `INPUT_DIGESTS` of a teacher checkpoint file and a stats dir."""
+    return {"teacher_sha256": file_sha256(teacher), "stats_sha256": stats_sha256(stats)}
+
+
+def changed_inputs(recorded: dict, current: dict) -> list[str]:
+    """The `INPUT_DIGESTS` keys whose recorded value differs from the current one (a key not
+    recorded, by a run or export that predates it, counts as unchanged)."""
+    return [k for k in INPUT_DIGESTS if k in recorded and recorded[k] != current[k]]
+
+
 def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     """Refuse to resume a run begun from another teacher or other statistics (same paths,
     other bytes): its trained state would be continued against inputs it never saw. A run that
@@ -323,7 +333,7 @@ def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     if not started or not path.is_file():
         return
     old = json.loads(path.read_text())
-    changed = [k for k in INPUT_DIGESTS if k in old and old[k] != inputs[k]]
+    changed = changed_inputs(old, inputs)
     if changed:
         what = " and ".join(
             f"{INPUT_DIGESTS[k]} (SHA-256 {str(old[k])[:12]}..., now {inputs[k][:12]}...)"
