@@ -10,6 +10,9 @@
   becomes one `DataError` naming the store, the variable and where, instead of an internal error.
 - `file_sha256(path)`: the hex SHA-256 of a file's bytes, remembered per (device, inode, size,
   mtime) so that the checks of a long chain hash a 1 GB checkpoint once, not once per stage.
+- `changed_digests(recorded, current)` and `changed_inputs_phrase(...)`: which of the inputs a
+  run or checkpoint recorded by content (SHA-256) now hold other bytes at the same paths, so that
+  a trained state is never continued, nor counted as done, against inputs it never saw.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from gencast_rmmd.errors import DataError
@@ -116,3 +120,23 @@ def file_sha256(path: str | os.PathLike) -> str:
         with _DIGESTS_LOCK:
             _DIGESTS[key] = digest
     return digest
+
+
+def changed_digests(recorded: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
+    """The keys of `current` whose digest `recorded` holds with another value. A key `recorded`
+    lacks (a record written before that input was keyed) counts as unchanged."""
+    return [k for k in current if k in recorded and str(recorded[k]) != current[k]]
+
+
+def changed_inputs_phrase(
+    recorded: Mapping[str, Any], current: Mapping[str, str], names: Mapping[str, str]
+) -> str | None:
+    """None when no input changed (`changed_digests`), else a phrase naming each changed one by
+    `names[key]`, e.g. "another teacher (SHA-256 3f2a9c01b7e4..., now 9d0e11aa4c52...)"."""
+    changed = changed_digests(recorded, current)
+    if not changed:
+        return None
+    return " and ".join(
+        f"{names[k]} (SHA-256 {str(recorded[k])[:12]}..., now {current[k][:12]}...)"
+        for k in changed
+    )

@@ -9,6 +9,8 @@
 
 The math (`chunk_moments`, `merge_moments`, `finalize`) is `gencast_rmmd.data.stats`, shared with
 the in-process `compute_stats`, so both give the same numbers. Memory per worker is one block.
+The partial moments are merged in block order whatever order a runner delivers them in, so the
+files are the same bytes on every run and runner (runs downstream key on their SHA-256).
 DirectRunner by default; other runners through standard Beam pipeline options.
 """
 
@@ -27,27 +29,30 @@ from gencast_rmmd.safety import load_or_data_error
 
 
 class _MomentsCombine:
-    """Beam CombineFn over `Moments` (exact parallel merging)."""
+    """Beam CombineFn over `(block start, Moments)`: partials are kept per block and merged in
+    block order at the end (floating-point merging is not associative, and runners deliver
+    elements and accumulators in any order). One `Moments` per block is per-level vectors, so a
+    store's few thousand blocks are a small accumulator."""
 
     def __new__(cls):
         import apache_beam as beam
 
         class MomentsCombineFn(beam.CombineFn):
             def create_accumulator(self):
-                return None
+                return []
 
-            def add_input(self, acc, m):
-                return m if acc is None else st.merge_moments(acc, m)
+            def add_input(self, acc, item):
+                acc.append(item)
+                return acc
 
             def merge_accumulators(self, accs):
-                out = None
-                for a in accs:
-                    if a is not None:
-                        out = a if out is None else st.merge_moments(out, a)
-                return out
+                return [item for a in accs for item in a]
 
             def extract_output(self, acc):
-                return acc
+                out = None
+                for _, m in sorted(acc, key=lambda item: item[0]):
+                    out = m if out is None else st.merge_moments(out, m)
+                return out
 
         return MomentsCombineFn()
 
@@ -85,7 +90,7 @@ def _diff_moments(start: int, path: str, names: list[str], block: int, step_hour
     beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
     if not d.sizes.get("time", 0):
         return None
-    return st.chunk_moments(d)
+    return start, st.chunk_moments(d)
 
 
 def _values_moments(start: int, path: str, names: list[str], block: int):
@@ -93,7 +98,7 @@ def _values_moments(start: int, path: str, names: list[str], block: int):
 
     chunk = _read_block(path, names, start, start + block)
     beam.metrics.Metrics.counter("stats", "time_steps_read").inc(int(chunk.sizes["time"]))
-    return st.chunk_moments(chunk)
+    return start, st.chunk_moments(chunk)
 
 
 def compute_stats_beam(

@@ -289,7 +289,39 @@ def _task(ctx: Context):
     return load_data_config(str(ctx.data_yaml)).task
 
 
+def _teacher_current(ctx: Context) -> bool:
+    """True when the teacher exists and was trained with the run's current statistics (a teacher
+    exported before its statistics were keyed by content counts as current)."""
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.model.checkpoint import read_provenance
+    from gencast_rmmd.safety import changed_digests
+
+    if not ctx.teacher_npz.exists():
+        return False
+    current = {"stats_sha256": stats_sha256(ctx.stats_dir)}
+    return not changed_digests(read_provenance(ctx.teacher_npz), current)
+
+
+def _teacher_done(ctx: Context) -> bool:
+    """The teacher is current and its forecast copy (`teacher_eval_npz`) was made from it."""
+    from gencast_rmmd.model.checkpoint import read_provenance
+    from gencast_rmmd.safety import changed_digests, file_sha256
+
+    if not (_teacher_current(ctx) and ctx.teacher_eval_npz.exists()):
+        return False
+    current = {"source_sha256": file_sha256(ctx.teacher_npz)}
+    return not changed_digests(read_provenance(ctx.teacher_eval_npz), current)
+
+
 def _stage_teacher(ctx: Context) -> None:
+    """Train the teacher unless it is current (re-exporting it would give other bytes, and the
+    distillation keys on them), then write its forecast copy."""
+    if not _teacher_current(ctx):
+        _train_teacher(ctx)
+    _write_eval_teacher(ctx)
+
+
+def _train_teacher(ctx: Context) -> None:
     from gencast_rmmd.cli import main as cli_main
 
     args = [
@@ -323,18 +355,26 @@ def _stage_teacher(ctx: Context) -> None:
     _run_cli(cli_main, args, "teacher train")
     if not ctx.teacher_npz.exists():
         raise OutputError(f"teacher training finished without writing {ctx.teacher_npz}")
-    _write_eval_teacher(ctx)
 
 
 def _write_eval_teacher(ctx: Context) -> None:
-    """The teacher used for forecasts: same weights, `teacher_sampler_levels` noise levels."""
+    """The teacher used for forecasts: same weights, `teacher_sampler_levels` noise levels; its
+    provenance's `source_sha256` names the bytes it was copied from (`_teacher_done`)."""
     from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+    from gencast_rmmd.safety import file_sha256
 
     ckpt = load_checkpoint(ctx.teacher_npz)
     sampler = dataclasses.replace(
         ckpt.sampler_config, num_noise_levels=ctx.cfg.teacher_sampler_levels
     )
-    save_checkpoint(ctx.teacher_eval_npz, dataclasses.replace(ckpt, sampler_config=sampler))
+    extra = dict(ckpt.extra or {})
+    extra["provenance"] = {
+        **(extra.get("provenance") or {}),
+        "source_sha256": file_sha256(ctx.teacher_npz),
+    }
+    save_checkpoint(
+        ctx.teacher_eval_npz, dataclasses.replace(ckpt, sampler_config=sampler, extra=extra)
+    )
 
 
 def _distill_args(ctx: Context, run: pathlib.Path, phase: str, extra: list[str]) -> list[str]:
@@ -898,9 +938,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("data", _stage_data, lambda c: False),  # cheap: resolves the cached store and splits
     Stage("stats", _stage_stats, _stats_done),
-    Stage(
-        "teacher", _stage_teacher, lambda c: c.teacher_npz.exists() and c.teacher_eval_npz.exists()
-    ),
+    Stage("teacher", _stage_teacher, _teacher_done),
     Stage("distill", _stage_distill, lambda c: _distilled(c, c.student_npz, c.mmd_student_npz)),
     Stage(
         "tune eta on the validation window",

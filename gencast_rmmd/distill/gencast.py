@@ -45,7 +45,7 @@ from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
-from gencast_rmmd.safety import file_sha256
+from gencast_rmmd.safety import changed_digests, changed_inputs_phrase, file_sha256
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 
 PHASES = ("mmd", "rmmd")
@@ -319,7 +319,7 @@ def input_digests(teacher: str | os.PathLike, stats: str | os.PathLike) -> dict[
 def changed_inputs(recorded: dict, current: dict) -> list[str]:
     """The `INPUT_DIGESTS` keys whose recorded value differs from the current one (a key not
     recorded, by a run or export that predates it, counts as unchanged)."""
-    return [k for k in INPUT_DIGESTS if k in recorded and recorded[k] != current[k]]
+    return changed_digests(recorded, {k: current[k] for k in INPUT_DIGESTS})
 
 
 def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
@@ -333,16 +333,13 @@ def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     if not started or not path.is_file():
         return
     old = json.loads(path.read_text())
-    changed = changed_inputs(old, inputs)
-    if changed:
-        what = " and ".join(
-            f"{INPUT_DIGESTS[k]} (SHA-256 {str(old[k])[:12]}..., now {inputs[k][:12]}...)"
-            for k in changed
-        )
+    what = changed_inputs_phrase(old, inputs, INPUT_DIGESTS)
+    if what:
+        changed = changed_inputs(old, inputs)
         raise OutputError(
             f"{out} holds a distillation begun from {what} at the same path "
             f"({provenance['teacher'] if 'teacher_sha256' in changed else provenance['stats']}); "
-            "use another --out"
+            f"delete {out} to distil again, or use another --out"
         )
 
 

@@ -15,8 +15,10 @@
   tqdm progress with loss and ETA, `metrics.jsonl`.
 
 A run directory holds `run.json` (model config, task, training config, grid, data and stats paths:
-what `export_teacher` needs to rebuild the model), `checkpoints/<step>/` and `metrics.jsonl`; at
-the end of training the teacher is also exported to `teacher.npz` in the official GenCast layout.
+what `export_teacher` needs to rebuild the model), `inputs.json` (SHA-256 of the statistics: a run
+begun with other statistics at the same path is not resumed), `checkpoints/<step>/` and
+`metrics.jsonl`; at the end of training the teacher is also exported to `teacher.npz` in the
+official GenCast layout.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import numpy as np
 
 from gencast_rmmd.config import from_dict, to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
+from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.data.task import TaskConfig
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
 from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.safety import publish_mode
+from gencast_rmmd.safety import changed_inputs_phrase, publish_mode
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
@@ -54,6 +57,10 @@ from gencast_rmmd.training.loop import (
 
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
+# SHA-256 of the normalisation statistics the run trains with (`data.stats.stats_sha256`): other
+# statistics at the same path must not resume into the run (`train_teacher`).
+INPUTS_FILE = "inputs.json"
+STATS_DIGEST = {"stats_sha256": "other normalisation statistics"}
 GROUP = "denoiser"
 DEFAULT_LICENSE = (
     "Weights trained with gencast-rmmd (Apache-2.0 code) on the data named in "
@@ -259,6 +266,22 @@ def _comparable(d: dict) -> dict:
     return d
 
 
+def _check_inputs(out: pathlib.Path, inputs: dict[str, str], stats: str) -> None:
+    """Refuse to resume a run begun with other statistics at the same path (its normalised
+    targets would change under a trained state). A run with no checkpoint or export yet, or
+    one that predates `INPUTS_FILE`, takes the current statistics."""
+    record = out / INPUTS_FILE
+    started = (out / "checkpoints").exists() or (out / EXPORT_NAME).exists()
+    if not started or not record.is_file():
+        return
+    what = changed_inputs_phrase(json.loads(record.read_text()), inputs, STATS_DIGEST)
+    if what:
+        raise OutputError(
+            f"{out} holds a teacher training begun with {what} at the same path ({stats}); "
+            f"delete {out} to train again, or use another --out"
+        )
+
+
 def train_teacher(
     model: ModelConfig,
     task: TaskConfig,
@@ -332,7 +355,10 @@ def train_teacher(
                 f"{out} holds a different teacher run (model, task, data or training settings "
                 "differ from this one); use another --out or the same settings to resume"
             )
+    inputs = {"stats_sha256": stats_sha256(stats)}
+    _check_inputs(out, inputs, stats)
     _write_json_atomic(run_file, run.to_json())
+    _write_json_atomic(out / INPUTS_FILE, inputs)
 
     step_h = np.timedelta64(task.step_hours, "h")
     train_start = str((times.min() - step_h * (task.input_frames - 1)).astype("datetime64[s]"))
@@ -343,6 +369,7 @@ def train_teacher(
         "stats": stats,
         "train_start": train_start,
         "train_end": train_end,
+        **inputs,
     }
     den = _build(run)
     # One compiled init instead of Haiku's op-by-op eager init (hundreds of tiny compilations).
@@ -398,6 +425,8 @@ def _export_params(
         "train_start": meta.get("train_start", ""),
         "train_end": meta.get("train_end", ""),
     }
+    # Runs begun before the statistics were keyed by content have no digest to record.
+    provenance.update({k: meta[k] for k in STATS_DIGEST if k in meta})
     if step is not None:
         provenance["step"] = int(step)
     desc = description
@@ -426,7 +455,8 @@ def export_teacher(
 
     The file has GenCast's layout (`params:*`, `task_config:*`, `denoiser_architecture_config:*`,
     `sampler_config:*`, `noise_config:*`, `noise_encoder_config:*`, `description`, `license`) plus
-    `extra:provenance:*` (config, data store, stats, train_start, train_end, step).
+    `extra:provenance:*` (config, data store, stats and their `stats_sha256`, train_start,
+    train_end, step).
     """
     run_dir = pathlib.Path(run_dir)
     run = read_run(run_dir)

@@ -214,6 +214,49 @@ def test_a_student_counts_as_distilled_only_from_the_current_teacher(fast_run, t
     assert not chain._distilled(ctx, tmp_path / "missing.npz")
 
 
+@pytest.mark.slow
+def test_the_teacher_is_done_only_for_the_current_statistics(
+    fast_run, tmp_path, monkeypatch, capsys
+):
+    """The teacher stage skips itself while the teacher was trained with the statistics the run
+    holds now and its forecast copy was made from it; other statistics at the same path re-run
+    the stage, which refuses to continue the trained run and says which directory to delete."""
+    import shutil
+
+    from gencast_rmmd.data import stats as stats_lib
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.model.checkpoint import load_checkpoint, read_provenance, save_checkpoint
+    from gencast_rmmd.safety import file_sha256
+    from gencast_rmmd.training import teacher as teacher_lib
+
+    ctx = chain.Context.from_run(fast_run)
+    digest = stats_lib.stats_sha256(ctx.stats_dir)
+    assert read_provenance(ctx.teacher_npz)["stats_sha256"] == digest
+    eval_prov = read_provenance(ctx.teacher_eval_npz)
+    assert eval_prov["source_sha256"] == file_sha256(ctx.teacher_npz)
+    assert chain._teacher_done(ctx)
+    # A forecast copy made from other teacher bytes is stale.
+    backup = shutil.copy2(ctx.teacher_eval_npz, tmp_path / "eval.npz")
+    ckpt = load_checkpoint(ctx.teacher_eval_npz)
+    extra = dict(ckpt.extra, provenance=dict(eval_prov, source_sha256="0" * 64))
+    try:
+        save_checkpoint(ctx.teacher_eval_npz, dataclasses.replace(ckpt, extra=extra))
+        assert not chain._teacher_done(ctx)
+    finally:
+        os.replace(backup, ctx.teacher_eval_npz)
+    assert chain._teacher_done(ctx)
+    # Statistics with other bytes: the stage is not done, and the trained run is refused as is.
+    monkeypatch.setattr(stats_lib, "stats_sha256", lambda d: "1" * 64)
+    monkeypatch.setattr(teacher_lib, "stats_sha256", lambda d: "1" * 64)
+    assert not chain._teacher_done(ctx)
+    before = {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="teacher train"):
+        chain._stage_teacher(ctx)
+    err = capsys.readouterr().err
+    assert "other normalisation statistics" in err and f"delete {ctx.teacher_run}" in err
+    assert {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()} == before
+
+
 def test_tuning_settings_are_checked():
     fast = chain.load_profile("fast")
     with pytest.raises(ValueError, match="needs a validation window"):

@@ -549,6 +549,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training and leaves the file untouched",
     ),
     BadInput(
+        "teacher-resume-other-stats",
+        "output",
+        "teacher train",
+        "re-running into a teacher run after its statistics were rewritten at the same path "
+        "(other bytes)",
+        r"begun with other normalisation statistics \(SHA-256",
+        "refuses to continue a state trained on other normalised targets; the run is untouched",
+    ),
+    BadInput(
         "stats-out-is-file",
         "output",
         "data stats",

@@ -622,6 +622,21 @@ def s_stats_incomplete_store(tmp, p):
     return ["data", "stats", "--data", _incomplete_store(tmp, p), "--out", tmp / "stats"]
 
 
+def s_teacher_resume_other_stats(tmp, p):
+    from gencast_rmmd.cli import main
+    from gencast_rmmd.data.stats import load_stats, save_stats
+
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    argv = _teacher_train(tmp, p, model)
+    assert main([str(a) for a in argv]) == 0
+    stats = pathlib.Path(argv[argv.index("--stats") + 1])
+    recomputed = load_stats(stats)
+    recomputed["stddev"] = recomputed["stddev"] * 1.01
+    save_stats(recomputed, stats)
+    return argv
+
+
 def s_teacher_incomplete_store(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -703,6 +718,7 @@ SETUPS = {
     "forecast-resume-other-stats": s_forecast_resume_other_stats,
     "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
+    "teacher-resume-other-stats": s_teacher_resume_other_stats,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,
     "stats-incomplete-store": s_stats_incomplete_store,

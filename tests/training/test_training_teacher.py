@@ -121,11 +121,18 @@ def straight_run(data, tmp_path_factory):
     return out, summary
 
 
-def test_training_writes_run_metrics_and_export(straight_run):
+def test_training_writes_run_metrics_and_export(data, straight_run):
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.model.checkpoint import read_provenance
+
     out, summary = straight_run
     assert summary["steps"] == 6 and np.isfinite(summary["loss"])
     assert summary["export"] and (out / "teacher.npz").is_file()
     assert (out / "run.json").is_file()
+    # The statistics it trained with, by content: in the run and in the export.
+    digest = stats_sha256(data[1])
+    assert json.loads((out / "inputs.json").read_text()) == {"stats_sha256": digest}
+    assert read_provenance(out / "teacher.npz")["stats_sha256"] == digest
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
     assert all("loss" in r and "lr/denoiser" in r and "weighted_mse" in r for r in recs)
@@ -163,6 +170,31 @@ def test_other_run_in_same_dir_is_refused(data, straight_run):
     out, _ = straight_run
     with pytest.raises(OutputError, match="different teacher run"):
         teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(seed=1), progress=False)
+
+
+def test_other_stats_at_same_path_are_refused(data, straight_run, tmp_path):
+    """Statistics rewritten at the run's stats path (other bytes) would change the normalised
+    targets under a trained state: the run is not resumed, and is left as it was."""
+    import shutil
+
+    from gencast_rmmd.data.stats import load_stats, save_stats
+
+    store, stats = data
+    out, _ = straight_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.copytree(stats, tmp_path / "stats")
+    record = json.loads((run / "run.json").read_text())
+    record["stats"] = str((tmp_path / "stats").absolute())
+    (run / "run.json").write_text(json.dumps(record))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    moved = load_stats(tmp_path / "stats")
+    moved["mean"] = moved["mean"] + 1e-3
+    save_stats(moved, tmp_path / "stats")
+    with pytest.raises(OutputError, match="other normalisation statistics") as e:
+        teacher.train_teacher(MODEL, TASK, store, tmp_path / "stats", run, _cfg(), progress=False)
+    assert f"delete {run}" in str(e.value)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_export_round_trip_and_info(straight_run, tmp_path):
