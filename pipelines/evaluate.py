@@ -26,13 +26,13 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.data.era5 import STORE_ID_ATTR, store_id
 from gencast_rmmd.errors import DataError, OutputError
 from gencast_rmmd.evaluation import scorecard as sc_lib
 from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, chunk_statistics
-from gencast_rmmd.forecast.store import STORE_ID_ATTR
 from gencast_rmmd.safety import publish_mode
 
 MARKER = "evaluation.json"
@@ -326,6 +326,7 @@ def prepare(
         # re-made at the same path is told from the one this evaluation saw.
         "forecast_store_id": fc.attrs.get(STORE_ID_ATTR),
         "baseline_store_id": None if base is None else base.attrs.get(STORE_ID_ATTR),
+        "truth_store_id": store_id(truth_path),
         "estimator": "fair CRPS (Ferro 2014; skill - spread/2, spread over distinct member pairs); "
         "ensemble-mean RMSE = sqrt(mean SE); spread/skill = sqrt((M+1)/M) sqrt(mean var / mean SE); "
         "rank histogram with random tie-breaking",
@@ -480,10 +481,9 @@ def evaluate(
 
 def is_current(out_dir: str, forecast_path: str, baseline_path: str | None = None) -> bool:
     """True when `out_dir` holds a finished evaluation (its MARKER and scorecard) of the forecast
-    and baseline stores as they are now: a store re-made at the same path since it was scored has
-    another creation id (`forecast.store.STORE_ID_ATTR`), which makes the evaluation stale."""
-    from gencast_rmmd.forecast.store import store_id
-
+    and baseline stores, against the truth store, as they are now: a store re-made at the same
+    path since it was scored has another creation id (`data.era5.STORE_ID_ATTR`), which makes the
+    evaluation stale (an evaluation that predates the truth's id is taken as current for it)."""
     marker = os.path.join(out_dir, MARKER)
     if not os.path.exists(os.path.join(out_dir, "scorecard.csv")) or not os.path.exists(marker):
         return False
@@ -493,9 +493,13 @@ def is_current(out_dir: str, forecast_path: str, baseline_path: str | None = Non
     except (OSError, ValueError):
         return False
     baseline = None if baseline_path is None else store_id(baseline_path)
+    truth_ok = "truth_store_id" not in meta or meta["truth_store_id"] == store_id(
+        str(meta.get("truth"))
+    )
     return (
         meta.get("forecast_store_id") == store_id(forecast_path)
         and meta.get("baseline_store_id") == baseline
+        and truth_ok
     )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
@@ -47,6 +48,7 @@ class ForecastSpec:
     data_config: str | None = None
     model_sha256: str | None = None  # the checkpoint's bytes (None: persistence)
     stats_sha256: str | None = None  # the normalisation statistics' bytes (data.stats)
+    data_store_id: str | None = None  # the data store's creation id (data.era5.store_id)
 
     def store_spec(self) -> dict:
         """What must match for a re-run to resume into an existing store."""
@@ -59,6 +61,7 @@ class ForecastSpec:
             "member_block": self.member_block,
             "model_sha256": self.model_sha256,
             "stats_sha256": self.stats_sha256,
+            "data_store_id": self.data_store_id,
         }
 
     def items(self) -> list[tuple[int, int]]:
@@ -367,8 +370,10 @@ def run_forecast(
         # Resuming must not mix members of two models: a checkpoint retrained at the same path
         # does not match the store it would resume into.
         model_sha256=None if PERSISTENCE.match(model) else file_sha256(model),
-        # Nor members normalised with statistics recomputed at the same path.
+        # Nor members normalised with statistics recomputed at the same path, nor members started
+        # from a data store re-made there (a store without an id, e.g. ARCO-ERA5, records None).
         stats_sha256=stats_sha256(stats_dir),
+        data_store_id=store_id(data),
     )
     t0 = time.time()
     missing, attrs = prepare(spec, fmodel)

@@ -31,6 +31,7 @@ import xarray as xr
 
 from gencast_rmmd.config import to_dict
 from gencast_rmmd.data.config import DataConfig
+from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
 
@@ -100,6 +101,7 @@ def write_template(ds: xr.Dataset, out: str, key: str) -> None:
     full.attrs = dict(ds.attrs)
     full.attrs[PREPARE_STATE_ATTR] = "in-progress"
     full.attrs[KEY_ATTR] = key
+    full.attrs[STORE_ID_ATTR] = new_store_id()  # a source's own id must not pass for this store's
     eager = [k for k in ds.data_vars if k not in lazy]
     for k in eager:
         full[k] = ds[k].compute()

@@ -597,8 +597,10 @@ def _forecast_done(ctx: Context, who: str) -> bool:
 
 def _store_complete(ctx: Context, p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
     """True when `p` is a forecast store marked complete and made with `model`'s current bytes,
-    if given, and the run's current statistics (a store of a checkpoint or statistics since
-    rewritten is not done; its stage's forecast run then says so)."""
+    if given, the run's current statistics and its data store as it is (a store of a checkpoint
+    or statistics since rewritten, or of a data store re-made, is not done; its stage's forecast
+    run then says so)."""
+    from gencast_rmmd.data.era5 import store_id
     from gencast_rmmd.data.stats import stats_sha256
     from gencast_rmmd.forecast import store as store_lib
     from gencast_rmmd.safety import file_sha256
@@ -609,6 +611,7 @@ def _store_complete(ctx: Context, p: pathlib.Path, model: pathlib.Path | None = 
         str(p),
         model_sha256=None if model is None else file_sha256(model),
         stats_sha256=stats_sha256(ctx.stats_dir),
+        data_store_id=store_id(ctx.store),
     )
 
 

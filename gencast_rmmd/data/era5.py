@@ -38,6 +38,11 @@ _LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
 
+# A random id set when gencast-rmmd creates a store (`prepare`, the nature run, a forecast): what
+# was made from a store records its id, and so tells a store re-made at the same path from the
+# one it saw (`store_id`).
+STORE_ID_ATTR = "gencast_rmmd_store_id"
+
 PRECIP_12HR = "total_precipitation_12hr"
 PRECIP_HOURLY = "total_precipitation"
 SST = "sea_surface_temperature"
@@ -46,6 +51,25 @@ SST = "sea_surface_temperature"
 # --------------------------------------------------------------------------------------------
 # Opening stores
 # --------------------------------------------------------------------------------------------
+
+
+def new_store_id() -> str:
+    """A fresh value for `STORE_ID_ATTR`."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def store_id(path: str | os.PathLike) -> str | None:
+    """The `STORE_ID_ATTR` of the Zarr store at `path` (None: no readable Zarr store there, or
+    one not created by gencast-rmmd, or created before ids were recorded)."""
+    import zarr
+
+    try:
+        found = zarr.open_group(os.fspath(path), mode="r").attrs.get(STORE_ID_ATTR)
+    except Exception:  # a NetCDF file, a missing path, a remote store out of reach
+        return None
+    return None if found is None else str(found)
 
 
 def open_zarr_quiet(path: Any, **kwargs: Any) -> xr.Dataset:

@@ -14,15 +14,15 @@ marker array. Re-running with the same arguments skips done regions; the status 
 "complete" only when every region is marked, so an interrupted store never looks complete.
 
 Identity: the spec records the SHA-256 of the checkpoint (`model_sha256`) and of the
-normalisation statistics (`stats_sha256`), so a store never resumes with members of another model
-or normalisation written at the same paths; `gencast_rmmd_store_id` (a random id set at creation)
-tells a re-made store from the one an evaluation scored.
+normalisation statistics (`stats_sha256`), and the id of the data store the initial conditions
+come from (`data_store_id`, `data.era5.store_id`), so a store never resumes with members of
+another model, normalisation or data written at the same paths; `gencast_rmmd_store_id` (a
+random id set at creation) tells a re-made store from the one an evaluation scored.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,18 +30,19 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level
 from gencast_rmmd.errors import OutputError
 
 STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
 SPEC_ATTR = "gencast_rmmd_forecast_spec"
-STORE_ID_ATTR = "gencast_rmmd_store_id"
 MARKER = "region_done"
-# Spec keys identifying the inputs by content. A store written before a key was recorded lacks it
-# and is taken as made with the current inputs.
+# Spec keys identifying the inputs by content (SHA-256) or creation id. A store written before a
+# key was recorded lacks it and is taken as made with the current inputs.
 DIGEST_KEYS = {
     "model_sha256": "another checkpoint",
     "stats_sha256": "other normalisation statistics",
+    "data_store_id": "another data store",
 }
 
 
@@ -107,7 +108,7 @@ def create(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
     ds = tmpl.copy()
     ds.attrs[STATUS_ATTR] = "incomplete"
     ds.attrs[SPEC_ATTR] = json.dumps(spec, sort_keys=True)
-    ds.attrs[STORE_ID_ATTR] = uuid.uuid4().hex
+    ds.attrs[STORE_ID_ATTR] = new_store_id()
     encoding = {v: {"_FillValue": np.float32(np.nan)} for v in ds.data_vars if v != MARKER}
     ds.to_zarr(path, mode="w-", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
 
@@ -135,7 +136,8 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             inputs = " and ".join(
                 DIGEST_KEYS[k]
                 + (f" at {spec.get('model')!r}" if k == "model_sha256" else "")
-                + f" (SHA-256 {str(diff[k][0])[:12]}..., now {str(diff[k][1])[:12]}...)"
+                + (" at the same path (store id" if k == "data_store_id" else " (SHA-256")
+                + f" {str(diff[k][0])[:12]}..., now {str(diff[k][1])[:12]}...)"
                 for k in DIGEST_KEYS
                 if k in diff
             )
@@ -157,8 +159,9 @@ def _comparable(stored: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 def is_complete(path: str, **digests: str | None) -> bool:
     """True when `path` is a forecast store marked complete and made with the inputs whose
-    digests are given (`model_sha256=`, `stats_sha256=`; `open_existing`'s rule: a digest the
-    store does not record matches); False for anything else, unreadable included."""
+    digests are given (`model_sha256=`, `stats_sha256=`, `data_store_id=`; `open_existing`'s
+    rule: a digest the store does not record matches, and None checks nothing); False for
+    anything else, unreadable included."""
     import zarr
 
     unknown = set(digests) - set(DIGEST_KEYS)
@@ -173,17 +176,6 @@ def is_complete(path: str, **digests: str | None) -> bool:
     if status != "complete":
         return False
     return all(v is None or k not in spec or spec[k] == v for k, v in digests.items())
-
-
-def store_id(path: str) -> str | None:
-    """The random id set when the store at `path` was created (None: no store, or one written
-    before ids were recorded)."""
-    import zarr
-
-    try:
-        return zarr.open_group(path, mode="r").attrs.get(STORE_ID_ATTR)
-    except Exception:
-        return None
 
 
 def done_regions(path: str) -> np.ndarray:

@@ -12,6 +12,7 @@ from data_synthetic import SMALL_TASK, arco_style_ds, canonical_store_ds
 
 from gencast_rmmd.data import stats as st
 from gencast_rmmd.data.config import DataConfig, GridConfig
+from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.validate import validate_store
 from gencast_rmmd.errors import DataError, OutputError
 from pipelines.prepare import prepare
@@ -80,6 +81,8 @@ def test_prepare_resumes_after_crash_without_rewriting(arco_store, tmp_path):
     cfg = _cfg()
     first = prepare(src, cfg, out, steps_per_item=2, max_items=2)
     assert first["status"] == "incomplete"
+    made = store_id(out)
+    assert made is not None
     with pytest.raises(DataError, match="incomplete"):
         validate_store(out, SMALL_TASK)
     chunk = next((out / "temperature").rglob("c/0/*/*/*"))
@@ -88,11 +91,13 @@ def test_prepare_resumes_after_crash_without_rewriting(arco_store, tmp_path):
     assert second["status"] == "complete" and second["resumed"]
     assert second["blocks_skipped"] == 2 and second["blocks_written"] == 2
     assert chunk.stat().st_mtime_ns == mtime  # finished chunks were not rewritten
+    assert store_id(out) == made  # resumed: the same store
     validate_store(out, SMALL_TASK)
     full = xr.open_zarr(out).load()
     fresh = tmp_path / "fresh.zarr"
     prepare(src, cfg, fresh, steps_per_item=8)
     xr.testing.assert_identical(full.drop_attrs(), xr.open_zarr(fresh).load().drop_attrs())
+    assert store_id(fresh) not in (None, made)  # made anew: another id
 
 
 def test_prepare_refuses_foreign_output(arco_store, tmp_path):
@@ -101,7 +106,12 @@ def test_prepare_refuses_foreign_output(arco_store, tmp_path):
     canonical_store_ds().to_zarr(out, consolidated=False)
     with pytest.raises(OutputError, match="overwrite"):
         prepare(src, _cfg(), out)
+    assert store_id(out) is None  # not a store gencast-rmmd made
     assert prepare(src, _cfg(), out, overwrite=True)["status"] == "complete"
+    made = store_id(out)
+    assert made is not None
+    prepare(src, _cfg(), out, overwrite=True)
+    assert store_id(out) not in (None, made)  # re-made at the same path: another id
 
 
 def test_stats_pipeline_matches_in_process(small_store, tmp_path):

@@ -237,3 +237,29 @@ def test_corrupt_chunk_is_a_clear_error(stores, tmp_path):
     with pytest.raises(DataError, match="cannot read variable 'temperature'.*corrupt"):
         evaluate(f, stores["t"], str(tmp_path / "e"), engine="memory", plots=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr"]  # nothing half-written
+
+
+def test_is_current_follows_the_truth_store(stores, tmp_path):
+    """An evaluation is current only for the truth store it scored against: a truth store
+    re-made at the same path (another creation id) makes it stale; one written before the
+    truth's id was recorded is taken as current."""
+    import shutil
+
+    import zarr
+
+    from gencast_rmmd.data.era5 import STORE_ID_ATTR, store_id
+    from pipelines.evaluate import MARKER, is_current
+
+    truth = str(tmp_path / "t.zarr")
+    shutil.copytree(stores["t"], truth)
+    zarr.open_group(truth, mode="r+").attrs[STORE_ID_ATTR] = "first"
+    out = str(tmp_path / "ev")
+    evaluate(stores["f"], truth, out, baseline_path=stores["b"], engine="memory", plots=False)
+    meta = json.loads((tmp_path / "ev" / MARKER).read_text())
+    assert meta["truth_store_id"] == store_id(truth) == "first"
+    assert is_current(out, stores["f"], stores["b"])
+    zarr.open_group(truth, mode="r+").attrs[STORE_ID_ATTR] = "re-made"
+    assert not is_current(out, stores["f"], stores["b"])
+    del meta["truth_store_id"]  # an evaluation from before the key existed
+    (tmp_path / "ev" / MARKER).write_text(json.dumps(meta))
+    assert is_current(out, stores["f"], stores["b"])

@@ -177,23 +177,24 @@ def test_an_evaluation_is_done_only_for_the_stores_it_scored(fast_run):
 
     import zarr
 
-    from gencast_rmmd.forecast import store as store_lib
+    from gencast_rmmd.data import era5
 
     ctx = chain.Context.from_run(fast_run)
     meta = json.loads((ctx.eval_dir / "evaluation.json").read_text())
     student, teacher = ctx.forecast_store("student"), ctx.forecast_store("teacher")
-    assert meta["forecast_store_id"] == store_lib.store_id(str(student)) is not None
-    assert meta["baseline_store_id"] == store_lib.store_id(str(teacher)) is not None
+    assert meta["forecast_store_id"] == era5.store_id(str(student)) is not None
+    assert meta["baseline_store_id"] == era5.store_id(str(teacher)) is not None
     assert meta["forecast_store_id"] != meta["baseline_store_id"]
+    assert meta["truth_store_id"] == era5.store_id(ctx.store)
     assert chain._evaluate_done(ctx)
     g = zarr.open_group(str(teacher), mode="r+")
-    original = g.attrs[store_lib.STORE_ID_ATTR]
+    original = g.attrs[era5.STORE_ID_ATTR]
     try:
-        g.attrs[store_lib.STORE_ID_ATTR] = "re-made"
+        g.attrs[era5.STORE_ID_ATTR] = "re-made"
         zarr.consolidate_metadata(str(teacher))
         assert not chain._evaluate_done(ctx)
     finally:
-        g.attrs[store_lib.STORE_ID_ATTR] = original
+        g.attrs[era5.STORE_ID_ATTR] = original
         zarr.consolidate_metadata(str(teacher))
     assert chain._evaluate_done(ctx)
 

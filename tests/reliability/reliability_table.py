@@ -304,6 +304,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses to mix members normalised two ways in one ensemble; the store is untouched",
     ),
     BadInput(
+        "forecast-resume-other-data",
+        "output",
+        "forecast",
+        "re-running into a forecast store after the data store was re-made at the same `--data` "
+        "path (`prepare --overwrite`, a rebuilt nature run)",
+        r"holds a forecast made with another data store at the same path \(store id",
+        "refuses to mix members started from two data stores; the store is untouched",
+    ),
+    BadInput(
         "forecast-output-foreign",
         "output",
         "forecast",

@@ -588,6 +588,21 @@ def s_forecast_resume_other_stats(tmp, p):
     return argv
 
 
+def s_forecast_resume_other_data(tmp, p):
+    from gencast_rmmd.cli import main
+    from gencast_rmmd.data.nature_run import write_store
+
+    with xr.open_zarr(p["ws"]["store"]) as ds:
+        ds = ds.load()
+    store = write_store(ds, tmp / "data.zarr")  # a store gencast-rmmd made: it has an id
+    argv = _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", store=store
+    )
+    assert main([str(a) for a in argv]) == 0
+    write_store(ds, store, overwrite=True)  # re-made at the same path (another period, say)
+    return argv
+
+
 def s_teacher_out_is_file(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -716,6 +731,7 @@ SETUPS = {
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
     "forecast-resume-other-checkpoint": s_forecast_resume_other_checkpoint,
     "forecast-resume-other-stats": s_forecast_resume_other_stats,
+    "forecast-resume-other-data": s_forecast_resume_other_data,
     "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
     "teacher-resume-other-stats": s_teacher_resume_other_stats,
