@@ -132,11 +132,13 @@ def changed_inputs_phrase(
     recorded: Mapping[str, Any], current: Mapping[str, str], names: Mapping[str, str]
 ) -> str | None:
     """None when no input changed (`changed_digests`), else a phrase naming each changed one by
-    `names[key]`, e.g. "another teacher (SHA-256 3f2a9c01b7e4..., now 9d0e11aa4c52...)"."""
+    `names[key]`, e.g. "another teacher (SHA-256 3f2a9c01b7e4..., now 9d0e11aa4c52...)" (keys
+    ending in `_sha256` are digests; others, such as `data_store_id`, creation ids)."""
     changed = changed_digests(recorded, current)
     if not changed:
         return None
     return " and ".join(
-        f"{names[k]} (SHA-256 {str(recorded[k])[:12]}..., now {current[k][:12]}...)"
+        f"{names[k]} ({'SHA-256' if k.endswith('_sha256') else 'store id'} "
+        f"{str(recorded[k])[:12]}..., now {current[k][:12]}...)"
         for k in changed
     )

@@ -290,15 +290,15 @@ def _task(ctx: Context):
 
 
 def _teacher_current(ctx: Context) -> bool:
-    """True when the teacher exists and was trained with the run's current statistics (a teacher
-    exported before its statistics were keyed by content counts as current)."""
-    from gencast_rmmd.data.stats import stats_sha256
+    """True when the teacher exists and was trained with the run's current statistics and data
+    store (a teacher exported before these were recorded counts as current)."""
     from gencast_rmmd.model.checkpoint import read_provenance
     from gencast_rmmd.safety import changed_digests
+    from gencast_rmmd.training.teacher import input_digests
 
     if not ctx.teacher_npz.exists():
         return False
-    current = {"stats_sha256": stats_sha256(ctx.stats_dir)}
+    current = input_digests(ctx.stats_dir, ctx.store)
     return not changed_digests(read_provenance(ctx.teacher_npz), current)
 
 
@@ -416,15 +416,15 @@ def _stage_distill(ctx: Context) -> None:
 
 
 def _distilled(ctx: Context, *students: pathlib.Path) -> bool:
-    """True when every student exists and was distilled from the run's current teacher and
-    statistics (a student that predates recording them counts as such). Otherwise the distill
+    """True when every student exists and was distilled from the run's current teacher,
+    statistics and data store (a student that predates recording them counts as such). Otherwise the distill
     stage runs again, and refuses a run directory begun from other inputs, naming it."""
     from gencast_rmmd.distill.gencast import changed_inputs, input_digests
     from gencast_rmmd.model.checkpoint import read_provenance
 
     if not all(p.exists() for p in students):
         return False
-    current = input_digests(ctx.teacher_npz, ctx.stats_dir)
+    current = input_digests(ctx.teacher_npz, ctx.stats_dir, ctx.store)
     return not any(changed_inputs(read_provenance(p), current) for p in students)
 
 

@@ -4,8 +4,9 @@ RMMD, on a canonical data store; export the students as official-layout `.npz` f
 Run directory layout (`run_distill(..., out=RUN)`):
 
     RUN/config.yaml            the DistillConfig used (a different config refuses to resume)
-    RUN/inputs.json            SHA-256 of the teacher and of the stats (other bytes at the same
-                               paths refuse to resume a started run)
+    RUN/inputs.json            SHA-256 of the teacher and of the stats, the data store's creation
+                               id (other bytes or a re-made store at the same paths refuse to
+                               resume a started run)
     RUN/mmd/checkpoints/...    phase 1 training state (orbax), RUN/mmd/metrics.jsonl
     RUN/mmd/student.npz        phase 1 student (official layout + extra:student_sampler_config,
                                extra:provenance); RUN/mmd/aux.npz the phase 1 auxiliary denoiser
@@ -40,7 +41,6 @@ import yaml
 
 from gencast_rmmd.config import to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
-from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
@@ -228,9 +228,10 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     step_h = np.timedelta64(task.step_hours, "h")
     provenance = {
         "teacher": str(teacher_path),
-        # What the run depends on by content: a teacher retrained or statistics recomputed at the
-        # same paths must not resume into this run (`run_distill`) nor pass for its inputs.
-        **input_digests(teacher_path, stats),
+        # What the run depends on by content: a teacher retrained, statistics recomputed or a data
+        # store re-made at the same paths must not resume into this run (`run_distill`) nor pass
+        # for its inputs.
+        **input_digests(teacher_path, stats, store),
         "teacher_description": ckpt.description,
         "config": config_text,
         "data_store": store,
@@ -304,27 +305,36 @@ def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
     return d
 
 
-# What a run's trained state depends on by content (RUN/inputs.json), with what to call it.
+# What a run's trained state depends on by content or creation id (RUN/inputs.json), with what to
+# call it and the provenance entry that names its path.
 INPUT_DIGESTS = {
     "teacher_sha256": "another teacher",
     "stats_sha256": "other normalisation statistics",
+    "data_store_id": "another data store",
 }
+_INPUT_PATHS = {"teacher_sha256": "teacher", "stats_sha256": "stats", "data_store_id": "data_store"}
 
 
-def input_digests(teacher: str | os.PathLike, stats: str | os.PathLike) -> dict[str, str]:
-    """The `INPUT_DIGESTS` of a teacher checkpoint file and a stats dir."""
-    return {"teacher_sha256": file_sha256(teacher), "stats_sha256": stats_sha256(stats)}
+def input_digests(
+    teacher: str | os.PathLike, stats: str | os.PathLike, data: str | os.PathLike
+) -> dict[str, str]:
+    """The `INPUT_DIGESTS` of a teacher checkpoint file, a stats dir and a data store: the
+    teacher's (`training.teacher.input_digests`) plus the teacher's own bytes."""
+    from gencast_rmmd.training.teacher import input_digests as training_inputs
+
+    return {"teacher_sha256": file_sha256(teacher), **training_inputs(stats, data)}
 
 
 def changed_inputs(recorded: dict, current: dict) -> list[str]:
     """The `INPUT_DIGESTS` keys whose recorded value differs from the current one (a key not
-    recorded, by a run or export that predates it, counts as unchanged)."""
-    return changed_digests(recorded, {k: current[k] for k in INPUT_DIGESTS})
+    recorded, by a run or export that predates it, or not known now, counts as unchanged)."""
+    return changed_digests(recorded, {k: current[k] for k in INPUT_DIGESTS if k in current})
 
 
 def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
-    """Refuse to resume a run begun from another teacher or other statistics (same paths,
-    other bytes): its trained state would be continued against inputs it never saw. A run that
+    """Refuse to resume a run begun from another teacher, other statistics or another data
+    store (same paths, other bytes or a re-made store): its trained state would be continued
+    against inputs it never saw. A run that
     has not started a phase, or predates RUN/inputs.json, takes the current inputs."""
     path = out / "inputs.json"
     started = any(
@@ -335,10 +345,9 @@ def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     old = json.loads(path.read_text())
     what = changed_inputs_phrase(old, inputs, INPUT_DIGESTS)
     if what:
-        changed = changed_inputs(old, inputs)
+        paths = ", ".join(provenance[_INPUT_PATHS[k]] for k in changed_inputs(old, inputs))
         raise OutputError(
-            f"{out} holds a distillation begun from {what} at the same path "
-            f"({provenance['teacher'] if 'teacher_sha256' in changed else provenance['stats']}); "
+            f"{out} holds a distillation begun from {what} at the same path ({paths}); "
             f"delete {out} to distil again, or use another --out"
         )
 
@@ -383,7 +392,7 @@ def run_distill(
     # Everything a user can get wrong (teacher, store, stats, window) is checked before the run
     # directory is created, so a refused run leaves nothing behind.
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
-    inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS}
+    inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS if k in setup.provenance}
     _check_inputs(out, inputs, setup.provenance)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(cfg_file, config_text)

@@ -15,8 +15,9 @@
   tqdm progress with loss and ETA, `metrics.jsonl`.
 
 A run directory holds `run.json` (model config, task, training config, grid, data and stats paths:
-what `export_teacher` needs to rebuild the model), `inputs.json` (SHA-256 of the statistics: a run
-begun with other statistics at the same path is not resumed), `checkpoints/<step>/` and
+what `export_teacher` needs to rebuild the model), `inputs.json` (SHA-256 of the statistics and
+the data store's creation id: a run begun with other statistics or a store re-made at the same
+paths is not resumed), `checkpoints/<step>/` and
 `metrics.jsonl`; at the end of training the teacher is also exported to `teacher.npz` in the
 official GenCast layout.
 """
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.config import from_dict, to_dict
+from gencast_rmmd.data.era5 import data_store_digest
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.data.task import TaskConfig
@@ -44,7 +46,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.safety import changed_inputs_phrase, publish_mode
+from gencast_rmmd.safety import changed_digests, changed_inputs_phrase, publish_mode
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
@@ -57,10 +59,22 @@ from gencast_rmmd.training.loop import (
 
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
-# SHA-256 of the normalisation statistics the run trains with (`data.stats.stats_sha256`): other
-# statistics at the same path must not resume into the run (`train_teacher`).
+# SHA-256 of the normalisation statistics the run trains with (`data.stats.stats_sha256`) and the
+# data store's creation id (`data.era5.data_store_digest`): other statistics or a store re-made at
+# the same paths must not resume into the run (`train_teacher`). With what to call each, and the
+# run field that names its path.
 INPUTS_FILE = "inputs.json"
-STATS_DIGEST = {"stats_sha256": "other normalisation statistics"}
+INPUT_DIGESTS = {
+    "stats_sha256": ("other normalisation statistics", "stats"),
+    "data_store_id": ("another data store", "data"),
+}
+
+
+def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str, str]:
+    """The `INPUT_DIGESTS` of a stats dir and a data store (none for a store without an id)."""
+    return {"stats_sha256": stats_sha256(stats), **data_store_digest(data)}
+
+
 GROUP = "denoiser"
 DEFAULT_LICENSE = (
     "Weights trained with gencast-rmmd (Apache-2.0 code) on the data named in "
@@ -266,18 +280,21 @@ def _comparable(d: dict) -> dict:
     return d
 
 
-def _check_inputs(out: pathlib.Path, inputs: dict[str, str], stats: str) -> None:
-    """Refuse to resume a run begun with other statistics at the same path (its normalised
-    targets would change under a trained state). A run with no checkpoint or export yet, or
-    one that predates `INPUTS_FILE`, takes the current statistics."""
+def _check_inputs(out: pathlib.Path, inputs: dict[str, str], run: TeacherRun) -> None:
+    """Refuse to resume a run begun with other statistics or another data store at the same
+    paths (its targets would change under a trained state). A run with no checkpoint or export
+    yet, or one that predates `INPUTS_FILE`, takes the current inputs."""
     record = out / INPUTS_FILE
     started = (out / "checkpoints").exists() or (out / EXPORT_NAME).exists()
     if not started or not record.is_file():
         return
-    what = changed_inputs_phrase(json.loads(record.read_text()), inputs, STATS_DIGEST)
+    old = json.loads(record.read_text())
+    names = {k: name for k, (name, _) in INPUT_DIGESTS.items()}
+    what = changed_inputs_phrase(old, inputs, names)
     if what:
+        paths = ", ".join(getattr(run, INPUT_DIGESTS[k][1]) for k in changed_digests(old, inputs))
         raise OutputError(
-            f"{out} holds a teacher training begun with {what} at the same path ({stats}); "
+            f"{out} holds a teacher training begun with {what} at the same path ({paths}); "
             f"delete {out} to train again, or use another --out"
         )
 
@@ -355,8 +372,8 @@ def train_teacher(
                 f"{out} holds a different teacher run (model, task, data or training settings "
                 "differ from this one); use another --out or the same settings to resume"
             )
-    inputs = {"stats_sha256": stats_sha256(stats)}
-    _check_inputs(out, inputs, stats)
+    inputs = input_digests(stats, store)
+    _check_inputs(out, inputs, run)
     _write_json_atomic(run_file, run.to_json())
     _write_json_atomic(out / INPUTS_FILE, inputs)
 
@@ -426,7 +443,7 @@ def _export_params(
         "train_end": meta.get("train_end", ""),
     }
     # Runs begun before the statistics were keyed by content have no digest to record.
-    provenance.update({k: meta[k] for k in STATS_DIGEST if k in meta})
+    provenance.update({k: meta[k] for k in INPUT_DIGESTS if k in meta})
     if step is not None:
         provenance["step"] = int(step)
     desc = description
@@ -455,8 +472,8 @@ def export_teacher(
 
     The file has GenCast's layout (`params:*`, `task_config:*`, `denoiser_architecture_config:*`,
     `sampler_config:*`, `noise_config:*`, `noise_encoder_config:*`, `description`, `license`) plus
-    `extra:provenance:*` (config, data store, stats and their `stats_sha256`, train_start,
-    train_end, step).
+    `extra:provenance:*` (config, data store and its `data_store_id`, stats and their
+    `stats_sha256`, train_start, train_end, step).
     """
     run_dir = pathlib.Path(run_dir)
     run = read_run(run_dir)

@@ -135,6 +135,17 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "begun from another teacher (SHA-256" in err and str(teacher) in err
     assert json.loads((out / "inputs.json").read_text()) == inputs
+    # A data store gencast-rmmd made carries a creation id; one re-made at the same path is
+    # refused the same way, by path (this world's store has no id: the record is edited).
+    from gencast_rmmd.distill.gencast import _check_inputs
+    from gencast_rmmd.errors import OutputError
+
+    where = {"teacher": str(teacher), "stats": "S", "data_store": str(world / "data.zarr")}
+    (out / "inputs.json").write_text(json.dumps(dict(inputs, data_store_id="made-once")))
+    _check_inputs(out, dict(inputs, data_store_id="made-once"), where)
+    with pytest.raises(OutputError, match=r"another data store \(store id made-once") as e:
+        _check_inputs(out, dict(inputs, data_store_id="made-again"), where)
+    assert f"same path ({world / 'data.zarr'})" in str(e.value)
 
 
 def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):

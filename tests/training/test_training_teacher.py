@@ -197,6 +197,35 @@ def test_other_stats_at_same_path_are_refused(data, straight_run, tmp_path):
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
+def test_a_data_store_re_made_at_the_same_path_is_refused(data, straight_run, tmp_path):
+    """A run begun from a data store gencast-rmmd made (it has a creation id) refuses the store
+    re-made at the same path, naming it; a run that recorded no id takes the store as it is."""
+    import shutil
+
+    import zarr
+
+    from gencast_rmmd.data.era5 import STORE_ID_ATTR
+
+    store, stats = data
+    out, _ = straight_run
+    run, copy = tmp_path / "run", tmp_path / "data.zarr"
+    shutil.copytree(out, run)
+    shutil.copytree(store, copy)
+    record = json.loads((run / "run.json").read_text())
+    record["data"] = str(copy.absolute())
+    (run / "run.json").write_text(json.dumps(record))
+    zarr.open_group(str(copy), mode="r+").attrs[STORE_ID_ATTR] = "made-once"
+    inputs = teacher.input_digests(stats, copy)
+    assert inputs["data_store_id"] == "made-once"
+    teacher._check_inputs(run, inputs, teacher.read_run(run))  # recorded none: taken as is
+    (run / teacher.INPUTS_FILE).write_text(json.dumps(inputs))
+    teacher._check_inputs(run, inputs, teacher.read_run(run))  # the same store
+    zarr.open_group(str(copy), mode="r+").attrs[STORE_ID_ATTR] = "made-again"
+    with pytest.raises(OutputError, match="begun with another data store \\(store id") as e:
+        teacher.train_teacher(MODEL, TASK, copy, stats, run, _cfg(), progress=False)
+    assert str(copy.absolute()) in str(e.value)
+
+
 def test_export_round_trip_and_info(straight_run, tmp_path):
     from gencast_rmmd.model.checkpoint import denoiser_from_checkpoint, load_checkpoint
 
