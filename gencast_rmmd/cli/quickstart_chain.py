@@ -271,16 +271,32 @@ def _stage_data(ctx: Context) -> None:
     ctx.times = {**splits, "all": times}
 
 
+# Beside the statistics: the data store they were computed from, by path and creation id.
+STATS_SOURCE = "source.json"
+
+
 def _stage_stats(ctx: Context) -> None:
+    from gencast_rmmd.data.era5 import store_id
     from pipelines.stats import compute_stats_beam
 
     compute_stats_beam(ctx.store, str(ctx.stats_dir), step_hours=_task(ctx).step_hours)
+    source = {"store": ctx.store, "data_store_id": store_id(ctx.store)}
+    _atomic_text(ctx.stats_dir / STATS_SOURCE, json.dumps(source))
 
 
 def _stats_done(ctx: Context) -> bool:
+    """The four files exist and were computed from the data store as it is now (a store re-made
+    at the same path has another creation id; statistics from before the record count as
+    current). Recomputed statistics have other bytes, and the stages after say so."""
+    from gencast_rmmd.data.era5 import store_id
     from gencast_rmmd.data.stats import STATS_FILES
 
-    return all((ctx.stats_dir / f).exists() for f in STATS_FILES.values())
+    if not all((ctx.stats_dir / f).exists() for f in STATS_FILES.values()):
+        return False
+    record = ctx.stats_dir / STATS_SOURCE
+    if not record.exists():
+        return True
+    return json.loads(record.read_text()).get("data_store_id") == store_id(ctx.store)
 
 
 def _task(ctx: Context):

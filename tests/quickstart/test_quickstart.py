@@ -258,6 +258,20 @@ def test_the_teacher_is_done_only_for_the_current_statistics(
     assert {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
+def test_the_statistics_are_done_only_for_the_data_store_they_were_computed_from(
+    fast_run, monkeypatch
+):
+    from gencast_rmmd.data import era5
+
+    ctx = chain.Context.from_run(fast_run)
+    source = json.loads((ctx.stats_dir / chain.STATS_SOURCE).read_text())
+    assert source == {"store": ctx.store, "data_store_id": era5.store_id(ctx.store)}
+    assert chain._stats_done(ctx)
+    monkeypatch.setattr(era5, "store_id", lambda path: "re-made")
+    assert not chain._stats_done(ctx)
+
+
 def test_tuning_settings_are_checked():
     fast = chain.load_profile("fast")
     with pytest.raises(ValueError, match="needs a validation window"):
