@@ -334,8 +334,8 @@ def changed_inputs(recorded: dict, current: dict) -> list[str]:
 def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     """Refuse to resume a run begun from another teacher, other statistics or another data
     store (same paths, other bytes or a re-made store): its trained state would be continued
-    against inputs it never saw. A run that
-    has not started a phase, or predates RUN/inputs.json, takes the current inputs."""
+    against inputs it never saw. A run that has not started a phase, or predates
+    RUN/inputs.json, takes the current inputs."""
     path = out / "inputs.json"
     started = any(
         (out / ph / "checkpoints").exists() or (out / ph / "student.npz").exists() for ph in PHASES

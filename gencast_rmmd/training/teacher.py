@@ -17,9 +17,8 @@
 A run directory holds `run.json` (model config, task, training config, grid, data and stats paths:
 what `export_teacher` needs to rebuild the model), `inputs.json` (SHA-256 of the statistics and
 the data store's creation id: a run begun with other statistics or a store re-made at the same
-paths is not resumed), `checkpoints/<step>/` and
-`metrics.jsonl`; at the end of training the teacher is also exported to `teacher.npz` in the
-official GenCast layout.
+paths is not resumed), `checkpoints/<step>/` and `metrics.jsonl`; at the end of training the
+teacher is also exported to `teacher.npz` in the official GenCast layout.
 """
 
 from __future__ import annotations
@@ -68,11 +67,6 @@ INPUT_DIGESTS = {
     "stats_sha256": ("other normalisation statistics", "stats"),
     "data_store_id": ("another data store", "data"),
 }
-
-
-def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str, str]:
-    """The `INPUT_DIGESTS` of a stats dir and a data store (none for a store without an id)."""
-    return {"stats_sha256": stats_sha256(stats), **data_store_digest(data)}
 
 
 GROUP = "denoiser"
@@ -278,6 +272,11 @@ def _comparable(d: dict) -> dict:
     d["training"].pop("keep_checkpoints", None)
     d["training"].pop("local_cache", None)  # where examples are read from, not what
     return d
+
+
+def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str, str]:
+    """The `INPUT_DIGESTS` of a stats dir and a data store (none for a store without an id)."""
+    return {"stats_sha256": stats_sha256(stats), **data_store_digest(data)}
 
 
 def _check_inputs(out: pathlib.Path, inputs: dict[str, str], run: TeacherRun) -> None:
