@@ -10,9 +10,10 @@
   becomes one `DataError` naming the store, the variable and where, instead of an internal error.
 - `file_sha256(path)`: the hex SHA-256 of a file's bytes, remembered per (device, inode, size,
   mtime) so that the checks of a long chain hash a 1 GB checkpoint once, not once per stage.
-- `changed_digests(recorded, current)` and `changed_inputs_phrase(...)`: which of the inputs a
-  run or checkpoint recorded by content (SHA-256) now hold other bytes at the same paths, so that
-  a trained state is never continued, nor counted as done, against inputs it never saw.
+- `changed_digests(recorded, current)`, `changed_inputs_phrase(...)` and
+  `refuse_changed_inputs(...)`: which of the inputs a run or checkpoint recorded by content
+  (SHA-256) or creation id now differ at the same paths, so that a trained state is never
+  continued, nor counted as done, against inputs it never saw.
 """
 
 from __future__ import annotations
@@ -142,3 +143,32 @@ def changed_inputs_phrase(
         f"{str(recorded[k])[:12]}..., now {current[k][:12]}...)"
         for k in changed
     )
+
+
+def refuse_changed_inputs(
+    out: str | os.PathLike,
+    record: str | os.PathLike,
+    current: Mapping[str, str],
+    inputs: Mapping[str, tuple[str, str]],
+    kind: str,
+    redo: str,
+) -> None:
+    """Refuse to resume the run in `out` when its JSON `record` of input digests (written when
+    it began) differs from `current` for some input: its trained state would be continued
+    against inputs it never saw. `inputs[key]` = (what to call another such input, its path).
+    No record (a run from before records were kept) takes the current inputs."""
+    import json
+
+    from gencast_rmmd.errors import OutputError
+
+    if not os.path.isfile(record):
+        return
+    with open(record) as f:
+        old = json.load(f)
+    what = changed_inputs_phrase(old, current, {k: name for k, (name, _) in inputs.items()})
+    if what:
+        paths = ", ".join(inputs[k][1] for k in changed_digests(old, current))
+        raise OutputError(
+            f"{os.fspath(out)} holds {kind} begun from {what} at the same path ({paths}); "
+            f"delete {os.fspath(out)} to {redo}, or use another --out"
+        )

@@ -435,13 +435,14 @@ def _distilled(ctx: Context, *students: pathlib.Path) -> bool:
     """True when every student exists and was distilled from the run's current teacher,
     statistics and data store (a student that predates recording them counts as such). Otherwise the distill
     stage runs again, and refuses a run directory begun from other inputs, naming it."""
-    from gencast_rmmd.distill.gencast import changed_inputs, input_digests
+    from gencast_rmmd.distill.gencast import input_digests
     from gencast_rmmd.model.checkpoint import read_provenance
+    from gencast_rmmd.safety import changed_digests
 
     if not all(p.exists() for p in students):
         return False
     current = input_digests(ctx.teacher_npz, ctx.stats_dir, ctx.store)
-    return not any(changed_inputs(read_provenance(p), current) for p in students)
+    return not any(changed_digests(read_provenance(p), current) for p in students)
 
 
 def _stage_distill_offline(ctx: Context) -> None:

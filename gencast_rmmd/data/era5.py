@@ -72,14 +72,6 @@ def store_id(path: str | os.PathLike) -> str | None:
     return None if found is None else str(found)
 
 
-def data_store_digest(path: str | os.PathLike) -> dict[str, str]:
-    """`{"data_store_id": id}` for a store with a creation id (`store_id`), else `{}`: the entry
-    that training runs record beside their inputs' SHA-256 (a store without an id, such as
-    ARCO-ERA5, is not checked)."""
-    found = store_id(path)
-    return {} if found is None else {"data_store_id": found}
-
-
 def open_zarr_quiet(path: Any, **kwargs: Any) -> xr.Dataset:
     """`xr.open_zarr(path, **kwargs)` without xarray's warning about missing consolidated
     metadata: stores without it are fine (Zarr v3 has none by spec, and ours are written so)."""

@@ -45,7 +45,7 @@ from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
-from gencast_rmmd.safety import changed_digests, changed_inputs_phrase, file_sha256
+from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 
 PHASES = ("mmd", "rmmd")
@@ -306,13 +306,12 @@ def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
 
 
 # What a run's trained state depends on by content or creation id (RUN/inputs.json), with what to
-# call it and the provenance entry that names its path.
+# call another such input and the provenance entry that names its path.
 INPUT_DIGESTS = {
-    "teacher_sha256": "another teacher",
-    "stats_sha256": "other normalisation statistics",
-    "data_store_id": "another data store",
+    "teacher_sha256": ("another teacher", "teacher"),
+    "stats_sha256": ("other normalisation statistics", "stats"),
+    "data_store_id": ("another data store", "data_store"),
 }
-_INPUT_PATHS = {"teacher_sha256": "teacher", "stats_sha256": "stats", "data_store_id": "data_store"}
 
 
 def input_digests(
@@ -325,31 +324,16 @@ def input_digests(
     return {"teacher_sha256": file_sha256(teacher), **training_inputs(stats, data)}
 
 
-def changed_inputs(recorded: dict, current: dict) -> list[str]:
-    """The `INPUT_DIGESTS` keys whose recorded value differs from the current one (a key not
-    recorded, by a run or export that predates it, or not known now, counts as unchanged)."""
-    return changed_digests(recorded, {k: current[k] for k in INPUT_DIGESTS if k in current})
-
-
 def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     """Refuse to resume a run begun from another teacher, other statistics or another data
     store (same paths, other bytes or a re-made store): its trained state would be continued
-    against inputs it never saw. A run that has not started a phase, or predates
-    RUN/inputs.json, takes the current inputs."""
-    path = out / "inputs.json"
-    started = any(
+    against inputs it never saw. A run that has not started a phase takes the current inputs."""
+    if not any(
         (out / ph / "checkpoints").exists() or (out / ph / "student.npz").exists() for ph in PHASES
-    )
-    if not started or not path.is_file():
+    ):
         return
-    old = json.loads(path.read_text())
-    what = changed_inputs_phrase(old, inputs, INPUT_DIGESTS)
-    if what:
-        paths = ", ".join(provenance[_INPUT_PATHS[k]] for k in changed_inputs(old, inputs))
-        raise OutputError(
-            f"{out} holds a distillation begun from {what} at the same path ({paths}); "
-            f"delete {out} to distil again, or use another --out"
-        )
+    known = {k: (name, provenance[entry]) for k, (name, entry) in INPUT_DIGESTS.items()}
+    refuse_changed_inputs(out, out / "inputs.json", inputs, known, "a distillation", "distil again")
 
 
 def run_distill(

@@ -33,6 +33,7 @@ import xarray as xr
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level
 from gencast_rmmd.errors import OutputError
+from gencast_rmmd.safety import changed_inputs_phrase
 
 STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
 SPEC_ATTR = "gencast_rmmd_forecast_spec"
@@ -133,13 +134,9 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             k: (old.get(k), spec.get(k)) for k in set(old) | set(spec) if old.get(k) != spec.get(k)
         }
         if set(diff) <= set(DIGEST_KEYS):
-            inputs = " and ".join(
-                DIGEST_KEYS[k]
-                + (f" at {spec.get('model')!r}" if k == "model_sha256" else "")
-                + (" at the same path (store id" if k == "data_store_id" else " (SHA-256")
-                + f" {str(diff[k][0])[:12]}..., now {str(diff[k][1])[:12]}...)"
-                for k in DIGEST_KEYS
-                if k in diff
+            names = dict(DIGEST_KEYS, model_sha256=f"another checkpoint at {spec.get('model')!r}")
+            inputs = changed_inputs_phrase(
+                {k: str(old[k]) for k in diff}, {k: str(spec[k]) for k in diff}, names
             )
             raise OutputError(
                 f"output path {path!r} holds a forecast made with {inputs}: its members cannot be "

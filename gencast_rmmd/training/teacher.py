@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.config import from_dict, to_dict
-from gencast_rmmd.data.era5 import data_store_digest
+from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.data.task import TaskConfig
@@ -45,7 +45,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.safety import changed_digests, changed_inputs_phrase, publish_mode
+from gencast_rmmd.safety import publish_mode, refuse_changed_inputs
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
@@ -59,7 +59,7 @@ from gencast_rmmd.training.loop import (
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
 # SHA-256 of the normalisation statistics the run trains with (`data.stats.stats_sha256`) and the
-# data store's creation id (`data.era5.data_store_digest`): other statistics or a store re-made at
+# data store's creation id (`data.era5.store_id`): other statistics or a store re-made at
 # the same paths must not resume into the run (`train_teacher`). With what to call each, and the
 # run field that names its path.
 INPUTS_FILE = "inputs.json"
@@ -275,27 +275,22 @@ def _comparable(d: dict) -> dict:
 
 
 def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str, str]:
-    """The `INPUT_DIGESTS` of a stats dir and a data store (none for a store without an id)."""
-    return {"stats_sha256": stats_sha256(stats), **data_store_digest(data)}
+    """The `INPUT_DIGESTS` of a stats dir and a data store (no `data_store_id` for a store
+    without a creation id, such as ARCO-ERA5: it is not checked)."""
+    found = store_id(data)
+    return {"stats_sha256": stats_sha256(stats), **({"data_store_id": found} if found else {})}
 
 
 def _check_inputs(out: pathlib.Path, inputs: dict[str, str], run: TeacherRun) -> None:
     """Refuse to resume a run begun with other statistics or another data store at the same
     paths (its targets would change under a trained state). A run with no checkpoint or export
-    yet, or one that predates `INPUTS_FILE`, takes the current inputs."""
-    record = out / INPUTS_FILE
-    started = (out / "checkpoints").exists() or (out / EXPORT_NAME).exists()
-    if not started or not record.is_file():
+    yet takes the current inputs."""
+    if not ((out / "checkpoints").exists() or (out / EXPORT_NAME).exists()):
         return
-    old = json.loads(record.read_text())
-    names = {k: name for k, (name, _) in INPUT_DIGESTS.items()}
-    what = changed_inputs_phrase(old, inputs, names)
-    if what:
-        paths = ", ".join(getattr(run, INPUT_DIGESTS[k][1]) for k in changed_digests(old, inputs))
-        raise OutputError(
-            f"{out} holds a teacher training begun with {what} at the same path ({paths}); "
-            f"delete {out} to train again, or use another --out"
-        )
+    known = {k: (name, getattr(run, field)) for k, (name, field) in INPUT_DIGESTS.items()}
+    refuse_changed_inputs(
+        out, out / INPUTS_FILE, inputs, known, "a teacher training", "train again"
+    )
 
 
 def train_teacher(

@@ -309,7 +309,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "forecast",
         "re-running into a forecast store after the data store was re-made at the same `--data` "
         "path (`prepare --overwrite`, a rebuilt nature run)",
-        r"holds a forecast made with another data store at the same path \(store id",
+        r"holds a forecast made with another data store \(store id",
         "refuses to mix members started from two data stores; the store is untouched",
     ),
     BadInput(
@@ -563,7 +563,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "teacher train",
         "re-running into a teacher run after its statistics were rewritten at the same path "
         "(other bytes)",
-        r"begun with other normalisation statistics \(SHA-256",
+        r"begun from other normalisation statistics \(SHA-256",
         "refuses to continue a state trained on other normalised targets; the run is untouched",
     ),
     BadInput(

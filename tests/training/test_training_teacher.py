@@ -221,7 +221,7 @@ def test_a_data_store_re_made_at_the_same_path_is_refused(data, straight_run, tm
     (run / teacher.INPUTS_FILE).write_text(json.dumps(inputs))
     teacher._check_inputs(run, inputs, teacher.read_run(run))  # the same store
     zarr.open_group(str(copy), mode="r+").attrs[STORE_ID_ATTR] = "made-again"
-    with pytest.raises(OutputError, match="begun with another data store \\(store id") as e:
+    with pytest.raises(OutputError, match="begun from another data store \\(store id") as e:
         teacher.train_teacher(MODEL, TASK, copy, stats, run, _cfg(), progress=False)
     assert str(copy.absolute()) in str(e.value)
 
