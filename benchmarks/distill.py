@@ -212,16 +212,12 @@ def main() -> None:
 
     if args.log_compiles:
         log_slow_compiles()
-    from gencast_rmmd.cli.quickstart_chain import time_in_rounds
-    from gencast_rmmd.distill import student_sampler as ss
-    from gencast_rmmd.model import dpm_solver
     from gencast_rmmd.model.denoiser import count_params
 
     log(f"backend {jax.default_backend()}, {jax.device_count()} device(s); building {args.config}")
     setup = build_setup(args.config, args.grid, args.distill_config, args.batch)
     log("model built and initialised")
-    model, den, params, dcfg = setup.model, setup.den, setup.params, setup.dcfg
-    noise_fn, lay, b = setup.noise_fn, setup.layout, args.batch
+    lay, b = setup.layout, args.batch
     nlat, nlon, dname = len(setup.lat), len(setup.lon), setup.distill_config
 
     out: dict = {
@@ -230,7 +226,7 @@ def main() -> None:
         "model": args.config,
         "distill_config": dname,
         "grid": [nlat, nlon],
-        "num_params": count_params(params)[0],
+        "num_params": count_params(setup.params)[0],
         "channels_out": lay.n_targets,
         **({} if args.skip_train else {"batch": b}),
     }
@@ -252,11 +248,30 @@ def main() -> None:
             log(f"{phase}: {args.train_steps} timed steps in {dt:.2f} s")
         out[f"{phase}_steps_per_sec"] = args.train_steps / dt
         out[f"{phase}_examples_per_sec"] = args.train_steps * b / dt
-    if args.skip_sample:
-        print(json.dumps(out))
-        return
+    if not args.skip_sample:
+        out.update(time_samplers(setup, args.levels, args.repeats, args.grid == "embedded"))
+    print(json.dumps(out))
 
-    # One 12 h step (a single member), every sampler compiled ahead of time.
+
+def time_samplers(setup, levels_arg: str, repeats: int, warm_up: bool) -> dict:
+    """One 12 h step (a single member) of the student and of the teacher at each of `levels_arg`'s
+    noise levels, every sampler compiled ahead of time; timed in alternating rounds, so that
+    every sampler sees the same background load (the minima). `warm_up`: one untimed run each
+    first (cheap on the embedded grid)."""
+    import jax
+
+    from gencast_rmmd.cli.quickstart_chain import time_in_rounds
+    from gencast_rmmd.distill import student_sampler as ss
+    from gencast_rmmd.model import dpm_solver
+
+    model, den, params, dcfg, noise_fn = (
+        setup.model,
+        setup.den,
+        setup.params,
+        setup.dcfg,
+        setup.noise_fn,
+    )
+    out: dict = {}
     x, sigma, cond = den.example_inputs(1)
     shape = x.shape
     key = jax.random.PRNGKey(1)
@@ -267,7 +282,7 @@ def main() -> None:
             ss.num_evaluations(student_cfg),
         )
     }
-    for levels in (int(v) for v in args.levels.split(",")):
+    for levels in (int(v) for v in levels_arg.split(",")):
         tcfg = dataclasses.replace(model.sampler_config, num_noise_levels=levels)
         samplers[f"teacher{levels}"] = (
             jax.jit(
@@ -286,14 +301,13 @@ def main() -> None:
             f"{name} sampler ({nfe} evaluations) compiled in {out[f'{name}_compile_seconds']:.1f} s"
         )
         out[f"{name}_nfe"] = nfe
-    if args.grid == "embedded":  # one untimed run each (cheap at this size)
+    if warm_up:
         for fn in compiled.values():
             jax.block_until_ready(fn(params, key, cond))
-    # Alternating rounds, so that every sampler sees the same background load; the minima.
-    log(f"timing the samplers, {args.repeats} rounds")
+    log(f"timing the samplers, {repeats} rounds")
     timed = time_in_rounds(
         {name: lambda _, fn=fn: fn(params, key, cond) for name, fn in compiled.items()},
-        args.repeats,
+        repeats,
     )
     stu = timed["student"]
     out["student_step_seconds"] = stu["seconds"]
@@ -306,7 +320,7 @@ def main() -> None:
         out[f"{name}_over_student_cpu"] = t["cpu_seconds"] / stu["cpu_seconds"]
         out[f"{name}_over_student_wallclock"] = t["seconds"] / stu["seconds"]
         out[f"{name}_over_student_nfe"] = out[f"{name}_nfe"] / out["student_nfe"]
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -190,6 +190,24 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     return obj
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader less its timestamp rule: config dates and times stay the strings they
+    were written as (`time_stop: 2019-12-31` is "2019-12-31", and `2019-13-01` is refused by the
+    config's own check with its key, not by the YAML parser's calendar)."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in rules if tag != "tag:yaml.org,2002:timestamp"]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load(text)` with dates and times kept as strings (what every config reader
+    uses: files, `--set` values, recorded run configs)."""
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse one `a.b=value` override; the value is read as a YAML scalar/list."""
     if "=" not in text:
@@ -199,7 +217,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
     return key.split("."), value
@@ -247,10 +265,24 @@ def load_config(
     """Load a YAML file into the frozen dataclass `cls`, strictly. See the module docstring."""
     p = resolve_config_path(path, kind)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return from_dict(cls, data, str(p), overrides)
+
+
+def check_iso_times(cfg: Any, *names: str) -> None:
+    """For a `validate()`: raise ValueError naming the field when one of `cfg`'s fields `names`
+    is set (not None) and is not an ISO date/time that numpy reads."""
+    import numpy as np
+
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None:
+            try:
+                np.datetime64(value)
+            except ValueError:
+                raise ValueError(f"{name}: not an ISO date/time: {value!r}") from None
 
 
 def to_dict(cfg: Any) -> Any:

@@ -12,7 +12,7 @@
   mtime) so that the checks of a long chain hash a 1 GB checkpoint once, not once per stage.
 - `changed_digests(recorded, current)`, `changed_inputs_phrase(...)` and
   `refuse_changed_inputs(...)`: which of the inputs a run or checkpoint recorded by content
-  (SHA-256) or creation id now differ at the same paths, so that a trained state is never
+  (SHA-256) or store id now differ at the same paths, so that a trained state is never
   continued, nor counted as done, against inputs it never saw.
 """
 
@@ -134,13 +134,20 @@ def changed_inputs_phrase(
 ) -> str | None:
     """None when no input changed (`changed_digests`), else a phrase naming each changed one by
     `names[key]`, e.g. "another teacher (SHA-256 3f2a9c01b7e4..., now 9d0e11aa4c52...)" (keys
-    ending in `_sha256` are digests; others, such as `data_store_id`, creation ids)."""
+    ending in `_sha256` are digests; others, such as `data_store_id`, store ids)."""
     changed = changed_digests(recorded, current)
     if not changed:
         return None
+
+    def short(value: Any) -> str:
+        text = str(value)
+        if text == "None":
+            return "none"
+        return text.removeprefix("sha256:")[:12] + "..."
+
     return " and ".join(
         f"{names[k]} ({'SHA-256' if k.endswith('_sha256') else 'store id'} "
-        f"{str(recorded[k])[:12]}..., now {current[k][:12]}...)"
+        f"{short(recorded[k])}, now {short(current[k])})"
         for k in changed
     )
 

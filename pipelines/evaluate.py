@@ -322,7 +322,7 @@ def prepare(
         "ensemble_dim": ens_dim,
         "ensemble_size": int(fc.sizes[ens_dim]),
         "baseline_ensemble_size": None if base is None else int(base.sizes[base_dim]),
-        # Which stores were scored (their creation ids; None for stores without one): a store
+        # Which stores were scored (their store ids; None for stores without one): a store
         # re-made at the same path is told from the one this evaluation saw.
         "forecast_store_id": fc.attrs.get(STORE_ID_ATTR),
         "baseline_store_id": None if base is None else base.attrs.get(STORE_ID_ATTR),
@@ -482,7 +482,7 @@ def evaluate(
 def is_current(out_dir: str, forecast_path: str, baseline_path: str | None = None) -> bool:
     """True when `out_dir` holds a finished evaluation (its MARKER and scorecard) of the forecast
     and baseline stores, against the truth store, as they are now: a store re-made at the same
-    path since it was scored has another creation id (`data.era5.STORE_ID_ATTR`), which makes the
+    path since it was scored has another store id (`data.era5.STORE_ID_ATTR`), which makes the
     evaluation stale (an evaluation that predates the truth's id is taken as current for it)."""
     marker = os.path.join(out_dir, MARKER)
     if not os.path.exists(os.path.join(out_dir, "scorecard.csv")) or not os.path.exists(marker):

@@ -48,7 +48,7 @@ class ForecastSpec:
     data_config: str | None = None
     model_sha256: str | None = None  # the checkpoint's bytes (None: persistence)
     stats_sha256: str | None = None  # the normalisation statistics' bytes (data.stats)
-    data_store_id: str | None = None  # the data store's creation id (data.era5.store_id)
+    data_store_id: str | None = None  # the data store's id (data.era5.store_id)
 
     def store_spec(self) -> dict:
         """What must match for a re-run to resume into an existing store."""
@@ -294,7 +294,11 @@ def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict
         if os.path.isdir(spec.out) and not os.listdir(spec.out):
             os.rmdir(spec.out)
         else:
-            store_lib.open_existing(spec.out, spec.store_spec())
+            store_lib.open_existing(
+                spec.out,
+                spec.store_spec(),
+                {"stats_sha256": spec.stats_dir, "data_store_id": spec.data},
+            )
     if not os.path.exists(spec.out):
         tmpl = store_lib.template(
             task,

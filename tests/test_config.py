@@ -99,3 +99,35 @@ def test_random_mappings_never_crash_untyped(data):
     except ConfigError:
         return
     assert isinstance(cfg, Outer)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kind", "name", "key"),
+    [
+        ("gencast_rmmd.data.config:DataConfig", "data", "embedded", "time_stop"),
+        ("gencast_rmmd.distill.gencast:DistillConfig", "distill", "tiny", "data.train_start"),
+    ],
+)
+def test_dates_that_are_not_iso_are_refused_naming_the_key(cls, kind, name, key):
+    import importlib
+
+    module, attr = cls.split(":")
+    config_cls = getattr(importlib.import_module(module), attr)
+    # A date YAML would read as a calendar date stays the string it was written as.
+    cfg = load_config(config_cls, name, [f"{key}=2020-01-01"], kind=kind)
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    assert cfg == "2020-01-01"
+    with pytest.raises(
+        ConfigError, match=rf"{key.split('.')[-1]}: not an ISO date/time: '2020-13-01'"
+    ):
+        load_config(config_cls, name, [f"{key}=2020-13-01"], kind=kind)
+
+
+def test_teacher_training_dates_that_are_not_iso_are_refused():
+    from gencast_rmmd.training.teacher import TeacherTrainingConfig
+
+    base = {"train_start": "2020-01-01", "train_end": None}
+    assert from_dict(TeacherTrainingConfig, base).train_start == "2020-01-01"
+    with pytest.raises(ConfigError, match=r"train_end: not an ISO date/time: 'last week'"):
+        from_dict(TeacherTrainingConfig, dict(base, train_end="last week"))

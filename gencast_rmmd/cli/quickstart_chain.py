@@ -271,7 +271,7 @@ def _stage_data(ctx: Context) -> None:
     ctx.times = {**splits, "all": times}
 
 
-# Beside the statistics: the data store they were computed from, by path and creation id.
+# Beside the statistics: the data store they were computed from, by path and store id.
 STATS_SOURCE = "source.json"
 
 
@@ -286,7 +286,7 @@ def _stage_stats(ctx: Context) -> None:
 
 def _stats_done(ctx: Context) -> bool:
     """The four files exist and were computed from the data store as it is now (a store re-made
-    at the same path has another creation id; statistics from before the record count as
+    at the same path has another store id; statistics from before the record count as
     current). Recomputed statistics have other bytes, and the stages after say so."""
     from gencast_rmmd.data.era5 import store_id
     from gencast_rmmd.data.stats import STATS_FILES
@@ -1028,8 +1028,10 @@ def _same_results(marker_text: str, text: str) -> bool:
     """True when two profile dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
     import yaml
 
+    from gencast_rmmd.config import load_yaml
+
     try:
-        a, b = yaml.safe_load(marker_text), yaml.safe_load(text)
+        a, b = load_yaml(marker_text), load_yaml(text)
     except yaml.YAMLError:
         return False
     if not isinstance(a, dict) or not isinstance(b, dict):

@@ -105,7 +105,7 @@ def _resolve_task(args):
     """(TaskConfig, (train_start, train_end) or (None, None)) from --task / store attrs."""
     import yaml
 
-    from gencast_rmmd.config import from_dict, load_config, resolve_config_path
+    from gencast_rmmd.config import from_dict, load_config, load_yaml, resolve_config_path
     from gencast_rmmd.data.config import DataConfig
     from gencast_rmmd.data.era5 import open_zarr_quiet
     from gencast_rmmd.data.task import TaskConfig
@@ -114,7 +114,10 @@ def _resolve_task(args):
     data_cfg = None
     if args.task:
         path = resolve_config_path(args.task, kind="data")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = load_yaml(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if isinstance(raw, dict) and set(raw) <= {"task", "splits"}:
             task = from_dict(TaskConfig, raw.get("task") or {}, f"{path}:task")
             splits = raw.get("splits") or {}
@@ -128,7 +131,7 @@ def _resolve_task(args):
             attrs = dict(ds.attrs)
         if "gencast_rmmd_task" in attrs:
             task = from_dict(
-                TaskConfig, yaml.safe_load(attrs["gencast_rmmd_task"]), f"{args.data}:attrs"
+                TaskConfig, load_yaml(attrs["gencast_rmmd_task"]), f"{args.data}:attrs"
             )
             splits = {}
         elif "gencast_rmmd_nature_run" in attrs:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from gencast_rmmd.config import check_iso_times
 from gencast_rmmd.data.task import TaskConfig
 
 ARCO_ERA5 = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
@@ -112,12 +113,7 @@ class DataConfig:
 
     def validate(self) -> None:
         self.task.validate()
-        for name, value in (("time_start", self.time_start), ("time_stop", self.time_stop)):
-            if value is not None:
-                try:
-                    np.datetime64(value)
-                except ValueError:
-                    raise ValueError(f"{name}: not an ISO date/time: {value!r}") from None
+        check_iso_times(self, "time_start", "time_stop")
         if self.time_start and self.time_stop:
             if np.datetime64(self.time_start) > np.datetime64(self.time_stop):
                 raise ValueError(

@@ -38,9 +38,11 @@ _LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
 
-# A random id set when gencast-rmmd creates a store (`prepare`, the nature run, a forecast): what
-# was made from a store records its id, and so tells a store re-made at the same path from the
-# one it saw (`store_id`).
+# The id gencast-rmmd gives a store it creates: what was made from a store records its id, and so
+# tells a store re-made at the same path from the one it saw (`store_id`). Stores filled after
+# creation (`prepare`, a forecast) get a random id (`new_store_id`); a store written whole from
+# memory (the nature run) gets a digest of its content (`content_store_id`), so that rebuilding
+# it bit-identically leaves what was made from it current.
 STORE_ID_ATTR = "gencast_rmmd_store_id"
 
 PRECIP_12HR = "total_precipitation_12hr"
@@ -54,10 +56,39 @@ SST = "sea_surface_temperature"
 
 
 def new_store_id() -> str:
-    """A fresh value for `STORE_ID_ATTR`."""
+    """A fresh random value for `STORE_ID_ATTR`."""
     import uuid
 
     return uuid.uuid4().hex
+
+
+def content_store_id(ds: xr.Dataset) -> str:
+    """A value for `STORE_ID_ATTR` from `ds`'s content: "sha256:" and the SHA-256 of every
+    variable's and coordinate's name, dims, dtype and values and of the dataset's attributes
+    (`STORE_ID_ATTR` itself left out). Equal datasets give equal ids; a single bit changed in any
+    value gives another. Loads each variable in turn (meant for datasets held in memory)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    attrs = {k: v for k, v in ds.attrs.items() if k != STORE_ID_ATTR}
+    h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        values = np.ascontiguousarray(var.values)
+        header = {
+            "name": name,
+            "dims": list(var.dims),
+            "dtype": values.dtype.str,
+            "shape": list(values.shape),
+            "attrs": var.attrs,
+        }
+        h.update(json.dumps(header, sort_keys=True, default=str).encode())
+        if values.dtype.hasobject:  # strings held as objects: their text, not their pointers
+            h.update(json.dumps(values.tolist(), default=str).encode())
+        else:
+            h.update(values.tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def store_id(path: str | os.PathLike) -> str | None:

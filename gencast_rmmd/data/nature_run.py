@@ -52,7 +52,7 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data.config import NatureRunConfig
-from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id, quiet_v3_consolidation
+from gencast_rmmd.data.era5 import STORE_ID_ATTR, content_store_id, quiet_v3_consolidation
 
 R_DRY = 287.04  # J kg-1 K-1 (Held-Suarez / dinosaur value is within 0.1%; we use the model's)
 G = 9.80665
@@ -434,10 +434,12 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
 
 def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
     """Write `ds` as Zarr with chunks of one time step, to a temp name then moved into place,
-    with a new `STORE_ID_ATTR` (what is made from the store tells it from one re-made there)."""
+    with `STORE_ID_ATTR` set to a digest of `ds` (`content_store_id`): what is made from the store
+    tells it from one re-made there with other content, and stays current when it is rebuilt
+    bit-identically."""
     out = pathlib.Path(out)
     _check_out(out, overwrite)
-    ds = ds.assign_attrs({STORE_ID_ATTR: new_store_id()})
+    ds = ds.assign_attrs({STORE_ID_ATTR: content_store_id(ds)})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:

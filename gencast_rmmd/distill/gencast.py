@@ -4,8 +4,8 @@ RMMD, on a canonical data store; export the students as official-layout `.npz` f
 Run directory layout (`run_distill(..., out=RUN)`):
 
     RUN/config.yaml            the DistillConfig used (a different config refuses to resume)
-    RUN/inputs.json            SHA-256 of the teacher and of the stats, the data store's creation
-                               id (other bytes or a re-made store at the same paths refuse to
+    RUN/inputs.json            SHA-256 of the teacher and of the stats, the data store's id
+                               (other bytes or a re-made store at the same paths refuse to
                                resume a started run)
     RUN/mmd/checkpoints/...    phase 1 training state (orbax), RUN/mmd/metrics.jsonl
     RUN/mmd/student.npz        phase 1 student (official layout + extra:student_sampler_config,
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from gencast_rmmd.config import to_dict
+from gencast_rmmd.config import check_iso_times, load_yaml, to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
@@ -62,13 +62,7 @@ class DistillDataConfig:
     local_cache: str | None = "auto"
 
     def validate(self) -> None:
-        for name in ("train_start", "train_end"):
-            v = getattr(self, name)
-            if v is not None:
-                try:
-                    np.datetime64(v)
-                except ValueError:
-                    raise ValueError(f"{name}: not an ISO date/time: {v!r}") from None
+        check_iso_times(self, "train_start", "train_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +299,7 @@ def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
     return d
 
 
-# What a run's trained state depends on by content or creation id (RUN/inputs.json), with what to
+# What a run's trained state depends on by content or store id (RUN/inputs.json), with what to
 # call another such input and the provenance entry that names its path.
 INPUT_DIGESTS = {
     "teacher_sha256": ("another teacher", "teacher"),
@@ -359,7 +353,7 @@ def run_distill(
     config_text = yaml.safe_dump(cfg_dict, sort_keys=False)
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
-        old = yaml.safe_load(cfg_file.read_text())
+        old = load_yaml(cfg_file.read_text())
         if _comparable(old, out) != _comparable(cfg_dict, out):
             raise OutputError(
                 f"{out} holds a distillation run with a different config; use another --out "

@@ -38,7 +38,7 @@ from gencast_rmmd.safety import changed_inputs_phrase
 STATUS_ATTR = "gencast_rmmd_status"  # "incomplete" while a forecast store is being written
 SPEC_ATTR = "gencast_rmmd_forecast_spec"
 MARKER = "region_done"
-# Spec keys identifying the inputs by content (SHA-256) or creation id. A store written before a
+# Spec keys identifying the inputs by content (SHA-256) or store id. A store written before a
 # key was recorded lacks it and is taken as made with the current inputs.
 DIGEST_KEYS = {
     "model_sha256": "another checkpoint",
@@ -114,8 +114,12 @@ def create(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
     ds.to_zarr(path, mode="w-", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
 
 
-def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
-    """Open a store created by `create` for the same spec; `OutputError` otherwise."""
+def open_existing(
+    path: str, spec: dict[str, Any], input_paths: dict[str, str] | None = None
+) -> xr.Dataset:
+    """Open a store created by `create` for the same spec; `OutputError` otherwise.
+    `input_paths` (a `DIGEST_KEYS` key -> the path that input was read from) names the paths in
+    the refusal for inputs re-made since (the checkpoint's is `spec["model"]` by default)."""
     try:
         ds = xr.open_zarr(path, chunks=None)
     except Exception as e:
@@ -134,7 +138,8 @@ def open_existing(path: str, spec: dict[str, Any]) -> xr.Dataset:
             k: (old.get(k), spec.get(k)) for k in set(old) | set(spec) if old.get(k) != spec.get(k)
         }
         if set(diff) <= set(DIGEST_KEYS):
-            names = dict(DIGEST_KEYS, model_sha256=f"another checkpoint at {spec.get('model')!r}")
+            where = {"model_sha256": spec.get("model"), **(input_paths or {})}
+            names = {k: f"{v} at {where[k]!r}" if k in where else v for k, v in DIGEST_KEYS.items()}
             inputs = changed_inputs_phrase(
                 {k: str(old[k]) for k in diff}, {k: str(spec[k]) for k in diff}, names
             )

@@ -16,7 +16,7 @@
 
 A run directory holds `run.json` (model config, task, training config, grid, data and stats paths:
 what `export_teacher` needs to rebuild the model), `inputs.json` (SHA-256 of the statistics and
-the data store's creation id: a run begun with other statistics or a store re-made at the same
+the data store's id: a run begun with other statistics or a store re-made at the same
 paths is not resumed), `checkpoints/<step>/` and `metrics.jsonl`; at the end of training the
 teacher is also exported to `teacher.npz` in the official GenCast layout.
 """
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gencast_rmmd.config import from_dict, to_dict
+from gencast_rmmd.config import check_iso_times, from_dict, to_dict
 from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
@@ -59,7 +59,7 @@ from gencast_rmmd.training.loop import (
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
 # SHA-256 of the normalisation statistics the run trains with (`data.stats.stats_sha256`) and the
-# data store's creation id (`data.era5.store_id`): other statistics or a store re-made at
+# data store's id (`data.era5.store_id`): other statistics or a store re-made at
 # the same paths must not resume into the run (`train_teacher`). With what to call each, and the
 # run field that names its path.
 INPUTS_FILE = "inputs.json"
@@ -108,13 +108,7 @@ class TeacherTrainingConfig:
     def validate(self) -> None:
         self.loop_config().validate()
         self.optimizer.validate()
-        for name in ("train_start", "train_end"):
-            v = getattr(self, name)
-            if v is not None:
-                try:
-                    np.datetime64(v)
-                except ValueError:
-                    raise ValueError(f"{name}: not an ISO date/time: {v!r}") from None
+        check_iso_times(self, "train_start", "train_end")
 
     def loop_config(self, progress: bool = True) -> LoopConfig:
         return LoopConfig(
@@ -276,7 +270,7 @@ def _comparable(d: dict) -> dict:
 
 def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str, str]:
     """The `INPUT_DIGESTS` of a stats dir and a data store (no `data_store_id` for a store
-    without a creation id, such as ARCO-ERA5: it is not checked)."""
+    without a store id, such as ARCO-ERA5: it is not checked)."""
     found = store_id(data)
     return {"stats_sha256": stats_sha256(stats), **({"data_store_id": found} if found else {})}
 

@@ -236,3 +236,34 @@ def test_full_gencast_config_on_arco_schema():
     assert "toa_incident_solar_radiation" not in ds and ds["land_sea_mask"].dims == ("lat", "lon")
     x = stack(ds.isel(time=[0, 1]), cfg.task.layout.inputs)
     assert x.shape == (5, 8, 176)  # + 88 noisy-target/forcing channels = 264
+
+
+def test_content_store_id_follows_the_values_not_the_write(tmp_path):
+    """A store written whole from memory (the nature run's `write_store`) is identified by its
+    content: rebuilt bit-identically it keeps its id (what was made from it stays current), any
+    changed value or attribute gives another, and the id survives a read and re-write."""
+    from data_synthetic import canonical_store_ds
+
+    from gencast_rmmd.data.nature_run import write_store
+
+    ds = canonical_store_ds(n_times=4)
+    first = era5.content_store_id(ds)
+    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    assert era5.content_store_id(ds.copy(deep=True)) == first
+    assert era5.content_store_id(ds.assign_attrs({era5.STORE_ID_ATTR: "old"})) == first
+    t2m = ds["2m_temperature"].values.copy()
+    t2m[1, 2, 3] = np.nextafter(t2m[1, 2, 3], np.float32(np.inf))  # one value, one ulp
+    assert (
+        era5.content_store_id(ds.assign({"2m_temperature": (ds["2m_temperature"].dims, t2m)}))
+        != first
+    )
+    assert era5.content_store_id(ds.assign_attrs(title="another run")) != first
+    assert era5.content_store_id(ds.isel(time=slice(1, None))) != first
+
+    path = write_store(ds, tmp_path / "a.zarr")
+    assert era5.store_id(path) == first
+    with era5.open_zarr_quiet(path) as back:
+        again = write_store(back.load(), tmp_path / "b.zarr")
+    assert era5.store_id(again) == first
+    write_store(ds.assign(land_sea_mask=1 - ds["land_sea_mask"]), path, overwrite=True)
+    assert era5.store_id(path) not in (None, first)

@@ -308,8 +308,8 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "output",
         "forecast",
         "re-running into a forecast store after the data store was re-made at the same `--data` "
-        "path (`prepare --overwrite`, a rebuilt nature run)",
-        r"holds a forecast made with another data store \(store id",
+        "path (`prepare --overwrite`, a nature run rebuilt with other content)",
+        r"holds a forecast made with another data store at '.*data\.zarr' \(store id",
         "refuses to mix members started from two data stores; the store is untouched",
     ),
     BadInput(
@@ -489,6 +489,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--set mmd.loop.batch_size=0`",
         r"mmd\.loop: batch_size: must be >= 1, found 0",
         "refuses before loading the teacher",
+    ),
+    BadInput(
+        "distill-override-bad-date",
+        "config",
+        "distill",
+        "`--set data.train_start=2020-13-01` (a date YAML would read as a calendar date)",
+        r"data: train_start: not an ISO date/time: '2020-13-01'",
+        "refuses before loading the teacher: names the key and the value",
     ),
     BadInput(
         "distill-teacher-missing",

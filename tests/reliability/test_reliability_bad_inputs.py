@@ -502,6 +502,10 @@ def s_distill_override_bad_value(tmp, p):
     return _distill(tmp, p, "--set", "mmd.loop.batch_size=0")
 
 
+def s_distill_override_bad_date(tmp, p):
+    return _distill(tmp, p, "--set", "data.train_start=2020-13-01")
+
+
 def s_distill_teacher_missing(tmp, p):
     return _distill(tmp, p, teacher=tmp / "missing.npz")
 
@@ -599,7 +603,9 @@ def s_forecast_resume_other_data(tmp, p):
         tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", store=store
     )
     assert main([str(a) for a in argv]) == 0
-    write_store(ds, store, overwrite=True)  # re-made at the same path (another period, say)
+    t2m = ds["2m_temperature"]
+    # Re-made at the same path with other content (a model run with other settings, say).
+    write_store(ds.assign({"2m_temperature": t2m + 0.5}), store, overwrite=True)
     return argv
 
 
@@ -723,6 +729,7 @@ SETUPS = {
     "image-data-wrong-shape": s_image_data_wrong_shape,
     "distill-config-unknown-key": s_distill_config_unknown_key,
     "distill-override-bad-value": s_distill_override_bad_value,
+    "distill-override-bad-date": s_distill_override_bad_date,
     "distill-teacher-missing": s_distill_teacher_missing,
     "distill-store-lacks-variable": s_distill_store_lacks_variable,
     "distill-rmmd-without-mmd": s_distill_rmmd_without_mmd,
