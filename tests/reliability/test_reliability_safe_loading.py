@@ -24,6 +24,7 @@ UNSAFE_MODULES = {
     "shelve",
 }
 UNSAFE_YAML = {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all", "full_load_all"}
+SAFE_YAML_LOADERS = {"yaml.SafeLoader", "yaml.CSafeLoader"}
 
 
 def _sources():
@@ -43,8 +44,14 @@ def _dotted(node: ast.AST) -> str:
 
 def unsafe_calls(path: pathlib.Path) -> list[str]:
     """Every unsafe loader use in one file: pickle-like imports, np.load without an explicit
-    allow_pickle=False, yaml.load & co. (safe_load only), eval/exec."""
+    allow_pickle=False, yaml.load & co. (safe_load, or `yaml.load` with `Loader=` a safe loader
+    or a class of the same file derived from one), eval/exec."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    safe_loaders = SAFE_YAML_LOADERS | {
+        c.name
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef) and any(_dotted(b) in SAFE_YAML_LOADERS for b in c.bases)
+    }
     bad = []
     name = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     where = lambda n: f"{name}:{n.lineno}"  # noqa: E731
@@ -64,7 +71,11 @@ def unsafe_calls(path: pathlib.Path) -> list[str]:
                 if not (isinstance(v, ast.Constant) and v.value is False):
                     bad.append(f"{where(node)}: {call} without allow_pickle=False")
             elif call.startswith("yaml.") and call.split(".", 1)[1] in UNSAFE_YAML:
-                bad.append(f"{where(node)}: {call} (use yaml.safe_load)")
+                loader = {k.arg: k.value for k in node.keywords}.get("Loader")
+                if loader is None and call == "yaml.load" and len(node.args) > 1:
+                    loader = node.args[1]
+                if not (call == "yaml.load" and _dotted(loader) in safe_loaders):
+                    bad.append(f"{where(node)}: {call} (use yaml.safe_load)")
             elif call in ("eval", "exec"):
                 bad.append(f"{where(node)}: {call}()")
             elif call.endswith("read_pickle") or call.endswith("from_pickle"):
@@ -94,9 +105,15 @@ def test_the_audit_itself_catches_unsafe_code(tmp_path):
         "import pickle\nimport numpy as np\nimport yaml\n"
         "a = np.load('x.npz')\nb = np.load('x.npz', allow_pickle=True)\n"
         "c = yaml.load(open('x'))\nd = eval('1')\ne = np.load('y', allow_pickle=False)\n"
+        "class Mine(yaml.SafeLoader): pass\nclass Full(yaml.FullLoader): pass\n"
+        "f = yaml.load('x', Loader=Mine)\ng = yaml.load('x', yaml.SafeLoader)\n"
+        "h = yaml.load('x', Loader=Full)\ni = yaml.load('x', Loader=yaml.UnsafeLoader)\n"
+        "j = yaml.load_all('x', Loader=Mine)\n"
     )
     found = unsafe_calls(p)
-    assert len(found) == 5, found  # import pickle, 2x np.load, yaml.load, eval
+    # import pickle, 2x np.load, yaml.load, eval; the loads with Full, UnsafeLoader, load_all
+    assert len(found) == 8, found
+    assert not any(f"bad.py:{n}:" in b for b in found for n in (11, 12)), found
 
 
 class _Boom:
