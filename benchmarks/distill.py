@@ -264,13 +264,8 @@ def time_samplers(setup, levels_arg: str, repeats: int, warm_up: bool) -> dict:
     from gencast_rmmd.distill import student_sampler as ss
     from gencast_rmmd.model import dpm_solver
 
-    model, den, params, dcfg, noise_fn = (
-        setup.model,
-        setup.den,
-        setup.params,
-        setup.dcfg,
-        setup.noise_fn,
-    )
+    model, den, params = setup.model, setup.den, setup.params
+    dcfg, noise_fn = setup.dcfg, setup.noise_fn
     out: dict = {}
     x, sigma, cond = den.example_inputs(1)
     shape = x.shape

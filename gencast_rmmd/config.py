@@ -264,11 +264,15 @@ def load_config(
 ) -> T:
     """Load a YAML file into the frozen dataclass `cls`, strictly. See the module docstring."""
     p = resolve_config_path(path, kind)
+    return from_dict(cls, load_yaml_file(p), str(p), overrides)
+
+
+def load_yaml_file(path: pathlib.Path) -> Any:
+    """`load_yaml` of a file's text; `ConfigError` naming the file when it is not valid YAML."""
     try:
-        data = load_yaml(p.read_text())
+        return load_yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return from_dict(cls, data, str(p), overrides)
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
 def check_iso_times(cfg: Any, *names: str) -> None:

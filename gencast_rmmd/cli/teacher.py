@@ -103,9 +103,13 @@ def _describe_overrides(model, overrides: list[str]):
 
 def _resolve_task(args):
     """(TaskConfig, (train_start, train_end) or (None, None)) from --task / store attrs."""
-    import yaml
-
-    from gencast_rmmd.config import from_dict, load_config, load_yaml, resolve_config_path
+    from gencast_rmmd.config import (
+        from_dict,
+        load_config,
+        load_yaml,
+        load_yaml_file,
+        resolve_config_path,
+    )
     from gencast_rmmd.data.config import DataConfig
     from gencast_rmmd.data.era5 import open_zarr_quiet
     from gencast_rmmd.data.task import TaskConfig
@@ -114,10 +118,7 @@ def _resolve_task(args):
     data_cfg = None
     if args.task:
         path = resolve_config_path(args.task, kind="data")
-        try:
-            raw = load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raw = load_yaml_file(path) or {}
         if isinstance(raw, dict) and set(raw) <= {"task", "splits"}:
             task = from_dict(TaskConfig, raw.get("task") or {}, f"{path}:task")
             splits = raw.get("splits") or {}
