@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from gencast_rmmd.data.era5 import store_id
+from gencast_rmmd.data.era5 import source_path, store_id
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
@@ -282,7 +282,7 @@ def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict
     attrs.update(
         {
             "seed": spec.seed,
-            "data": os.path.abspath(spec.data) if os.path.exists(spec.data) else spec.data,
+            "data": source_path(spec.data),
             "stats": spec.stats_dir,
             "ensemble_size": spec.members,
             "conventions": "WeatherBench 2 forecast schema: time = init time, prediction_timedelta = lead time, realization = member",
@@ -357,6 +357,7 @@ def run_forecast(
         data_config,
     )
     fmodel = load_model(base)  # loaded once; the local engine's worker reuses it
+    open_data(data)  # an unreadable store fails here, before its id is looked up
     step_hours = fmodel.task.step_hours
     n = lead_steps_from(lead_steps, lead_time, step_hours)
     inits = parse_init_times(init_times, step_hours)

@@ -12,8 +12,10 @@
 
 Resuming: re-running the same command after a crash skips every block that has a marker, so
 finished chunks are never rewritten, and completes the store. The markers live next to the store
-(`<out>.prepare-progress/`); `data validate` reports a store whose attribute is not "complete" as
-incomplete. DirectRunner by default; any Beam runner through standard pipeline options.
+(`<out>.prepare-progress/`), on local disk or at a URL like the store (through fsspec: on
+Dataflow `--out gs://...`, where workers share no disk); `data validate` reports a store whose
+attribute is not "complete" as incomplete. DirectRunner by default; any Beam runner through
+standard pipeline options.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,11 +48,44 @@ class PrepareSpec:
     steps_per_item: int
 
     @property
-    def progress_dir(self) -> pathlib.Path:
-        return pathlib.Path(self.out + ".prepare-progress")
+    def progress_dir(self) -> str:
+        return self.out.rstrip("/") + ".prepare-progress"
 
-    def marker(self, start: int) -> pathlib.Path:
-        return self.progress_dir / f"{start:09d}.done"
+    def marker(self, start: int) -> str:
+        return f"{self.progress_dir}/{start:09d}.done"
+
+
+# The store and its markers are reached through fsspec, so `out` may be a local path or a URL
+# (gs://... on Dataflow, where workers share no disk); writers use fsspec's default credentials.
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _exists(url: str) -> bool:
+    fs, path = _fs(url)
+    return fs.exists(path)
+
+
+def _remove(url: str) -> None:
+    fs, path = _fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _write_marker(spec: PrepareSpec, start: int, text: str) -> None:
+    fs, path = _fs(spec.marker(start))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, text.encode())
+
+
+def _done(spec: PrepareSpec) -> set[str]:
+    """Names of the markers present (one listing, not one request per block)."""
+    fs, path = _fs(spec.progress_dir)
+    if not fs.exists(path):
+        return set()
+    return {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
 
 
 def _open(spec: PrepareSpec) -> xr.Dataset:
@@ -152,8 +185,7 @@ class _WriteBlock:
         block = block.drop_vars([c for c in block.coords if "time" not in block[c].dims])
         block.attrs = {}
         block.to_zarr(self.spec.out, region={"time": slice(start, stop)}, consolidated=False)
-        self.spec.progress_dir.mkdir(parents=True, exist_ok=True)
-        self.spec.marker(start).write_text(json.dumps({"start": start, "stop": stop}))
+        _write_marker(self.spec, start, json.dumps({"start": start, "stop": stop}))
         beam.metrics.Metrics.counter("prepare", "time_steps_written").inc(stop - start)
         beam.metrics.Metrics.counter("prepare", "bytes_written").inc(int(block.nbytes))
         return start
@@ -183,7 +215,7 @@ def prepare(
     ds = _open(spec)
     key = _fingerprint(spec, ds)
     resumed = False
-    if os.path.exists(out):
+    if _exists(out):
         try:
             attrs = dict(zarr.open_group(out, mode="r").attrs)
         except Exception:
@@ -194,19 +226,21 @@ def prepare(
                     f"output {out!r} exists and was not written by this prepare command (expected "
                     f"{KEY_ATTR}={key}, found {attrs.get(KEY_ATTR)!r}); pass --overwrite to replace it"
                 )
-            shutil.rmtree(out)
-            shutil.rmtree(spec.progress_dir, ignore_errors=True)
+            _remove(out)
+            _remove(spec.progress_dir)
         elif attrs.get(PREPARE_STATE_ATTR) == "complete":
             _consolidate(out, only_if_missing=True)  # a crash may have come just before it
             return {"out": out, "status": "already complete", "times": int(ds.sizes["time"])}
         else:
             resumed = True
     if not resumed:
-        shutil.rmtree(spec.progress_dir, ignore_errors=True)
+        _remove(spec.progress_dir)
         write_template(ds, out, key)
     n = ds.sizes["time"]
     starts = list(range(0, n, steps_per_item))
-    todo = [s for s in starts if not spec.marker(s).exists()]
+    name = {s: spec.marker(s).rsplit("/", 1)[-1] for s in starts}
+    done = _done(spec)
+    todo = [s for s in starts if name[s] not in done]
     skipped = len(starts) - len(todo)
     if max_items is not None:
         todo = todo[:max_items]
@@ -223,14 +257,14 @@ def prepare(
             )
     elif todo:
         for s in todo:
-            spec.progress_dir.mkdir(parents=True, exist_ok=True)
-            spec.marker(s).write_text("{}")
-    complete = all(spec.marker(s).exists() for s in starts)
+            _write_marker(spec, s, "{}")
+    done = _done(spec)
+    complete = all(name[s] in done for s in starts)
     if complete:
         group = zarr.open_group(out, mode="r+")
         group.attrs[PREPARE_STATE_ATTR] = "complete"
         _consolidate(out)
-        shutil.rmtree(spec.progress_dir, ignore_errors=True)
+        _remove(spec.progress_dir)
     return {
         "out": out,
         "status": "complete" if complete else "incomplete",

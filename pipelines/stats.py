@@ -60,15 +60,13 @@ class _MomentsCombine:
 @functools.lru_cache(maxsize=4)
 def _open(path: str) -> xr.Dataset:
     """Open lazily without dask (xarray's lazy indexing reads only the selected chunks); cached
-    per worker process so each work item does not re-read the metadata."""
-    from gencast_rmmd.data.era5 import open_store, open_zarr_quiet
-    from gencast_rmmd.data.validate import require_complete
+    per worker process so each work item does not re-read the metadata. A Zarr store, local or
+    by URL, stays lazy (it may be decades of ERA5); a NetCDF file is loaded whole."""
+    from gencast_rmmd.data.era5 import NETCDF_SUFFIXES, is_url, open_store
 
-    if os.path.isdir(path):
-        ds = open_zarr_quiet(path, chunks=None)
-        require_complete(ds, path)
-        return ds
-    return open_store(path, trim_to_valid_range=False).compute()
+    ds = open_store(path, chunks=None, trim_to_valid_range=False)
+    zarr_store = os.path.isdir(path) or (is_url(path) and not path.endswith(NETCDF_SUFFIXES))
+    return ds if zarr_store else ds.compute()
 
 
 def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:

@@ -205,9 +205,9 @@ class Context:
 
 
 def _open_zarr(path: str):
-    from gencast_rmmd.data.era5 import open_zarr_quiet
+    from gencast_rmmd.data.era5 import open_store
 
-    return open_zarr_quiet(path, chunks=None)
+    return open_store(path, chunks=None, trim_to_valid_range=False)
 
 
 def _data_config(ctx: Context):
@@ -221,11 +221,13 @@ def _stage_data(ctx: Context) -> None:
 
     base = _data_config(ctx)
     if ctx.data_store:
-        if not os.path.exists(ctx.data_store) and "://" not in ctx.data_store:
+        from gencast_rmmd.data.era5 import is_url, source_path
+
+        if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
             from gencast_rmmd.errors import DataError
 
             raise DataError(f"--data {ctx.data_store!r} does not exist")
-        ctx.store = ctx.data_store
+        ctx.store = source_path(ctx.data_store)
     else:
         from gencast_rmmd.data import nature_run
 

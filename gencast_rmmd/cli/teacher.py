@@ -111,9 +111,9 @@ def _resolve_task(args):
         resolve_config_path,
     )
     from gencast_rmmd.data.config import DataConfig
-    from gencast_rmmd.data.era5 import open_zarr_quiet
+    from gencast_rmmd.data.era5 import open_store
     from gencast_rmmd.data.task import TaskConfig
-    from gencast_rmmd.errors import ConfigError, DataError
+    from gencast_rmmd.errors import ConfigError
 
     data_cfg = None
     if args.task:
@@ -126,9 +126,7 @@ def _resolve_task(args):
             data_cfg = load_config(DataConfig, path, kind="data")
             task, splits = data_cfg.task, data_cfg.splits
     else:
-        if not pathlib.Path(args.data).exists():
-            raise DataError(f"store {args.data!r} does not exist")
-        with open_zarr_quiet(args.data, chunks=None) as ds:
+        with open_store(args.data, chunks=None, trim_to_valid_range=False) as ds:
             attrs = dict(ds.attrs)
         if "gencast_rmmd_task" in attrs:
             task = from_dict(

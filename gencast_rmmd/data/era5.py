@@ -36,7 +36,7 @@ _LAT_NAMES = ("lat", "latitude")
 _LON_NAMES = ("lon", "longitude")
 _LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
-_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
 
 # The id gencast-rmmd gives a store it creates: what was made from a store records its id, and so
 # tells a store re-made at the same path from the one it saw (`store_id`). Stores filled after
@@ -91,13 +91,22 @@ def content_store_id(ds: xr.Dataset) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def store_id(path: str | os.PathLike) -> str | None:
-    """The `STORE_ID_ATTR` of the Zarr store at `path` (None: no readable Zarr store there, or
-    one not created by gencast-rmmd, or created before ids were recorded)."""
+def open_zarr_group(source: str | os.PathLike):
+    """The Zarr group at `source` (a local path or a URL, read with `url_storage_options`),
+    read-only."""
     import zarr
 
+    source = source_path(source)
+    if is_url(source):
+        return zarr.open_group(source, mode="r", storage_options=url_storage_options(source))
+    return zarr.open_group(source, mode="r")
+
+
+def store_id(path: str | os.PathLike) -> str | None:
+    """The `STORE_ID_ATTR` of the Zarr store at `path`, a local path or a URL (None: no readable
+    Zarr store there, or one not created by gencast-rmmd, or created before ids were recorded)."""
     try:
-        found = zarr.open_group(os.fspath(path), mode="r").attrs.get(STORE_ID_ATTR)
+        found = open_zarr_group(path).attrs.get(STORE_ID_ATTR)
     except Exception:  # a NetCDF file, a missing path, a remote store out of reach
         return None
     return None if found is None else str(found)
@@ -121,14 +130,46 @@ def quiet_v3_consolidation():
         yield
 
 
-def _is_url(source: str) -> bool:
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether `source` names a store through an fsspec URL (`gs://`, `s3://`, `memory://`, ...)
+    rather than a local path (`file://` paths are local)."""
+    source = os.fspath(source)
     return "://" in source and not source.startswith("file://")
+
+
+def source_path(source: str | os.PathLike) -> str:
+    """`source` as recorded and reopened later: URLs as given, local paths (`file://` stripped)
+    made absolute."""
+    source = os.fspath(source)
+    if is_url(source):
+        return source
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    return str(pathlib.Path(source).absolute())
+
+
+def url_storage_options(
+    source: str, token: str | None = None, storage_options: dict | None = None
+) -> dict:
+    """The fsspec options every reader of the store at URL `source` uses: `storage_options`, and
+    for `gs://` URLs gcsfs's `token`: the one given, else the one fsspec's configuration names
+    (e.g. `FSSPEC_GS_TOKEN=google_default` for a private bucket, such as `data prepare` output
+    written on Dataflow), else "anon" (public buckets such as ARCO-ERA5, no credentials needed)."""
+    opts = dict(storage_options or {})
+    if source.startswith(("gs://", "gcs://")) and "token" not in opts:
+        import fsspec.config
+
+        if token is not None:
+            opts["token"] = token
+        elif not any("token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs")):
+            opts["token"] = "anon"
+    return opts
 
 
 def open_store(
     source: str | os.PathLike,
     *,
-    token: str = "anon",
+    token: str | None = None,
     storage_options: dict | None = None,
     trim_to_valid_range: bool = True,
     allow_incomplete: bool = False,
@@ -139,9 +180,10 @@ def open_store(
     Args:
       source: a local path (Zarr directory or NetCDF file), `file://` path, or an fsspec URL
         (`gs://...` through gcsfs, `s3://`, `https://`, `memory://`).
-      token: gcsfs token for `gs://` URLs. The default "anon" reads public buckets such as
-        ARCO-ERA5 without credentials; pass e.g. "google_default" only when credentials are needed.
-      storage_options: extra fsspec options (merged over the token).
+      token: gcsfs token for `gs://` URLs. By default the token fsspec's configuration names
+        (`FSSPEC_GS_TOKEN`), else "anon", which reads public buckets such as ARCO-ERA5 without
+        credentials (`url_storage_options`).
+      storage_options: extra fsspec options (a "token" there wins).
       trim_to_valid_range: ARCO-ERA5 stores carry `valid_time_start`/`valid_time_stop` attrs (the
         time axis is allocated beyond the filled data, which reads as NaN); trim to them.
       allow_incomplete: open an unfinished `data prepare` output (only `data validate` does, to
@@ -155,12 +197,10 @@ def open_store(
     chunks = {} if chunks == "store" else chunks
     if source.startswith("file://"):
         source = source[len("file://") :]
-    if _is_url(source):
-        opts = dict(storage_options or {})
-        if source.startswith(("gs://", "gcs://")):
-            opts.setdefault("token", token)
+    if is_url(source):
+        opts = url_storage_options(source, token, storage_options)
         try:
-            if source.endswith(_NETCDF_SUFFIXES):
+            if source.endswith(NETCDF_SUFFIXES):
                 import fsspec
 
                 ds = xr.open_dataset(

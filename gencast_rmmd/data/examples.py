@@ -29,7 +29,13 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data import normalization as nz
-from gencast_rmmd.data.era5 import open_zarr_quiet
+from gencast_rmmd.data.era5 import (
+    is_url,
+    open_store,
+    open_zarr_group,
+    source_path,
+    store_id,
+)
 from gencast_rmmd.data.task import Channel, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
 
@@ -255,7 +261,7 @@ class ExampleSource:
     """grain `RandomAccessDataSource` of normalized examples read from a canonical Zarr store.
 
     Args:
-      store: path of the canonical Zarr store (see `gencast_rmmd.data.era5.canonicalize`).
+      store: path or URL of the canonical Zarr store (see `gencast_rmmd.data.era5.canonicalize`).
       task: the task; its variables and levels must be in the store.
       stats: `load_stats(...)` dict (mean, stddev, diffs_stddev, min) or a stats dir path.
       times: init times to serve (datetime64); default every valid init time in the store.
@@ -278,12 +284,13 @@ class ExampleSource:
         self.layout = task.layout
         self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
         self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
-        if not pathlib.Path(self.store).exists():
-            raise DataError(f"store path {self.store!r} does not exist")
-        ds = open_zarr_quiet(self.store, chunks=None)
-        from gencast_rmmd.data.validate import require_complete
-
-        require_complete(ds, self.store)
+        if not is_url(self.store) and pathlib.Path(self.store).is_file():
+            raise DataError(
+                f"store {self.store!r} is a file; training reads a canonical Zarr store "
+                "(`gencast-rmmd data prepare` writes one from NetCDF or any ERA5 source)"
+            )
+        # Positions on the store's own time axis index its arrays: no trimming to valid_time_*.
+        ds = open_store(self.store, chunks=None, trim_to_valid_range=False)
         with ds:
             self._times = ds["time"].values.astype("datetime64[ns]")
             self._levels = np.asarray(ds["level"].values) if "level" in ds.coords else np.array([])
@@ -356,9 +363,7 @@ class ExampleSource:
         return state
 
     def _open(self):
-        import zarr
-
-        group = zarr.open_group(self.store, mode="r")
+        group = open_zarr_group(self.store)
         self._arrays = {n: group[n] for n in self._names}
         self._statics = {}
         self._small = {}
@@ -389,8 +394,9 @@ class ExampleSource:
         key = hashlib.sha256(
             json.dumps(
                 [
-                    os.path.abspath(self.store),
+                    source_path(self.store),
                     meta.stat().st_mtime_ns if meta.exists() else 0,
+                    store_id(self.store),  # a store re-made at the same path (or URL)
                     names,
                     list(self.task.pressure_levels),
                 ]

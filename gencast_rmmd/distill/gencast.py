@@ -184,6 +184,7 @@ class _Setup:
 
 
 def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text: str) -> _Setup:
+    from gencast_rmmd.data.era5 import source_path
     from gencast_rmmd.data.examples import ExampleSource, resolve_local_cache
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.model import sh_noise
@@ -193,7 +194,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     if (ckpt.extra or {}).get("student_sampler_config"):
         raise CheckpointError(f"{teacher_path} is a distilled student, not a teacher")
     task = ckpt.task_config
-    store = str(pathlib.Path(data).absolute())
+    store = source_path(data)  # a URL (gs://...) as given
     stats = str(pathlib.Path(stats).absolute())
     probe = ExampleSource(store, task, stats)
     start, end = cfg.data.train_start, cfg.data.train_end

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.config import check_iso_times, from_dict, to_dict
-from gencast_rmmd.data.era5 import store_id
+from gencast_rmmd.data.era5 import source_path, store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.data.task import TaskConfig
@@ -325,7 +325,7 @@ def train_teacher(
         raise OutputError(
             f"--out {str(out)!r} exists and is not a directory; choose a run directory"
         )
-    store = str(pathlib.Path(store).absolute())
+    store = source_path(store)  # a URL (gs://...) as given
     stats = str(pathlib.Path(stats).absolute())
     probe = ExampleSource(store, task, stats)
     times = _select_times(probe.init_times, training)

@@ -194,6 +194,11 @@ def test_example_source_errors(store_and_stats, tmp_path):
     path, ds, _, stats_dir = store_and_stats
     with pytest.raises(DataError, match="does not exist"):
         ex.ExampleSource(tmp_path / "missing.zarr", SMALL_TASK, stats_dir)
+    with pytest.raises(DataError, match="does not exist or is not readable"):
+        ex.ExampleSource("memory://gencast_rmmd_missing/a.zarr", SMALL_TASK, stats_dir)
+    ds.isel(time=slice(0, 4)).to_netcdf(tmp_path / "a.nc")
+    with pytest.raises(DataError, match="is a file; training reads a canonical Zarr store"):
+        ex.ExampleSource(tmp_path / "a.nc", SMALL_TASK, stats_dir)
     with pytest.raises(DataError, match="lack their input/target"):
         ex.ExampleSource(path, SMALL_TASK, stats_dir, times=[ds.time.values[7]])
 

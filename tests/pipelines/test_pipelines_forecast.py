@@ -92,6 +92,26 @@ def test_store_schema_and_values(data):
     np.testing.assert_allclose(got, truth.values, rtol=1e-6)
 
 
+def test_data_store_by_url(data, tmp_path):
+    """`--data` may be a URL (fsspec's memory:// here): the forecast reads it as given, records
+    the URL and the store's id, and equals the forecast from the same store on disk."""
+    import zarr
+
+    from gencast_rmmd.data.era5 import STORE_ID_ATTR
+    from gencast_rmmd.forecast.store import SPEC_ATTR
+
+    url = "memory://gencast_rmmd_forecast_test/data.zarr"
+    data["ds"].drop_encoding().to_zarr(url, consolidated=False, mode="w")
+    zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "by-url"
+    _run(data, tmp_path / "local.zarr", model="persistence")
+    _run(data, tmp_path / "url.zarr", model="persistence", store=url)
+    a, b = xr.open_zarr(tmp_path / "local.zarr"), xr.open_zarr(tmp_path / "url.zarr")
+    assert b.attrs["data"] == url and a.attrs["data"] == data["data"]
+    assert b.attrs["gencast_rmmd_status"] == "complete"
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert json.loads(b.attrs[SPEC_ATTR])["data_store_id"] == "by-url"
+
+
 def test_resume_after_crash_fills_only_missing_regions(data, monkeypatch):
     ref_out = data["dir"] / "ref.zarr"
     _run(data, ref_out)

@@ -226,6 +226,35 @@ def test_a_data_store_re_made_at_the_same_path_is_refused(data, straight_run, tm
     assert str(copy.absolute()) in str(e.value)
 
 
+@pytest.mark.slow
+def test_training_reads_a_store_by_url(data, straight_run, tmp_path):
+    """A canonical store named by URL (fsspec's memory:// here; gs:// written by `data prepare`
+    on Dataflow in production) trains exactly as the same store on disk: the URL is recorded as
+    given (not made into a local path), its store id is checked, and the parameters match."""
+    import zarr
+
+    from gencast_rmmd.data.era5 import STORE_ID_ATTR
+
+    store, stats = data
+    out_a, _ = straight_run
+    url = "memory://gencast_rmmd_teacher_test/store.zarr"
+    xr.open_zarr(store, consolidated=False).to_zarr(url, consolidated=False, mode="w")
+    zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "made-once"
+    out = tmp_path / "url"
+    summary = teacher.train_teacher(MODEL, TASK, url, stats, out, _cfg(), progress=False)
+    assert summary["steps"] == 6
+    assert teacher.read_run(out).data == url
+    assert json.loads((out / teacher.INPUTS_FILE).read_text())["data_store_id"] == "made-once"
+    a, b = _flat_params(out_a / "teacher.npz"), _flat_params(out / "teacher.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "made-again"
+    with pytest.raises(OutputError, match="begun from another data store") as e:
+        teacher.train_teacher(MODEL, TASK, url, stats, out, _cfg(num_steps=8), progress=False)
+    assert url in str(e.value)
+
+
 def test_export_round_trip_and_info(straight_run, tmp_path):
     from gencast_rmmd.model.checkpoint import denoiser_from_checkpoint, load_checkpoint
 
