@@ -59,9 +59,10 @@ class _MomentsCombine:
 
 @functools.lru_cache(maxsize=4)
 def _open(path: str) -> xr.Dataset:
-    """Open lazily without dask (xarray's lazy indexing reads only the selected chunks); cached
-    per worker process so each work item does not re-read the metadata. A Zarr store, local or
-    by URL, stays lazy (it may be decades of ERA5); a NetCDF file is loaded whole."""
+    """Open lazily without dask (xarray's lazy indexing reads only the selected chunks, a
+    block's chunks of each variable fetched together); cached per worker process so each work
+    item does not re-read the metadata. A Zarr store, local or by URL, is never loaded whole (it
+    may be decades of ERA5); a NetCDF file is."""
     from gencast_rmmd.data.era5 import NETCDF_SUFFIXES, is_url, open_store
 
     ds = open_store(path, chunks=None, trim_to_valid_range=False)

@@ -338,6 +338,8 @@ class ExampleSource:
         self._arrays = None
         self._statics = None
         self._memmaps: dict[str, np.ndarray] = {}
+        self._remote = is_url(self.store)
+        self._executor = None
 
     def __len__(self) -> int:
         return int(self.init_times.size)
@@ -360,6 +362,7 @@ class ExampleSource:
         state = dict(self.__dict__)
         state["_arrays"] = None  # zarr handles and memmaps are re-opened in each worker
         state["_memmaps"] = {}
+        state["_executor"] = None
         return state
 
     def _open(self):
@@ -439,6 +442,22 @@ class ExampleSource:
                 shape.append(1)
         return np.asarray(x, dtype=np.float32).reshape(shape)
 
+    def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Times [lo, hi) of variable `name` from the store, standardized."""
+        dims = self._var_dims[name]
+        sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
+        return self._standardize(name, np.asarray(self._arrays[name][sl]))
+
+    def _pool(self):
+        """Threads for a URL store's concurrent reads (one per variable read per example)."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(
+                max_workers=len(self._names), thread_name_prefix="examples-read"
+            )
+        return self._executor
+
     def read_physical(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Physical (inputs, forcings, targets) of example `index`, SST NaNs filled."""
         if self._arrays is None:
@@ -447,6 +466,16 @@ class ExampleSource:
         i = self._pos[t.tolist()]
         lo = i - (self.task.input_frames - 1)
         hi = i + 2  # one target step
+        stored = [
+            n
+            for n in self._names
+            if n not in self._statics and n not in self._small and n not in self._memmaps
+        ]
+        if self._remote and len(stored) > 1:
+            # Each read is a round trip to the object store: issue them together, not in turn.
+            read = dict(zip(stored, self._pool().map(lambda n: self._read(n, lo, hi), stored)))
+        else:
+            read = {n: self._read(n, lo, hi) for n in stored}
         arrays = {}
         for n in self._names:
             if n in self._statics:
@@ -455,12 +484,7 @@ class ExampleSource:
             if n in self._small:
                 arrays[n] = self._small[n][lo:hi]
                 continue
-            if n in self._memmaps:
-                x = np.array(self._memmaps[n][lo:hi])
-            else:
-                dims = self._var_dims[n]
-                sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
-                x = self._standardize(n, np.asarray(self._arrays[n][sl]))
+            x = np.array(self._memmaps[n][lo:hi]) if n in self._memmaps else read[n]
             if n == SST and self.sst_fill is not None:
                 x = np.where(np.isnan(x), np.float32(self.sst_fill), x)
             arrays[n] = x

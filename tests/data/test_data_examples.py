@@ -190,6 +190,26 @@ def test_loader_deterministic_resumable_and_sharded(store_and_stats):
     assert b["inputs"].shape == (2, 8, 16, SMALL_TASK.layout.n_inputs)
 
 
+def test_example_source_by_url_reads_the_same_examples(store_and_stats):
+    """A store by URL (memory:// here) serves the examples the same store on disk does, its
+    variables fetched concurrently (each read is a round trip to an object store), also after
+    pickling into a loader worker."""
+    import pickle
+
+    path, ds, _, stats_dir = store_and_stats
+    url = "memory://gencast_rmmd_examples_test/s.zarr"
+    xr.open_zarr(path, consolidated=False).to_zarr(url, consolidated=False, mode="w")
+    local = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    remote = pickle.loads(pickle.dumps(ex.ExampleSource(url, SMALL_TASK, stats_dir)))
+    assert remote.store == url and len(remote) == len(local) > 2
+    for i in range(len(local)):
+        a, b = local[i], remote[i]
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{i}/{k}")
+    assert remote._executor is not None and local._executor is None
+
+
 def test_example_source_errors(store_and_stats, tmp_path):
     path, ds, _, stats_dir = store_and_stats
     with pytest.raises(DataError, match="does not exist"):
