@@ -381,6 +381,9 @@ class ExampleSource:
         self._memmaps = {}
         if self.local_cache is not None:
             self._memmaps = self._local_copy()
+        # What each example reads from the store itself (fixed once the source is open).
+        held = set(self._statics) | set(self._small) | set(self._memmaps)
+        self._stored = [n for n in self._names if n not in held]
 
     def _local_copy(self) -> dict[str, np.ndarray]:
         """Memory-mapped float32 copies ([time, level, lat, lon], task levels) of the per-example
@@ -466,11 +469,7 @@ class ExampleSource:
         i = self._pos[t.tolist()]
         lo = i - (self.task.input_frames - 1)
         hi = i + 2  # one target step
-        stored = [
-            n
-            for n in self._names
-            if n not in self._statics and n not in self._small and n not in self._memmaps
-        ]
+        stored = self._stored
         if self._remote and len(stored) > 1:
             # Each read is a round trip to the object store: issue them together, not in turn.
             read = dict(zip(stored, self._pool().map(lambda n: self._read(n, lo, hi), stored)))
