@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -231,6 +232,7 @@ def valid_init_times(times: np.ndarray, task: TaskConfig) -> np.ndarray:
 
 
 LOCAL_CACHE_AUTO_MAX_BYTES = 4 * 2**30
+_OPEN_LOCK = threading.Lock()  # `ExampleSource._open`, once per source and process
 
 
 def resolve_local_cache(setting: str | None, source: ExampleSource) -> str | None:
@@ -340,6 +342,7 @@ class ExampleSource:
         self._memmaps: dict[str, np.ndarray] = {}
         self._remote = is_url(self.store)
         self._executor = None
+        self._stored: list[str] | None = None  # set by `_open`, last
 
     def __len__(self) -> int:
         return int(self.init_times.size)
@@ -363,6 +366,7 @@ class ExampleSource:
         state["_arrays"] = None  # zarr handles and memmaps are re-opened in each worker
         state["_memmaps"] = {}
         state["_executor"] = None
+        state["_stored"] = None
         return state
 
     def _open(self):
@@ -381,7 +385,8 @@ class ExampleSource:
         self._memmaps = {}
         if self.local_cache is not None:
             self._memmaps = self._local_copy()
-        # What each example reads from the store itself (fixed once the source is open).
+        # What each example reads from the store itself. Assigned last: loader threads take a
+        # source whose `_stored` is set as open, so everything above must be in place by then.
         held = set(self._statics) | set(self._small) | set(self._memmaps)
         self._stored = [n for n in self._names if n not in held]
 
@@ -463,8 +468,10 @@ class ExampleSource:
 
     def read_physical(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Physical (inputs, forcings, targets) of example `index`, SST NaNs filled."""
-        if self._arrays is None:
-            self._open()
+        if self._stored is None:
+            with _OPEN_LOCK:  # loader threads: one opens, the others wait for it
+                if self._stored is None:
+                    self._open()
         t = self.init_times[index]
         i = self._pos[t.tolist()]
         lo = i - (self.task.input_frames - 1)
