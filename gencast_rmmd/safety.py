@@ -104,7 +104,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     import hashlib
     import time
 
+    from gencast_rmmd.remote import is_url, local_file
+
     path = os.fspath(path)
+    if is_url(path):  # the digest of its bytes, read from the local copy
+        path = local_file(path)
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _DIGESTS_LOCK:

@@ -21,18 +21,20 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, store_id
-from gencast_rmmd.errors import DataError, OutputError
+from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.evaluation import scorecard as sc_lib
 from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, chunk_statistics
+from gencast_rmmd.remote import is_url, remove
 from gencast_rmmd.safety import publish_mode
 
 MARKER = "evaluation.json"
@@ -200,6 +202,24 @@ def run_beam(
         per = read_netcdf(os.path.join(work_dir, f"per_init_{spec.label}.nc"))
         out[spec.label] = (mean, per)
     return out
+
+
+def beam_work_dir(beam_args: Sequence[str] = (), work_dir: str | None = None) -> str | None:
+    """The URL the Beam evaluation's workers write their statistics to: `work_dir`, else the
+    pipeline's `--temp_location` when it is a URL (Dataflow requires one, on GCS); None: a
+    local directory of this process (DirectRunner). A local `work_dir` is refused: workers of
+    a distributed runner could not share it, and the DirectRunner needs none."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if work_dir is not None:
+        if not is_url(work_dir):
+            raise ConfigError(
+                f"--work-dir must be a URL the Beam workers share (e.g. gs://bucket/tmp), found "
+                f"{work_dir!r}; leave it out to use a local directory"
+            )
+        return work_dir
+    temp = PipelineOptions(list(beam_args)).get_all_options().get("temp_location")
+    return temp if temp and is_url(temp) else None
 
 
 @dataclasses.dataclass
@@ -384,12 +404,18 @@ def evaluate(
     seed: int = 0,
     lead_chunk: int = 1,
     plots: bool = True,
+    work_dir: str | None = None,
 ) -> EvaluationResult:
     """Score a forecast store (optionally against a baseline) and write all outputs to `out_dir`.
 
     Outputs (written in a temporary directory, then moved into place): scorecard.nc,
     scorecard.csv, rank_histograms.nc, scorecard_*.png, spread_skill.png, rank_histograms.png,
     report.html, evaluation.json (metadata + summary), stats/ (mean and per-init statistics).
+
+    `work_dir`: where the Beam pipeline's last steps write the statistics for this process to
+    read back (`beam_work_dir`): a URL shared with the workers (gs://... on Dataflow, where
+    workers share no disk with the launcher); by default the pipeline's `--temp_location` when
+    that is a URL, else a local directory. A sub-directory of it is used and removed.
     """
     from gencast_rmmd.evaluation import plots as plots_lib
     from gencast_rmmd.evaluation import report as report_lib
@@ -430,7 +456,18 @@ def evaluate(
         stats_dir = os.path.join(tmp, "stats")
         os.makedirs(stats_dir)
         if engine == "beam":
-            results = run_beam(specs, stats_dir, beam_args)
+            shared = beam_work_dir(beam_args, work_dir)
+            if shared is None:
+                results = run_beam(specs, stats_dir, beam_args)
+            else:
+                run_dir = f"{shared.rstrip('/')}/gencast_rmmd_evaluate-{uuid.uuid4().hex}"
+                try:
+                    results = run_beam(specs, run_dir, beam_args)
+                finally:
+                    remove(run_dir)
+                for label, (mean, per) in results.items():  # kept beside the report, as above
+                    _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
+                    _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))
         else:
             results = {}
             for spec in specs:

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from gencast_rmmd.data.era5 import source_path, store_id
+from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
+from gencast_rmmd.remote import filesystem, is_url, source_path
 from gencast_rmmd.safety import file_sha256
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
@@ -53,7 +54,9 @@ class ForecastSpec:
     def store_spec(self) -> dict:
         """What must match for a re-run to resume into an existing store."""
         return {
-            "model": self.model if PERSISTENCE.match(self.model) else os.path.abspath(self.model),
+            "model": self.model
+            if PERSISTENCE.match(self.model) or is_url(self.model)
+            else os.path.abspath(self.model),
             "init_times": list(self.init_times),
             "members": self.members,
             "lead_steps": self.lead_steps,
@@ -290,16 +293,19 @@ def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict
         }
     )
     block = min(spec.member_block, spec.members)
-    if os.path.exists(spec.out):
-        if os.path.isdir(spec.out) and not os.listdir(spec.out):
-            os.rmdir(spec.out)
+    fs, out_path = filesystem(spec.out)  # `out` may be a URL (gs://... for workers on Dataflow)
+    if fs.exists(out_path):
+        if (fs.isdir(out_path) and not fs.ls(out_path)) or (
+            is_url(spec.out) and store_lib.creation_interrupted(spec.out, spec.store_spec())
+        ):
+            fs.rm(out_path, recursive=True)
         else:
             store_lib.open_existing(
                 spec.out,
                 spec.store_spec(),
                 {"stats_sha256": spec.stats_dir, "data_store_id": spec.data},
             )
-    if not os.path.exists(spec.out):
+    if not fs.exists(out_path):
         tmpl = store_lib.template(
             task,
             lat,
@@ -310,9 +316,7 @@ def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict
             block,
             attrs,
         )
-        tmp = f"{spec.out.rstrip('/')}.tmp-{os.getpid()}"
-        store_lib.create(tmp, tmpl, spec.store_spec())
-        os.replace(tmp, spec.out)  # the store appears only once its metadata is complete
+        store_lib.publish(spec.out, tmpl, spec.store_spec())  # appears once its metadata is whole
     done = store_lib.done_regions(spec.out)
     missing = [(i, m) for (i, m) in spec.items() if not done[i, m : m + spec.member_block].all()]
     return missing, attrs
@@ -339,7 +343,8 @@ def run_forecast(
         raise ConfigError(f"engine must be 'local' or 'beam', found {engine!r}")
     if not isinstance(members, int) or members <= 0:
         raise ConfigError(f"--members must be a positive integer, found {members!r}")
-    if os.path.exists(out) and not os.path.isdir(out):
+    fs, out_path = filesystem(out)
+    if fs.isfile(out_path):
         raise OutputError(f"output path {out!r} exists and is a file; choose a new path")
     if members <= 0:
         raise ConfigError(f"--members must be >= 1, found {members}")
@@ -428,8 +433,16 @@ def run_forecast(
 
 
 def _append_jsonl(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one JSON line to a local file, or to an object at a URL (object stores cannot
+    append: the small log is read and written again whole)."""
+    line = json.dumps(record) + "\n"
+    if not is_url(path):
+        with open(path, "a") as f:
+            f.write(line)
+        return
+    fs, p = filesystem(path)
+    old = fs.cat_file(p) if fs.exists(p) else b""
+    fs.pipe_file(p, old + line.encode())
 
 
 def _run_item(item, spec: ForecastSpec):

@@ -34,6 +34,7 @@ from gencast_rmmd.data.config import DataConfig
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
+from gencast_rmmd.remote import exists, filesystem, remove
 
 KEY_ATTR = "gencast_rmmd_prepare_key"
 
@@ -55,34 +56,18 @@ class PrepareSpec:
         return f"{self.progress_dir}/{start:09d}.done"
 
 
-# The store and its markers are reached through fsspec, so `out` may be a local path or a URL
-# (gs://... on Dataflow, where workers share no disk); writers use fsspec's default credentials.
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
-def _exists(url: str) -> bool:
-    fs, path = _fs(url)
-    return fs.exists(path)
-
-
-def _remove(url: str) -> None:
-    fs, path = _fs(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
+# The store and its markers are reached through fsspec (`gencast_rmmd.remote`), so `out` may be
+# a local path or a URL (gs://... on Dataflow, where workers share no disk); writers use fsspec's
+# default credentials.
 def _write_marker(spec: PrepareSpec, start: int, text: str) -> None:
-    fs, path = _fs(spec.marker(start))
+    fs, path = filesystem(spec.marker(start))
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, text.encode())
 
 
 def _done(spec: PrepareSpec) -> set[str]:
     """Names of the markers present (one listing, not one request per block)."""
-    fs, path = _fs(spec.progress_dir)
+    fs, path = filesystem(spec.progress_dir)
     if not fs.exists(path):
         return set()
     return {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
@@ -215,7 +200,7 @@ def prepare(
     ds = _open(spec)
     key = _fingerprint(spec, ds)
     resumed = False
-    if _exists(out):
+    if exists(out):
         try:
             attrs = dict(zarr.open_group(out, mode="r").attrs)
         except Exception:
@@ -226,15 +211,15 @@ def prepare(
                     f"output {out!r} exists and was not written by this prepare command (expected "
                     f"{KEY_ATTR}={key}, found {attrs.get(KEY_ATTR)!r}); pass --overwrite to replace it"
                 )
-            _remove(out)
-            _remove(spec.progress_dir)
+            remove(out)
+            remove(spec.progress_dir)
         elif attrs.get(PREPARE_STATE_ATTR) == "complete":
             _consolidate(out, only_if_missing=True)  # a crash may have come just before it
             return {"out": out, "status": "already complete", "times": int(ds.sizes["time"])}
         else:
             resumed = True
     if not resumed:
-        _remove(spec.progress_dir)
+        remove(spec.progress_dir)
         write_template(ds, out, key)
     n = ds.sizes["time"]
     starts = list(range(0, n, steps_per_item))
@@ -264,7 +249,7 @@ def prepare(
         group = zarr.open_group(out, mode="r+")
         group.attrs[PREPARE_STATE_ATTR] = "complete"
         _consolidate(out)
-        _remove(spec.progress_dir)
+        remove(spec.progress_dir)
     return {
         "out": out,
         "status": "complete" if complete else "incomplete",

@@ -63,7 +63,8 @@ def _open(path: str) -> xr.Dataset:
     block's chunks of each variable fetched together); cached per worker process so each work
     item does not re-read the metadata. A Zarr store, local or by URL, is never loaded whole (it
     may be decades of ERA5); a NetCDF file is."""
-    from gencast_rmmd.data.era5 import NETCDF_SUFFIXES, is_url, open_store
+    from gencast_rmmd.data.era5 import NETCDF_SUFFIXES, open_store
+    from gencast_rmmd.remote import is_url
 
     ds = open_store(path, chunks=None, trim_to_valid_range=False)
     zarr_store = os.path.isdir(path) or (is_url(path) and not path.endswith(NETCDF_SUFFIXES))
@@ -108,12 +109,16 @@ def compute_stats_beam(
     block: int = 32,
     beam_args: Sequence[str] = (),
 ) -> dict[str, xr.Dataset]:
-    """Compute the four statistics of store `data` with Beam and write them to `out_dir`."""
+    """Compute the four statistics of store `data` with Beam and write them to `out_dir` (a
+    local directory, or a URL where the pipeline's last step, on a worker, writes them)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from gencast_rmmd.remote import filesystem
+
     data = os.fspath(data)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    fs, out_path = filesystem(out_dir)  # a local directory, or a URL (gs://... on Dataflow)
+    if fs.isfile(out_path):
         raise OutputError(
             f"--out {os.fspath(out_dir)!r} exists and is not a directory; choose a stats directory"
         )

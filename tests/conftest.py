@@ -26,6 +26,11 @@ if not os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):
     _examples_cache = tempfile.mkdtemp(prefix="gencast-rmmd-examples-")
     os.environ["GENCAST_RMMD_EXAMPLES_CACHE"] = _examples_cache
     atexit.register(shutil.rmtree, _examples_cache, True)
+# Local copies of the checkpoints and statistics tests read by URL (memory://) likewise.
+if not os.environ.get("GENCAST_RMMD_REMOTE_CACHE"):
+    _remote_cache = tempfile.mkdtemp(prefix="gencast-rmmd-remote-")
+    os.environ["GENCAST_RMMD_REMOTE_CACHE"] = _remote_cache
+    atexit.register(shutil.rmtree, _remote_cache, True)
 
 
 @pytest.fixture

@@ -45,6 +45,12 @@ def register(sub) -> None:
     p.add_argument("--lead-chunk", type=int, default=1, help="lead times per work item (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rank-histogram tie-breaking")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="URL the Beam workers write their statistics to (default: the pipeline's "
+        "--temp_location when it is a URL, e.g. on Dataflow; else a local directory)",
+    )
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     p.set_defaults(func=_run)
 
@@ -66,6 +72,7 @@ def _run(args) -> int:
         seed=args.seed,
         lead_chunk=args.lead_chunk,
         plots=not args.no_plots,
+        work_dir=args.work_dir,
     )
     print(json.dumps({"out": res.out_dir, "summary": res.summary}, default=str))
     return 0

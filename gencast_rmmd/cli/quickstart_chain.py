@@ -221,7 +221,7 @@ def _stage_data(ctx: Context) -> None:
 
     base = _data_config(ctx)
     if ctx.data_store:
-        from gencast_rmmd.data.era5 import is_url, source_path
+        from gencast_rmmd.remote import is_url, source_path
 
         if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
             from gencast_rmmd.errors import DataError

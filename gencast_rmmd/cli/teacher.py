@@ -214,9 +214,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from gencast_rmmd.errors import CheckpointError
+    from gencast_rmmd.remote import is_url
     from gencast_rmmd.training.teacher import describe_checkpoint
 
-    if not pathlib.Path(args.file).is_file():
+    # A URL (the official weights on GCS) is fetched once into the cache by load_checkpoint.
+    if not is_url(args.file) and not pathlib.Path(args.file).is_file():
         raise CheckpointError(f"checkpoint {args.file!r} does not exist")
     print(describe_checkpoint(args.file))
     return 0

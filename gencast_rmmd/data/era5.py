@@ -27,6 +27,7 @@ from gencast_rmmd.data import regrid as regrid_lib
 from gencast_rmmd.data.config import DataConfig, GridConfig
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.remote import is_url, local_path, source_path, url_storage_options
 
 # Seconds in GenCast's year for year progress (reference notes §3.2): the tropical year.
 AVG_SECONDS_PER_YEAR = 365.24219 * 86400.0
@@ -130,42 +131,6 @@ def quiet_v3_consolidation():
         yield
 
 
-def is_url(source: str | os.PathLike) -> bool:
-    """Whether `source` names a store through an fsspec URL (`gs://`, `s3://`, `memory://`, ...)
-    rather than a local path (`file://` paths are local)."""
-    source = os.fspath(source)
-    return "://" in source and not source.startswith("file://")
-
-
-def source_path(source: str | os.PathLike) -> str:
-    """`source` as recorded and reopened later: URLs as given, local paths (`file://` stripped)
-    made absolute."""
-    source = os.fspath(source)
-    if is_url(source):
-        return source
-    if source.startswith("file://"):
-        source = source[len("file://") :]
-    return str(pathlib.Path(source).absolute())
-
-
-def url_storage_options(
-    source: str, token: str | None = None, storage_options: dict | None = None
-) -> dict:
-    """The fsspec options every reader of the store at URL `source` uses: `storage_options`, and
-    for `gs://` URLs gcsfs's `token`: the one given, else the one fsspec's configuration names
-    (e.g. `FSSPEC_GS_TOKEN=google_default` for a private bucket, such as `data prepare` output
-    written on Dataflow), else "anon" (public buckets such as ARCO-ERA5, no credentials needed)."""
-    opts = dict(storage_options or {})
-    if source.startswith(("gs://", "gcs://")) and "token" not in opts:
-        import fsspec.config
-
-        if token is not None:
-            opts["token"] = token
-        elif not any("token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs")):
-            opts["token"] = "anon"
-    return opts
-
-
 def open_store(
     source: str | os.PathLike,
     *,
@@ -195,8 +160,7 @@ def open_store(
     """
     source = os.fspath(source)
     chunks = {} if chunks == "store" else chunks
-    if source.startswith("file://"):
-        source = source[len("file://") :]
+    source = local_path(source)
     if is_url(source):
         opts = url_storage_options(source, token, storage_options)
         try:

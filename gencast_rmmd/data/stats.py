@@ -22,13 +22,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 import xarray as xr
 
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.safety import file_sha256, publish_mode
+from gencast_rmmd.safety import file_sha256
 
 STATS_FILES = {
     "mean": "mean_by_level.nc",
@@ -184,26 +183,30 @@ def compute_stats(
     return finalize(values, diffs or Moments({}, {}, {}, {}, {}))
 
 
-def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> pathlib.Path:
-    """Write the four NetCDF files into `out_dir` (each to a temp name, then moved into place)."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> pathlib.Path | str:
+    """Write the four NetCDF files into `out_dir`, a local directory (created) or a URL (e.g. a
+    bucket on Dataflow, where the pipeline's last step writes them from a worker); each file
+    appears whole or not at all (`remote.written`). Returns `out_dir` (a Path when local)."""
+    from gencast_rmmd.remote import is_url, local_path, written
+
+    out = os.fspath(out_dir)
     for key, fname in STATS_FILES.items():
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{fname}.", suffix=".tmp")
-        os.close(fd)
         ds = stats[key]
         if "level" in ds.coords:  # NetCDF3 has no int64
             ds = ds.assign_coords(level=ds["level"].values.astype(np.int32))
-        # NetCDF3 through scipy: readable everywhere, no HDF5 library needed.
-        ds.to_netcdf(tmp, engine="scipy")
-        publish_mode(tmp)
-        os.replace(tmp, out / fname)
-    return out
+        with written(f"{out.rstrip('/')}/{fname}") as tmp:
+            # NetCDF3 through scipy: readable everywhere, no HDF5 library needed.
+            ds.to_netcdf(tmp, engine="scipy")
+    return out if is_url(out) else pathlib.Path(local_path(out))
 
 
 def _stats_dir(stats_dir: str | os.PathLike) -> pathlib.Path:
-    """`stats_dir` as a path, once it is known to hold the four files; DataError otherwise."""
-    d = pathlib.Path(stats_dir)
+    """`stats_dir` as a path, once it is known to hold the four files; DataError otherwise. A
+    URL (e.g. the official statistics, gs://dm_graphcast/gencast/stats) is read from a local
+    copy of its four files (`remote.local_files`)."""
+    from gencast_rmmd.remote import local_files
+
+    d = pathlib.Path(local_files(stats_dir, STATS_FILES.values(), DataError))
     if not d.is_dir():
         raise DataError(
             f"stats dir {str(d)!r} does not exist (expected {sorted(STATS_FILES.values())})"

@@ -131,20 +131,25 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def resolve_teacher(path: str | os.PathLike) -> pathlib.Path:
-    """A teacher `.npz`, or a teacher run directory holding `teacher.npz`."""
-    p = pathlib.Path(path)
+def resolve_teacher(path: str | os.PathLike) -> str:
+    """A teacher `.npz` (a local path, made absolute, or a URL as given, such as the official
+    weights on GCS), or a teacher run directory holding `teacher.npz`."""
+    from gencast_rmmd.remote import is_url, source_path
+
+    if is_url(path):
+        return source_path(path)  # load_checkpoint reads a local copy, or names what is missing
+    p = pathlib.Path(source_path(path))
     if p.is_dir():
         cand = p / "teacher.npz"
         if cand.is_file():
-            return cand
+            return str(cand)
         raise CheckpointError(
             f"teacher directory {p} holds no teacher.npz (finish `teacher train` or run "
             "`teacher export`)"
         )
     if not p.is_file():
         raise CheckpointError(f"teacher checkpoint {str(p)!r} does not exist")
-    return p
+    return str(p)
 
 
 def select_init_times(
@@ -174,7 +179,7 @@ def gencast_weights(cfg: WeightsConfig, lat: np.ndarray, layout) -> np.ndarray:
 @dataclasses.dataclass
 class _Setup:
     ckpt: Any
-    teacher_path: pathlib.Path
+    teacher_path: str
     denoiser: Any
     teacher_params: Any
     source: Any
@@ -184,18 +189,18 @@ class _Setup:
 
 
 def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text: str) -> _Setup:
-    from gencast_rmmd.data.era5 import source_path
     from gencast_rmmd.data.examples import ExampleSource, resolve_local_cache
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.model import sh_noise
+    from gencast_rmmd.remote import source_path
 
-    teacher_path = resolve_teacher(teacher).absolute()
+    teacher_path = resolve_teacher(teacher)
     ckpt = ckpt_lib.load_checkpoint(teacher_path)
     if (ckpt.extra or {}).get("student_sampler_config"):
         raise CheckpointError(f"{teacher_path} is a distilled student, not a teacher")
     task = ckpt.task_config
     store = source_path(data)  # a URL (gs://...) as given
-    stats = str(pathlib.Path(stats).absolute())
+    stats = source_path(stats)
     probe = ExampleSource(store, task, stats)
     start, end = cfg.data.train_start, cfg.data.train_end
     tprov = (ckpt.extra or {}).get("provenance") or {}
@@ -215,7 +220,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         times=times,
         local_cache=resolve_local_cache(cfg.data.local_cache, probe),
     )
-    den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, source.lat, source.lon, str(teacher_path))
+    den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, source.lat, source.lon, teacher_path)
     if cfg.noise == "spherical":
         noise_fn = sh_noise.make_sh_noise_fn(source.lat, source.lon)
     else:

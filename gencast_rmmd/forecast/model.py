@@ -203,8 +203,10 @@ def load_forecast_model(
     The training period (`extra:provenance:train_start/train_end`) is kept for the leakage guard.
     """
     from gencast_rmmd.model import checkpoint as ckpt_lib
+    from gencast_rmmd.remote import is_url
 
-    if not os.path.exists(checkpoint_path):
+    # A URL (e.g. the official weights on GCS) is read from a local copy by load_checkpoint.
+    if not is_url(checkpoint_path) and not os.path.exists(checkpoint_path):
         raise CheckpointError(f"checkpoint {checkpoint_path!r} does not exist")
     ckpt = ckpt_lib.load_checkpoint(checkpoint_path)
     task = ckpt.task_config
@@ -225,7 +227,7 @@ def load_forecast_model(
 
     return ForecastModel(
         name=name or default_name,
-        checkpoint=os.path.abspath(checkpoint_path),
+        checkpoint=checkpoint_path if is_url(checkpoint_path) else os.path.abspath(checkpoint_path),
         sampler=sampler,
         nfe=int(nfe),
         task=task,

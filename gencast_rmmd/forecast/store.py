@@ -23,6 +23,9 @@ random id set at creation) tells a re-made store from the one an evaluation scor
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +117,54 @@ def create(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
     ds.to_zarr(path, mode="w-", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
 
 
+def publish(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
+    """Create the store at `path` (a local path or a URL) so that it appears only once its
+    metadata is whole. On disk: `create` into a temporary sibling, then one rename. At a URL
+    (an object store has no atomic rename): `create` into a local temporary directory, then
+    upload its files with the root attributes (which carry the spec) first and the consolidated
+    metadata last, so that a prefix left by a crash in between is recognised as an interrupted
+    creation of the same forecast (`creation_interrupted`) and made again."""
+    from gencast_rmmd.remote import filesystem, is_url
+
+    if not is_url(path):
+        tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+        create(tmp, tmpl, spec)
+        os.replace(tmp, path)
+        return
+    fs, root = filesystem(path)
+    root = root.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="gencast_rmmd_forecast_") as d:
+        local = os.path.join(d, "store.zarr")
+        create(local, tmpl, spec)
+        files = sorted(
+            os.path.relpath(os.path.join(dirpath, f), local)
+            for dirpath, _, names in os.walk(local)
+            for f in names
+        )
+        first, last = [".zattrs"], [".zmetadata"]
+        middle = [f for f in files if f not in first + last]
+        for rel in first + middle + last:
+            fs.put_file(os.path.join(local, rel), f"{root}/{rel.replace(os.sep, '/')}")
+
+
+def creation_interrupted(path: str, spec: dict[str, Any]) -> bool:
+    """Whether the store at URL `path` is what a crash during `publish` leaves: root attributes
+    recording this `spec` (compared as `open_existing` does) and no consolidated metadata yet.
+    Such a store holds no forecast data and is made again."""
+    from gencast_rmmd.remote import filesystem
+
+    fs, root = filesystem(path)
+    root = root.rstrip("/")
+    try:
+        if fs.exists(f"{root}/.zmetadata"):
+            return False
+        attrs = json.loads(fs.cat_file(f"{root}/.zattrs"))
+        stored = json.loads(attrs[SPEC_ATTR])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return False
+    return attrs.get(STATUS_ATTR) == "incomplete" and stored == _comparable(stored, spec)
+
+
 def open_existing(
     path: str, spec: dict[str, Any], input_paths: dict[str, str] | None = None
 ) -> xr.Dataset:
@@ -121,7 +172,9 @@ def open_existing(
     `input_paths` (a `DIGEST_KEYS` key -> the path that input was read from) names the paths in
     the refusal for inputs re-made since (the checkpoint's is `spec["model"]` by default)."""
     try:
-        ds = xr.open_zarr(path, chunks=None)
+        with warnings.catch_warnings():  # a store without consolidated metadata is not ours
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = xr.open_zarr(path, chunks=None)
     except Exception as e:
         raise OutputError(
             f"output path {path!r} exists and is not a forecast store ({e}); choose a new path"

@@ -437,22 +437,25 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
 def _read_flat(
     path: str | os.PathLike, prefix: str = ""
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    path = pathlib.Path(path)
+    from gencast_rmmd.remote import local_file
+
+    source = os.fspath(path)  # a URL (e.g. the official weights on GCS) is read from a local copy
+    path = pathlib.Path(local_file(source, CheckpointError))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint file {source!r} does not exist")
     with open(path, "rb") as f:
         head = f.read(6)
     if not head.startswith(b"PK") and head != b"\x93NUMPY":
         # np.load would call anything else a pickle, which says nothing useful here
         raise CheckpointError(
-            f"{path}: not an .npz archive (expected a zip file, found a file starting {head!r})"
+            f"{source}: not an .npz archive (expected a zip file, found a file starting {head!r})"
         )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable .npz archive ({e})") from None
+        raise CheckpointError(f"{source}: not a readable .npz archive ({e})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: expected an .npz archive, found a single .npy array")
+        raise CheckpointError(f"{source}: expected an .npz archive, found a single .npy array")
     flat, errors = {}, []
     with data:
         for key in data.files:
@@ -484,7 +487,7 @@ def load_checkpoint(
     from gencast_rmmd.model import configs as configs_lib
     from gencast_rmmd.model import transformer as transformer_lib
 
-    path = pathlib.Path(path)
+    path = os.fspath(path)  # a local path or a URL (`_read_flat` fetches a local copy)
     flat, errors = _read_flat(path)
     tree = unflatten(flat)
     for k in sorted(set(tree) - set(SECTIONS)):

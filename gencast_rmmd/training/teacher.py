@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.config import check_iso_times, from_dict, to_dict
-from gencast_rmmd.data.era5 import source_path, store_id
+from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.data.task import TaskConfig
@@ -45,6 +45,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
+from gencast_rmmd.remote import source_path
 from gencast_rmmd.safety import publish_mode, refuse_changed_inputs
 from gencast_rmmd.training.loop import (
     LoopConfig,
@@ -326,7 +327,7 @@ def train_teacher(
             f"--out {str(out)!r} exists and is not a directory; choose a run directory"
         )
     store = source_path(store)  # a URL (gs://...) as given
-    stats = str(pathlib.Path(stats).absolute())
+    stats = source_path(stats)
     probe = ExampleSource(store, task, stats)
     times = _select_times(probe.init_times, training)
     if times.size < training.batch_size:

@@ -145,28 +145,6 @@ def test_open_store_fsspec_memory_url():
     assert out.sizes["time"] == 3
 
 
-def test_url_sources_keep_their_url_and_gcs_token(monkeypatch, tmp_path):
-    """URLs are recorded as given and local paths made absolute; gs:// reads are anonymous
-    unless a token is given or fsspec's configuration (FSSPEC_GS_TOKEN) names one."""
-    import fsspec.config
-
-    monkeypatch.chdir(tmp_path)
-    assert era5.source_path("gs://bucket/era5.zarr") == "gs://bucket/era5.zarr"
-    assert era5.source_path("memory://x/a.zarr") == "memory://x/a.zarr"
-    assert era5.source_path("a.zarr") == str(tmp_path / "a.zarr")
-    assert era5.source_path(f"file://{tmp_path}/a.zarr") == str(tmp_path / "a.zarr")
-    assert not era5.is_url(f"file://{tmp_path}/a.zarr") and era5.is_url("s3://b/a.zarr")
-    monkeypatch.setattr(fsspec.config, "conf", {})
-    opts = era5.url_storage_options
-    assert opts("gs://b/a.zarr") == {"token": "anon"}
-    assert opts("gcs://b/a.zarr", token="google_default") == {"token": "google_default"}
-    assert opts("gs://b/a.zarr", storage_options={"token": "t.json"}) == {"token": "t.json"}
-    assert opts("s3://b/a.zarr", storage_options={"anon": True}) == {"anon": True}
-    monkeypatch.setattr(fsspec.config, "conf", {"gs": {"token": "google_default"}})
-    assert opts("gs://b/a.zarr") == {}  # fsspec applies its configured token
-    assert opts("gs://b/a.zarr", token="anon") == {"token": "anon"}
-
-
 def test_store_id_reads_urls():
     ds = arco_style_ds(hours=2).assign_attrs({era5.STORE_ID_ATTR: "by-url"})
     ds.to_zarr("memory://gencast_rmmd_test/id.zarr", consolidated=False, mode="w")

@@ -169,6 +169,18 @@ def test_stats_pipeline_reads_a_store_by_url_lazily(small_store, tmp_path):
     b = compute_stats_beam(url, tmp_path / "url", block=3)
     for k in ("mean", "stddev", "diffs_stddev", "min"):
         xr.testing.assert_identical(a[k], b[k])
+    # The output too may be a URL (on Dataflow the last step writes it from a worker): the same
+    # bytes, so the same digest that forecasts and students record.
+    import fsspec
+
+    out_url = "memory://gencast_rmmd_stats_test/stats"
+    compute_stats_beam(url, out_url, block=3)
+    fs = fsspec.filesystem("memory")
+    names = sorted(st.STATS_FILES.values())
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out_url, detail=False)) == names
+    for n in names:
+        assert fs.cat_file(f"{out_url}/{n}") == (tmp_path / "local" / n).read_bytes(), n
+    assert st.stats_sha256(out_url) == st.stats_sha256(tmp_path / "local")
 
 
 def test_stats_combine_is_independent_of_delivery_order(small_store):

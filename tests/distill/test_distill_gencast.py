@@ -160,21 +160,33 @@ def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_distill_reads_a_store_by_url(world, tmp_path, capsys):
-    """`--data` may be a URL (gs:// on a pod; fsspec's memory:// here): the run reads it as
-    given, records the URL, and trains exactly as from the same store on disk."""
+    """`--data`, `--teacher` and `--stats` may be URLs (gs:// on a pod, e.g. the official
+    weights and statistics; fsspec's memory:// here): the run reads them as given, records the
+    URLs, and trains exactly as from the same files on disk."""
+    import fsspec
     import xarray as xr
 
-    url = "memory://gencast_rmmd_distill_test/data.zarr"
+    root = "memory://gencast_rmmd_distill_test"
+    url = f"{root}/data.zarr"
     ds = xr.open_zarr(world / "data.zarr", consolidated=False).drop_encoding()
     ds.to_zarr(url, consolidated=False, mode="w")
+    fs = fsspec.filesystem("memory")
+    fs.put_file(str(world / "teacher.npz"), f"{root}/teacher.npz")
+    fs.put(str(world / "stats"), f"{root}/stats", recursive=True)
     local, remote = tmp_path / "local", tmp_path / "url"
     assert main(_world_args(world, local, phase="mmd")) == 0
     args = _world_args(world, remote, phase="mmd")
-    args[args.index("--data") + 1] = url
+    for flag, value in (("--data", url), ("--teacher", f"{root}/teacher.npz")):
+        args[args.index(flag) + 1] = value
+    args[args.index("--stats") + 1] = f"{root}/stats"
     assert main(args) == 0, capsys.readouterr().err
     a = load_checkpoint(local / "mmd" / "student.npz")
     b = load_checkpoint(remote / "mmd" / "student.npz")
-    assert str(np.asarray(b.extra["provenance"]["data_store"])) == url
+    prov = {k: str(np.asarray(v)) for k, v in b.extra["provenance"].items()}
+    assert (prov["data_store"], prov["teacher"]) == (url, f"{root}/teacher.npz")
+    local_prov = load_checkpoint(local / "mmd" / "student.npz").extra["provenance"]
+    for k in ("teacher_sha256", "stats_sha256"):
+        assert prov[k] == str(np.asarray(local_prov[k])), k
     for m in a.params:
         for n in a.params[m]:
             np.testing.assert_array_equal(a.params[m][n], b.params[m][n], err_msg=f"{m}/{n}")

@@ -181,3 +181,92 @@ def test_resume_refuses_statistics_rewritten_at_the_same_path(setup, tmp_path):
     zarr.consolidate_metadata(args["out"])
     assert complete(args["out"], stats_sha256=stats_sha256(stats))
     assert run_forecast(**args)["regions_written"] == 0
+
+
+def test_forecast_with_every_input_and_the_output_by_url(setup, tmp_path, monkeypatch):
+    """Dataflow's layout, where workers share no disk: checkpoint, statistics, data and the
+    forecast store all at URLs (fsspec's memory:// here). The store equals the one made from
+    local paths and records the URLs; a crash while the store's metadata is uploaded, or after
+    some regions, resumes; a checkpoint re-made at the URL is refused."""
+    import json
+    import shutil
+
+    import fsspec
+    import xarray as xr
+    import zarr
+
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.forecast import store as store_lib
+    from pipelines import forecast as fc_pipe
+
+    d = setup["dir"]
+    fs = fsspec.filesystem("memory")
+    root = "memory://gencast_rmmd_fc_url"
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    fs.put(str(d / "stats"), f"{root}/stats", recursive=True)
+    fs.put_file(str(d / "student.npz"), f"{root}/student.npz")
+    fs.put(str(d / "data.zarr"), f"{root}/data.zarr", recursive=True)
+    local = _resume_args(d, tmp_path, d / "student.npz", d / "stats")
+    local.update(members=3, member_block=2)
+    url = dict(
+        local,
+        model=f"{root}/student.npz",
+        stats_dir=f"{root}/stats",
+        data=f"{root}/data.zarr",
+        out=f"{root}/f.zarr",
+    )
+    assert fc_pipe.run_forecast(**local)["complete"]
+
+    # A crash between the upload of the root attributes and of the consolidated metadata.
+    real_put = type(fs).put_file
+
+    def dies_at_zmetadata(self, lpath, rpath, **kw):
+        if rpath.endswith("/.zmetadata"):
+            raise OSError("connection reset")
+        return real_put(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(type(fs), "put_file", dies_at_zmetadata)
+    with pytest.raises(OSError, match="connection reset"):
+        fc_pipe.run_forecast(**url)
+    monkeypatch.setattr(type(fs), "put_file", real_put)
+    assert fs.exists(f"{root}/f.zarr/.zattrs") and not fs.exists(f"{root}/f.zarr/.zmetadata")
+    # ... then one after the first region.
+    real_run = fc_pipe._Worker.run
+    calls = []
+
+    def dies_on_the_second(self, item):
+        calls.append(item)
+        if len(calls) == 2:
+            raise RuntimeError("worker died")
+        return real_run(self, item)
+
+    monkeypatch.setattr(fc_pipe._Worker, "run", dies_on_the_second)
+    with pytest.raises(RuntimeError, match="worker died"):
+        fc_pipe.run_forecast(**url)
+    monkeypatch.setattr(fc_pipe._Worker, "run", real_run)
+    assert fc_pipe.run_forecast(**url)["regions_written"] == 1
+    a, b = xr.open_zarr(local["out"]), xr.open_zarr(url["out"])
+    xr.testing.assert_identical(a.load().drop_attrs(), b.load().drop_attrs())
+    assert (b.attrs["checkpoint"], b.attrs["data"]) == (url["model"], url["data"])
+    spec = json.loads(b.attrs[store_lib.SPEC_ATTR])
+    assert spec["model"] == url["model"]
+    assert spec["stats_sha256"] == json.loads(a.attrs[store_lib.SPEC_ATTR])["stats_sha256"]
+    log = [json.loads(x) for x in fs.cat_file(f"{root}/f.zarr.metrics.jsonl").splitlines()]
+    assert len(log) == 2  # one line per region written (the first, then the last)
+    assert store_lib.is_complete(url["out"])
+    assert fc_pipe.run_forecast(**url)["regions_written"] == 0
+
+    # A checkpoint re-made at the same URL is fetched again, and refused.
+    bigger = tmp_path / "student.npz"
+    shutil.copy(d / "student.npz", bigger)
+    with open(bigger, "ab") as f:
+        f.write(b"\0")  # the same arrays (npz ignores trailing bytes), other bytes
+    fs.put_file(str(bigger), f"{root}/student.npz")
+    with pytest.raises(OutputError, match="another checkpoint"):
+        fc_pipe.run_forecast(**url)
+    # Another Zarr store at the output URL is never taken for an interrupted creation.
+    zarr.open_group(f"{root}/other.zarr", mode="w").attrs["x"] = 1
+    with pytest.raises(OutputError, match="another Zarr store|not a forecast store"):
+        fc_pipe.run_forecast(**dict(url, out=f"{root}/other.zarr"))
+    fs.rm(root, recursive=True)

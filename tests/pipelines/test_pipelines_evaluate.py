@@ -65,6 +65,58 @@ def test_beam_equals_memory_for_two_chunkings(stores):
         assert res.summary == ref.summary
 
 
+def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monkeypatch):
+    """On Dataflow the workers share no disk with the launcher: the Beam evaluation's statistics
+    go through a URL (`--work-dir`, else the pipeline's `--temp_location`; memory:// here), give
+    the same scorecard, are kept beside the report, and the URL is left clean."""
+    import fsspec
+
+    from gencast_rmmd.cli import main
+    from gencast_rmmd.errors import ConfigError
+    from pipelines import evaluate as eval_pipe
+    from pipelines.evaluate import beam_work_dir
+
+    fs = fsspec.filesystem("memory")
+    shared = "memory://gencast_rmmd_eval_work"
+    kw = dict(baseline_path=stores["b"], plots=False)
+    ref = evaluate(stores["f"], stores["t"], str(tmp_path / "local"), engine="beam", **kw)
+    written, real_run_beam = [], eval_pipe.run_beam
+
+    def spy(specs, work_dir, *a, **k):
+        out = real_run_beam(specs, work_dir, *a, **k)
+        written.append(
+            (work_dir, sorted(p.rsplit("/", 1)[-1] for p in fs.ls(work_dir, detail=False)))
+        )
+        return out
+
+    monkeypatch.setattr(eval_pipe, "run_beam", spy)
+    via_flag = evaluate(
+        stores["f"], stores["t"], str(tmp_path / "flag"), engine="beam", work_dir=shared, **kw
+    )
+    xr.testing.assert_identical(via_flag.scorecard, ref.scorecard)
+    assert written[0][0].startswith(f"{shared}/gencast_rmmd_evaluate-")
+    assert written[0][1] == sorted(os.listdir(tmp_path / "local" / "stats"))
+    assert not fs.exists(shared) or not fs.ls(shared)
+    names = sorted(os.listdir(tmp_path / "local" / "stats"))
+    assert sorted(os.listdir(tmp_path / "flag" / "stats")) == names and len(names) == 4
+    temp = ["--temp_location", f"{shared}/tmp"]
+    assert beam_work_dir(temp) == f"{shared}/tmp" and beam_work_dir() is None
+    assert beam_work_dir(["--temp_location=/tmp/x"]) is None
+    with pytest.raises(ConfigError, match="must be a URL"):
+        beam_work_dir([], "/tmp/local-dir")
+    argv = ["evaluate", "--forecast", stores["f"], "--truth", stores["t"], "--no-plots"]
+    assert main(argv + ["--out", str(tmp_path / "cli"), "--", *temp]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert (
+        summary
+        == evaluate(
+            stores["f"], stores["t"], str(tmp_path / "m"), engine="memory", plots=False
+        ).summary
+    )
+    assert written[1][0].startswith(f"{shared}/tmp/gencast_rmmd_evaluate-")
+    assert not fs.exists(f"{shared}/tmp") or not fs.ls(f"{shared}/tmp")
+
+
 def test_outputs_hold_what_they_claim(stores):
     out = str(stores["dir"] / "full")
     res = evaluate(stores["f"], stores["t"], out, baseline_path=stores["b"], engine="memory")

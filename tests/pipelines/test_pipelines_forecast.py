@@ -93,23 +93,32 @@ def test_store_schema_and_values(data):
 
 
 def test_data_store_by_url(data, tmp_path):
-    """`--data` may be a URL (fsspec's memory:// here): the forecast reads it as given, records
-    the URL and the store's id, and equals the forecast from the same store on disk."""
+    """`--data` and `--out` may be URLs (fsspec's memory:// here): the forecast reads the data
+    as given, records the URL and the store's id, writes the store at the URL (with the Beam
+    engine, as on Dataflow), equals the forecast from the same store on disk, and the
+    evaluation scores it from the URL as from disk."""
     import zarr
 
     from gencast_rmmd.data.era5 import STORE_ID_ATTR
     from gencast_rmmd.forecast.store import SPEC_ATTR
 
     url = "memory://gencast_rmmd_forecast_test/data.zarr"
+    out_url = "memory://gencast_rmmd_forecast_test/out.zarr"
     data["ds"].drop_encoding().to_zarr(url, consolidated=False, mode="w")
     zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "by-url"
     _run(data, tmp_path / "local.zarr", model="persistence")
-    _run(data, tmp_path / "url.zarr", model="persistence", store=url)
-    a, b = xr.open_zarr(tmp_path / "local.zarr"), xr.open_zarr(tmp_path / "url.zarr")
+    _run(data, out_url, model="persistence", store=url, engine="beam")
+    a, b = xr.open_zarr(tmp_path / "local.zarr"), xr.open_zarr(out_url)
     assert b.attrs["data"] == url and a.attrs["data"] == data["data"]
     assert b.attrs["gencast_rmmd_status"] == "complete"
-    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    xr.testing.assert_identical(a.load().drop_attrs(), b.load().drop_attrs())
     assert json.loads(b.attrs[SPEC_ATTR])["data_store_id"] == "by-url"
+    assert _run(data, out_url, model="persistence", store=url)["regions_written"] == 0
+    kw = dict(engine="memory", plots=False)
+    e_local = evaluate(str(tmp_path / "local.zarr"), url, str(tmp_path / "e1"), **kw)
+    e_url = evaluate(out_url, url, str(tmp_path / "e2"), **kw)
+    assert e_url.scorecard.attrs["forecast"] == out_url
+    xr.testing.assert_identical(e_local.scorecard.drop_attrs(), e_url.scorecard.drop_attrs())
 
 
 def test_resume_after_crash_fills_only_missing_regions(data, monkeypatch):

@@ -240,10 +240,19 @@ def test_training_reads_a_store_by_url(data, straight_run, tmp_path):
     url = "memory://gencast_rmmd_teacher_test/store.zarr"
     xr.open_zarr(store, consolidated=False).to_zarr(url, consolidated=False, mode="w")
     zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "made-once"
+    import fsspec
+
+    stats_url = "memory://gencast_rmmd_teacher_test/stats"  # the statistics by URL too
+    fsspec.filesystem("memory").put(str(stats), stats_url, recursive=True)
     out = tmp_path / "url"
-    summary = teacher.train_teacher(MODEL, TASK, url, stats, out, _cfg(), progress=False)
+    summary = teacher.train_teacher(MODEL, TASK, url, stats_url, out, _cfg(), progress=False)
     assert summary["steps"] == 6
     assert teacher.read_run(out).data == url
+    inputs = json.loads((out / teacher.INPUTS_FILE).read_text())
+    assert (
+        inputs["stats_sha256"]
+        == json.loads((out_a / teacher.INPUTS_FILE).read_text())["stats_sha256"]
+    )
     assert json.loads((out / teacher.INPUTS_FILE).read_text())["data_store_id"] == "made-once"
     a, b = _flat_params(out_a / "teacher.npz"), _flat_params(out / "teacher.npz")
     assert a.keys() == b.keys()
@@ -251,7 +260,7 @@ def test_training_reads_a_store_by_url(data, straight_run, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     zarr.open_group(url, mode="r+").attrs[STORE_ID_ATTR] = "made-again"
     with pytest.raises(OutputError, match="begun from another data store") as e:
-        teacher.train_teacher(MODEL, TASK, url, stats, out, _cfg(num_steps=8), progress=False)
+        teacher.train_teacher(MODEL, TASK, url, stats_url, out, _cfg(num_steps=8), progress=False)
     assert url in str(e.value)
 
 
@@ -294,6 +303,15 @@ def test_cli_info_export_and_errors(data, straight_run, tmp_path, capsys):
     assert (tmp_path / "e.npz").is_file()
     assert main(["teacher", "info", str(tmp_path / "missing.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # By URL (the official weights: gs://dm_graphcast/gencast/params/...; memory:// here).
+    import fsspec
+
+    url = "memory://gencast_rmmd_teacher_info/teacher.npz"
+    fsspec.filesystem("memory").put_file(str(out / "teacher.npz"), url)
+    assert main(["teacher", "info", url]) == 0
+    assert f"{summary['num_params']:,}" in capsys.readouterr().out
+    assert main(["teacher", "info", url + ".missing"]) == 2
+    assert f"'{url}.missing' does not exist" in capsys.readouterr().err
     # A store without a task attribute needs --task.
     argv = ["teacher", "train", "--config", "tiny", "--data", str(store), "--stats", str(stats)]
     assert main(argv + ["--out", str(tmp_path / "r")]) == 2

@@ -1,0 +1,209 @@
+"""Files and stores at a local path or an fsspec URL (`gs://`, `s3://`, `https://`, `memory://`).
+
+On a pod, or on Dataflow where workers share no disk, a run's inputs and outputs live in a
+bucket: the canonical store `data prepare` wrote, DeepMind's official GenCast checkpoints and
+normalisation statistics (`gs://dm_graphcast/gencast/...`, public), forecast stores. Everything
+here takes a local path or a URL alike:
+
+- `is_url`, `source_path`: what is a URL, and how a path is recorded (URLs as given, local paths
+  absolute);
+- `url_storage_options`: the fsspec options a reader of a URL uses (gcsfs's token rule);
+- `filesystem`, `exists`, `remove`: fsspec's filesystem for a path or URL, for writers;
+- `written`: write a file at a path or URL so that it appears whole or not at all;
+- `local_file`, `local_files`: a local copy of a file (a checkpoint) or of named files in a
+  directory (a statistics directory) given by URL, fetched once into the cache
+  (`remote_cache_dir`) and fetched again only when the object changes (its size and
+  its fsspec `ukey`, on GCS a digest of the object's metadata, are part of the key). Readers
+  then open local files: hashing, `np.load` and netCDF readers stay what they are for local
+  inputs. Local paths are returned as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+
+from gencast_rmmd.errors import UserError
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether `source` names a store through an fsspec URL (`gs://`, `s3://`, `memory://`, ...)
+    rather than a local path (`file://` paths are local)."""
+    source = os.fspath(source)
+    return "://" in source and not source.startswith("file://")
+
+
+def local_path(source: str | os.PathLike) -> str:
+    """`source` with a `file://` scheme stripped (a local path or a URL otherwise unchanged)."""
+    source = os.fspath(source)
+    return source[len("file://") :] if source.startswith("file://") else source
+
+
+def source_path(source: str | os.PathLike) -> str:
+    """`source` as recorded and reopened later: URLs as given, local paths (`file://` stripped)
+    made absolute."""
+    source = os.fspath(source)
+    if is_url(source):
+        return source
+    return str(pathlib.Path(local_path(source)).absolute())
+
+
+def url_storage_options(
+    source: str, token: str | None = None, storage_options: dict | None = None
+) -> dict:
+    """The fsspec options every reader of the store at URL `source` uses: `storage_options`, and
+    for `gs://` URLs gcsfs's `token`: the one given, else the one fsspec's configuration names
+    (e.g. `FSSPEC_GS_TOKEN=google_default` for a private bucket, such as `data prepare` output
+    written on Dataflow), else "anon" (public buckets such as ARCO-ERA5, no credentials needed)."""
+    opts = dict(storage_options or {})
+    if source.startswith(("gs://", "gcs://")) and "token" not in opts:
+        import fsspec.config
+
+        if token is not None:
+            opts["token"] = token
+        elif not any("token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs")):
+            opts["token"] = "anon"
+    return opts
+
+
+def filesystem(source: str | os.PathLike, read_only: bool = False):
+    """(fsspec filesystem, path within it) for a local path or URL. Readers (`read_only`) get
+    `url_storage_options` (anonymous reads of public buckets); writers get fsspec's default
+    credentials, as zarr and xarray use when they write to a URL."""
+    import fsspec
+
+    source = local_path(source)
+    opts = url_storage_options(source) if read_only and is_url(source) else {}
+    return fsspec.core.url_to_fs(source, **opts)
+
+
+def exists(source: str | os.PathLike) -> bool:
+    fs, path = filesystem(source)
+    return fs.exists(path)
+
+
+def remove(source: str | os.PathLike) -> None:
+    """Delete a file or directory (recursively) at a local path or URL, if it exists."""
+    fs, path = filesystem(source)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def written(dest: str | os.PathLike) -> Iterator[str]:
+    """A local temporary path to write the file `dest` (a local path or URL) to: when the block
+    ends without an error it is moved into place whole (on disk: one rename within `dest`'s
+    directory, which is created; at a URL: one upload, as an object store makes an object
+    visible only once it is whole), otherwise removed. Nothing half-written is ever at `dest`."""
+    from gencast_rmmd.safety import publish_mode
+
+    dest = local_path(dest)
+    name = dest.rstrip("/").rsplit("/", 1)[-1]
+    if is_url(dest):
+        directory = None
+    else:
+        directory = os.path.dirname(os.path.abspath(dest))
+        os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        if directory is None:
+            fs, path = filesystem(dest)
+            fs.put_file(tmp, path)
+        else:
+            publish_mode(tmp)  # mkstemp makes it 0600; give it a plain write's permissions
+            os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remote_cache_dir() -> pathlib.Path:
+    """Where local copies of files given by URL live: `$GENCAST_RMMD_REMOTE_CACHE`, else
+    `$GENCAST_RMMD_CACHE/remote` (default `~/.cache/gencast_rmmd/remote`)."""
+    from gencast_rmmd.data.nature_run import cache_dir
+
+    if os.environ.get("GENCAST_RMMD_REMOTE_CACHE"):
+        return pathlib.Path(os.environ["GENCAST_RMMD_REMOTE_CACHE"])
+    return cache_dir() / "remote"
+
+
+def local_file(source: str | os.PathLike, error: type[UserError] = UserError) -> str:
+    """A local path holding the bytes of the file at `source`: `source` itself when it is a local
+    path (not checked here), else a copy in the cache, fetched when the object at the URL is new
+    or changed. `error` (a `UserError` subclass) is raised, naming the URL, when it does not
+    exist or cannot be read."""
+    source = os.fspath(source)
+    if not is_url(source):
+        return local_path(source)
+    fs, path = filesystem(source, read_only=True)
+    try:
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise error(f"{source!r} is a directory, expected a file")
+        version = f"{info.get('size')}:{fs.ukey(path)}"
+    except FileNotFoundError:
+        raise error(f"{source!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
+    key = hashlib.sha256(f"{source}\n{version}".encode()).hexdigest()[:32]
+    name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
+    dest = remote_cache_dir() / key / name
+    if dest.is_file():
+        return str(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+    os.close(fd)
+    try:
+        fs.get_file(path, tmp)
+        os.replace(tmp, dest)  # the copy appears only once it is whole
+    except (OSError, ValueError) as e:
+        raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return str(dest)
+
+
+def local_files(
+    directory: str | os.PathLike, names: Iterable[str], error: type[UserError] = UserError
+) -> str:
+    """A local directory holding the files `names` of `directory` (a local path, returned as it
+    is, or a URL: each file fetched as by `local_file`, then linked side by side into one
+    directory of the cache named by their versions). `error` names the missing file(s)."""
+    directory = os.fspath(directory)
+    if not is_url(directory):
+        return local_path(directory)
+    names = sorted(names)
+    base = directory.rstrip("/")
+    copies, missing = {}, []
+    for name in names:
+        try:
+            copies[name] = local_file(f"{base}/{name}", error)
+        except error as e:
+            if "does not exist" not in str(e):
+                raise
+            missing.append(name)
+    if missing:
+        raise error(f"{directory!r} lacks {missing} (expected {names})")
+    key = hashlib.sha256("\n".join(copies[n] for n in names).encode()).hexdigest()[:32]
+    dest = remote_cache_dir() / "dirs" / key
+    if not dest.is_dir():
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=remote_cache_dir(), prefix=".dir."))
+        for name in names:
+            try:
+                os.link(copies[name], tmp / name)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(copies[name], tmp / name)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        except OSError:  # another process made the same directory meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)

@@ -1,0 +1,100 @@
+"""Files given by URL (`gencast_rmmd.remote`): local copies fetched once, fetched again when the
+object changes, and clear errors naming the URL."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import fsspec
+import pytest
+
+from gencast_rmmd import remote
+from gencast_rmmd.errors import CheckpointError, DataError
+
+ROOT = "memory://gencast_rmmd_remote_test"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    yield fs
+    if fs.exists(ROOT):
+        fs.rm(ROOT, recursive=True)
+
+
+def test_local_file_is_fetched_once_and_again_when_changed(cache, tmp_path, monkeypatch):
+    url = f"{ROOT}/w/params.npz"
+    cache.pipe_file(url, b"first")
+    a = remote.local_file(url)
+    assert pathlib.Path(a).read_bytes() == b"first" and a.endswith("params.npz")
+    assert pathlib.Path(a).is_relative_to(tmp_path / "cache")
+    fetches = []
+    real_get = type(cache).get_file
+    monkeypatch.setattr(
+        type(cache), "get_file", lambda self, *a, **k: fetches.append(a) or real_get(self, *a, **k)
+    )
+    assert remote.local_file(url) == a and not fetches  # unchanged: served from the copy
+    cache.pipe_file(url, b"second, longer")  # re-made at the same URL
+    b = remote.local_file(url)
+    assert b != a and pathlib.Path(b).read_bytes() == b"second, longer" and len(fetches) == 1
+    assert not [p for p in pathlib.Path(b).parent.iterdir() if p.name.endswith(".part")]
+
+
+def test_local_file_errors_name_the_url(cache, tmp_path):
+    with pytest.raises(CheckpointError, match=f"'{ROOT}/nope.npz' does not exist"):
+        remote.local_file(f"{ROOT}/nope.npz", CheckpointError)
+    cache.pipe_file(f"{ROOT}/d/x.nc", b"x")
+    with pytest.raises(DataError, match="is a directory, expected a file"):
+        remote.local_file(f"{ROOT}/d", DataError)
+    # Local paths are not fetched, only `file://` stripped.
+    assert remote.local_file(str(tmp_path / "a.npz")) == str(tmp_path / "a.npz")
+    assert remote.local_file(f"file://{tmp_path}/a.npz") == str(tmp_path / "a.npz")
+
+
+def test_local_files_copy_a_directory(cache, tmp_path):
+    names = ["mean_by_level.nc", "stddev_by_level.nc"]
+    for n in names:
+        cache.pipe_file(f"{ROOT}/stats/{n}", n.encode())
+    cache.pipe_file(f"{ROOT}/stats/other.txt", b"not asked for")
+    d = remote.local_files(f"{ROOT}/stats/", names, DataError)
+    assert sorted(os.listdir(d)) == names
+    assert all((pathlib.Path(d) / n).read_bytes() == n.encode() for n in names)
+    assert remote.local_files(f"{ROOT}/stats", names, DataError) == d  # same versions, same dir
+    cache.pipe_file(f"{ROOT}/stats/{names[0]}", b"recomputed")
+    d2 = remote.local_files(f"{ROOT}/stats", names, DataError)
+    assert d2 != d and (pathlib.Path(d2) / names[0]).read_bytes() == b"recomputed"
+    with pytest.raises(DataError, match=r"lacks \['min_by_level.nc'\]"):
+        remote.local_files(f"{ROOT}/stats", [*names, "min_by_level.nc"], DataError)
+    assert remote.local_files(str(tmp_path), names) == str(tmp_path)
+
+
+def test_remove_and_exists(cache):
+    cache.pipe_file(f"{ROOT}/x/a", b"a")
+    assert remote.exists(f"{ROOT}/x")
+    remote.remove(f"{ROOT}/x")
+    assert not remote.exists(f"{ROOT}/x")
+    remote.remove(f"{ROOT}/x")  # nothing there: no error
+
+
+def test_url_sources_keep_their_url_and_gcs_token(monkeypatch, tmp_path):
+    """URLs are recorded as given and local paths made absolute; gs:// reads are anonymous
+    unless a token is given or fsspec's configuration (FSSPEC_GS_TOKEN) names one."""
+    import fsspec.config
+
+    monkeypatch.chdir(tmp_path)
+    assert remote.source_path("gs://bucket/remote.zarr") == "gs://bucket/remote.zarr"
+    assert remote.source_path("memory://x/a.zarr") == "memory://x/a.zarr"
+    assert remote.source_path("a.zarr") == str(tmp_path / "a.zarr")
+    assert remote.source_path(f"file://{tmp_path}/a.zarr") == str(tmp_path / "a.zarr")
+    assert not remote.is_url(f"file://{tmp_path}/a.zarr") and remote.is_url("s3://b/a.zarr")
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    opts = remote.url_storage_options
+    assert opts("gs://b/a.zarr") == {"token": "anon"}
+    assert opts("gcs://b/a.zarr", token="google_default") == {"token": "google_default"}
+    assert opts("gs://b/a.zarr", storage_options={"token": "t.json"}) == {"token": "t.json"}
+    assert opts("s3://b/a.zarr", storage_options={"anon": True}) == {"anon": True}
+    monkeypatch.setattr(fsspec.config, "conf", {"gs": {"token": "google_default"}})
+    assert opts("gs://b/a.zarr") == {}  # fsspec applies its configured token
+    assert opts("gs://b/a.zarr", token="anon") == {"token": "anon"}
