@@ -67,10 +67,13 @@ def publish_mode(path: str | os.PathLike) -> None:
     os.chmod(path, dir_mode)
 
 
-def load_or_data_error(obj: Any, store: str | os.PathLike, where: str = "") -> Any:
+def load_or_data_error(
+    obj: Any, store: str | os.PathLike, where: str = "", threads: int = 1
+) -> Any:
     """`obj.load()` for a lazy xarray Dataset/DataArray read from `store`; an undecodable chunk
     raises `DataError` naming the store, the variable (a Dataset is loaded variable by variable)
-    and `where` (e.g. "time 2020-01-01T00")."""
+    and `where` (e.g. "time 2020-01-01T00"). `threads` > 1 loads up to that many variables at
+    once (a store by URL, where each read is a round trip)."""
     import xarray as xr
 
     at = f" at {where}" if where else ""
@@ -88,7 +91,14 @@ def load_or_data_error(obj: Any, store: str | os.PathLike, where: str = "") -> A
             ) from None
 
     if isinstance(obj, xr.Dataset):
-        return obj.assign({v: one(obj[v], str(v)) for v in obj.data_vars})
+        names = list(obj.data_vars)
+        if threads > 1 and len(names) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(threads, len(names))) as pool:
+                loaded = list(pool.map(lambda v: one(obj[v], str(v)), names))
+            return obj.assign(dict(zip(names, loaded)))
+        return obj.assign({v: one(obj[v], str(v)) for v in names})
     return one(obj, str(obj.name))
 
 

@@ -25,6 +25,7 @@ import xarray as xr
 
 from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError, OutputError
+from gencast_rmmd.remote import is_url
 from gencast_rmmd.safety import load_or_data_error
 
 
@@ -64,7 +65,6 @@ def _open(path: str) -> xr.Dataset:
     item does not re-read the metadata. A Zarr store, local or by URL, is never loaded whole (it
     may be decades of ERA5); a NetCDF file is."""
     from gencast_rmmd.data.era5 import NETCDF_SUFFIXES, open_store
-    from gencast_rmmd.remote import is_url
 
     ds = open_store(path, chunks=None, trim_to_valid_range=False)
     zarr_store = os.path.isdir(path) or (is_url(path) and not path.endswith(NETCDF_SUFFIXES))
@@ -78,7 +78,9 @@ def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
     where = (
         f"times {np.datetime_as_string(t[0], unit='h')}..{np.datetime_as_string(t[-1], unit='h')}"
     )
-    return load_or_data_error(ds, path, where=where)
+    # By URL every read is a round trip: the block's variables are fetched concurrently.
+    threads = len(names) if is_url(path) else 1
+    return load_or_data_error(ds, path, where=where, threads=threads)
 
 
 def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):

@@ -78,3 +78,10 @@ def test_corrupt_chunk_becomes_one_data_error(tmp_path):
     assert load_or_data_error(ds["temperature"].isel(time=slice(0, 4)), store).shape[0] == 4
     with pytest.raises(DataError, match=r"s\.zarr.*cannot read variable 'temperature' at time"):
         load_or_data_error(ds, store, where="time 2020-01-03")
+    # Variables loaded concurrently (stores by URL): the same error, the same values.
+    with pytest.raises(DataError, match=r"s\.zarr.*cannot read variable 'temperature' at time"):
+        load_or_data_error(ds, store, where="time 2020-01-03", threads=4)
+    rest = ds.drop_vars("temperature").isel(time=slice(0, 4))
+    xr.testing.assert_identical(
+        load_or_data_error(rest, store, threads=4), load_or_data_error(rest, store)
+    )
