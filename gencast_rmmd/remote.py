@@ -12,8 +12,8 @@ here takes a local path or a URL alike:
 - `written`: write a file at a path or URL so that it appears whole or not at all;
 - `local_file`, `local_files`: a local copy of a file (a checkpoint) or of named files in a
   directory (a statistics directory) given by URL, fetched once into the cache
-  (`remote_cache_dir`) and fetched again only when the object changes (its size and
-  its fsspec `ukey`, on GCS a digest of the object's metadata, are part of the key). Readers
+  (`remote_cache_dir`) and fetched again only when the object changes (the object's
+  metadata, as fsspec's `info` reports it, is part of the key). Readers
   then open local files: hashing, `np.load` and netCDF readers stay what they are for local
   inputs. Local paths are returned as they are.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -147,7 +148,9 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         info = fs.info(path)
         if info.get("type") == "directory":
             raise error(f"{source!r} is a directory, expected a file")
-        version = f"{info.get('size')}:{fs.ukey(path)}"
+        # The object's metadata as fsspec reports it, one request: size, and on GCS checksums,
+        # generation and update time, over HTTP(S) ETag / Last-Modified when the server sends them.
+        version = json.dumps(info, sort_keys=True, default=str)
     except FileNotFoundError:
         raise error(f"{source!r} does not exist") from None
     except (OSError, ValueError) as e:

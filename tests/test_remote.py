@@ -98,3 +98,33 @@ def test_url_sources_keep_their_url_and_gcs_token(monkeypatch, tmp_path):
     monkeypatch.setattr(fsspec.config, "conf", {"gs": {"token": "google_default"}})
     assert opts("gs://b/a.zarr") == {}  # fsspec applies its configured token
     assert opts("gs://b/a.zarr", token="anon") == {"token": "anon"}
+
+
+def test_http_files_are_fetched_again_when_the_server_says_they_changed(tmp_path, monkeypatch):
+    """Over HTTP the key is what the server reports (size, Last-Modified, ETag): a file
+    rewritten with the same size but a new modification time is fetched again."""
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/w.npz"
+        (served / "w.npz").write_bytes(b"one")
+        os.utime(served / "w.npz", (1_000_000_000, 1_000_000_000))
+        a = remote.local_file(url)
+        assert remote.local_file(url) == a and pathlib.Path(a).read_bytes() == b"one"
+        (served / "w.npz").write_bytes(b"two")  # same size, later modification time
+        os.utime(served / "w.npz", (1_000_000_100, 1_000_000_100))
+        b = remote.local_file(url)
+        assert b != a and pathlib.Path(b).read_bytes() == b"two"
+        with pytest.raises(CheckpointError, match="does not exist"):
+            remote.local_file(url + ".missing", CheckpointError)
+    finally:
+        srv.shutdown()
