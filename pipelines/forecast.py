@@ -207,12 +207,12 @@ def check_initial_conditions(ds, model, spec: ForecastSpec) -> None:
 class _Worker:
     """Per-process state: model, compiled rollout, open data (built once, reused per item)."""
 
-    def __init__(self, spec: ForecastSpec, model=None):
+    def __init__(self, spec: ForecastSpec, model=None, data=None):
         from gencast_rmmd.forecast.rollout import Rollout
 
         self.spec = spec
         self.model = model if model is not None else load_model(spec)
-        self.data = open_data(spec.data)
+        self.data = data if data is not None else open_data(spec.data)
         self.rollout = Rollout(
             self.model,
             self.data["lat"].values,
@@ -246,21 +246,22 @@ class _Worker:
 _WORKERS: dict[ForecastSpec, _Worker] = {}
 
 
-def _worker(spec: ForecastSpec, model=None) -> _Worker:
+def _worker(spec: ForecastSpec, model=None, data=None) -> _Worker:
     if spec not in _WORKERS:
-        _WORKERS[spec] = _Worker(spec, model)
+        _WORKERS[spec] = _Worker(spec, model, data)
     return _WORKERS[spec]
 
 
-def prepare(spec: ForecastSpec, model=None) -> tuple[list[tuple[int, int]], dict]:
-    """Validate, create (or reopen) the store; returns (missing work items, store attrs)."""
+def prepare(spec: ForecastSpec, model=None, data=None) -> tuple[list[tuple[int, int]], dict]:
+    """Validate, create (or reopen) the store; returns (missing work items, store attrs).
+    `model` and `data` (`open_data(spec.data)`), when given, are used rather than loaded again."""
     if spec.members <= 0:
         raise ConfigError(f"--members must be >= 1, found {spec.members}")
     if spec.member_block <= 0:
         raise ConfigError(f"--member-block must be >= 1, found {spec.member_block}")
     model = model if model is not None else load_model(spec)
     task = model.task
-    ds = open_data(spec.data)
+    ds = data if data is not None else open_data(spec.data)
     lat, lon = ds["lat"].values, ds["lon"].values
     times = ds["time"].values
     step = np.timedelta64(task.step_hours, "h")
@@ -362,7 +363,9 @@ def run_forecast(
         data_config,
     )
     fmodel = load_model(base)  # loaded once; the local engine's worker reuses it
-    open_data(data)  # an unreadable store fails here, before its id is looked up
+    # Opened once (a store by URL costs round trips per open): an unreadable store fails here,
+    # before its id is looked up; `prepare` and the local engine's worker use it.
+    ds = open_data(data)
     step_hours = fmodel.task.step_hours
     n = lead_steps_from(lead_steps, lead_time, step_hours)
     inits = parse_init_times(init_times, step_hours)
@@ -386,13 +389,13 @@ def run_forecast(
         data_store_id=store_id(data),
     )
     t0 = time.time()
-    missing, attrs = prepare(spec, fmodel)
+    missing, attrs = prepare(spec, fmodel, ds)
     total = len(spec.items())
     if missing:
         if engine == "local":
             from tqdm import tqdm
 
-            w = _worker(spec, fmodel)
+            w = _worker(spec, fmodel, ds)
             log_path = out.rstrip("/") + METRICS_SUFFIX
             for item in tqdm(missing, desc="forecast regions", unit="region", disable=not progress):
                 t_item = time.time()

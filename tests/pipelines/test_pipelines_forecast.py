@@ -261,3 +261,13 @@ def pd_read(path):
     import pandas as pd
 
     return pd.read_csv(path, keep_default_na=False)
+
+
+def test_local_engine_opens_the_data_once(data, tmp_path, monkeypatch):
+    """Every open of a store by URL costs round trips: the local engine opens it once (the
+    check before the store id is read, the store's creation and the worker share it)."""
+    opened = []
+    real = fc_pipe.open_data
+    monkeypatch.setattr(fc_pipe, "open_data", lambda p: opened.append(p) or real(p))
+    assert _run(data, tmp_path / "once.zarr")["regions_written"] == 6
+    assert opened == [data["data"]]
