@@ -29,8 +29,9 @@ from gencast_rmmd.errors import ConfigError
 
 T = TypeVar("T")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG_ROOT = REPO_ROOT / "configs"
+# The named configs ship inside the package (package data), so a plain or wheel install (a
+# Dataflow worker, a container) finds them; the repository's `configs/` is a link to them.
+CONFIG_ROOT = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 _FLOAT_LITERAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

@@ -131,3 +131,25 @@ def test_teacher_training_dates_that_are_not_iso_are_refused():
     assert from_dict(TeacherTrainingConfig, base).train_start == "2020-01-01"
     with pytest.raises(ConfigError, match=r"train_end: not an ISO date/time: 'last week'"):
         from_dict(TeacherTrainingConfig, dict(base, train_end="last week"))
+
+
+def test_named_configs_ship_with_the_package():
+    """The named configs (`--config tiny`, quickstart profiles, ...) are package data: a plain or
+    wheel install (a Dataflow worker, a container) finds them, not only an editable checkout.
+    Every file under the package's configs/ is matched by pyproject's package-data globs, and
+    the repository's configs/ is the same directory."""
+    import pathlib
+    import tomllib
+
+    import gencast_rmmd
+    from gencast_rmmd.config import CONFIG_ROOT, resolve_config_path
+
+    package = pathlib.Path(gencast_rmmd.__file__).resolve().parent
+    repo = package.parent
+    assert CONFIG_ROOT == package / "configs"
+    with open(repo / "pyproject.toml", "rb") as f:
+        globs = tomllib.load(f)["tool"]["setuptools"]["package-data"]["gencast_rmmd"]
+    files = {p for p in CONFIG_ROOT.rglob("*") if p.is_file()}
+    assert len(files) >= 10 and files == {p for g in globs for p in package.glob(g)}
+    assert (repo / "configs").resolve() == CONFIG_ROOT
+    assert resolve_config_path("tiny", "model") == CONFIG_ROOT / "model" / "tiny.yaml"
