@@ -21,6 +21,29 @@ def _row_labels(ds: xr.Dataset) -> list[str]:
     return [str(x) for x in ds[VL_DIM].values]
 
 
+def heatmap_values(
+    card: xr.Dataset, metric: str, region: str = "global"
+) -> tuple[np.ndarray, str, np.ndarray | None, float]:
+    """(values [variable-level, lead], colour-bar label, significance mask or None, symmetric
+    colour limit) of `scorecard_heatmap`. The limit is the largest finite magnitude, and values
+    beyond it are clipped to it: a zero-spread entry (log2 0 = -inf, e.g. a deterministic
+    member set) shows as the most under-dispersed colour instead of making the scale infinite
+    (which drew every entry white)."""
+    sel = card.sel(region=region, metric=metric)
+    if "relative_change" in card and metric != "spread_skill":
+        z = sel["relative_change"].transpose(VL_DIM, "lead_time").values
+        label = f"{metric.upper()} change vs baseline (%)"
+        sig = sel["significant"].transpose(VL_DIM, "lead_time").values.astype(bool)
+    else:
+        with np.errstate(divide="ignore"):
+            z = np.log2(sel["value"].transpose(VL_DIM, "lead_time").values)
+        label = "log2(spread/skill)  (0 = calibrated)"
+        sig = None
+    finite = np.abs(z[np.isfinite(z)])
+    lim = max(float(finite.max()) if finite.size else 1.0, 1e-6)
+    return np.clip(z, -lim, lim), label, sig, lim
+
+
 def scorecard_heatmap(card: xr.Dataset, metric: str, path: str, region: str = "global") -> str:
     """Heatmap: rows variable-level, columns lead time, diverging colours centred on 0.
 
@@ -28,20 +51,8 @@ def scorecard_heatmap(card: xr.Dataset, metric: str, path: str, region: str = "g
     significant entries marked with a dot. Without one: log2(spread/skill) (blue = under-dispersed,
     red = over-dispersed), for `metric="spread_skill"`.
     """
-    sel = card.sel(region=region, metric=metric)
-    if "relative_change" in card and metric != "spread_skill":
-        z = sel["relative_change"].transpose(VL_DIM, "lead_time").values
-        label = f"{metric.upper()} change vs baseline (%)"
-        sig = sel["significant"].transpose(VL_DIM, "lead_time").values.astype(bool)
-        lim = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
-        cmap = "RdBu_r"
-    else:
-        z = np.log2(sel["value"].transpose(VL_DIM, "lead_time").values)
-        label = "log2(spread/skill)  (0 = calibrated)"
-        sig = None
-        lim = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
-        cmap = "RdBu_r"
-    lim = max(float(lim), 1e-6)
+    z, label, sig, lim = heatmap_values(card, metric, region)
+    cmap = "RdBu_r"
     rows = _row_labels(card)
     leads = card["lead_time"].values
     fig, ax = plt.subplots(figsize=(max(7.0, 3.7 + 0.45 * len(leads)), 1.5 + 0.28 * len(rows)))
