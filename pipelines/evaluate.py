@@ -455,26 +455,21 @@ def evaluate(
     try:
         stats_dir = os.path.join(tmp, "stats")
         os.makedirs(stats_dir)
-        if engine == "beam":
-            shared = beam_work_dir(beam_args, work_dir)
-            if shared is None:
-                results = run_beam(specs, stats_dir, beam_args)
-            else:
+        shared = beam_work_dir(beam_args, work_dir) if engine == "beam" else None
+        if engine == "beam" and shared is None:  # the workers write into stats_dir themselves
+            results = run_beam(specs, stats_dir, beam_args)
+        else:
+            if engine == "beam":
                 run_dir = f"{shared.rstrip('/')}/gencast_rmmd_evaluate-{uuid.uuid4().hex}"
                 try:
                     results = run_beam(specs, run_dir, beam_args)
                 finally:
                     remove(run_dir)
-                for label, (mean, per) in results.items():  # kept beside the report, as above
-                    _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
-                    _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))
-        else:
-            results = {}
-            for spec in specs:
-                mean, per = run_memory(spec)
-                _write_nc(mean, os.path.join(stats_dir, f"mean_{spec.label}.nc"))
-                _write_nc(per, os.path.join(stats_dir, f"per_init_{spec.label}.nc"))
-                results[spec.label] = (mean, per)
+            else:
+                results = {spec.label: run_memory(spec) for spec in specs}
+            for label, (mean, per) in results.items():  # kept beside the report
+                _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
+                _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))
         attrs = _nc_attrs(meta)
         mean_f, per_f = results["forecast"]
         card = sc_lib.finalize(mean_f, meta["ensemble_size"], attrs)

@@ -25,7 +25,7 @@ import xarray as xr
 
 from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError, OutputError
-from gencast_rmmd.remote import is_url
+from gencast_rmmd.remote import filesystem, is_url
 from gencast_rmmd.safety import load_or_data_error
 
 
@@ -115,8 +115,6 @@ def compute_stats_beam(
     local directory, or a URL where the pipeline's last step, on a worker, writes them)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-
-    from gencast_rmmd.remote import filesystem
 
     data = os.fspath(data)
     fs, out_path = filesystem(out_dir)  # a local directory, or a URL (gs://... on Dataflow)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 
 from gencast_rmmd.cli import add_set_argument
 
@@ -213,12 +212,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from gencast_rmmd.errors import CheckpointError
-    from gencast_rmmd.remote import is_url
     from gencast_rmmd.training.teacher import describe_checkpoint
 
-    # A URL (the official weights on GCS) is fetched once into the cache by load_checkpoint.
-    if not is_url(args.file) and not pathlib.Path(args.file).is_file():
-        raise CheckpointError(f"checkpoint {args.file!r} does not exist")
+    # A local path or a URL (the official weights on GCS, fetched once into the cache); a missing
+    # one is a CheckpointError naming it (`model.checkpoint.load_checkpoint`).
     print(describe_checkpoint(args.file))
     return 0

@@ -158,9 +158,8 @@ def open_store(
     Raises:
       DataError: the path does not exist, is neither Zarr nor NetCDF, or is incomplete.
     """
-    source = os.fspath(source)
     chunks = {} if chunks == "store" else chunks
-    source = local_path(source)
+    source = local_path(source)  # a `file://` path is local
     if is_url(source):
         opts = url_storage_options(source, token, storage_options)
         try:

@@ -27,7 +27,6 @@ import numpy as np
 
 from gencast_rmmd.data.normalization import NormalizationArrays
 from gencast_rmmd.data.task import TaskConfig
-from gencast_rmmd.errors import CheckpointError
 
 StepFn = Callable[[Any, Any, Any, Any], Any]
 
@@ -205,9 +204,8 @@ def load_forecast_model(
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.remote import is_url
 
-    # A URL (e.g. the official weights on GCS) is read from a local copy by load_checkpoint.
-    if not is_url(checkpoint_path) and not os.path.exists(checkpoint_path):
-        raise CheckpointError(f"checkpoint {checkpoint_path!r} does not exist")
+    # A local path or a URL (e.g. the official weights on GCS, read from a local copy); a missing
+    # one is a CheckpointError naming it.
     ckpt = ckpt_lib.load_checkpoint(checkpoint_path)
     task = ckpt.task_config
     norm, sst = norm_from_stats_dir(stats_dir, task)
