@@ -13,9 +13,14 @@ here takes a local path or a URL alike:
 - `local_file`, `local_files`: a local copy of a file (a checkpoint) or of named files in a
   directory (a statistics directory) given by URL, fetched once into the cache
   (`remote_cache_dir`) and fetched again only when the object changes (the object's
-  metadata, as fsspec's `info` reports it, is part of the key). Readers
-  then open local files: hashing, `np.load` and netCDF readers stay what they are for local
-  inputs. Local paths are returned as they are.
+  metadata, as fsspec's `info` reports it, is part of the key); the older copy of the same URL
+  is then deleted, so the cache holds one copy per URL. Readers then open local files: hashing,
+  `np.load` and netCDF readers stay what they are for local inputs. Local paths are returned as
+  they are.
+
+Cache layout: `<sha(URL)>/<sha(object metadata)>/<file name>`, with the URL in
+`<sha(URL)>/.source`; a directory from `local_files` is `dirs/<sha(URL)>/<sha(its copies)>/`,
+holding hard links to the copies.
 """
 
 from __future__ import annotations
@@ -155,9 +160,9 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         raise error(f"{source!r} does not exist") from None
     except (OSError, ValueError) as e:
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
-    key = hashlib.sha256(f"{source}\n{version}".encode()).hexdigest()[:32]
     name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
-    dest = remote_cache_dir() / key / name
+    group = _url_group(remote_cache_dir(), source)
+    dest = group / _digest(version, 16) / name
     if dest.is_file():
         return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +176,7 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _remove_other_versions(dest.parent)
     return str(dest)
 
 
@@ -195,18 +201,52 @@ def local_files(
             missing.append(name)
     if missing:
         raise error(f"{directory!r} lacks {missing} (expected {names})")
-    key = hashlib.sha256("\n".join(copies[n] for n in names).encode()).hexdigest()[:32]
-    dest = remote_cache_dir() / "dirs" / key
+    group = _url_group(remote_cache_dir() / DIRS, base)
+    dest = group / _digest("\n".join(copies[n] for n in names), 32)
     if not dest.is_dir():
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=remote_cache_dir(), prefix=".dir."))
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=group, prefix=".dir."))
         for name in names:
             try:
                 os.link(copies[name], tmp / name)
             except OSError:  # a filesystem without hard links
                 shutil.copyfile(copies[name], tmp / name)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         except OSError:  # another process made the same directory meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
+        _remove_other_versions(dest)
     return str(dest)
+
+
+# The sub-directory of `remote_cache_dir` for `local_files`' directories, and the file naming
+# the URL of a URL's group.
+DIRS = "dirs"
+SOURCE_FILE = ".source"
+
+
+def _digest(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _url_group(root: pathlib.Path, url: str) -> pathlib.Path:
+    """The directory holding the versions of `url`'s copy under `root`, with the URL recorded
+    in its `SOURCE_FILE` (for `gencast-rmmd data cache`)."""
+    group = root / _digest(url, 32)
+    group.mkdir(parents=True, exist_ok=True)
+    record = group / SOURCE_FILE
+    if not record.exists():
+        with written(record) as tmp:
+            pathlib.Path(tmp).write_text(url)
+    return group
+
+
+def _remove_other_versions(keep: pathlib.Path) -> None:
+    """Delete the other versions beside `keep` (older copies of the same URL): they are never
+    served again, since the key of a copy is the object's current metadata. A process still
+    reading one keeps its open file (POSIX); temporary names (a fetch in progress) are kept."""
+    for other in keep.parent.iterdir():
+        if other != keep and not other.name.startswith("."):
+            if other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+            else:
+                other.unlink(missing_ok=True)

@@ -40,6 +40,13 @@ def test_local_file_is_fetched_once_and_again_when_changed(cache, tmp_path, monk
     b = remote.local_file(url)
     assert b != a and pathlib.Path(b).read_bytes() == b"second, longer" and len(fetches) == 1
     assert not [p for p in pathlib.Path(b).parent.iterdir() if p.name.endswith(".part")]
+    # One copy per URL: the older one is deleted; the URL is recorded beside its versions.
+    group = pathlib.Path(b).parent.parent
+    assert not os.path.exists(a)
+    assert sorted(p.name for p in group.iterdir()) == sorted(
+        [remote.SOURCE_FILE, pathlib.Path(b).parent.name]
+    )
+    assert (group / remote.SOURCE_FILE).read_text() == url
 
 
 def test_local_file_errors_name_the_url(cache, tmp_path):
@@ -65,6 +72,10 @@ def test_local_files_copy_a_directory(cache, tmp_path):
     cache.pipe_file(f"{ROOT}/stats/{names[0]}", b"recomputed")
     d2 = remote.local_files(f"{ROOT}/stats", names, DataError)
     assert d2 != d and (pathlib.Path(d2) / names[0]).read_bytes() == b"recomputed"
+    assert not os.path.exists(d)  # the older directory is deleted, as the older file copy
+    assert sorted(os.listdir(pathlib.Path(d2).parent)) == sorted(
+        [remote.SOURCE_FILE, pathlib.Path(d2).name]
+    )
     with pytest.raises(DataError, match=r"lacks \['min_by_level.nc'\]"):
         remote.local_files(f"{ROOT}/stats", [*names, "min_by_level.nc"], DataError)
     assert remote.local_files(str(tmp_path), names) == str(tmp_path)

@@ -1,4 +1,4 @@
-"""`gencast-rmmd data` sub-commands: nature-run, prepare, stats, validate."""
+"""`gencast-rmmd data` sub-commands: nature-run, prepare, stats, validate, cache."""
 
 from __future__ import annotations
 
@@ -65,6 +65,16 @@ def register(sub) -> None:
     add_set_argument(va)
     va.set_defaults(func=_validate)
 
+    ca = dsub.add_parser(
+        "cache",
+        help="list the local caches (nature runs, example copies, copies of URLs); --prune",
+        description="Lists what the local caches hold and which entries are stale (docs/data.md, "
+        "'Local caches'); --prune deletes the stale ones.",
+    )
+    ca.add_argument("--prune", action="store_true", help="delete the stale entries")
+    ca.add_argument("--json", action="store_true", help="print the entries as JSON")
+    ca.set_defaults(func=_cache)
+
 
 def _nature_run(args) -> int:
     import dataclasses
@@ -130,3 +140,50 @@ def _validate(args) -> int:
     validate_store(args.data, cfg.task, check_values=not args.no_values)
     print(json.dumps({"data": args.data, "config": args.config, "problems": 0}))
     return 0
+
+
+def _cache(args) -> int:
+    from gencast_rmmd.data import caches
+
+    entries = caches.cache_entries()
+    freed = caches.prune(entries) if args.prune else 0
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "roots": {k: str(v) for k, v in caches.cache_roots().items()},
+                    "entries": [
+                        dict(vars(e), path=str(e.path), removed=args.prune and e.stale is not None)
+                        for e in entries
+                    ],
+                    "freed_bytes": freed,
+                },
+                indent=1,
+            )
+        )
+        return 0
+    for kind, root in caches.cache_roots().items():
+        print(f"{kind} cache: {root}")
+    rows = [(e.kind, _size(e.bytes), e.stale or "in use", e.source, str(e.path)) for e in entries]
+    if rows:
+        head = ("kind", "size", "state", "copy of", "path")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+        for r in [head, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    total = sum(e.bytes for e in entries)
+    stale = sum(e.bytes for e in entries if e.stale is not None)
+    n_stale = sum(e.stale is not None for e in entries)
+    print(f"{len(entries)} entries, {_size(total)}; {n_stale} stale, {_size(stale)}", end="")
+    if args.prune:
+        print(f": deleted, {_size(freed)} freed")
+    else:
+        print(" (gencast-rmmd data cache --prune deletes them)" if n_stale else "")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError

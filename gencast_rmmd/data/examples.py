@@ -240,7 +240,7 @@ def resolve_local_cache(setting: str | None, source: ExampleSource) -> str | Non
 
     "auto" (the default of the trainers): `$GENCAST_RMMD_EXAMPLES_CACHE`, else the user cache
     (`$GENCAST_RMMD_CACHE/examples`, see `nature_run.cache_dir`), when the store is on local disk and its per-example variables at the
-    task levels take at most `LOCAL_CACHE_AUTO_MAX_BYTES` (the embedded nature run: ~0.1 GB;
+    task levels take at most `LOCAL_CACHE_AUTO_MAX_BYTES` (the embedded nature run: 0.43 GB;
     1-degree ERA5 over decades is far larger and keeps reading Zarr); "off" or None: read the
     store directly; anything else: that directory, whatever the size.
     """
@@ -257,6 +257,48 @@ def resolve_local_cache(setting: str | None, source: ExampleSource) -> str | Non
     from gencast_rmmd.data.nature_run import cache_dir
 
     return str(cache_dir() / "examples")
+
+
+# Local copies (`ExampleSource(local_cache=DIR)`): DIR/examples-<key>/ holds one `<variable>.npy`
+# per per-example variable, `complete` once they are all written, and `EXAMPLES_RECORD`, what the
+# copy was made from (the store, its id and metadata time, the variables and levels: the key's
+# ingredients).
+EXAMPLES_COPY_PREFIX = "examples-"
+EXAMPLES_RECORD = "source.json"
+
+
+def copy_superseded_by(record: Mapping[str, Any], store: str, current: tuple) -> bool:
+    """Whether the local copy recorded by `record` was made from an earlier state of `store`
+    (re-made or rewritten at the same path: another id or metadata time than `current`)."""
+    return record.get("store") == store and (
+        record.get("store_id"),
+        record.get("zarr_json_mtime_ns"),
+    ) != tuple(current)
+
+
+def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> list[pathlib.Path]:
+    """Delete the local copies under `cache` made from an earlier state of `record`'s store: no
+    key will name them again. A copy being written (its lock held) is left; a process reading
+    one keeps its memory maps (POSIX). Returns the deleted directories."""
+    import json
+    import shutil
+
+    from gencast_rmmd.data.nature_run import _file_lock
+
+    current = (record["store_id"], record["zarr_json_mtime_ns"])
+    removed = []
+    for other in sorted(cache.glob(f"{EXAMPLES_COPY_PREFIX}*")):
+        try:
+            rec = json.loads((other / EXAMPLES_RECORD).read_text())
+        except (OSError, ValueError):
+            continue  # no record: `gencast-rmmd data cache` reports it
+        if not copy_superseded_by(rec, record["store"], current):
+            continue
+        with _file_lock(cache / f".{other.name}.lock", blocking=False) as locked:
+            if locked:
+                shutil.rmtree(other, ignore_errors=True)
+                removed.append(other)
+    return removed
 
 
 class ExampleSource:
@@ -402,19 +444,17 @@ class ExampleSource:
 
         names = [n for n in self._names if n not in self._statics and n not in self._small]
         meta = pathlib.Path(self.store) / "zarr.json"
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    source_path(self.store),
-                    meta.stat().st_mtime_ns if meta.exists() else 0,
-                    store_id(self.store),  # a store re-made at the same path (or URL)
-                    names,
-                    list(self.task.pressure_levels),
-                ]
-            ).encode()
-        ).hexdigest()[:16]
-        root = pathlib.Path(self.local_cache) / f"examples-{key}"
-        with _file_lock(pathlib.Path(self.local_cache) / f".examples-{key}.lock"):
+        record = {
+            "store": source_path(self.store),
+            "zarr_json_mtime_ns": meta.stat().st_mtime_ns if meta.exists() else 0,
+            "store_id": store_id(self.store),  # a store re-made at the same path (or URL)
+            "variables": names,
+            "levels": list(self.task.pressure_levels),
+        }
+        key = hashlib.sha256(json.dumps(list(record.values())).encode()).hexdigest()[:16]
+        cache = pathlib.Path(self.local_cache)
+        root = cache / f"{EXAMPLES_COPY_PREFIX}{key}"
+        with _file_lock(cache / f".{root.name}.lock"):
             if not (root / "complete").exists():
                 root.mkdir(parents=True, exist_ok=True)
                 n_t = self._times.size
@@ -432,6 +472,9 @@ class ExampleSource:
                     del out
                     os.replace(tmp, root / f"{n}.npy")
                 (root / "complete").write_text("1")
+            if not (root / EXAMPLES_RECORD).exists():  # also a copy made before records were
+                (root / EXAMPLES_RECORD).write_text(json.dumps(record, indent=1))
+        remove_superseded_copies(cache, record)
         return {n: np.load(root / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
 
     def _standardize(self, name: str, x: np.ndarray) -> np.ndarray:

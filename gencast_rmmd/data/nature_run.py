@@ -501,12 +501,18 @@ def cache_key(cfg: NatureRunConfig, levels_hpa: tuple[int, ...]) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(path: pathlib.Path):
+def _file_lock(path: pathlib.Path, blocking: bool = True):
+    """An exclusive `flock` on `path` for the block. Yields True; with `blocking=False` it
+    yields False at once (and holds nothing) when another process holds the lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

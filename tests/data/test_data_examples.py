@@ -248,6 +248,45 @@ def test_local_cache_gives_identical_examples(store_and_stats, tmp_path):
     np.testing.assert_array_equal(again[2]["targets"], plain[2]["targets"])
 
 
+def test_a_store_re_made_replaces_its_local_copy(store_and_stats, tmp_path):
+    """The copy of a store's earlier state is deleted when a copy of its new state is made (no
+    key names it again); copies of other stores stay; a source still reading the old copy keeps
+    its memory maps."""
+    import json
+    import shutil
+
+    from gencast_rmmd.data.era5 import STORE_ID_ATTR
+
+    path, ds, _, stats_dir = store_and_stats
+    cache = tmp_path / "cache"
+    old = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=cache)
+    before = old[3]
+    (first,) = cache.glob("examples-*")
+    record = json.loads((first / ex.EXAMPLES_RECORD).read_text())
+    assert record["store"] == str(path.absolute()) and record["store_id"] is None
+    other_path = tmp_path / "other.zarr"
+    shutil.copytree(path, other_path)
+    ex.ExampleSource(other_path, SMALL_TASK, stats_dir, local_cache=cache)[0]  # copies it
+    assert len(list(cache.glob("examples-*"))) == 2
+
+    remade = (ds + 1.0).assign_attrs({STORE_ID_ATTR: "remade"})
+    shutil.rmtree(path)
+    remade.to_zarr(path, consolidated=False)
+    new = ex.ExampleSource(path, SMALL_TASK, stats_dir, local_cache=cache)
+    new[0]
+    copies = sorted(cache.glob("examples-*"))
+    assert first not in copies and len(copies) == 2  # the new state's copy and other.zarr's
+    records = [json.loads((c / ex.EXAMPLES_RECORD).read_text()) for c in copies]
+    assert sorted((r["store"], r["store_id"]) for r in records) == sorted(
+        [(str(path.absolute()), "remade"), (str(other_path.absolute()), None)]
+    )
+    plain_new = ex.ExampleSource(path, SMALL_TASK, stats_dir)
+    np.testing.assert_array_equal(new[3]["inputs"], plain_new[3]["inputs"])
+    assert not np.array_equal(new[3]["inputs"], before["inputs"])
+    for k, v in old[3].items():  # the deleted copy's memory maps still read
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_resolve_local_cache_auto_off_and_path(store_and_stats, tmp_path, monkeypatch):
     path, _, _, stats_dir = store_and_stats
     src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
