@@ -13,10 +13,11 @@ here takes a local path or a URL alike:
 - `local_file`, `local_files`: a local copy of a file (a checkpoint) or of named files in a
   directory (a statistics directory) given by URL, fetched once into the cache
   (`remote_cache_dir`) and fetched again only when the object changes (the object's
-  metadata, as fsspec's `info` reports it, is part of the key); the older copy of the same URL
-  is then deleted, so the cache holds one copy per URL. Readers then open local files: hashing,
-  `np.load` and netCDF readers stay what they are for local inputs. Local paths are returned as
-  they are.
+  metadata, as fsspec's `info` reports it, is part of the key; an object whose metadata names no
+  version, as from an HTTP server without ETag and Last-Modified, is fetched on every use and
+  keyed by its content); the older copy of the same URL is then deleted, so the cache holds one
+  copy per URL. Readers then open local files: hashing, `np.load` and netCDF readers stay what
+  they are for local inputs. Local paths are returned as they are.
 
 Cache layout: `<sha(URL)>/<sha(object metadata)>/<file name>`, with the URL in
 `<sha(URL)>/.source`; a directory from `local_files` is `dirs/<sha(URL)>/<sha(its copies)>/`,
@@ -162,22 +163,45 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
     name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
     group = _url_group(remote_cache_dir(), source)
-    dest = group / _digest(version, 16) / name
-    if dest.is_file():
-        return str(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+    if set(info) - _NO_VERSION_INFO:
+        dest = group / _digest(version, 16) / name
+        if dest.is_file():
+            return str(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _download(fs, path, dest.parent, name, source, error)
+    else:
+        # The server names no version of the object (an HTTP server without ETag and
+        # Last-Modified): it is fetched every time and its copy keyed by its content, so a
+        # replacement of the same size cannot pass for the copy.
+        from gencast_rmmd.safety import file_sha256
+
+        tmp = _download(fs, path, group, name, source, error)
+        dest = group / _digest(f"sha256:{file_sha256(tmp)}", 16) / name
+        dest.parent.mkdir(exist_ok=True)
+    os.replace(tmp, dest)  # the copy appears only once it is whole
+    _remove_other_versions(dest.parent)
+    return str(dest)
+
+
+# What fsspec's `info` reports of any object; any other field (checksums, generation, update or
+# creation time, ETag, Last-Modified) identifies a version of it.
+_NO_VERSION_INFO = frozenset({"name", "size", "type", "url", "mimetype"})
+
+
+def _download(fs, path: str, directory: pathlib.Path, name: str, source: str, error) -> str:
+    """Fetch `path` into a temporary file in `directory` and return its name; on failure it is
+    removed and `error` names the URL."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
     os.close(fd)
     try:
         fs.get_file(path, tmp)
-        os.replace(tmp, dest)  # the copy appears only once it is whole
     except (OSError, ValueError) as e:
+        os.remove(tmp)
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _remove_other_versions(dest.parent)
-    return str(dest)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return tmp
 
 
 def local_files(

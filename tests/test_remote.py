@@ -3,6 +3,7 @@ object changes, and clear errors naming the URL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -111,31 +112,78 @@ def test_url_sources_keep_their_url_and_gcs_token(monkeypatch, tmp_path):
     assert opts("gs://b/a.zarr", token="anon") == {"token": "anon"}
 
 
-def test_http_files_are_fetched_again_when_the_server_says_they_changed(tmp_path, monkeypatch):
-    """Over HTTP the key is what the server reports (size, Last-Modified, ETag): a file
-    rewritten with the same size but a new modification time is fetched again."""
+@contextlib.contextmanager
+def _http_server(directory: pathlib.Path, validators: bool = True, requests: list | None = None):
+    """A loopback HTTP server of `directory`'s files; `validators=False`: it sends no
+    Last-Modified (Python's server sends no ETag either), so nothing names a file's version.
+    `requests` collects (method, path) of what it serves."""
     import functools
     import http.server
     import threading
 
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_response(self, *args, **kwargs):
+            if requests is not None:
+                requests.append((self.command, self.path))
+            super().send_response(*args, **kwargs)
+
+        def send_header(self, keyword, value):
+            if validators or keyword.lower() != "last-modified":
+                super().send_header(keyword, value)
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
+    )
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+
+
+def test_http_files_are_fetched_again_when_the_server_says_they_changed(tmp_path, monkeypatch):
+    """Over HTTP the key is what the server reports (size, Last-Modified, ETag): a file
+    rewritten with the same size but a new modification time is fetched again."""
     monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "served"
     served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/w.npz"
+    requests = []
+    with _http_server(served, requests=requests) as base:
+        url = f"{base}/w.npz"
         (served / "w.npz").write_bytes(b"one")
         os.utime(served / "w.npz", (1_000_000_000, 1_000_000_000))
         a = remote.local_file(url)
         assert remote.local_file(url) == a and pathlib.Path(a).read_bytes() == b"one"
+        assert requests.count(("GET", "/w.npz")) == 1  # the second use is served by the copy
         (served / "w.npz").write_bytes(b"two")  # same size, later modification time
         os.utime(served / "w.npz", (1_000_000_100, 1_000_000_100))
         b = remote.local_file(url)
         assert b != a and pathlib.Path(b).read_bytes() == b"two"
         with pytest.raises(CheckpointError, match="does not exist"):
             remote.local_file(url + ".missing", CheckpointError)
-    finally:
-        srv.shutdown()
+
+
+def test_http_files_without_a_version_are_fetched_every_time(tmp_path, monkeypatch):
+    """A server that names no version (no ETag, no Last-Modified): size alone would serve a
+    same-size replacement stale, so the file is fetched on every use and keyed by its content."""
+    monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    served.mkdir()
+    requests = []
+    with _http_server(served, validators=False, requests=requests) as base:
+        url = f"{base}/w.npz"
+        (served / "w.npz").write_bytes(b"one")
+        a = remote.local_file(url)
+        assert remote.local_file(url) == a  # the same content: the same copy
+        assert requests.count(("GET", "/w.npz")) == 2  # fetched both times
+        (served / "w.npz").write_bytes(b"two")  # same size, same modification time
+        os.utime(served / "w.npz", (os.stat(a).st_mtime,) * 2)
+        b = remote.local_file(url)
+        assert b != a and pathlib.Path(b).read_bytes() == b"two" and not os.path.exists(a)
+        group = pathlib.Path(b).parent.parent
+        assert sorted(p.name for p in group.iterdir()) == sorted(
+            [remote.SOURCE_FILE, pathlib.Path(b).parent.name]
+        )  # no temporary file left
