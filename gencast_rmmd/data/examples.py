@@ -39,6 +39,7 @@ from gencast_rmmd.data.era5 import (
 )
 from gencast_rmmd.data.task import Channel, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.remote import written
 
 SST = "sea_surface_temperature"
 # Time-varying variables without a lat dim (the progress forcings) up to this size are held in
@@ -473,7 +474,8 @@ class ExampleSource:
                     os.replace(tmp, root / f"{n}.npy")
                 (root / "complete").write_text("1")
             if not (root / EXAMPLES_RECORD).exists():  # also a copy made before records were
-                (root / EXAMPLES_RECORD).write_text(json.dumps(record, indent=1))
+                with written(root / EXAMPLES_RECORD) as tmp:
+                    pathlib.Path(tmp).write_text(json.dumps(record, indent=1))
         remove_superseded_copies(cache, record)
         return {n: np.load(root / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
 
