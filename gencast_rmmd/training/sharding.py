@@ -20,27 +20,50 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gencast_rmmd.errors import ConfigError
+
 DATA_AXIS = "data"
 
 _DISTRIBUTED_ENV = ("GENCAST_RMMD_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+# The number of processes and this one's index, for launchers JAX does not detect (several
+# processes started by hand, e.g. one per GPU); on Cloud TPU, SLURM, Open MPI and GKE JAX
+# finds them itself.
+NUM_PROCESSES_ENV = "GENCAST_RMMD_NUM_PROCESSES"
+PROCESS_ID_ENV = "GENCAST_RMMD_PROCESS_ID"
 
 
 def maybe_initialize_distributed() -> bool:
     """Initialize multi-host JAX when the environment asks for it; return whether it did.
 
     Reads `GENCAST_RMMD_DISTRIBUTED` ("1" forces it; "0" disables it) and otherwise the usual
-    coordinator variables. Safe to call twice (the second call is a no-op).
+    coordinator variables; `GENCAST_RMMD_NUM_PROCESSES` and `GENCAST_RMMD_PROCESS_ID` where the
+    launcher is not one JAX detects. Safe to call twice (the second call is a no-op). What JAX
+    cannot work out from the environment is a `ConfigError` naming the variables to set.
     """
     flag = os.environ.get("GENCAST_RMMD_DISTRIBUTED")
     if flag == "0":
         return False
     if flag != "1" and not any(os.environ.get(k) for k in _DISTRIBUTED_ENV[1:]):
         return False
+    kwargs = {}
+    for key, env in (("num_processes", NUM_PROCESSES_ENV), ("process_id", PROCESS_ID_ENV)):
+        if os.environ.get(env):
+            try:
+                kwargs[key] = int(os.environ[env])
+            except ValueError:
+                raise ConfigError(f"{env} must be an integer, found {os.environ[env]!r}") from None
     try:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kwargs)
     except RuntimeError as e:  # already initialized
         if "already" not in str(e).lower():
             raise
+    except (ValueError, TypeError) as e:  # what the environment left undefined
+        raise ConfigError(
+            f"a multi-process run was asked for, but JAX cannot set it up: {str(e).rstrip('.')}. "
+            "Outside the launchers JAX detects (Cloud TPU, SLURM, Open MPI, GKE), set "
+            f"JAX_COORDINATOR_ADDRESS (host:port of process 0), {NUM_PROCESSES_ENV} and "
+            f"{PROCESS_ID_ENV} for each process; GENCAST_RMMD_DISTRIBUTED=0 runs a single process"
+        ) from None
     return True
 
 
