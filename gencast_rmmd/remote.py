@@ -9,7 +9,7 @@ here takes a local path or a URL alike:
   absolute);
 - `url_storage_options`: the fsspec options a reader of a URL uses (gcsfs's token rule);
 - `filesystem`, `exists`, `remove`: fsspec's filesystem for a path or URL, for writers;
-- `written`: write a file at a path or URL so that it appears whole or not at all;
+- `written`, `write_text`: write a file at a path or URL so that it appears whole or not at all;
 - `local_file`, `local_files`: a local copy of a file (a checkpoint) or of named files in a
   directory (a statistics directory) given by URL, fetched once into the cache
   (`remote_cache_dir`) and fetched again only when the object changes (the object's
@@ -129,6 +129,13 @@ def written(dest: str | os.PathLike) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(dest: str | os.PathLike, text: str) -> None:
+    """Write `text` to the file `dest` (a local path or URL) through `written`: whole or not at
+    all, with a plain write's permissions, and no clash between processes writing it at once."""
+    with written(dest) as tmp:
+        pathlib.Path(tmp).write_text(text)
 
 
 def remote_cache_dir() -> pathlib.Path:

@@ -4,7 +4,9 @@
   `tempfile.mkstemp` / `mkdtemp` are private (0600 / 0700). Outputs written under a temporary
   name and renamed into place must end up with the permissions a plain `open()` / `mkdir()` would
   give (0666 / 0777 minus the umask), or a team sharing a run directory cannot read exported
-  checkpoints, statistics or scorecards. Call `publish_mode(tmp)` before `os.replace`.
+  checkpoints, statistics or scorecards. Files are written through `remote.written` (or
+  `remote.write_text`), which does this; a directory renamed into place calls `publish_mode(tmp)`
+  before `os.replace`.
 - `load_or_data_error(obj, store, where)`: load a lazy xarray object; a chunk that cannot be
   decoded (truncated or corrupt file: zarr/numcodecs raise RuntimeError, ValueError, OSError, ...)
   becomes one `DataError` naming the store, the variable and where, instead of an internal error.

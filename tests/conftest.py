@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -31,6 +32,13 @@ if not os.environ.get("GENCAST_RMMD_REMOTE_CACHE"):
     _remote_cache = tempfile.mkdtemp(prefix="gencast-rmmd-remote-")
     os.environ["GENCAST_RMMD_REMOTE_CACHE"] = _remote_cache
     atexit.register(shutil.rmtree, _remote_cache, True)
+
+# Property tests draw the same examples on every run (`derandomize`), so a CI run cannot fail on
+# an example no earlier run drew; `HYPOTHESIS_PROFILE=explore` draws fresh ones (and keeps
+# failures in .hypothesis/) for hunting bugs by hand.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

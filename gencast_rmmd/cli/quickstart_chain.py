@@ -25,6 +25,7 @@ import numpy as np
 
 from gencast_rmmd.config import dump_yaml, load_config, to_dict
 from gencast_rmmd.errors import ConfigError, OutputError
+from gencast_rmmd.remote import write_text
 
 PROFILES = ("default", "fast", "result")
 TUNE_BY = ("mean_crps", "win_rate")
@@ -268,8 +269,8 @@ def _stage_data(ctx: Context) -> None:
     derived = dataclasses.replace(base, splits=splits)
     if not ctx.data_store:
         derived = dataclasses.replace(derived, nature_run=nr)
-    _atomic_text(ctx.data_yaml, dump_yaml(derived))
-    _atomic_text(ctx.path("store.json"), json.dumps({"store": ctx.store}))
+    write_text(ctx.data_yaml, dump_yaml(derived))
+    write_text(ctx.path("store.json"), json.dumps({"store": ctx.store}))
     ctx.times = {**splits, "all": times}
 
 
@@ -283,7 +284,7 @@ def _stage_stats(ctx: Context) -> None:
 
     compute_stats_beam(ctx.store, str(ctx.stats_dir), step_hours=_task(ctx).step_hours)
     source = {"store": ctx.store, "data_store_id": store_id(ctx.store)}
-    _atomic_text(ctx.stats_dir / STATS_SOURCE, json.dumps(source))
+    write_text(ctx.stats_dir / STATS_SOURCE, json.dumps(source))
 
 
 def _stats_done(ctx: Context) -> bool:
@@ -607,7 +608,7 @@ def _stage_tune(ctx: Context) -> None:
     best = max(rows, key=lambda r: (r[key], r["win_rate"], r["mean_crps_change_percent"]))
     window = list(load_data_config(str(ctx.data_yaml)).splits["validation"])
     result = {"eta": best["eta"], "by": ctx.cfg.tune_by, "window": window, "results": rows}
-    _atomic_text(ctx.path("tuning", "tuning.json"), json.dumps(result, indent=2))
+    write_text(ctx.path("tuning", "tuning.json"), json.dumps(result, indent=2))
 
 
 def _forecast_done(ctx: Context, who: str) -> bool:
@@ -775,7 +776,7 @@ def _stage_speed(ctx: Context) -> None:
         ctx.cfg.speed_repeats,
         one_member=ctx.cfg.speed_one_member,
     )
-    _atomic_text(ctx.speed_json, json.dumps(res, indent=2))
+    write_text(ctx.speed_json, json.dumps(res, indent=2))
 
 
 def build_summary(ctx: Context) -> dict:
@@ -848,7 +849,7 @@ def scorecard_headline(eval_dir: pathlib.Path, ev: dict | None = None) -> dict:
 
 def _stage_summary(ctx: Context) -> None:
     summary = build_summary(ctx)
-    _atomic_text(ctx.path("summary.json"), json.dumps(summary, indent=2, default=_jsonable))
+    write_text(ctx.path("summary.json"), json.dumps(summary, indent=2, default=_jsonable))
     _write_report(ctx, summary)
 
 
@@ -904,7 +905,7 @@ def _write_report(ctx: Context, summary: dict) -> None:
     # Plots are referenced relative to the evaluation directory.
     html = html.replace('src="', 'src="evaluation/')
     html = html.replace("<body>", "<body>" + head, 1) if "<body>" in html else head + html
-    _atomic_text(ctx.path("report.html"), html)
+    write_text(ctx.path("report.html"), html)
 
 
 def _fmt(v: Any) -> str:
@@ -919,13 +920,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
     return str(v)
-
-
-def _atomic_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _run_cli(cli_main: Callable[[list[str]], int], args: list[str], what: str) -> None:
@@ -1064,7 +1058,7 @@ def run_chain(ctx: Context) -> dict:
             )
     if not marker.exists() and any(ctx.out.iterdir()):
         raise OutputError(f"--out {ctx.out} exists and holds other files; choose a new directory")
-    _atomic_text(marker, text)
+    write_text(marker, text)
     n = len(STAGES)
     t_all = time.perf_counter()
     for i, stage in enumerate(STAGES, 1):
@@ -1082,7 +1076,7 @@ def run_chain(ctx: Context) -> dict:
         ctx.log.append({"stage": stage.name, "seconds": round(dt, 1)})
         print(f"[{i}/{n}] {stage.name}: done in {dt:.1f} s", flush=True)
     summary = json.loads(ctx.path("summary.json").read_text())
-    _atomic_text(
+    write_text(
         ctx.path("stages.json"),
         json.dumps(
             {"stages": ctx.log, "total_seconds": round(time.perf_counter() - t_all, 1)}, indent=2

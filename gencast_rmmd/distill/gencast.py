@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Literal
 
@@ -45,6 +44,7 @@ from gencast_rmmd.distill.objectives import ObjectiveConfig
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
+from gencast_rmmd.remote import write_text
 from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 
@@ -122,13 +122,6 @@ class DistillConfig:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def resolve_teacher(path: str | os.PathLike) -> str:
@@ -379,8 +372,8 @@ def run_distill(
     inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS if k in setup.provenance}
     _check_inputs(out, inputs, setup.provenance)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cfg_file, config_text)
-    _write_atomic(out / "inputs.json", json.dumps(inputs, indent=1))
+    write_text(cfg_file, config_text)
+    write_text(out / "inputs.json", json.dumps(inputs, indent=1))
     from gencast_rmmd.model.denoiser import Conditioning
 
     def cond_fn(batch):
@@ -457,7 +450,7 @@ def run_distill(
                 )
         trainer.ckpt.close()
         summary[ph] = rec
-        _write_atomic(summary_path, json.dumps(summary, indent=1, default=str))
+        write_text(summary_path, json.dumps(summary, indent=1, default=str))
         if not done:
             break
     return summary

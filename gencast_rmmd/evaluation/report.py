@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import html
-import os
 
 import xarray as xr
+
+from gencast_rmmd.remote import write_text
 
 
 def _fmt(x) -> str:
@@ -69,8 +70,5 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <p>Files: {", ".join(html.escape(n) for n in files)}, evaluation.json</p>
 </body></html>
 """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    write_text(path, page)
     return path

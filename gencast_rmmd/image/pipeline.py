@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -43,15 +42,10 @@ from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
+from gencast_rmmd.remote import write_text, written
 
 CSV_COLUMNS = ("method", "reward", "lambda", "step", "distance", "reward_value")
 DISTANCE_NAME = "frechet_classifier_distance"
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _log(msg: str) -> None:
@@ -170,7 +164,7 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
             f"note: {prev} differs from this run's config; it is overwritten, stages found on "
             "disk are reused as they are (use a fresh --out to retrain)"
         )
-    _write_atomic(prev, cfg_text)
+    write_text(prev, cfg_text)
     seed = cfg.classifier.seed
     reward_clf = _classifier(cfg, out, data, "reward", seed, progress)
     eval_clf = _classifier(cfg, out, data, "eval", seed + 1000, progress)
@@ -211,7 +205,7 @@ def stage_teacher(ctx: Context) -> Any:
     if not ev_path.exists():
         m = ctx.evaluator.evaluate(teacher_set(ctx, params, DISTILL_EVAL_FIRST_SEED, keep=True))
         m["sampler_steps"] = ctx.cfg.teacher.sampler.num_steps
-        _write_atomic(ev_path, json.dumps(m, indent=2))
+        write_text(ev_path, json.dumps(m, indent=2))
         _log(
             f"teacher ({m['sampler_steps']} steps): accuracy {m['accuracy']:.3f}, "
             f"{DISTANCE_NAME} {m[DISTANCE_NAME]:.4f}"
@@ -333,7 +327,7 @@ def stage_distill(
         f"teacher_k{k}_same_sampler": tk_eval,
         "student_over_teacher_distance": s_eval[DISTANCE_NAME] / t_eval[DISTANCE_NAME],
     }
-    _write_atomic(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
+    write_text(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
     _log(
         f"MMD student K={k}: accuracy {s_eval['accuracy']:.3f}, {DISTANCE_NAME} "
         f"({s_eval['samples']} samples pooled, teacher {t_eval[DISTANCE_NAME]:.4f}) "
@@ -418,10 +412,8 @@ def write_outputs(out: pathlib.Path, rows: list[dict], summary: dict, refs: dict
                 f"{x['reward_value']:.6g}",
             ]
         )
-    _write_atomic(out / "pareto.csv", buf.getvalue())
-    _write_atomic(
-        out / "pareto_summary.json", json.dumps({**summary, "references": refs}, indent=2)
-    )
+    write_text(out / "pareto.csv", buf.getvalue())
+    write_text(out / "pareto_summary.json", json.dumps({**summary, "references": refs}, indent=2))
     plot_pareto(out / "pareto.png", rows, summary, refs)
 
 
@@ -474,10 +466,9 @@ def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict)
         ax.set_title(f"{r}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def stage_pareto(ctx: Context) -> dict:
@@ -504,7 +495,7 @@ def stage_pareto(ctx: Context) -> dict:
     }
     rows = [x for x in rows if (x["method"], x["reward"], x["lambda"]) in done]
     # Rewrite the log with only complete runs (an interrupted run restarts from its step 0).
-    _write_atomic(log_path, "".join(json.dumps(x) + "\n" for x in rows))
+    write_text(log_path, "".join(json.dumps(x) + "\n" for x in rows))
     cache: dict = {}  # compiled fine-tuning steps
     eval_cache: dict = {}  # step-0 evaluations of each start point
     refs_path = ctx.out / "pareto_refs.json"
@@ -521,7 +512,7 @@ def stage_pareto(ctx: Context) -> dict:
             "distance": m[DISTANCE_NAME],
             **{k[len("reward_") :]: v for k, v in m.items() if k.startswith("reward_")},
         }
-        _write_atomic(refs_path, json.dumps(refs, indent=2))
+        write_text(refs_path, json.dumps(refs, indent=2))
 
     # lambda-major order: at any point the finished runs cover the methods evenly, and the
     # outputs are rewritten after each run, so an interrupted sweep leaves a usable front.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -30,6 +29,7 @@ from gencast_rmmd.image.config import MMDConfig, OptimConfig, TeacherConfig
 from gencast_rmmd.image.data import ImageDataset, batch_iterator
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
+from gencast_rmmd.remote import written
 from gencast_rmmd.training.metrics import MetricsWriter
 
 
@@ -43,9 +43,8 @@ def save_params(path: str | pathlib.Path, params: Any, meta: dict | None = None)
         key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
         flat[f"params/{key}"] = np.asarray(leaf)
     flat["meta"] = np.array(json.dumps(meta or {}))
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    with written(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
 
 
 def load_params(path: str | pathlib.Path, like: Any) -> tuple[Any, dict]:

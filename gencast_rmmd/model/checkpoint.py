@@ -24,7 +24,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import tempfile
 import types
 import typing
 import zipfile
@@ -41,7 +40,7 @@ from gencast_rmmd.model.configs import (
     NoiseEncoderConfig,
     SamplerConfig,
 )
-from gencast_rmmd.safety import publish_mode
+from gencast_rmmd.remote import written
 
 T = TypeVar("T")
 SEP = ":"
@@ -403,17 +402,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: GenCastCheckpoint) -> pathlib
     """Write `ckpt` in the official flat npz layout (atomically: temp file, then rename)."""
     path = pathlib.Path(path)
     flat = checkpoint_to_flat(ckpt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        publish_mode(tmp)  # mkstemp makes it 0600; give it a plain write's permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with written(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **flat)
     return path
 
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gencast_rmmd.data.task import ChannelLayout, has_level
-from gencast_rmmd.errors import DataError
+from gencast_rmmd.errors import ConfigError, DataError
 
 LatitudeSpacing = str  # "equiangular" | "equiangular_with_poles" | "gauss"
 
@@ -198,7 +198,7 @@ def channel_weights(
     Args:
       layout: the task's channel layout (`task.layout`); weights follow `layout.targets`.
       variable_weights: name -> weight; defaults to `GENCAST_VARIABLE_WEIGHTS`; names not given
-        weigh 1.0. Unknown names (not targets of the task) raise `ValueError`.
+        weigh 1.0. Unknown names (not targets of the task) raise `ConfigError`.
       per_level: apply the pressure-proportional level weights.
     Returns [C_out] float32.
     """
@@ -207,7 +207,7 @@ def channel_weights(
     if variable_weights is not None:
         unknown = sorted(set(weights) - targets)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"variable_weights: {unknown} are not target variables of the task "
                 f"(targets: {sorted(targets)})"
             )

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any
 
 import numpy as np
+
+from gencast_rmmd.remote import write_text
 
 
 def _plain(v: Any) -> Any:
@@ -49,9 +50,7 @@ class MetricsWriter:
                 continue  # a torn last line from a crash
             if int(rec.get("step", -1)) <= step:
                 keep.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one record (values converted to plain floats/lists)."""

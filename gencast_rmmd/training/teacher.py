@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any
 
@@ -45,8 +44,8 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.remote import source_path
-from gencast_rmmd.safety import publish_mode, refuse_changed_inputs
+from gencast_rmmd.remote import source_path, write_text
+from gencast_rmmd.safety import refuse_changed_inputs
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
@@ -175,14 +174,6 @@ def read_run(run_dir: str | os.PathLike) -> TeacherRun:
         return TeacherRun.from_json(json.loads(p.read_text()), str(p))
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{p}: malformed run record ({e})") from None
-
-
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    publish_mode(tmp)
-    os.replace(tmp, path)
 
 
 def _select_times(source_times: np.ndarray, cfg: TeacherTrainingConfig) -> np.ndarray:
@@ -363,8 +354,8 @@ def train_teacher(
             )
     inputs = input_digests(stats, store)
     _check_inputs(out, inputs, run)
-    _write_json_atomic(run_file, run.to_json())
-    _write_json_atomic(out / INPUTS_FILE, inputs)
+    write_text(run_file, json.dumps(run.to_json(), indent=1))
+    write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
 
     step_h = np.timedelta64(task.step_hours, "h")
     train_start = str((times.min() - step_h * (task.input_frames - 1)).astype("datetime64[s]"))

@@ -29,7 +29,7 @@ from gencast_rmmd.model.configs import (
     SparseTransformerConfig,
 )
 from gencast_rmmd.model.denoiser import build_denoiser
-from gencast_rmmd.safety import file_sha256
+from gencast_rmmd.safety import current_umask, file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,10 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     assert not out.exists()  # a refused run leaves nothing behind
     assert main(run_args(world, out)) == 0
     summary = json.loads((out / "summary.json").read_text())
+    for name in ("summary.json", "config.yaml", "inputs.json", "mmd/student.npz"):
+        # Written under a temporary name, published with a plain write's permissions (they
+        # were mkstemp's 0600, unreadable to a team sharing the run directory).
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
     for ph in ("mmd", "rmmd"):
         assert summary[ph]["complete"] and summary[ph]["steps"] == 2
         assert np.isfinite(summary[ph]["last_metrics"]["loss"])

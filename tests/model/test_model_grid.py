@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gencast_rmmd.data.task import TaskConfig, gencast_task
-from gencast_rmmd.errors import DataError
+from gencast_rmmd.errors import ConfigError, DataError
 from gencast_rmmd.model import grid
 
 
@@ -116,5 +116,5 @@ def test_channel_weights_options_and_errors():
     np.testing.assert_allclose(w, [1.0, 1.0, 1.0])
     w = grid.channel_weights(task.layout)
     np.testing.assert_allclose(w, [1.0, 500 / 675 / 2, 850 / 675 / 2], rtol=1e-6)
-    with pytest.raises(ValueError, match="not target variables"):
+    with pytest.raises(ConfigError, match="not target variables"):
         grid.channel_weights(task.layout, {"geopotential": 1.0})
