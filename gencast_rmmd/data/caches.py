@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import time
@@ -44,12 +43,9 @@ class CacheEntry:
 
 def cache_roots() -> dict[str, pathlib.Path]:
     """kind -> the directory of that cache."""
-    examples_dir = os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE")
     return {
         "nature run": nature_run.cache_dir(),
-        "examples": pathlib.Path(examples_dir)
-        if examples_dir
-        else nature_run.cache_dir() / "examples",
+        "examples": examples.examples_cache_dir(),
         "remote": remote.remote_cache_dir(),
     }
 

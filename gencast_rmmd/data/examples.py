@@ -253,11 +253,17 @@ def resolve_local_cache(setting: str | None, source: ExampleSource) -> str | Non
         return None
     if source.cache_bytes() > LOCAL_CACHE_AUTO_MAX_BYTES:
         return None
-    if os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):
-        return os.environ["GENCAST_RMMD_EXAMPLES_CACHE"]
+    return str(examples_cache_dir())
+
+
+def examples_cache_dir() -> pathlib.Path:
+    """The automatic copies' directory: `$GENCAST_RMMD_EXAMPLES_CACHE`, else
+    `$GENCAST_RMMD_CACHE/examples` (default `~/.cache/gencast_rmmd/examples`)."""
     from gencast_rmmd.data.nature_run import cache_dir
 
-    return str(cache_dir() / "examples")
+    if os.environ.get("GENCAST_RMMD_EXAMPLES_CACHE"):
+        return pathlib.Path(os.environ["GENCAST_RMMD_EXAMPLES_CACHE"])
+    return cache_dir() / "examples"
 
 
 # Local copies (`ExampleSource(local_cache=DIR)`): DIR/examples-<key>/ holds one `<variable>.npy`
