@@ -1,8 +1,9 @@
 """Multi-process (multi-host) training: the CLI run as two JAX processes of one CPU device each,
 joined through `jax.distributed` (gloo collectives on CPU), as on a pod with one process per
-host. Each process feeds its slice of the global batch; checkpoints are written together by
-orbax into the shared run directory. Losses and weights must match one process with the same
-global batch (up to float summation order), for the teacher and for both distillation phases."""
+host. Each process feeds its slice of the global batch; checkpoints are written (and restored,
+on a resume) together by orbax in the shared run directory. Losses and weights must match one
+process with the same global batch (up to float summation order), for the teacher (resumed once
+on the way) and for both distillation phases."""
 
 from __future__ import annotations
 
@@ -86,15 +87,18 @@ def test_two_processes_match_one_process(tmp_path_factory, host_devices_env):
     env = host_devices_env(1)
     data = ["--data", str(store), "--stats", str(stats), "--no-progress"]
 
-    # The teacher: 3 steps, global batch 4 (2 per process), a checkpoint after every step.
+    # The teacher: 3 steps, global batch 4 (2 per process), a checkpoint after every step. The
+    # two processes stop after 2 steps and are started again: they restore the checkpoint
+    # together (onto the two-process mesh) and take the third step from the data position saved.
     teacher = {}
     for n in (1, 2):
         out = tmp / f"teacher{n}"
         argv = ["teacher", "train", "--config", str(model), "--task", str(task), *data]
-        argv += ["--out", str(out), "--steps", "3", "--batch-size", "4"]
+        argv += ["--out", str(out), "--batch-size", "4"]
         argv += ["--set", "training.log_every=1", "--set", "training.checkpoint_every=1"]
-        stdout = _run(argv, env, n)
-        assert len(stdout) == n and all('"steps": 3' in s for s in stdout)
+        for steps in (2, 3) if n == 2 else (3,):
+            stdout = _run([*argv, "--steps", str(steps)], env, n)
+            assert len(stdout) == n and all(f'"steps": {steps}' in s for s in stdout)
         teacher[n] = out
     np.testing.assert_allclose(
         _losses(teacher[2] / "metrics.jsonl"), _losses(teacher[1] / "metrics.jsonl"), rtol=1e-4
