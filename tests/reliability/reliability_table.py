@@ -705,7 +705,9 @@ AUDITS: tuple[Audit, ...] = (
         "outputs-umask",
         "files written atomically (temp name + rename) get the permissions of a plain write",
         "under umask 022 the exported checkpoint, the stats files and the evaluation directory "
-        "have the modes of a plain write (0644 / 0755)",
+        "have the modes of a plain write (0644 / 0755); an AST scan finds `tempfile.mkstemp` "
+        "only in `remote.written` (and its fetches), through which every file writer goes, and "
+        "`os.replace` elsewhere only where a directory is published",
     ),
     Audit(
         "no-secrets",

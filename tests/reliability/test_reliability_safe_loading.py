@@ -291,6 +291,50 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     assert all(m == want for m in got.values()), {k: oct(v) for k, v in got.items()}
     assert all(m == want for m in got_files.values()), {k: oct(v) for k, v in got_files.items()}
     assert got_dir["evaluation dir"] == want_dir == 0o755, oct(got_dir["evaluation dir"])
+    # Every file writer goes through `remote.written`: the private temporary files it publishes
+    # come from one place (a hand-rolled writer left distill's run records 0600 before).
+    assert _calls_outside("mkstemp", allowed={"gencast_rmmd/remote.py"}) == []
+    # `os.replace` elsewhere publishes directories (and the examples copy's memory maps,
+    # written in place), never a file written under a temporary name by hand.
+    renames = {c.split(":")[0] for c in _calls_outside("os.replace", allowed=set())}
+    assert renames == {
+        "gencast_rmmd/remote.py",
+        "gencast_rmmd/data/examples.py",  # a memory-mapped .npy, then `complete`
+        "gencast_rmmd/data/nature_run.py",  # the store directory
+        "gencast_rmmd/cli/quickstart_chain.py",  # the offline ablation's run directory
+        "gencast_rmmd/forecast/store.py",  # the store directory
+        "pipelines/evaluate.py",  # the evaluation directory
+    }, renames
+
+
+def _call_name(func) -> str:
+    """'os.replace' for `os.replace(...)`, 'mkstemp' for `mkstemp(...)`, '.x' for `a.b().x(...)`."""
+    import ast
+
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        base = func.value.id if isinstance(func.value, ast.Name) else ""
+        return f"{base}.{func.attr}"
+    return ""
+
+
+def _calls_outside(name: str, allowed: set[str]) -> list[str]:
+    """`file:line` of every call whose dotted name ends with `name` (`mkstemp` matches
+    `tempfile.mkstemp`) in the library and the pipelines, outside the files `allowed`."""
+    import ast
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    found = []
+    for path in sorted([*root.glob("gencast_rmmd/**/*.py"), *root.glob("pipelines/**/*.py")]):
+        rel = str(path.relative_to(root))
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = _call_name(node.func) if isinstance(node, ast.Call) else ""
+            if called == name or called.endswith("." + name):
+                found.append(f"{rel}:{node.lineno}")
+    return found
 
 
 def test_credentials_never_reach_outputs_or_logs(tmp_path, capfd):
