@@ -266,8 +266,7 @@ def _url_group(root: pathlib.Path, url: str) -> pathlib.Path:
     group.mkdir(parents=True, exist_ok=True)
     record = group / SOURCE_FILE
     if not record.exists():
-        with written(record) as tmp:
-            pathlib.Path(tmp).write_text(url)
+        write_text(record, url)
     return group
 
 

@@ -25,7 +25,6 @@ import time
 
 from gencast_rmmd import remote
 from gencast_rmmd.data import examples, nature_run
-from gencast_rmmd.data.era5 import store_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +113,8 @@ class _Scan:
                 rec = None
             source = "?" if rec is None else str(rec.get("store"))
             stale = None
-            if _busy(root / f".{path.name}.lock"):
-                stale = None  # being written now
+            if _busy(root / f".{path.name}.lock"):  # being written now
+                pass
             elif not (path / "complete").exists():
                 stale = "incomplete copy"
             elif rec is None:
@@ -155,9 +154,7 @@ def _example_store_state(rec: dict, store: str) -> str | None:
     path = pathlib.Path(store)
     if not path.exists():
         return "its store is gone"
-    meta = path / "zarr.json"
-    current = (store_id(store), meta.stat().st_mtime_ns if meta.exists() else 0)
-    if examples.copy_superseded_by(rec, store, current):
+    if examples.copy_superseded_by(rec, store, examples.store_state(store)):
         return "its store was re-made or rewritten since"
     return None
 

@@ -39,7 +39,7 @@ from gencast_rmmd.data.era5 import (
 )
 from gencast_rmmd.data.task import Channel, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.remote import written
+from gencast_rmmd.remote import write_text
 
 SST = "sea_surface_temperature"
 # Time-varying variables without a lat dim (the progress forcings) up to this size are held in
@@ -274,13 +274,21 @@ EXAMPLES_COPY_PREFIX = "examples-"
 EXAMPLES_RECORD = "source.json"
 
 
-def copy_superseded_by(record: Mapping[str, Any], store: str, current: tuple) -> bool:
+def store_state(store: str | os.PathLike) -> dict[str, Any]:
+    """What identifies the current state of the store at `store` in a local copy's key and
+    record: the modification time of its `zarr.json` (0 when there is none, e.g. at a URL) and
+    its store id (a store re-made at the same path gets a new one)."""
+    meta = pathlib.Path(store) / "zarr.json"
+    return {
+        "zarr_json_mtime_ns": meta.stat().st_mtime_ns if meta.exists() else 0,
+        "store_id": store_id(store),
+    }
+
+
+def copy_superseded_by(record: Mapping[str, Any], store: str, current: Mapping[str, Any]) -> bool:
     """Whether the local copy recorded by `record` was made from an earlier state of `store`
-    (re-made or rewritten at the same path: another id or metadata time than `current`)."""
-    return record.get("store") == store and (
-        record.get("store_id"),
-        record.get("zarr_json_mtime_ns"),
-    ) != tuple(current)
+    (re-made or rewritten at the same path: a `store_state` other than `current`)."""
+    return record.get("store") == store and any(record.get(k) != v for k, v in current.items())
 
 
 def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> list[pathlib.Path]:
@@ -292,7 +300,7 @@ def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> 
 
     from gencast_rmmd.data.nature_run import _file_lock
 
-    current = (record["store_id"], record["zarr_json_mtime_ns"])
+    current = {k: record[k] for k in ("zarr_json_mtime_ns", "store_id")}
     removed = []
     for other in sorted(cache.glob(f"{EXAMPLES_COPY_PREFIX}*")):
         try:
@@ -450,11 +458,9 @@ class ExampleSource:
         from gencast_rmmd.data.nature_run import _file_lock
 
         names = [n for n in self._names if n not in self._statics and n not in self._small]
-        meta = pathlib.Path(self.store) / "zarr.json"
         record = {
             "store": source_path(self.store),
-            "zarr_json_mtime_ns": meta.stat().st_mtime_ns if meta.exists() else 0,
-            "store_id": store_id(self.store),  # a store re-made at the same path (or URL)
+            **store_state(self.store),
             "variables": names,
             "levels": list(self.task.pressure_levels),
         }
@@ -480,8 +486,7 @@ class ExampleSource:
                     os.replace(tmp, root / f"{n}.npy")
                 (root / "complete").write_text("1")
             if not (root / EXAMPLES_RECORD).exists():  # also a copy made before records were
-                with written(root / EXAMPLES_RECORD) as tmp:
-                    pathlib.Path(tmp).write_text(json.dumps(record, indent=1))
+                write_text(root / EXAMPLES_RECORD, json.dumps(record, indent=1))
         remove_superseded_copies(cache, record)
         return {n: np.load(root / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
 
