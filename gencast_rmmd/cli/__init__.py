@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 
 from gencast_rmmd import runtime
@@ -67,6 +68,17 @@ def _configure_logging(debug: bool) -> None:
             handler.addFilter(_QuietFilter())
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (a broken pipe elsewhere, a socket of
+    a remote store say, is an error to report)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured stdout)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
@@ -92,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print("gencast-rmmd: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line unless --debug
+        if isinstance(e, BrokenPipeError) and _stdout_gone():
+            # The reader of stdout went away (`gencast-rmmd data cache | head`): stop quietly,
+            # as Unix tools do, and keep the interpreter's final flush from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, what a shell reports for a tool that SIGPIPE stopped
         if debug:
             raise
         print(

@@ -98,10 +98,12 @@ class _Scan:
 
     def nature_runs(self, root: pathlib.Path) -> None:
         for path in sorted(root.glob("nature_run-*.zarr")):
-            stale = None
-            if not (path / "zarr.json").exists() and not _busy(root / f".{path.name}.lock"):
-                stale = "incomplete build"
-            self.add("nature run", path, "embedded nature run", stale)
+            if (path / "zarr.json").exists():
+                source, stale = _nature_run_state(path)
+            else:
+                source = "embedded nature run"
+                stale = None if _busy(root / f".{path.name}.lock") else "incomplete build"
+            self.add("nature run", path, source, stale)
 
     def example_copies(self, root: pathlib.Path) -> None:
         for path in sorted(root.glob(f"{examples.EXAMPLES_COPY_PREFIX}*")):
@@ -147,6 +149,28 @@ class _Scan:
             for tmp in sorted(group.glob(".*")):
                 if tmp.name != remote.SOURCE_FILE:
                     self.add("remote", tmp, url, _temp_state(tmp))
+
+
+def _nature_run_state(path: pathlib.Path) -> tuple[str, str | None]:
+    """What the complete nature run at `path` was built with (from its attributes, as
+    `nature_run.simulate` records them), and why it is stale, or None. A store built by another
+    `NATURE_RUN_VERSION` is never read again: its cache key names the version."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        cfg = json.loads(attrs["gencast_rmmd_nature_run"])
+        version = attrs.get("gencast_rmmd_nature_run_version")
+        source = (
+            f"embedded nature run: {cfg['days']} days after {cfg['spinup_days']} of spin-up, "
+            f"T{cfg['truncation']}, seed {cfg['seed']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "embedded nature run (settings not recorded)", None
+    if version != nature_run.NATURE_RUN_VERSION:
+        return source, (
+            f"built by nature-run version {version}, this code builds version "
+            f"{nature_run.NATURE_RUN_VERSION} (never read again)"
+        )
+    return source, None
 
 
 def _example_store_state(rec: dict, store: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -33,8 +34,14 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
     monkeypatch.delenv("GENCAST_RMMD_EXAMPLES_CACHE", raising=False)
     monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "r"))
 
-    # Nature runs: a complete one, a crashed build, a build in progress (its lock held).
-    canonical_store_ds().to_zarr(root / "nature_run-aaaa.zarr", consolidated=False)
+    # Nature runs: a complete one, one built by an older nature-run version, a crashed build, a
+    # build in progress (its lock held).
+    cfg = nature_run.NatureRunConfig(days=60, spinup_days=30)
+    for name, version in (("aaaa", nature_run.NATURE_RUN_VERSION), ("dddd", 0)):
+        canonical_store_ds().assign_attrs(
+            gencast_rmmd_nature_run=json.dumps(dataclasses.asdict(cfg)),
+            gencast_rmmd_nature_run_version=version,
+        ).to_zarr(root / f"nature_run-{name}.zarr", consolidated=False)
     crashed = root / "nature_run-bbbb.zarr"
     (crashed / "temperature").mkdir(parents=True)
     building = root / "nature_run-cccc.zarr"
@@ -72,6 +79,10 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
         state = {p: e["stale"] for p, e in entries.items()}
         by_source = {e["source"]: e for e in entries.values() if e["kind"] == "examples"}
         assert state[str(root / "nature_run-aaaa.zarr")] is None
+        assert entries[str(root / "nature_run-aaaa.zarr")]["source"] == (
+            "embedded nature run: 60 days after 30 of spin-up, T21, seed 0"
+        )
+        assert state[str(root / "nature_run-dddd.zarr")].startswith("built by nature-run version 0")
         assert state[str(crashed)] == "incomplete build"
         assert state[str(building)] is None
         assert by_source[str(live.absolute())]["stale"] is None
@@ -84,16 +95,16 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
 
         assert main(["data", "cache"]) == 0
         text = capsys.readouterr().out
-        assert "copy of" in text and URL in text and "5 stale" in text and "--prune" in text
+        assert "copy of" in text and URL in text and "6 stale" in text and "--prune" in text
 
         assert main(["data", "cache", "--prune"]) == 0
-        assert "5 stale" in capsys.readouterr().out
+        assert "6 stale" in capsys.readouterr().out
         after = _entries(capsys)
         assert all(e["stale"] is None for e in after.values())
         assert set(after) == {p for p, s in state.items() if s is None}
     # Once its builder is gone, the build that never finished is stale too.
     assert _entries(capsys)[str(building)]["stale"] == "incomplete build"
-    for p in (crashed, unrecorded, legacy, old_part):
+    for p in (crashed, unrecorded, legacy, old_part, root / "nature_run-dddd.zarr"):
         assert not p.exists()
     # What was kept still serves: the copy of the URL, and the live store's example copy.
     assert remote.local_file(URL) == str(copy) and new_part.exists()
