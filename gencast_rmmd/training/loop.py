@@ -504,7 +504,10 @@ class Trainer:
                     rec["rule"] = rule
                     rec["steps_per_sec"] = (done - n_last) / max(now - t_last, 1e-9)
                     for g, sched in self.lr_schedules.items():
-                        rec[f"lr/{g}"] = float(sched(int(_host(state["counts"][g]))))
+                        # The rate of the group's latest update: its n-th update ran at
+                        # sched(n - 1) (optax counts from 0); counts[g] is n after it.
+                        n = int(_host(state["counts"][g]))
+                        rec[f"lr/{g}"] = float(sched(max(n - 1, 0)))
                     t_last, n_last = now, done
                     self.last_metrics = rec
                     writer.write(done, rec)

@@ -60,13 +60,15 @@ def _init():
 FROZEN = {"frozen_shift": {"c": jnp.asarray(0.0)}}
 
 
-def _trainer(tmp_path, num_steps=40, accum=1, batch=16, ckpt=10, lr=0.05, loss=_loss, **kw):
+def _trainer(
+    tmp_path, num_steps=40, accum=1, batch=16, ckpt=10, lr=0.05, loss=_loss, log_every=5, **kw
+):
     cfg = LoopConfig(
         num_steps=num_steps,
         batch_size=batch,
         grad_accum_steps=accum,
         checkpoint_every=ckpt,
-        log_every=5,
+        log_every=log_every,
         progress=False,
     )
     ocfg = OptimizerConfig(learning_rate=lr, schedule="cosine", warmup_steps=3)
@@ -95,6 +97,24 @@ def test_trainer_learns_and_logs(tmp_path):
         assert key in recs[-1]
     assert tr.ckpt.all_steps()[-1] == 150
     assert tr.ckpt.read_meta()["provenance"] == {"teacher": "none"}
+
+
+def test_logged_learning_rate_is_the_one_applied(tmp_path):
+    # Warm-up from 0 over 3 updates: the first update is applied at rate 0 (no change), and each
+    # record's `lr/lin` is the rate its own update ran at, not the next one's.
+    tr = _trainer(tmp_path / "a", num_steps=5, ckpt=5, log_every=1)
+    state = tr.restore_or_init(_init())
+    w0 = np.asarray(state["params"]["lin"]["w"]).copy()
+    state = tr.fit(state, FROZEN, ShuffledBatches(_Source(), 16, seed=1), stop_after=1)
+    np.testing.assert_array_equal(np.asarray(state["params"]["lin"]["w"]), w0)
+
+    tr = _trainer(tmp_path / "b", num_steps=5, ckpt=5, log_every=1)
+    tr.fit(tr.restore_or_init(_init()), FROZEN, ShuffledBatches(_Source(), 16, seed=1))
+    recs = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    sched = make_schedule(OptimizerConfig(learning_rate=0.05, schedule="cosine", warmup_steps=3), 5)
+    assert recs[0]["lr/lin"] == 0.0 and recs[0]["update_norm/lin"] == 0.0
+    np.testing.assert_allclose([r["lr/lin"] for r in recs], [sched(n) for n in range(5)], rtol=1e-6)
+    assert all(r["update_norm/lin"] > 0 for r in recs[1:])
 
 
 def test_resume_is_exact(tmp_path):
