@@ -164,7 +164,7 @@ def _cache(args) -> int:
         return 0
     for kind, root in caches.cache_roots().items():
         print(f"{kind} cache: {root}")
-    rows = [(e.kind, _size(e.bytes), e.stale or "in use", e.source, str(e.path)) for e in entries]
+    rows = [(e.kind, _size(e.bytes), e.stale or "current", e.source, str(e.path)) for e in entries]
     if rows:
         head = ("kind", "size", "state", "copy of", "path")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]

@@ -96,6 +96,7 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
         assert main(["data", "cache"]) == 0
         text = capsys.readouterr().out
         assert "copy of" in text and URL in text and "6 stale" in text and "--prune" in text
+        assert "current" in text and "in use" not in text
 
         assert main(["data", "cache", "--prune"]) == 0
         assert "6 stale" in capsys.readouterr().out
