@@ -109,6 +109,7 @@ def _resolve_task(args):
         load_yaml_file,
         resolve_config_path,
     )
+    from gencast_rmmd.data import nature_run
     from gencast_rmmd.data.config import DataConfig
     from gencast_rmmd.data.era5 import open_store
     from gencast_rmmd.data.task import TaskConfig
@@ -132,7 +133,7 @@ def _resolve_task(args):
                 TaskConfig, load_yaml(attrs["gencast_rmmd_task"]), f"{args.data}:attrs"
             )
             splits = {}
-        elif "gencast_rmmd_nature_run" in attrs:
+        elif nature_run.CONFIG_ATTR in attrs:
             data_cfg = load_config(DataConfig, "embedded", kind="data")
             task, splits = data_cfg.task, data_cfg.splits
         else:

@@ -114,15 +114,14 @@ class _Scan:
             except (OSError, ValueError):
                 rec = None
             source = "?" if rec is None else str(rec.get("store"))
-            stale = None
-            if _busy(root / f".{path.name}.lock"):  # being written now
-                pass
+            if _busy(root / f".{path.name}.lock"):  # being written now: current
+                stale = None
             elif not (path / "complete").exists():
                 stale = "incomplete copy"
             elif rec is None:
                 stale = "made before copies recorded their store (made again when needed)"
-            elif not remote.is_url(source):
-                stale = _example_store_state(rec, source)
+            else:  # a copy of a URL is stale only once a newer copy replaced it
+                stale = None if remote.is_url(source) else _example_store_state(rec, source)
             self.add("examples", path, source, stale)
 
     def remote(self, root: pathlib.Path, note: str = "") -> None:
@@ -157,8 +156,8 @@ def _nature_run_state(path: pathlib.Path) -> tuple[str, str | None]:
     `NATURE_RUN_VERSION` is never read again: its cache key names the version."""
     try:
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        cfg = json.loads(attrs["gencast_rmmd_nature_run"])
-        version = attrs.get("gencast_rmmd_nature_run_version")
+        cfg = json.loads(attrs[nature_run.CONFIG_ATTR])
+        version = attrs.get(nature_run.VERSION_ATTR)
         source = (
             f"embedded nature run: {cfg['days']} days after {cfg['spinup_days']} of spin-up, "
             f"T{cfg['truncation']}, seed {cfg['seed']}"

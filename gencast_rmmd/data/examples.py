@@ -274,6 +274,9 @@ EXAMPLES_COPY_PREFIX = "examples-"
 EXAMPLES_RECORD = "source.json"
 
 
+STORE_STATE_KEYS = ("zarr_json_mtime_ns", "store_id")
+
+
 def store_state(store: str | os.PathLike) -> dict[str, Any]:
     """What identifies the current state of the store at `store` in a local copy's key and
     record: the modification time of its `zarr.json` (0 when there is none, e.g. at a URL) and
@@ -300,7 +303,7 @@ def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> 
 
     from gencast_rmmd.data.nature_run import _file_lock
 
-    current = {k: record[k] for k in ("zarr_json_mtime_ns", "store_id")}
+    current = {k: record[k] for k in STORE_STATE_KEYS}
     removed = []
     for other in sorted(cache.glob(f"{EXAMPLES_COPY_PREFIX}*")):
         try:

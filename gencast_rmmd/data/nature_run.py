@@ -61,6 +61,10 @@ OUT_LAT = -87.1875 + 5.625 * np.arange(32)
 OUT_LON = 5.625 * np.arange(64)
 # Bumped whenever the output changes for the same config, so stale caches are not reused.
 NATURE_RUN_VERSION = 1
+# The store attributes that record what a nature run was built with: its `NatureRunConfig` as
+# JSON, and the `NATURE_RUN_VERSION` that built it.
+CONFIG_ATTR = "gencast_rmmd_nature_run"
+VERSION_ATTR = "gencast_rmmd_nature_run_version"
 
 STATE_VARIABLES = (
     "temperature",
@@ -416,8 +420,8 @@ def simulate(
     ds.attrs.update(
         {
             "title": "gencast-rmmd embedded nature run (dinosaur primitive equations, Held-Suarez)",
-            "gencast_rmmd_nature_run": json.dumps(dataclasses.asdict(cfg)),
-            "gencast_rmmd_nature_run_version": NATURE_RUN_VERSION,
+            CONFIG_ATTR: json.dumps(dataclasses.asdict(cfg)),
+            VERSION_ATTR: NATURE_RUN_VERSION,
         }
     )
     return ds

@@ -39,8 +39,10 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
     cfg = nature_run.NatureRunConfig(days=60, spinup_days=30)
     for name, version in (("aaaa", nature_run.NATURE_RUN_VERSION), ("dddd", 0)):
         canonical_store_ds().assign_attrs(
-            gencast_rmmd_nature_run=json.dumps(dataclasses.asdict(cfg)),
-            gencast_rmmd_nature_run_version=version,
+            {
+                nature_run.CONFIG_ATTR: json.dumps(dataclasses.asdict(cfg)),
+                nature_run.VERSION_ATTR: version,
+            }
         ).to_zarr(root / f"nature_run-{name}.zarr", consolidated=False)
     crashed = root / "nature_run-bbbb.zarr"
     (crashed / "temperature").mkdir(parents=True)
