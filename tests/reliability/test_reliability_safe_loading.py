@@ -307,31 +307,16 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     }, renames
 
 
-def _call_name(func) -> str:
-    """'os.replace' for `os.replace(...)`, 'mkstemp' for `mkstemp(...)`, '.x' for `a.b().x(...)`."""
-    import ast
-
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        base = func.value.id if isinstance(func.value, ast.Name) else ""
-        return f"{base}.{func.attr}"
-    return ""
-
-
 def _calls_outside(name: str, allowed: set[str]) -> list[str]:
     """`file:line` of every call whose dotted name ends with `name` (`mkstemp` matches
     `tempfile.mkstemp`) in the library and the pipelines, outside the files `allowed`."""
-    import ast
-
-    root = pathlib.Path(__file__).resolve().parents[2]
     found = []
-    for path in sorted([*root.glob("gencast_rmmd/**/*.py"), *root.glob("pipelines/**/*.py")]):
-        rel = str(path.relative_to(root))
+    for path in sorted([*REPO.glob("gencast_rmmd/**/*.py"), *REPO.glob("pipelines/**/*.py")]):
+        rel = str(path.relative_to(REPO))
         if rel in allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            called = _call_name(node.func) if isinstance(node, ast.Call) else ""
+            called = _dotted(node.func) if isinstance(node, ast.Call) else ""
             if called == name or called.endswith("." + name):
                 found.append(f"{rel}:{node.lineno}")
     return found
