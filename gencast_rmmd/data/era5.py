@@ -99,7 +99,10 @@ def open_zarr_group(source: str | os.PathLike):
 
     source = source_path(source)
     if is_url(source):
-        return zarr.open_group(source, mode="r", storage_options=url_storage_options(source))
+        # None when there are no options: zarr 3.4 (Python >= 3.12) refuses storage options, even
+        # an empty dict, for the URLs it opens without fsspec (`memory://`).
+        opts = url_storage_options(source) or None
+        return zarr.open_group(source, mode="r", storage_options=opts)
     return zarr.open_group(source, mode="r")
 
 

@@ -152,6 +152,26 @@ def test_store_id_reads_urls():
     assert era5.store_id("memory://gencast_rmmd_test/none.zarr") is None
 
 
+def test_memory_urls_are_opened_without_storage_options(monkeypatch):
+    """zarr 3.4 (what Python >= 3.12 installs) refuses `storage_options`, even `{}`, for a
+    `memory://` URL, and `store_id` then read every such store as id-less. The rule is enforced
+    here on whichever zarr is installed, so the Python 3.11 suite catches it too."""
+    import zarr
+
+    real = zarr.open_group
+
+    def strict(store=None, *args, storage_options=None, **kwargs):
+        if isinstance(store, str) and store.startswith("memory://") and storage_options is not None:
+            raise TypeError("'storage_options' was provided but unused")
+        return real(store, *args, storage_options=storage_options, **kwargs)
+
+    ds = arco_style_ds(hours=2).assign_attrs({era5.STORE_ID_ATTR: "strict"})
+    ds.to_zarr("memory://gencast_rmmd_test/strict.zarr", consolidated=False, mode="w")
+    monkeypatch.setattr(zarr, "open_group", strict)
+    assert era5.store_id("memory://gencast_rmmd_test/strict.zarr") == "strict"
+    assert era5.open_store("memory://gencast_rmmd_test/strict.zarr").sizes["time"] == 2
+
+
 def test_fill_sst_with_min():
     ds = era5.normalize_coords(arco_style_ds(hours=2))
     mins = xr.Dataset({"sea_surface_temperature": 271.0})
