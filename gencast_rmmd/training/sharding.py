@@ -38,7 +38,8 @@ def maybe_initialize_distributed() -> bool:
     Reads `GENCAST_RMMD_DISTRIBUTED` ("1" forces it; "0" disables it) and otherwise the usual
     coordinator variables; `GENCAST_RMMD_NUM_PROCESSES` and `GENCAST_RMMD_PROCESS_ID` where the
     launcher is not one JAX detects. Safe to call twice (the second call is a no-op). What JAX
-    cannot work out from the environment is a `ConfigError` naming the variables to set.
+    cannot work out from the environment is a `ConfigError` naming the variables to set, and so
+    is a CPU host whose name does not resolve (gloo's collectives need its address).
     """
     flag = os.environ.get("GENCAST_RMMD_DISTRIBUTED")
     if flag == "0":
@@ -63,6 +64,20 @@ def maybe_initialize_distributed() -> bool:
             "Outside the launchers JAX detects (Cloud TPU, SLURM, Open MPI, GKE), set "
             f"JAX_COORDINATOR_ADDRESS (host:port of process 0), {NUM_PROCESSES_ENV} and "
             f"{PROCESS_ID_ENV} for each process; GENCAST_RMMD_DISTRIBUTED=0 runs a single process"
+        ) from None
+    try:  # the backends start here; on CPU with several processes, gloo's TCP collectives too
+        jax.devices()
+    except RuntimeError as e:
+        if "gloo" not in str(e):
+            raise
+        import socket
+
+        reason = str(e).split(" (set JAX_PLATFORMS")[0]  # JAX's hint does not apply here
+        raise ConfigError(
+            "a multi-process run on CPU needs JAX's gloo collectives, which could not start "
+            f"({reason}). gloo finds this machine's address by its host name, "
+            f"{socket.gethostname()!r}: make that name resolve (e.g. an /etc/hosts line), or "
+            "set GENCAST_RMMD_DISTRIBUTED=0 to run a single process"
         ) from None
     return True
 
