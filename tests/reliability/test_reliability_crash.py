@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,22 @@ def _fault(fid: str):
     return next(f for f in FAULTS if f.id == fid)
 
 
+def _timed(armed, delay: float, cutoff):
+    """A kill trigger: `delay` s after `armed()` first holds, or as soon as `cutoff()` holds. The
+    cut-off keeps a fast trainer (a few ms a step) from running on past the moment a kill aims
+    at: a fixed delay alone let one run 36 steps in its "start-up" and finish the chain early."""
+    since: list[float] = []
+
+    def trigger() -> bool:
+        if cutoff():
+            return True
+        if not since and armed():
+            since.append(time.monotonic())
+        return bool(since) and time.monotonic() - since[0] >= delay
+
+    return trigger
+
+
 def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every: int) -> Kill:
     """A kill of `kind` for a trainer writing `run_dir/checkpoints` and `run_dir/metrics.jsonl`."""
     import os
@@ -56,8 +73,10 @@ def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every:
     ckpt = run_dir / "checkpoints"
     metrics = run_dir / "metrics.jsonl"
     base = max(checkpoint_steps(ckpt), default=0)
-    if kind == "startup":
-        return Kill(kind, lambda: True, delay=float(rng.uniform(0.5, 3.0)))
+    if kind == "startup":  # 0.5-3 s in, or when it logs its first step, whichever comes first
+        first = max(base, last_metric_step(metrics))
+        started = lambda: last_metric_step(metrics) > first  # noqa: E731
+        return Kill(kind, _timed(lambda: True, float(rng.uniform(0.5, 3.0)), started))
     if kind == "during_save":
         stale = set(os.listdir(ckpt)) if ckpt.exists() else set()
 
@@ -72,8 +91,11 @@ def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every:
         target = max(base, last_metric_step(metrics)) + int(rng.integers(1, every + 1))
         return Kill(
             f"at_step {target}",
-            lambda: last_metric_step(metrics) >= target,
-            delay=float(rng.uniform(0.0, 0.2)),
+            _timed(
+                lambda: last_metric_step(metrics) >= target,
+                float(rng.uniform(0.0, 0.2)),
+                lambda: last_metric_step(metrics) > target,
+            ),
         )
     if kind == "past_checkpoint":  # a new checkpoint completes, then 1..every more steps run
         k = int(rng.integers(1, every + 1))
@@ -322,14 +344,19 @@ def test_forecast_kill9_rerun(tmp_path, workspace, env):
     log = []
     for i, kind in enumerate(FORECAST_KILLS):
         rng = np.random.default_rng(SEED + 100 + i)
-        if kind == "startup":
-            kill = Kill(kind, lambda: True, delay=float(rng.uniform(0.5, 3.0)))
+        done = max(_done_count(out), 0)
+        if kind == "startup":  # 0.5-3 s in, or when it writes its first region
+            wrote = lambda d=done: _done_count(out) > d  # noqa: E731
+            kill = Kill(kind, _timed(lambda: True, float(rng.uniform(0.5, 3.0)), wrote))
         else:
-            target = max(_done_count(out), 0) + int(rng.integers(1, n_regions // 4))
+            target = done + int(rng.integers(1, n_regions // 4))
             kill = Kill(
                 f"after {target} regions",
-                lambda t=target: _done_count(out) >= t,
-                delay=float(rng.uniform(0.0, 0.3)),
+                _timed(
+                    lambda t=target: _done_count(out) >= t,
+                    float(rng.uniform(0.0, 0.3)),
+                    lambda t=target: _done_count(out) > t,
+                ),
                 poll=0.01,
             )
         outcome = run_until_killed(cmd(out), env, kill)
