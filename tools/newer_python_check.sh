@@ -8,7 +8,7 @@
 # newer suite carries a newer Python (trixie: 3.13), so this builds that suite's minimal root
 # with debootstrap in ROOT (default /tmp/gencast_rmmd_<suite>, kept and reused), clones the
 # current commit into it, runs `make install` there (the newest releases our pins admit) and
-# then the whole suite. It needs root, debootstrap (installed if missing) and the package
+# then the whole suite (about 20 min on 2 cores). It needs root, debootstrap (installed if missing) and the package
 # registries, and leaves the mounts in place while it runs (undone at exit). Output:
 # ROOT/root/repo/test.log and the installed versions on the terminal.
 set -euo pipefail
@@ -18,8 +18,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
 if [ ! -x "$ROOT/usr/bin/python3" ]; then
+  echo "building a minimal Debian $SUITE in $ROOT (log: $ROOT.debootstrap.log)"
   debootstrap --variant=minbase --include=python3,python3-venv,make,git,ca-certificates \
-    "$SUITE" "$ROOT" http://deb.debian.org/debian
+    "$SUITE" "$ROOT" http://deb.debian.org/debian >"$ROOT.debootstrap.log" 2>&1
 fi
 # This machine's resolver, host name (gloo's CPU collectives resolve it) and CA bundle (the
 # registries may be reached through a proxy that signs with a local CA).
@@ -32,12 +33,14 @@ trap 'for m in dev sys proc; do umount "$ROOT/$m" 2>/dev/null || true; done' EXI
 
 rm -rf "$ROOT/root/repo"
 git clone -q "$REPO" "$ROOT/root/repo"
-chroot "$ROOT" bash -c '
+# A clean environment inside: this machine's pip settings (find-links into /opt) do not apply.
+chroot "$ROOT" env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 bash -c '
   set -euo pipefail
   cd /root/repo
   python3 --version
   make install
   .venv/bin/pip list 2>/dev/null | grep -iE "^(jax|jaxlib|numpy|zarr|xarray|apache-beam|orbax-checkpoint|grain|dm-haiku|dinosaur) "
   JAX_PLATFORMS=cpu .venv/bin/python -m pytest -q -p no:cacheprovider >test.log 2>&1 || true
-  tail -n 12 test.log
+  grep -E "^(FAILED|ERROR) " test.log || true
+  tail -n 1 test.log
 '
