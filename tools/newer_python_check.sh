@@ -8,9 +8,10 @@
 # newer suite carries a newer Python (trixie: 3.13), so this builds that suite's minimal root
 # with debootstrap in ROOT (default /tmp/gencast_rmmd_<suite>, kept and reused), clones the
 # current commit into it, runs `make install` there (the newest releases our pins admit) and
-# then the whole suite (about 20 min on 2 cores). It needs root, debootstrap (installed if missing) and the package
-# registries, and leaves the mounts in place while it runs (undone at exit). Output:
-# ROOT/root/repo/test.log and the installed versions on the terminal.
+# then the whole suite (about 20 min on 2 cores). It needs root, debootstrap (installed if
+# missing) and the package registries, and leaves the mounts in place while it runs (undone at
+# exit). Output: ROOT/root/repo/test.log, and on the terminal the installed versions, any
+# failures and pytest's closing line.
 set -euo pipefail
 SUITE=${1:-trixie}
 ROOT=${2:-/tmp/gencast_rmmd_$SUITE}
