@@ -50,16 +50,18 @@ def _fault(fid: str):
     return next(f for f in FAULTS if f.id == fid)
 
 
-def _timed(armed, delay: float, cutoff):
-    """A kill trigger: `delay` s after `armed()` first holds, or as soon as `cutoff()` holds. The
-    cut-off keeps a fast trainer (a few ms a step) from running on past the moment a kill aims
-    at: a fixed delay alone let one run 36 steps in its "start-up" and finish the chain early."""
+def _timed(progress, target: int, delay: float):
+    """A kill trigger: `delay` s after `progress()` (steps logged, regions written) first reaches
+    `target`, or as soon as it passes it. The cut-off keeps a fast trainer (a few ms a step) from
+    running on past the moment a kill aims at: a fixed delay alone let one run 36 steps in its
+    "start-up" and finish the chain early. One read of the progress per poll."""
     since: list[float] = []
 
     def trigger() -> bool:
-        if cutoff():
+        done = progress()
+        if done > target:
             return True
-        if not since and armed():
+        if not since and done >= target:
             since.append(time.monotonic())
         return bool(since) and time.monotonic() - since[0] >= delay
 
@@ -73,10 +75,10 @@ def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every:
     ckpt = run_dir / "checkpoints"
     metrics = run_dir / "metrics.jsonl"
     base = max(checkpoint_steps(ckpt), default=0)
+    logged = lambda: last_metric_step(metrics)  # noqa: E731
     if kind == "startup":  # 0.5-3 s in, or when it logs its first step, whichever comes first
-        first = max(base, last_metric_step(metrics))
-        started = lambda: last_metric_step(metrics) > first  # noqa: E731
-        return Kill(kind, _timed(lambda: True, float(rng.uniform(0.5, 3.0)), started))
+        first = max(base, logged())
+        return Kill(kind, _timed(logged, first, float(rng.uniform(0.5, 3.0))))
     if kind == "during_save":
         stale = set(os.listdir(ckpt)) if ckpt.exists() else set()
 
@@ -88,15 +90,8 @@ def make_kill(kind: str, run_dir: pathlib.Path, rng: np.random.Generator, every:
         return Kill(kind, saving, poll=0.0005)
     if kind == "at_step":
         # Records after `base` may remain from the killed run until the resumed one trims them.
-        target = max(base, last_metric_step(metrics)) + int(rng.integers(1, every + 1))
-        return Kill(
-            f"at_step {target}",
-            _timed(
-                lambda: last_metric_step(metrics) >= target,
-                float(rng.uniform(0.0, 0.2)),
-                lambda: last_metric_step(metrics) > target,
-            ),
-        )
+        target = max(base, logged()) + int(rng.integers(1, every + 1))
+        return Kill(f"at_step {target}", _timed(logged, target, float(rng.uniform(0.0, 0.2))))
     if kind == "past_checkpoint":  # a new checkpoint completes, then 1..every more steps run
         k = int(rng.integers(1, every + 1))
 
@@ -344,19 +339,14 @@ def test_forecast_kill9_rerun(tmp_path, workspace, env):
     log = []
     for i, kind in enumerate(FORECAST_KILLS):
         rng = np.random.default_rng(SEED + 100 + i)
-        done = max(_done_count(out), 0)
+        written = lambda: max(_done_count(out), 0)  # noqa: E731
         if kind == "startup":  # 0.5-3 s in, or when it writes its first region
-            wrote = lambda d=done: _done_count(out) > d  # noqa: E731
-            kill = Kill(kind, _timed(lambda: True, float(rng.uniform(0.5, 3.0)), wrote))
+            kill = Kill(kind, _timed(written, written(), float(rng.uniform(0.5, 3.0))))
         else:
-            target = done + int(rng.integers(1, n_regions // 4))
+            target = written() + int(rng.integers(1, n_regions // 4))
             kill = Kill(
                 f"after {target} regions",
-                _timed(
-                    lambda t=target: _done_count(out) >= t,
-                    float(rng.uniform(0.0, 0.3)),
-                    lambda t=target: _done_count(out) > t,
-                ),
+                _timed(written, target, float(rng.uniform(0.0, 0.3))),
                 poll=0.01,
             )
         outcome = run_until_killed(cmd(out), env, kill)
