@@ -339,14 +339,14 @@ def test_forecast_kill9_rerun(tmp_path, workspace, env):
     log = []
     for i, kind in enumerate(FORECAST_KILLS):
         rng = np.random.default_rng(SEED + 100 + i)
-        written = lambda: max(_done_count(out), 0)  # noqa: E731
-        if kind == "startup":  # 0.5-3 s in, or when it writes its first region
-            kill = Kill(kind, _timed(written, written(), float(rng.uniform(0.5, 3.0))))
+        if kind == "startup":
+            kill = Kill(kind, lambda: True, delay=float(rng.uniform(0.5, 3.0)))
         else:
-            target = written() + int(rng.integers(1, n_regions // 4))
+            target = max(_done_count(out), 0) + int(rng.integers(1, n_regions // 4))
             kill = Kill(
                 f"after {target} regions",
-                _timed(written, target, float(rng.uniform(0.0, 0.3))),
+                lambda t=target: _done_count(out) >= t,
+                delay=float(rng.uniform(0.0, 0.3)),
                 poll=0.01,
             )
         outcome = run_until_killed(cmd(out), env, kill)
