@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gencast_rmmd.data.task import TaskConfig
+from gencast_rmmd.errors import DataError
 from gencast_rmmd.model import graphs as graphs_lib
 from gencast_rmmd.model import transformer as transformer_lib
 from gencast_rmmd.model.configs import (
@@ -285,7 +286,12 @@ def build_denoiser(
     lat = np.asarray(lat, np.float64)
     lon = np.asarray(lon, np.float64)
     if lat.ndim != 1 or lon.ndim != 1 or np.any(np.diff(lat) <= 0):
-        raise ValueError("lat must be 1-D ascending and lon 1-D (degrees)")
+        # The grid comes from the data, not the model config: a DataError (checkpoint loading
+        # wraps ValueError as a config problem).
+        raise DataError(
+            "grid: expected 1-D ascending latitudes and 1-D longitudes (degrees), found lat "
+            f"shape {lat.shape} starting {lat.ravel()[:3].tolist()}, lon shape {lon.shape}"
+        )
     requested = arch_cfg.sparse_transformer_config.attention_type
     run_type = attention_type or transformer_lib.resolve_attention_type(
         arch_cfg.sparse_transformer_config

@@ -13,7 +13,7 @@ import pytest
 from model_reference_keys import official_config_entries, official_param_shapes
 
 from gencast_rmmd.data.task import gencast_task
-from gencast_rmmd.errors import CheckpointError
+from gencast_rmmd.errors import CheckpointError, DataError
 from gencast_rmmd.model import checkpoint as ck
 from gencast_rmmd.model.configs import ModelConfig, SamplerConfig
 from gencast_rmmd.model.denoiser import Conditioning
@@ -175,6 +175,16 @@ def test_param_mismatches_are_all_reported(tmp_path):
         assert "missing parameter mesh_transformer/~/transformer/block_00/mha_final:b" in msg
         assert "unexpected parameter mesh_transformer/~/transformer/block_09/ffw_up:w" in msg
         assert "expected dtype float32, found float64" in msg
+
+
+def test_a_bad_grid_is_a_data_error_not_a_checkpoint_error(tmp_path):
+    path = tmp_path / "ok.npz"
+    write_official(path)
+    ckpt = ck.load_checkpoint(path)
+    # A descending latitude axis is the caller's grid, not the checkpoint: it must not be
+    # reported as "configs do not describe a buildable model".
+    with pytest.raises(DataError, match=r"ascending latitudes.*found lat shape"):
+        ck.denoiser_from_checkpoint(ckpt, LAT[::-1], LON)
 
 
 def test_pickles_config_errors_and_param_mismatches_reported_together(tmp_path):
