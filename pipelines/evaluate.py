@@ -33,7 +33,7 @@ from gencast_rmmd.evaluation import scorecard as sc_lib
 from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
-from gencast_rmmd.evaluation.statistics import STATISTICS, chunk_statistics
+from gencast_rmmd.evaluation.statistics import STATISTICS, VL_DIM, chunk_statistics
 from gencast_rmmd.remote import is_url, remove
 from gencast_rmmd.safety import publish_mode
 
@@ -126,20 +126,24 @@ def _write_nc(ds: xr.Dataset, path: str) -> str:
 
 
 def run_memory(spec: ModelSpec) -> tuple[xr.Dataset, xr.Dataset]:
-    """In-memory path: returns (init-time mean statistics, per-init series). Streams chunks."""
+    """In-memory path: returns (init-time mean statistics, per-init series). Streams chunks.
+
+    Each entry is averaged over the init times where it is not NaN, as `xbeam.Mean(skipna=True)`
+    does on Beam (running sums and counts per entry; NaN where no init time has a value).
+    """
     sums: dict[int, xr.Dataset] = {}
-    counts: dict[int, int] = {}
+    counts: dict[int, xr.Dataset] = {}
     per_init = []
     from tqdm import tqdm
 
     for item in tqdm(spec.items(), desc=f"evaluate {spec.label}", unit="chunk", disable=None):
         offsets, ds = item_statistics(spec, item)
         j0 = offsets["prediction_timedelta"]
-        s = ds.sum("time")
+        s, n = ds.fillna(0.0).sum("time"), ds.notnull().sum("time")
         sums[j0] = s if j0 not in sums else sums[j0] + s
-        counts[j0] = counts.get(j0, 0) + ds.sizes["time"]
+        counts[j0] = n if j0 not in counts else counts[j0] + n
         per_init.append(_per_init(ds))
-    means = [(j0, sums[j0] / counts[j0]) for j0 in sorted(sums)]
+    means = [(j0, sums[j0] / counts[j0].where(counts[j0] > 0)) for j0 in sorted(sums)]
     mean = xr.concat([m for _, m in means], dim="prediction_timedelta")
     return mean, _combine_grid(per_init)
 
@@ -161,7 +165,9 @@ def build_beam_pipeline(
         )
         (
             chunks
-            | f"mean_{name}" >> xbeam.Mean("time", skipna=False, fanout=fanout)
+            # skipna: an entry that is NaN at some init time (no valid point: the truth or a
+            # member all-NaN there) is averaged over the others, as in `run_memory`.
+            | f"mean_{name}" >> xbeam.Mean("time", skipna=True, fanout=fanout)
             | f"gather_mean_{name}" >> beam.combiners.ToList()
             | f"write_mean_{name}"
             >> beam.Map(
@@ -365,6 +371,29 @@ def prepare(
     return specs, meta
 
 
+def skipped_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None:
+    """The report's note on a model's per-init statistics left out of the init-time means: those
+    (init time, lead time, variable-level) with no valid point in some region (the truth or a
+    member all-NaN there, e.g. a NaN-filled truth time); None when there are none. Entries NaN at
+    every init time (NaN in the scorecard) are not counted."""
+    bad = per_init["crps_skill"].isnull()
+    left_out = (bad & ~bad.all("time")).any("region")
+    left_out = left_out.transpose("time", "prediction_timedelta", VL_DIM)
+    n = int(left_out.sum())
+    if not n:
+        return None
+    inits, leads, rows = (left_out[d].values for d in left_out.dims)
+    where = [
+        f"{rows[k]} +{leads[j] // np.timedelta64(1, 'h')} h at init {_iso(inits[i])}"
+        for i, j, k in np.argwhere(left_out.values)[:shown]
+    ]
+    return (
+        f"{label}: {n} of {left_out.size} (init time, lead time, variable-level) statistics had no "
+        "valid point in some region (the truth or a member all-NaN there) and were left out of "
+        "those entries' means over init times: " + ", ".join(where) + (" ..." if n > shown else "")
+    )
+
+
 def _nc_attrs(meta: dict) -> dict:
     out = {}
     for k, v in meta.items():
@@ -470,6 +499,10 @@ def evaluate(
             for label, (mean, per) in results.items():  # kept beside the report
                 _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
                 _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))
+        for label, (_, per) in results.items():
+            note = skipped_note(label, per)
+            if note:
+                meta["notes"].append(note)
         attrs = _nc_attrs(meta)
         mean_f, per_f = results["forecast"]
         card = sc_lib.finalize(mean_f, meta["ensemble_size"], attrs)

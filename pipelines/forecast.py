@@ -31,6 +31,9 @@ from gencast_rmmd.safety import file_sha256
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
+# More init times than any forecast campaign needs (50 years at 12 h is 36,525): a larger range is
+# a mistyped step or end, refused before the times are materialized.
+MAX_INIT_TIMES = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +79,8 @@ class ForecastSpec:
 
 
 def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.datetime64]:
-    """ISO times and/or ranges START/END[/STEP] (STEP like 12h or 1D; default the model step)."""
+    """ISO times and/or ranges START/END[/STEP] (STEP like 12h or 1D: a positive whole number of
+    hours with a unit; default the model step). At most `MAX_INIT_TIMES` per range."""
     out: list[np.datetime64] = []
     for v in values:
         for part in str(v).split(","):
@@ -88,10 +92,22 @@ def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.dat
                     bits = part.split("/")
                     if len(bits) not in (2, 3):
                         raise ValueError("expected START/END or START/END/STEP")
+                    start, end = pd.Timestamp(bits[0]), pd.Timestamp(bits[1])
                     freq = bits[2] if len(bits) == 3 else f"{step_hours}h"
-                    rng = pd.date_range(
-                        pd.Timestamp(bits[0]), pd.Timestamp(bits[1]), freq=pd.Timedelta(freq)
-                    )
+                    step = pd.Timedelta(freq)
+                    # pandas reads a STEP without a unit as nanoseconds ('12' -> 12 ns).
+                    if step <= pd.Timedelta(0) or step % pd.Timedelta(hours=1):
+                        raise ConfigError(
+                            f"--init-times: the STEP of {part!r} must be a positive whole number "
+                            f"of hours with a unit, e.g. START/END/12h or START/END/1D; found "
+                            f"{freq!r} (read as {step})"
+                        )
+                    if end >= start and (end - start) // step + 1 > MAX_INIT_TIMES:
+                        raise ConfigError(
+                            f"--init-times: {part!r} spans {(end - start) // step + 1} init times, "
+                            f"more than {MAX_INIT_TIMES}; check START/END/STEP"
+                        )
+                    rng = pd.date_range(start, end, freq=step)
                     out.extend(np.datetime64(t, "ns") for t in rng)
                 else:
                     out.append(np.datetime64(pd.Timestamp(part).tz_localize(None), "ns"))

@@ -785,9 +785,6 @@ def build_summary(ctx: Context) -> dict:
 
     speed = json.loads(ctx.speed_json.read_text())
     ev = load_summary(str(ctx.eval_dir))
-    models = ev.get("models", {})
-    student_name = models.get("forecast", "student")
-    teacher_name = models.get("baseline", "teacher")
     t, s = speed["teacher"], speed["student"]
     head = scorecard_headline(ctx.eval_dir, ev)
     out = {
@@ -808,8 +805,8 @@ def build_summary(ctx: Context) -> dict:
         "speedup_one_member": speed_ratio(speed.get("one_member"), "seconds"),
         "win_rate": head["win_rate"],
         "mean_crps_change_percent": head["mean_crps_change_percent"],
-        "spread_skill_teacher": ev.get("spread_skill", {}).get(teacher_name),
-        "spread_skill_student": ev.get("spread_skill", {}).get(student_name),
+        "spread_skill_teacher": ev.get("spread_skill", {}).get("baseline"),
+        "spread_skill_student": ev.get("spread_skill", {}).get("forecast"),
         "entries": ev.get("n_entries"),
         "win_rate_rmse": ev.get("win_rate_rmse"),
         "significant_wins_crps": ev.get("significant_wins_crps"),
@@ -843,7 +840,7 @@ def scorecard_headline(eval_dir: pathlib.Path, ev: dict | None = None) -> dict:
         # The scorecard's relative change is (forecast - baseline) / baseline; positive here means
         # the forecast's CRPS is lower (better).
         "mean_crps_change_percent": None if change is None else -change,
-        "spread_skill": ev.get("spread_skill", {}).get(ev.get("models", {}).get("forecast", "")),
+        "spread_skill": ev.get("spread_skill", {}).get("forecast"),
     }
 
 

@@ -110,24 +110,24 @@ def rank_histogram_grid(hist: xr.Dataset, path: str, region: str = "global") -> 
     order = sorted(
         range(len(labels)), key=lambda i: not (np.isnan(levels[i]) or levels[i] in PREFERRED_LEVELS)
     )
-    picked = sorted(order[:MAX_ROWS])
+    picked = sorted(order[:MAX_ROWS])  # indices into the variable-level dim, one per panel row
     rows = [labels[i] for i in picked]
     fig, axes = plt.subplots(
         len(rows), len(cols), figsize=(2.4 * len(cols), 1.3 * len(rows)), squeeze=False, sharex=True
     )
     nb = h.sizes["bin"]
-    for r, lab in enumerate(rows):
+    for r, (i, lab) in enumerate(zip(picked, rows)):
         for c, j in enumerate(cols):
             ax = axes[r, c]
             ax.bar(
                 np.arange(nb),
-                h.isel({VL_DIM: r, "lead_time": j}).values,
+                h.isel({VL_DIM: i, "lead_time": j}).values,
                 color="tab:blue",
                 width=0.9,
             )
             ax.axhline(1.0 / nb, color="k", lw=0.8, ls="--")
             ri = float(
-                hist["reliability_index"].sel(region=region).isel({VL_DIM: r, "lead_time": j})
+                hist["reliability_index"].sel(region=region).isel({VL_DIM: i, "lead_time": j})
             )
             ax.set_title(f"{lab} +{int(leads[j])}h RI={ri:.2f}", fontsize=6)
             ax.tick_params(labelsize=5)

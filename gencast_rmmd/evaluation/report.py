@@ -9,11 +9,16 @@ import xarray as xr
 from gencast_rmmd.remote import write_text
 
 
-def _fmt(x) -> str:
+def _fmt(x, names: dict | None = None) -> str:
+    """HTML text of a value; `names` labels dict keys (roles such as "forecast" -> its model)."""
     if isinstance(x, float):
         return f"{x:.4g}"
     if isinstance(x, dict):
-        return ", ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in x.items())
+        names = names or {}
+        return ", ".join(
+            f"{html.escape(str(k) if k not in names else f'{k} ({names[k]})')}: {_fmt(v)}"
+            for k, v in x.items()
+        )
     return html.escape(str(x))
 
 
@@ -22,7 +27,11 @@ def write_report(
 ) -> str:
     """Write report.html next to the plots (images are linked by relative file name)."""
     summ = meta.get("summary", {})
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summ.items())
+    models = summ.get("models", {})  # per-model figures are keyed by role: name them too
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{_fmt(v, None if k == 'models' else models)}</td></tr>"
+        for k, v in summ.items()
+    )
     info_keys = (
         "forecast_model",
         "baseline_model",

@@ -98,6 +98,10 @@ def paired_significance(diff: np.ndarray, axis: int = 0, level: float = SIGNIFIC
     is inflated with the lag-1 autocorrelation rho of d (clipped to [0, 0.99]):
     n_eff = n (1 - rho) / (1 + rho); t = mean(d) / (sd(d) / sqrt(n_eff)), df = n_eff - 1.
 
+    NaN differences (an init time left out of a model's means: no valid point there) are left
+    out of the test, as of the means: n counts the finite ones, and a lag-1 product with a missing
+    neighbour counts as 0.
+
     Args:
       diff: per-init score differences, init times (sorted) along `axis`.
     Returns:
@@ -105,20 +109,18 @@ def paired_significance(diff: np.ndarray, axis: int = 0, level: float = SIGNIFIC
       the differences are all identical.
     """
     d = np.moveaxis(np.asarray(diff, dtype=np.float64), axis, 0)
-    n = d.shape[0]
-    if n < 3:
-        p = np.full(d.shape[1:], np.nan)
-        return p, np.zeros(d.shape[1:], bool)
-    mean = d.mean(axis=0)
-    sd = d.std(axis=0, ddof=1)
-    a = d - mean
+    ok = np.isfinite(d)
+    n = ok.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, d, 0.0).sum(axis=0) / n
+        a = np.where(ok, d - mean, 0.0)
+        sd = np.sqrt((a**2).sum(axis=0) / (n - 1))
         rho = (a[1:] * a[:-1]).sum(axis=0) / (a**2).sum(axis=0)
         rho = np.clip(np.nan_to_num(rho, nan=0.0), 0.0, 0.99)
         n_eff = np.maximum(n * (1 - rho) / (1 + rho), 2.0)
         t = mean / (sd / np.sqrt(n_eff))
         p = 2 * scipy.stats.t.sf(np.abs(t), df=n_eff - 1)
-    p = np.where(sd > 0, p, np.nan)
+    p = np.where((n >= 3) & (sd > 0), p, np.nan)
     return p, np.nan_to_num(p, nan=1.0) < level
 
 
@@ -204,32 +206,33 @@ def tidy_table(scorecard: xr.Dataset):
 def summary(scorecard: xr.Dataset, region: str = "global") -> dict:
     """Headline figures of a scorecard, as plain Python numbers (for summary.json and the report).
 
-    Keys: ensemble_size, n_entries (variable-level x lead time), spread_skill (model -> mean
-    spread/skill over entries), spread_skill_deviation (mean |ssr - 1|), mean_crps / mean_rmse;
-    with a baseline also win_rate_crps / win_rate_rmse (fraction of entries where the forecast's
-    error is lower), mean_crps_change_percent / mean_rmse_change_percent, significant_wins_crps /
-    significant_losses_crps (counts), and models.
+    Keys: ensemble_size, n_entries (variable-level x lead time), models (role -> model name;
+    roles "forecast" and, with a baseline, "baseline"), spread_skill (role -> mean spread/skill
+    over entries), spread_skill_deviation (role -> mean |ssr - 1|), mean_crps / mean_rmse; with a
+    baseline also win_rate_crps / win_rate_rmse (fraction of entries where the forecast's error is
+    lower), mean_crps_change_percent / mean_rmse_change_percent, significant_wins_crps /
+    significant_losses_crps (counts). Per-model figures are keyed by role, not name: a forecast
+    and a baseline may share a name (two checkpoints of one "teacher").
     """
     sc = scorecard.sel(region=region)
-    forecast_name = scorecard.attrs.get("forecast_model", "forecast")
     out: dict = {
         "region": region,
         "ensemble_size": int(scorecard.attrs.get("ensemble_size", -1)),
         "n_entries": int(sc.sizes[VL_DIM] * sc.sizes["lead_time"]),
         "mean_crps": _mean(sc["value"].sel(metric="crps")),
         "mean_rmse": _mean(sc["value"].sel(metric="rmse")),
-        "spread_skill": {forecast_name: _mean(sc["value"].sel(metric="spread_skill"))},
-        "spread_skill_deviation": {
-            forecast_name: _mean(abs(sc["value"].sel(metric="spread_skill") - 1))
-        },
-        "models": {"forecast": forecast_name},
+        "spread_skill": {},
+        "spread_skill_deviation": {},
+        "models": {},
     }
+    for role, var in (("forecast", "value"), ("baseline", "baseline_value")):
+        if var not in sc:
+            continue
+        ssr = sc[var].sel(metric="spread_skill")
+        out["models"][role] = scorecard.attrs.get(f"{role}_model", role)
+        out["spread_skill"][role] = _mean(ssr)
+        out["spread_skill_deviation"][role] = _mean(abs(ssr - 1))
     if "baseline_value" in sc:
-        base_name = scorecard.attrs.get("baseline_model", "baseline")
-        out["models"]["baseline"] = base_name
-        ss_b = sc["baseline_value"].sel(metric="spread_skill")
-        out["spread_skill"][base_name] = _mean(ss_b)
-        out["spread_skill_deviation"][base_name] = _mean(abs(ss_b - 1))
         for metric in ERROR_METRICS:
             f = sc["value"].sel(metric=metric)
             b = sc["baseline_value"].sel(metric=metric)
@@ -251,7 +254,7 @@ def load_summary(eval_dir: str, region: str = "global") -> dict:
     """`summary` of a finished evaluation directory (reads its scorecard.nc).
 
     The quickstart writes this to summary.json: win rate, mean CRPS/RMSE change, spread/skill per
-    model.
+    role (forecast, baseline).
     """
     import os
 

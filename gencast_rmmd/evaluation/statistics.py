@@ -2,8 +2,9 @@
 
 Each chunk holds all members and the full globe of one forecast at one lead time. Per
 variable/level and region it yields latitude-weighted spatial means of pointwise quantities that
-are *additive*, so averaging chunks over init times (`xbeam.Mean`, or a running sum in memory) and
-finalizing afterwards gives the same numbers however the work is split (reference notes §9):
+are *additive*, so averaging chunks over init times (`xbeam.Mean(skipna=True)`, or running sums
+and counts in memory) and finalizing afterwards gives the same numbers however the work is split
+(reference notes §9):
 
 - `crps_skill`   (1/M) sum_i |x_i - y|
 - `crps_spread`  1/(M(M-1)) sum_{i!=j} |x_i - x_j|   (one sort per chunk; crps = skill - spread/2)
@@ -14,7 +15,8 @@ finalizing afterwards gives the same numbers however the work is split (referenc
   tie-breaking (dim `bin`)
 
 Points where the truth or any member is NaN (e.g. sea-surface temperature over land) are left out
-of the spatial means (their weight is removed from numerator and denominator).
+of the spatial means (their weight is removed from numerator and denominator); a region with no
+valid point gets NaN, which the mean over init times then leaves out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scorecard heatmap values: a colour scale that stays finite."""
+"""Scorecard heatmap values: a colour scale that stays finite; rank-histogram panels."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.evaluation import plots
 from gencast_rmmd.evaluation.plots import heatmap_values, scorecard_heatmap
-from gencast_rmmd.evaluation.statistics import VL_DIM
+from gencast_rmmd.evaluation.statistics import VL_DIM, variable_level_coords
 
 
 def _card(spread_skill: np.ndarray) -> xr.Dataset:
@@ -41,3 +42,38 @@ def test_zero_spread_keeps_the_colour_scale_finite(tmp_path):
     assert (tmp_path / "h.png").stat().st_size > 1000
     # Nothing finite at all: a unit scale.
     assert heatmap_values(_card(np.zeros((2, 3))), "spread_skill")[3] == 1.0
+
+
+def test_rank_histogram_panels_show_their_own_row(tmp_path, monkeypatch):
+    """With more than MAX_ROWS variable-levels only some rows are drawn; each panel's bars and RI
+    came from position r of the drawn rows but its title from the picked row, so panels below
+    the first skipped row were mislabelled. Row i's bars and RI here all equal i."""
+    levels = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+    pairs = [(v, lev) for v in ("geopotential", "temperature") for lev in levels]
+    n, nb = len(pairs), 3
+    assert n > plots.MAX_ROWS
+    h = np.broadcast_to(np.arange(n, dtype=float)[:, None, None, None], (n, 1, 1, nb))
+    coords = variable_level_coords(pairs)
+    coords.update(lead_time=[12], region=["global"], bin=np.arange(nb))
+    hist = xr.Dataset(
+        {
+            "rank_histogram": ((VL_DIM, "lead_time", "region", "bin"), h),
+            "reliability_index": ((VL_DIM, "lead_time", "region"), h[..., 0]),
+        },
+        coords=coords,
+    )
+    figs, close = [], plots.plt.close
+    monkeypatch.setattr(plots.plt, "close", figs.append)  # keep the figure to inspect it
+    plots.rank_histogram_grid(hist, str(tmp_path / "rh.png"))
+    labels = list(hist[VL_DIM].values)
+    axes = figs[0].axes
+    assert len(axes) == plots.MAX_ROWS
+    shown = set()
+    for ax in axes:
+        label, ri = ax.get_title().split(" +12h RI=")
+        row = labels.index(label)
+        shown.add(label)
+        assert float(ri) == row
+        assert [p.get_height() for p in ax.patches] == [row] * nb
+    assert {"temperature/500", "temperature/850"} <= shown  # preferred levels are kept
+    close(figs[0])

@@ -72,6 +72,15 @@ def test_paired_significance():
     assert paired_significance(ar)[1].sum() <= paired_significance(iid)[1].sum()
     p, s = paired_significance(noise[:2])
     assert np.isnan(p).all() and not s.any()
+    # NaN differences (init times left out of a model's means) are left out of the test too:
+    # a column with one gap is still tested; fewer than 3 finite values, or none, are not.
+    gappy = shifted.copy()
+    gappy[5, 0] = np.nan
+    gappy[2:, 1] = np.nan
+    gappy[:, 2] = np.nan
+    p, s = paired_significance(gappy)
+    assert s[0] and p[0] < 0.05 and np.isnan(p[1:3]).all() and not s[1:3].any()
+    np.testing.assert_array_equal(p[3:], p1[3:])  # untouched columns: unchanged
 
 
 def test_compare_summary_and_tidy_table():
@@ -94,7 +103,8 @@ def test_compare_summary_and_tidy_table():
         (cmp_["value"] < cmp_["baseline_value"]).sel(metric="crps", region="global").mean()
     )
     assert s["win_rate_crps"] == wins
-    assert set(s["spread_skill"]) == {"student", "teacher"}
+    assert s["models"] == {"forecast": "student", "baseline": "teacher"}
+    assert set(s["spread_skill"]) == set(s["spread_skill_deviation"]) == {"forecast", "baseline"}
     table = tidy_table(cmp_)
     assert list(table.columns) == [
         "metric",
@@ -132,3 +142,29 @@ def test_compare_summary_and_tidy_table():
         "region",
         "value",
     ]
+
+
+def test_summary_keeps_both_models_when_they_share_a_name(tmp_path):
+    """Per-model summary figures were keyed by model name, so a baseline with the forecast's
+    name (every teacher is "teacher") overwrote the forecast's spread/skill; they are keyed by
+    role now, with the names under `models` (and beside the roles in the report)."""
+    from gencast_rmmd.evaluation.report import write_report
+
+    f_mean, b_mean = _stats(1.0), _stats(1.0, seed=1)
+    b_mean["ensemble_variance"] = 4 * b_mean["ensemble_variance"]  # baseline: twice the spread
+    attrs = {"forecast_model": "teacher", "baseline_model": "teacher", "ensemble_size": 4}
+    cmp_ = compare(finalize(f_mean, 4, attrs), finalize(b_mean, 4))
+    s = summary(cmp_)
+    ssr = cmp_.sel(region="global", metric="spread_skill")
+    assert s["models"] == {"forecast": "teacher", "baseline": "teacher"}
+    assert s["spread_skill"] == {
+        "forecast": float(ssr["value"].mean()),
+        "baseline": float(ssr["baseline_value"].mean()),
+    }
+    assert s["spread_skill"]["baseline"] > 1.5 * s["spread_skill"]["forecast"]
+    assert s["spread_skill_deviation"]["forecast"] == float(abs(ssr["value"] - 1).mean())
+    alone = summary(finalize(f_mean, 4, attrs))
+    assert alone["spread_skill"] == {"forecast": s["spread_skill"]["forecast"]}
+    write_report(cmp_, xr.Dataset(), {"summary": s}, {}, str(tmp_path / "r.html"))
+    page = (tmp_path / "r.html").read_text()
+    assert f"forecast (teacher): {s['spread_skill']['forecast']:.4g}" in page

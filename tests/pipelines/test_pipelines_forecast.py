@@ -201,6 +201,21 @@ def test_user_errors(data, tmp_path):
     assert not (tmp_path / "c.zarr").exists()
 
 
+def test_init_time_range_step_needs_a_unit():
+    """A range STEP without a unit ('.../12') was read by pandas as 12 ns and the range asked
+    for ~7e13 times (a MemoryError of hundreds of TiB); it is now one ConfigError naming the
+    expected form, as are non-positive or sub-hour steps and ranges of absurd length."""
+    parse = fc_pipe.parse_init_times
+    assert len(parse(["2001-10-01T00/2001-10-10T12"])) == 20  # default: the model step
+    assert len(parse(["2001-10-01T00/2001-10-10T12/12h"])) == 20
+    assert len(parse(["2001-10-01T00/2001-10-10T12/1D"])) == 10
+    for step in ("12", "0h", "-12h", "90min"):
+        with pytest.raises(ConfigError, match=r"positive whole number of hours.*START/END/12h"):
+            parse([f"2001-10-01T00/2001-10-10T12/{step}"])
+    with pytest.raises(ConfigError, match=f"more than {fc_pipe.MAX_INIT_TIMES}"):
+        parse(["2001-10-01T00/2201-10-01T00/1h"])
+
+
 def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):
     from gencast_rmmd.cli import main
 

@@ -74,6 +74,17 @@ def test_fast_quickstart_produces_report_and_summary(fast_run, capsys):
     assert 0.0 <= summary["win_rate"] <= 1.0
     assert summary["entries"] > 0
     assert math.isfinite(summary["mean_crps_change_percent"])
+    # Spread/skill per role, read from the scorecard (teacher and student share no key even
+    # when their model names are equal).
+    import xarray as xr
+
+    with xr.open_dataset(fast_run / "evaluation" / "scorecard.nc") as card:
+        for var, key in (
+            ("value", "spread_skill_student"),
+            ("baseline_value", "spread_skill_teacher"),
+        ):
+            want = float(card[var].sel(metric="spread_skill", region="global").mean())
+            assert math.isclose(summary[key], want, rel_tol=1e-6), (key, summary[key], want)
     html = (fast_run / "report.html").read_text()
     assert "speedup" in html and "evaluation/" in html
     assert f"<td>speedup_paired</td><td>{chain._fmt(summary['speedup_paired'])}</td>" in html
