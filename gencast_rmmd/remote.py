@@ -170,7 +170,7 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
     name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
     group = _url_group(remote_cache_dir(), source)
-    if set(info) - _NO_VERSION_INFO:
+    if any(info.get(k) not in (None, "") for k in _VERSION_INFO):
         dest = group / _digest(version, 16) / name
         if dest.is_file():
             return str(dest)
@@ -190,9 +190,30 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
     return str(dest)
 
 
-# What fsspec's `info` reports of any object; any other field (checksums, generation, update or
-# creation time, ETag, Last-Modified) identifies a version of it.
-_NO_VERSION_INFO = frozenset({"name", "size", "type", "url", "mimetype"})
+# The fields of fsspec's `info` that name a version of an object: HTTP's validators (ETag,
+# Last-Modified, Content-MD5, Digest), GCS's (generation, checksums, update time), S3's (ETag,
+# LastModified, VersionId), Azure's, and the modification or creation times other filesystems
+# report. Anything else (size, type, `partial` when a server refuses range requests) does not:
+# an object without a value for any of these is fetched on every use.
+_VERSION_INFO = frozenset(
+    {
+        "ETag",
+        "etag",
+        "Last-Modified",
+        "last_modified",
+        "LastModified",
+        "Content-MD5",
+        "Digest",
+        "VersionId",
+        "version_id",
+        "generation",
+        "md5Hash",
+        "crc32c",
+        "updated",
+        "mtime",
+        "created",
+    }
+)
 
 
 def _download(fs, path: str, directory: pathlib.Path, name: str, source: str, error) -> str:

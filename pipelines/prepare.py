@@ -8,14 +8,16 @@
          `gencast_rmmd_prepare = "in-progress"`
       -> work items = blocks of `steps_per_item` times --Reshuffle--> each worker reads its block
          from the source and writes it into the template's region, then drops a marker file
-      -> when every block has its marker: attribute set to "complete", markers removed.
+         naming the times it wrote, [start, stop)
+      -> when the markers cover every time: attribute set to "complete", markers removed.
 
-Resuming: re-running the same command after a crash skips every block that has a marker, so
-finished chunks are never rewritten, and completes the store. The markers live next to the store
-(`<out>.prepare-progress/`), on local disk or at a URL like the store (through fsspec: on
-Dataflow `--out gs://...`, where workers share no disk); `data validate` reports a store whose
-attribute is not "complete" as incomplete. DirectRunner by default; any Beam runner through
-standard pipeline options.
+Resuming: re-running the same command after a crash skips every block whose times the markers
+cover, so finished chunks are never rewritten, and completes the store; a resumed run may use
+another `steps_per_item` (a new block only partly covered is written whole). The markers live
+next to the store (`<out>.prepare-progress/`), on local disk or at a URL like the store (through
+fsspec: on Dataflow `--out gs://...`, where workers share no disk); `data validate` reports a
+store whose attribute is not "complete" as incomplete. DirectRunner by default; any Beam runner
+through standard pipeline options.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,25 +55,33 @@ class PrepareSpec:
     def progress_dir(self) -> str:
         return self.out.rstrip("/") + ".prepare-progress"
 
-    def marker(self, start: int) -> str:
-        return f"{self.progress_dir}/{start:09d}.done"
+    def marker(self, start: int, stop: int) -> str:
+        return f"{self.progress_dir}/{start:09d}-{stop:09d}.done"
 
 
 # The store and its markers are reached through fsspec (`gencast_rmmd.remote`), so `out` may be
 # a local path or a URL (gs://... on Dataflow, where workers share no disk); writers use fsspec's
 # default credentials.
-def _write_marker(spec: PrepareSpec, start: int, text: str) -> None:
-    fs, path = filesystem(spec.marker(start))
+def _write_marker(spec: PrepareSpec, start: int, stop: int) -> None:
+    fs, path = filesystem(spec.marker(start, stop))
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, text.encode())
+    fs.pipe_file(path, json.dumps({"start": start, "stop": stop}).encode())
 
 
-def _done(spec: PrepareSpec) -> set[str]:
-    """Names of the markers present (one listing, not one request per block)."""
+def _done(spec: PrepareSpec, n: int) -> np.ndarray:
+    """Which of the `n` times the markers present say are written (one listing, not one
+    request per block). A marker names its block's [start, stop), so a run resumed with another
+    `steps_per_item` skips only the blocks whose every time is written; anything else in the
+    directory (a marker of an older gencast-rmmd, which named only its start) covers nothing."""
+    written = np.zeros(n, bool)
     fs, path = filesystem(spec.progress_dir)
     if not fs.exists(path):
-        return set()
-    return {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
+        return written
+    for name in fs.ls(path, detail=False):
+        found = re.fullmatch(r"(\d+)-(\d+)\.done", name.rstrip("/").rsplit("/", 1)[-1])
+        if found:
+            written[int(found[1]) : int(found[2])] = True
+    return written
 
 
 def _open(spec: PrepareSpec) -> xr.Dataset:
@@ -81,10 +92,14 @@ def _open(spec: PrepareSpec) -> xr.Dataset:
 
 def _fingerprint(spec: PrepareSpec, ds: xr.Dataset) -> str:
     t = ds["time"].values
+    cfg = to_dict(spec.cfg)
+    # `token` defaulted to "anon" before it defaulted to None (fsspec's configuration, else
+    # "anon"): a store begun then, from a config without a token, keeps its key.
+    cfg["token"] = cfg["token"] or "anon"
     blob = json.dumps(
         {
             "source": spec.source,
-            "cfg": to_dict(spec.cfg),
+            "cfg": cfg,
             "times": [str(t[0]), str(t[-1]), int(t.size)],
             "vars": sorted(ds.data_vars),
         },
@@ -170,7 +185,7 @@ class _WriteBlock:
         block = block.drop_vars([c for c in block.coords if "time" not in block[c].dims])
         block.attrs = {}
         block.to_zarr(self.spec.out, region={"time": slice(start, stop)}, consolidated=False)
-        _write_marker(self.spec, start, json.dumps({"start": start, "stop": stop}))
+        _write_marker(self.spec, start, stop)
         beam.metrics.Metrics.counter("prepare", "time_steps_written").inc(stop - start)
         beam.metrics.Metrics.counter("prepare", "bytes_written").inc(int(block.nbytes))
         return start
@@ -223,9 +238,8 @@ def prepare(
         write_template(ds, out, key)
     n = ds.sizes["time"]
     starts = list(range(0, n, steps_per_item))
-    name = {s: spec.marker(s).rsplit("/", 1)[-1] for s in starts}
-    done = _done(spec)
-    todo = [s for s in starts if name[s] not in done]
+    written = _done(spec, n)
+    todo = [s for s in starts if not written[s : s + steps_per_item].all()]
     skipped = len(starts) - len(todo)
     if max_items is not None:
         todo = todo[:max_items]
@@ -242,9 +256,8 @@ def prepare(
             )
     elif todo:
         for s in todo:
-            _write_marker(spec, s, "{}")
-    done = _done(spec)
-    complete = all(name[s] in done for s in starts)
+            _write_marker(spec, s, min(s + steps_per_item, n))
+    complete = bool(_done(spec, n).all())
     if complete:
         group = zarr.open_group(out, mode="r+")
         group.attrs[PREPARE_STATE_ATTR] = "complete"

@@ -86,9 +86,11 @@ def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
 def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):
     import apache_beam as beam
 
-    lo = max(start - 1, 0)
+    # The pairs (t, t + step), found by timestamp, whose higher position is in this block, read
+    # with the earlier times they need (not only the previous one: 6-hourly data, gaps).
+    lo = st.difference_window(_open(path)["time"].values, start, start + block, step_hours)
     pair = _read_block(path, names, lo, start + block)
-    d = st.time_differences(pair, step_hours)
+    d = st.time_differences(pair, step_hours, block_start=start - lo)
     beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
     if not d.sizes.get("time", 0):
         return None

@@ -113,10 +113,16 @@ def test_url_sources_keep_their_url_and_gcs_token(monkeypatch, tmp_path):
 
 
 @contextlib.contextmanager
-def _http_server(directory: pathlib.Path, validators: bool = True, requests: list | None = None):
+def _http_server(
+    directory: pathlib.Path,
+    validators: bool = True,
+    requests: list | None = None,
+    ranges: bool = True,
+):
     """A loopback HTTP server of `directory`'s files; `validators=False`: it sends no
     Last-Modified (Python's server sends no ETag either), so nothing names a file's version.
-    `requests` collects (method, path) of what it serves."""
+    `requests` collects (method, path) of what it serves. `ranges=False`: it says
+    `Accept-Ranges: none` (fsspec then reports `partial: False`)."""
     import functools
     import http.server
     import threading
@@ -133,6 +139,11 @@ def _http_server(directory: pathlib.Path, validators: bool = True, requests: lis
         def send_header(self, keyword, value):
             if validators or keyword.lower() != "last-modified":
                 super().send_header(keyword, value)
+
+        def end_headers(self):
+            if not ranges:
+                super().send_header("Accept-Ranges", "none")
+            super().end_headers()
 
     srv = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
@@ -166,14 +177,16 @@ def test_http_files_are_fetched_again_when_the_server_says_they_changed(tmp_path
             remote.local_file(url + ".missing", CheckpointError)
 
 
-def test_http_files_without_a_version_are_fetched_every_time(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ranges", [True, False])
+def test_http_files_without_a_version_are_fetched_every_time(tmp_path, monkeypatch, ranges):
     """A server that names no version (no ETag, no Last-Modified): size alone would serve a
-    same-size replacement stale, so the file is fetched on every use and keyed by its content."""
+    same-size replacement stale, so the file is fetched on every use and keyed by its content;
+    also when the server refuses range requests (what else fsspec reports names no version)."""
     monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "served"
     served.mkdir()
     requests = []
-    with _http_server(served, validators=False, requests=requests) as base:
+    with _http_server(served, validators=False, requests=requests, ranges=ranges) as base:
         url = f"{base}/w.npz"
         (served / "w.npz").write_bytes(b"one")
         a = remote.local_file(url)

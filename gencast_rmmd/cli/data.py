@@ -81,6 +81,7 @@ def _nature_run(args) -> int:
 
     from gencast_rmmd.data import nature_run
     from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.errors import ConfigError
 
     cfg = load_data_config(args.config, args.overrides)
     nr = cfg.nature_run
@@ -95,7 +96,10 @@ def _nature_run(args) -> int:
     }
     if changes:
         nr = dataclasses.replace(nr, **changes)
-        nr.validate()
+        try:
+            nr.validate()
+        except ValueError as e:
+            raise ConfigError(f"data nature-run: {e}") from None
     summary = nature_run.build(args.out, nr, cfg.task.pressure_levels, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0
@@ -105,6 +109,7 @@ def _prepare(args) -> int:
     from gencast_rmmd.data.config import load_data_config
     from pipelines.prepare import prepare
 
+    _require_positive(args, "steps_per_item")
     cfg = load_data_config(args.config, args.overrides)
     source = args.source or cfg.source
     beam_args = [a for a in args.beam_args if a != "--"]
@@ -124,12 +129,24 @@ def _stats(args) -> int:
     from gencast_rmmd.data.stats import STATS_FILES
     from pipelines.stats import compute_stats_beam
 
+    _require_positive(args, "step_hours", "block")
     beam_args = [a for a in args.beam_args if a != "--"]
     compute_stats_beam(
         args.data, args.out, step_hours=args.step_hours, block=args.block, beam_args=beam_args
     )
     print(json.dumps({"out": args.out, "files": list(STATS_FILES.values())}))
     return 0
+
+
+def _require_positive(args, *names: str) -> None:
+    """ConfigError naming the first option among `names` that is not >= 1."""
+    from gencast_rmmd.errors import ConfigError
+
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option}: expected an integer >= 1, found {value}")
 
 
 def _validate(args) -> int:

@@ -10,9 +10,10 @@ Three caches, each at its own place (environment variables as in docs/data.md):
 
 The code that writes each cache already deletes what a newer copy supersedes. What is left over
 and listed as stale here: an example copy whose store is gone or was re-made (or that was made
-before copies recorded their store), a nature run or copy left incomplete by a crash (and not
-being written now), files of an older cache layout, interrupted fetches. Nothing is checked over
-the network: a copy of a URL is stale only once a newer copy of it replaced it.
+before copies recorded their store), a nature run (or its temporary directory) or copy left
+incomplete by a crash (and not being written now), files of an older cache layout, interrupted
+fetches. Nothing is checked over the network: a copy of a URL is stale only once a newer copy of
+it replaced it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ class _Scan:
                 source = "embedded nature run"
                 stale = None if _busy(root / f".{path.name}.lock") else "incomplete build"
             self.add("nature run", path, source, stale)
+        # `nature_run.write_store`'s temporary directories (`.<store name>.<random>.tmp`): a build
+        # killed before its final rename leaves one behind, the size of the store.
+        for path in sorted(root.glob(".nature_run-*.zarr.*.tmp")):
+            store = path.name[1:].split(".zarr.", 1)[0] + ".zarr"
+            stale = None if _busy(root / f".{store}.lock") else "incomplete build"
+            self.add("nature run", path, "embedded nature run", stale)
 
     def example_copies(self, root: pathlib.Path) -> None:
         for path in sorted(root.glob(f"{examples.EXAMPLES_COPY_PREFIX}*")):

@@ -58,7 +58,8 @@ class NatureRunConfig:
     The model runs on a spectral grid (`truncation`: 21 -> T21 on a 32x64 Gaussian grid, 31 ->
     T31 on 48x96) with `sigma_layers` equally spaced sigma levels and an implicit-explicit RK3 step
     of `dt_minutes`; the output is evaluated from the spectral coefficients on the 5.625 deg
-    equiangular 32x64 grid every `output_hours`.
+    equiangular 32x64 grid every `output_hours` (a divisor of 24: each day has the same output
+    times).
     """
 
     spinup_days: int = 200
@@ -79,6 +80,11 @@ class NatureRunConfig:
             )
         if self.sigma_layers < 4:
             raise ValueError(f"sigma_layers: must be >= 4, found {self.sigma_layers}")
+        if self.output_hours < 1 or 24 % self.output_hours:
+            raise ValueError(
+                "output_hours: must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24), "
+                f"found {self.output_hours}"
+            )
         if self.dt_minutes <= 0 or (self.output_hours * 60) % self.dt_minutes:
             raise ValueError(
                 f"dt_minutes: must divide output_hours*60 = {self.output_hours * 60}, "
@@ -93,7 +99,8 @@ class DataConfig:
 
     task: the forecasting task (variables, levels, frames, step).
     source: Zarr/NetCDF path or fsspec URL (gs://, s3://, https://, memory://), or `embedded`.
-    token: gcsfs token for gs:// URLs; "anon" reads public buckets without credentials. Use
+    token: gcsfs token for gs:// URLs; null (default): the one fsspec's configuration names
+      (`FSSPEC_GS_TOKEN`), else "anon", which reads public buckets without credentials. Use
       "google_default" (or a service-account file) only when the bucket needs credentials.
     time_start/time_stop: inclusive ISO times; null means the whole valid range of the source
       (ARCO-ERA5's `valid_time_start`/`valid_time_stop` attributes when present).
@@ -104,7 +111,7 @@ class DataConfig:
 
     task: TaskConfig
     source: str = ARCO_ERA5
-    token: str = "anon"
+    token: str | None = None
     time_start: str | None = None
     time_stop: str | None = None
     grid: GridConfig = GridConfig()

@@ -383,11 +383,12 @@ def canonicalize(
 ) -> xr.Dataset:
     """Turn an ERA5-style Dataset into the canonical store for `task` (lazy).
 
-    Steps: normalize coordinates; select the task's variables and pressure levels; select times on
-    the task's step grid (00/12 UTC from hourly data) within [time_start, time_stop]; build
-    `total_precipitation_12hr` from hourly `total_precipitation` when the store lacks it; drop the
-    time dim of statics (taking their first time); add the progress forcings; regrid; cast to
-    float32 with dims ordered (time, level, lat, lon).
+    Steps: normalize coordinates and sort time ascending; select the task's variables and pressure
+    levels; select times on the task's step grid (00/12 UTC from hourly data) within
+    [time_start, time_stop] as xarray slices it (a date alone covers its whole day); build
+    `total_precipitation_12hr` (12 h, whatever the step) from hourly `total_precipitation` when
+    the store lacks it; drop the time dim of statics (taking their first time); add the progress
+    forcings; regrid; cast to float32 with dims ordered (time, level, lat, lon).
 
     Raises:
       DataError: a variable or pressure level the task needs is missing, or the grid is unusable.
@@ -400,6 +401,10 @@ def canonicalize(
                 f"store has no {dim!r} dimension (dims found: {dict(ds.sizes)}); expected time, "
                 "lat/latitude, lon/longitude and level"
             )
+    if not ds.indexes["time"].is_monotonic_increasing:
+        # The canonical time axis ascends (as xarray's time slicing below needs); a source's
+        # may run backwards.
+        ds = ds.sortby("time")
     wanted = source_variables(task)
     needs_precip = PRECIP_12HR in wanted
     missing = [
@@ -429,26 +434,25 @@ def canonicalize(
                 f"store lacks pressure level(s) {lacking} hPa; levels found: {sorted(have)}"
             )
 
-    # Time selection (on the raw time axis so that precipitation can look back hourly).
+    # Time selection (on the raw time axis so that precipitation can look back hourly). The
+    # window is sliced as xarray slices it (and `open_store` trims to `valid_time_*`): a date
+    # without a time of day covers that whole day, so `time_stop: 2020-01-02` keeps its 12 UTC.
     times = ds["time"].values
-    if time_start is not None or time_stop is not None:
-        lo = np.datetime64(time_start, "ns") if time_start is not None else times.min()
-        hi = np.datetime64(time_stop, "ns") if time_stop is not None else times.max()
-    else:
-        lo, hi = times.min(), times.max()
+    window = ds["time"].sel(time=slice(time_start, time_stop)).values
     valid = select_times(ds, task.step_hours)
-    valid = valid[(valid >= lo) & (valid <= hi)]
+    valid = valid[np.isin(valid, window)]
+    if valid.size == 0:
+        raise DataError(
+            f"no times on the {task.step_hours} h grid between {time_start or times.min()} and "
+            f"{time_stop or times.max()} in the store (store times {times.min()}..{times.max()})"
+        )
 
     out: dict[str, xr.DataArray] = {}
     if needs_precip and PRECIP_12HR not in ds.data_vars:
-        precip = precipitation_accumulation(ds[PRECIP_HOURLY], valid, hours=task.step_hours)
+        # Always 12 h, the variable's definition, whatever the task's step.
+        precip = precipitation_accumulation(ds[PRECIP_HOURLY], valid, hours=12)
         valid = precip["time"].values
         out[PRECIP_12HR] = precip
-    if valid.size == 0:
-        raise DataError(
-            f"no times on the {task.step_hours} h grid between {lo} and {hi} in the store "
-            f"(store times {times.min()}..{times.max()})"
-        )
     levels = list(task.pressure_levels)
     for v in wanted:
         if v in out:

@@ -341,10 +341,17 @@ class ExampleSource:
         self.store = str(store)
         self.local_cache = None if local_cache is None else str(local_cache)
         self.task = task
-        if isinstance(stats, str | os.PathLike):
-            stats = load_stats(stats)
+        stats_dir = stats if isinstance(stats, str | os.PathLike) else None
+        if stats_dir is not None:
+            stats = load_stats(stats_dir)
         self.layout = task.layout
-        self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
+        try:
+            self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
+        except (KeyError, ValueError) as e:
+            where = "the statistics given do"
+            if stats_dir is not None:
+                where = f"stats dir {os.fspath(stats_dir)!r} does"
+            raise DataError(f"{where} not cover the task: {e.args[0]}") from None
         self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
         if not is_url(self.store) and pathlib.Path(self.store).is_file():
             raise DataError(
@@ -389,6 +396,9 @@ class ExampleSource:
             valid = want
         self.init_times = valid
         self._pos = {t: i for i, t in enumerate(self._times.tolist())}
+        # An example's times relative to its init time, in ns: the input frames and one step.
+        step = np.timedelta64(task.step_hours, "h").astype("timedelta64[ns]").astype(np.int64)
+        self._offsets = step * np.arange(-(task.input_frames - 1), 2)
         self._level_index = (
             np.array(
                 [int(np.nonzero(self._levels == lv)[0][0]) for lv in task.pressure_levels],
@@ -509,11 +519,14 @@ class ExampleSource:
                 shape.append(1)
         return np.asarray(x, dtype=np.float32).reshape(shape)
 
-    def _read(self, name: str, lo: int, hi: int) -> np.ndarray:
-        """Times [lo, hi) of variable `name` from the store, standardized."""
+    def _read(self, name: str, idx: np.ndarray | slice) -> np.ndarray:
+        """The times at positions `idx` (an index array or a slice) of variable `name` from the
+        store, standardized."""
         dims = self._var_dims[name]
-        sl = tuple(slice(lo, hi) if d == "time" else slice(None) for d in dims)
-        return self._standardize(name, np.asarray(self._arrays[name][sl]))
+        sel = tuple(idx if d == "time" else slice(None) for d in dims)
+        arr = self._arrays[name]
+        x = arr[sel] if isinstance(idx, slice) else arr.oindex[sel]
+        return self._standardize(name, np.asarray(x))
 
     def _pool(self):
         """Threads for a URL store's concurrent reads (one per variable read per example)."""
@@ -531,25 +544,27 @@ class ExampleSource:
             with _OPEN_LOCK:  # loader threads: one opens, the others wait for it
                 if self._stored is None:
                     self._open()
-        t = self.init_times[index]
-        i = self._pos[t.tolist()]
-        lo = i - (self.task.input_frames - 1)
-        hi = i + 2  # one target step
+        # The positions of the example's times, found by timestamp: on a store whose times are
+        # closer than the step (6-hourly data for 12 h steps) they are not neighbours.
+        t = int(self.init_times[index].astype(np.int64))
+        idx = np.array([self._pos[t + o] for o in self._offsets.tolist()])
+        if np.all(np.diff(idx) == 1):  # the usual case: neighbours, read as one slice
+            idx = slice(int(idx[0]), int(idx[-1]) + 1)
         stored = self._stored
         if self._remote and len(stored) > 1:
             # Each read is a round trip to the object store: issue them together, not in turn.
-            read = dict(zip(stored, self._pool().map(lambda n: self._read(n, lo, hi), stored)))
+            read = dict(zip(stored, self._pool().map(lambda n: self._read(n, idx), stored)))
         else:
-            read = {n: self._read(n, lo, hi) for n in stored}
+            read = {n: self._read(n, idx) for n in stored}
         arrays = {}
         for n in self._names:
             if n in self._statics:
                 arrays[n] = self._statics[n]
                 continue
             if n in self._small:
-                arrays[n] = self._small[n][lo:hi]
+                arrays[n] = self._small[n][idx]
                 continue
-            x = np.array(self._memmaps[n][lo:hi]) if n in self._memmaps else read[n]
+            x = np.array(self._memmaps[n][idx]) if n in self._memmaps else read[n]
             if n == SST and self.sst_fill is not None:
                 x = np.where(np.isnan(x), np.float32(self.sst_fill), x)
             arrays[n] = x

@@ -43,6 +43,9 @@ class NormalizationArrays:
           stats: mapping with keys "mean", "stddev", "diffs_stddev", each an xarray Dataset (or a
             mapping var -> array) keyed by variable name; atmospheric variables have a `level` dim.
           layout: the task's channel layout.
+        Raises:
+          KeyError: the statistics lack a variable or level of the layout (the message names
+            it); ValueError: they give a non-finite scale.
         """
 
         def lookup(kind: str, var: str, level: int | None) -> float:
@@ -51,10 +54,15 @@ class NormalizationArrays:
                 raise KeyError(f"statistics {kind!r} have no entry for variable {var!r}")
             arr = ds[var]
             if level is not None:
-                if hasattr(arr, "sel"):
-                    arr = arr.sel(level=level)
-                else:
+                if not hasattr(arr, "sel"):
                     raise KeyError(f"statistics {kind!r}: {var!r} needs a level coordinate")
+                found = arr["level"].values.tolist() if "level" in arr.coords else []
+                if level not in found:
+                    raise KeyError(
+                        f"statistics {kind!r} have no level {level} hPa for {var!r} "
+                        f"(levels found: {found})"
+                    )
+                arr = arr.sel(level=level)
             value = float(np.asarray(arr))
             return value
 

@@ -6,8 +6,10 @@ is a scalar:
 - `mean_by_level`: mean over time, lat and lon (and any other non-level dim);
 - `stddev_by_level`: standard deviation over the same dims (population, ddof=0);
 - `diffs_stddev_by_level`: standard deviation of the 12 h differences x(t + 12 h) - x(t), over
-  all pairs of store times exactly one step apart (a gap in the series contributes no pair);
-  statics do not change, so their value is 0 (normalization then uses unit scale);
+  all pairs of store times exactly one step apart, found by timestamp (a gap in the series
+  contributes no pair; a 6-hourly or descending time axis gives the same pairs as a 12-hourly
+  ascending one); statics do not change, so their value is 0 (normalization then uses unit
+  scale), while a time-varying variable without a single pair is a `DataError`;
 - `min_by_level`: the minimum (used only to fill sea-surface-temperature NaNs over land).
 
 Means are plain (not area-weighted) averages over grid points; NaNs are skipped. The computation
@@ -42,7 +44,8 @@ class Moments:
     """Partial moments per variable: dict name -> arrays of shape [n_level] or [] (float64).
 
     count: number of finite values; mean: their mean; m2: sum of squared deviations from the mean;
-    minimum: their minimum (+inf when count is 0). `levels` holds the level coordinate (or None).
+    minimum: their minimum (+inf when count is 0). `levels` holds the level coordinate (or None);
+    `timed` names the variables that have a time dim (`finalize` requires differences of them).
     """
 
     count: dict[str, np.ndarray]
@@ -50,6 +53,7 @@ class Moments:
     m2: dict[str, np.ndarray]
     minimum: dict[str, np.ndarray]
     levels: dict[str, np.ndarray | None]
+    timed: frozenset[str] = frozenset()
 
 
 def _reduce_var(da: xr.DataArray):
@@ -75,7 +79,8 @@ def _reduce_var(da: xr.DataArray):
 
 def chunk_moments(ds: xr.Dataset) -> Moments:
     """Partial moments of every data variable of `ds` (reduced over all dims except `level`)."""
-    out = Moments({}, {}, {}, {}, {})
+    timed = frozenset(str(k) for k, v in ds.data_vars.items() if "time" in v.dims)
+    out = Moments({}, {}, {}, {}, {}, timed)
     for name, da in ds.data_vars.items():
         n, mean, m2, mn, levels = _reduce_var(da)
         out.count[name], out.mean[name], out.m2[name], out.minimum[name] = n, mean, m2, mn
@@ -85,7 +90,7 @@ def chunk_moments(ds: xr.Dataset) -> Moments:
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
     """Combine two partials (Chan, Golub & LeVeque 1979 parallel variance update)."""
-    out = Moments({}, {}, {}, {}, {})
+    out = Moments({}, {}, {}, {}, {}, a.timed | b.timed)
     for name in sorted(set(a.count) | set(b.count)):
         if name not in a.count:
             for f in ("count", "mean", "m2", "minimum", "levels"):
@@ -123,7 +128,9 @@ def _to_dataset(values: dict[str, np.ndarray], levels: dict[str, np.ndarray | No
 def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
     """The four stats Datasets from the moments of the values and of the 12 h differences.
 
-    Variables absent from `diffs` (statics) get a diffs stddev of 0.
+    Statics (variables without a time dim) get a diffs stddev of 0. A time-varying variable
+    without a finite difference (no two times one step apart) is a DataError: a stddev of 0
+    would silently normalize its residuals with unit scale.
     """
     for name, n in values.count.items():
         if np.any(np.asarray(n) == 0):
@@ -131,10 +138,16 @@ def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
     std = {k: np.sqrt(values.m2[k] / values.count[k]) for k in values.count}
     dstd = {}
     for k in values.count:
-        if k in diffs.count and np.all(np.asarray(diffs.count[k]) > 0):
+        if k not in values.timed:
+            dstd[k] = np.zeros_like(np.asarray(values.mean[k]))
+        elif k in diffs.count and np.all(np.asarray(diffs.count[k]) > 0):
             dstd[k] = np.sqrt(diffs.m2[k] / diffs.count[k])
         else:
-            dstd[k] = np.zeros_like(np.asarray(values.mean[k]))
+            raise DataError(
+                f"statistics: variable {k!r} has no difference x(t + step) - x(t): expected "
+                "pairs of store times exactly one step apart (the step of `data stats "
+                "--step-hours`), found none with finite values"
+            )
     return {
         "mean": _to_dataset(values.mean, values.levels),
         "stddev": _to_dataset(std, values.levels),
@@ -143,17 +156,44 @@ def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
     }
 
 
-def time_differences(ds: xr.Dataset, step_hours: int = 12) -> xr.Dataset:
-    """x(t + step) - x(t) for every pair of store times exactly `step_hours` apart (time-varying
-    variables only), labelled by the later time."""
+def difference_pairs(times: np.ndarray, step_hours: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later): the positions in `times` of every pair (t, t + step) of times exactly
+    `step_hours` apart, found by timestamp, so that a gap, a finer spacing (6-hourly data) or a
+    descending axis gives exactly the pairs that exist; in the order of the later positions."""
+    t = np.asarray(times).astype("datetime64[ns]")
+    if t.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    order = np.argsort(t, kind="stable")
+    ordered = t[order]
+    wanted = t - np.timedelta64(step_hours, "h").astype("timedelta64[ns]")
+    k = np.minimum(np.searchsorted(ordered, wanted), t.size - 1)
+    hit = ordered[k] == wanted
+    return order[k[hit]], np.nonzero(hit)[0]
+
+
+def difference_window(times: np.ndarray, start: int, stop: int, step_hours: int = 12) -> int:
+    """Where to begin reading the time axis `times` for the differences of the block of
+    positions [start, stop): the lowest position of a pair whose higher position is in the
+    block (`start` itself when none reaches further back). Each pair belongs to the block of its
+    higher position, so blocks read as [window, stop) and given to `time_differences` with
+    `block_start=start - window` count every pair exactly once."""
+    earlier, later = difference_pairs(times, step_hours)
+    high, low = np.maximum(earlier, later), np.minimum(earlier, later)
+    mine = (high >= start) & (high < stop)
+    return int(min(low[mine].min(), start)) if mine.any() else start
+
+
+def time_differences(ds: xr.Dataset, step_hours: int = 12, block_start: int = 0) -> xr.Dataset:
+    """x(t + step) - x(t) for every pair of times of `ds` exactly `step_hours` apart, found by
+    timestamp (`difference_pairs`), time-varying variables only, labelled by the later time.
+    `block_start`: only the pairs with a time at or after that position of `ds` (`ds` then
+    begins with the earlier times a block needs: `difference_window`)."""
     tv = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
-    times = tv["time"].values
-    if times.size < 2:
-        return tv.isel(time=slice(0, 0))
-    ok = np.nonzero((times[1:] - times[:-1]) == np.timedelta64(step_hours, "h"))[0]
-    later = tv.isel(time=ok + 1)
-    earlier = tv.isel(time=ok).assign_coords(time=later["time"].values)
-    return later - earlier
+    earlier, later = difference_pairs(tv["time"].values, step_hours)
+    mine = np.maximum(earlier, later) >= block_start
+    after = tv.isel(time=later[mine])
+    before = tv.isel(time=earlier[mine]).assign_coords(time=after["time"].values)
+    return after - before
 
 
 def compute_stats(
@@ -169,14 +209,15 @@ def compute_stats(
     if statics.data_vars:
         values = chunk_moments(statics.load())
     timed = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
+    times = ds["time"].values
     for start in range(0, n, chunk_size):
         block = timed.isel(time=slice(start, start + chunk_size)).load()
         m = chunk_moments(block)
         values = m if values is None else merge_moments(values, m)
-        # Differences inside this block and across its boundary with the previous one.
-        lo = max(start - 1, 0)
+        # The pairs whose higher position is in this block, read with the earlier times they need.
+        lo = difference_window(times, start, start + chunk_size, step_hours)
         pair = timed.isel(time=slice(lo, start + chunk_size)).load()
-        d = time_differences(pair, step_hours)
+        d = time_differences(pair, step_hours, block_start=start - lo)
         if d.sizes.get("time", 0):
             dm = chunk_moments(d)
             diffs = dm if diffs is None else merge_moments(diffs, dm)

@@ -124,3 +124,44 @@ def test_data_cache_on_empty_caches(tmp_path, monkeypatch, capsys):
     assert main(["data", "cache", "--prune"]) == 0
     assert "0 entries" in capsys.readouterr().out
     assert not (tmp_path / "none").exists()  # listing creates nothing
+
+
+def test_a_killed_nature_run_build_is_listed_and_pruned(tmp_path, monkeypatch, capsys):
+    """`nature_run.write_store` writes into a temporary directory beside the store and renames
+    it into place: a build killed in between leaves that directory (the store's size), stale
+    once no builder holds the store's lock; one whose builder is at work is left alone."""
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "c"
+    monkeypatch.setenv("GENCAST_RMMD_CACHE", str(root))
+    monkeypatch.delenv("GENCAST_RMMD_EXAMPLES_CACHE", raising=False)
+    monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "r"))
+    code = f"""
+import os, signal, sys
+import xarray as xr
+sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+from data_synthetic import canonical_store_ds
+from gencast_rmmd.data import nature_run
+write = xr.Dataset.to_zarr
+def write_then_die(self, *args, **kwargs):
+    write(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # after the data, before the rename into place
+xr.Dataset.to_zarr = write_then_die
+nature_run.write_store(canonical_store_ds(), {str(root / "nature_run-0123456789ab.zarr")!r})
+"""
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+    (killed,) = root.glob(".nature_run-*.tmp")
+    assert not (root / "nature_run-0123456789ab.zarr").exists()
+    building = root / ".nature_run-cccc.zarr.k2j_8x0q.tmp"
+    building.mkdir()
+    (building / "zarr.json").write_text("{}")
+    with nature_run._file_lock(root / ".nature_run-cccc.zarr.lock"):  # its builder is at work
+        entries = _entries(capsys)
+        assert entries[str(killed)]["stale"] == "incomplete build"
+        assert entries[str(killed)]["kind"] == "nature run" and entries[str(killed)]["bytes"] > 0
+        assert entries[str(building)]["stale"] is None
+        assert main(["data", "cache", "--prune"]) == 0
+        assert "1 stale" in capsys.readouterr().out
+    assert not killed.exists() and building.exists()

@@ -85,3 +85,26 @@ def test_nature_run_command(tmp_path, capsys):
     assert main(["data", "validate", "--data", str(out), "--config", "embedded"]) == 0
     assert main(args) == 2  # exists: refuses without --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["nature-run", "--days", "0"], "days >= 1, found 200, 0"),
+        (["nature-run", "--spinup-days", "-1"], "spinup_days must be >= 0"),
+        (["stats", "--block", "0"], "--block: expected an integer >= 1, found 0"),
+        (["stats", "--block", "-4"], "--block: expected an integer >= 1, found -4"),
+        (["stats", "--step-hours", "0"], "--step-hours: expected an integer >= 1, found 0"),
+        (["prepare", "--config", "CFG", "--steps-per-item", "0"], "--steps-per-item"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, monkeypatch, args, fragment):
+    """Out-of-range numbers given on the command line are named, not internal errors."""
+    monkeypatch.setenv("GENCAST_RMMD_CACHE", str(tmp_path / "cache"))
+    args = [_config_file(tmp_path) if a == "CFG" else a for a in args]
+    out = ["--out", str(tmp_path / "out")]
+    data = ["--data", str(tmp_path / "none.zarr")] if args[0] == "stats" else []
+    assert main(["data", *args, *out, *data]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err and "internal error" not in err
+    assert not (tmp_path / "out").exists()

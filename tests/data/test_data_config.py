@@ -11,7 +11,8 @@ from gencast_rmmd.errors import ConfigError
 
 def test_gencast_1p0deg_is_the_full_task():
     cfg = load_data_config("gencast_1p0deg")
-    assert cfg.source == ARCO_ERA5 and cfg.token == "anon"
+    # No token: FSSPEC_GS_TOKEN applies where set, else an anonymous read of the public bucket.
+    assert cfg.source == ARCO_ERA5 and cfg.token is None
     assert cfg.grid.method == "subsample" and cfg.grid.subsample_factor == 4
     lay = cfg.task.layout
     assert lay.n_inputs + lay.n_targets + lay.n_forcings == 264
@@ -46,6 +47,10 @@ def test_roundtrip_yaml(tmp_path):
         ("time_start=notadate", "time_start"),
         ('splits.train=["2001-01-01", "2000-01-01"]', "after stop"),
         ("nature_run.dt_minutes=7", "dt_minutes"),
+        ("nature_run.output_hours=0", "output_hours: must divide 24"),
+        ("nature_run.output_hours=5", "output_hours: must divide 24"),
+        ("nature_run.output_hours=36", "output_hours: must divide 24"),
+        ("nature_run.output_hours=-12", "output_hours: must divide 24"),
         ("nature_run.colour=1", "unknown key"),
     ],
 )

@@ -97,6 +97,76 @@ def test_canonicalize_subsample_and_conservative():
     assert cons.sizes["lon"] == 8 and cons["day_progress_sin"].sizes["lon"] == 8
 
 
+def test_canonical_time_ascends_whatever_the_source_order():
+    """A source whose time axis runs backwards gives the same canonical store."""
+    ds = arco_style_ds(hours=72)
+    want = era5.canonicalize(ds, SMALL_TASK).compute()
+    got = era5.canonicalize(ds.isel(time=slice(None, None, -1)), SMALL_TASK).compute()
+    assert np.all(np.diff(got.time.values) > np.timedelta64(0))
+    xr.testing.assert_identical(got, want)
+
+
+@pytest.mark.parametrize("step_hours, first", [(6, "2020-01-01T12"), (24, "2020-01-02T00")])
+def test_precipitation_is_a_12_hour_sum_whatever_the_step(step_hours, first):
+    """`total_precipitation_12hr` is its name's 12 h accumulation, not one over the task step."""
+    import dataclasses
+
+    raw = arco_style_ds(hours=72)
+    task = dataclasses.replace(SMALL_TASK, step_hours=step_hours)
+    out = era5.canonicalize(raw, task)
+    hourly = era5.normalize_coords(raw)["total_precipitation"]
+    assert out.time.values[0] == np.datetime64(first)  # the first with 12 h of history
+    for t in out.time.values:
+        i = int(np.nonzero(hourly.time.values == t)[0][0])
+        np.testing.assert_allclose(
+            out["total_precipitation_12hr"].sel(time=t).values,
+            hourly.values[i - 11 : i + 1].sum(axis=0),
+            rtol=1e-5,
+        )
+    assert out["total_precipitation_12hr"].attrs["long_name"].endswith("over 12 h")
+
+
+def test_time_window_is_sliced_as_xarray_slices_it():
+    """A date alone covers its whole day (as in xarray's slicing and `open_store`'s trimming to
+    `valid_time_stop`); a window outside the store names the window, not precipitation."""
+    raw = arco_style_ds(hours=72)  # 2020-01-01T00 .. 2020-01-03T23
+    out = era5.canonicalize(raw, SMALL_TASK, time_start="2020-01-01", time_stop="2020-01-02")
+    want = np.array(["2020-01-01T12", "2020-01-02T00", "2020-01-02T12"], dtype="datetime64[ns]")
+    np.testing.assert_array_equal(out.time.values, want)
+    out = era5.canonicalize(raw, SMALL_TASK, time_start="2020-01-02T00", time_stop="2020-01-02T12")
+    np.testing.assert_array_equal(out.time.values, want[1:])
+    with pytest.raises(DataError, match="no times on the 12 h grid between 2021-01-01 and"):
+        era5.canonicalize(raw, SMALL_TASK, time_start="2021-01-01", time_stop="2021-02-01")
+
+
+def test_gcs_token_defaults_to_fsspec_configuration(monkeypatch):
+    """A data config without `token` reads `gs://` with the token fsspec's configuration names
+    (`FSSPEC_GS_TOKEN`), else anonymously; a config's own token wins."""
+    import dataclasses
+
+    import fsspec.config
+
+    from gencast_rmmd.data.config import DataConfig
+
+    seen = []
+
+    def fake_open(path, **kwargs):
+        seen.append(kwargs.get("storage_options"))
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(era5, "open_zarr_quiet", fake_open)
+    cfg = DataConfig(task=SMALL_TASK, source="gs://private-bucket/era5.zarr")
+    assert cfg.token is None
+    for conf, token in (({"gs": {"token": "google_default"}}, None), ({}, "anon")):
+        monkeypatch.setattr(fsspec.config, "conf", conf)
+        with pytest.raises(DataError, match="does not exist"):
+            era5.open_canonical(cfg)
+        assert (seen.pop() or {}).get("token") == token
+    with pytest.raises(DataError):
+        era5.open_canonical(dataclasses.replace(cfg, token="key.json"))
+    assert seen.pop() == {"token": "key.json"}
+
+
 @pytest.mark.parametrize(
     "mutate, fragment",
     [

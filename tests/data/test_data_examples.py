@@ -304,3 +304,42 @@ def test_resolve_local_cache_auto_off_and_path(store_and_stats, tmp_path, monkey
     assert ex.resolve_local_cache(str(tmp_path / "mine"), src) == str(tmp_path / "mine")
     monkeypatch.setattr(ex, "LOCAL_CACHE_AUTO_MAX_BYTES", src.cache_bytes() - 1)
     assert ex.resolve_local_cache("auto", src) is None  # too big for an automatic copy
+
+
+@pytest.mark.parametrize("layout", ["6-hourly", "descending"])
+def test_examples_read_the_times_of_their_init_time(layout, tmp_path):
+    """Inputs at t - 12 h and t, forcings and targets at t + 12 h, found by timestamp: on a
+    6-hourly store they are not neighbouring positions, on a descending one they run backwards."""
+    ds = canonical_store_ds(n_times=10)
+    if layout == "6-hourly":
+        ds = ds.assign_coords(time=ds.time.values[0] + np.arange(10) * np.timedelta64(6, "h"))
+    else:
+        ds = ds.isel(time=slice(None, None, -1))
+    path = tmp_path / "s.zarr"
+    ds.to_zarr(path, consolidated=False)
+    st.save_stats(st.compute_stats(ds), tmp_path / "stats")
+    plain = ex.ExampleSource(path, SMALL_TASK, tmp_path / "stats")
+    copy = ex.ExampleSource(path, SMALL_TASK, tmp_path / "stats", local_cache=tmp_path / "c")
+    assert len(plain) == (6 if layout == "6-hourly" else 8)
+    for k in range(len(plain)):
+        want = ex.physical_window(ds, SMALL_TASK, plain.init_times[k], 1, plain.sst_fill)
+        for src in (plain, copy):
+            inputs, forcings, targets = src.read_physical(k)
+            np.testing.assert_array_equal(inputs, want[0], err_msg=f"{k}")
+            np.testing.assert_array_equal(forcings, want[1][0], err_msg=f"{k}")
+            np.testing.assert_array_equal(targets, want[2][0], err_msg=f"{k}")
+
+
+def test_stats_lacking_a_level_of_the_task_name_it(tmp_path):
+    """Statistics made for other levels: one DataError naming the stats dir, the variable and
+    the level (the same lookup serves the forecast's normalization)."""
+    import dataclasses
+
+    path = tmp_path / "s.zarr"
+    canonical_store_ds(levels=(500, 700, 850)).to_zarr(path, consolidated=False)
+    st.save_stats(st.compute_stats(canonical_store_ds(levels=(500, 850))), tmp_path / "stats")
+    task = dataclasses.replace(SMALL_TASK, pressure_levels=(500, 700, 850))
+    with pytest.raises(DataError, match=r"no level 700 hPa for 'temperature' \(levels found: "):
+        ex.ExampleSource(path, task, tmp_path / "stats")
+    with pytest.raises(DataError, match=f"stats dir '{tmp_path / 'stats'}' does not cover the"):
+        ex.ExampleSource(path, task, tmp_path / "stats")

@@ -100,6 +100,42 @@ def test_prepare_resumes_after_crash_without_rewriting(arco_store, tmp_path):
     assert store_id(fresh) not in (None, made)  # made anew: another id
 
 
+def test_prepare_resumed_with_other_blocks_writes_every_time(arco_store, tmp_path):
+    """Markers name the times they cover: a run resumed with another `steps_per_item` writes
+    every block not wholly written (a larger block that an old, shorter one only began) and
+    skips the ones that are, so the completed store has every time."""
+    src, _ = arco_store
+    fresh = tmp_path / "fresh.zarr"
+    prepare(src, _cfg(), fresh)
+    want = xr.open_zarr(fresh).load().drop_attrs()
+    larger = tmp_path / "larger.zarr"
+    assert prepare(src, _cfg(), larger, steps_per_item=2, max_items=1)["status"] == "incomplete"
+    resumed = prepare(src, _cfg(), larger, steps_per_item=4)  # [0, 4) only half written
+    assert resumed["status"] == "complete" and resumed["blocks_written"] == 2
+    xr.testing.assert_identical(xr.open_zarr(larger).load().drop_attrs(), want)
+    smaller = tmp_path / "smaller.zarr"
+    assert prepare(src, _cfg(), smaller, steps_per_item=4, max_items=1)["status"] == "incomplete"
+    resumed = prepare(src, _cfg(), smaller, steps_per_item=2)  # [0, 2) and [2, 4) are written
+    assert resumed["blocks_skipped"] == 2 and resumed["blocks_written"] == 2
+    xr.testing.assert_identical(xr.open_zarr(smaller).load().drop_attrs(), want)
+
+
+def test_prepare_resumes_a_store_begun_when_token_defaulted_to_anon(arco_store, tmp_path):
+    """A config without `token` (now: fsspec's configuration, else anonymous) has the key that
+    it had when `token` defaulted to "anon", so a store begun then is resumed, not refused."""
+    import dataclasses
+
+    from pipelines.prepare import KEY_ATTR, PrepareSpec, _fingerprint, _open
+
+    src, _ = arco_store
+    out = tmp_path / "canon.zarr"
+    assert _cfg().token is None
+    old = PrepareSpec(src, dataclasses.replace(_cfg(), token="anon"), str(out), 2)
+    assert prepare(src, _cfg(), out, steps_per_item=2, max_items=1)["status"] == "incomplete"
+    assert xr.open_zarr(out, consolidated=False).attrs[KEY_ATTR] == _fingerprint(old, _open(old))
+    assert prepare(src, _cfg(), out, steps_per_item=2)["status"] == "complete"
+
+
 def test_prepare_writes_and_resumes_a_store_by_url(arco_store, tmp_path, monkeypatch):
     """`--out` may be a URL (gs:// on Dataflow, where workers share no disk; memory:// here): the
     store and its progress markers go through fsspec, a crashed run resumes there, and the
@@ -153,6 +189,43 @@ def test_stats_pipeline_matches_in_process(small_store, tmp_path):
                 beam_stats[k][v].values, ref[k][v].values, rtol=1e-9, atol=1e-12, err_msg=f"{k}/{v}"
             )
     assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted(st.STATS_FILES.values())
+
+
+def test_stats_pipeline_pairs_times_by_timestamp(small_store, tmp_path):
+    """A store whose time axis runs backwards gives the statistics of the same data in order
+    (its 12 h differences are pairs of neighbours in reverse, not none)."""
+    path, ds = small_store
+    backwards = tmp_path / "backwards.zarr"
+    ds.isel(time=slice(None, None, -1)).to_zarr(backwards, consolidated=False)
+    got = compute_stats_beam(backwards, tmp_path / "stats", block=3)
+    ref = st.compute_stats(ds)
+    for k in ("mean", "stddev", "diffs_stddev", "min"):
+        for v in ref[k].data_vars:
+            np.testing.assert_allclose(
+                got[k][v].values, ref[k][v].values, rtol=1e-9, atol=1e-12, err_msg=f"{k}/{v}"
+            )
+
+
+@pytest.mark.parametrize("block", [1, 3, 5])
+def test_stats_pipeline_pairs_six_hourly_times_across_blocks(small_store, tmp_path, block):
+    """On a 6-hourly store the 12 h pairs are two positions apart, so a block's first pairs reach
+    back past the previous time: the Beam blocks count every pair once, as in-process does."""
+    path, ds = small_store
+    half = ds.copy(deep=True)
+    half = half.assign_coords(time=ds["time"].values + np.timedelta64(6, "h"))
+    rng = np.random.default_rng(0)
+    for v in half.data_vars:
+        if "time" in half[v].dims:
+            half[v] = half[v] + rng.normal(0.0, 1.0, half[v].shape).astype(half[v].dtype)
+    six = xr.concat([ds, half], "time", data_vars="minimal").sortby("time")
+    store = tmp_path / "six.zarr"
+    six.to_zarr(store, consolidated=False)
+    got = compute_stats_beam(store, tmp_path / "stats", block=block)
+    ref = st.compute_stats(six)
+    for v in ref["diffs_stddev"].data_vars:
+        np.testing.assert_allclose(
+            got["diffs_stddev"][v].values, ref["diffs_stddev"][v].values, rtol=1e-6, err_msg=v
+        )
 
 
 def test_stats_pipeline_reads_a_store_by_url_lazily(small_store, tmp_path):

@@ -71,3 +71,51 @@ def test_load_stats_errors(tmp_path):
     (tmp_path / "partial").mkdir()
     with pytest.raises(DataError, match="lacks"):
         st.load_stats(tmp_path / "partial")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+@pytest.mark.parametrize("layout", ["6-hourly", "descending"])
+def test_diffs_pair_times_by_timestamp(layout, chunk_size):
+    """x(t + 12 h) - x(t) over the pairs of times 12 h apart, whatever the store's spacing or
+    order: a 6-hourly store pairs times two apart, a descending one neighbours in reverse."""
+    ds = canonical_store_ds(n_times=14)
+    if layout == "6-hourly":
+        t6 = ds.time.values[0] + np.arange(14) * np.timedelta64(6, "h")
+        ds = ds.assign_coords(time=t6)
+    else:
+        ds = ds.isel(time=slice(None, None, -1))
+    s = st.compute_stats(ds, chunk_size=chunk_size)
+    t = ds.sortby("time")["temperature"].sel(level=500).values.astype(np.float64)
+    d = t[2:] - t[:-2] if layout == "6-hourly" else t[1:] - t[:-1]
+    assert len(d) == (12 if layout == "6-hourly" else 13)
+    np.testing.assert_allclose(s["diffs_stddev"]["temperature"].sel(level=500), d.std(), rtol=1e-8)
+    np.testing.assert_allclose(s["stddev"]["temperature"].sel(level=500), t.std(), rtol=1e-8)
+
+
+def test_diff_windows_count_every_pair_once():
+    """Blocks read from `difference_window` and cut at `block_start` give every pair once."""
+    times = np.datetime64("2020-01-01T00", "ns") + np.timedelta64(6, "h") * np.array(
+        [0, 1, 2, 3, 5, 6, 8, 9, 10, 12]
+    )
+    earlier, later = st.difference_pairs(times, 12)
+    pairs = [(int(a), int(b)) for a, b in zip(earlier, later)]
+    assert pairs == [(0, 2), (1, 3), (3, 4), (5, 6), (6, 8), (8, 9)]
+    ds = canonical_store_ds(n_times=len(times)).assign_coords(time=times)
+    whole = st.time_differences(ds)
+    for block in (1, 2, 3, 4):
+        parts = []
+        for start in range(0, len(times), block):
+            lo = st.difference_window(times, start, start + block, 12)
+            window = ds.isel(time=slice(lo, start + block))
+            parts.append(st.time_differences(window, block_start=start - lo))
+        np.testing.assert_array_equal(
+            np.concatenate([p["temperature"].values for p in parts]), whole["temperature"].values
+        )
+
+
+def test_stats_without_a_pair_of_times_one_step_apart_are_an_error():
+    """Times 24 h apart have no 12 h difference: not a stddev of 0 (silently unit scale)."""
+    ds = canonical_store_ds(n_times=6).isel(time=[0, 2, 4])
+    with pytest.raises(DataError, match="found none"):
+        st.compute_stats(ds)
+    assert float(st.compute_stats(ds, step_hours=24)["diffs_stddev"]["2m_temperature"]) > 0
