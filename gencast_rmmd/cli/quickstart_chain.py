@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gencast_rmmd.config import dump_yaml, load_config, to_dict
+from gencast_rmmd.config import dump_yaml, from_dict, load_config, load_yaml_file, to_dict
 from gencast_rmmd.errors import ConfigError, OutputError
 from gencast_rmmd.remote import write_text
 
@@ -36,7 +36,8 @@ class QuickstartConfig:
     """Sizes of one quickstart profile (see `configs/quickstart/*.yaml`).
 
     data_config: data config name/path (task, source; `embedded` = the nature run).
-    nature_run_days / nature_run_spinup_days: length of the embedded run (ignored for --data).
+    nature_run_days / nature_run_spinup_days: length of the embedded run (ignored for --data);
+      it must be longer than eval_days + validation_days (checked when the chain runs on it).
     eval_days: the last `eval_days` of the store are held out (the teacher and student never train
       on them); forecasts start inside this window.
     validation_days: the `validation_days` before the held-out window are held out too (0: none);
@@ -103,11 +104,6 @@ class QuickstartConfig:
             raise ValueError(f"eval_members: CRPS needs >= 2 members, found {self.eval_members}")
         if self.validation_days < 0:
             raise ValueError(f"validation_days: must be >= 0, found {self.validation_days}")
-        if self.eval_days + self.validation_days >= self.nature_run_days:
-            raise ValueError(
-                f"eval_days + validation_days ({self.eval_days} + {self.validation_days}) must be "
-                f"shorter than nature_run_days ({self.nature_run_days})"
-            )
         if self.tune_eta and self.validation_days == 0:
             raise ValueError(
                 "tune_eta: needs a validation window (validation_days > 0); tuning on the "
@@ -148,7 +144,10 @@ class Context:
         marker = out / "quickstart.yaml"
         if not marker.exists():
             raise OutputError(f"{out} is not a quickstart run directory (no {marker.name})")
-        ctx = cls(out=out, cfg=load_config(QuickstartConfig, marker))
+        raw = load_yaml_file(marker)
+        if isinstance(raw, dict):  # the data keys are the run's, not the profile's
+            raw = {k: v for k, v in raw.items() if k not in _DATA_KEYS}
+        ctx = cls(out=out, cfg=from_dict(QuickstartConfig, raw, str(marker)))
         if (out / "store.json").exists():
             ctx.store = json.loads((out / "store.json").read_text())["store"]
         return ctx
@@ -541,8 +540,11 @@ def forecast_npz(ctx: Context, who: str) -> pathlib.Path:
 
 
 def _run_forecast(ctx: Context, model: pathlib.Path, out: pathlib.Path, split: str) -> None:
+    """Forecast `model` on window `split` into `out`, a store the chain owns: one made from other
+    inputs is removed first (`_remove_stale_store`); an interrupted one of these inputs resumes."""
     from pipelines.forecast import run_forecast
 
+    _remove_stale_store(ctx, out, model)
     run_forecast(
         model=str(model),
         stats_dir=str(ctx.stats_dir),
@@ -578,6 +580,7 @@ def _stage_tune(ctx: Context) -> None:
     from gencast_rmmd.data.config import load_data_config
     from pipelines.evaluate import evaluate, is_current
 
+    inputs = _model_inputs(ctx, ctx.teacher_eval_npz, ctx.student_npz)
     teacher = ctx.path("tuning", "teacher.zarr")
     if not _store_complete(ctx, teacher, ctx.teacher_eval_npz):
         _run_forecast(ctx, ctx.teacher_eval_npz, teacher, "validation")
@@ -607,8 +610,53 @@ def _stage_tune(ctx: Context) -> None:
     key = {"mean_crps": "mean_crps_change_percent", "win_rate": "win_rate"}[ctx.cfg.tune_by]
     best = max(rows, key=lambda r: (r[key], r["win_rate"], r["mean_crps_change_percent"]))
     window = list(load_data_config(str(ctx.data_yaml)).splits["validation"])
-    result = {"eta": best["eta"], "by": ctx.cfg.tune_by, "window": window, "results": rows}
+    result = {
+        "eta": best["eta"],
+        "by": ctx.cfg.tune_by,
+        "window": window,
+        "results": rows,
+        "inputs": inputs,  # what it was chosen with (`_tuned`)
+    }
     write_text(ctx.path("tuning", "tuning.json"), json.dumps(result, indent=2))
+
+
+def _tuned(ctx: Context) -> bool:
+    """tuning.json exists and chose from the current teacher, final student, statistics and
+    data store (`_recorded_inputs`)."""
+    return _recorded_inputs(
+        ctx.path("tuning", "tuning.json"), _model_inputs(ctx, ctx.teacher_eval_npz, ctx.student_npz)
+    )
+
+
+def _timed(ctx: Context) -> bool:
+    """speed.json exists and timed the teacher and student that are forecast now (the student
+    at the tuned eta), with the current statistics and data store (`_recorded_inputs`)."""
+    timed = _model_inputs(ctx, ctx.teacher_eval_npz, forecast_npz(ctx, "student"))
+    return _recorded_inputs(ctx.speed_json, timed)
+
+
+def _model_inputs(ctx: Context, teacher: pathlib.Path, student: pathlib.Path) -> dict[str, str]:
+    """What a stage that runs a teacher and a student records of them (its JSON's `inputs`): the
+    SHA-256 of both checkpoints as used, of the statistics, and the data store's id."""
+    from gencast_rmmd.distill.gencast import input_digests
+    from gencast_rmmd.safety import file_sha256
+
+    return {
+        **input_digests(teacher, ctx.stats_dir, ctx.store),
+        "student_sha256": file_sha256(student),
+    }
+
+
+def _recorded_inputs(path: pathlib.Path, current: dict[str, str]) -> bool:
+    """True when the JSON file `path` exists and its `inputs` record `current` (`changed_digests`).
+    A file without the record, written before it was kept, is not done: the stage runs again
+    (tuning re-uses its forecasts and scorecards that are current; speed measures again)."""
+    from gencast_rmmd.safety import changed_digests
+
+    if not path.exists():
+        return False
+    recorded = json.loads(path.read_text()).get("inputs")
+    return isinstance(recorded, dict) and not changed_digests(recorded, current)
 
 
 def _forecast_done(ctx: Context, who: str) -> bool:
@@ -618,21 +666,59 @@ def _forecast_done(ctx: Context, who: str) -> bool:
 def _store_complete(ctx: Context, p: pathlib.Path, model: pathlib.Path | None = None) -> bool:
     """True when `p` is a forecast store marked complete and made with `model`'s current bytes,
     if given, the run's current statistics and its data store as it is (a store of a checkpoint
-    or statistics since rewritten, or of a data store re-made, is not done; its stage's forecast
-    run then says so)."""
-    from gencast_rmmd.data.era5 import store_id
-    from gencast_rmmd.data.stats import stats_sha256
+    or statistics since rewritten, or of a data store re-made, is not done; its stage removes it
+    and forecasts again: `_remove_stale_store`)."""
     from gencast_rmmd.forecast import store as store_lib
-    from gencast_rmmd.safety import file_sha256
 
     if not p.exists():
         return False
-    return store_lib.is_complete(
-        str(p),
-        model_sha256=None if model is None else file_sha256(model),
-        stats_sha256=stats_sha256(ctx.stats_dir),
-        data_store_id=store_id(ctx.store),
-    )
+    return store_lib.is_complete(str(p), **_store_digests(ctx, model))
+
+
+def _store_digests(ctx: Context, model: pathlib.Path | None) -> dict[str, str]:
+    """The digests a forecast store of `model` (if given) records of its inputs, as they are now
+    (`forecast.store.DIGEST_KEYS`; no `data_store_id` for a data store without an id)."""
+    from gencast_rmmd.data.era5 import store_id
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.safety import file_sha256
+
+    found = {
+        "model_sha256": None if model is None else file_sha256(model),
+        "stats_sha256": stats_sha256(ctx.stats_dir),
+        "data_store_id": store_id(ctx.store),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _remove_stale_store(ctx: Context, p: pathlib.Path, model: pathlib.Path) -> None:
+    """Remove the forecast store `p` when it records inputs other than `model`, the statistics
+    and the data store as they are now: `run_forecast` refuses to mix its members with new ones,
+    and the path is the chain's, so the stage makes it again. Only a forecast store (its spec
+    attribute) inside the run directory is removed; an interrupted store of these inputs is kept
+    (`run_forecast` resumes it), and anything else is left for `run_forecast` to report."""
+    import zarr
+
+    from gencast_rmmd.forecast import store as store_lib
+    from gencast_rmmd.safety import changed_digests, changed_inputs_phrase
+    from pipelines.forecast import METRICS_SUFFIX
+
+    if p.is_symlink() or not p.is_dir() or not p.resolve().is_relative_to(ctx.out.resolve()):
+        return
+    try:
+        spec = json.loads(zarr.open_group(str(p), mode="r").attrs[store_lib.SPEC_ATTR])
+    except Exception:  # not a forecast store: not ours to remove
+        return
+    current = _store_digests(ctx, model)
+    if not isinstance(spec, dict) or not changed_digests(spec, current):
+        return
+    what = changed_inputs_phrase(spec, current, store_lib.DIGEST_KEYS)
+    print(f"  {p} holds a forecast made with {what}: removed, made again", flush=True)
+    # Renamed first, so that a crash while deleting leaves no half store at the path.
+    trash = p.with_name(p.name + ".stale.tmp")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(p, trash)
+    shutil.rmtree(trash)
+    p.with_name(p.name + METRICS_SUFFIX).unlink(missing_ok=True)  # its regions' timings
 
 
 def _eval_dir(ctx: Context, who: str) -> pathlib.Path:
@@ -768,14 +854,17 @@ def _stage_speed(ctx: Context) -> None:
     member per device). The two ratios differ because the network call and the noise draw (one per
     evaluation in the student, 22 per 59 evaluations in the teacher) scale differently with the
     batch; which ratio is the higher depends on the model size (docs/distill.md, "Speed")."""
+    student = forecast_npz(ctx, "student")
+    inputs = _model_inputs(ctx, ctx.teacher_eval_npz, student)
     res = measure_step_seconds(
-        {"teacher": str(ctx.teacher_eval_npz), "student": str(forecast_npz(ctx, "student"))},
+        {"teacher": str(ctx.teacher_eval_npz), "student": str(student)},
         str(ctx.stats_dir),
         ctx.store,
         ctx.cfg.eval_members,
         ctx.cfg.speed_repeats,
         one_member=ctx.cfg.speed_one_member,
     )
+    res["inputs"] = inputs  # what was timed (`_timed`)
     write_text(ctx.speed_json, json.dumps(res, indent=2))
 
 
@@ -956,7 +1045,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "tune eta on the validation window",
         _stage_tune,
-        lambda c: c.path("tuning", "tuning.json").exists(),
+        _tuned,
         lambda c: None if c.cfg.tune_eta else "tune_eta: []",
     ),
     Stage(
@@ -1000,7 +1089,7 @@ STAGES: tuple[Stage, ...] = (
         lambda c: _evaluate_done(c, "offline_student"),
         _no_offline,
     ),
-    Stage("speed", _stage_speed, lambda c: c.speed_json.exists()),
+    Stage("speed", _stage_speed, _timed),
     Stage("summary", _stage_summary, lambda c: False),
 )
 
@@ -1015,10 +1104,13 @@ def load_profile(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Q
 
 # Settings that change no stage's output except the speed measurement.
 _TIMING_ONLY_KEYS = ("speed_repeats", "speed_one_member")
+# Keys of the marker (quickstart.yaml) beside the profile's settings: the run's data (`_run_data`).
+_DATA_KEYS = ("data", "task_sha256")
 
 
-def _same_results(marker_text: str, text: str) -> bool:
-    """True when two profile dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
+def _changed_settings(marker_text: str, text: str) -> set[str] | None:
+    """The profile settings in which two marker dumps differ (None: one is not a YAML mapping).
+    The data keys (`_DATA_KEYS`) are not settings: `_refuse_other_data` compares them."""
     import yaml
 
     from gencast_rmmd.config import load_yaml
@@ -1026,33 +1118,117 @@ def _same_results(marker_text: str, text: str) -> bool:
     try:
         a, b = load_yaml(marker_text), load_yaml(text)
     except yaml.YAMLError:
-        return False
+        return None
     if not isinstance(a, dict) or not isinstance(b, dict):
-        return False
+        return None
     # A setting added after a run was made is absent from its marker: its default (which keeps the
     # behaviour from before the setting existed) is what that run used.
     defaults = to_dict(QuickstartConfig())
     a, b = {**defaults, **a}, {**defaults, **b}
-    for k in _TIMING_ONLY_KEYS:
-        a.pop(k, None)
-        b.pop(k, None)
-    return a == b
+    return {k for k in a.keys() | b.keys() if k not in _DATA_KEYS and a.get(k) != b.get(k)}
+
+
+def _same_results(marker_text: str, text: str) -> bool:
+    """True when two marker dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
+    changed = _changed_settings(marker_text, text)
+    return changed is not None and changed <= set(_TIMING_ONLY_KEYS)
+
+
+def _check_nature_run_length(ctx: Context) -> None:
+    """The embedded nature run must be longer than the windows held out of it (a --data store's
+    own length is checked by the data stage; `nature_run_days` does not apply to it)."""
+    c = ctx.cfg
+    if not ctx.data_store and c.eval_days + c.validation_days >= c.nature_run_days:
+        raise ConfigError(
+            f"eval_days + validation_days ({c.eval_days} + {c.validation_days}) must be "
+            f"shorter than nature_run_days ({c.nature_run_days})"
+        )
+
+
+def _run_data(ctx: Context) -> dict[str, str]:
+    """What the run directory's marker records of its data beside the profile (`_DATA_KEYS`):
+    `data`, the resolved --data (`embedded`: the nature run), and `task_sha256`, the SHA-256 of
+    the data config's task (variables, levels, step), which every stage is made for."""
+    import hashlib
+
+    from gencast_rmmd.remote import source_path
+
+    task = dump_yaml(_data_config(ctx).task)
+    return {
+        "data": source_path(ctx.data_store) if ctx.data_store else "embedded",
+        "task_sha256": hashlib.sha256(task.encode()).hexdigest(),
+    }
+
+
+def _refuse_other_data(ctx: Context, marker_text: str, data: dict[str, str]) -> None:
+    """Refuse a run directory whose marker records another --data or task than `data` (a marker
+    from before they were recorded takes the current ones)."""
+    import yaml
+
+    from gencast_rmmd.config import load_yaml
+    from gencast_rmmd.safety import changed_digests
+
+    try:
+        recorded = load_yaml(marker_text)
+    except yaml.YAMLError:
+        return  # not a marker: refused as other settings
+    if not isinstance(recorded, dict):
+        return
+    changed = changed_digests(recorded, data)
+    if not changed:
+        return
+
+    def show(v: Any) -> str:
+        return "the embedded nature run" if v == "embedded" else repr(v)
+
+    what = []
+    if "data" in changed:
+        what.append(f"another --data ({show(recorded['data'])}, now {show(data['data'])})")
+    if "task_sha256" in changed:
+        old, new = str(recorded["task_sha256"])[:12], data["task_sha256"][:12]
+        what.append(
+            f"another task in its data config (variables, levels or step; SHA-256 {old}..., "
+            f"now {new}...)"
+        )
+    raise OutputError(
+        f"{ctx.out} holds a quickstart run made from {' and '.join(what)}; use a new --out for "
+        f"this data, or delete {ctx.out}"
+    )
+
+
+def _make_out_dir(out: pathlib.Path) -> None:
+    """Create the run directory `out` (--out); `OutputError` naming it where that cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(
+            f"--out {out} exists and is not a directory; choose a directory for the run"
+        ) from None
+    except OSError as e:
+        raise OutputError(
+            f"--out {out}: cannot create the directory there ({e.strerror or e}); choose "
+            "another path"
+        ) from None
 
 
 def run_chain(ctx: Context) -> dict:
     """Run every stage not yet complete; return the summary."""
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    _check_nature_run_length(ctx)
+    data = _run_data(ctx)
+    _make_out_dir(ctx.out)
     marker = ctx.path("quickstart.yaml")
-    text = dump_yaml(ctx.cfg)
+    text = dump_yaml({**to_dict(ctx.cfg), **data})
     if marker.exists() and marker.read_text() != text:
-        if _same_results(marker.read_text(), text):
-            # Only the timing repeats changed: keep every result, re-time the speed stage.
-            ctx.speed_json.unlink(missing_ok=True)
-        else:
+        found = marker.read_text()
+        _refuse_other_data(ctx, found, data)
+        if not _same_results(found, text):
             raise OutputError(
                 f"{ctx.out} holds a quickstart run with other settings ({marker}); use a new "
                 "--out or delete the directory"
             )
+        if _changed_settings(found, text):
+            # Only timing settings changed: keep every result, re-time the speed stage.
+            ctx.speed_json.unlink(missing_ok=True)
     if not marker.exists() and any(ctx.out.iterdir()):
         raise OutputError(f"--out {ctx.out} exists and holds other files; choose a new directory")
     write_text(marker, text)

@@ -269,6 +269,110 @@ def test_the_teacher_is_done_only_for_the_current_statistics(
     assert {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()} == before
 
 
+def _copy_run(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of a finished run directory (a few MB) that a test may change."""
+    import shutil
+
+    return pathlib.Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
+
+
+def _rewrite_weights(path: pathlib.Path) -> None:
+    """Rewrite a checkpoint in place with other weights (x 1.01), same provenance: what a re-run
+    of the distill stage leaves."""
+    import jax
+
+    from gencast_rmmd.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    params = jax.tree_util.tree_map(lambda a: a * 1.01, ckpt.params)
+    save_checkpoint(path, dataclasses.replace(ckpt, params=params))
+
+
+@pytest.mark.slow
+def test_tuning_and_speed_are_done_only_for_the_models_they_ran(fast_run, tmp_path):
+    """tuning.json and speed.json record the checkpoints they ran (teacher and student as used),
+    the statistics and the data store; a student rewritten since makes both stages run again,
+    so the summary never pairs an old eta or speed with a new scorecard."""
+    import shutil
+
+    from gencast_rmmd.data import era5
+    from gencast_rmmd.data.stats import stats_sha256
+    from gencast_rmmd.safety import file_sha256
+
+    run = _copy_run(fast_run, tmp_path)
+    ctx = chain.Context.from_run(run)
+    stage = {st.name: st for st in chain.STAGES}
+    tune, speed = stage["tune eta on the validation window"], stage["speed"]
+    assert tune.done(ctx) and speed.done(ctx)
+    backup = shutil.copy2(ctx.student_npz, tmp_path / "student.npz")
+    _rewrite_weights(ctx.student_npz)
+    assert not tune.done(ctx) and not speed.done(ctx)
+    os.replace(backup, ctx.student_npz)
+    assert tune.done(ctx) and speed.done(ctx)
+    tuning_json = run / "tuning" / "tuning.json"
+    tuned = json.loads(tuning_json.read_text())["inputs"]
+    timed = json.loads(ctx.speed_json.read_text())["inputs"]
+    assert tuned["student_sha256"] == file_sha256(ctx.student_npz)
+    assert timed["student_sha256"] == file_sha256(chain.forecast_npz(ctx, "student"))
+    for record in (tuned, timed):
+        assert record["teacher_sha256"] == file_sha256(ctx.teacher_eval_npz)
+        assert record["stats_sha256"] == stats_sha256(ctx.stats_dir)
+        assert record["data_store_id"] == era5.store_id(ctx.store)
+    # A record from before the inputs were kept says nothing of them: the stage runs again.
+    kept = {k: v for k, v in json.loads(tuning_json.read_text()).items() if k != "inputs"}
+    tuning_json.write_text(json.dumps(kept))
+    assert not tune.done(ctx)
+
+
+@pytest.mark.slow
+def test_stores_made_with_a_rewritten_student_are_made_again(fast_run, tmp_path, capsys):
+    """The chain owns its forecast paths: a store made with a student since rewritten (held-out
+    or validation window) is removed and forecast again, rather than refused with advice ("use a
+    new path") the quickstart cannot take. An interrupted store of the current inputs is kept
+    for the forecast to resume, and what is not a forecast store of the run is left alone."""
+    import shutil
+
+    import zarr
+
+    from gencast_rmmd.data import era5
+    from gencast_rmmd.forecast import store as store_lib
+
+    run = _copy_run(fast_run, tmp_path)
+    ctx = chain.Context.from_run(run)
+    ctx.progress = False
+    _rewrite_weights(ctx.student_npz)
+    capsys.readouterr()
+    chain._stage_tune(ctx)
+    chain._stage_forecast(ctx, "student")
+    out = capsys.readouterr().out
+    stale = [ctx.forecast_store("student")]
+    stale += [run / "tuning" / f"eta_{eta:g}" / "student.zarr" for eta in ctx.cfg.tune_eta]
+    for store in stale:
+        assert f"{store} holds a forecast made with another checkpoint" in out
+    assert "teacher.zarr holds" not in out  # the teacher's stores are still current
+    assert chain._forecast_done(ctx, "student")
+    for eta in ctx.cfg.tune_eta:
+        model = chain.with_student_eta(ctx.student_npz, eta, chain._eta_npz(ctx, "student", eta))
+        assert chain._store_complete(ctx, run / "tuning" / f"eta_{eta:g}" / "student.zarr", model)
+    # Interrupted, with the current inputs: kept (the forecast resumes its missing regions).
+    store = ctx.forecast_store("student")
+    made = era5.store_id(str(store))
+    g = zarr.open_group(str(store), mode="r+")
+    g.attrs[store_lib.STATUS_ATTR] = "incomplete"
+    zarr.consolidate_metadata(str(store))
+    chain._remove_stale_store(ctx, store, chain.forecast_npz(ctx, "student"))
+    assert era5.store_id(str(store)) == made
+    # Not a forecast store, or not inside the run directory: never removed.
+    other = ctx.path("forecasts", "other.zarr")
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    chain._remove_stale_store(ctx, other, ctx.teacher_eval_npz)
+    assert (other / "notes.txt").read_text() == "mine"
+    outside = pathlib.Path(shutil.copytree(store, tmp_path / "outside.zarr"))
+    chain._remove_stale_store(ctx, outside, ctx.teacher_eval_npz)
+    assert era5.store_id(str(outside)) == made
+
+
 @pytest.mark.slow
 def test_the_statistics_are_done_only_for_the_data_store_they_were_computed_from(
     fast_run, monkeypatch
@@ -293,8 +397,6 @@ def test_tuning_settings_are_checked():
         dataclasses.replace(fast, tune_eta=(0.5, 0.5)).validate()
     with pytest.raises(ValueError, match="tune_by: expected one of mean_crps, win_rate"):
         dataclasses.replace(fast, tune_by="rmse").validate()
-    with pytest.raises(ValueError, match="eval_days \\+ validation_days"):
-        dataclasses.replace(fast, validation_days=fast.nature_run_days - fast.eval_days).validate()
     # The headline profile tunes on its own validation window, as long as the held-out one.
     result = chain.load_profile("result")
     assert result.tune_eta and result.validation_days == result.eval_days
@@ -442,6 +544,112 @@ def test_changed_speed_repeats_keeps_results_and_retimes(tmp_path):
     assert chain._same_results(before, untuned)
     assert not chain._same_results(before, marker)
     assert not chain._same_results(marker, "seed: [unclosed\n")
+
+
+def _no_stages(monkeypatch) -> None:
+    """`run_chain` with its run-directory checks only: one stage, writing an empty summary."""
+    summary = chain.Stage(
+        "summary", lambda c: c.path("summary.json").write_text("{}"), lambda c: False
+    )
+    monkeypatch.setattr(chain, "STAGES", (summary,))
+
+
+def test_speed_is_measured_again_only_when_a_timing_setting_changed(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(chain.load_profile("fast"), speed_one_member=False)  # the default
+    _no_stages(monkeypatch)
+    marker = tmp_path / "quickstart.yaml"
+    # A marker from before speed_one_member existed: the run used its default, as now.
+    marker.write_text(
+        "\n".join(
+            line
+            for line in chain.dump_yaml(cfg).splitlines()
+            if not line.startswith("speed_one_member")
+        )
+    )
+    ctx = chain.Context(out=tmp_path, cfg=cfg, progress=False)
+    ctx.speed_json.write_text("{}")
+    chain.run_chain(ctx)
+    assert ctx.speed_json.exists()
+    # Another number of timing rounds: the speed stage measures again, the rest is kept.
+    retimed = dataclasses.replace(cfg, speed_repeats=cfg.speed_repeats + 1)
+    chain.run_chain(chain.Context(out=tmp_path, cfg=retimed, progress=False))
+    assert not ctx.speed_json.exists()
+
+
+def test_a_run_on_other_data_or_another_task_is_refused(tmp_path, monkeypatch):
+    """The marker records the run's --data and its data config's task: a directory made on the
+    embedded nature run is not reused for another store or other pressure levels."""
+    import yaml
+
+    from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.errors import OutputError
+
+    cfg = chain.load_profile("fast")
+    out = tmp_path / "run"
+    _no_stages(monkeypatch)
+    chain.run_chain(chain.Context(out=out, cfg=cfg, progress=False))
+    marker = (out / "quickstart.yaml").read_text()
+    base = load_data_config("embedded")
+    other = dataclasses.replace(base, task=dataclasses.replace(base.task, pressure_levels=(500,)))
+    (tmp_path / "other_levels.yaml").write_text(chain.dump_yaml(other))
+    (tmp_path / "embedded.yaml").write_text(chain.dump_yaml(base))
+    store = str(tmp_path / "era5.zarr")
+    for data_config, want in (
+        ("other_levels.yaml", "another task in its data config"),
+        ("embedded.yaml", f"another --data (the embedded nature run, now {store!r})"),
+    ):
+        ctx = chain.Context(
+            out=out, cfg=cfg, data_store=store, data_config_path=str(tmp_path / data_config)
+        )
+        with pytest.raises(OutputError) as e:
+            chain.run_chain(ctx)
+        assert str(e.value).startswith(f"{out} holds a quickstart run made from ")
+        assert want in str(e.value) and str(e.value).endswith(f"or delete {out}")
+    assert (out / "quickstart.yaml").read_text() == marker
+    recorded = yaml.safe_load(marker)
+    assert recorded["data"] == "embedded" and len(recorded["task_sha256"]) == 64
+    assert chain.Context.from_run(out).cfg == cfg  # the data keys are not profile settings
+    # An embedded run's marker from before the data keys were recorded takes the current ones.
+    (out / "quickstart.yaml").write_text(chain.dump_yaml(cfg))
+    chain.run_chain(chain.Context(out=out, cfg=cfg, progress=False))
+    assert (out / "quickstart.yaml").read_text() == marker
+
+
+def test_an_out_that_cannot_be_a_directory_is_refused(tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    cases = [
+        (afile, f"--out {afile} exists and is not a directory"),
+        (afile / "run", f"--out {afile / 'run'}: cannot create the directory there (Not a"),
+    ]
+    if pathlib.Path("/proc/self").is_dir():  # Linux: no directory can be made in /proc
+        cases.append(("/proc/x", "--out /proc/x: cannot create the directory there"))
+    for out, want in cases:
+        rc = main(["quickstart", "--fast", "--no-progress", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err and err.count("\n") == 1, err
+    assert afile.read_text() == "x"
+
+
+def test_nature_run_days_applies_to_the_embedded_run_only(tmp_path, capsys):
+    """A profile for a year-long --data store need not fit the embedded nature run's length,
+    which is ignored there; on the embedded run the windows must fit, checked before anything
+    is made."""
+    profile = tmp_path / "era5.yaml"
+    profile.write_text(
+        "data_config: gencast_1p0deg\neval_days: 365\nvalidation_days: 365\ntune_eta: [0.0, 0.5]\n"
+    )
+    cfg = chain.load_profile(str(profile))
+    assert cfg.eval_days + cfg.validation_days >= cfg.nature_run_days
+    ctx = chain.Context(out=tmp_path, cfg=cfg, data_store="era5.zarr", data_config_path="x")
+    chain._check_nature_run_length(ctx)
+    out = tmp_path / "run"
+    rc = main(["quickstart", "--profile", str(profile), "--no-progress", "--out", str(out)])
+    assert rc == 2
+    assert "eval_days + validation_days (365 + 365) must be shorter than nature_run_days (730)" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def test_data_without_config_is_refused(tmp_path, capsys):
