@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite on a newer Python than this machine's, with the package versions it installs.
 #
-#   sudo tools/newer_python_check.sh [SUITE] [ROOT]   # SUITE: a Debian suite (default trixie)
+#   sudo tools/newer_python_check.sh [SUITE] [ROOT]   # SUITE: a Debian suite (default trixie;
+#                                                     # testing = forky: Python 3.14)
 #
 # This machine has Python 3.11 only, where pip resolves our pins to older releases (zarr 3.1,
 # jax 0.10); on Python >= 3.12 the same pins take newer ones (zarr 3.4, jax 0.12). Debian's
@@ -20,8 +21,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
 if [ ! -x "$ROOT/usr/bin/python3" ]; then
   echo "building a minimal Debian $SUITE in $ROOT (log: $ROOT.debootstrap.log)"
+  # A suite newer than this machine's debootstrap (forky on bookworm's) builds with sid's script.
+  SCRIPT=()
+  [ -e "/usr/share/debootstrap/scripts/$SUITE" ] || SCRIPT=(/usr/share/debootstrap/scripts/sid)
   debootstrap --variant=minbase --include=python3,python3-venv,make,git,ca-certificates \
-    "$SUITE" "$ROOT" http://deb.debian.org/debian >"$ROOT.debootstrap.log" 2>&1
+    "$SUITE" "$ROOT" http://deb.debian.org/debian "${SCRIPT[@]}" >"$ROOT.debootstrap.log" 2>&1
 fi
 # This machine's resolver, host name (gloo's CPU collectives resolve it) and CA bundle (the
 # registries may be reached through a proxy that signs with a local CA).
