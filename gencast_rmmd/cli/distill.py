@@ -60,9 +60,10 @@ def _distill(args: argparse.Namespace) -> int:
         rec = summary.get(ph)
         if rec:
             m = rec.get("last_metrics") or {}
+            loss = f"{m['loss']:.4g}" if "loss" in m else "n/a"
+            rate = f"{m['steps_per_sec']:.2f} steps/s" if "steps_per_sec" in m else "no steps"
             print(
-                f"distill {ph}: {rec['steps']} steps, loss {m.get('loss', float('nan')):.4g}, "
-                f"{m.get('steps_per_sec', float('nan')):.2f} steps/s; student {rec.get('student')}"
+                f"distill {ph}: {rec['steps']} steps, loss {loss}, {rate}; student {rec.get('student')}"
             )
     print(json.dumps(summary, default=str))
     return 0

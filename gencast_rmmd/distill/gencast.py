@@ -3,7 +3,8 @@ RMMD, on a canonical data store; export the students as official-layout `.npz` f
 
 Run directory layout (`run_distill(..., out=RUN)`):
 
-    RUN/config.yaml            the DistillConfig used (a different config refuses to resume)
+    RUN/config.yaml            the DistillConfig used (a different config refuses to resume a
+                               started phase, see `_comparable`)
     RUN/inputs.json            SHA-256 of the teacher and of the stats, the data store's id
                                (other bytes or a re-made store at the same paths refuse to
                                resume a started run)
@@ -14,8 +15,10 @@ Run directory layout (`run_distill(..., out=RUN)`):
     RUN/summary.json           per phase: steps, last metrics, steps/s, exports
 
 Data: `ExampleSource` items (normalized inputs/forcings, normalized residual targets). Training
-init times: `data.train_start..train_end` of the config; if unset, the teacher's own training
-period (`extra:provenance`), else every valid init time of the store. The provenance of every
+examples: those whose whole window (first input frame .. target) lies in
+`data.train_start..train_end` of the config (`training.periods.select_init_times`, the teacher's
+rule too); if unset, in the teacher's own training period (`extra:provenance`), else every valid
+init time of the store. The provenance of every
 checkpoint and export records the teacher, the config, the data store, the stats and the training
 period (`train_start` = first input time used, `train_end` = last target time used), so that
 evaluation can refuse to score init times inside it.
@@ -40,20 +43,25 @@ import yaml
 
 from gencast_rmmd.config import check_iso_times, load_yaml, to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
-from gencast_rmmd.distill.objectives import ObjectiveConfig
+from gencast_rmmd.distill.objectives import ObjectiveConfig, check_s_floor
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
 from gencast_rmmd.remote import write_text
 from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
+from gencast_rmmd.training.checkpointing import latest_step
+from gencast_rmmd.training.loop import config_changes, optimizer_resume_key
+from gencast_rmmd.training.periods import select_init_times, training_period
 
 PHASES = ("mmd", "rmmd")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillDataConfig:
-    """Training init-time window (inclusive ISO strings); None: see module doc. local_cache:
+    """Training window (inclusive ISO strings): an example is used only when its whole window,
+    first input frame to target, lies inside it (`training.periods.select_init_times`, as for
+    the teacher); None: see module doc. local_cache:
     "auto" (local copy of small stores, see `data.examples.resolve_local_cache`), "off", or a
     directory for memory-mapped copies of the store's variables."""
 
@@ -118,6 +126,8 @@ class DistillConfig:
             raise ValueError("mmd.objective: phase 1 has no frozen phase-1 auxiliary to use")
         if self.mmd.objective.l2_weight > 0:
             raise ValueError("mmd.objective.l2_weight: phase 1 has no frozen phase-1 student")
+        for ph in PHASES:
+            check_s_floor(getattr(self, ph).objective, self.student_sampler, f"{ph}.objective.")
         self.data.validate()
 
 
@@ -143,20 +153,6 @@ def resolve_teacher(path: str | os.PathLike) -> str:
     if not p.is_file():
         raise CheckpointError(f"teacher checkpoint {str(p)!r} does not exist")
     return str(p)
-
-
-def select_init_times(
-    all_times: np.ndarray, start: str | None, end: str | None, task
-) -> np.ndarray:
-    """Init times t whose whole window (first input .. target) lies in [start, end]."""
-    t = np.asarray(all_times).astype("datetime64[ns]")
-    step = np.timedelta64(task.step_hours, "h")
-    keep = np.ones(t.shape, bool)
-    if start is not None:
-        keep &= t - step * (task.input_frames - 1) >= np.datetime64(start, "ns")
-    if end is not None:
-        keep &= t + step <= np.datetime64(end, "ns")
-    return t[keep]
 
 
 def gencast_weights(cfg: WeightsConfig, lat: np.ndarray, layout) -> np.ndarray:
@@ -218,7 +214,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         noise_fn = sh_noise.make_sh_noise_fn(source.lat, source.lon)
     else:
         noise_fn = sh_noise.gaussian_noise
-    step_h = np.timedelta64(task.step_hours, "h")
+    train_start, train_end = training_period(times, task)
     provenance = {
         "teacher": str(teacher_path),
         # What the run depends on by content: a teacher retrained, statistics recomputed or a data
@@ -229,10 +225,8 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         "config": config_text,
         "data_store": store,
         "stats": stats,
-        "train_start": str(
-            (times.min() - step_h * (task.input_frames - 1)).astype("datetime64[s]")
-        ),
-        "train_end": str((times.max() + step_h).astype("datetime64[s]")),
+        "train_start": train_start,
+        "train_end": train_end,
         "examples": int(times.size),
     }
     weights = gencast_weights(cfg.weights, np.asarray(source.lat), task.layout)
@@ -282,17 +276,32 @@ def _load_params(path: pathlib.Path, setup: _Setup) -> Any:
     return ckpt_lib.denoiser_from_checkpoint(ck, lat, lon, str(path))[1]
 
 
+def _started(out: pathlib.Path, ph: str) -> bool:
+    """Whether phase `ph` of the run in `out` has trained: it holds a complete checkpoint (an
+    empty `checkpoints/`, left by a phase that diverged before its first save, is no start)."""
+    return latest_step(out / ph / "checkpoints") is not None
+
+
 def _comparable(cfg_dict: dict, out: pathlib.Path) -> dict:
     """The parts of a config that must not change when a run resumes: everything except the
-    loop's length/bookkeeping and the description; a phase's section only once that phase has
-    started (so phase 2 settings may still change after phase 1)."""
+    loop's length/bookkeeping, the optimizers' settings but whether they clip
+    (`optimizer_resume_key`: a lower learning rate after a divergence is a resume) and the
+    description; a phase's section only once that phase has started (so phase 2 settings may
+    still change after phase 1). Once phase 2 has started, phase 1's length is fixed too: a
+    longer phase 1 would retrain and re-export `mmd/student.npz` / `aux.npz`, the frozen anchor
+    G0 and auxiliary phase 2's resumed state was trained against."""
     d = json.loads(json.dumps(cfg_dict))
     for ph in PHASES:
-        if not (out / ph / "checkpoints").exists():
+        if not _started(out, ph):
             d.pop(ph, None)
             continue
+        keep = ("num_steps",) if ph == "mmd" and _started(out, "rmmd") else ()
         for k in ("num_steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress"):
-            d[ph]["loop"].pop(k, None)
+            if k not in keep:
+                d[ph]["loop"].pop(k, None)
+        opt = d[ph].get("optimizer")
+        d[ph]["aux_optimizer"] = optimizer_resume_key(d[ph].get("aux_optimizer") or opt)
+        d[ph]["optimizer"] = optimizer_resume_key(opt)
     d.pop("description", None)
     d.get("data", {}).pop("local_cache", None)  # where examples are read from, not what
     return d
@@ -321,9 +330,7 @@ def _check_inputs(out: pathlib.Path, inputs: dict, provenance: dict) -> None:
     """Refuse to resume a run begun from another teacher, other statistics or another data
     store (same paths, other bytes or a re-made store): its trained state would be continued
     against inputs it never saw. A run that has not started a phase takes the current inputs."""
-    if not any(
-        (out / ph / "checkpoints").exists() or (out / ph / "student.npz").exists() for ph in PHASES
-    ):
+    if not any(_started(out, ph) or (out / ph / "student.npz").exists() for ph in PHASES):
         return
     known = {k: (name, provenance[entry]) for k, (name, entry) in INPUT_DIGESTS.items()}
     refuse_changed_inputs(out, out / "inputs.json", inputs, known, "a distillation", "distil again")
@@ -353,11 +360,21 @@ def run_distill(
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
         old = load_yaml(cfg_file.read_text())
-        if _comparable(old, out) != _comparable(cfg_dict, out):
+        changes = config_changes(_comparable(old, out), _comparable(cfg_dict, out))
+        if changes:
+            anchor = ""
+            if any(c.startswith("mmd.") for c in changes) and _started(out, "rmmd"):
+                anchor = (
+                    "; phase 2 has started from phase 1's exports (its frozen anchor), so phase "
+                    "1 can no longer change, not even its num_steps (to extend phase 1, copy "
+                    "RUN/mmd to another --out and run there)"
+                )
             raise OutputError(
-                f"{out} holds a distillation run with a different config; use another --out "
-                "(to reuse phase 1, copy RUN/mmd there and run --phase rmmd), or the same "
-                "settings (only num_steps/checkpoint_every/log_every may change) to resume"
+                f"{out} holds a distillation run with a different config "
+                f"({'; '.join(changes)}){anchor}; use another --out (to reuse phase 1, copy "
+                "RUN/mmd there and run --phase rmmd), or the same settings to resume (num_steps, "
+                "checkpoint_every, log_every and the optimizers' settings may change, except "
+                "turning grad_clip_norm on or off)"
             )
     if phase == "rmmd":
         for name in ("student.npz", "aux.npz"):
@@ -366,6 +383,9 @@ def run_distill(
                     f"{out / 'mmd' / name} is missing: run phase 1 first (`--phase mmd` or "
                     "`--phase both`)"
                 )
+    phases = PHASES if phase == "both" else (phase,)
+    for ph in phases:
+        getattr(cfg, ph).loop.check_devices(jax.device_count(), f"{ph}.loop.")
     # Everything a user can get wrong (teacher, store, stats, window) is checked before the run
     # directory is created, so a refused run leaves nothing behind.
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
@@ -386,7 +406,6 @@ def run_distill(
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["teacher"] = str(setup.teacher_path)
     summary["provenance"] = {k: v for k, v in setup.provenance.items() if k != "config"}
-    phases = PHASES if phase == "both" else (phase,)
     for ph in phases:
         pcfg: PhaseConfig = getattr(cfg, ph)
         if ph == "mmd":
@@ -407,7 +426,13 @@ def run_distill(
             }
             params = {g: params[g] for g in pcfg.objective.required_groups()}
         seed = pcfg.loop.seed + (0 if ph == "mmd" else 1)
-        batches = ShuffledBatches(setup.source, pcfg.loop.batch_size, seed=seed, keys=MODEL_KEYS)
+        batches = ShuffledBatches(
+            setup.source,
+            pcfg.loop.batch_size,
+            seed=seed,
+            keys=MODEL_KEYS,
+            grad_accum_steps=pcfg.loop.grad_accum_steps,
+        )
         meta = {"kind": f"distill-{ph}", "provenance": dict(setup.provenance, phase=ph)}
         t0 = time.perf_counter()
         trained, trainer = run_phase(
@@ -437,6 +462,10 @@ def run_distill(
             "last_metrics": trainer.last_metrics,
             "run_dir": str(out / ph),
         }
+        if not trainer.last_metrics and summary.get(ph):
+            # No step ran (a finished phase run again): its last record still describes it.
+            rec["last_metrics"] = summary[ph].get("last_metrics", {})
+            rec["seconds"] = summary[ph].get("seconds", seconds)
         if done:
             rec["student"] = str(
                 export_student(out / ph / "student.npz", setup, trained["student"], cfg, ph, step)

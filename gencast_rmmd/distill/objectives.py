@@ -69,7 +69,8 @@ class ObjectiveConfig:
       weighting, so the auxiliary stays the kind of denoiser it was initialized as).
     aux_reg_weight: weight of the auxiliary's regularizer toward the teacher's prediction
       (rmmd.md §1.2 step 4, RMMD App. A.1 via the paper summary; U4). 0 disables it.
-    s_floor: the lowest noise level s can reach below the student's last grid level.
+    s_floor: the lowest noise level s can reach below the student's last grid level; must be
+      below that level (`check_s_floor`).
     weight_regularizers: apply the per-channel weights W to the MMD, L2 and aux terms as well as
       the reward (else W only weights the reward).
     """
@@ -113,6 +114,23 @@ class ObjectiveConfig:
         return tuple(groups)
 
 
+def check_s_floor(
+    cfg: ObjectiveConfig, sampler_cfg: ss.StudentSamplerConfig, where: str = ""
+) -> None:
+    """ValueError unless `cfg.s_floor` lies below the student sampler's last noise level
+    (`min_noise_level`; `max_noise_level` when K = 1). s is drawn between t and the next knot
+    below it; were the floor not below the last level, the draws from the last level would all
+    get s = t, and x_s = x_t gives that share of the batch (about 1/K) nothing to match.
+    `where` prefixes the key in the message (e.g. "mmd.objective.")."""
+    last = float(ss.noise_levels(sampler_cfg)[-1])
+    if not cfg.s_floor < last:
+        key = "max_noise_level" if sampler_cfg.num_steps == 1 else "min_noise_level"
+        raise ValueError(
+            f"{where}s_floor {cfg.s_floor} must be below the student's last noise level, "
+            f"student_sampler.{key} {last}: lower {where}s_floor or raise student_sampler.{key}"
+        )
+
+
 def time_weight(kind: Weighting, sigma: jax.Array) -> jax.Array:
     """w(S): "uniform" 1, "edm" (S^2 + 1)/S^2 (GenCast's lambda(S), sigma_data = 1), "inv_sigma2"
     1/S^2."""
@@ -126,10 +144,10 @@ def time_weight(kind: Weighting, sigma: jax.Array) -> jax.Array:
 
 
 def extended_log_levels(sampler_cfg: ss.StudentSamplerConfig, s_floor: float) -> jax.Array:
-    """log of `[S_0, ..., S_{K-1}, s_floor]`: the continuous time index's knots (module doc)."""
+    """log of `[S_0, ..., S_{K-1}, s_floor]`: the continuous time index's knots (module doc);
+    `s_floor` below `S_{K-1}` (`check_s_floor`)."""
     levels = ss.noise_levels(sampler_cfg)
-    floor = min(s_floor, float(levels[-1]))
-    return jnp.log(jnp.asarray(list(levels) + [floor], jnp.float32))
+    return jnp.log(jnp.asarray(list(levels) + [s_floor], jnp.float32))
 
 
 def sigma_at(log_levels: jax.Array, u: jax.Array) -> jax.Array:
@@ -184,6 +202,7 @@ def make_objective(
     """
     cfg.validate()
     sampler_cfg.validate()
+    check_s_floor(cfg, sampler_cfg)
     teacher_fn = teacher_denoise_fn or denoise_fn
     k_steps = sampler_cfg.num_steps
     log_levels = extended_log_levels(sampler_cfg, cfg.s_floor)

@@ -39,6 +39,13 @@ class PhaseConfig:
     """One phase: its objective, optimizers and loop.
 
     aux_optimizer: the auxiliary's optimizer (U2: its LR is not recovered); None = `optimizer`.
+
+    The optimizers' `warmup_steps` and `decay_steps` count the updates of their own group, not
+    loop steps. With `update_schedule: alternating` each group is updated every other step, so
+    `decay_steps: null` means (loop.num_steps + 1) // 2 updates (the auxiliary makes that many,
+    on even steps; the student loop.num_steps // 2, on odd steps), and `warmup_steps: 20` warms
+    each group up over its first 20 updates, 40 loop steps. With `simultaneous` (or a frozen
+    auxiliary) a group's updates are the loop's steps.
     """
 
     objective: ObjectiveConfig
@@ -101,7 +108,8 @@ def build_phase_trainer(
     n = cfg.loop.num_steps
     opt_cfgs = {"student": cfg.optimizer, "aux": cfg.aux_optimizer or cfg.optimizer}
     groups = cfg.objective.trainable_groups()
-    # In alternating mode each group is updated every other step: its schedule spans n/2 updates.
+    # In alternating mode each group is updated every other step and optax counts a group's own
+    # updates: its schedule spans (n + 1) // 2 of them (PhaseConfig's docstring).
     per_group = (n + 1) // 2 if len(rules) == 2 else n
     optimizers = {g: make_optimizer(opt_cfgs[g], per_group) for g in groups}
     schedules = {g: make_schedule(opt_cfgs[g], per_group) for g in groups}

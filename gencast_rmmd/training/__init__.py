@@ -5,7 +5,10 @@ Public API:
   `Trainer` (sharded jitted steps, gradient accumulation, NaN/Inf guard, checkpoints, exact
   resume, tqdm, metrics), `ShuffledBatches` (deterministic resumable data order);
 - `sharding`: `maybe_initialize_distributed`, `make_mesh`, `replicate`, `shard_batch`;
-- `checkpointing`: `CheckpointManager` (orbax state + JSON meta);
+- `checkpointing`: `CheckpointManager` (orbax state + JSON meta), `latest_step` (whether a run
+  has started);
+- `periods`: `select_init_times`, `training_period` (the training-window rule of the teacher
+  and the distillation);
 - `metrics`: `MetricsWriter`, `read_metrics` (JSON lines).
 """
 

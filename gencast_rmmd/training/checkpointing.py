@@ -9,7 +9,10 @@ A checkpoint directory `RUN/checkpoints/<step>/` holds two items:
   training period.
 
 Orbax writes to a temporary directory and renames it when complete, so a crash mid-save leaves the
-previous checkpoint intact.
+previous checkpoint intact. A run has started when its directory holds a complete checkpoint
+(`latest_step(directory) is not None`), not when the directory exists: `CheckpointManager`
+creates it before the first save, and a run stopped before that save (a divergence at step 1)
+has trained nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from gencast_rmmd.errors import CheckpointError
+
+
+def latest_step(directory: str | pathlib.Path) -> int | None:
+    """The newest complete (finalized) checkpoint's step under `directory`, or None (also when
+    `directory` does not exist). It reads the directory listing only: nothing is created, and
+    unlike opening a `CheckpointManager` (a collective across processes) the processes of a
+    multi-process run may call it independently."""
+    return max(ocp.utils.checkpoint_steps(pathlib.Path(directory).absolute()), default=None)
 
 
 class CheckpointManager:

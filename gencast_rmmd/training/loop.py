@@ -16,6 +16,8 @@ The loop knows nothing about models: a task gives it
 - `batches`: `batches(step) -> host-local numpy pytree` for the global batch of that step (a
   pure function of the step, e.g. `ShuffledBatches`), or an iterator with `get_state()` /
   `set_state()` (e.g. a grain loader iterator); either way the data position is checkpointed.
+  With several processes each gets its share of every accumulation micro-batch (see
+  `Trainer.train_step`).
 
 Minimal use:
 
@@ -29,7 +31,8 @@ Minimal use:
 Per step: the global batch (leading axis `batch_size`) is split into `grad_accum_steps`
 micro-batches (`lax.scan`, gradients averaged), sharded over the `data` mesh axis, and the update
 is skipped if the loss or any gradient is NaN/Inf, after which the loop raises
-`TrainingDivergedError` naming the step and the last good checkpoint. The step rng is
+`TrainingDivergedError` naming the step and the last good checkpoint (a resumed run may change
+the optimizer settings, e.g. a lower learning rate: `optimizer_resume_key`). The step rng is
 `fold_in(base_key, step)` (micro-batch i: `fold_in(step_key, i)`), so a resumed run draws exactly
 the random numbers an uninterrupted run would.
 
@@ -51,7 +54,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gencast_rmmd.errors import TrainingDivergedError
+from gencast_rmmd.errors import ConfigError, TrainingDivergedError
 from gencast_rmmd.training import sharding as shd
 from gencast_rmmd.training.checkpointing import CheckpointManager
 from gencast_rmmd.training.metrics import MetricsWriter
@@ -74,8 +77,18 @@ class OptimizerConfig:
       cosine: warm-up, then cosine decay to `end_learning_rate` at `decay_steps`;
       linear: warm-up, then linear decay to `end_learning_rate` at `decay_steps` (RMMD ImageNet
         phase 2 decays linearly to 0).
-    decay_steps: None means the number of steps of the run (`LoopConfig.num_steps`).
+    warmup_steps, decay_steps: counted in the updates of the parameter group this optimizer
+      steps (its own update count, as optax counts), not in loop steps. decay_steps None means
+      the number of updates `make_optimizer`'s `num_steps` gives: the run's `LoopConfig.num_steps`
+      where the group is updated every step (the teacher; distillation's `simultaneous`
+      schedule). In distillation's `alternating` schedule each group is updated every other
+      step and `num_steps` is (loop num_steps + 1) // 2 for both groups (the auxiliary makes that
+      many updates, the student (loop num_steps) // 2); an explicit value counts the same way, so
+      `decay_steps: 100` spans 200 loop steps there.
     grad_clip_norm: clip the global gradient norm before Adam (None: no clipping).
+
+    A resumed run may change every field except whether gradients are clipped (see
+    `optimizer_resume_key`); the new schedule continues from the group's update count.
     """
 
     learning_rate: float = 1e-4
@@ -110,7 +123,7 @@ class LoopConfig:
     """Steps, batch and bookkeeping of one training run.
 
     batch_size: the global batch per optimizer step (all devices and accumulation micro-steps
-      together); must be divisible by `grad_accum_steps * number of devices`.
+      together); must be divisible by `grad_accum_steps * number of devices` (`check_devices`).
     checkpoint_every: save every N steps (and always at the end).
     log_every: write a metrics record every N steps.
     """
@@ -138,6 +151,30 @@ class LoopConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}: must be >= 1, found {getattr(self, k)}")
 
+    def check_devices(self, n_devices: int, where: str = "") -> None:
+        """`ConfigError` unless every accumulation micro-batch (`batch_size / grad_accum_steps`
+        examples) splits evenly over `n_devices` data-parallel devices. `where` prefixes the key
+        names in the message (e.g. "mmd.loop.", "training.")."""
+        micro = self.batch_size // self.grad_accum_steps
+        if micro % n_devices == 0:
+            return
+        fits = [
+            a
+            for a in range(self.grad_accum_steps, 0, -1)
+            if self.batch_size % a == 0 and (self.batch_size // a) % n_devices == 0
+        ]
+        hint = (
+            f"e.g. {'--set ' if where else ''}{where}grad_accum_steps={fits[0]}"
+            if fits
+            else f"batch_size a multiple of {n_devices}"
+        )
+        raise ConfigError(
+            f"{where}batch_size {self.batch_size} / {where}grad_accum_steps "
+            f"{self.grad_accum_steps} gives micro-batches of {micro} examples, which do not split "
+            f"over the {n_devices} devices: make each micro-batch a multiple of {n_devices} "
+            f"({hint})"
+        )
+
 
 def make_schedule(cfg: OptimizerConfig, num_steps: int) -> optax.Schedule:
     """The learning-rate schedule of `cfg` for a run of `num_steps` optimizer updates."""
@@ -154,6 +191,30 @@ def make_schedule(cfg: OptimizerConfig, num_steps: int) -> optax.Schedule:
     if w == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, w), main], [w])
+
+
+def optimizer_resume_key(cfg: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """What of an optimizer config (its dict form) a resumed run must keep: whether gradients
+    are clipped (`{"grad_clip_norm": "null" | "set"}`), because the clipping stage is part of the
+    saved optimizer state's structure. Everything else (learning rate, schedule, warm-up, decay,
+    end rate, b1, b2, eps, the clipping norm's value) may change when a run resumes, e.g. a lower
+    learning rate after a `TrainingDivergedError`; the new schedule continues from the group's
+    update count, and `metrics.jsonl`'s `lr/<group>` records the rate of every logged update,
+    before and after the change."""
+    if cfg is None:
+        return None
+    return {"grad_clip_norm": "null" if cfg.get("grad_clip_norm") is None else "set"}
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where two config dicts differ, with both values (`"a.b: 1 -> 2"`), for a
+    refusal to resume that says what changed."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += config_changes(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
 def make_optimizer(cfg: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
@@ -189,7 +250,10 @@ class ShuffledBatches:
     Batch `step` is a pure function of `(seed, step)`: the examples are reshuffled each epoch with
     `numpy.random.default_rng([seed, epoch])`, incomplete last batches are dropped. Each example
     is a dict (or pytree) of numpy arrays; the batch stacks them on a new leading axis. With
-    several processes, process p gets rows `[p*B/P, (p+1)*B/P)` of the global batch.
+    several processes each gets its share of every accumulation micro-batch: the global batch's
+    indices, read as `grad_accum_steps` micro-batches `[A, B/A]`, give process p the columns
+    `[p*B/(A P), (p+1)*B/(A P))` of each, micro-batch by micro-batch (`process_rows`), so that
+    micro-batch i holds the same examples as with one process.
     `keys`: for dict examples, keep only these entries (e.g. drop an int64 `time` the loss does
     not need, so it never goes to the device).
     """
@@ -202,19 +266,22 @@ class ShuffledBatches:
         process_index: int | None = None,
         process_count: int | None = None,
         keys: tuple[str, ...] | None = None,
+        grad_accum_steps: int = 1,
     ):
         self.source = source
         self.keys = keys
         self.batch_size = batch_size
         self.seed = seed
+        self.grad_accum_steps = grad_accum_steps
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
         n = len(source)
         if n < batch_size:
             raise ValueError(f"data source has {n} examples, fewer than one batch ({batch_size})")
-        if batch_size % self.process_count:
+        if batch_size % (self.process_count * grad_accum_steps):
             raise ValueError(
-                f"batch_size {batch_size} not divisible by {self.process_count} processes"
+                f"batch_size {batch_size} not divisible by {grad_accum_steps} micro-batches x "
+                f"{self.process_count} processes"
             )
         self.batches_per_epoch = n // batch_size
         self._perm_cache: tuple[int, np.ndarray] | None = None
@@ -229,13 +296,29 @@ class ShuffledBatches:
         return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
 
     def __call__(self, step: int) -> PyTree:
-        idx = self.indices(step)
-        local = self.batch_size // self.process_count
-        idx = idx[self.process_index * local : (self.process_index + 1) * local]
+        idx = process_rows(
+            self.indices(step), self.grad_accum_steps, self.process_index, self.process_count
+        )
         examples = [self.source[int(i)] for i in idx]
         if self.keys is not None:
             examples = [{k: ex[k] for k in self.keys} for ex in examples]
         return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *examples)
+
+
+def process_rows(
+    indices: np.ndarray, grad_accum_steps: int, process_index: int, process_count: int
+) -> np.ndarray:
+    """Process `process_index`'s share of a global batch (its example `indices`, `[B]`): the
+    global batch is `grad_accum_steps` micro-batches of B/A consecutive rows, the process takes
+    its `1/process_count` column slice of each, micro-batches in order (`[B / P]`).
+
+    `Trainer.train_step` splits the local batch into A micro-batches and `sharding.shard_batch`
+    joins the processes' slices along the micro-batch axis, so micro-batch i is the same set of
+    examples with any number of processes (a contiguous `[p B/P, (p+1) B/P)` slice would give
+    micro-batch i other examples once A > 1)."""
+    per_micro = indices.reshape(grad_accum_steps, -1)
+    local = per_micro.shape[1] // process_count
+    return per_micro[:, process_index * local : (process_index + 1) * local].reshape(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,12 +383,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.lr_schedules = dict(schedules or {})
         self.desc = desc
-        micro = cfg.batch_size // cfg.grad_accum_steps
-        if micro % self.mesh.size:
-            raise ValueError(
-                f"micro-batch {micro} (batch_size {cfg.batch_size} / grad_accum_steps "
-                f"{cfg.grad_accum_steps}) is not divisible by the {self.mesh.size} devices"
-            )
+        cfg.check_devices(self.mesh.size)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self._steps: dict[str, Callable] = {}
         self.last_metrics: dict[str, float] = {}
@@ -419,7 +497,11 @@ class Trainer:
     def train_step(self, state: dict, frozen: dict, global_batch: PyTree, rule: str):
         """One optimizer step of rule `rule` on a host-local batch (leading axis = local batch).
 
-        Returns `(new_state, metrics as device scalars)`."""
+        The local batch is split into `grad_accum_steps` micro-batches of consecutive rows; with
+        several processes, micro-batch i of the global batch is the processes' i-th micro-batches
+        side by side, so each process must pass its share of every micro-batch, in order
+        (`process_rows`, as `ShuffledBatches` does). Returns `(new_state, metrics as device
+        scalars)`."""
         if rule not in self._steps:
             self._steps[rule] = self._build_step(rule)
         accum = self.cfg.grad_accum_steps
@@ -485,16 +567,20 @@ class Trainer:
                 batch = next(batches) if is_iter else batches(step)
                 state, metrics = self.train_step(state, frozen, batch, rule)
                 if not bool(_host(metrics["finite"])):
-                    where = (
-                        f"last good checkpoint: {self.ckpt.path(last_good)} (step {last_good})"
-                        if last_good is not None
-                        else "no checkpoint was written yet"
-                    )
+                    if last_good is not None:
+                        where = (
+                            f"last good checkpoint: {self.ckpt.path(last_good)} (step {last_good})"
+                        )
+                        again = f"it resumes from step {last_good}"
+                    else:
+                        where = "no checkpoint was written yet"
+                        again = "it starts again from step 0"
                     loss = float(_host(metrics["loss"]))
                     raise TrainingDivergedError(
                         f"{self.desc}: non-finite loss or gradient at step {step} (rule {rule!r}, "
                         f"loss={loss}); the update was not applied; {where}. Lower the learning "
-                        "rate or check the data, then resume from that checkpoint."
+                        "rate (the optimizer settings may change when a run resumes) or check "
+                        f"the data, then run the same command again: {again}."
                     )
                 done = step + 1
                 bar.update(1)

@@ -46,15 +46,19 @@ from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
 from gencast_rmmd.remote import source_path, write_text
 from gencast_rmmd.safety import refuse_changed_inputs
+from gencast_rmmd.training.checkpointing import latest_step
 from gencast_rmmd.training.loop import (
     LoopConfig,
     OptimizerConfig,
     ShuffledBatches,
     Trainer,
     UpdateRule,
+    config_changes,
     make_optimizer,
     make_schedule,
+    optimizer_resume_key,
 )
+from gencast_rmmd.training.periods import select_init_times, training_period
 
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
@@ -82,10 +86,12 @@ class TeacherTrainingConfig:
 
     num_steps, batch_size (global, all devices and accumulation micro-steps), grad_accum_steps,
     optimizer (Adam + warm-up/cosine by default), checkpoint_every, keep_checkpoints, log_every,
-    seed (data order, init and noise). train_start/train_end: inclusive init-time window (ISO);
-    None uses every valid init time of the store. variable_weights: per-variable loss weights
-    (None: GenCast's, `grid.GENCAST_VARIABLE_WEIGHTS`); per_level_weights: pressure-proportional
-    level weights. local_cache: "auto" (memory-mapped local copy of small local stores, see
+    seed (data order, init and noise). train_start/train_end: the training window (inclusive
+    ISO): an example is used only when its whole window, first input frame to target, lies
+    inside it (`periods.select_init_times`, the distillation's rule too); None: unbounded on that
+    side. variable_weights: per-variable loss weights (None: GenCast's,
+    `grid.GENCAST_VARIABLE_WEIGHTS`); per_level_weights: pressure-proportional level weights.
+    local_cache: "auto" (memory-mapped local copy of small local stores, see
     `data.examples.resolve_local_cache`), "off", or a directory for that copy.
     """
 
@@ -176,16 +182,6 @@ def read_run(run_dir: str | os.PathLike) -> TeacherRun:
         raise CheckpointError(f"{p}: malformed run record ({e})") from None
 
 
-def _select_times(source_times: np.ndarray, cfg: TeacherTrainingConfig) -> np.ndarray:
-    t = np.asarray(source_times).astype("datetime64[ns]")
-    keep = np.ones(t.shape, bool)
-    if cfg.train_start is not None:
-        keep &= t >= np.datetime64(cfg.train_start, "ns")
-    if cfg.train_end is not None:
-        keep &= t <= np.datetime64(cfg.train_end, "ns")
-    return t[keep]
-
-
 def make_teacher_loss(denoiser, noise_fn, noise_cfg, lat_weights, chan_weights):
     """`loss_fn(params, batch, rng) -> (loss, metrics)` for the shared `Trainer`.
 
@@ -250,7 +246,11 @@ def _trainer(run: TeacherRun, den, run_dir: pathlib.Path, progress: bool, meta: 
 
 
 def _comparable(d: dict) -> dict:
+    """The parts of `run.json` a resumed run must keep: all but the length and bookkeeping, and
+    of the optimizer only whether gradients are clipped (`optimizer_resume_key`: a lower learning
+    rate after a divergence is a resume)."""
     d = json.loads(json.dumps(d))
+    d["training"]["optimizer"] = optimizer_resume_key(d["training"].get("optimizer"))
     d["training"].pop("num_steps", None)
     d["training"].pop("log_every", None)
     d["model"].pop("description", None)  # free text, not a setting
@@ -267,11 +267,17 @@ def input_digests(stats: str | os.PathLike, data: str | os.PathLike) -> dict[str
     return {"stats_sha256": stats_sha256(stats), **({"data_store_id": found} if found else {})}
 
 
+def _started(out: pathlib.Path) -> bool:
+    """Whether the run in `out` has trained anything: a complete checkpoint or an export (an empty
+    `checkpoints/`, left by a run that diverged before its first save, is not a start)."""
+    return latest_step(out / "checkpoints") is not None or (out / EXPORT_NAME).exists()
+
+
 def _check_inputs(out: pathlib.Path, inputs: dict[str, str], run: TeacherRun) -> None:
     """Refuse to resume a run begun with other statistics or another data store at the same
     paths (its targets would change under a trained state). A run with no checkpoint or export
     yet takes the current inputs."""
-    if not ((out / "checkpoints").exists() or (out / EXPORT_NAME).exists()):
+    if not _started(out):
         return
     known = {k: (name, getattr(run, field)) for k, (name, field) in INPUT_DIGESTS.items()}
     refuse_changed_inputs(
@@ -298,9 +304,10 @@ def train_teacher(
       model: `ModelConfig` (architecture, noise encoder, sampler, training noise).
       task: the task; its variables/levels must be in `store`.
       store: canonical Zarr store; stats: stats directory (`gencast-rmmd data stats`).
-      out_dir: run directory. If it holds a run with the same model, task, data and training
-        settings, training resumes from its latest checkpoint (`num_steps` may be raised);
-        a different run there is an `OutputError`.
+      out_dir: run directory. If it holds a started run with the same model, task, data and
+        training settings, training resumes from its latest checkpoint (`num_steps`, the
+        bookkeeping and the optimizer's settings but whether it clips may change); a different
+        started run there is an `OutputError`. A run with no checkpoint yet takes the settings.
       training: `TeacherTrainingConfig`.
       stop_after: stop after this many steps of this call without a final checkpoint (tests).
       export: write `teacher.npz` (official layout) when the run completes.
@@ -320,7 +327,7 @@ def train_teacher(
     store = source_path(store)  # a URL (gs://...) as given
     stats = source_path(stats)
     probe = ExampleSource(store, task, stats)
-    times = _select_times(probe.init_times, training)
+    times = select_init_times(probe.init_times, training.train_start, training.train_end, task)
     if times.size < training.batch_size:
         raise DataError(
             f"training window {training.train_start}..{training.train_end} holds {times.size} "
@@ -343,23 +350,24 @@ def train_teacher(
         lon=tuple(float(x) for x in source.lon),
         model_source=model_source,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    training.loop_config().check_devices(jax.device_count(), "training.")
     run_file = out / RUN_FILE
-    if run_file.exists():
+    if run_file.exists() and _started(out):
         old = json.loads(run_file.read_text())
-        if _comparable(old) != _comparable(run.to_json()):
+        changes = config_changes(_comparable(old), _comparable(run.to_json()))
+        if changes:
             raise OutputError(
-                f"{out} holds a different teacher run (model, task, data or training settings "
-                "differ from this one); use another --out or the same settings to resume"
+                f"{out} holds a different teacher run ({'; '.join(changes)}); use another --out, "
+                "or the same settings to resume (num_steps, checkpoint_every, log_every and the "
+                "optimizer's settings may change, except turning grad_clip_norm on or off)"
             )
     inputs = input_digests(stats, store)
     _check_inputs(out, inputs, run)
+    out.mkdir(parents=True, exist_ok=True)
     write_text(run_file, json.dumps(run.to_json(), indent=1))
     write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
 
-    step_h = np.timedelta64(task.step_hours, "h")
-    train_start = str((times.min() - step_h * (task.input_frames - 1)).astype("datetime64[s]"))
-    train_end = str((times.max() + step_h).astype("datetime64[s]"))
+    train_start, train_end = training_period(times, task)
     meta = {
         "kind": "teacher",
         "data": store,
@@ -375,7 +383,13 @@ def train_teacher(
     trainer = _trainer(run, den, out, progress, meta)
     state = trainer.restore_or_init({GROUP: params})
     start = trainer.step_of(state)
-    batches = ShuffledBatches(source, training.batch_size, seed=training.seed, keys=MODEL_KEYS)
+    batches = ShuffledBatches(
+        source,
+        training.batch_size,
+        seed=training.seed,
+        keys=MODEL_KEYS,
+        grad_accum_steps=training.grad_accum_steps,
+    )
     t0 = time.perf_counter()
     state = trainer.fit(state, {}, batches, stop_after=stop_after)
     seconds = time.perf_counter() - t0

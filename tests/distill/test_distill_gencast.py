@@ -1,7 +1,8 @@
 """GenCast distillation end to end through the CLI on a synthetic store and a tiny random teacher:
 both phases run, students are exported in the official layout with the student sampler and
 provenance, the forecast loader reads them as K-step models, and runs resume / refuse mismatches
-(another config, a teacher rewritten at the same path)."""
+(another config, a teacher rewritten at the same path, phase 1 changed under a started phase 2),
+while a diverged phase may run again with a lower learning rate."""
 
 from __future__ import annotations
 
@@ -117,10 +118,26 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
     a = load_checkpoint(out / "mmd" / "student.npz").params
     b = load_checkpoint(out / "rmmd" / "student.npz").params
     assert any(not np.array_equal(a[m][n], b[m][n]) for m in a for n in a[m])
-    # re-running is a resume (no new steps); a different objective refuses the directory
+    # re-running is a resume (no new steps) that keeps each phase's last metrics; a different
+    # objective refuses the directory
+    capsys.readouterr()
     assert main(run_args(world, out)) == 0
+    printed = capsys.readouterr().out
+    again = json.loads((out / "summary.json").read_text())
+    for ph in ("mmd", "rmmd"):
+        assert again[ph]["last_metrics"] == summary[ph]["last_metrics"]
+        loss = summary[ph]["last_metrics"]["loss"]
+        assert f"distill {ph}: 2 steps, loss {loss:.4g}," in printed
+    assert "nan" not in printed.split("\n{")[0]
     assert main(run_args(world, out, extra=["rmmd.objective.reward_weight=0.5"])) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "different config (rmmd.objective.reward_weight: 1.0 -> 0.5)" in capsys.readouterr().err
+    # Phase 2 has started from phase 1's exports: a longer phase 1 would retrain and re-export
+    # its frozen anchor under phase 2's resumed state, so it is refused before anything runs.
+    anchor = file_sha256(out / "mmd" / "student.npz")
+    assert main(run_args(world, out, extra=["mmd.loop.num_steps=3"])) == 2
+    err = capsys.readouterr().err
+    assert "mmd.loop.num_steps: 2 -> 3" in err and "phase 2 has started" in err
+    assert file_sha256(out / "mmd" / "student.npz") == anchor
     # The run records what it was begun from by content (RUN/inputs.json, the students'
     # provenance, read without the parameters); a teacher retrained at the same path would
     # continue a state it never made, so the run refuses it and stays as it was.
@@ -155,6 +172,11 @@ def test_cli_runs_both_phases_and_exports_students(world, tmp_path, capsys):
 def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
     assert main(_world_args(world, tmp_path / "r", extra=["mmd.objective.members=0"])) == 2
     assert "members" in capsys.readouterr().err
+    low = ["student_sampler.min_noise_level=0.01"]  # below the objectives' s_floor (0.02)
+    assert main(_world_args(world, tmp_path / "r", extra=low)) == 2
+    err = capsys.readouterr().err
+    assert "s_floor 0.02" in err and "min_noise_level 0.01" in err
+    assert not (tmp_path / "r").exists()
     args = _world_args(world, tmp_path / "r2")
     args[args.index("--teacher") + 1] = str(tmp_path / "missing.npz")
     assert main(args) == 2
@@ -194,3 +216,105 @@ def test_distill_reads_a_store_by_url(world, tmp_path, capsys):
     for m in a.params:
         for n in a.params[m]:
             np.testing.assert_array_equal(a.params[m][n], b.params[m][n], err_msg=f"{m}/{n}")
+
+
+def _fake_checkpoint(directory):
+    """A complete orbax checkpoint at step 1: what makes a phase count as started."""
+    from gencast_rmmd.training.checkpointing import CheckpointManager
+
+    mngr = CheckpointManager(directory)
+    mngr.save(1, {"x": np.zeros(2, np.float32)}, {})
+    mngr.close()
+
+
+def test_what_may_change_when_a_run_resumes(tmp_path):
+    """The config check before a run (refused runs stop before the teacher is read: here it
+    does not exist, so an accepted config ends in that CheckpointError). A phase has started
+    when it holds a complete checkpoint, not when `checkpoints/` exists (a phase that diverged
+    at step 1 left it empty); a started phase may change its length, bookkeeping and optimizer
+    settings (a lower learning rate, as the divergence message advises), not clipping on/off
+    nor anything else; once phase 2 has started, phase 1 may not change at all."""
+    import yaml
+
+    from gencast_rmmd.config import load_config, to_dict
+    from gencast_rmmd.distill.gencast import DistillConfig, run_distill
+    from gencast_rmmd.errors import CheckpointError, OutputError
+
+    def cfg(*sets):
+        return load_config(DistillConfig, "tiny", list(sets), kind="distill")
+
+    out = tmp_path / "run"
+
+    def attempt(c):
+        data = (tmp_path / "data.zarr", tmp_path / "stats")
+        return run_distill(c, tmp_path / "missing.npz", *data, out, "both", progress=False)
+
+    huge = "mmd.optimizer.learning_rate=1.0e+30"
+    (out / "mmd" / "checkpoints").mkdir(parents=True)  # diverged before its first save
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg(huge)), sort_keys=False))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        attempt(cfg("mmd.optimizer.learning_rate=1.0e-5", "mmd.objective.aux_reg_weight=0.5"))
+
+    _fake_checkpoint(out / "mmd" / "checkpoints")  # phase 1 has started
+    lower = ["mmd.optimizer.learning_rate=1.0e-5", "mmd.optimizer.schedule=constant"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        attempt(cfg(*lower, "mmd.loop.num_steps=400", "mmd.optimizer.b2=0.999"))
+    with pytest.raises(OutputError) as e:
+        attempt(cfg(huge, "mmd.optimizer.grad_clip_norm=1.0"))
+    assert "mmd.optimizer.grad_clip_norm: 'null' -> 'set'" in str(e.value)
+    with pytest.raises(OutputError, match=r"mmd.objective.aux_reg_weight: 1.0 -> 0.5"):
+        attempt(cfg(huge, "mmd.objective.aux_reg_weight=0.5"))
+    assert "phase 2 has started" not in str(e.value)
+
+    _fake_checkpoint(out / "rmmd" / "checkpoints")  # phase 2 has started from phase 1's exports
+    with pytest.raises(OutputError) as e:
+        attempt(cfg(huge, "mmd.loop.num_steps=400"))
+    assert "mmd.loop.num_steps: 300 -> 400" in str(e.value)
+    assert "phase 2 has started from phase 1's exports" in str(e.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        attempt(cfg(huge, "mmd.loop.log_every=7", "rmmd.loop.num_steps=400", *lower[1:]))
+
+
+def test_micro_batch_not_splitting_over_the_devices_is_refused_first(
+    world, tmp_path, host_devices_env
+):
+    """On 4 devices the world's batch of 2 cannot be split, nor can RMMD's GenCast setting
+    (batch 16, accumulation 8: micro-batches of 2): one user error (exit 2) naming the keys and a
+    setting that works, and nothing written into --out (it was an internal error after
+    config.yaml and inputs.json were written)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    paper = [f"{ph}.loop.batch_size=16" for ph in ("mmd", "rmmd")]  # as in rmmd_gencast.yaml
+    for config, extra, expect in (
+        ("tiny", [], "mmd.loop.batch_size 2 / mmd.loop.grad_accum_steps 1"),
+        ("rmmd_gencast", paper, "batch_size 16 / mmd.loop.grad_accum_steps 8 gives micro-"),
+    ):
+        args = _world_args(world, out, extra=extra)
+        args[args.index("--config") + 1] = config
+        cmd = [sys.executable, "-m", "gencast_rmmd", *args]
+        res = subprocess.run(
+            cmd, env=host_devices_env(4), capture_output=True, text=True, timeout=600
+        )
+        assert res.returncode == 2, res.stderr[-3000:]
+        err = res.stderr.strip().splitlines()
+        assert len(err) == 1 and expect in err[0] and "over the 4 devices" in err[0], err
+        assert config == "tiny" or "--set mmd.loop.grad_accum_steps=4" in err[0]
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_diverged_phase_runs_again_with_a_lower_learning_rate(world, tmp_path, capsys):
+    """The divergence message's advice, followed: LR 1e30 blows up at step 1, before the first
+    checkpoint; the same command with a lower rate is accepted and trains the phase."""
+    out = tmp_path / "run"
+    sets = ["mmd.optimizer.warmup_steps=0", "mmd.optimizer.schedule=constant"]
+    sets += ["mmd.loop.checkpoint_every=2"]
+    args = _world_args(world, out, phase="mmd", extra=[*sets, "mmd.optimizer.learning_rate=1e30"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step 1" in err and "starts again from step 0" in err
+    assert main(_world_args(world, out, phase="mmd", extra=sets)) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mmd"]["complete"] and summary["mmd"]["steps"] == 2

@@ -200,3 +200,45 @@ def test_one_member_custom_reward_logs_no_crps():
     _, m = obj(params, batch, jax.random.PRNGKey(0))
     assert "crps" not in m and "reward" in m
     assert all(np.isfinite(float(v)) for v in m.values())
+
+
+def test_s_floor_must_lie_below_the_students_last_level():
+    """s is drawn in (t, next knot]; with s_floor >= the last grid level it used to be clamped
+    silently to that level, so every draw from the last level got s = t and x_s = x_t (about
+    1/K of a batch, 12.7% at K = 8). Now the objective refuses it, and a distillation config
+    naming it is one `ConfigError` with both values."""
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.distill.gencast import DistillConfig
+    from gencast_rmmd.errors import ConfigError
+
+    low = ss.StudentSamplerConfig(num_steps=8, min_noise_level=0.01)
+    with pytest.raises(ValueError, match=r"s_floor 0.02 must be below .*min_noise_level 0.01"):
+        make_objective(
+            mlp_denoise, None, low, ObjectiveConfig(), target_fn=None, cond_fn=None
+        )  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        load_config(DistillConfig, "tiny", ["student_sampler.min_noise_level=0.01"], kind="distill")
+    assert "mmd.objective.s_floor 0.02" in str(e.value)
+    assert "student_sampler.min_noise_level 0.01" in str(e.value)
+    # One step: the only level is max_noise_level, and that is what the floor must be below.
+    one = ["student_sampler.num_steps=1", "student_sampler.max_noise_level=0.02"]
+    one += ["student_sampler.min_noise_level=0.01"]
+    with pytest.raises(ConfigError, match="student_sampler.max_noise_level 0.02"):
+        load_config(DistillConfig, "tiny", one, kind="distill")
+    ok = ["student_sampler.min_noise_level=0.01", "mmd.objective.s_floor=0.005"]
+    with pytest.raises(ConfigError, match=r"rmmd.objective.s_floor 0.02"):
+        load_config(DistillConfig, "tiny", ok, kind="distill")
+    both = ok + ["rmmd.objective.s_floor=0.005"]
+    assert load_config(DistillConfig, "tiny", both, kind="distill").mmd.objective.s_floor == 0.005
+
+    # With a valid floor, s lies strictly below t for every draw.
+    scfg = ss.StudentSamplerConfig(num_steps=8)
+    names = ["student", "aux", "teacher"]
+    params = {n: _params(jax.random.PRNGKey(i)) for i, n in enumerate(names)}
+    batch = {"x": jnp.zeros((512, *SHAPE)), "c": jnp.zeros((512,))}
+    obj = make_objective(
+        mlp_denoise, lambda k, s: jax.random.normal(k, s), scfg, ObjectiveConfig(),
+        target_fn=lambda b: b["x"], cond_fn=lambda b: b["c"],
+    )  # fmt: skip
+    inter = obj(params, batch, jax.random.PRNGKey(0), intermediates=True)[2]
+    assert np.all(np.asarray(inter["sigma_s"]) < np.asarray(inter["sigma_t"]))

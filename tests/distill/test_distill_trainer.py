@@ -143,6 +143,37 @@ def _small_run(tmp, steps, stop_after=None, ckpt=4):
     return out, tr
 
 
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_schedules_count_the_groups_own_updates(tmp_path, schedule):
+    """`warmup_steps` / `decay_steps` count a group's own updates (docs/distill.md, PhaseConfig).
+    Alternating over 100 loop steps, each group makes about 50 updates: `decay_steps: null`
+    decays over (100 + 1) // 2 = 50 of them, and `decay_steps: 100` over 100 updates, i.e. 200
+    loop steps (the student ends the run at half its rate). Simultaneous: updates = steps. (A
+    record of behaviour the docs now state; the numbers did not change.)"""
+    from gencast_rmmd.distill.trainer import build_phase_trainer
+
+    updates = 50 if schedule == "alternating" else 100
+    rates = {}
+    for decay in (None, 100):
+        cfg = PhaseConfig(
+            objective=ObjectiveConfig(update_schedule=schedule),
+            loop=LoopConfig(num_steps=100, batch_size=2, progress=False),
+            optimizer=OptimizerConfig(
+                learning_rate=1.0, schedule="linear", warmup_steps=10, decay_steps=decay
+            ),
+        )
+        scfg = ss.StudentSamplerConfig(num_steps=2)
+        den, _ = G.make_knot_model(ss.noise_levels(scfg))
+        tr = build_phase_trainer(cfg, scfg, tmp_path / f"{decay}", **_kw(den))
+        for g in ("student", "aux"):
+            sched = tr.lr_schedules[g]
+            # warm-up over the group's first 10 updates, whatever the loop step they fall on
+            assert [float(sched(n)) for n in (0, 5, 10)] == pytest.approx([0.0, 0.5, 1.0])
+            rates[decay, g] = float(sched(updates - 1))
+    assert rates[None, "student"] == pytest.approx(1 / (updates - 10), rel=1e-5)  # last update
+    assert rates[100, "student"] == pytest.approx(1 - (updates - 11) / 90, rel=1e-5)
+
+
 def test_resume_after_crash_gives_identical_parameters(tmp_path):
     full, _ = _small_run(tmp_path / "full", 10)
     _, tr = _small_run(tmp_path / "crash", 10, stop_after=7)

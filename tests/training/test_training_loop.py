@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gencast_rmmd.errors import TrainingDivergedError
+from gencast_rmmd.config import to_dict
+from gencast_rmmd.errors import ConfigError, TrainingDivergedError
 from gencast_rmmd.training import (
     LoopConfig,
     OptimizerConfig,
@@ -24,6 +25,7 @@ from gencast_rmmd.training import (
     make_schedule,
     read_metrics,
 )
+from gencast_rmmd.training.loop import optimizer_resume_key
 
 D = 3
 
@@ -172,9 +174,40 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path):
 
     tr = _trainer(tmp_path, num_steps=20, ckpt=5, loss=loss_nan_at_7)
     state = tr.restore_or_init(_init())
-    with pytest.raises(TrainingDivergedError, match=r"step 7 .*step 5\)"):
+    with pytest.raises(TrainingDivergedError, match=r"step 7 .*step 5\)") as e:
         tr.fit(state, FROZEN, batches)
     assert tr.ckpt.latest_step() == 5
+    assert "run the same command again: it resumes from step 5" in str(e.value)
+
+
+def test_a_resumed_run_may_lower_the_learning_rate(tmp_path):
+    """What the divergence message advises works: a run resumed with other optimizer settings
+    restores the checkpoint's Adam state and continues with the new schedule from the group's
+    update count (`lr/<group>` shows the change). Only turning clipping on or off changes the
+    saved state's structure, and `optimizer_resume_key` keeps exactly that."""
+    src = ShuffledBatches(_Source(), 16, seed=1)
+    tr = _trainer(tmp_path, num_steps=6, ckpt=3, log_every=1)
+    tr.fit(tr.restore_or_init(_init()), FROZEN, src, stop_after=4)
+    assert tr.ckpt.latest_step() == 3
+    ocfg = OptimizerConfig(learning_rate=0.005, schedule="constant", b2=0.999)
+    resumed = Trainer(
+        {"fit": UpdateRule(_loss, ("lin",))},
+        {"lin": make_optimizer(ocfg, 6)},
+        LoopConfig(num_steps=6, batch_size=16, checkpoint_every=3, log_every=1, progress=False),
+        tmp_path,
+        schedules={"lin": make_schedule(ocfg, 6)},
+    )
+    state = resumed.restore_or_init(_init())
+    assert resumed.step_of(state) == 3 and int(state["counts"]["lin"]) == 3
+    resumed.fit(state, FROZEN, src)
+    lrs = [r["lr/lin"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    assert lrs[2] > 0.01 and lrs[3:] == pytest.approx([0.005] * 3)
+    assert optimizer_resume_key(to_dict(ocfg)) == optimizer_resume_key(
+        to_dict(OptimizerConfig(learning_rate=1e30, schedule="cosine", grad_clip_norm=None))
+    )
+    assert optimizer_resume_key(to_dict(ocfg)) != optimizer_resume_key(
+        to_dict(OptimizerConfig(grad_clip_norm=1.0))
+    )
 
 
 def test_alternating_rules_only_update_their_group(tmp_path):
@@ -215,6 +248,48 @@ def test_shuffled_batches_deterministic_and_cover_epoch():
     np.testing.assert_array_equal(ShuffledBatches(src, 8, seed=5).indices(7), b.indices(7))
     halves = [ShuffledBatches(src, 8, 5, process_index=p, process_count=2)(3)["x"] for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), b(3)["x"])
+
+
+@pytest.mark.parametrize("processes,accum", [(2, 2), (2, 4), (4, 2), (3, 2)])
+def test_each_process_gets_its_share_of_every_micro_batch(processes, accum):
+    """With several processes, accumulation micro-batch i must hold the examples it holds with
+    one process. The trainer splits each process's local batch into `accum` micro-batches of
+    consecutive rows and joins the processes' i-th micro-batches side by side (`shard_batch`
+    along the micro-batch axis); reassembled that way, the processes' batches must give one
+    process's micro-batches exactly."""
+    src = [{"i": np.array(k)} for k in range(48)]
+    batch = accum * processes * 2
+
+    def micro_batches(count):
+        parts = [
+            ShuffledBatches(
+                src, batch, seed=0, process_index=p, process_count=count, grad_accum_steps=accum
+            )(1)["i"].reshape(accum, -1)  # Trainer.train_step's split
+            for p in range(count)
+        ]
+        return np.concatenate(parts, axis=1)  # shard_batch's global [accum, batch / accum]
+
+    np.testing.assert_array_equal(micro_batches(processes), micro_batches(1))
+    assert sorted(micro_batches(processes).ravel()) == sorted(
+        ShuffledBatches(src, batch, seed=0).indices(1)
+    )
+    with pytest.raises(ValueError, match="not divisible"):
+        ShuffledBatches(src, 6, process_index=0, process_count=2, grad_accum_steps=2)
+
+
+def test_micro_batch_that_does_not_split_over_the_devices_is_a_config_error():
+    """RMMD's GenCast setting (batch 16, accumulation 8) has micro-batches of 2: on 4 devices
+    that is one `ConfigError` naming the keys and a setting that works, not an internal error
+    (the CLIs check it before writing into --out: test_distill_gencast, test_training_teacher)."""
+    cfg = LoopConfig(num_steps=1, batch_size=16, grad_accum_steps=8)
+    cfg.check_devices(2)
+    with pytest.raises(ConfigError) as e:
+        cfg.check_devices(4, "mmd.loop.")
+    msg = str(e.value)
+    assert "mmd.loop.batch_size 16 / mmd.loop.grad_accum_steps 8" in msg
+    assert "micro-batches of 2" in msg and "--set mmd.loop.grad_accum_steps=4" in msg
+    with pytest.raises(ConfigError, match="batch_size a multiple of 4"):
+        LoopConfig(num_steps=1, batch_size=6).check_devices(4)
 
 
 _SHARD_SCRIPT = textwrap.dedent(

@@ -3,7 +3,8 @@ joined through `jax.distributed` (gloo collectives on CPU), as on a pod with one
 host. Each process feeds its slice of the global batch; checkpoints are written (and restored,
 on a resume) together by orbax in the shared run directory. Losses and weights must match one
 process with the same global batch (up to float summation order), for the teacher (resumed once
-on the way) and for both distillation phases."""
+on the way) and for both distillation phases (with gradient accumulation: each process feeds its
+share of every micro-batch)."""
 
 from __future__ import annotations
 
@@ -107,10 +108,13 @@ def test_two_processes_match_one_process(tmp_path_factory, host_devices_env):
     assert sorted(os.listdir(teacher[2] / "checkpoints")) == ["1", "2", "3"]
     _assert_same_weights(teacher[1] / "teacher.npz", teacher[2] / "teacher.npz")
 
-    # Both distillation phases from the one-process teacher (phase 2 on-policy, with the reward).
+    # Both distillation phases from the one-process teacher (phase 2 on-policy, with the reward),
+    # in 2 accumulation micro-batches of 2: micro-batch i must hold the same examples with one
+    # process and with two (a contiguous half of the batch per process did not).
     sets = ["student_sampler.num_steps=2"]
     for ph in ("mmd", "rmmd"):
         sets += [f"{ph}.loop.num_steps=2", f"{ph}.loop.batch_size=4", f"{ph}.loop.log_every=1"]
+        sets += [f"{ph}.loop.grad_accum_steps=2"]
     runs = {}
     for n in (1, 2):
         out = tmp / f"distill{n}"

@@ -139,9 +139,11 @@ def test_training_writes_run_metrics_and_export(data, straight_run):
     # Warm-up then cosine: lr rises over the first 2 updates, then decays.
     lrs = [r["lr/denoiser"] for r in recs]
     assert lrs[1] > lrs[0] and lrs[-1] < lrs[2]
-    # Training window honoured: the last target time is train_end + 12 h.
-    assert summary["train_end"] == "2020-01-15T12:00:00"
-    assert summary["examples"] == 28  # init times 2020-01-01T12 .. 2020-01-15T00
+    # Training window honoured: every example's whole window, inputs to target, lies inside
+    # it, so the last target is train_end itself (a window ending where a held-out split begins
+    # never trains on it), as in the distillation (`training.periods`).
+    assert summary["train_end"] == "2020-01-15T00:00:00"
+    assert summary["examples"] == 27  # init times 2020-01-01T12 .. 2020-01-14T12
 
 
 @pytest.mark.slow
@@ -168,8 +170,71 @@ def test_resume_is_exact(data, straight_run, tmp_path):
 def test_other_run_in_same_dir_is_refused(data, straight_run):
     store, stats = data
     out, _ = straight_run
-    with pytest.raises(OutputError, match="different teacher run"):
+    with pytest.raises(OutputError, match=r"different teacher run \(training.seed: 0 -> 1\)"):
         teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(seed=1), progress=False)
+
+
+def test_a_diverged_run_resumes_with_a_lower_learning_rate(data, tmp_path):
+    """The divergence message's advice works. A run that diverged before its first checkpoint
+    has trained nothing (its empty checkpoints/ is no start): run again with a lower learning
+    rate, it starts over. A run with checkpoints resumes with other optimizer settings (the
+    rate each update ran at is in metrics.jsonl); only turning clipping on or off is refused,
+    since the saved optimizer state has no place for it."""
+    from gencast_rmmd.errors import TrainingDivergedError
+    from gencast_rmmd.training.checkpointing import latest_step
+
+    store, stats = data
+    out = tmp_path / "run"
+    huge = OptimizerConfig(learning_rate=1e30, schedule="constant")
+    with pytest.raises(TrainingDivergedError, match="it starts again from step 0"):
+        teacher.train_teacher(
+            MODEL, TASK, store, stats, out, _cfg(num_steps=3, optimizer=huge), progress=False
+        )
+    assert (out / "checkpoints").is_dir() and latest_step(out / "checkpoints") is None
+    s = teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(num_steps=3), progress=False)
+    assert s["steps"] == 3 and np.isfinite(s["loss"])
+    lower = OptimizerConfig(learning_rate=1e-4, schedule="constant", b2=0.999)
+    s = teacher.train_teacher(
+        MODEL, TASK, store, stats, out, _cfg(num_steps=4, optimizer=lower), progress=False
+    )
+    assert s["steps"] == 4
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["lr/denoiser"] == 1e-4
+    assert teacher.read_run(out).training.optimizer == lower  # run.json: the settings in force
+    clipped = OptimizerConfig(learning_rate=1e-4, grad_clip_norm=1.0)
+    with pytest.raises(OutputError, match="training.optimizer.grad_clip_norm: 'null' -> 'set'"):
+        teacher.train_teacher(
+            MODEL, TASK, store, stats, out, _cfg(num_steps=5, optimizer=clipped), progress=False
+        )
+
+
+def test_micro_batch_not_splitting_over_the_devices_is_refused_first(
+    data, tmp_path, host_devices_env
+):
+    """On 4 devices a batch of 2 cannot be split: one user error (exit 2) naming the keys, and
+    nothing written into --out (it used to be an internal error after run.json was written)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from gencast_rmmd.config import to_dict
+
+    store, stats = data
+    cfg = tmp_path / "model.yaml"
+    cfg.write_text(yaml.safe_dump(to_dict(MODEL)))
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"task": to_dict(TASK)}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gencast_rmmd", "teacher", "train", "--config", str(cfg)]
+    cmd += ["--data", str(store), "--stats", str(stats), "--task", str(task)]
+    cmd += ["--out", str(out), "--steps", "1", "--batch-size", "2", "--no-progress"]
+    res = subprocess.run(cmd, env=host_devices_env(4), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "training.batch_size 2 / training.grad_accum_steps 1" in err[0]
+    assert "over the 4 devices" in err[0]
+    assert not out.exists()
 
 
 def test_other_stats_at_same_path_are_refused(data, straight_run, tmp_path):
@@ -274,7 +339,7 @@ def test_export_round_trip_and_info(straight_run, tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     ck = load_checkpoint(exported)
     assert ck.license == "test-license" and ck.task_config == TASK
-    assert ck.extra["provenance"]["train_end"] == "2020-01-15T12:00:00"
+    assert ck.extra["provenance"]["train_end"] == "2020-01-15T00:00:00"
     assert ck.extra["provenance"]["step"] == 6
     run = teacher.read_run(out)
     den, params = denoiser_from_checkpoint(ck, np.asarray(run.lat), np.asarray(run.lon))
