@@ -3,12 +3,12 @@
 - `teacher`: train the reward and evaluation classifiers and the U-ViT teacher, evaluate it.
 - `distill`: the above, then phase-1 MMD distillation of a K-step student (K = 8 by default),
   evaluated against the teacher.
-- `pareto`: the above, then the lambda sweep of RMMD and the baselines (DRaFT, ReFL, DI++) on
-  each reward, with `DIR/pareto.csv` and `DIR/pareto.png`.
+- `pareto`: the above, then the lambda sweep of RMMD and the baselines (DRaFT, ReFL, DI++,
+  HyperNoise) on each reward, with `DIR/pareto.csv` and `DIR/pareto.png`.
 
-Each stage reuses what an earlier run left in DIR. The default config is the embedded digits
-(`configs/image/digits.yaml`); `--data PATH.npz` with `--config imagenet64` trains on
-downsampled ImageNet. See docs/image.md.
+Each stage reuses what an earlier run left in DIR, unless a file it was made from changed. The
+default config is the embedded digits (`configs/image/digits.yaml`); `--data PATH.npz` with
+`--config imagenet64` trains on downsampled ImageNet. See docs/image.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def register(sub) -> None:
     helps = {
         "teacher": "train the classifiers and the U-ViT teacher; evaluate teacher samples",
         "distill": "teacher, then phase-1 MMD distillation of the K-step student",
-        "pareto": "distill, then the RMMD / DRaFT / ReFL / DI++ lambda sweep and Pareto plot",
+        "pareto": "distill, then the RMMD / DRaFT / ReFL / DI++ / HyperNoise lambda sweep and "
+        "Pareto plot",
     }
     for name, text in helps.items():
         q = isub.add_parser(name, help=text, description=text)

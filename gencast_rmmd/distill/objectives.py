@@ -178,6 +178,7 @@ def make_objective(
     reward_fn: RewardFn | None = None,
     weights: jax.Array | None = None,
     teacher_denoise_fn: ss.DenoiseFn | None = None,
+    chain_denoise_fn: ss.DenoiseFn | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """Build `objective(params, batch, rng, student=True, aux=True) -> (loss, metrics)`.
 
@@ -192,6 +193,9 @@ def make_objective(
         CRPS against `target_fn(batch)` (`crps.crps_reward`). Only used if reward_weight > 0.
       weights: per-channel weights broadcastable to the per-example shape, or None.
       teacher_denoise_fn: the teacher network if it differs from `denoise_fn`.
+      chain_denoise_fn: the network the on-policy start's sampling chain runs with the
+        student's parameters, if it differs from `denoise_fn` (the image path: the student
+        without dropout, which only its gradient-carrying call x_hat gets).
     `student` / `aux` select which of the two losses are included (static Python bools):
     the returned loss is `L_G * student + L_A * aux`. `reward_weight` / `l2_weight` (may be
     traced) replace the config's lambda / lambda_reg, so one compiled step serves a whole lambda
@@ -204,6 +208,7 @@ def make_objective(
     sampler_cfg.validate()
     check_s_floor(cfg, sampler_cfg)
     teacher_fn = teacher_denoise_fn or denoise_fn
+    chain_fn = chain_denoise_fn or denoise_fn
     k_steps = sampler_cfg.num_steps
     log_levels = extended_log_levels(sampler_cfg, cfg.s_floor)
     m = cfg.members
@@ -249,12 +254,12 @@ def make_objective(
             x_t = _tile(x_true, m) + _bcast(sigma_t, x_true) * noise_fn(keys[1], shape)
         elif cfg.start == "on_policy_continuous":
             x_pol = ss.sample_trajectory(
-                denoise_fn, sg(student_params), keys[2], cond, shape, noise_fn, sampler_cfg
+                chain_fn, sg(student_params), keys[2], cond, shape, noise_fn, sampler_cfg
             ).sample
             x_t = sg(x_pol) + _bcast(sigma_t, x_pol) * noise_fn(keys[1], shape)
         elif cfg.start == "on_policy_discrete":
             traj = ss.sample_trajectory(
-                denoise_fn, sg(student_params), keys[2], cond, shape, noise_fn, sampler_cfg
+                chain_fn, sg(student_params), keys[2], cond, shape, noise_fn, sampler_cfg
             )
             idx = u.astype(jnp.int32)
             x_t = sg(jnp.take_along_axis(traj.states, _bcast(idx, traj.states[0])[None], 0)[0])

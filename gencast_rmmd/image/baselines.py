@@ -18,6 +18,12 @@ for step k, so a baseline's chain is the very chain the student samples at infer
   on the student's range).
 - DI++ (Luo 2024) is the RMMD objective with a one-step student from pure noise: it is built from
   `gencast_rmmd.distill.objectives` with `num_steps = 1` (see `gencast_rmmd.image.finetune`).
+
+Dropout: `cond` is the labels or `(labels, rng)` (the image convention,
+`gencast_rmmd.image.diffusion.make_ve_denoise_fn`). The sampling chains run as at inference,
+without dropout, whatever `cond` carries: DRaFT's whole chain (its reward is the inference
+sample's) and ReFL's no-gradient chain down to the stop. ReFL's one gradient-enabled call and
+its denoising loss are the student's own training forward passes and keep the rng.
 """
 
 from __future__ import annotations
@@ -91,8 +97,9 @@ def draft_loss(
     k_grad: int,
     l2: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """DRaFT-K loss `-lam mean R(x0) + l2 ||theta - theta0||^2` (module docstring)."""
-    x0 = truncated_chain(denoise_fn, params, rng, cond, shape, noise_fn, cfg, k_grad)
+    """DRaFT-K loss `-lam mean R(x0) + l2 ||theta - theta0||^2` (module docstring); the chain
+    runs without dropout."""
+    x0 = truncated_chain(denoise_fn, params, rng, _labels(cond), shape, noise_fn, cfg, k_grad)
     r = jnp.mean(reward(x0, _labels(cond)))
     reg = params_l2(params, anchor_params)
     return -lam * r + l2 * reg, {"reward": r, "param_l2": reg}
@@ -154,11 +161,12 @@ def refl_loss(
     data_weight: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """ReFL loss `-lam mean R(G(y_k, S_k)) + data_weight * denoising_loss(real data)`,
-    `k ~ U{min_stop, ..., K - 1}` per example (module docstring)."""
+    `k ~ U{min_stop, ..., K - 1}` per example; the chain to y_k runs without dropout, G(y_k, S_k)
+    and the denoising loss with the rng `cond` may carry (module docstring)."""
     r_c, r_k, r_d = jax.random.split(rng, 3)
     shape = x_data.shape
     stop = jax.random.randint(r_k, (shape[0],), min_stop, cfg.num_steps)
-    y, sigma = stopped_state(denoise_fn, params, r_c, cond, shape, noise_fn, cfg, stop)
+    y, sigma = stopped_state(denoise_fn, params, r_c, _labels(cond), shape, noise_fn, cfg, stop)
     x_hat = denoise_fn(params, y, sigma, cond)
     r = jnp.mean(reward(x_hat, _labels(cond)))
     levels = ss.noise_levels(cfg)

@@ -47,6 +47,8 @@ class ImageDataConfig:
             raise ValueError(f"channels must be 1 or 3, found {self.channels}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), found {self.eval_fraction}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1 (or null), found {self.max_examples}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,9 @@ class MMDConfig:
     weighting / regulariser knobs below (see that module for their meaning).
     `ema_decay > 0` returns the moving average of the student's iterates (decay warmed up as
     min(ema_decay, (1 + i) / (10 + i))); `aux_lr_ratio` gives the auxiliary denoiser its own
-    learning rate, `aux_lr_ratio` x the student's (two time scales; 1 = one optimizer).
+    learning rate, `aux_lr_ratio` x the student's (two time scales). `update_schedule:
+    alternating` gives each group its own optimizer state (`training.mmd_optimizers`).
+    `s_floor` (the lowest level of s, below the student's last level) is phase 2's too.
     """
 
     sampler: StudentSamplerConfig = StudentSamplerConfig(
@@ -167,6 +171,16 @@ class MMDConfig:
         if self.sampler.num_steps not in (1, 2, 4, 8):
             raise ValueError(
                 f"sampler.num_steps must be 1, 2, 4 or 8, found {self.sampler.num_steps}"
+            )
+        # Phase 1 and phase 2 (which keeps the phase-1 floor) draw s down to s_floor, one student
+        # step below t; it must lie below the student's last level (else the draws from that
+        # level get s = t and nothing to match). DI++'s one-step student ends at max_noise_level.
+        key = "max_noise_level" if self.sampler.num_steps == 1 else "min_noise_level"
+        last = getattr(self.sampler, key)
+        if not 0 < self.s_floor < last:
+            raise ValueError(
+                f"s_floor {self.s_floor} must be > 0 and below the student's last noise level, "
+                f"sampler.{key} {last}: lower mmd.s_floor or raise mmd.sampler.{key}"
             )
 
 

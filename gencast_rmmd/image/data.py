@@ -69,7 +69,13 @@ def load_npz_images(
             f"image data file {str(p)!r} not found (expected a downsampled-ImageNet .npz)"
         )
     try:
-        with np.load(p, allow_pickle=False) as f:
+        loaded = np.load(p, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
+            raise DataError(
+                f"{p}: holds a single array (a .npy file), expected a .npz archive with arrays "
+                "'data' and 'labels' (downsampled-ImageNet format)"
+            )
+        with loaded as f:
             keys = set(f.files)
             if not {"data", "labels"} <= keys:
                 raise DataError(
@@ -84,19 +90,24 @@ def load_npz_images(
         raise DataError(
             f"{p}: cannot be read without pickle ({e}); save it with plain arrays"
         ) from None
-    if max_examples is not None:
-        data, labels = data[:max_examples], labels[:max_examples]
-    n = data.shape[0]
     expected = 3 * resolution * resolution
     if data.ndim != 2 or data.shape[1] != expected:
         raise DataError(
             f"{p}: 'data' should have shape [N, {expected}] (3 x {resolution} x {resolution}, "
             f"CHW-flattened), found {data.shape}"
         )
+    n = data.shape[0]
     if labels.shape != (n,):
         raise DataError(f"{p}: 'labels' should have shape [{n}], found {labels.shape}")
+    if n == 0:
+        raise DataError(f"{p}: 'data' holds no images (shape {data.shape}); expected N >= 1")
+    if max_examples is not None:
+        data, labels = data[:max_examples], labels[:max_examples]
+        n = data.shape[0]
     if data.dtype != np.uint8:
         raise DataError(f"{p}: 'data' should be uint8 pixels, found dtype {data.dtype}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{p}: 'labels' should be integer class ids, found dtype {labels.dtype}")
     lab = labels.astype(np.int64) - label_offset
     if lab.min() < 0 or lab.max() >= num_classes:
         raise DataError(

@@ -20,8 +20,10 @@ DDIM-eta posterior step (rmmd.md §0): `eps_hat = (z_t - alpha_t x0_hat) / sigma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -164,13 +166,28 @@ def sample_scan(
     return x0s[-1]
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WithoutDropout:
+    """Parameters whose network call runs without dropout, whatever rng its `cond` carries.
+
+    The shared distillation objective hands one `cond` to every network it calls; wrapping a
+    parameter group in this pytree (the image objective does it for the auxiliary denoiser and
+    the frozen phase-1 copies) keeps the dropout rng for the student, whose randomness it is
+    (rmmd.md §0, §2.8). A pytree node: gradients reach the wrapped parameters as usual.
+    """
+
+    params: Any
+
+
 def make_ve_denoise_fn(
     net_apply: Callable[..., jax.Array],
 ) -> Callable[[object, jax.Array, jax.Array, object], jax.Array]:
     """Wrap a VP v-prediction network as a VE/EDM `denoise_fn(params, x_noisy, sigma, cond)`.
 
     `net_apply(params, rng, z, logsnr, labels) -> v`. `cond` is the labels `[B]`, or a pair
-    `(labels, rng)` to switch dropout on (the contract's denoiser is deterministic otherwise).
+    `(labels, rng)` to switch dropout on (the contract's denoiser is deterministic otherwise),
+    unless `params` is `WithoutDropout(...)`.
     Exact: `z = x_noisy / sqrt(1 + sigma^2)` has alpha = 1/sqrt(1 + sigma^2), logSNR = -2 log sigma.
     """
 
@@ -179,6 +196,8 @@ def make_ve_denoise_fn(
             labels, rng = cond
         else:
             labels, rng = cond, None
+        if isinstance(params, WithoutDropout):
+            params, rng = params.params, None
         sigma = jnp.asarray(sigma, jnp.float32)
         logsnr = -2.0 * jnp.log(sigma)
         alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)

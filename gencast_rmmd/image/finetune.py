@@ -8,8 +8,9 @@
 - `dipp`: DI++ = the same objective with a one-step student (K = 1, start = pure noise), started
   from a phase-1 MMD run with K = 1.
 - `draft`, `refl`: `gencast_rmmd.image.baselines`, started from the same phase-1 student.
-- `hypernoise`: `gencast_rmmd.image.hypernoise`, the same phase-1 student frozen, its initial
-  noise modulated by a trained noise network.
+- `hypernoise`: `gencast_rmmd.image.hypernoise`, the same phase-1 student frozen, every noise
+  its sampler draws (initial and posterior; the paper: the initial noise) modulated by a trained
+  noise network.
 
 Each run evaluates the student every `eval_every` steps (and at step 0) and returns rows
 `{method, reward, lambda, step, distance, reward_value, ...}` for the Pareto front.
@@ -33,7 +34,7 @@ from gencast_rmmd.distill import objectives as obj
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.errors import TrainingDivergedError
 from gencast_rmmd.image import baselines, hypernoise
-from gencast_rmmd.image.config import FinetuneConfig
+from gencast_rmmd.image.config import FinetuneConfig, MMDConfig
 from gencast_rmmd.image.data import ImageDataset, batch_iterator
 from gencast_rmmd.image.evaluation import Evaluator, generate
 from gencast_rmmd.image.model import ImageModel
@@ -49,10 +50,14 @@ class StartPoint:
     student: Any
     aux: Any
     sampler: StudentSamplerConfig
+    # The phase-1 objective's lowest level of s (`mmd.s_floor`, below the sampler's last level),
+    # which phase 2 keeps.
+    s_floor: float = MMDConfig.s_floor
 
 
-def rmmd_objective_config(cfg: FinetuneConfig, lam: float) -> obj.ObjectiveConfig:
-    """Phase-2 `ObjectiveConfig`: on-policy start, reward weight lambda, L2 lambda * reg_ratio."""
+def rmmd_objective_config(cfg: FinetuneConfig, lam: float, s_floor: float) -> obj.ObjectiveConfig:
+    """Phase-2 `ObjectiveConfig`: on-policy start, reward weight lambda, L2 lambda * reg_ratio;
+    `s_floor` is the phase-1 student's (`StartPoint.s_floor`)."""
     return obj.ObjectiveConfig(
         start="on_policy_discrete" if cfg.on_policy == "discrete" else "on_policy_continuous",
         members=1,
@@ -66,7 +71,7 @@ def rmmd_objective_config(cfg: FinetuneConfig, lam: float) -> obj.ObjectiveConfi
         mmd_weighting="uniform",
         aux_weighting="edm",
         aux_reg_weight=0.0,
-        s_floor=0.01,
+        s_floor=s_floor,
     )
 
 
@@ -111,7 +116,7 @@ def _rmmd_step(
         objective = image_objective(
             model,
             start.sampler,
-            rmmd_objective_config(cfg, 1.0),
+            rmmd_objective_config(cfg, 1.0, start.s_floor),
             switched_reward(rewards, reward_index),
         )
 

@@ -12,6 +12,12 @@ Run directory layout (`--out DIR`), every stage resumable (a finished stage's fi
     DIR/pareto_rows.jsonl                one row per evaluation of the sweep (resume log)
     DIR/pareto.csv, DIR/pareto.png, DIR/pareto_summary.json
 
+Each output derived from other files of DIR records their SHA-256 (`inputs` in the JSON files
+and in each row of `pareto_rows.jsonl`, `teacher_sha256` in the phase-1 parameter files' meta)
+and is redone when one of them changed (e.g. a retrained `teacher.npz` makes the students,
+evaluations, references and sweep runs built from the old one stale). A record without them (an
+older run) is taken as current.
+
 `pareto.csv` columns: `method, reward, lambda, step, distance, reward_value`; `distance` is the
 Frechet classifier distance on the embedded digits (the column name is fixed by the interface;
 `pareto_summary.json` names the distance as `frechet_classifier_distance`).
@@ -35,14 +41,15 @@ from tqdm.auto import tqdm
 from gencast_rmmd.config import dump_yaml
 from gencast_rmmd.errors import OutputError
 from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
-from gencast_rmmd.image.config import ImageConfig
+from gencast_rmmd.image.config import METHODS, ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
-from gencast_rmmd.image.evaluation import Evaluator, generate
+from gencast_rmmd.image.evaluation import Evaluator, SetEvaluation, generate
 from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
 from gencast_rmmd.remote import write_text, written
+from gencast_rmmd.safety import changed_digests, file_sha256
 
 CSV_COLUMNS = ("method", "reward", "lambda", "step", "distance", "reward_value")
 DISTANCE_NAME = "frechet_classifier_distance"
@@ -104,24 +111,69 @@ class Context:
     eval_clf: Classifier
     evaluator: Evaluator
     progress: bool = True
-    # The teacher's sample sets drawn ahead of their use, by noise seed (`teacher_set`).
-    teacher_sets: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Evaluations of the teacher's sample sets made ahead of their use, by noise seed
+    # (`teacher_set_eval`).
+    teacher_sets: dict[int, SetEvaluation] = dataclasses.field(default_factory=dict)
 
     def reward(self, name: str):
         return make_reward(name, self.reward_clf)
 
 
-def teacher_set(ctx: Context, teacher: Any, seed: int, keep: bool = False) -> np.ndarray:
-    """The teacher's sample set (its own sampler, the evaluator's labels) for noise `seed`.
-    A set drawn with `keep` is held for the next call with the same seed, which takes it:
+def evaluate_samples(ctx: Context, params: Any, sampler: Any, seed: int) -> SetEvaluation:
+    """The evaluation of one sample set (`params` with `sampler`, the evaluator's labels, noise
+    `seed`): the images are scored and dropped here, so that a stage holding many sets holds
+    their features only (ImageNet 64: 10,000 x 64 x 64 x 3 float32 is 0.5 GB a set)."""
+    x = generate(ctx.model, params, sampler, ctx.evaluator.labels, seed)
+    return ctx.evaluator.evaluate_set(x)
+
+
+def teacher_set_eval(ctx: Context, teacher: Any, seed: int, keep: bool = False) -> SetEvaluation:
+    """The evaluation of the teacher's sample set (its own sampler) for noise `seed`. A set
+    evaluated with `keep` is held for the next call with the same seed, which takes it:
     `teacher_eval.json` and the teacher / student comparison share seed
-    `DISTILL_EVAL_FIRST_SEED`, and a set may be large (ImageNet 64: 10,000 x 64 x 64 x 3)."""
-    x = ctx.teacher_sets.pop(seed, None)
-    if x is None:
-        x = generate(ctx.model, teacher, ctx.cfg.teacher.sampler, ctx.evaluator.labels, seed)
+    `DISTILL_EVAL_FIRST_SEED`."""
+    e = ctx.teacher_sets.pop(seed, None)
+    if e is None:
+        e = evaluate_samples(ctx, teacher, ctx.cfg.teacher.sampler, seed)
     if keep:
-        ctx.teacher_sets[seed] = x
-    return x
+        ctx.teacher_sets[seed] = e
+    return e
+
+
+# The classifiers every evaluation depends on (features, accuracy; the classifier reward).
+EVAL_INPUTS = ("classifier_eval.npz", "classifier_reward.npz")
+
+
+def input_digests(ctx: Context, *names: str) -> dict[str, str] | None:
+    """`{"<file stem>_sha256": SHA-256}` of the files `names` of the run directory (e.g.
+    `teacher_sha256`), the record of what an output was made from; None when one is missing."""
+    paths = [ctx.out / n for n in names]
+    if not all(p.is_file() for p in paths):
+        return None
+    return {f"{p.stem}_sha256": file_sha256(p) for p in paths}
+
+
+def current_record(path: pathlib.Path, inputs: dict[str, str] | None) -> dict | None:
+    """The JSON output at `path` if it exists and was made from `inputs` (its recorded
+    `inputs` agree, `safety.changed_digests`); None when it is missing, unreadable or stale."""
+    if inputs is None or not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(rec, dict) or changed_digests(rec.get("inputs") or {}, inputs):
+        return None
+    return rec
+
+
+def params_current(path: pathlib.Path, inputs: dict[str, str] | None) -> bool:
+    """Whether the parameter file `path` (`save_params`) exists and its meta records `inputs`."""
+    if inputs is None or not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+    return not changed_digests(meta, inputs)
 
 
 def _classifier(
@@ -202,9 +254,10 @@ def stage_teacher(ctx: Context) -> Any:
         )
         save_params(path, params, {"train_seconds": time.time() - t0})
     ev_path = ctx.out / "teacher_eval.json"
-    if not ev_path.exists():
-        m = ctx.evaluator.evaluate(teacher_set(ctx, params, DISTILL_EVAL_FIRST_SEED, keep=True))
-        m["sampler_steps"] = ctx.cfg.teacher.sampler.num_steps
+    inputs = input_digests(ctx, "teacher.npz", *EVAL_INPUTS)
+    if current_record(ev_path, inputs) is None:
+        e = teacher_set_eval(ctx, params, DISTILL_EVAL_FIRST_SEED, keep=True)
+        m = {**e.metrics, "sampler_steps": ctx.cfg.teacher.sampler.num_steps, "inputs": inputs}
         write_text(ev_path, json.dumps(m, indent=2))
         _log(
             f"teacher ({m['sampler_steps']} steps): accuracy {m['accuracy']:.3f}, "
@@ -224,21 +277,24 @@ def stage_mmd(
         )
     k = cfg.sampler.num_steps
     sp, ap = ctx.out / f"student_k{k}.npz", ctx.out / f"aux_k{k}.npz"
-    if sp.exists() and ap.exists():
+    inputs = input_digests(ctx, "teacher.npz")
+    if params_current(sp, inputs) and params_current(ap, inputs):
         like = _like(ctx)
         student, _ = load_params(sp, like)
         aux, _ = load_params(ap, like)
     else:
+        if sp.exists() or ap.exists():
+            _log(f"{sp.name}, {ap.name}: one missing or made from another teacher.npz; redoing")
         t0 = time.time()
         student, aux = train_mmd(
             cfg, ctx.model, teacher, ctx.data, steps=steps,
             metrics_path=ctx.out / f"metrics_mmd_k{k}.jsonl", progress=ctx.progress,
             desc=f"mmd K={k}",
         )  # fmt: skip
-        meta = {"train_seconds": time.time() - t0, "num_steps": k}
+        meta = {"train_seconds": time.time() - t0, "num_steps": k, **(inputs or {})}
         save_params(ap, aux, meta)
         save_params(sp, student, meta)
-    return StartPoint(student=student, aux=aux, sampler=cfg.sampler)
+    return StartPoint(student=student, aux=aux, sampler=cfg.sampler, s_floor=cfg.s_floor)
 
 
 # Noise seed of the sweep's evaluations (every run, every step) and of `pareto_refs.json`.
@@ -261,10 +317,11 @@ def _distill_eval_seeds(ctx: Context) -> list[int]:
 
 def _phase1_and_teacher_sets(
     ctx: Context, teacher: Any, phase1: list[dict], teacher_sets: bool
-) -> tuple[list[StartPoint], list[np.ndarray] | None]:
+) -> tuple[list[StartPoint], list[SetEvaluation] | None]:
     """The phase-1 students (one per `stage_mmd` keyword set in `phase1`) and, if `teacher_sets`,
-    the teacher's sample sets of the teacher / student comparison, `pareto.workers` jobs at a
-    time: the sets need only the teacher, so they use the cores that phase 1 leaves idle."""
+    the evaluations of the teacher's sample sets of the teacher / student comparison,
+    `pareto.workers` jobs at a time: the sets need only the teacher, so they use the cores that
+    phase 1 leaves idle."""
     jobs: list[tuple[str, Any]] = [("mmd", kw) for kw in phase1]
     if teacher_sets:
         jobs += [("teacher", sd) for sd in _distill_eval_seeds(ctx)]
@@ -273,22 +330,50 @@ def _phase1_and_teacher_sets(
         kind, arg = item
         if kind == "mmd":
             return stage_mmd(ctx, teacher, **arg)
-        return teacher_set(ctx, teacher, arg)
+        return teacher_set_eval(ctx, teacher, arg)
 
     desc = "phase 1 and the teacher's sample sets" if teacher_sets else None
     out = run_jobs(job, jobs, ctx.cfg.pareto.workers, desc, ctx.progress)
     return out[: len(phase1)], (out[len(phase1) :] if teacher_sets else None)
 
 
+def _distill_eval_inputs(ctx: Context, k: int) -> dict[str, str] | None:
+    """What `distill_eval.json` is made from: the teacher, the K-step student, the classifiers;
+    None while the student is missing or was distilled from another teacher (it will be
+    distilled again, so the comparison is to be made again)."""
+    student = ctx.out / f"student_k{k}.npz"
+    if not params_current(student, input_digests(ctx, "teacher.npz")):
+        return None
+    return input_digests(ctx, "teacher.npz", student.name, *EVAL_INPUTS)
+
+
+def current_distill_eval(ctx: Context, k: int) -> dict | None:
+    """`distill_eval.json` if it is complete (the K-step student's entry and this config's sample
+    sets) and made from the current files (`_distill_eval_inputs`), else None."""
+    rec = current_record(ctx.out / "distill_eval.json", _distill_eval_inputs(ctx, k))
+    if (
+        rec is None
+        or f"student_mmd_k{k}" not in rec
+        or rec.get("seeds") != _distill_eval_seeds(ctx)
+    ):
+        return None
+    return rec
+
+
 def stage_distill(
     ctx: Context,
     start: StartPoint | None = None,
-    teacher_sets: list[np.ndarray] | None = None,
+    teacher_sets: list[SetEvaluation] | None = None,
 ) -> dict:
-    """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`.
-    `teacher_sets`: the teacher's sample sets for the seeds of the comparison, if drawn already."""
+    """Teacher + phase-1 MMD student; evaluates both; writes `distill_eval.json`, or, called
+    without `start`, reuses it when `current_distill_eval`. `teacher_sets`: the evaluations of
+    the teacher's sample sets for the seeds of the comparison, if made already."""
     teacher = stage_teacher(ctx)
     if start is None:
+        done = current_distill_eval(ctx, ctx.cfg.mmd.sampler.num_steps)
+        if done is not None:
+            _log(f"reusing {ctx.out / 'distill_eval.json'} (made from the current files)")
+            return done
         (start,), drawn = _phase1_and_teacher_sets(ctx, teacher, [{}], teacher_sets is None)
         teacher_sets = drawn if teacher_sets is None else teacher_sets
     k = start.sampler.num_steps
@@ -305,18 +390,18 @@ def stage_distill(
     }
     jobs = [(name, sd) for name, (_, _, sds) in models.items() for sd in sds]
 
-    def job(item):
+    def job(item):  # each set is scored as it is drawn: only features are kept (72 sets)
         name, sd = item
         params, sampler, _ = models[name]
         if name == "teacher":
-            return teacher_set(ctx, params, sd)
-        return generate(ctx.model, params, sampler, ctx.evaluator.labels, sd)
+            return teacher_set_eval(ctx, params, sd)
+        return evaluate_samples(ctx, params, sampler, sd)
 
     sets = run_jobs(job, jobs, ctx.cfg.pareto.workers, "evaluate teacher and student", ctx.progress)
     by_model = {name: [x for (n, _), x in zip(jobs, sets) if n == name] for name in models}
     if teacher_sets is not None:
         by_model["teacher"] = list(teacher_sets)
-    pooled = {name: ctx.evaluator.evaluate_pooled(xs) for name, xs in by_model.items()}
+    pooled = {name: ctx.evaluator.pool(xs) for name, xs in by_model.items()}
     t_eval, s_eval, tk_eval = pooled["teacher"], pooled["student"], pooled["teacher_k"]
     tk_eval["seeds"] = seeds_tk
     summary = {
@@ -326,6 +411,7 @@ def stage_distill(
         f"student_mmd_k{k}": s_eval,
         f"teacher_k{k}_same_sampler": tk_eval,
         "student_over_teacher_distance": s_eval[DISTANCE_NAME] / t_eval[DISTANCE_NAME],
+        "inputs": _distill_eval_inputs(ctx, k),
     }
     write_text(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
     _log(
@@ -358,11 +444,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether (distance, reward) point `a` Pareto-dominates `b`: as good in both (distance no
+    higher, reward no lower) and strictly better in one. An exact tie dominates nothing: every
+    front holds the start point all methods share, and a baseline that never moves from it is
+    not beaten by the start point RMMD also holds."""
+    return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
+
+
 def dominance(front_a: list[tuple[float, float]], front_b: list[tuple[float, float]]) -> float:
-    """Share of `front_b`'s points weakly dominated by some point of `front_a`."""
+    """Share of `front_b`'s points dominated (`dominates`) by some point of `front_a`."""
     if not front_b:
         return float("nan")
-    hit = sum(any(da <= db and ra >= rb for da, ra in front_a) for db, rb in front_b)
+    hit = sum(any(dominates(a, b) for a in front_a) for b in front_b)
     return hit / len(front_b)
 
 
@@ -480,7 +574,8 @@ def stage_pareto(ctx: Context) -> dict:
     phase1 = [{}]
     if "dipp" in cfg.pareto.methods:
         phase1.append({"num_steps": 1, "steps": cfg.pareto.dipp_mmd_steps})
-    need_eval = not (ctx.out / "distill_eval.json").exists()
+    k_steps = cfg.mmd.sampler.num_steps
+    need_eval = current_distill_eval(ctx, k_steps) is None
     (start, *dipp_start), teacher_sets = _phase1_and_teacher_sets(ctx, teacher, phase1, need_eval)
     if need_eval:
         stage_distill(ctx, start, teacher_sets)
@@ -488,20 +583,37 @@ def stage_pareto(ctx: Context) -> dict:
     starts = {"rmmd": start, "draft": start, "refl": start, "hypernoise": start}
     if dipp_start:
         starts["dipp"] = dipp_start[0]
+
+    def run_inputs(method: str) -> dict[str, str] | None:
+        # what a run is made from: the teacher, its start point's files, the classifiers
+        k = 1 if method == "dipp" else k_steps
+        files = ("teacher.npz", f"student_k{k}.npz", f"aux_k{k}.npz", *EVAL_INPUTS)
+        return input_digests(ctx, *files)
+
+    inputs_of = {m: run_inputs(m) for m in METHODS}
     log_path = ctx.out / "pareto_rows.jsonl"
     rows = _read_rows(log_path)
     done = {
-        (x["method"], x["reward"], x["lambda"]) for x in rows if x["step"] == cfg.finetune.steps
+        (x["method"], x["reward"], x["lambda"])
+        for x in rows
+        if x["step"] == cfg.finetune.steps
+        and inputs_of.get(x["method"]) is not None
+        and not changed_digests(x.get("inputs") or {}, inputs_of[x["method"]])
     }
     rows = [x for x in rows if (x["method"], x["reward"], x["lambda"]) in done]
-    # Rewrite the log with only complete runs (an interrupted run restarts from its step 0).
+    # Rewrite the log with only complete runs from the current files (an interrupted run
+    # restarts from its step 0, a stale one is run again).
     write_text(log_path, "".join(json.dumps(x) + "\n" for x in rows))
     cache: dict = {}  # compiled fine-tuning steps
     eval_cache: dict = {}  # step-0 evaluations of each start point
     refs_path = ctx.out / "pareto_refs.json"
     refs = json.loads(refs_path.read_text()) if refs_path.exists() else {}
+    ref_inputs = {
+        "mmd": input_digests(ctx, f"student_k{k_steps}.npz", *EVAL_INPUTS),
+        "teacher": input_digests(ctx, "teacher.npz", *EVAL_INPUTS),
+    }
     for name in ("mmd", "teacher"):
-        if name in refs:
+        if name in refs and not changed_digests(refs[name].get("inputs") or {}, ref_inputs[name]):
             continue
         if name == "mmd":  # the phase-1 student: the step-0 evaluation every run shares
             m = start_metrics(ctx.model, start, ctx.evaluator, EVAL_SEED, eval_cache)
@@ -511,6 +623,7 @@ def stage_pareto(ctx: Context) -> dict:
         refs[name] = {
             "distance": m[DISTANCE_NAME],
             **{k[len("reward_") :]: v for k, v in m.items() if k.startswith("reward_")},
+            "inputs": ref_inputs[name],
         }
         write_text(refs_path, json.dumps(refs, indent=2))
 
@@ -558,6 +671,7 @@ def stage_pareto(ctx: Context) -> dict:
 
     def on_done(i: int, new: list[dict]) -> None:
         method, r, lam = todo[i]
+        new = [{**row, "inputs": inputs_of[method]} for row in new]
         with log_path.open("a") as f:
             f.write("".join(json.dumps(row) + "\n" for row in new))
         rows.extend(new)

@@ -24,9 +24,11 @@ import optax
 from tqdm.auto import tqdm
 
 from gencast_rmmd.distill import objectives as obj
+from gencast_rmmd.distill.trainer import phase_rules
 from gencast_rmmd.errors import CheckpointError, TrainingDivergedError
 from gencast_rmmd.image.config import MMDConfig, OptimConfig, TeacherConfig
 from gencast_rmmd.image.data import ImageDataset, batch_iterator
+from gencast_rmmd.image.diffusion import WithoutDropout
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
 from gencast_rmmd.remote import written
@@ -154,6 +156,11 @@ def image_objective(
     Batches are dicts `{"images": [B, H, W, C], "labels": [B], "dropout": rng key or None}`;
     the conditioning is `(labels, dropout_rng)` when dropout is on, else the labels.
     `reward_fn(x [B, H, W, C], labels [B]) -> [B]` is averaged over the M members.
+
+    Dropout is the student's randomness xi (rmmd.md §0, §2.2, §2.8): its gradient-carrying call
+    `x_hat = G_theta(x_t, t, xi)` gets the rng; the auxiliary denoiser, the frozen phase-1 copies
+    (the L2 anchor G_theta0 and m_ref = frozen aux; `NO_DROPOUT_GROUPS`) and the teacher run
+    without it, and so does phase 2's on-policy sampling chain (`chain_denoise_fn`).
     """
 
     def cond_fn(batch):
@@ -167,7 +174,7 @@ def image_objective(
         def wrapped(samples, cond, batch):
             return jnp.mean(jax.vmap(lambda s: reward_fn(s, batch["labels"]))(samples), axis=0)
 
-    return obj.make_objective(
+    inner = obj.make_objective(
         model.denoise_fn,
         gaussian_noise,
         sampler_cfg,
@@ -176,7 +183,19 @@ def image_objective(
         cond_fn=cond_fn,
         reward_fn=wrapped,
         teacher_denoise_fn=model.teacher_denoise_fn,
+        chain_denoise_fn=lambda p, x, s, c: model.denoise_fn(WithoutDropout(p), x, s, c),
     )
+
+    def objective(params, batch, rng, **kwargs):
+        params = {g: WithoutDropout(p) if g in NO_DROPOUT_GROUPS else p for g, p in params.items()}
+        return inner(params, batch, rng, **kwargs)
+
+    return objective
+
+
+# Parameter groups of the shared objective that run without the student's dropout
+# (`image_objective`).
+NO_DROPOUT_GROUPS = ("aux", "aux_frozen", "student_frozen")
 
 
 def mmd_objective_config(cfg: MMDConfig) -> obj.ObjectiveConfig:
@@ -198,45 +217,79 @@ def mmd_objective_config(cfg: MMDConfig) -> obj.ObjectiveConfig:
     )
 
 
-def make_distill_step(objective, opt: optax.GradientTransformation, schedule: str):
-    """Jitted step over `params = {"student", "aux", <frozen groups>}`: the optimizer updates
-    `trainable = {"student", "aux"}`; "alternating" updates the aux on even and the student on odd
-    steps (MMD Algorithm 2), "simultaneous" both from one pass (disjoint parameter groups, and the
-    student loss sees the aux only through stop_gradient, so one gradient gives both updates)."""
+def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
+    """Phase-1 update rules over `trainable = {"student", "aux"}` (and frozen groups), as
+    `gencast_rmmd.distill.trainer.phase_rules` defines them: "alternating" updates the aux on
+    even and the student on odd steps (MMD Algorithm 2), "simultaneous" both from one pass
+    (disjoint parameter groups, and the student loss sees the aux only through stop_gradient, so
+    one gradient gives both updates). `optimizers[rule]` (`mmd_optimizers`) updates exactly the
+    groups of its rule with its own state, so an alternating step moves only the group it
+    updates (no momentum step for the other) and each group's Adam counts its own updates.
 
-    def make(student: bool, aux: bool):
+    Returns `(init, step)`: `init(trainable) -> opt_state`, and
+    `step(i, trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, loss, metrics)`
+    runs the rule of loop step i (one jitted function per rule).
+    """
+    rules, schedule = phase_rules(objective, ocfg)
+
+    def make(name: str, rule):
+        opt = optimizers[name]
+
         @jax.jit
         def step(trainable, frozen, opt_state, batch, key):
-            def loss_fn(tr):
-                return objective({**frozen, **tr}, batch, key, student=student, aux=aux)
+            active = {g: trainable[g] for g in rule.groups}
+            others = {g: p for g, p in trainable.items() if g not in rule.groups}
 
-            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-            upd, opt_state = opt.update(g, opt_state, trainable)
-            return optax.apply_updates(trainable, upd), opt_state, loss, metrics
+            def loss_fn(a):
+                return rule.loss_fn({**frozen, **others, **a}, batch, key)
+
+            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(active)
+            upd, new_state = opt.update(g, opt_state[name], active)
+            new = {**trainable, **optax.apply_updates(active, upd)}
+            return new, {**opt_state, name: new_state}, loss, metrics
 
         return step
 
-    if schedule == "simultaneous":
-        both = make(True, True)
-        return lambda i, *a: both(*a)
-    s_step, a_step = make(True, False), make(False, True)
-    return lambda i, *a: (a_step if i % 2 == 0 else s_step)(*a)
+    steps = {name: make(name, rule) for name, rule in rules.items()}
+
+    def init(trainable):
+        return {
+            name: optimizers[name].init({g: trainable[g] for g in rule.groups})
+            for name, rule in rules.items()
+        }
+
+    def step(i, *args):
+        return steps[schedule(i)](*args)
+
+    return init, step
 
 
-def mmd_optimizer(cfg: MMDConfig, steps: int) -> optax.GradientTransformation:
-    """The optimizer of `{"student", "aux"}`: `cfg.optim` for both, or with `aux_lr_ratio != 1`
-    two time scales, the auxiliary denoiser at `aux_lr_ratio` x the learning rate (each group
-    then clips its own gradient norm)."""
-    opt = make_optimizer(cfg.optim, steps)
-    if cfg.aux_lr_ratio == 1.0:
-        return opt
+def mmd_optimizers(cfg: MMDConfig, steps: int) -> dict[str, optax.GradientTransformation]:
+    """The optimizer of each phase-1 update rule (`make_distill_step`), for `steps` loop steps.
+
+    "simultaneous": one, "joint", over `{"student", "aux"}`: `cfg.optim` for both, or with
+    `aux_lr_ratio != 1` two time scales, the auxiliary denoiser at `aux_lr_ratio` x the learning
+    rate (each group then clips its own gradient norm). "alternating": one per group, "student"
+    and "aux" (the latter at `aux_lr_ratio` x the learning rate), each with its own Adam state,
+    its warm-up and decay counted in its own updates, (steps + 1) // 2 of them (as
+    `gencast_rmmd.distill.trainer` counts them).
+    """
     aux_optim = dataclasses.replace(
         cfg.optim, learning_rate=cfg.optim.learning_rate * cfg.aux_lr_ratio
     )
-    return optax.multi_transform(
-        {"student": opt, "aux": make_optimizer(aux_optim, steps)},
-        lambda tree: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in tree.items()},
-    )
+    if cfg.update_schedule == "alternating":
+        per_group = (steps + 1) // 2
+        return {
+            "student": make_optimizer(cfg.optim, per_group),
+            "aux": make_optimizer(aux_optim, per_group),
+        }
+    opt = make_optimizer(cfg.optim, steps)
+    if cfg.aux_lr_ratio != 1.0:
+        opt = optax.multi_transform(
+            {"student": opt, "aux": make_optimizer(aux_optim, steps)},
+            lambda tree: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in tree.items()},
+        )
+    return {"joint": opt}
 
 
 def train_mmd(
@@ -253,12 +306,12 @@ def train_mmd(
     With `cfg.ema_decay > 0` the returned student is the exponential moving average of its
     iterates, the decay warmed up as min(ema_decay, (1 + i) / (10 + i)) at step i."""
     steps = cfg.steps if steps is None else steps
-    objective = image_objective(model, cfg.sampler, mmd_objective_config(cfg))
-    opt = mmd_optimizer(cfg, steps)
+    ocfg = mmd_objective_config(cfg)
+    objective = image_objective(model, cfg.sampler, ocfg)
     trainable = {"student": teacher_params, "aux": teacher_params}
     frozen = {"teacher": teacher_params}
-    opt_state = opt.init(trainable)
-    step = make_distill_step(objective, opt, cfg.update_schedule)
+    init, step = make_distill_step(objective, ocfg, mmd_optimizers(cfg, steps))
+    opt_state = init(trainable)
     writer = metrics_writer(metrics_path)
     ema = teacher_params
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)

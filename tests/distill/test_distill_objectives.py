@@ -242,3 +242,33 @@ def test_s_floor_must_lie_below_the_students_last_level():
     )  # fmt: skip
     inter = obj(params, batch, jax.random.PRNGKey(0), intermediates=True)[2]
     assert np.all(np.asarray(inter["sigma_s"]) < np.asarray(inter["sigma_t"]))
+
+
+@pytest.mark.parametrize("start", ["on_policy_continuous", "on_policy_discrete"])
+def test_the_on_policy_chain_runs_chain_denoise_fn(start):
+    """`chain_denoise_fn` is the network the on-policy start's chain runs (the image path: the
+    student without dropout); x_hat stays the call of `denoise_fn`. Default: `denoise_fn`."""
+    _, params, batch, _, cfg, target_fn = _setup(start)
+    scfg = ss.StudentSamplerConfig(num_steps=4)
+    noise = lambda k, s: jax.random.normal(k, s)  # noqa: E731
+
+    def shifted(p, x, sigma, cond):  # another network: the chain's states must change
+        return mlp_denoise(p, x, sigma, cond) + 0.5
+
+    def run(chain):
+        obj = make_objective(
+            mlp_denoise, noise, scfg, cfg, target_fn=target_fn, cond_fn=lambda b: b["c"],
+            chain_denoise_fn=chain,
+        )  # fmt: skip
+        _, _, inter = jax.jit(obj, static_argnames=("intermediates",))(
+            params, batch, jax.random.PRNGKey(7), intermediates=True
+        )
+        return inter
+
+    default, same, other = run(None), run(mlp_denoise), run(shifted)
+    np.testing.assert_array_equal(default["x_t"], same["x_t"])
+    assert float(jnp.max(jnp.abs(other["x_t"] - default["x_t"]))) > 1e-2
+    # x_hat is denoise_fn at the chain's state, whichever network made that state.
+    sig = other["sigma_t"]
+    want = mlp_denoise(params["student"], other["x_t"], sig, other["cond"])
+    np.testing.assert_allclose(other["x_hat"], want, rtol=1e-5, atol=1e-5)

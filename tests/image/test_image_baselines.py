@@ -124,6 +124,44 @@ def test_stopped_state_and_refl_loss_definition():
     np.testing.assert_allclose(g["a"], g_ref["a"], rtol=1e-4)
 
 
+def denoise_drop(params, x, sigma, cond):
+    """`denoise` with a dropout-like multiplicative noise from the rng of `cond = (labels, rng)`
+    (the image convention; labels alone: deterministic)."""
+    if isinstance(cond, tuple):
+        labels, rng = cond
+        return denoise(params, x, sigma, labels) * (1 + 0.3 * jax.random.normal(rng, x.shape))
+    return denoise(params, x, sigma, cond)
+
+
+def test_baseline_chains_run_without_dropout():
+    """The chains sample as at inference (no dropout) whatever rng `cond` carries: DRaFT's whole
+    chain, ReFL's chain to the stop; ReFL's gradient call and denoising loss keep the rng."""
+    rng, key = jax.random.PRNGKey(2), jax.random.PRNGKey(9)
+    anchor = {"a": jnp.float32(1.0), "b": jnp.float32(1.0)}
+    args = (SHAPE, gaussian_noise, CFG, reward, 2.5, 1, 0.3)
+    got, m = B.draft_loss(denoise_drop, P, anchor, rng, (COND, key), *args)
+    want, _ = B.draft_loss(denoise_drop, P, anchor, rng, COND, *args)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    x0 = ss.sample(denoise_drop, P, rng, COND, SHAPE, gaussian_noise, CFG)  # inference
+    np.testing.assert_allclose(float(m["reward"]), float(jnp.mean(reward(x0, COND))), rtol=1e-6)
+    x0_drop = ss.sample(denoise_drop, P, rng, (COND, key), SHAPE, gaussian_noise, CFG)
+    assert abs(float(jnp.mean(reward(x0_drop, COND)) - m["reward"])) > 1e-4  # dropout matters
+    x_data = jnp.full(SHAPE, 0.2)
+    loss, _ = B.refl_loss(
+        denoise_drop, P, rng, (COND, key), x_data, gaussian_noise, CFG, reward, 1.7, 2, 0.4
+    )
+    r_c, r_k, r_d = jax.random.split(rng, 3)
+    stop = jax.random.randint(r_k, (3,), 2, CFG.num_steps)
+    y, sig = B.stopped_state(denoise_drop, P, r_c, COND, SHAPE, gaussian_noise, CFG, stop)
+    r = jnp.mean(reward(denoise_drop(P, y, sig, (COND, key)), COND))
+    levels = ss.noise_levels(CFG)
+    dl = B.denoising_loss(
+        denoise_drop, P, r_d, x_data, (COND, key), gaussian_noise, float(levels[-1]),
+        float(levels[0]),
+    )  # fmt: skip
+    np.testing.assert_allclose(float(loss), float(-1.7 * r + 0.4 * dl), rtol=1e-5)
+
+
 def test_denoising_loss_brute_force():
     rng = jax.random.PRNGKey(4)
     x0 = jax.random.normal(jax.random.PRNGKey(5), SHAPE)

@@ -83,6 +83,42 @@ def test_npz_reader_errors(tmp_path):
         load_npz_images(p, 4, 10)
 
 
+def test_npz_reader_rejects_npy_empty_0d_and_float_labels(tmp_path):
+    """Each gives one DataError naming what was expected (the CLI's one-line error, exit 2)."""
+    p = tmp_path / "imgs.npy"
+    np.save(p, np.zeros((4, 48), np.uint8))
+    with pytest.raises(DataError, match="single array .* expected a .npz"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "empty.npz"
+    np.savez(p, data=np.zeros((0, 48), np.uint8), labels=np.zeros((0,), np.int64))
+    with pytest.raises(DataError, match="holds no images"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "d0.npz"
+    np.savez(p, data=np.uint8(3), labels=np.zeros((4,), np.int64))
+    with pytest.raises(DataError, match=r"'data' should have shape \[N, 48\].*found \(\)"):
+        load_npz_images(p, 4, 10)
+    p = tmp_path / "l0.npz"
+    np.savez(p, data=np.zeros((4, 48), np.uint8), labels=np.int64(1))
+    with pytest.raises(DataError, match=r"'labels' should have shape \[4\]"):
+        load_npz_images(p, 4, 10, max_examples=2)
+    p = tmp_path / "float_labels.npz"
+    np.savez(p, data=np.zeros((4, 48), np.uint8), labels=np.array([1.7, 2.2, 3.9, 1.0]))
+    with pytest.raises(DataError, match="integer class ids, found dtype float64"):
+        load_npz_images(p, 4, 10)
+
+
+def test_cli_npy_data_is_one_line_error(tmp_path, capsys):
+    from gencast_rmmd.cli import main
+
+    p = tmp_path / "imgs.npy"
+    np.save(p, np.zeros((4, 3 * 64 * 64), np.uint8))
+    rc = main(["image", "teacher", "--config", "imagenet64", "--out", str(tmp_path / "run"),
+               "--data", str(p)])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "single array" in err[0]
+
+
 def test_batch_iterator_deterministic_and_covers_epoch():
     x = np.arange(10, dtype=np.float32)[:, None, None, None]
     y = np.arange(10)
