@@ -216,15 +216,8 @@ def test_micro_batch_not_splitting_over_the_devices_is_refused_first(
     import subprocess
     import sys
 
-    import yaml
-
-    from gencast_rmmd.config import to_dict
-
     store, stats = data
-    cfg = tmp_path / "model.yaml"
-    cfg.write_text(yaml.safe_dump(to_dict(MODEL)))
-    task = tmp_path / "task.yaml"
-    task.write_text(yaml.safe_dump({"task": to_dict(TASK)}))
+    cfg, task = _cli_configs(tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gencast_rmmd", "teacher", "train", "--config", str(cfg)]
     cmd += ["--data", str(store), "--stats", str(stats), "--task", str(task)]
@@ -385,16 +378,10 @@ def test_cli_info_export_and_errors(data, straight_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_train_info_export(data, tmp_path, capsys):
-    import yaml
-
     from gencast_rmmd.cli import main
-    from gencast_rmmd.config import to_dict
 
     store, stats = data
-    cfg = tmp_path / "model.yaml"
-    cfg.write_text(yaml.safe_dump(to_dict(MODEL)))
-    task = tmp_path / "task.yaml"
-    task.write_text(yaml.safe_dump({"task": to_dict(TASK)}))
+    cfg, task = _cli_configs(tmp_path)
     out = tmp_path / "run"
     argv = ["teacher", "train", "--config", str(cfg), "--data", str(store), "--stats", str(stats)]
     argv += ["--task", str(task), "--out", str(out), "--steps", "2", "--batch-size", "2"]
@@ -427,15 +414,8 @@ def test_two_devices_match_one_device(data, tmp_path, host_devices_env):
     import subprocess
     import sys
 
-    import yaml
-
-    from gencast_rmmd.config import to_dict
-
     store, stats = data
-    cfg = tmp_path / "model.yaml"
-    cfg.write_text(yaml.safe_dump(to_dict(MODEL)))
-    task = tmp_path / "task.yaml"
-    task.write_text(yaml.safe_dump({"task": to_dict(TASK)}))
+    cfg, task = _cli_configs(tmp_path)
     outs = {}
     for n in (1, 2):
         out = tmp_path / f"dev{n}"
@@ -589,3 +569,16 @@ def test_tiny_teacher_skill_on_nature_run(tmp_path):
         assert np.all(r["crps"][:n] < r["crps_climatology"][:n]), (k, r)
         # Averaged over all leads to 72 h the ensemble still beats climatology.
         assert r["crps"].mean() < r["crps_climatology"].mean(), (k, r)
+
+
+def _cli_configs(tmp_path):
+    """The tiny model and the task as YAML files for `teacher train --config/--task`."""
+    import yaml
+
+    from gencast_rmmd.config import to_dict
+
+    cfg = tmp_path / "model.yaml"
+    cfg.write_text(yaml.safe_dump(to_dict(MODEL)))
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"task": to_dict(TASK)}))
+    return cfg, task
