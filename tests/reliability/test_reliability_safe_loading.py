@@ -177,13 +177,17 @@ def test_checkpoint_names_shapes_dtypes_checked_before_use(tmp_path):
 
 
 def test_gcs_is_anonymous_by_default(monkeypatch):
-    """gs:// stores are opened with token='anon' unless credentials are asked for explicitly."""
+    """gs:// stores are opened with token='anon' unless credentials are asked for explicitly:
+    by a token in the data config or in fsspec's configuration (FSSPEC_GS_TOKEN)."""
+    import fsspec.config
     import xarray as xr
 
     from gencast_rmmd.data import era5
-    from gencast_rmmd.data.config import DataConfig
+    from gencast_rmmd.data.config import DataConfig, load_data_config
 
-    assert DataConfig.__dataclass_fields__["token"].default == "anon"
+    # No token unless asked for: the config's default and the shipped ARCO-ERA5 config.
+    assert DataConfig.__dataclass_fields__["token"].default is None
+    assert load_data_config("gencast_1p0deg").token is None
     seen = []
 
     def fake_open_zarr(source, **kw):
@@ -191,9 +195,13 @@ def test_gcs_is_anonymous_by_default(monkeypatch):
         return xr.Dataset()
 
     monkeypatch.setattr(era5.xr, "open_zarr", fake_open_zarr)
+    monkeypatch.setattr(fsspec.config, "conf", {})
     era5.open_store("gs://some-public-bucket/era5.zarr")
     era5.open_store("gs://private-bucket/era5.zarr", token="google_default")
-    assert seen == [{"token": "anon"}, {"token": "google_default"}]
+    # fsspec's configuration names credentials: they are left to gcsfs, not overridden by anon.
+    monkeypatch.setattr(fsspec.config, "conf", {"gs": {"token": "google_default"}})
+    era5.open_store("gs://private-bucket/era5.zarr")
+    assert seen == [{"token": "anon"}, {"token": "google_default"}, None]
 
 
 def test_evaluate_writes_only_inside_out(tmp_path, capfd):
