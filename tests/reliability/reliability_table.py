@@ -693,8 +693,10 @@ AUDITS: tuple[Audit, ...] = (
     ),
     Audit(
         "gcs-anonymous",
-        "gs:// stores are read anonymously (`token='anon'`) unless credentials are asked for",
-        "the DataConfig default and the storage options `open_store` passes to Zarr",
+        "gs:// stores are read anonymously (`token='anon'`) unless credentials are asked for "
+        "(a `token` in the data config, or fsspec's configuration: `FSSPEC_GS_TOKEN`)",
+        "the DataConfig default (unset), the shipped ARCO-ERA5 config, and the storage options "
+        "`open_store` passes to Zarr with and without fsspec credentials",
     ),
     Audit(
         "outputs-confined",
