@@ -83,12 +83,15 @@ def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
     return load_or_data_error(ds, path, where=where, threads=threads)
 
 
-def _diff_moments(start: int, path: str, names: list[str], block: int, step_hours: int):
+def _diff_moments(
+    window: tuple[int, int], path: str, names: list[str], block: int, step_hours: int
+):
     import apache_beam as beam
 
     # The pairs (t, t + step), found by timestamp, whose higher position is in this block, read
-    # with the earlier times they need (not only the previous one: 6-hourly data, gaps).
-    lo = st.difference_window(_open(path)["time"].values, start, start + block, step_hours)
+    # with the earlier times they need from `lo` on (not only the previous one: 6-hourly data,
+    # gaps; `stats.difference_windows`).
+    start, lo = window
     pair = _read_block(path, names, lo, start + block)
     d = st.time_differences(pair, step_hours, block_start=start - lo)
     beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
@@ -144,7 +147,8 @@ def compute_stats_beam(
         )
         diffs = (
             p
-            | "diff blocks" >> beam.Create(list(range(0, n, block)))
+            | "diff blocks"
+            >> beam.Create(st.difference_windows(ds["time"].values, block, step_hours))
             | "diff moments" >> beam.Map(_diff_moments, data, timed, block, step_hours)
             | "drop empty" >> beam.Filter(lambda m: m is not None)
             | "combine diffs" >> beam.CombineGlobally(_MomentsCombine())

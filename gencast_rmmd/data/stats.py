@@ -171,23 +171,29 @@ def difference_pairs(times: np.ndarray, step_hours: int = 12) -> tuple[np.ndarra
     return order[k[hit]], np.nonzero(hit)[0]
 
 
-def difference_window(times: np.ndarray, start: int, stop: int, step_hours: int = 12) -> int:
-    """Where to begin reading the time axis `times` for the differences of the block of
-    positions [start, stop): the lowest position of a pair whose higher position is in the
-    block (`start` itself when none reaches further back). Each pair belongs to the block of its
-    higher position, so blocks read as [window, stop) and given to `time_differences` with
-    `block_start=start - window` count every pair exactly once."""
+def difference_windows(
+    times: np.ndarray, block: int, step_hours: int = 12
+) -> list[tuple[int, int]]:
+    """`(start, window)` for each block of positions `[start, start + block)` of the time axis
+    `times`: where to begin reading for the block's differences, the lowest position of a pair
+    whose higher position is in the block (`start` itself when none reaches further back). Each
+    pair belongs to the block of its higher position, so blocks read as `[window, start + block)`
+    and given to `time_differences` with `block_start=start - window` count every pair exactly
+    once. The pairs are found once for the whole axis (`difference_pairs`)."""
+    n = len(times)
+    starts = np.arange(0, n, block)
+    window = starts.copy()
     earlier, later = difference_pairs(times, step_hours)
     high, low = np.maximum(earlier, later), np.minimum(earlier, later)
-    mine = (high >= start) & (high < stop)
-    return int(min(low[mine].min(), start)) if mine.any() else start
+    np.minimum.at(window, high // block, low)
+    return [(int(a), int(w)) for a, w in zip(starts, window)]
 
 
 def time_differences(ds: xr.Dataset, step_hours: int = 12, block_start: int = 0) -> xr.Dataset:
     """x(t + step) - x(t) for every pair of times of `ds` exactly `step_hours` apart, found by
     timestamp (`difference_pairs`), time-varying variables only, labelled by the later time.
     `block_start`: only the pairs with a time at or after that position of `ds` (`ds` then
-    begins with the earlier times a block needs: `difference_window`)."""
+    begins with the earlier times a block needs: `difference_windows`)."""
     tv = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
     earlier, later = difference_pairs(tv["time"].values, step_hours)
     mine = np.maximum(earlier, later) >= block_start
@@ -209,13 +215,11 @@ def compute_stats(
     if statics.data_vars:
         values = chunk_moments(statics.load())
     timed = ds[[k for k, v in ds.data_vars.items() if "time" in v.dims]]
-    times = ds["time"].values
-    for start in range(0, n, chunk_size):
+    for start, lo in difference_windows(ds["time"].values, chunk_size, step_hours):
         block = timed.isel(time=slice(start, start + chunk_size)).load()
         m = chunk_moments(block)
         values = m if values is None else merge_moments(values, m)
         # The pairs whose higher position is in this block, read with the earlier times they need.
-        lo = difference_window(times, start, start + chunk_size, step_hours)
         pair = timed.isel(time=slice(lo, start + chunk_size)).load()
         d = time_differences(pair, step_hours, block_start=start - lo)
         if d.sizes.get("time", 0):

@@ -93,7 +93,7 @@ def test_diffs_pair_times_by_timestamp(layout, chunk_size):
 
 
 def test_diff_windows_count_every_pair_once():
-    """Blocks read from `difference_window` and cut at `block_start` give every pair once."""
+    """Blocks read from `difference_windows` and cut at `block_start` give every pair once."""
     times = np.datetime64("2020-01-01T00", "ns") + np.timedelta64(6, "h") * np.array(
         [0, 1, 2, 3, 5, 6, 8, 9, 10, 12]
     )
@@ -104,8 +104,9 @@ def test_diff_windows_count_every_pair_once():
     whole = st.time_differences(ds)
     for block in (1, 2, 3, 4):
         parts = []
-        for start in range(0, len(times), block):
-            lo = st.difference_window(times, start, start + block, 12)
+        windows = st.difference_windows(times, block, 12)
+        assert [a for a, _ in windows] == list(range(0, len(times), block))
+        for start, lo in windows:
             window = ds.isel(time=slice(lo, start + block))
             parts.append(st.time_differences(window, block_start=start - lo))
         np.testing.assert_array_equal(
