@@ -16,6 +16,8 @@
   `refuse_changed_inputs(...)`: which of the inputs a run or checkpoint recorded by content
   (SHA-256) or store id now differ at the same paths, so that a trained state is never
   continued, nor counted as done, against inputs it never saw.
+- `current_record(path, current)`: a JSON output whose recorded `inputs` match the current ones
+  (a stage's "done and made from these files" check).
 """
 
 from __future__ import annotations
@@ -143,6 +145,32 @@ def changed_digests(recorded: Mapping[str, Any], current: Mapping[str, str]) -> 
     """The keys of `current` whose digest `recorded` holds with another value. A key `recorded`
     lacks (a record written before that input was keyed) counts as unchanged."""
     return [k for k in current if k in recorded and str(recorded[k]) != current[k]]
+
+
+def current_record(
+    path: str | os.PathLike, current: Mapping[str, str], *, require_record: bool = False
+) -> dict | None:
+    """The JSON object in the file `path` when it was made from the inputs `current`: its
+    `inputs` hold no other digest for them (`changed_digests`). None when the file is missing,
+    unreadable or not an object, when an input changed, or, with `require_record`, when it has no
+    `inputs` record (written before records were kept; without `require_record` such a file is
+    taken as current)."""
+    import json
+    import pathlib
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):  # unreadable, or not JSON
+        return None
+    if not isinstance(rec, dict):
+        return None
+    inputs = rec.get("inputs")
+    if not isinstance(inputs, dict):
+        return None if require_record else rec
+    return None if changed_digests(inputs, current) else rec
 
 
 def changed_inputs_phrase(

@@ -648,15 +648,13 @@ def _model_inputs(ctx: Context, teacher: pathlib.Path, student: pathlib.Path) ->
 
 
 def _recorded_inputs(path: pathlib.Path, current: dict[str, str]) -> bool:
-    """True when the JSON file `path` exists and its `inputs` record `current` (`changed_digests`).
-    A file without the record, written before it was kept, is not done: the stage runs again
-    (tuning re-uses its forecasts and scorecards that are current; speed measures again)."""
-    from gencast_rmmd.safety import changed_digests
+    """True when the JSON file `path` exists and its `inputs` record `current`
+    (`safety.current_record`). A file without the record, written before it was kept, is not
+    done: the stage runs again (tuning re-uses its forecasts and scorecards that are current;
+    speed measures again)."""
+    from gencast_rmmd.safety import current_record
 
-    if not path.exists():
-        return False
-    recorded = json.loads(path.read_text()).get("inputs")
-    return isinstance(recorded, dict) and not changed_digests(recorded, current)
+    return current_record(path, current, require_record=True) is not None
 
 
 def _forecast_done(ctx: Context, who: str) -> bool:
@@ -1128,10 +1126,14 @@ def _changed_settings(marker_text: str, text: str) -> set[str] | None:
     return {k for k in a.keys() | b.keys() if k not in _DATA_KEYS and a.get(k) != b.get(k)}
 
 
+def _timing_only(changed: set[str] | None) -> bool:
+    """True when the changed settings (`_changed_settings`) are timing-only keys, if any."""
+    return changed is not None and changed <= set(_TIMING_ONLY_KEYS)
+
+
 def _same_results(marker_text: str, text: str) -> bool:
     """True when two marker dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
-    changed = _changed_settings(marker_text, text)
-    return changed is not None and changed <= set(_TIMING_ONLY_KEYS)
+    return _timing_only(_changed_settings(marker_text, text))
 
 
 def _check_nature_run_length(ctx: Context) -> None:
@@ -1221,12 +1223,13 @@ def run_chain(ctx: Context) -> dict:
     if marker.exists() and marker.read_text() != text:
         found = marker.read_text()
         _refuse_other_data(ctx, found, data)
-        if not _same_results(found, text):
+        changed = _changed_settings(found, text)
+        if not _timing_only(changed):
             raise OutputError(
                 f"{ctx.out} holds a quickstart run with other settings ({marker}); use a new "
                 "--out or delete the directory"
             )
-        if _changed_settings(found, text):
+        if changed:
             # Only timing settings changed: keep every result, re-time the speed stage.
             ctx.speed_json.unlink(missing_ok=True)
     if not marker.exists() and any(ctx.out.iterdir()):

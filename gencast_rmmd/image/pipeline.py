@@ -50,6 +50,7 @@ from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
 from gencast_rmmd.remote import write_text, written
 from gencast_rmmd.safety import changed_digests, file_sha256
+from gencast_rmmd.safety import current_record as safety_current_record
 
 CSV_COLUMNS = ("method", "reward", "lambda", "step", "distance", "reward_value")
 DISTANCE_NAME = "frechet_classifier_distance"
@@ -154,17 +155,10 @@ def input_digests(ctx: Context, *names: str) -> dict[str, str] | None:
 
 
 def current_record(path: pathlib.Path, inputs: dict[str, str] | None) -> dict | None:
-    """The JSON output at `path` if it exists and was made from `inputs` (its recorded
-    `inputs` agree, `safety.changed_digests`); None when it is missing, unreadable or stale."""
-    if inputs is None or not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(rec, dict) or changed_digests(rec.get("inputs") or {}, inputs):
-        return None
-    return rec
+    """The JSON output at `path` if it exists and was made from `inputs`
+    (`safety.current_record`; one without a record, from an older run, is taken as current);
+    None when it is missing, unreadable, stale, or `inputs` is None (an input is missing)."""
+    return None if inputs is None else safety_current_record(path, inputs)
 
 
 def params_current(path: pathlib.Path, inputs: dict[str, str] | None) -> bool:
