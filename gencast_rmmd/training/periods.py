@@ -12,7 +12,13 @@ teacher's period trains on the teacher's examples).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+
+from gencast_rmmd.errors import OutputError
+
+WINDOW_KEYS = ("train_start", "train_end", "examples")
 
 
 def select_init_times(
@@ -38,3 +44,32 @@ def training_period(init_times: np.ndarray, task) -> tuple[str, str]:
     step = np.timedelta64(task.step_hours, "h")
     start = (t.min() - step * (task.input_frames - 1)).astype("datetime64[s]")
     return str(start), str((t.max() + step).astype("datetime64[s]"))
+
+
+def examples_window(meta: Mapping) -> dict:
+    """The training examples a checkpoint's meta records: `WINDOW_KEYS` found at its top level
+    (teacher runs) or in its `provenance` (distillation runs); older runs may lack `examples`."""
+    found = {}
+    for rec in (meta.get("provenance") or {}, meta):
+        found.update({k: rec[k] for k in WINDOW_KEYS if k in rec})
+    return found
+
+
+def refuse_other_examples(run_dir, old_meta: Mapping, new_meta: Mapping) -> None:
+    """Refuse to resume a run whose checkpoint (`old_meta`) was trained on other examples than
+    the run now selects (`new_meta`): the window in the config or the window rule of this module
+    changed under it (a run begun before the rule kept the last target out of a held-out split
+    had one example more), so the resumed batches would not be the ones its data order was
+    drawn over. Keys that only one side records are not compared."""
+    old, new = examples_window(old_meta), examples_window(new_meta)
+    changed = [k for k in WINDOW_KEYS if k in old and k in new and old[k] != new[k]]
+    if changed:
+
+        def show(w):
+            n = f", {w['examples']} examples" if "examples" in w else ""
+            return f"{w.get('train_start')}..{w.get('train_end')}{n}"
+
+        raise OutputError(
+            f"{run_dir} was trained on {show(old)} and would now resume on {show(new)} (the "
+            "training window or its rule changed); delete it to train again, or use another --out"
+        )

@@ -374,6 +374,7 @@ def train_teacher(
         "stats": stats,
         "train_start": train_start,
         "train_end": train_end,
+        "examples": int(times.size),
         **inputs,
     }
     den = _build(run)

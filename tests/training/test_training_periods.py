@@ -56,3 +56,37 @@ def test_teacher_and_distillation_share_the_rule():
     assert teacher.select_init_times is periods.select_init_times
     assert gencast.select_init_times is periods.select_init_times
     assert teacher.training_period is gencast.training_period is periods.training_period
+
+
+def test_a_resume_on_other_examples_is_refused_for_both_meta_layouts():
+    """Teacher checkpoints record the window at the top of their meta, distillation ones in its
+    provenance; old checkpoints lack `examples`. A changed value of a key both record is an
+    OutputError naming both windows; keys one side lacks are not compared."""
+    import pytest
+
+    from gencast_rmmd.errors import OutputError
+
+    times = periods.select_init_times(TIMES, *TRAIN, TASK)
+    start, end = periods.training_period(times, TASK)
+    new = {
+        "kind": "distill-mmd",
+        "provenance": {"train_start": start, "train_end": end, "examples": int(times.size)},
+    }
+    assert periods.examples_window(new) == {
+        "train_start": start,
+        "train_end": end,
+        "examples": 1276,
+    }
+    # A run begun under the old rule (its last target was the eval split's first time).
+    old = {
+        "kind": "distill-mmd",
+        "provenance": {"train_start": start, "train_end": "2001-10-01T00:00:00"},
+    }
+    with pytest.raises(
+        OutputError,
+        match="RUN was trained on 2000-01-01T00:00:00..2001-10-01T"
+        "00:00:00 and would now resume on .*2001-09-30T12:00:00, 1276 examples",
+    ):
+        periods.refuse_other_examples("RUN", old, new)
+    periods.refuse_other_examples("RUN", {"train_start": start, "train_end": end}, new)
+    periods.refuse_other_examples("RUN", {"kind": "image"}, new)

@@ -167,6 +167,30 @@ def test_resume_is_exact(data, straight_run, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in rb], [r["loss"] for r in ra], rtol=1e-6)
 
 
+def test_resume_on_other_examples_is_refused(data, tmp_path, monkeypatch):
+    """A run whose examples change under it (the window rule of training/periods.py once let
+    the last target reach into the held-out split; a resume under the new rule saw one example
+    fewer, undetected) is not resumed: the error names both windows and the run is left as it
+    was. The checkpoint meta records the examples; the teacher's export carries them too."""
+    store, stats = data
+    out = tmp_path / "run"
+    teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False, stop_after=3)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    rule = teacher.select_init_times
+    monkeypatch.setattr(teacher, "select_init_times", lambda *a: rule(*a)[:-1])
+    with pytest.raises(
+        OutputError,
+        match=r"was trained on .*\.\.2020-01-15T00:00:00, 27 examples "
+        r"and would now resume on .*\.\.2020-01-14T12:00:00, 26 examples",
+    ) as e:
+        teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False)
+    assert "delete it to train again" in str(e.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    monkeypatch.setattr(teacher, "select_init_times", rule)
+    s = teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False)
+    assert s["steps"] == 6 and s["examples"] == 27
+
+
 def test_other_run_in_same_dir_is_refused(data, straight_run):
     store, stats = data
     out, _ = straight_run
