@@ -118,13 +118,17 @@ def check_s_floor(
     cfg: ObjectiveConfig, sampler_cfg: ss.StudentSamplerConfig, where: str = ""
 ) -> None:
     """ValueError unless `cfg.s_floor` lies below the student sampler's last noise level
-    (`min_noise_level`; `max_noise_level` when K = 1). s is drawn between t and the next knot
+    (`student_sampler.last_level`). s is drawn between t and the next knot
     below it; were the floor not below the last level, the draws from the last level would all
     get s = t, and x_s = x_t gives that share of the batch (about 1/K) nothing to match.
     `where` prefixes the key in the message (e.g. "mmd.objective.")."""
-    last = float(ss.noise_levels(sampler_cfg)[-1])
+    last, key = ss.last_level(sampler_cfg)
     if not cfg.s_floor < last:
-        key = "max_noise_level" if sampler_cfg.num_steps == 1 else "min_noise_level"
+        if key is None:
+            raise ValueError(
+                f"{where}s_floor {cfg.s_floor} must be below the student's last noise level, "
+                f"{last:.4g} (student_sampler.grid cosine at t = 1/K): lower {where}s_floor"
+            )
         raise ValueError(
             f"{where}s_floor {cfg.s_floor} must be below the student's last noise level, "
             f"student_sampler.{key} {last}: lower {where}s_floor or raise student_sampler.{key}"

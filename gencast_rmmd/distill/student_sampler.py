@@ -1,10 +1,20 @@
 """The K-step stochastic student sampler (MMD Algorithm 1 in variance-exploding / EDM form).
 
-Noise levels: K levels on the EDM rho grid (reference notes rmmd.md §2.5)
+Noise levels (reference notes rmmd.md §2.5), `grid`:
 
-    S_k = (S_max^(1/rho) + k/(K-1) * (S_min^(1/rho) - S_max^(1/rho)))^rho,  k = 0..K-1
+- "edm" (default; GenCast): K levels on the EDM rho grid
 
-(K = 1: the single level S_max), with rho = 100 by default, which is almost geometric spacing.
+      S_k = (S_max^(1/rho) + k/(K-1) * (S_min^(1/rho) - S_max^(1/rho)))^rho,  k = 0..K-1
+
+  (K = 1: the single level S_max), with rho = 100 by default, which is almost geometric spacing;
+- "cosine" (ImageNet: the variance-preserving teacher's shifted cosine schedule): the VE levels
+  `S_k = exp(-logSNR(t_k) / 2)` at `t_k = (K - k) / K`, with the clipped shifted cosine
+
+      logSNR(t) = -2 log(tan(a t + b) / shift),  b = atan(shift e^(-logsnr_max/2)),
+                                                 a = atan(shift e^(-logsnr_min/2)) - b
+
+  (`cosine_schedule_ab`; `image.diffusion.CosineSchedule` is the same schedule), so logSNR(1) =
+  logsnr_min (S_0 = e^7.5 = 1808 at the default clip of 15) and the last level is t = 1/K.
 Sampling starts from `y_0 = S_max * n` and at each level predicts `x0_hat = D(y_k, S_k)`, then
 takes the DDIM-eta ancestral posterior step to the next level (rmmd.md §0, VE form):
 
@@ -23,6 +33,7 @@ K - 1 posterior noises; the last step's noise has coefficient 0 and is not drawn
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,6 +55,9 @@ class StudentSamplerConfig:
       so the teacher's is the default.
     rho: EDM grid exponent (100: nearly log-uniform; GenCast's teacher uses 7).
     eta: DDIM stochasticity in [0, 1] (0.5 for GenCast, rmmd.md §2.6).
+    grid: "edm" (the rho grid on [min_noise_level, max_noise_level]) or "cosine" (the shifted
+      cosine schedule of `cosine_shift`, `cosine_logsnr_min`, `cosine_logsnr_max`, for a
+      variance-preserving teacher trained on it; the three EDM keys above are then unused).
     """
 
     num_steps: int = 8
@@ -51,6 +65,10 @@ class StudentSamplerConfig:
     min_noise_level: float = 0.03
     rho: float = 100.0
     eta: float = 0.5
+    grid: str = "edm"  # "edm" | "cosine" (a plain str: the checkpoint tree stores it)
+    cosine_shift: float = 1.0
+    cosine_logsnr_min: float = -15.0
+    cosine_logsnr_max: float = 15.0
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -66,6 +84,31 @@ class StudentSamplerConfig:
             raise ValueError(f"rho: must be > 0, found {self.rho}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta: must be in [0, 1], found {self.eta}")
+        if self.grid not in ("edm", "cosine"):
+            raise ValueError(f"grid: must be 'edm' or 'cosine', found {self.grid!r}")
+        if self.cosine_shift <= 0:
+            raise ValueError(f"cosine_shift: must be > 0, found {self.cosine_shift}")
+        if not self.cosine_logsnr_min < self.cosine_logsnr_max:
+            raise ValueError(
+                "cosine_logsnr_min must be below cosine_logsnr_max, found "
+                f"{self.cosine_logsnr_min}, {self.cosine_logsnr_max}"
+            )
+
+    def describe(self) -> str:
+        """The grid in words, e.g. `rho=100, sigma 0.03..80` or `shifted cosine (shift 1, ...)`."""
+        if self.grid == "cosine":
+            return (
+                f"shifted cosine (shift {self.cosine_shift:g}, logSNR "
+                f"[{self.cosine_logsnr_min:g}, {self.cosine_logsnr_max:g}])"
+            )
+        return f"rho={self.rho:g}, sigma {self.min_noise_level:g}..{self.max_noise_level:g}"
+
+
+def cosine_schedule_ab(shift: float, logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
+    """`(a, b)` of the clipped shifted cosine `logSNR(t) = -2 log(tan(a t + b) / shift)` (module
+    doc), with logSNR(0) = logsnr_max and logSNR(1) = logsnr_min."""
+    b = math.atan(shift * math.exp(-0.5 * logsnr_max))
+    return math.atan(shift * math.exp(-0.5 * logsnr_min)) - b, b
 
 
 def num_evaluations(cfg: StudentSamplerConfig) -> int:
@@ -81,9 +124,22 @@ def num_noise_draws(cfg: StudentSamplerConfig) -> int:
     return 1 if eta_is_zero else cfg.num_steps
 
 
+def last_level(cfg: StudentSamplerConfig) -> tuple[float, str | None]:
+    """The student's last noise level and the key that sets it (`min_noise_level`;
+    `max_noise_level` when K = 1; None on the cosine grid, where it is the schedule at t = 1/K)."""
+    last = float(noise_levels(cfg)[-1])
+    if cfg.grid == "cosine":
+        return last, None
+    return last, "max_noise_level" if cfg.num_steps == 1 else "min_noise_level"
+
+
 def noise_levels(cfg: StudentSamplerConfig) -> np.ndarray:
-    """The K noise levels, decreasing, float64 numpy `[K]` (EDM rho grid, see module doc)."""
+    """The K noise levels, decreasing, float64 numpy `[K]` (`cfg.grid`, see module doc)."""
     k = cfg.num_steps
+    if cfg.grid == "cosine":
+        a, b = cosine_schedule_ab(cfg.cosine_shift, cfg.cosine_logsnr_min, cfg.cosine_logsnr_max)
+        t = np.arange(k, 0, -1, dtype=np.float64) / k
+        return np.tan(a * t + b) / cfg.cosine_shift
     if k == 1:
         return np.array([cfg.max_noise_level], np.float64)
     frac = np.arange(k) / (k - 1)

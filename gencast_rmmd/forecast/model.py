@@ -213,7 +213,7 @@ def load_forecast_model(
     provenance = {k: _plain(v) for k, v in (extra.get("provenance") or {}).items()}
     _, cfg, nfe, student = checkpoint_sampler(ckpt)
     if student:
-        sampler = f"student K={cfg.num_steps} (DDIM eta={cfg.eta}, rho={cfg.rho}, sigma {cfg.min_noise_level}..{cfg.max_noise_level})"
+        sampler = f"student K={cfg.num_steps} (DDIM eta={cfg.eta}, {cfg.describe()})"
         default_name = f"student-{cfg.num_steps}"
     else:
         sampler = f"DPM-Solver++ 2S ({cfg.num_noise_levels} noise levels, churn {cfg.stochastic_churn_rate})"

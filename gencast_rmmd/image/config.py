@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+from gencast_rmmd.distill.student_sampler import StudentSamplerConfig, last_level
 
 REWARDS = ("bw", "laplacian", "classifier")
 METHODS = ("rmmd", "draft", "refl", "dipp", "hypernoise")
@@ -175,12 +175,13 @@ class MMDConfig:
         # Phase 1 and phase 2 (which keeps the phase-1 floor) draw s down to s_floor, one student
         # step below t; it must lie below the student's last level (else the draws from that
         # level get s = t and nothing to match). DI++'s one-step student ends at max_noise_level.
-        key = "max_noise_level" if self.sampler.num_steps == 1 else "min_noise_level"
-        last = getattr(self.sampler, key)
+        last, key = last_level(self.sampler)
         if not 0 < self.s_floor < last:
+            where = f"sampler.{key} {last}" if key else f"{last:.4g} (sampler.grid cosine)"
+            fix = f" or raise mmd.sampler.{key}" if key else ""
             raise ValueError(
                 f"s_floor {self.s_floor} must be > 0 and below the student's last noise level, "
-                f"sampler.{key} {last}: lower mmd.s_floor or raise mmd.sampler.{key}"
+                f"{where}: lower mmd.s_floor{fix}"
             )
 
 
@@ -305,3 +306,18 @@ class ImageConfig:
     pareto: ParetoConfig = ParetoConfig()
     inception_weights: str | None = None
     inception_reference_stats: str | None = None
+
+    def validate(self) -> None:
+        # A cosine student grid is the teacher's training schedule at t = k/K: the same one.
+        sch = self.schedule
+        for where, smp in (
+            ("teacher.sampler", self.teacher.sampler),
+            ("mmd.sampler", self.mmd.sampler),
+        ):
+            got = (smp.cosine_shift, smp.cosine_logsnr_min, smp.cosine_logsnr_max)
+            if smp.grid == "cosine" and got != (sch.shift, sch.logsnr_min, sch.logsnr_max):
+                raise ValueError(
+                    f"{where}: a cosine grid must be the schedule's (shift {sch.shift:g}, "
+                    f"logsnr [{sch.logsnr_min:g}, {sch.logsnr_max:g}]), found "
+                    f"cosine_shift {got[0]:g}, cosine_logsnr [{got[1]:g}, {got[2]:g}]"
+                )

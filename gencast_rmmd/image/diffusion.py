@@ -21,13 +21,13 @@ DDIM-eta posterior step (rmmd.md §0): `eps_hat = (z_t - alpha_t x0_hat) / sigma
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from gencast_rmmd.distill.student_sampler import cosine_schedule_ab
 from gencast_rmmd.image.config import ScheduleConfig
 
 # A VP denoiser: (z [B,H,W,C], logsnr [B]) -> x0_hat [B,H,W,C] (params, labels, rng closed over).
@@ -43,8 +43,7 @@ class CosineSchedule:
 
     def __init__(self, cfg: ScheduleConfig = ScheduleConfig()):
         self.cfg = cfg
-        self._b = math.atan(cfg.shift * math.exp(-0.5 * cfg.logsnr_max))
-        self._a = math.atan(cfg.shift * math.exp(-0.5 * cfg.logsnr_min)) - self._b
+        self._a, self._b = cosine_schedule_ab(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
 
     def logsnr(self, t: jax.Array) -> jax.Array:
         """logSNR(t), same shape as t; decreasing from logsnr_max at t=0 to logsnr_min at t=1."""

@@ -26,6 +26,39 @@ def test_rho100_grid_matches_reference_table():
     assert ss.noise_levels(ss.StudentSamplerConfig(num_steps=1)).tolist() == [80.0]
 
 
+def test_cosine_grid_is_the_image_teachers_schedule_at_k_over_k():
+    """grid: cosine gives the VE levels exp(-logSNR(t)/2) of the image teacher's clipped shifted
+    cosine schedule (image.diffusion.CosineSchedule) at t = K/K .. 1/K: the ImageNet 64 student
+    grid of rmmd.md §2.5 (docs/image.md lists these values). An old config or checkpoint tree
+    without the grid keys is the EDM grid; a cosine config survives the checkpoint tree."""
+    from gencast_rmmd.image.config import ScheduleConfig
+    from gencast_rmmd.image.diffusion import CosineSchedule
+    from gencast_rmmd.model import checkpoint as ck
+
+    for shift, k in ((1.0, 8), (0.5, 4), (2.0, 1)):
+        cfg = ss.StudentSamplerConfig(num_steps=k, grid="cosine", cosine_shift=shift)
+        cfg.validate()
+        logsnr = np.asarray(CosineSchedule(ScheduleConfig(shift=shift)).grid(k), np.float64)
+        # compared as logSNR: CosineSchedule's float32 tan near pi/2 is good to ~1e-4 there
+        np.testing.assert_allclose(-2 * np.log(ss.noise_levels(cfg)), logsnr, atol=3e-4)
+    levels = ss.noise_levels(ss.StudentSamplerConfig(grid="cosine"))
+    np.testing.assert_allclose(
+        levels, [1808, 5.02, 2.41, 1.50, 1.00, 0.668, 0.415, 0.199], rtol=3e-3
+    )
+    assert np.all(np.diff(levels) < 0) and levels[0] == pytest.approx(np.exp(7.5))
+    assert ss.last_level(ss.StudentSamplerConfig(grid="cosine")) == (levels[-1], None)
+    assert ss.last_level(ss.StudentSamplerConfig()) == (0.03, "min_noise_level")
+    tree = ck.config_to_tree(ss.StudentSamplerConfig(grid="cosine", cosine_shift=0.5))
+    back = ck.config_from_tree(ss.StudentSamplerConfig, tree)
+    assert back.grid == "cosine" and back.cosine_shift == 0.5
+    old = {k: v for k, v in tree.items() if not k.startswith(("grid", "cosine"))}
+    assert ck.config_from_tree(ss.StudentSamplerConfig, old) == ss.StudentSamplerConfig()
+    with pytest.raises(ValueError, match="grid: must be 'edm' or 'cosine', found 'linear'"):
+        ss.StudentSamplerConfig(grid="linear").validate()
+    with pytest.raises(ValueError, match="cosine_logsnr_min must be below"):
+        ss.StudentSamplerConfig(grid="cosine", cosine_logsnr_min=15.0).validate()
+
+
 @pytest.mark.parametrize("k", [1, 8])
 def test_num_evaluations_is_k(k):
     cfg = ss.StudentSamplerConfig(num_steps=k)

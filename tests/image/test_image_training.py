@@ -103,3 +103,44 @@ def test_alternating_mmd_moves_only_the_group_it_updates(monkeypatch):
     assert _tree_equal(s1, p) and not _tree_equal(a1, p)  # step 0: the aux only
     assert _tree_equal(a2, a1) and not _tree_equal(s2, s1)  # step 1: the student only
     assert _tree_equal(s3, s2) and not _tree_equal(a3, a2)  # step 2: the aux only
+
+
+def test_a_cosine_student_grid_runs_the_objective_on_its_levels():
+    """rmmd.md §2.5's ImageNet student grid (`grid: cosine`, configs/image/imagenet64.yaml): the
+    phase-2 objective's on-policy chain and its draws of t use the cosine levels (1808 and 1 for
+    K = 2: logSNR -15 and 0), and the loss is finite. The ImageNet config must name the
+    schedule's cosine (a ConfigError otherwise); its floor is checked against the cosine grid."""
+    import pytest
+
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.distill.student_sampler import noise_levels
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.image.config import ImageConfig
+
+    cos = StudentSamplerConfig(num_steps=2, grid="cosine", eta=1.0)
+    levels = noise_levels(cos)
+    np.testing.assert_allclose(levels, [np.exp(7.5), 1.0], rtol=1e-9)
+    model, p = _model_and_params()
+    ocfg = rmmd_objective_config(FinetuneConfig(on_policy="discrete", reg_ratio=0.0), 1.0, 0.01)
+    objective = image_objective(model, cos, ocfg, bw_reward)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)), jnp.float32)
+    params = {"student": p, "aux": p, "teacher": p, "student_frozen": p, "aux_frozen": p}
+    batch = {"images": x, "labels": jnp.arange(6) % 10, "dropout": None}
+    run = jax.jit(lambda pr, b, k: objective(pr, b, k, intermediates=True))
+    loss, _, inter = run(params, batch, jax.random.PRNGKey(3))
+    assert np.isfinite(float(loss))
+    s_t = np.asarray(inter["sigma_t"]).ravel()
+    assert np.all(np.min(np.abs(s_t[:, None] / levels[None, :] - 1), axis=1) < 1e-5), s_t
+
+    over = ["data.path=/x.npz"]
+    cfg = load_config(ImageConfig, "imagenet64", over, kind="image")
+    assert cfg.mmd.sampler.grid == "cosine"
+    assert noise_levels(cfg.mmd.sampler)[-1] == pytest.approx(0.1993, rel=1e-3)
+    with pytest.raises(ConfigError, match="mmd.sampler: a cosine grid must be the schedule's"):
+        load_config(ImageConfig, "imagenet64", [*over, "schedule.shift=0.5"], kind="image")
+    with pytest.raises(
+        ConfigError,
+        match=r"below the student's last noise level, 0.1993 "
+        r"\(sampler.grid cosine\): lower mmd.s_floor$",
+    ):
+        load_config(ImageConfig, "imagenet64", [*over, "mmd.s_floor=0.3"], kind="image")
