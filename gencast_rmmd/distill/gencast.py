@@ -52,7 +52,11 @@ from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 from gencast_rmmd.training.checkpointing import latest_step
 from gencast_rmmd.training.loop import config_changes, optimizer_resume_key
-from gencast_rmmd.training.periods import select_init_times, training_period
+from gencast_rmmd.training.periods import (
+    refuse_resume_on_other_examples,
+    select_init_times,
+    training_period,
+)
 
 PHASES = ("mmd", "rmmd")
 
@@ -391,6 +395,8 @@ def run_distill(
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
     inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS if k in setup.provenance}
     _check_inputs(out, inputs, setup.provenance)
+    for ph in PHASES:
+        refuse_resume_on_other_examples(out / ph, out / ph / "checkpoints", setup.provenance)
     out.mkdir(parents=True, exist_ok=True)
     write_text(cfg_file, config_text)
     write_text(out / "inputs.json", json.dumps(inputs, indent=1))

@@ -73,3 +73,19 @@ def refuse_other_examples(run_dir, old_meta: Mapping, new_meta: Mapping) -> None
             f"{run_dir} was trained on {show(old)} and would now resume on {show(new)} (the "
             "training window or its rule changed); delete it to train again, or use another --out"
         )
+
+
+def refuse_resume_on_other_examples(run_dir, checkpoints, new_meta: Mapping) -> None:
+    """`refuse_other_examples` against the latest checkpoint under `checkpoints`, read before
+    anything is written into `run_dir` (none there: nothing to compare). The trainer checks the
+    same on restore; this early call keeps a refused resume from rewriting the run's records."""
+    from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
+
+    if latest_step(checkpoints) is None:
+        return
+    mngr = CheckpointManager(checkpoints)
+    try:
+        old = mngr.read_meta()
+    finally:
+        mngr.close()
+    refuse_other_examples(run_dir, old, new_meta)

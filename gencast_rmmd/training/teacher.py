@@ -58,7 +58,11 @@ from gencast_rmmd.training.loop import (
     make_schedule,
     optimizer_resume_key,
 )
-from gencast_rmmd.training.periods import select_init_times, training_period
+from gencast_rmmd.training.periods import (
+    refuse_resume_on_other_examples,
+    select_init_times,
+    training_period,
+)
 
 RUN_FILE = "run.json"
 EXPORT_NAME = "teacher.npz"
@@ -363,18 +367,18 @@ def train_teacher(
             )
     inputs = input_digests(stats, store)
     _check_inputs(out, inputs, run)
+    train_start, train_end = training_period(times, task)
+    window = {"train_start": train_start, "train_end": train_end, "examples": int(times.size)}
+    refuse_resume_on_other_examples(out, out / "checkpoints", window)
     out.mkdir(parents=True, exist_ok=True)
     write_text(run_file, json.dumps(run.to_json(), indent=1))
     write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
 
-    train_start, train_end = training_period(times, task)
     meta = {
         "kind": "teacher",
         "data": store,
         "stats": stats,
-        "train_start": train_start,
-        "train_end": train_end,
-        "examples": int(times.size),
+        **window,
         **inputs,
     }
     den = _build(run)

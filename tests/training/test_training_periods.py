@@ -90,3 +90,25 @@ def test_a_resume_on_other_examples_is_refused_for_both_meta_layouts():
         periods.refuse_other_examples("RUN", old, new)
     periods.refuse_other_examples("RUN", {"train_start": start, "train_end": end}, new)
     periods.refuse_other_examples("RUN", {"kind": "image"}, new)
+
+
+def test_the_early_check_reads_the_latest_checkpoint(tmp_path):
+    """`refuse_resume_on_other_examples` (called by both trainers before they write into the
+    run directory) compares against the latest checkpoint's meta; no checkpoint: no check."""
+    import pytest
+
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.training.checkpointing import CheckpointManager
+
+    ckpts = tmp_path / "mmd" / "checkpoints"
+    window = {"train_start": "2000-01-01T00:00:00", "train_end": "2001-09-30T12:00:00"}
+    periods.refuse_resume_on_other_examples(tmp_path / "mmd", ckpts, {"examples": 3})
+    assert not ckpts.exists()  # nothing created
+    mngr = CheckpointManager(ckpts)
+    mngr.save(2, {"x": np.zeros(2)}, {"provenance": dict(window, examples=1276)})
+    mngr.close()
+    periods.refuse_resume_on_other_examples(tmp_path / "mmd", ckpts, dict(window, examples=1276))
+    with pytest.raises(OutputError, match="1276 examples and would now resume on .*1275 examples"):
+        periods.refuse_resume_on_other_examples(
+            tmp_path / "mmd", ckpts, dict(window, examples=1275)
+        )

@@ -176,8 +176,13 @@ def test_resume_on_other_examples_is_refused(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False, stop_after=3)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    record = (out / "run.json").read_bytes()
     rule = teacher.select_init_times
     monkeypatch.setattr(teacher, "select_init_times", lambda *a: rule(*a)[:-1])
+    lower = OptimizerConfig(learning_rate=1e-4, schedule="cosine", warmup_steps=2)
+    with pytest.raises(OutputError, match="26 examples"):  # refused before run.json is written
+        teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(optimizer=lower), progress=False)
+    assert (out / "run.json").read_bytes() == record
     with pytest.raises(
         OutputError,
         match=r"was trained on .*\.\.2020-01-15T00:00:00, 27 examples "
