@@ -395,7 +395,7 @@ def run_distill(
     setup = _setup(cfg, str(teacher), str(data), str(stats), config_text)
     inputs = {k: setup.provenance[k] for k in INPUT_DIGESTS if k in setup.provenance}
     _check_inputs(out, inputs, setup.provenance)
-    for ph in PHASES:
+    for ph in phases:  # the phases this call resumes (a copied RUN/mmd is only read by rmmd)
         refuse_resume_on_other_examples(out / ph, out / ph / "checkpoints", setup.provenance)
     out.mkdir(parents=True, exist_ok=True)
     write_text(cfg_file, config_text)
