@@ -1131,11 +1131,6 @@ def _timing_only(changed: set[str] | None) -> bool:
     return changed is not None and changed <= set(_TIMING_ONLY_KEYS)
 
 
-def _same_results(marker_text: str, text: str) -> bool:
-    """True when two marker dumps differ only in timing-only keys (`_TIMING_ONLY_KEYS`)."""
-    return _timing_only(_changed_settings(marker_text, text))
-
-
 def _check_nature_run_length(ctx: Context) -> None:
     """The embedded nature run must be longer than the windows held out of it (a --data store's
     own length is checked by the data stage; `nature_run_days` does not apply to it)."""

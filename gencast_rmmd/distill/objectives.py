@@ -115,23 +115,27 @@ class ObjectiveConfig:
 
 
 def check_s_floor(
-    cfg: ObjectiveConfig, sampler_cfg: ss.StudentSamplerConfig, where: str = ""
+    cfg: ObjectiveConfig,
+    sampler_cfg: ss.StudentSamplerConfig,
+    where: str = "",
+    sampler_where: str = "student_sampler.",
 ) -> None:
     """ValueError unless `cfg.s_floor` lies below the student sampler's last noise level
     (`student_sampler.last_level`). s is drawn between t and the next knot
     below it; were the floor not below the last level, the draws from the last level would all
     get s = t, and x_s = x_t gives that share of the batch (about 1/K) nothing to match.
-    `where` prefixes the key in the message (e.g. "mmd.objective.")."""
+    `where` prefixes the floor's key in the message (e.g. "mmd.objective."), `sampler_where` the
+    sampler's (the image config's is "mmd.sampler.")."""
     last, key = ss.last_level(sampler_cfg)
     if not cfg.s_floor < last:
         if key is None:
-            raise ValueError(
-                f"{where}s_floor {cfg.s_floor} must be below the student's last noise level, "
-                f"{last:.4g} (student_sampler.grid cosine at t = 1/K): lower {where}s_floor"
-            )
+            level = f"{last:.4g} ({sampler_where}grid cosine at t = 1/K)"
+            fix = ""
+        else:
+            level, fix = f"{sampler_where}{key} {last}", f" or raise {sampler_where}{key}"
         raise ValueError(
             f"{where}s_floor {cfg.s_floor} must be below the student's last noise level, "
-            f"student_sampler.{key} {last}: lower {where}s_floor or raise student_sampler.{key}"
+            f"{level}: lower {where}s_floor{fix}"
         )
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from gencast_rmmd.distill.student_sampler import StudentSamplerConfig, last_level
+from gencast_rmmd.distill.objectives import check_s_floor
+from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 
 REWARDS = ("bw", "laplacian", "classifier")
 METHODS = ("rmmd", "draft", "refl", "dipp", "hypernoise")
@@ -175,14 +176,9 @@ class MMDConfig:
         # Phase 1 and phase 2 (which keeps the phase-1 floor) draw s down to s_floor, one student
         # step below t; it must lie below the student's last level (else the draws from that
         # level get s = t and nothing to match). DI++'s one-step student ends at max_noise_level.
-        last, key = last_level(self.sampler)
-        if not 0 < self.s_floor < last:
-            where = f"sampler.{key} {last}" if key else f"{last:.4g} (sampler.grid cosine)"
-            fix = f" or raise mmd.sampler.{key}" if key else ""
-            raise ValueError(
-                f"s_floor {self.s_floor} must be > 0 and below the student's last noise level, "
-                f"{where}: lower mmd.s_floor{fix}"
-            )
+        if self.s_floor <= 0:
+            raise ValueError(f"s_floor: must be > 0, found {self.s_floor}")
+        check_s_floor(self, self.sampler, "mmd.", "mmd.sampler.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,6 @@ from gencast_rmmd.errors import ConfigError, TrainingDivergedError
 from gencast_rmmd.training import sharding as shd
 from gencast_rmmd.training.checkpointing import CheckpointManager
 from gencast_rmmd.training.metrics import MetricsWriter
-from gencast_rmmd.training.periods import refuse_other_examples
 
 PyTree = Any
 LossFn = Callable[[dict[str, PyTree], PyTree, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -410,8 +409,6 @@ class Trainer:
 
     def restore_or_init(self, trainable: Mapping[str, PyTree], seed: int | None = None) -> dict:
         """Resume from the latest checkpoint in `run_dir` if there is one, else `init_state`.
-        A checkpoint trained on other examples than `meta` records is an `OutputError`
-        (`periods.refuse_other_examples`).
 
         `trainable` gives the structure (and the starting values of a fresh run)."""
         state = self.init_state(trainable, seed)
@@ -419,7 +416,6 @@ class Trainer:
             self._data_state = None
             return state
         state, meta = self.ckpt.restore(state)
-        refuse_other_examples(self.run_dir, meta, self.meta)
         self._data_state = meta.get("data_state")
         return state
 

@@ -76,9 +76,9 @@ def refuse_other_examples(run_dir, old_meta: Mapping, new_meta: Mapping) -> None
 
 
 def refuse_resume_on_other_examples(run_dir, checkpoints, new_meta: Mapping) -> None:
-    """`refuse_other_examples` against the latest checkpoint under `checkpoints`, read before
-    anything is written into `run_dir` (none there: nothing to compare). The trainer checks the
-    same on restore; this early call keeps a refused resume from rewriting the run's records."""
+    """`refuse_other_examples` against the latest checkpoint under `checkpoints` (none there:
+    nothing to compare). Both trainers call it with their other input checks, before anything is
+    written into `run_dir`, so a refused resume leaves the run's records as they were."""
     from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
 
     if latest_step(checkpoints) is None:

@@ -272,8 +272,12 @@ def test_s_floor_checked_at_config_load_and_kept_by_phase_2():
     from gencast_rmmd.image.rewards import bw_reward
     from gencast_rmmd.image.training import image_objective
 
-    with pytest.raises(ConfigError, match=r"mmd: s_floor 0.01 must be > 0 and below .* 0.01"):
+    with pytest.raises(
+        ConfigError, match=r"mmd.s_floor 0.01 must be below .*mmd.sampler.min_noise_level 0.01"
+    ):
         load_config(ImageConfig, "digits", ["mmd.sampler.min_noise_level=0.01"], kind="image")
+    with pytest.raises(ConfigError, match=r"s_floor: must be > 0, found 0.0"):
+        load_config(ImageConfig, "digits", ["mmd.s_floor=0.0"], kind="image")
     with pytest.raises(ConfigError, match="lower mmd.s_floor or raise mmd.sampler.max_noise"):
         load_config(
             ImageConfig, "digits", ["mmd.sampler.num_steps=1", "mmd.s_floor=90"], kind="image"

@@ -141,6 +141,6 @@ def test_a_cosine_student_grid_runs_the_objective_on_its_levels():
     with pytest.raises(
         ConfigError,
         match=r"below the student's last noise level, 0.1993 "
-        r"\(sampler.grid cosine\): lower mmd.s_floor$",
+        r"\(mmd.sampler.grid cosine at t = 1/K\): lower mmd.s_floor$",
     ):
         load_config(ImageConfig, "imagenet64", [*over, "mmd.s_floor=0.3"], kind="image")
