@@ -9,6 +9,7 @@ message with `assert_one_clear_error`.
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -800,6 +801,32 @@ def test_bad_input(case_id, tmp_path, request, capfd):
     assert not (added or removed or changed), (
         f"a failed command touched files: added {added}, removed {removed}, changed {changed}"
     )
+
+
+def test_distill_resume_on_other_examples_is_refused(tmp_path, teacher_inputs, monkeypatch, capfd):
+    """`distill`'s own call of the early other-examples check (the config check catches a changed
+    `data.train_end` before it, so only a changed window rule reaches it, as in the teacher's
+    test): a phase-1 run resumed with the rule dropping the last example is refused before
+    anything is written, naming both windows; with the rule back it resumes (already complete)."""
+    from gencast_rmmd.cli import main
+    from gencast_rmmd.distill import gencast as distill_gencast
+
+    argv = [str(a) for a in _distill(tmp_path, teacher_inputs, "--phase", "mmd")]
+    argv += ["--set", "mmd.loop.num_steps=1"]
+    assert main(argv) == 0
+    rule = distill_gencast.select_init_times
+    monkeypatch.setattr(distill_gencast, "select_init_times", lambda *a: rule(*a)[:-1])
+    before = snapshot(tmp_path)
+    msg = assert_one_clear_error(
+        run_cli(argv, capfd),
+        r"run/mmd was trained on \S+\.\.\S+, (\d+) examples and would now resume on \S+, (\d+) "
+        "examples",
+    )
+    old, new = (int(n) for n in re.search(r", (\d+) examples .*, (\d+) examples", msg).groups())
+    assert new == old - 1, msg
+    assert snapshot(tmp_path) == before
+    monkeypatch.setattr(distill_gencast, "select_init_times", rule)
+    assert main(argv) == 0
 
 
 def test_every_case_has_a_setup():
