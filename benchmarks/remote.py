@@ -9,7 +9,7 @@ requests take tens of ms). Side by side in one run:
 - the statistics pipeline's block reads (`pipelines.stats._read_block`, every variable of
   `--block` times): one variable after another vs all variables at once (what it does by URL),
   and from local disk;
-- the whole statistics pipeline (`compute_stats_beam`, DirectRunner) by URL, both ways;
+- the whole statistics pipeline (`compute_stats_beam`, in-process runner) by URL, both ways;
 - training examples (`ExampleSource`, which fetches a URL store's variables concurrently) by URL
   and from local disk.
 """

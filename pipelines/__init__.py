@@ -1,0 +1,24 @@
+"""Apache Beam pipelines: prepare, stats, forecast, evaluate (`pipeline_options` is their shared
+runner default)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The runner a pipeline gets when its Beam arguments name none: Beam's in-process portable runner.
+# Not "DirectRunner": since Beam 2.6x that first tries the Prism runner, downloading its binary
+# from GitHub. Offline, the download fails after leaving a temporary directory behind, and Beam
+# falls back to this runner; online, the pipeline would run on another (Go) runner than the one
+# every test and figure here used. `--runner=DirectRunner` still asks for that behaviour.
+LOCAL_RUNNER = "FnApiRunner"
+
+
+def pipeline_options(beam_args: Sequence[str] = ()):
+    """`PipelineOptions` of `beam_args` (standard Beam flags: `--runner=DataflowRunner
+    --project=...`), with `LOCAL_RUNNER` when they name no runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    opts = list(beam_args)
+    if not any(a.startswith("--runner") for a in opts):
+        opts.append(f"--runner={LOCAL_RUNNER}")
+    return PipelineOptions(opts)

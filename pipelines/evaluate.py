@@ -7,7 +7,7 @@ Shape (WeatherBench 2's probabilistic evaluation, reference notes §1.6 and §9)
     variable/level/region (`gencast_rmmd.evaluation.statistics`) --> xbeam.Mean over init times
     --> finalize (CRPS, RMSE, spread/skill, rank histograms) --> scorecard.nc / .csv, plots, HTML
 
-The same per-chunk function runs on Beam (`engine="beam"`; DirectRunner here, Dataflow/Flink/Spark
+The same per-chunk function runs on Beam (`engine="beam"`; in process by default, Dataflow/Flink/Spark
 with their pipeline options) or in a plain loop (`engine="memory"`); both give the same numbers.
 Memory is bounded by one chunk plus the small per-init series used for significance tests.
 """
@@ -36,6 +36,7 @@ from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, VL_DIM, chunk_statistics
 from gencast_rmmd.remote import is_url, remove
 from gencast_rmmd.safety import publish_mode
+from pipelines import pipeline_options
 
 MARKER = "evaluation.json"
 
@@ -195,12 +196,8 @@ def run_beam(
 ):
     """Run the Beam path; returns {label: (mean statistics, per-init series)}."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    opts = list(beam_args)
-    if not any(a.startswith("--runner") for a in opts):
-        opts.append("--runner=DirectRunner")
-    with beam.Pipeline(options=PipelineOptions(opts)) as p:
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         build_beam_pipeline(p, specs, work_dir, fanout=fanout)
     out = {}
     for spec in specs:
@@ -213,8 +210,8 @@ def run_beam(
 def beam_work_dir(beam_args: Sequence[str] = (), work_dir: str | None = None) -> str | None:
     """The URL the Beam evaluation's workers write their statistics to: `work_dir`, else the
     pipeline's `--temp_location` when it is a URL (Dataflow requires one, on GCS); None: a
-    local directory of this process (DirectRunner). A local `work_dir` is refused: workers of
-    a distributed runner could not share it, and the DirectRunner needs none."""
+    local directory of this process (the in-process runner). A local `work_dir` is refused:
+    workers of a distributed runner could not share it, and the in-process runner needs none."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     if work_dir is not None:

@@ -5,7 +5,7 @@
     (`gencast_rmmd.forecast.rollout.Rollout`), read the initial state, roll out, write the region,
     mark it done  -->  launcher: status "complete" when every region is marked
 
-Runs on Beam (`engine="beam"`; DirectRunner here, Dataflow/Flink/Spark with their options) or in a
+Runs on Beam (`engine="beam"`; in process by default, Dataflow/Flink/Spark with their options) or in a
 plain loop with a progress bar (`engine="local"`). Both produce identical stores: member i of
 init t uses key fold_in(fold_in(PRNGKey(seed), hours(t)), i) whatever the blocking.
 """
@@ -28,6 +28,7 @@ from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
 from gencast_rmmd.remote import filesystem, is_url, source_path
 from gencast_rmmd.safety import file_sha256
+from pipelines import pipeline_options
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
@@ -473,12 +474,8 @@ def run_beam(
 ) -> None:
     """Run work items as a Beam pipeline (one region write per element)."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    opts = list(beam_args)
-    if not any(a.startswith("--runner") for a in opts):
-        opts.append("--runner=DirectRunner")
-    with beam.Pipeline(options=PipelineOptions(opts)) as p:
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         (
             p
             | "work_items" >> beam.Create(list(items))

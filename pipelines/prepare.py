@@ -16,8 +16,8 @@ cover, so finished chunks are never rewritten, and completes the store; a resume
 another `steps_per_item` (a new block only partly covered is written whole). The markers live
 next to the store (`<out>.prepare-progress/`), on local disk or at a URL like the store (through
 fsspec: on Dataflow `--out gs://...`, where workers share no disk); `data validate` reports a
-store whose attribute is not "complete" as incomplete. DirectRunner by default; any Beam runner
-through standard pipeline options.
+store whose attribute is not "complete" as incomplete. Beam's in-process runner by default
+(`pipelines.pipeline_options`); any Beam runner through standard pipeline options.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
 from gencast_rmmd.remote import exists, filesystem, remove
+from pipelines import pipeline_options
 
 KEY_ATTR = "gencast_rmmd_prepare_key"
 
@@ -208,7 +209,6 @@ def prepare(
     """
     import apache_beam as beam
     import zarr
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     out = os.fspath(out)
     spec = PrepareSpec(source=str(source), cfg=cfg, out=out, steps_per_item=steps_per_item)
@@ -244,10 +244,7 @@ def prepare(
     if max_items is not None:
         todo = todo[:max_items]
     if todo and _timed(ds):
-        opts = list(beam_args)
-        if not any(a.startswith("--runner") for a in opts):
-            opts.append("--runner=DirectRunner")
-        with beam.Pipeline(options=PipelineOptions(opts)) as p:
+        with beam.Pipeline(options=pipeline_options(beam_args)) as p:
             _ = (
                 p
                 | "blocks" >> beam.Create(todo)

@@ -11,7 +11,8 @@ The math (`chunk_moments`, `merge_moments`, `finalize`) is `gencast_rmmd.data.st
 the in-process `compute_stats`, so both give the same numbers. Memory per worker is one block.
 The partial moments are merged in block order whatever order a runner delivers them in, so the
 files are the same bytes on every run and runner (runs downstream key on their SHA-256).
-DirectRunner by default; other runners through standard Beam pipeline options.
+Beam's in-process runner by default (`pipelines.pipeline_options`); other runners through standard
+Beam pipeline options.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError, OutputError
 from gencast_rmmd.remote import filesystem, is_url
 from gencast_rmmd.safety import load_or_data_error
+from pipelines import pipeline_options
 
 
 class _MomentsCombine:
@@ -119,7 +121,6 @@ def compute_stats_beam(
     """Compute the four statistics of store `data` with Beam and write them to `out_dir` (a
     local directory, or a URL where the pipeline's last step, on a worker, writes them)."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     data = os.fspath(data)
     fs, out_path = filesystem(out_dir)  # a local directory, or a URL (gs://... on Dataflow)
@@ -133,12 +134,9 @@ def compute_stats_beam(
     timed = [k for k, v in ds.data_vars.items() if "time" in v.dims]
     statics = [k for k, v in ds.data_vars.items() if "time" not in v.dims]
     n = ds.sizes["time"]
-    opts = list(beam_args)
-    if not any(a.startswith("--runner") for a in opts):
-        opts.append("--runner=DirectRunner")
     # The combined moments meet in one final step that writes the files (`_write`).
     out_dir = os.fspath(out_dir)
-    with beam.Pipeline(options=PipelineOptions(opts)) as p:
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         values = (
             p
             | "blocks" >> beam.Create(list(range(0, n, block)))

@@ -1,4 +1,4 @@
-"""Prepare and stats pipelines (Beam DirectRunner) on small synthetic stores."""
+"""Prepare and stats pipelines (Beam, in-process runner) on small synthetic stores."""
 
 from __future__ import annotations
 
@@ -183,6 +183,28 @@ def test_stats_pipeline_matches_in_process(small_store, tmp_path):
     ds.to_zarr(path, consolidated=False)
     _assert_same_stats(compute_stats_beam(path, tmp_path / "stats", block=3), st.compute_stats(ds))
     assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted(st.STATS_FILES.values())
+
+
+def test_pipelines_default_to_the_in_process_runner(small_store, tmp_path, monkeypatch):
+    """With no `--runner`, a pipeline runs on Beam's in-process FnApiRunner and never tries the
+    Prism runner, which Beam's DirectRunner starts by downloading from GitHub (offline: a failed
+    download and a temporary directory left behind; online: another runner than the tested one).
+    The probe does see the DirectRunner's attempt when that runner is asked for."""
+    from apache_beam.runners.portability import prism_runner
+
+    tried = []
+
+    def no_prism(self, *args, **kwargs):
+        tried.append(type(self).__name__)
+        raise RuntimeError("the Prism runner is not available in this test")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", no_prism)
+    path, ds = small_store
+    _assert_same_stats(compute_stats_beam(path, tmp_path / "a", block=4), st.compute_stats(ds))
+    assert tried == []
+    direct = compute_stats_beam(path, tmp_path / "b", block=4, beam_args=["--runner=DirectRunner"])
+    assert tried == ["PrismRunner"]  # ... and fell back
+    _assert_same_stats(direct, st.compute_stats(ds))
 
 
 def test_stats_pipeline_pairs_times_by_timestamp(small_store, tmp_path):

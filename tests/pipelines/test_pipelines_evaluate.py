@@ -1,4 +1,4 @@
-"""Evaluation pipeline: Beam (DirectRunner) == in-memory for two chunkings, outputs, guards, CLI."""
+"""Evaluation pipeline: Beam (in-process runner) == in-memory for two chunkings, outputs, guards, CLI."""
 
 from __future__ import annotations
 
