@@ -31,12 +31,34 @@ SUMMARY_KEYS = {
 }
 
 
+# Name look-ups and connections the fast run's process attempts (Python audit events; a hook
+# cannot be removed, so it records only while the run is on).
+NETWORK = {"on": False, "seen": []}
+
+
+def _record_network(event, args):
+    if NETWORK["on"] and event in ("socket.getaddrinfo", "socket.connect", "urllib.Request"):
+        NETWORK["seen"].append(f"{event} {args!r:.200}")
+
+
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs") / "run"
-    rc = main(["quickstart", "--fast", "--no-progress", "--out", str(out)])
+    sys.addaudithook(_record_network)
+    NETWORK["on"] = True
+    try:
+        rc = main(["quickstart", "--fast", "--no-progress", "--out", str(out)])
+    finally:
+        NETWORK["on"] = False
     assert rc == 0
     return out
+
+
+@pytest.mark.slow
+def test_fast_quickstart_needs_no_network(fast_run):
+    """The embedded chain is offline: no name look-up, connection or URL request at all (Beam's
+    DirectRunner once reached for GitHub in every pipeline, to download its Prism runner)."""
+    assert NETWORK["seen"] == []
 
 
 @pytest.mark.slow
