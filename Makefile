@@ -29,7 +29,8 @@ image-demo: install
 
 # Two pytest workers (pytest-xdist), one test file each at a time, so module fixtures are built
 # once: most tests spend their time compiling small XLA programs on one core, and the two workers
-# fill both. Side by side on 2 cores: 1620 s serial, 1221 s with 2 workers (577 tests).
+# fill both. On the same idle 2-core host, one run after the other: 1620 s in one process, 1221 s
+# with 2 workers (577 tests).
 # `make test TEST_WORKERS=0` runs the suite in one process.
 TEST_WORKERS ?= 2
 PYTEST_PAR := -n $(TEST_WORKERS) --dist loadfile

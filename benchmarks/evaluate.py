@@ -5,7 +5,8 @@
   ensemble-mean SE, variance, debiased SE, rank histograms, 4 regions) against a plain
   scoringrules + numpy computation of the same numbers (sr.crps_ensemble(estimator="fair") per
   point, numpy for the rest), on the same preloaded chunks; the two are checked to agree.
-- end to end: chunks/s of the whole in-memory and Beam (in-process runner) pipelines incl. Zarr reads.
+- end to end: chunks/s of the whole in-memory and Beam (in-process runner) pipelines incl. Zarr
+  reads.
 - peak memory: peak RSS (VmHWM) of a fresh subprocess evaluating 4 and 16 init times (the in-memory
   pipeline streams chunks, so this should not grow with the number of init times).
 

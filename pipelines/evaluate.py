@@ -7,8 +7,9 @@ Shape (WeatherBench 2's probabilistic evaluation, reference notes §1.6 and §9)
     variable/level/region (`gencast_rmmd.evaluation.statistics`) --> xbeam.Mean over init times
     --> finalize (CRPS, RMSE, spread/skill, rank histograms) --> scorecard.nc / .csv, plots, HTML
 
-The same per-chunk function runs on Beam (`engine="beam"`; in process by default, Dataflow/Flink/Spark
-with their pipeline options) or in a plain loop (`engine="memory"`); both give the same numbers.
+The same per-chunk function runs on Beam (`engine="beam"`; in process by default,
+Dataflow/Flink/Spark with their pipeline options) or in a plain loop (`engine="memory"`); both give
+the same numbers.
 Memory is bounded by one chunk plus the small per-init series used for significance tests.
 """
 

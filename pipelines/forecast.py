@@ -5,8 +5,8 @@
     (`gencast_rmmd.forecast.rollout.Rollout`), read the initial state, roll out, write the region,
     mark it done  -->  launcher: status "complete" when every region is marked
 
-Runs on Beam (`engine="beam"`; in process by default, Dataflow/Flink/Spark with their options) or in a
-plain loop with a progress bar (`engine="local"`). Both produce identical stores: member i of
+Runs on Beam (`engine="beam"`; in process by default, Dataflow/Flink/Spark with their options) or
+in a plain loop with a progress bar (`engine="local"`). Both produce identical stores: member i of
 init t uses key fold_in(fold_in(PRNGKey(seed), hours(t)), i) whatever the blocking.
 """
 

@@ -1,4 +1,5 @@
-"""Evaluation pipeline: Beam (in-process runner) == in-memory for two chunkings, outputs, guards, CLI."""
+"""Evaluation pipeline: Beam (in-process runner) == in-memory for two chunkings, outputs, guards,
+CLI."""
 
 from __future__ import annotations
 
