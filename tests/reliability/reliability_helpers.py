@@ -394,10 +394,13 @@ def run_to_completion(cmd: list[str], env: dict, timeout: float = 600) -> CliRes
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def crash_env(cache_dir: str | os.PathLike) -> dict[str, str]:
+def crash_env(cache_dir: str | os.PathLike, tmp_dir: str | os.PathLike) -> dict[str, str]:
     """Child environment with a shared persistent XLA compilation cache (relaunches compile once;
-    the cached executables are the same programs, so results are unchanged)."""
+    the cached executables are the same programs, so results are unchanged) and its own TMPDIR:
+    a child killed with SIGKILL cannot remove its temporary directories (Beam makes one per
+    pipeline), so they land in the test's tree, not in the machine's /tmp."""
     return subprocess_env(
+        TMPDIR=str(tmp_dir),
         JAX_COMPILATION_CACHE_DIR=str(cache_dir),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

@@ -43,7 +43,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return crash_env(tmp_path_factory.mktemp("xla_cache"))
+    return crash_env(tmp_path_factory.mktemp("xla_cache"), tmp_path_factory.mktemp("child_tmp"))
 
 
 def _fault(fid: str):
