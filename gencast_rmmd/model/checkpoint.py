@@ -431,6 +431,10 @@ def _read_flat(
 
     source = os.fspath(path)  # a URL (e.g. the official weights on GCS) is read from a local copy
     path = pathlib.Path(local_file(source, CheckpointError))
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {source!r} is a directory; expected an .npz file (e.g. teacher.npz)"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {source!r} does not exist")
     with open(path, "rb") as f:

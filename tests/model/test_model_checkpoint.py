@@ -233,6 +233,8 @@ def test_config_problems_are_all_reported(tmp_path):
 def test_missing_file_and_non_npz(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         ck.load_checkpoint(tmp_path / "nope.npz")
+    with pytest.raises(CheckpointError, match="is a directory; expected an .npz file"):
+        ck.load_checkpoint(tmp_path)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
     with pytest.raises(CheckpointError, match="npz"):

@@ -354,6 +354,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the path",
     ),
     BadInput(
+        "ckpt-is-dir",
+        "checkpoint",
+        "teacher info",
+        "a directory (a teacher run) where the .npz file goes",
+        r"is a directory; expected an \.npz file",
+        "refuses: says a directory was given",
+    ),
+    BadInput(
         "ckpt-not-npz",
         "checkpoint",
         "teacher info",

@@ -201,6 +201,11 @@ def s_ckpt_missing(tmp, p):
     return ["teacher", "info", tmp / "missing.npz"]
 
 
+def s_ckpt_is_dir(tmp, p):
+    (tmp / "teacher_run").mkdir()
+    return ["teacher", "info", tmp / "teacher_run"]
+
+
 def s_ckpt_not_npz(tmp, p):
     (tmp / "model.npz").write_text("these are not the weights you are looking for\n")
     return ["teacher", "info", tmp / "model.npz"]
@@ -696,6 +701,7 @@ SETUPS = {
     "output-exists-other": s_output_exists_other,
     "output-is-file": s_output_is_file,
     "ckpt-missing": s_ckpt_missing,
+    "ckpt-is-dir": s_ckpt_is_dir,
     "ckpt-not-npz": s_ckpt_not_npz,
     "ckpt-truncated": s_ckpt_truncated,
     "ckpt-pickled": s_ckpt_pickled,
