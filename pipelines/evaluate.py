@@ -262,7 +262,7 @@ def prepare(
     leads = fc["prediction_timedelta"].values
     base = base_dim = None
     if baseline_path:
-        base, base_dim = stores.open_forecast(baseline_path, None)
+        base, base_dim = stores.open_forecast(baseline_path, None, role="baseline")
         stores.check_same_grid(base, truth)
         base_pairs = set(stores.scored_pairs(base, truth, base_dim, variables))
         pairs = [p for p in pairs if p in base_pairs]

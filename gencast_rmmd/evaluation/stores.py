@@ -54,22 +54,25 @@ def canonical_grid(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def open_forecast(path: str, ensemble_dim: str | None = "realization") -> tuple[xr.Dataset, str]:
+def open_forecast(
+    path: str, ensemble_dim: str | None = "realization", role: str = "forecast"
+) -> tuple[xr.Dataset, str]:
     """Open a forecast store; returns (dataset, name of its ensemble dim).
 
     With `ensemble_dim=None` the first of `ENSEMBLE_DIMS` present is used; a named dim that the
-    store lacks is an error. A store of ours still being written (attr `gencast_rmmd_status: incomplete`) is refused.
+    store lacks is an error. A store of ours still being written (attr `gencast_rmmd_status:
+    incomplete`) is refused. `role` names the store in errors ("forecast", "baseline").
     """
     ds = canonical_grid(_open(path))
     if ds.attrs.get(STATUS_ATTR, "complete") != "complete":
         raise DataError(
-            f"forecast store {path!r} is incomplete (status {ds.attrs[STATUS_ATTR]!r}); re-run "
+            f"{role} store {path!r} is incomplete (status {ds.attrs[STATUS_ATTR]!r}); re-run "
             "`gencast-rmmd forecast` with the same arguments to fill the missing regions"
         )
     for d in ("time", "prediction_timedelta"):
         if d not in ds.dims:
             raise DataError(
-                f"forecast store {path!r} needs dims 'time' (init time) and 'prediction_timedelta'"
+                f"{role} store {path!r} needs dims 'time' (init time) and 'prediction_timedelta'"
                 f" (lead time) as in WeatherBench 2; found dims {list(ds.dims)}"
             )
     if ensemble_dim is not None:
@@ -77,14 +80,14 @@ def open_forecast(path: str, ensemble_dim: str | None = "realization") -> tuple[
             present = [d for d in ENSEMBLE_DIMS if d in ds.dims]
             hint = f"; it has {present[0]!r}: pass --ensemble-dim {present[0]}" if present else ""
             raise DataError(
-                f"forecast store {path!r} has no ensemble dim {ensemble_dim!r}; found dims "
+                f"{role} store {path!r} has no ensemble dim {ensemble_dim!r}; found dims "
                 f"{list(ds.dims)}{hint}"
             )
         return ds, ensemble_dim
     found = next((d for d in ENSEMBLE_DIMS if d in ds.dims), None)
     if found is None:
         raise DataError(
-            f"forecast store {path!r} has none of the ensemble dims {', '.join(ENSEMBLE_DIMS)}; "
+            f"{role} store {path!r} has none of the ensemble dims {', '.join(ENSEMBLE_DIMS)}; "
             f"found dims {list(ds.dims)}"
         )
     return ds, found

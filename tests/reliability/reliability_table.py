@@ -109,6 +109,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the WeatherBench 2 dims it needs and those found",
     ),
     BadInput(
+        "baseline-not-forecast",
+        "data store",
+        "evaluate",
+        "`--baseline` is a truth-like store (no `prediction_timedelta`)",
+        r"baseline store .* needs dims 'time' \(init time\) and 'prediction_timedelta'",
+        "refuses: names the baseline store, the dims it needs and those found",
+    ),
+    BadInput(
         "grids-differ",
         "data store",
         "evaluate",

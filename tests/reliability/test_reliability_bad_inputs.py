@@ -112,6 +112,11 @@ def s_store_missing_dims(tmp, p):
     return _eval_argv(t, t, tmp / "out")
 
 
+def s_baseline_not_forecast(tmp, p):
+    t = _copy(p["truth"], tmp / "t.zarr")
+    return _eval_argv(_copy(p["forecast"], tmp / "f.zarr"), t, tmp / "out", "--baseline", t)
+
+
 def s_grids_differ(tmp, p):
     tr = p["tr"]
     coarse = tr.isel(lat=slice(None, None, 2), lon=slice(None, None, 2))
@@ -692,6 +697,7 @@ SETUPS = {
     "store-incomplete-forecast": s_store_incomplete_forecast,
     "store-no-ensemble-dim": s_store_no_ensemble_dim,
     "store-missing-dims": s_store_missing_dims,
+    "baseline-not-forecast": s_baseline_not_forecast,
     "grids-differ": s_grids_differ,
     "truth-misses-valid-times": s_truth_misses_valid_times,
     "inits-in-training-period": s_inits_in_training_period,
