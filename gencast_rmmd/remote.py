@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 
-from gencast_rmmd.errors import UserError
+from gencast_rmmd.errors import OutputError, UserError
 
 
 def is_url(source: str | os.PathLike) -> bool:
@@ -92,6 +92,21 @@ def filesystem(source: str | os.PathLike, read_only: bool = False):
 def exists(source: str | os.PathLike) -> bool:
     fs, path = filesystem(source)
     return fs.exists(path)
+
+
+def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
+    """Refuse, with `OutputError`, a run directory `--out` (a local path or URL) that cannot be
+    one: it exists as a file, or (on disk) lies under a file. `what` ends the message ("choose
+    WHAT"). Commands call it before any work, so a refused run leaves nothing behind."""
+    fs, path = filesystem(out)
+    if fs.isfile(path):
+        raise OutputError(f"--out {os.fspath(out)!r} exists and is not a directory; choose {what}")
+    if not is_url(out):
+        blocker = next((p for p in pathlib.Path(path).parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise OutputError(
+                f"--out {os.fspath(out)!r}: {str(blocker)!r} is a file; choose {what}"
+            )
 
 
 def remove(source: str | os.PathLike) -> None:

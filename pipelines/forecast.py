@@ -26,7 +26,7 @@ from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
-from gencast_rmmd.remote import filesystem, is_url, source_path
+from gencast_rmmd.remote import check_out_dir, filesystem, is_url, source_path
 from gencast_rmmd.safety import file_sha256
 from pipelines import pipeline_options
 
@@ -361,11 +361,7 @@ def run_forecast(
         raise ConfigError(f"engine must be 'local' or 'beam', found {engine!r}")
     if not isinstance(members, int) or members <= 0:
         raise ConfigError(f"--members must be a positive integer, found {members!r}")
-    fs, out_path = filesystem(out)
-    if fs.isfile(out_path):
-        raise OutputError(f"output path {out!r} exists and is a file; choose a new path")
-    if members <= 0:
-        raise ConfigError(f"--members must be >= 1, found {members}")
+    check_out_dir(out, "a new path")  # the store is a directory (or a prefix at a URL)
     _WORKERS.clear()  # checkpoints/data may have been rewritten at the same paths since a previous run
     base = ForecastSpec(
         model,

@@ -37,7 +37,7 @@ from gencast_rmmd.data.config import DataConfig
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
-from gencast_rmmd.remote import exists, filesystem, remove
+from gencast_rmmd.remote import check_out_dir, exists, filesystem, remove
 from pipelines import pipeline_options
 
 KEY_ATTR = "gencast_rmmd_prepare_key"
@@ -211,6 +211,7 @@ def prepare(
     import zarr
 
     out = os.fspath(out)
+    check_out_dir(out, "a new path")  # the store is a directory (or a prefix at a URL)
     spec = PrepareSpec(source=str(source), cfg=cfg, out=out, steps_per_item=steps_per_item)
     ds = _open(spec)
     key = _fingerprint(spec, ds)

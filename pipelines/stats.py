@@ -25,8 +25,8 @@ import numpy as np
 import xarray as xr
 
 from gencast_rmmd.data import stats as st
-from gencast_rmmd.errors import DataError, OutputError
-from gencast_rmmd.remote import filesystem, is_url
+from gencast_rmmd.errors import DataError
+from gencast_rmmd.remote import check_out_dir, is_url
 from gencast_rmmd.safety import load_or_data_error
 from pipelines import pipeline_options
 
@@ -123,11 +123,7 @@ def compute_stats_beam(
     import apache_beam as beam
 
     data = os.fspath(data)
-    fs, out_path = filesystem(out_dir)  # a local directory, or a URL (gs://... on Dataflow)
-    if fs.isfile(out_path):
-        raise OutputError(
-            f"--out {os.fspath(out_dir)!r} exists and is not a directory; choose a stats directory"
-        )
+    check_out_dir(out_dir, "a stats directory")  # a local directory, or a URL (gs://...)
     ds = _open(data)
     if "time" not in ds.dims or ds.sizes["time"] == 0:
         raise DataError(f"store {data!r} has no times to compute statistics over")

@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from gencast_rmmd import remote
-from gencast_rmmd.errors import CheckpointError, DataError
+from gencast_rmmd.errors import CheckpointError, DataError, OutputError
 
 ROOT = "memory://gencast_rmmd_remote_test"
 
@@ -200,3 +200,18 @@ def test_http_files_without_a_version_are_fetched_every_time(tmp_path, monkeypat
         assert sorted(p.name for p in group.iterdir()) == sorted(
             [remote.SOURCE_FILE, pathlib.Path(b).parent.name]
         )  # no temporary file left
+
+
+def test_check_out_dir_refuses_a_file_or_a_path_under_one(cache, tmp_path):
+    (tmp_path / "run").mkdir()
+    remote.check_out_dir(tmp_path / "run")  # an existing directory: resumable
+    remote.check_out_dir(tmp_path / "new" / "deeper")  # missing parents are created later
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match=r"'.*/f' exists and is not a directory; choose a dir"):
+        remote.check_out_dir(tmp_path / "f", "a dir")
+    with pytest.raises(OutputError, match=r"'.*/f/a/b': '.*/f' is a file; choose a run directory"):
+        remote.check_out_dir(tmp_path / "f" / "a" / "b", "a run directory")
+    cache.pipe_file(f"{ROOT}/obj", b"x")  # at a URL: an object where the prefix goes
+    with pytest.raises(OutputError, match="exists and is not a directory"):
+        remote.check_out_dir(f"{ROOT}/obj")
+    remote.check_out_dir(f"{ROOT}/prefix/run")

@@ -25,7 +25,7 @@ import numpy as np
 
 from gencast_rmmd.config import dump_yaml, from_dict, load_config, load_yaml_file, to_dict
 from gencast_rmmd.errors import ConfigError, OutputError
-from gencast_rmmd.remote import write_text
+from gencast_rmmd.remote import check_out_dir, write_text
 
 PROFILES = ("default", "fast", "result")
 TUNE_BY = ("mean_crps", "win_rate")
@@ -1195,12 +1195,9 @@ def _refuse_other_data(ctx: Context, marker_text: str, data: dict[str, str]) -> 
 
 def _make_out_dir(out: pathlib.Path) -> None:
     """Create the run directory `out` (--out); `OutputError` naming it where that cannot be."""
+    check_out_dir(out, "a directory for the run")
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(
-            f"--out {out} exists and is not a directory; choose a directory for the run"
-        ) from None
     except OSError as e:
         raise OutputError(
             f"--out {out}: cannot create the directory there ({e.strerror or e}); choose "

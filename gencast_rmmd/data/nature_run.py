@@ -429,11 +429,13 @@ def simulate(
 
 def _check_out(out: pathlib.Path, overwrite: bool) -> None:
     from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.remote import check_out_dir
 
     if out.exists() and not overwrite:
         raise OutputError(f"output {str(out)!r} already exists (pass --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {str(out)!r} is a file, not a Zarr store; remove it first")
+    check_out_dir(out, "another path")  # not under a file either
 
 
 def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:

@@ -39,7 +39,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gencast_rmmd.config import dump_yaml
-from gencast_rmmd.errors import OutputError
 from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
 from gencast_rmmd.image.config import METHODS, ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
@@ -48,7 +47,7 @@ from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
-from gencast_rmmd.remote import write_text, written
+from gencast_rmmd.remote import check_out_dir, write_text, written
 from gencast_rmmd.safety import changed_digests, file_sha256
 from gencast_rmmd.safety import current_record as safety_current_record
 
@@ -198,8 +197,7 @@ def _classifier(
 def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
     """Load data, train or reload both classifiers, build the model and the evaluator."""
     out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {str(out)!r} exists and is not a directory")
+    check_out_dir(out, "a run directory")
     # Read (and so validate) the data before anything is created at --out.
     data = load_dataset(cfg.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.remote import source_path, write_text
+from gencast_rmmd.remote import check_out_dir, source_path, write_text
 from gencast_rmmd.safety import refuse_changed_inputs
 from gencast_rmmd.training.checkpointing import latest_step
 from gencast_rmmd.training.loop import (
@@ -324,10 +324,7 @@ def train_teacher(
     training.validate()
     model.validate()
     out = pathlib.Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(
-            f"--out {str(out)!r} exists and is not a directory; choose a run directory"
-        )
+    check_out_dir(out, "a run directory")
     store = source_path(store)  # a URL (gs://...) as given
     stats = source_path(stats)
     probe = ExampleSource(store, task, stats)

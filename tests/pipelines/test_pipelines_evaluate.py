@@ -276,7 +276,7 @@ def test_user_errors(stores, tmp_path):
     with pytest.raises(OutputError, match="other files"):
         evaluate(stores["f"], stores["t"], str(other), engine="memory")
     (tmp_path / "file").write_text("precious")
-    with pytest.raises(OutputError, match="is a file"):
+    with pytest.raises(OutputError, match="exists and is not a directory"):
         evaluate(stores["f"], stores["t"], str(tmp_path / "file"), engine="memory")
     assert (tmp_path / "file").read_text() == "precious"
     with pytest.raises(DataError, match="ensemble dim 'sample'"):

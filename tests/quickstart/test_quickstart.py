@@ -646,8 +646,8 @@ def test_an_out_that_cannot_be_a_directory_is_refused(tmp_path, capsys):
     afile = tmp_path / "file"
     afile.write_text("x")
     cases = [
-        (afile, f"--out {afile} exists and is not a directory"),
-        (afile / "run", f"--out {afile / 'run'}: cannot create the directory there (Not a"),
+        (afile, f"--out '{afile}' exists and is not a directory"),
+        (afile / "run", f"--out '{afile / 'run'}': '{afile}' is a file; choose a directory"),
     ]
     if pathlib.Path("/proc/self").is_dir():  # Linux: no directory can be made in /proc
         cases.append(("/proc/x", "--out /proc/x: cannot create the directory there"))

@@ -591,6 +591,22 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses to continue a state trained on other normalised targets; the run is untouched",
     ),
     BadInput(
+        "distill-out-is-file",
+        "output",
+        "distill",
+        "`--out` is an existing regular file",
+        r"--out '.*run' exists and is not a directory; choose a run directory",
+        "refuses before loading the teacher and leaves the file untouched",
+    ),
+    BadInput(
+        "distill-out-under-file",
+        "output",
+        "distill",
+        "`--out` lies under an existing regular file (`FILE/run`)",
+        r"--out '.*run': '.*' is a file; choose a run directory",
+        "refuses before loading the teacher: names the file in the way",
+    ),
+    BadInput(
         "stats-out-is-file",
         "output",
         "data stats",

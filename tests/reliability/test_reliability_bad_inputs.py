@@ -628,6 +628,18 @@ def s_teacher_out_is_file(tmp, p):
     return argv
 
 
+def s_distill_out_is_file(tmp, p):
+    argv = _distill(tmp, p)
+    (tmp / "run").write_text("not a run directory\n")
+    return argv
+
+
+def s_distill_out_under_file(tmp, p):
+    argv = _distill(tmp, p)
+    (tmp / "blocker").write_text("a file where a directory should be\n")
+    return [tmp / "blocker" / "run" if a == tmp / "run" else a for a in argv]
+
+
 def s_stats_out_is_file(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     (tmp / "stats").write_text("not a directory\n")
@@ -755,6 +767,8 @@ SETUPS = {
     "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
     "teacher-resume-other-stats": s_teacher_resume_other_stats,
+    "distill-out-is-file": s_distill_out_is_file,
+    "distill-out-under-file": s_distill_out_under_file,
     "stats-out-is-file": s_stats_out_is_file,
     "nature-run-out-exists": s_nature_run_out_exists,
     "stats-incomplete-store": s_stats_incomplete_store,
