@@ -96,17 +96,26 @@ def exists(source: str | os.PathLike) -> bool:
 
 def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
     """Refuse, with `OutputError`, a run directory `--out` (a local path or URL) that cannot be
-    one: it exists as a file, or (on disk) lies under a file. `what` ends the message ("choose
-    WHAT"). Commands call it before any work, so a refused run leaves nothing behind."""
+    one: it exists as a file, or (on disk, when it does not exist yet) it lies under a file or in
+    a place where no directory can be made (no permission, a read-only file system). `what` ends
+    the message ("choose WHAT"). Commands call it before any work, so a refused run leaves
+    nothing behind: the probe for the last case is an empty directory, made and removed at once."""
     fs, path = filesystem(out)
+    shown = repr(os.fspath(out))
     if fs.isfile(path):
-        raise OutputError(f"--out {os.fspath(out)!r} exists and is not a directory; choose {what}")
-    if not is_url(out):
-        blocker = next((p for p in pathlib.Path(path).parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise OutputError(
-                f"--out {os.fspath(out)!r}: {str(blocker)!r} is a file; choose {what}"
-            )
+        raise OutputError(f"--out {shown} exists and is not a directory; choose {what}")
+    if is_url(out) or os.path.isdir(path):
+        return
+    parent = next(p for p in pathlib.Path(path).parents if p.exists())
+    if not parent.is_dir():
+        raise OutputError(f"--out {shown}: {str(parent)!r} is a file; choose {what}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".gencast_rmmd-probe-"))
+    except OSError as e:
+        raise OutputError(
+            f"--out {shown}: cannot create a directory in {str(parent)!r} ({e.strerror or e}); "
+            f"choose {what}"
+        ) from None
 
 
 def remove(source: str | os.PathLike) -> None:

@@ -211,6 +211,12 @@ def test_check_out_dir_refuses_a_file_or_a_path_under_one(cache, tmp_path):
         remote.check_out_dir(tmp_path / "f", "a dir")
     with pytest.raises(OutputError, match=r"'.*/f/a/b': '.*/f' is a file; choose a run directory"):
         remote.check_out_dir(tmp_path / "f" / "a" / "b", "a run directory")
+    listing = sorted(os.listdir(tmp_path))
+    remote.check_out_dir(tmp_path / "new")
+    assert sorted(os.listdir(tmp_path)) == listing  # the creation probe left nothing behind
+    if pathlib.Path("/proc/self").is_dir():  # Linux: no directory can be made in /proc
+        with pytest.raises(OutputError, match=r"cannot create a directory in '/proc' \("):
+            remote.check_out_dir("/proc/nope/run")
     cache.pipe_file(f"{ROOT}/obj", b"x")  # at a URL: an object where the prefix goes
     with pytest.raises(OutputError, match="exists and is not a directory"):
         remote.check_out_dir(f"{ROOT}/obj")

@@ -1196,13 +1196,7 @@ def _refuse_other_data(ctx: Context, marker_text: str, data: dict[str, str]) -> 
 def _make_out_dir(out: pathlib.Path) -> None:
     """Create the run directory `out` (--out); `OutputError` naming it where that cannot be."""
     check_out_dir(out, "a directory for the run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(
-            f"--out {out}: cannot create the directory there ({e.strerror or e}); choose "
-            "another path"
-        ) from None
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def run_chain(ctx: Context) -> dict:

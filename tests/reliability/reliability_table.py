@@ -615,6 +615,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before computing anything and leaves the file untouched",
     ),
     BadInput(
+        "stats-out-not-creatable",
+        "output",
+        "data stats",
+        "`--out` where no directory can be made (`/proc/x`: as a read-only mount or a missing "
+        "permission)",
+        r"--out '/proc/x': cannot create a directory in '/proc' \(",
+        "refuses before computing anything (it used to fail in the last pipeline step)",
+    ),
+    BadInput(
         "nature-run-out-exists",
         "output",
         "data nature-run",

@@ -646,6 +646,13 @@ def s_stats_out_is_file(tmp, p):
     return ["data", "stats", "--data", f, "--out", tmp / "stats"]
 
 
+def s_stats_out_not_creatable(tmp, p):
+    if not pathlib.Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc, where no directory can be made")
+    f = _ws_copy(tmp, p, "store")["store"]
+    return ["data", "stats", "--data", f, "--out", "/proc/x"]
+
+
 def s_nature_run_out_exists(tmp, p):
     out = tmp / "nature.zarr"
     out.mkdir()
@@ -770,6 +777,7 @@ SETUPS = {
     "distill-out-is-file": s_distill_out_is_file,
     "distill-out-under-file": s_distill_out_under_file,
     "stats-out-is-file": s_stats_out_is_file,
+    "stats-out-not-creatable": s_stats_out_not_creatable,
     "nature-run-out-exists": s_nature_run_out_exists,
     "stats-incomplete-store": s_stats_incomplete_store,
     "teacher-incomplete-store": s_teacher_incomplete_store,
