@@ -94,6 +94,12 @@ def exists(source: str | os.PathLike) -> bool:
     return fs.exists(path)
 
 
+def _existing_parent(path: str | os.PathLike) -> pathlib.Path:
+    """The nearest existing ancestor of a local `path` (a file where a directory should be, or
+    the directory a new path would be made in)."""
+    return next(p for p in pathlib.Path(os.path.abspath(path)).parents if p.exists())
+
+
 def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
     """Refuse, with `OutputError`, a run directory `--out` (a local path or URL) that cannot be
     one: it exists as a file, or (on disk, when it does not exist yet) it lies under a file or in
@@ -106,7 +112,7 @@ def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
         raise OutputError(f"--out {shown} exists and is not a directory; choose {what}")
     if is_url(out) or os.path.isdir(path):
         return
-    parent = next(p for p in pathlib.Path(path).parents if p.exists())
+    parent = _existing_parent(path)
     if not parent.is_dir():
         raise OutputError(f"--out {shown}: {str(parent)!r} is a file; choose {what}")
     try:
@@ -130,7 +136,9 @@ def written(dest: str | os.PathLike) -> Iterator[str]:
     """A local temporary path to write the file `dest` (a local path or URL) to: when the block
     ends without an error it is moved into place whole (on disk: one rename within `dest`'s
     directory, which is created; at a URL: one upload, as an object store makes an object
-    visible only once it is whole), otherwise removed. Nothing half-written is ever at `dest`."""
+    visible only once it is whole), otherwise removed. Nothing half-written is ever at `dest`.
+    A local `dest` that is a directory, or whose directory cannot be made or written to, is an
+    `OutputError` naming it, raised before the block runs."""
     from gencast_rmmd.safety import publish_mode
 
     dest = local_path(dest)
@@ -139,8 +147,16 @@ def written(dest: str | os.PathLike) -> Iterator[str]:
         directory = None
     else:
         directory = os.path.dirname(os.path.abspath(dest))
-        os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        if os.path.isdir(dest):
+            raise OutputError(f"{dest!r} is a directory; expected the path of a file to write")
+    try:
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    except OSError as e:
+        parent = _existing_parent(dest)
+        why = f"{str(parent)!r} is a file" if parent.is_file() else e.strerror or str(e)
+        raise OutputError(f"cannot write {dest!r} ({why}); choose another path") from None
     os.close(fd)
     try:
         yield tmp

@@ -221,3 +221,21 @@ def test_check_out_dir_refuses_a_file_or_a_path_under_one(cache, tmp_path):
     with pytest.raises(OutputError, match="exists and is not a directory"):
         remote.check_out_dir(f"{ROOT}/obj")
     remote.check_out_dir(f"{ROOT}/prefix/run")
+
+
+def test_written_refuses_a_directory_or_an_unwritable_place_before_the_block(tmp_path):
+    ran = []
+    (tmp_path / "f").write_text("x")
+    cases = [
+        (tmp_path, r"is a directory; expected the path of a file to write"),
+        (tmp_path / "f" / "a" / "t.npz", r"cannot write '.*/f/a/t\.npz' \('.*/f' is a file\)"),
+    ]
+    if pathlib.Path("/proc/self").is_dir():  # Linux: no file can be made in /proc
+        cases.append(("/proc/t.npz", r"cannot write '/proc/t\.npz' \(No such file or directory\)"))
+    for dest, want in cases:
+        with pytest.raises(OutputError, match=want):
+            with remote.written(dest):
+                ran.append(dest)
+    assert not ran and sorted(os.listdir(tmp_path)) == ["f"]
+    remote.write_text(tmp_path / "new" / "t.txt", "ok")  # a missing directory is made
+    assert (tmp_path / "new" / "t.txt").read_text() == "ok"
