@@ -15,10 +15,28 @@ LOCAL_RUNNER = "FnApiRunner"
 
 def pipeline_options(beam_args: Sequence[str] = ()):
     """`PipelineOptions` of `beam_args` (standard Beam flags: `--runner=DataflowRunner
-    --project=...`), with `LOCAL_RUNNER` when they name no runner."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    --project=...`), with `LOCAL_RUNNER` when they name no runner. A runner Beam does not know,
+    or one whose extra is not installed (Dataflow without `apache-beam[gcp]`), is a
+    `ConfigError`."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.runners.runner import create_runner
+
+    from gencast_rmmd.errors import ConfigError
 
     opts = list(beam_args)
     if not any(a.startswith("--runner") for a in opts):
         opts.append(f"--runner={LOCAL_RUNNER}")
-    return PipelineOptions(opts)
+    options = PipelineOptions(opts)
+    runner = options.view_as(StandardOptions).runner
+    try:
+        create_runner(runner)  # what beam.Pipeline does first: cheap, and it starts nothing
+    except (ValueError, ImportError) as e:
+        raise ConfigError(f"Beam option --runner={runner}: {e}") from None
+    return options
+
+
+def cli_beam_args(raw: Sequence[str]) -> list[str]:
+    """The Beam flags a command got after `--`, checked (`pipeline_options`) before any work."""
+    beam_args = [a for a in raw if a != "--"]
+    pipeline_options(beam_args)
+    return beam_args

@@ -107,12 +107,13 @@ def _nature_run(args) -> int:
 
 def _prepare(args) -> int:
     from gencast_rmmd.data.config import load_data_config
+    from pipelines import cli_beam_args
     from pipelines.prepare import prepare
 
     _require_positive(args, "steps_per_item")
     cfg = load_data_config(args.config, args.overrides)
     source = args.source or cfg.source
-    beam_args = [a for a in args.beam_args if a != "--"]
+    beam_args = cli_beam_args(args.beam_args)
     summary = prepare(
         source,
         cfg,
@@ -127,10 +128,11 @@ def _prepare(args) -> int:
 
 def _stats(args) -> int:
     from gencast_rmmd.data.stats import STATS_FILES
+    from pipelines import cli_beam_args
     from pipelines.stats import compute_stats_beam
 
     _require_positive(args, "step_hours", "block")
-    beam_args = [a for a in args.beam_args if a != "--"]
+    beam_args = cli_beam_args(args.beam_args)
     compute_stats_beam(
         args.data, args.out, step_hours=args.step_hours, block=args.block, beam_args=beam_args
     )

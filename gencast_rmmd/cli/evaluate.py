@@ -56,9 +56,10 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    from pipelines import cli_beam_args
     from pipelines.evaluate import evaluate
 
-    beam_args = [a for a in args.beam_args if a != "--"]
+    beam_args = cli_beam_args(args.beam_args)
     res = evaluate(
         forecast_path=args.forecast,
         truth_path=args.truth,

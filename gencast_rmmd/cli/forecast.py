@@ -57,6 +57,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    from pipelines import cli_beam_args
     from pipelines.forecast import run_forecast
 
     summary = run_forecast(
@@ -71,7 +72,7 @@ def _run(args) -> int:
         seed=args.seed,
         member_block=args.member_block,
         engine=args.engine,
-        beam_args=[a for a in args.beam_args if a != "--"],
+        beam_args=cli_beam_args(args.beam_args),
         data_config=args.data_config,
     )
     print(json.dumps(summary))

@@ -572,6 +572,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"invalid choice",
         "argparse usage error (exit 2) naming the allowed choices",
     ),
+    BadInput(
+        "beam-runner-unknown",
+        "CLI argument",
+        "data stats",
+        "`-- --runner=NopeRunner` (a Beam runner that does not exist)",
+        r"Beam option --runner=NopeRunner: Unexpected pipeline runner: NopeRunner\. Valid values",
+        "refuses before opening the store: Beam's list of runners in one message",
+    ),
     # ---------------------------------------------------------------- outputs
     BadInput(
         "teacher-out-is-file",

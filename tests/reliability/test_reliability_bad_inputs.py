@@ -640,6 +640,11 @@ def s_distill_out_under_file(tmp, p):
     return [tmp / "blocker" / "run" if a == tmp / "run" else a for a in argv]
 
 
+def s_beam_runner_unknown(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    return ["data", "stats", "--data", f, "--out", tmp / "stats", "--", "--runner=NopeRunner"]
+
+
 def s_stats_out_is_file(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     (tmp / "stats").write_text("not a directory\n")
@@ -776,6 +781,7 @@ SETUPS = {
     "teacher-resume-other-stats": s_teacher_resume_other_stats,
     "distill-out-is-file": s_distill_out_is_file,
     "distill-out-under-file": s_distill_out_under_file,
+    "beam-runner-unknown": s_beam_runner_unknown,
     "stats-out-is-file": s_stats_out_is_file,
     "stats-out-not-creatable": s_stats_out_not_creatable,
     "nature-run-out-exists": s_nature_run_out_exists,
