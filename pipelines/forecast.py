@@ -103,7 +103,12 @@ def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.dat
                             f"of hours with a unit, e.g. START/END/12h or START/END/1D; found "
                             f"{freq!r} (read as {step})"
                         )
-                    if end >= start and (end - start) // step + 1 > MAX_INIT_TIMES:
+                    if end < start:
+                        raise ConfigError(
+                            f"--init-times: {part!r} ends before it starts (END {end} is before "
+                            f"START {start}); write START/END with START first"
+                        )
+                    if (end - start) // step + 1 > MAX_INIT_TIMES:
                         raise ConfigError(
                             f"--init-times: {part!r} spans {(end - start) // step + 1} init times, "
                             f"more than {MAX_INIT_TIMES}; check START/END/STEP"

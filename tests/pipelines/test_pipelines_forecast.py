@@ -214,6 +214,10 @@ def test_init_time_range_step_needs_a_unit():
             parse([f"2001-10-01T00/2001-10-10T12/{step}"])
     with pytest.raises(ConfigError, match=f"more than {fc_pipe.MAX_INIT_TIMES}"):
         parse(["2001-10-01T00/2201-10-01T00/1h"])
+    # END before START was an empty range, reported as "no init time given"
+    with pytest.raises(ConfigError, match=r"ends before it starts \(END 2001-10-01 00:00:00 is"):
+        parse(["2001-10-10T12/2001-10-01T00"])
+    assert len(parse(["2001-10-01T00/2001-10-01T00"])) == 1  # START == END: one init time
 
 
 def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):
