@@ -154,8 +154,9 @@ def written(dest: str | os.PathLike) -> Iterator[str]:
             os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     except OSError as e:
-        parent = _existing_parent(dest)
-        why = f"{str(parent)!r} is a file" if parent.is_file() else e.strerror or str(e)
+        why = e.strerror or str(e)
+        if directory is not None and (parent := _existing_parent(dest)).is_file():
+            why = f"{str(parent)!r} is a file"
         raise OutputError(f"cannot write {dest!r} ({why}); choose another path") from None
     os.close(fd)
     try:

@@ -433,9 +433,7 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
 
     if out.exists() and not overwrite:
         raise OutputError(f"output {str(out)!r} already exists (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a file, not a Zarr store; remove it first")
-    check_out_dir(out, "another path")  # not under a file either
+    check_out_dir(out, "another path")  # a file there (even with --overwrite), or above it
 
 
 def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
