@@ -189,6 +189,22 @@ def remote_cache_dir() -> pathlib.Path:
     return cache_dir() / "remote"
 
 
+def check_input_file(
+    path: str | os.PathLike, what: str, expected: str, error: type[UserError] = UserError
+) -> None:
+    """Refuse, with `error`, a local input `path` that is not a regular file: missing, a
+    directory, or a device / FIFO / socket (a read of those blocks or yields nothing useful).
+    `what` names the input ("checkpoint", "image data file"), `expected` the file it should be
+    ("an .npz file")."""
+    p = pathlib.Path(path)
+    if p.is_file():
+        return
+    if not p.exists():
+        raise error(f"{what} {os.fspath(path)!r} does not exist (expected {expected})")
+    kind = "a directory" if p.is_dir() else "not a regular file"
+    raise error(f"{what} {os.fspath(path)!r} is {kind}; expected {expected}")
+
+
 def local_file(source: str | os.PathLike, error: type[UserError] = UserError) -> str:
     """A local path holding the bytes of the file at `source`: `source` itself when it is a local
     path (not checked here), else a copy in the cache, fetched when the object at the URL is new

@@ -254,6 +254,8 @@ def prepare(
     """Open and check the stores; returns the model specs and the run's metadata."""
     if lead_chunk < 1:
         raise DataError(f"lead_chunk must be >= 1, found {lead_chunk}")
+    if seed < 0:  # numpy's SeedSequence takes non-negative integers only
+        raise DataError(f"--seed must be >= 0, found {seed}")
     fc, ens_dim = stores.open_forecast(forecast_path, ensemble_dim)
     truth = stores.open_truth(truth_path)
     stores.check_same_grid(fc, truth)

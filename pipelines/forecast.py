@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import re
 import time
 from collections.abc import Sequence
 
@@ -31,10 +31,33 @@ from gencast_rmmd.safety import file_sha256
 from pipelines import pipeline_options
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
-PERSISTENCE = re.compile(r"^persistence(?::(?P<noise>[0-9.eE+-]+))?$")
+PERSISTENCE = "persistence"  # --model persistence[:NOISE], the model-free baseline
 # More init times than any forecast campaign needs (50 years at 12 h is 36,525): a larger range is
 # a mistyped step or end, refused before the times are materialized.
 MAX_INIT_TIMES = 100_000
+
+
+def persistence_noise(model: str) -> float | None:
+    """The noise scale of `--model persistence[:NOISE]` (0 without NOISE); None for a checkpoint.
+
+    NOISE must be a finite number >= 0: the residual's scale in units of the climatological 12 h
+    change std (forecast.model.persistence_model).
+    """
+    if model == PERSISTENCE:
+        return 0.0
+    if not model.startswith(PERSISTENCE + ":"):
+        return None
+    text = model[len(PERSISTENCE) + 1 :]
+    try:
+        noise = float(text)
+    except ValueError:
+        noise = float("nan")
+    if not math.isfinite(noise) or noise < 0:
+        raise ConfigError(
+            f"--model {model!r}: NOISE in persistence:NOISE must be a finite number >= 0 (the "
+            f"residual's scale in climatological 12 h change std), found {text!r}"
+        )
+    return noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +82,7 @@ class ForecastSpec:
         """What must match for a re-run to resume into an existing store."""
         return {
             "model": self.model
-            if PERSISTENCE.match(self.model) or is_url(self.model)
+            if persistence_noise(self.model) is not None or is_url(self.model)
             else os.path.abspath(self.model),
             "init_times": list(self.init_times),
             "members": self.members,
@@ -160,13 +183,18 @@ def load_model(spec: ForecastSpec):
         persistence_model,
     )
 
-    m = PERSISTENCE.match(spec.model)
-    if m:
+    noise = persistence_noise(spec.model)
+    if noise is not None:
         from gencast_rmmd.data.config import load_data_config
 
         task = load_data_config(spec.data_config or "embedded").task
         norm, sst = norm_from_stats_dir(spec.stats_dir, task)
-        return persistence_model(task, norm, float(m.group("noise") or 0.0), sst_fill=sst)
+        return persistence_model(task, norm, noise, sst_fill=sst)
+    if spec.data_config is not None:
+        raise ConfigError(
+            f"--data-config applies to --model persistence only (its task); the checkpoint "
+            f"{spec.model!r} carries its own task: leave --data-config out"
+        )
     return load_forecast_model(spec.model, spec.stats_dir)
 
 
@@ -400,7 +428,7 @@ def run_forecast(
         data_config=data_config,
         # Resuming must not mix members of two models: a checkpoint retrained at the same path
         # does not match the store it would resume into.
-        model_sha256=None if PERSISTENCE.match(model) else file_sha256(model),
+        model_sha256=None if persistence_noise(model) is not None else file_sha256(model),
         # Nor members normalised with statistics recomputed at the same path, nor members started
         # from a data store re-made there (a store without an id, e.g. ARCO-ERA5, records None).
         stats_sha256=stats_sha256(stats_dir),

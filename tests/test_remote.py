@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 
 import fsspec
 import pytest
@@ -239,3 +240,29 @@ def test_written_refuses_a_directory_or_an_unwritable_place_before_the_block(tmp
     assert not ran and sorted(os.listdir(tmp_path)) == ["f"]
     remote.write_text(tmp_path / "new" / "t.txt", "ok")  # a missing directory is made
     assert (tmp_path / "new" / "t.txt").read_text() == "ok"
+
+
+def test_check_input_file_names_what_is_there_instead(tmp_path):
+    """A local input that is not a regular file is refused with the error class given: missing,
+    a directory, or a FIFO (was reported as missing; a read of it blocks until a writer comes)."""
+    good = tmp_path / "model.npz"
+    good.write_bytes(b"PK")
+    remote.check_input_file(good, "checkpoint", "an .npz file", CheckpointError)
+    os.mkfifo(tmp_path / "pipe.npz")
+    cases = {
+        "nope.npz": r"does not exist \(expected an \.npz file\)",
+        "": r"is a directory; expected an \.npz file",
+        "pipe.npz": r"is not a regular file; expected an \.npz file",
+    }
+    for name, message in cases.items():
+        path = re.escape(str(tmp_path / name))
+        with pytest.raises(CheckpointError, match=rf"^checkpoint '{path}' {message}"):
+            remote.check_input_file(tmp_path / name, "checkpoint", "an .npz file", CheckpointError)
+    # a config path that exists but is no file is named as such, not "not found"
+    from gencast_rmmd.config import resolve_config_path
+    from gencast_rmmd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config '.*' is a directory; expected a YAML file"):
+        resolve_config_path(tmp_path, kind="model")
+    with pytest.raises(ConfigError, match=r"not found \(looked for it as a path and in configs/"):
+        resolve_config_path(tmp_path / "nope.yaml", kind="model")

@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.add_argument(
         "--data-config",
         default=None,
-        help="data config whose task the persistence baseline uses (default: embedded)",
+        help="data config whose task the persistence baseline uses (default: embedded; a checkpoint "
+        "carries its own task)",
     )
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     p.set_defaults(func=_run)

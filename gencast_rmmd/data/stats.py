@@ -253,9 +253,8 @@ def _stats_dir(stats_dir: str | os.PathLike) -> pathlib.Path:
 
     d = pathlib.Path(local_files(stats_dir, STATS_FILES.values(), DataError))
     if not d.is_dir():
-        raise DataError(
-            f"stats dir {str(d)!r} does not exist (expected {sorted(STATS_FILES.values())})"
-        )
+        state = "is not a directory" if d.exists() else "does not exist"
+        raise DataError(f"stats dir {str(d)!r} {state} (expected {sorted(STATS_FILES.values())})")
     missing = [f for f in STATS_FILES.values() if not (d / f).is_file()]
     if missing:
         raise DataError(f"stats dir {str(d)!r} lacks {missing}; run `gencast-rmmd data stats`")

@@ -47,7 +47,7 @@ from gencast_rmmd.distill.objectives import ObjectiveConfig, check_s_floor
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
-from gencast_rmmd.remote import check_out_dir, write_text
+from gencast_rmmd.remote import check_input_file, check_out_dir, write_text
 from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 from gencast_rmmd.training.checkpointing import latest_step
@@ -154,8 +154,7 @@ def resolve_teacher(path: str | os.PathLike) -> str:
             f"teacher directory {p} holds no teacher.npz (finish `teacher train` or run "
             "`teacher export`)"
         )
-    if not p.is_file():
-        raise CheckpointError(f"teacher checkpoint {str(p)!r} does not exist")
+    check_input_file(p, "teacher checkpoint", "an .npz file or a teacher run", CheckpointError)
     return str(p)
 
 

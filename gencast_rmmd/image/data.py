@@ -23,6 +23,7 @@ import numpy as np
 
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.image.config import ImageDataConfig
+from gencast_rmmd.remote import check_input_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +65,7 @@ def load_npz_images(
     Raises `DataError` naming what was expected and found.
     """
     p = pathlib.Path(path)
-    if not p.is_file():
-        raise DataError(
-            f"image data file {str(p)!r} not found (expected a downsampled-ImageNet .npz)"
-        )
+    check_input_file(p, "image data file", "a downsampled-ImageNet .npz", DataError)
     try:
         loaded = np.load(p, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
@@ -134,7 +132,10 @@ def load_dataset(cfg: ImageDataConfig) -> ImageDataset:
     else:
         assert cfg.path is not None
         if cfg.channels != 3:
-            raise DataError(f"npz source images are RGB: set data.channels=3, found {cfg.channels}")
+            raise DataError(
+                f"npz source images are RGB: set data.channels=3, found {cfg.channels} (the "
+                "downsampled-ImageNet config is --config imagenet64)"
+            )
         images, labels = load_npz_images(
             cfg.path, cfg.resolution, cfg.num_classes, cfg.label_offset, cfg.max_examples
         )

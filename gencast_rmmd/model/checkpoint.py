@@ -427,16 +427,11 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
 def _read_flat(
     path: str | os.PathLike, prefix: str = ""
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    from gencast_rmmd.remote import local_file
+    from gencast_rmmd.remote import check_input_file, local_file
 
     source = os.fspath(path)  # a URL (e.g. the official weights on GCS) is read from a local copy
     path = pathlib.Path(local_file(source, CheckpointError))
-    if path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {source!r} is a directory; expected an .npz file (e.g. teacher.npz)"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {source!r} does not exist")
+    check_input_file(path, "checkpoint", "an .npz file (e.g. teacher.npz)", CheckpointError)
     with open(path, "rb") as f:
         head = f.read(6)
     if not head.startswith(b"PK") and head != b"\x93NUMPY":

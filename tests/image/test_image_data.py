@@ -57,7 +57,7 @@ def test_npz_reader_roundtrip_chw_order(tmp_path):
 
 
 def test_npz_reader_errors(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="missing.npz. does not exist"):
         load_npz_images(tmp_path / "missing.npz", 4, 10)
     p = tmp_path / "bad_keys.npz"
     np.savez(p, images=np.zeros((2, 48), np.uint8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -218,6 +219,24 @@ def test_init_time_range_step_needs_a_unit():
     with pytest.raises(ConfigError, match=r"ends before it starts \(END 2001-10-01 00:00:00 is"):
         parse(["2001-10-10T12/2001-10-01T00"])
     assert len(parse(["2001-10-01T00/2001-10-01T00"])) == 1  # START == END: one init time
+
+
+def test_persistence_spec_and_data_config(data, tmp_path):
+    """`persistence[:NOISE]` parses to its noise scale (None for a checkpoint path); a NOISE that
+    is no finite number >= 0 is one ConfigError (it was read as a checkpoint path that 'does not
+    exist', and '1.2.3' an internal ValueError). --data-config only sets the persistence task: with
+    a checkpoint it is refused before the checkpoint is read (it was silently ignored)."""
+    noise = fc_pipe.persistence_noise
+    assert noise("persistence") == 0.0
+    assert noise("persistence:0.3") == 0.3
+    assert noise("persistence:1e-1") == 0.1
+    assert noise("runs/teacher.npz") is None and noise("persistence.npz") is None
+    for text in ("abc", "-1", "nan", "inf", "", "1.2.3"):
+        with pytest.raises(ConfigError, match=rf"finite number >= 0 .*found '{re.escape(text)}'"):
+            noise(f"persistence:{text}")
+    with pytest.raises(ConfigError, match="--data-config applies to --model persistence only"):
+        _run(data, tmp_path / "a.zarr", model=str(tmp_path / "no.npz"), data_config="embedded")
+    assert not (tmp_path / "a.zarr").exists()
 
 
 def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):

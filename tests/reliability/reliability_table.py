@@ -238,6 +238,22 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before loading anything",
     ),
     BadInput(
+        "forecast-persistence-bad-noise",
+        "CLI argument",
+        "forecast",
+        "`--model persistence:abc` (the baseline's NOISE is not a number)",
+        r"NOISE in persistence:NOISE must be a finite number >= 0 .*found 'abc'",
+        "refuses before loading anything (was read as a checkpoint path that does not exist)",
+    ),
+    BadInput(
+        "forecast-data-config-with-checkpoint",
+        "CLI argument",
+        "forecast",
+        "`--data-config` given with a checkpoint (it sets the persistence baseline's task only)",
+        r"--data-config applies to --model persistence only",
+        "refuses before loading the checkpoint (was silently ignored)",
+    ),
+    BadInput(
         "forecast-lead-not-multiple",
         "CLI argument",
         "forecast",
@@ -333,7 +349,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "data store",
         "image teacher",
         "`--data` names a missing downsampled-ImageNet .npz",
-        r"image data file .* not found",
+        r"image data file .* does not exist \(expected a downsampled-ImageNet \.npz\)",
         "refuses before creating the run directory: names the file and the format expected",
     ),
     BadInput(
@@ -368,6 +384,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "a directory (a teacher run) where the .npz file goes",
         r"is a directory; expected an \.npz file",
         "refuses: says a directory was given",
+    ),
+    BadInput(
+        "ckpt-not-regular",
+        "checkpoint",
+        "teacher info",
+        "a named pipe (FIFO) where the .npz file goes",
+        r"is not a regular file; expected an \.npz file",
+        "refuses without opening it (was reported as a file that does not exist)",
     ),
     BadInput(
         "ckpt-not-npz",
@@ -563,6 +587,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`--lead-chunk 0`",
         r"lead_chunk must be >= 1",
         "refuses before reading any data",
+    ),
+    BadInput(
+        "evaluate-negative-seed",
+        "CLI argument",
+        "evaluate",
+        "`--seed -5`",
+        r"--seed must be >= 0, found -5",
+        "refuses before reading any data (was an internal error after the statistics were computed)",
     ),
     BadInput(
         "bad-choice",

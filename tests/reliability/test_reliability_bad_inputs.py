@@ -8,6 +8,7 @@ message with `assert_one_clear_error`.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shutil
@@ -157,6 +158,13 @@ def s_lead_chunk_zero(tmp, p):
     )
 
 
+def s_evaluate_negative_seed(tmp, p):
+    return _eval_argv(
+        _copy(p["forecast"], tmp / "f.zarr"), _copy(p["truth"], tmp / "t.zarr"), tmp / "out",
+        "--seed", "-5",
+    )  # fmt: skip
+
+
 def s_bad_choice(tmp, p):
     return [
         "evaluate",
@@ -209,6 +217,11 @@ def s_ckpt_missing(tmp, p):
 def s_ckpt_is_dir(tmp, p):
     (tmp / "teacher_run").mkdir()
     return ["teacher", "info", tmp / "teacher_run"]
+
+
+def s_ckpt_not_regular(tmp, p):
+    os.mkfifo(tmp / "model.npz")  # opening it for reading would block until a writer comes
+    return ["teacher", "info", tmp / "model.npz"]
 
 
 def s_ckpt_not_npz(tmp, p):
@@ -411,6 +424,20 @@ def _forecast(tmp, p, *extra, model=None, store=None, stats=None, init=None):
 
 def s_forecast_negative_members(tmp, p):
     return _forecast(tmp, p, "--members", "-3", "--lead-steps", "1", "--out", tmp / "f.zarr")
+
+
+def s_forecast_persistence_bad_noise(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        model="persistence:abc",
+    )  # fmt: skip
+
+
+def s_forecast_data_config_with_checkpoint(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+        "--data-config", "embedded",
+    )  # fmt: skip
 
 
 def s_forecast_lead_not_multiple(tmp, p):
@@ -727,11 +754,13 @@ SETUPS = {
     "inits-in-training-period": s_inits_in_training_period,
     "unknown-variable": s_unknown_variable,
     "lead-chunk-zero": s_lead_chunk_zero,
+    "evaluate-negative-seed": s_evaluate_negative_seed,
     "bad-choice": s_bad_choice,
     "output-exists-other": s_output_exists_other,
     "output-is-file": s_output_is_file,
     "ckpt-missing": s_ckpt_missing,
     "ckpt-is-dir": s_ckpt_is_dir,
+    "ckpt-not-regular": s_ckpt_not_regular,
     "ckpt-not-npz": s_ckpt_not_npz,
     "ckpt-truncated": s_ckpt_truncated,
     "ckpt-pickled": s_ckpt_pickled,
@@ -754,6 +783,8 @@ SETUPS = {
     "prepare-config-unknown-key": s_prepare_config_unknown_key,
     "prepare-output-foreign": s_prepare_output_foreign,
     "forecast-negative-members": s_forecast_negative_members,
+    "forecast-persistence-bad-noise": s_forecast_persistence_bad_noise,
+    "forecast-data-config-with-checkpoint": s_forecast_data_config_with_checkpoint,
     "forecast-lead-not-multiple": s_forecast_lead_not_multiple,
     "forecast-init-outside-data": s_forecast_init_outside_data,
     "forecast-bad-init-time": s_forecast_bad_init_time,
