@@ -7,6 +7,7 @@ Configs are frozen dataclasses. `load_config(cls, path, overrides)` reads a YAML
   `validate()` rejects raises `ConfigError` naming the file, the dotted key and what is allowed;
 - supported field types: `int`, `float`, `str`, `bool`, `X | None`, `Literal[...]`,
   `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, T]` and nested config dataclasses;
+- a field named `seed` or `*_seed` must be >= 0 (NumPy's generators refuse negative seeds);
 - a dataclass may define `validate(self) -> None` raising `ValueError("...")` for value checks
   (ranges, cross-field rules); the loader reports it with the file and the key prefix.
 
@@ -166,6 +167,10 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
     raise TypeError(f"unsupported config field type {tp!r} at {key!r}")
 
 
+def _is_seed(name: str) -> bool:
+    return name == "seed" or name.endswith("_seed")
+
+
 def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -181,6 +186,11 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
         key = f"{where}{name}"
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], key, file)
+            if _is_seed(name) and isinstance(kwargs[name], int) and kwargs[name] < 0:
+                raise ConfigError(
+                    f"{file}: key {key!r}: a seed must be >= 0 (NumPy's generators take no "
+                    f"negative seed), found {kwargs[name]}"
+                )
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{file}: missing required key {key!r} ({_type_name(hints[name])})")
     try:

@@ -64,6 +64,29 @@ def test_errors_name_file_key_and_allowed(tmp_path, text, needle):
     assert str(p) in str(e.value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    seed: int = 0
+    init_seed: int = 0
+    offset: int = 0
+
+
+def test_negative_seeds_are_refused_naming_the_key():
+    """Any `seed` / `*_seed` field: a negative value was an internal ValueError from NumPy once
+    the run had begun (`teacher train --seed -1` left a run directory behind)."""
+    assert from_dict(Seeded, {"seed": 0, "init_seed": 3, "offset": -1}).offset == -1
+    for key in ("seed", "init_seed"):
+        with pytest.raises(ConfigError, match=rf"key '{key}': a seed must be >= 0 .*found -1"):
+            from_dict(Seeded, {key: -1})
+    with pytest.raises(ConfigError, match=r"key 'inner.seed': a seed must be >= 0"):
+        from_dict(Nested, {}, overrides=["inner.seed=-7"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Nested:
+    inner: Seeded = Seeded()
+
+
 def test_overrides():
     cfg = from_dict(Outer, {"name": "x"}, overrides=["inner.rate=0.25", "levels=[7]", "maybe=2"])
     assert cfg.inner.rate == 0.25 and cfg.levels == (7,) and cfg.maybe == 2.0

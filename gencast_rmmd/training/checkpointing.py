@@ -72,16 +72,28 @@ class CheckpointManager:
         self._mngr.wait_until_finished()
         return self.path(step)
 
+    def _existing_step(self, step: int | None) -> int:
+        """`step`, or the latest when None; CheckpointError naming the steps there are when the
+        directory holds no checkpoint at that step (orbax's own error read as a state mismatch)."""
+        if step is None:
+            step = self.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        steps = self.all_steps()
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {self.directory}; it holds steps "
+                f"{', '.join(map(str, steps))}"
+            )
+        return step
+
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restore `(state, meta)` at `step` (default: latest) into the structure of `target`.
 
         `target` is a pytree of arrays (or `jax.ShapeDtypeStruct`s with shardings) with the same
         structure as what was saved; arrays come back with the target's shardings.
         """
-        if step is None:
-            step = self.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        step = self._existing_step(step)
         abstract = jax.tree.map(_abstract, target)
         try:
             out = self._mngr.restore(
@@ -99,10 +111,7 @@ class CheckpointManager:
 
     def read_meta(self, step: int | None = None) -> dict:
         """Only the JSON record of checkpoint `step` (default: latest)."""
-        if step is None:
-            step = self.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        step = self._existing_step(step)
         out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out.meta)
 

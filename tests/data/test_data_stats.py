@@ -115,8 +115,16 @@ def test_diff_windows_count_every_pair_once():
 
 
 def test_stats_without_a_pair_of_times_one_step_apart_are_an_error():
-    """Times 24 h apart have no 12 h difference: not a stddev of 0 (silently unit scale)."""
+    """Times 24 h apart have no 12 h difference: not a stddev of 0 (silently unit scale). It is
+    refused when the blocks are planned (`difference_windows`, also the Beam path's), naming the
+    step and the store's spacing; it was the same error only after every block had been read."""
     ds = canonical_store_ds(n_times=6).isel(time=[0, 2, 4])
-    with pytest.raises(DataError, match="found none"):
+    with pytest.raises(
+        DataError, match=r"no two times of the store are 12 h apart .*spacing: 24 h$"
+    ):
         st.compute_stats(ds)
     assert float(st.compute_stats(ds, step_hours=24)["diffs_stddev"]["2m_temperature"]) > 0
+    with pytest.raises(DataError, match=r"are 7 h apart .*spacing: 24 h$"):
+        st.difference_windows(ds["time"].values, 4, 7)
+    with pytest.raises(DataError, match=r"12 h apart .*spacing: none \(1 time\)$"):
+        st.difference_windows(ds["time"].values[:1], 4, 12)

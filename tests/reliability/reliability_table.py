@@ -507,6 +507,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training: names the key and the allowed range",
     ),
     BadInput(
+        "teacher-negative-seed",
+        "CLI argument",
+        "teacher train",
+        "`--seed -1`",
+        r"key 'seed': a seed must be >= 0 .*found -1",
+        "refuses before creating the run directory (was an internal error from NumPy after it)",
+    ),
+    BadInput(
         "override-malformed",
         "CLI argument",
         "teacher train",
@@ -611,6 +619,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "`-- --runner=NopeRunner` (a Beam runner that does not exist)",
         r"Beam option --runner=NopeRunner: Unexpected pipeline runner: NopeRunner\. Valid values",
         "refuses before opening the store: Beam's list of runners in one message",
+    ),
+    BadInput(
+        "stats-step-no-pairs",
+        "CLI argument",
+        "data stats",
+        "`--step-hours 7` on 12-hourly data (no two times one step apart)",
+        r"no two times of the store are 7 h apart .*time spacing: 12 h",
+        "refuses before reading any block: names the step and the store's time spacing (was the "
+        "same refusal after every block had been read)",
     ),
     # ---------------------------------------------------------------- outputs
     BadInput(

@@ -321,6 +321,12 @@ def s_override_bad_value(tmp, p):
     return _teacher_train(tmp, p, model, "--set", "training.batch_size=0")
 
 
+def s_teacher_negative_seed(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    return _teacher_train(tmp, p, model, "--seed", "-1")
+
+
 def s_override_malformed(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -672,6 +678,11 @@ def s_beam_runner_unknown(tmp, p):
     return ["data", "stats", "--data", f, "--out", tmp / "stats", "--", "--runner=NopeRunner"]
 
 
+def s_stats_step_no_pairs(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    return ["data", "stats", "--data", f, "--out", tmp / "stats", "--step-hours", "7"]
+
+
 def s_stats_out_is_file(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     (tmp / "stats").write_text("not a directory\n")
@@ -773,6 +784,7 @@ SETUPS = {
     "config-not-yaml": s_config_not_yaml,
     "config-missing": s_config_missing,
     "override-bad-value": s_override_bad_value,
+    "teacher-negative-seed": s_teacher_negative_seed,
     "override-malformed": s_override_malformed,
     "validate-nan": s_validate_nan,
     "validate-missing-variable": s_validate_missing_variable,
@@ -813,6 +825,7 @@ SETUPS = {
     "distill-out-is-file": s_distill_out_is_file,
     "distill-out-under-file": s_distill_out_under_file,
     "beam-runner-unknown": s_beam_runner_unknown,
+    "stats-step-no-pairs": s_stats_step_no_pairs,
     "stats-out-is-file": s_stats_out_is_file,
     "stats-out-not-creatable": s_stats_out_not_creatable,
     "nature-run-out-exists": s_nature_run_out_exists,

@@ -12,7 +12,7 @@ import xarray as xr
 
 from gencast_rmmd.config import from_dict
 from gencast_rmmd.data.task import TaskConfig
-from gencast_rmmd.errors import OutputError
+from gencast_rmmd.errors import CheckpointError, OutputError
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.training import teacher
 from gencast_rmmd.training.loop import OptimizerConfig
@@ -372,6 +372,13 @@ def test_export_round_trip_and_info(straight_run, tmp_path):
     # An earlier step exports different (less trained) weights.
     early = _flat_params(teacher.export_teacher(out, tmp_path / "s4.npz", step=4))
     assert any(not np.array_equal(early[k], a[k]) for k in a)
+    # A step the run has no checkpoint of: named with the steps there are (was orbax's "not
+    # found" reported as a checkpoint that "does not match the expected training state").
+    with pytest.raises(
+        CheckpointError, match=r"no checkpoint at step 99 in .*; it holds steps .*4"
+    ):
+        teacher.export_teacher(out, tmp_path / "s99.npz", step=99)
+    assert not (tmp_path / "s99.npz").exists()
     text = teacher.describe_checkpoint(exported)
     assert f"{summary['num_params']:,} in {summary['num_tensors']} tensors" in text
     assert "test-license" in text and "7 network evaluations" in text
