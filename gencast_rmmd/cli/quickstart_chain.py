@@ -221,12 +221,9 @@ def _stage_data(ctx: Context) -> None:
 
     base = _data_config(ctx)
     if ctx.data_store:
-        from gencast_rmmd.remote import is_url, source_path
+        from gencast_rmmd.remote import source_path
 
-        if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
-            from gencast_rmmd.errors import DataError
-
-            raise DataError(f"--data {ctx.data_store!r} does not exist")
+        _check_data_store(ctx)
         ctx.store = source_path(ctx.data_store)
     else:
         from gencast_rmmd.data import nature_run
@@ -395,6 +392,15 @@ def _write_eval_teacher(ctx: Context) -> None:
     )
 
 
+def _distill_sets(ctx: Context, extra: list[str]) -> list[str]:
+    """The `--set` overrides of the quickstart's `distill` calls: step counts and seed, `extra`
+    (a stage's own), then the profile's `distill_overrides`."""
+    sets = [f"mmd.loop.num_steps={ctx.cfg.mmd_steps}", f"mmd.loop.seed={ctx.cfg.seed}"]
+    if ctx.cfg.rmmd_steps > 0:
+        sets += [f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}", f"rmmd.loop.seed={ctx.cfg.seed}"]
+    return [*sets, *extra, *ctx.cfg.distill_overrides]
+
+
 def _distill_args(ctx: Context, run: pathlib.Path, phase: str, extra: list[str]) -> list[str]:
     """`gencast-rmmd distill` arguments for the quickstart's teacher, store and step counts."""
     args = [
@@ -412,10 +418,7 @@ def _distill_args(ctx: Context, run: pathlib.Path, phase: str, extra: list[str])
         "--phase",
         phase,
     ]
-    sets = [f"mmd.loop.num_steps={ctx.cfg.mmd_steps}", f"mmd.loop.seed={ctx.cfg.seed}"]
-    if ctx.cfg.rmmd_steps > 0:
-        sets += [f"rmmd.loop.num_steps={ctx.cfg.rmmd_steps}", f"rmmd.loop.seed={ctx.cfg.seed}"]
-    for o in [*sets, *extra, *ctx.cfg.distill_overrides]:
+    for o in _distill_sets(ctx, extra):
         args += ["--set", o]
     if not ctx.progress:
         args.append("--no-progress")
@@ -1142,6 +1145,38 @@ def _check_nature_run_length(ctx: Context) -> None:
         )
 
 
+def _check_data_store(ctx: Context) -> None:
+    """--data opens as a store (`DataError` naming it otherwise); its schema and length are the
+    data stage's to check."""
+    from gencast_rmmd.remote import is_url, source_path
+
+    if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
+        from gencast_rmmd.errors import DataError
+
+        raise DataError(f"--data {ctx.data_store!r} does not exist")
+    _open_zarr(ctx.data_store).close()
+
+
+def _check_stage_settings(ctx: Context) -> None:
+    """The profile's settings as the teacher and distill stages will read them (model config and
+    `model_overrides`, training flags, distill config and `distill_overrides`): a bad key or
+    value is refused before the first stage, not when its stage comes (after the nature run,
+    or after the teacher's training)."""
+    from gencast_rmmd.cli import teacher as teacher_cli
+    from gencast_rmmd.distill.gencast import DistillConfig
+
+    c = ctx.cfg
+    teacher_cli.model_config(c.model_config, list(c.model_overrides))
+    teacher_cli.training_config(
+        list(c.model_overrides),
+        steps=c.teacher_steps,
+        batch_size=c.teacher_batch_size,
+        lr=c.teacher_learning_rate,
+        seed=c.seed,
+    )
+    load_config(DistillConfig, c.distill_config, _distill_sets(ctx, []), kind="distill")
+
+
 def _run_data(ctx: Context) -> dict[str, str]:
     """What the run directory's marker records of its data beside the profile (`_DATA_KEYS`):
     `data`, the resolved --data (`embedded`: the nature run), and `task_sha256`, the SHA-256 of
@@ -1202,6 +1237,9 @@ def _make_out_dir(out: pathlib.Path) -> None:
 def run_chain(ctx: Context) -> dict:
     """Run every stage not yet complete; return the summary."""
     _check_nature_run_length(ctx)
+    if ctx.data_store:
+        _check_data_store(ctx)
+    _check_stage_settings(ctx)
     data = _run_data(ctx)
     _make_out_dir(ctx.out)
     marker = ctx.path("quickstart.yaml")

@@ -150,33 +150,56 @@ def _resolve_task(args):
     return task, window
 
 
-def _train(args: argparse.Namespace) -> int:
-    from gencast_rmmd.config import apply_overrides, from_dict, load_config, to_dict
+def model_config(config: str, overrides: list[str]):
+    """The `ModelConfig` that `teacher train --config CONFIG --set ...` builds: the file with the
+    overrides that are not `training.*`; `ConfigError` naming the file and key otherwise."""
+    from gencast_rmmd.config import load_config
     from gencast_rmmd.model.configs import ModelConfig
+
+    model_over = _split_overrides(overrides)[0]
+    return _describe_overrides(
+        load_config(ModelConfig, config, model_over, kind="model"), model_over
+    )
+
+
+def training_config(overrides: list[str], window=(None, None), **flags):
+    """The `TeacherTrainingConfig` that `teacher train` builds: the defaults, the training
+    `window` (start, end), the flags (`steps`, `batch_size`, `grad_accum`, `seed`, `lr`; None:
+    not given) and the `training.*` overrides; `ConfigError` naming the key otherwise."""
+    from gencast_rmmd.config import apply_overrides, from_dict, to_dict
+    from gencast_rmmd.training.teacher import TeacherTrainingConfig
+
+    base = to_dict(TeacherTrainingConfig())
+    if window[0] is not None:
+        base["train_start"], base["train_end"] = window
+    keys = {"steps": "num_steps", "batch_size": "batch_size", "grad_accum": "grad_accum_steps"}
+    for flag, v in flags.items():
+        if v is None:
+            continue
+        if flag == "lr":
+            base["optimizer"]["learning_rate"] = v
+        else:
+            base[keys.get(flag, flag)] = v
+    base = apply_overrides(base, _split_overrides(overrides)[1])
+    return from_dict(TeacherTrainingConfig, base, "teacher training config (--set training.*)")
+
+
+def _train(args: argparse.Namespace) -> int:
     from gencast_rmmd.training import sharding
-    from gencast_rmmd.training.teacher import TeacherTrainingConfig, train_teacher
+    from gencast_rmmd.training.teacher import train_teacher
 
     sharding.maybe_initialize_distributed()
-    model_over, train_over = _split_overrides(args.overrides)
-    model = load_config(ModelConfig, args.config, model_over, kind="model")
-    model = _describe_overrides(model, model_over)
-    task, (start, end) = _resolve_task(args)
-    base = to_dict(TeacherTrainingConfig())
-    if start is not None:
-        base["train_start"], base["train_end"] = start, end
-    for flag, key in (
-        ("steps", "num_steps"),
-        ("batch_size", "batch_size"),
-        ("grad_accum", "grad_accum_steps"),
-        ("seed", "seed"),
-    ):
-        v = getattr(args, flag)
-        if v is not None:
-            base[key] = v
-    if args.lr is not None:
-        base["optimizer"]["learning_rate"] = args.lr
-    base = apply_overrides(base, train_over)
-    training = from_dict(TeacherTrainingConfig, base, "teacher training config (--set training.*)")
+    model = model_config(args.config, args.overrides)
+    task, window = _resolve_task(args)
+    training = training_config(
+        args.overrides,
+        window,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        seed=args.seed,
+        lr=args.lr,
+    )
     summary = train_teacher(
         model,
         task,

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -579,6 +580,7 @@ def _no_stages(monkeypatch) -> None:
         "summary", lambda c: c.path("summary.json").write_text("{}"), lambda c: False
     )
     monkeypatch.setattr(chain, "STAGES", (summary,))
+    monkeypatch.setattr(chain, "_check_data_store", lambda ctx: None)  # --data is named only
 
 
 def test_speed_is_measured_again_only_when_a_timing_setting_changed(tmp_path, monkeypatch):
@@ -677,6 +679,30 @@ def test_nature_run_days_applies_to_the_embedded_run_only(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not out.exists()
+
+
+def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path, capsys):
+    """A bad key or value in the profile's model/distill overrides (or a --data that is no store)
+    is refused before the first stage and before --out is made: it was refused only when its
+    stage came (the distill overrides after the nature run, the statistics and the teacher's
+    training), and a refused --data left --out/quickstart.yaml behind."""
+    cases = [
+        (["--set", "model_overrides=[nope=1]"], r"unknown key 'nope' in ModelConfig"),
+        (["--set", "model_overrides=[training.batch_size=0]"], r"batch_size: must be >= 1"),
+        (
+            ["--set", "distill_overrides=[mmd.loop.num_stepz=3]"],
+            r"unknown key 'mmd.loop.num_stepz'",
+        ),
+        (["--set", "distill_overrides=[rmmd.loop.batch_size=0]"], r"batch_size: must be >= 1"),
+        (["--data", str(tmp_path / "nope.zarr"), "--data-config", "embedded"], r"does not exist"),
+        (["--data", str(tmp_path), "--data-config", "embedded"], r"is a directory but not a Zarr"),
+    ]
+    out = tmp_path / "run"
+    for extra, want in cases:
+        rc = main(["quickstart", "--fast", "--no-progress", "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and re.search(want, err) and err.count("\n") == 1, (extra, err)
+        assert not out.exists(), extra
 
 
 def test_data_without_config_is_refused(tmp_path, capsys):
