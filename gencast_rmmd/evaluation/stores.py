@@ -98,6 +98,12 @@ def open_truth(path: str) -> xr.Dataset:
     ds = canonical_grid(_open(path))
     if "time" not in ds.dims:
         raise DataError(f"truth store {path!r} has no 'time' dim; found dims {list(ds.dims)}")
+    if "prediction_timedelta" in ds.dims:  # a forecast store (e.g. the baseline's) given as truth
+        raise DataError(
+            f"truth store {path!r} is a forecast store (it has a 'prediction_timedelta' dim; "
+            f"found dims {list(ds.dims)}); expected analyses such as ERA5 (time, [level], "
+            "latitude, longitude)"
+        )
     return ds
 
 

@@ -117,6 +117,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the baseline store, the dims it needs and those found",
     ),
     BadInput(
+        "truth-is-forecast",
+        "data store",
+        "evaluate",
+        "`--truth` is a forecast store (it has `prediction_timedelta`)",
+        r"truth store .* is a forecast store \(it has a 'prediction_timedelta' dim",
+        "refuses: says the truth is a forecast store and what a truth store holds (was 'no init "
+        "time has all its valid times in the truth store')",
+    ),
+    BadInput(
         "grids-differ",
         "data store",
         "evaluate",

@@ -118,6 +118,11 @@ def s_baseline_not_forecast(tmp, p):
     return _eval_argv(_copy(p["forecast"], tmp / "f.zarr"), t, tmp / "out", "--baseline", t)
 
 
+def s_truth_is_forecast(tmp, p):
+    f = _copy(p["forecast"], tmp / "f.zarr")
+    return _eval_argv(f, _copy(p["forecast"], tmp / "f2.zarr"), tmp / "out")
+
+
 def s_grids_differ(tmp, p):
     tr = p["tr"]
     coarse = tr.isel(lat=slice(None, None, 2), lon=slice(None, None, 2))
@@ -760,6 +765,7 @@ SETUPS = {
     "store-no-ensemble-dim": s_store_no_ensemble_dim,
     "store-missing-dims": s_store_missing_dims,
     "baseline-not-forecast": s_baseline_not_forecast,
+    "truth-is-forecast": s_truth_is_forecast,
     "grids-differ": s_grids_differ,
     "truth-misses-valid-times": s_truth_misses_valid_times,
     "inits-in-training-period": s_inits_in_training_period,
