@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from gencast_rmmd.data.era5 import store_id
+from gencast_rmmd.data.era5 import store_id, time_spacing
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
@@ -324,9 +324,10 @@ def prepare(spec: ForecastSpec, model=None, data=None) -> tuple[list[tuple[int, 
             bad.append(s)
     if bad:
         raise DataError(
-            f"init times {bad[:5]}{' ...' if len(bad) > 5 else ''} are outside the data: each needs its "
+            f"init times {bad[:5]}{' ...' if len(bad) > 5 else ''} lack input frames in the data: each needs its "
             f"{task.input_frames} input frames ({task.step_hours} h apart, ending at the init time) in "
-            f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]}"
+            f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]} "
+            f"(time spacing: {time_spacing(times)})"
         )
     # Fail before the store exists: the model must build on this grid (checks every parameter's
     # name/shape against the architecture) and every initial condition must be finite.

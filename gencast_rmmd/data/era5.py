@@ -141,6 +141,7 @@ def open_store(
     storage_options: dict | None = None,
     trim_to_valid_range: bool = True,
     allow_incomplete: bool = False,
+    allow_forecast: bool = False,
     chunks: dict | None | str = "store",
 ) -> xr.Dataset:
     """Open a Zarr or NetCDF store lazily (dask arrays with the store's own chunks).
@@ -156,6 +157,9 @@ def open_store(
         time axis is allocated beyond the filled data, which reads as NaN); trim to them.
       allow_incomplete: open an unfinished `data prepare` output (only `data validate` does, to
         report it); by default such a store is a DataError.
+      allow_forecast: open a forecast store (a `prediction_timedelta` dim: WeatherBench 2's
+        schema, what `forecast` writes); only the evaluation does. By default it is a DataError:
+        data, statistics and initial conditions come from analyses (`refuse_forecast_store`).
       chunks: "store" (default): dask arrays in the store's own chunks; `None`: lazily loaded
         numpy arrays (what the evaluation's per-region reads use); else xarray's `chunks`.
     Raises:
@@ -189,12 +193,25 @@ def open_store(
         from gencast_rmmd.data.validate import require_complete
 
         require_complete(ds, source)
+    if not allow_forecast:
+        refuse_forecast_store(ds, source, "store")
     if trim_to_valid_range and "time" in ds.dims:
         start = ds.attrs.get("valid_time_start")
         stop = ds.attrs.get("valid_time_stop")
         if start or stop:
             ds = ds.sel(time=slice(start, stop))
     return ds
+
+
+def refuse_forecast_store(ds: xr.Dataset, source: str, what: str) -> None:
+    """DataError when `ds` is a forecast store (a `prediction_timedelta` dim) where analyses in
+    ERA5 names are expected (`what`: "store", "truth store")."""
+    if "prediction_timedelta" in ds.dims:
+        raise DataError(
+            f"{what} {source!r} is a forecast store (it has a 'prediction_timedelta' dim; found "
+            f"dims {list(ds.dims)}); expected analyses in ERA5 names such as ERA5 itself or the "
+            "nature run (time, [level], latitude/lat, longitude/lon)"
+        )
 
 
 def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
@@ -267,6 +284,16 @@ def normalize_coords(ds: xr.Dataset) -> xr.Dataset:
 # --------------------------------------------------------------------------------------------
 # Derived variables
 # --------------------------------------------------------------------------------------------
+
+
+def time_spacing(times: np.ndarray) -> str:
+    """The distinct steps between the sorted unique `times`, for messages: "12 h", "6 h, 12 h",
+    or "none (1 time)"; at most three are named."""
+    t = np.unique(np.asarray(times).astype("datetime64[ns]"))
+    gaps = np.unique(np.diff(t)) // np.timedelta64(1, "m") / 60
+    if not gaps.size:
+        return f"none ({t.size} time{'' if t.size == 1 else 's'})"
+    return ", ".join(f"{g:g} h" for g in gaps[:3]) + (" ..." if gaps.size > 3 else "")
 
 
 def year_progress(times: np.ndarray) -> np.ndarray:

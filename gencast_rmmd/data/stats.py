@@ -185,17 +185,12 @@ def difference_windows(
     window = starts.copy()
     earlier, later = difference_pairs(times, step_hours)
     if not earlier.size:  # refused here, before any block is read (else after all of them)
-        t = np.unique(np.asarray(times).astype("datetime64[ns]"))
-        gaps = np.unique(np.diff(t)) // np.timedelta64(1, "m") / 60
-        spacing = (
-            ", ".join(f"{g:g} h" for g in gaps[:3]) + (" ..." if gaps.size > 3 else "")
-            if gaps.size
-            else f"none ({t.size} time)"
-        )
+        from gencast_rmmd.data.era5 import time_spacing
+
         raise DataError(
             f"statistics: no two times of the store are {step_hours} h apart (the step of "
-            f"`data stats --step-hours`), so the difference statistics (diffs_stddev_by_level) have no data; the "
-            f"store's time spacing: {spacing}"
+            "`data stats --step-hours`), so the difference statistics (diffs_stddev_by_level) "
+            f"have no data; the store's time spacing: {time_spacing(times)}"
         )
     high, low = np.maximum(earlier, later), np.minimum(earlier, later)
     np.minimum.at(window, high // block, low)

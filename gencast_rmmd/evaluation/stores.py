@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from gencast_rmmd.data.era5 import open_store
+from gencast_rmmd.data.era5 import open_store, refuse_forecast_store
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.forecast.store import STATUS_ATTR
 from gencast_rmmd.safety import load_or_data_error
@@ -30,7 +30,7 @@ TRAIN_END_ATTR = "training_period_end"
 def _open(path: str) -> xr.Dataset:
     """A forecast or truth store (local Zarr/NetCDF, or an fsspec URL such as a WeatherBench 2
     or ARCO-ERA5 bucket), through the data layer's opener, as lazily loaded numpy arrays."""
-    return open_store(path, chunks=None)
+    return open_store(path, chunks=None, allow_forecast=True)
 
 
 def canonical_grid(ds: xr.Dataset) -> xr.Dataset:
@@ -98,12 +98,7 @@ def open_truth(path: str) -> xr.Dataset:
     ds = canonical_grid(_open(path))
     if "time" not in ds.dims:
         raise DataError(f"truth store {path!r} has no 'time' dim; found dims {list(ds.dims)}")
-    if "prediction_timedelta" in ds.dims:  # a forecast store (e.g. the baseline's) given as truth
-        raise DataError(
-            f"truth store {path!r} is a forecast store (it has a 'prediction_timedelta' dim; "
-            f"found dims {list(ds.dims)}); expected analyses such as ERA5 (time, [level], "
-            "latitude, longitude)"
-        )
+    refuse_forecast_store(ds, path, "truth store")  # e.g. the baseline's store given as truth
     return ds
 
 

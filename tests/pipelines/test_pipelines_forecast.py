@@ -166,10 +166,13 @@ def test_user_errors(data, tmp_path):
         _run(data, tmp_path / "a.zarr", members=0)
     with pytest.raises(ConfigError, match="members"):
         _run(data, tmp_path / "a.zarr", members=-2)
-    with pytest.raises(DataError, match="outside the data"):
+    with pytest.raises(DataError, match="lack input frames in the data"):
         _run(data, tmp_path / "a.zarr", init_times=["2020-06-01T00"])
-    with pytest.raises(DataError, match="outside the data"):
+    with pytest.raises(DataError, match="lack input frames in the data"):
         _run(data, tmp_path / "a.zarr", init_times=["2021-01-01T00"])  # needs the -12 h frame
+    # inside the data's range but off its 12 h axis: the spacing says why
+    with pytest.raises(DataError, match=r"2021-01-02T18.*\(time spacing: 12 h\)$"):
+        _run(data, tmp_path / "a.zarr", init_times=["2021-01-02T18"])
     with pytest.raises(ConfigError, match="multiple"):
         _run(data, tmp_path / "a.zarr", lead_steps=None, lead_time="18h")
     assert (

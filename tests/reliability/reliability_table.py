@@ -275,8 +275,8 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "CLI argument",
         "forecast",
         "`--init-times 2031-01-01T00` (after the data's end)",
-        r"outside the data.*covers",
-        "refuses: names the init times and the data's time range",
+        r"lack input frames in the data.*covers .* \(time spacing: 12 h\)",
+        "refuses: names the init times, the data's time range and its time spacing",
     ),
     BadInput(
         "forecast-bad-init-time",
@@ -301,6 +301,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "checkpoint with one parameter of the wrong shape",
         r"parameter mismatch.*expected shape",
         "refuses before creating the output store: names the parameter, expected and found shape",
+    ),
+    BadInput(
+        "forecast-data-is-forecast",
+        "data store",
+        "forecast",
+        "`--data` is a forecast store (WeatherBench 2 schema, with `prediction_timedelta`)",
+        r"store .* is a forecast store \(it has a 'prediction_timedelta' dim.*expected analyses",
+        "refuses before creating the output store: data stores hold analyses (was 'init times "
+        "lack input frames in the data' naming the forecast's init times)",
     ),
     BadInput(
         "forecast-nan-inputs",

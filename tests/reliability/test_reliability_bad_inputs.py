@@ -485,6 +485,17 @@ def s_forecast_ckpt_wrong_shape(tmp, p):
     )
 
 
+def s_forecast_data_is_forecast(tmp, p):
+    """A forecast store (WeatherBench 2 schema) given as the initial conditions' data store."""
+
+    def as_forecast(ds):
+        return ds.expand_dims(prediction_timedelta=[np.timedelta64(0, "h")])
+
+    store = _mutated_store(tmp, p, as_forecast)
+    return _forecast(tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
+                     store=store)  # fmt: skip
+
+
 def s_forecast_nan_inputs(tmp, p):
     w = p["ws"]
     init = xr.open_zarr(w["store"])["time"].values[2]
@@ -808,6 +819,7 @@ SETUPS = {
     "forecast-bad-init-time": s_forecast_bad_init_time,
     "forecast-stats-missing": s_forecast_stats_missing,
     "forecast-ckpt-wrong-shape": s_forecast_ckpt_wrong_shape,
+    "forecast-data-is-forecast": s_forecast_data_is_forecast,
     "forecast-nan-inputs": s_forecast_nan_inputs,
     "forecast-output-foreign": s_forecast_output_foreign,
     "image-data-missing": s_image_data_missing,
