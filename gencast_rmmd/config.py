@@ -290,18 +290,24 @@ def load_yaml_file(path: pathlib.Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-def check_iso_times(cfg: Any, *names: str) -> None:
-    """For a `validate()`: raise ValueError naming the field when one of `cfg`'s fields `names`
-    is set (not None) and is not an ISO date/time that numpy reads."""
+def check_time_window(cfg: Any, start: str, end: str) -> None:
+    """For a `validate()`: raise ValueError naming the field when `cfg`'s field `start` or `end`
+    is set (not None) and is not an ISO date/time that numpy reads, or when both are set and
+    the window ends before it starts (it would hold no time)."""
     import numpy as np
 
-    for name in names:
+    times = {}
+    for name in (start, end):
         value = getattr(cfg, name)
         if value is not None:
             try:
-                np.datetime64(value)
+                times[name] = np.datetime64(value)
             except ValueError:
                 raise ValueError(f"{name}: not an ISO date/time: {value!r}") from None
+    if len(times) == 2 and times[start] > times[end]:
+        raise ValueError(
+            f"{start} {getattr(cfg, start)} is after {end} {getattr(cfg, end)} (an empty window)"
+        )
 
 
 def to_dict(cfg: Any) -> Any:

@@ -156,6 +156,38 @@ def test_teacher_training_dates_that_are_not_iso_are_refused():
         from_dict(TeacherTrainingConfig, dict(base, train_end="last week"))
 
 
+@pytest.mark.parametrize(
+    ("cls", "kind", "name", "prefix", "start", "end"),
+    [
+        ("gencast_rmmd.data.config:DataConfig", "data", "embedded", "", "time_start", "time_stop"),
+        ("gencast_rmmd.distill.gencast:DistillConfig", "distill", "tiny", "data.", "train_start",
+         "train_end"),
+        ("gencast_rmmd.training.teacher:TeacherTrainingConfig", None, None, "", "train_start",
+         "train_end"),
+    ],
+)  # fmt: skip
+def test_a_window_that_ends_before_it_starts_is_refused(cls, kind, name, prefix, start, end):
+    """Every configured time window (the data's, the teacher's and the student's training
+    window): an end before the start was an empty window, reported only once the data was read
+    ('holds 0 init times'); the same instant at both ends is one time."""
+    import importlib
+
+    module, attr = cls.split(":")
+    config_cls = getattr(importlib.import_module(module), attr)
+
+    def load(a, b):
+        sets = [f"{prefix}{start}={a}", f"{prefix}{end}={b}"]
+        if name is None:
+            return from_dict(config_cls, {}, overrides=sets)
+        return load_config(config_cls, name, sets, kind=kind)
+
+    load("2001-01-01", "2001-01-01")
+    with pytest.raises(
+        ConfigError, match=rf"{start} 2001-01-01T12 is after {end} 2001-01-01 \(an empty window\)"
+    ):
+        load("2001-01-01T12", "2001-01-01")
+
+
 def test_named_configs_ship_with_the_package():
     """The named configs (`--config tiny`, quickstart profiles, ...) are package data: a plain or
     wheel install (a Dataflow worker, a container) finds them, not only an editable checkout.

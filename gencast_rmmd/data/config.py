@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from gencast_rmmd.config import check_iso_times
+from gencast_rmmd.config import check_time_window
 from gencast_rmmd.data.task import TaskConfig
 
 ARCO_ERA5 = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
@@ -120,12 +120,7 @@ class DataConfig:
 
     def validate(self) -> None:
         self.task.validate()
-        check_iso_times(self, "time_start", "time_stop")
-        if self.time_start and self.time_stop:
-            if np.datetime64(self.time_start) > np.datetime64(self.time_stop):
-                raise ValueError(
-                    f"time_start {self.time_start} is after time_stop {self.time_stop}"
-                )
+        check_time_window(self, "time_start", "time_stop")
         for name, (a, b) in self.splits.items():
             try:
                 ta, tb = np.datetime64(a), np.datetime64(b)

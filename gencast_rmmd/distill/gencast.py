@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from gencast_rmmd.config import check_iso_times, load_yaml, to_dict
+from gencast_rmmd.config import check_time_window, load_yaml, to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.distill.objectives import ObjectiveConfig, check_s_floor
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
@@ -74,7 +74,7 @@ class DistillDataConfig:
     local_cache: str | None = "auto"
 
     def validate(self) -> None:
-        check_iso_times(self, "train_start", "train_end")
+        check_time_window(self, "train_start", "train_end")
 
 
 @dataclasses.dataclass(frozen=True)

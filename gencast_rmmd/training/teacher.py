@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gencast_rmmd.config import check_iso_times, from_dict, to_dict
+from gencast_rmmd.config import check_time_window, from_dict, to_dict
 from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
@@ -118,7 +118,7 @@ class TeacherTrainingConfig:
     def validate(self) -> None:
         self.loop_config().validate()
         self.optimizer.validate()
-        check_iso_times(self, "train_start", "train_end")
+        check_time_window(self, "train_start", "train_end")
 
     def loop_config(self, progress: bool = True) -> LoopConfig:
         return LoopConfig(
