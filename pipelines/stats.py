@@ -130,6 +130,9 @@ def compute_stats_beam(
     timed = [k for k, v in ds.data_vars.items() if "time" in v.dims]
     statics = [k for k, v in ds.data_vars.items() if "time" not in v.dims]
     n = ds.sizes["time"]
+    # Planned (and refused when no two times are one step apart) before the pipeline exists:
+    # an error inside its `with` block would leave Beam's temp directory behind.
+    windows = st.difference_windows(ds["time"].values, block, step_hours)
     # The combined moments meet in one final step that writes the files (`_write`).
     out_dir = os.fspath(out_dir)
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
@@ -141,8 +144,7 @@ def compute_stats_beam(
         )
         diffs = (
             p
-            | "diff blocks"
-            >> beam.Create(st.difference_windows(ds["time"].values, block, step_hours))
+            | "diff blocks" >> beam.Create(windows)
             | "diff moments" >> beam.Map(_diff_moments, data, timed, block, step_hours)
             | "drop empty" >> beam.Filter(lambda m: m is not None)
             | "combine diffs" >> beam.CombineGlobally(_MomentsCombine())
