@@ -220,10 +220,9 @@ def _stage_data(ctx: Context) -> None:
     """The store (cached nature run or --data) and data.yaml with train/eval splits."""
 
     base = _data_config(ctx)
-    if ctx.data_store:
+    if ctx.data_store:  # checked (`_check_data_store`) before the first stage
         from gencast_rmmd.remote import source_path
 
-        _check_data_store(ctx)
         ctx.store = source_path(ctx.data_store)
     else:
         from gencast_rmmd.data import nature_run

@@ -172,7 +172,7 @@ def training_config(overrides: list[str], window=(None, None), **flags):
     base = to_dict(TeacherTrainingConfig())
     if window[0] is not None:
         base["train_start"], base["train_end"] = window
-    keys = {"steps": "num_steps", "batch_size": "batch_size", "grad_accum": "grad_accum_steps"}
+    keys = {"steps": "num_steps", "grad_accum": "grad_accum_steps"}  # others: the field's name
     for flag, v in flags.items():
         if v is None:
             continue

@@ -433,22 +433,23 @@ def _forecast(tmp, p, *extra, model=None, store=None, stats=None, init=None):
     ]  # fmt: skip
 
 
+def _forecast_one(tmp, p, *extra, **kw):
+    """`_forecast` of 2 members, 1 lead step, into tmp/f.zarr: the cases that need only a run."""
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", *extra, **kw
+    )
+
+
 def s_forecast_negative_members(tmp, p):
     return _forecast(tmp, p, "--members", "-3", "--lead-steps", "1", "--out", tmp / "f.zarr")
 
 
 def s_forecast_persistence_bad_noise(tmp, p):
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        model="persistence:abc",
-    )  # fmt: skip
+    return _forecast_one(tmp, p, model="persistence:abc")
 
 
 def s_forecast_data_config_with_checkpoint(tmp, p):
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        "--data-config", "embedded",
-    )  # fmt: skip
+    return _forecast_one(tmp, p, "--data-config", "embedded")
 
 
 def s_forecast_lead_not_multiple(tmp, p):
@@ -456,23 +457,15 @@ def s_forecast_lead_not_multiple(tmp, p):
 
 
 def s_forecast_init_outside_data(tmp, p):
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        init="2031-01-01T00",
-    )  # fmt: skip
+    return _forecast_one(tmp, p, init="2031-01-01T00")
 
 
 def s_forecast_bad_init_time(tmp, p):
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", init="yesterday"
-    )
+    return _forecast_one(tmp, p, init="yesterday")
 
 
 def s_forecast_stats_missing(tmp, p):
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        stats=tmp / "no_stats",
-    )  # fmt: skip
+    return _forecast_one(tmp, p, stats=tmp / "no_stats")
 
 
 def s_forecast_ckpt_wrong_shape(tmp, p):
@@ -480,9 +473,7 @@ def s_forecast_ckpt_wrong_shape(tmp, p):
     k = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)[0]
     flat[k] = np.zeros(flat[k].shape[::-1] + (2,), np.float32)
     model = _save_flat(flat, tmp / "model.npz")
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
-    )
+    return _forecast_one(tmp, p, model=model)
 
 
 def s_forecast_data_is_forecast(tmp, p):
@@ -492,8 +483,7 @@ def s_forecast_data_is_forecast(tmp, p):
         return ds.expand_dims(prediction_timedelta=[np.timedelta64(0, "h")])
 
     store = _mutated_store(tmp, p, as_forecast)
-    return _forecast(tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-                     store=store)  # fmt: skip
+    return _forecast_one(tmp, p, store=store)
 
 
 def s_forecast_nan_inputs(tmp, p):
@@ -506,10 +496,7 @@ def s_forecast_nan_inputs(tmp, p):
 
     store = _mutated_store(tmp, p, mutate)
     cfg = _data_config(tmp, p, store)
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        "--data-config", cfg, model="persistence:0.5", store=store,
-    )  # fmt: skip
+    return _forecast_one(tmp, p, "--data-config", cfg, model="persistence:0.5", store=store)
 
 
 def s_forecast_output_foreign(tmp, p):
@@ -596,9 +583,7 @@ def s_ckpt_bad_student_sampler(tmp, p):
     flat["extra:student_sampler_config:num_steps"] = np.asarray(0)
     flat["extra:student_sampler_config:eta"] = np.asarray(0.5)
     model = _save_flat(flat, tmp / "student.npz")
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
-    )
+    return _forecast_one(tmp, p, model=model)
 
 
 def s_teacher_export_not_a_run(tmp, p):
@@ -626,9 +611,7 @@ def s_forecast_resume_other_checkpoint(tmp, p):
     from gencast_rmmd.cli import main
 
     model = _save_flat(p["flat"], tmp / "model.npz")
-    argv = _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", model=model
-    )
+    argv = _forecast_one(tmp, p, model=model)
     assert main([str(a) for a in argv]) == 0
     retrained = {
         k: v * np.float32(1.01) if k.startswith("params:") else v for k, v in p["flat"].items()
@@ -641,9 +624,7 @@ def s_forecast_resume_other_stats(tmp, p):
     from gencast_rmmd.cli import main
 
     stats = _ws_copy(tmp, p, "stats")["stats"]
-    argv = _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", stats=stats
-    )
+    argv = _forecast_one(tmp, p, stats=stats)
     assert main([str(a) for a in argv]) == 0
     mean = stats / "mean_by_level.nc"
     with xr.open_dataset(mean) as ds:
@@ -659,9 +640,7 @@ def s_forecast_resume_other_data(tmp, p):
     with xr.open_zarr(p["ws"]["store"]) as ds:
         ds = ds.load()
     store = write_store(ds, tmp / "data.zarr")  # a store gencast-rmmd made: it has an id
-    argv = _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr", store=store
-    )
+    argv = _forecast_one(tmp, p, store=store)
     assert main([str(a) for a in argv]) == 0
     t2m = ds["2m_temperature"]
     # Re-made at the same path with other content (a model run with other settings, say).
@@ -760,10 +739,7 @@ def s_teacher_incomplete_store(tmp, p):
 def s_forecast_incomplete_store(tmp, p):
     store = _incomplete_store(tmp, p)
     cfg = _data_config(tmp, p, store)
-    return _forecast(
-        tmp, p, "--members", "2", "--lead-steps", "1", "--out", tmp / "f.zarr",
-        "--data-config", cfg, model="persistence:0.5", store=store,
-    )  # fmt: skip
+    return _forecast_one(tmp, p, "--data-config", cfg, model="persistence:0.5", store=store)
 
 
 SETUPS = {
