@@ -62,6 +62,8 @@ def _distill(args: argparse.Namespace) -> int:
             m = rec.get("last_metrics") or {}
             loss = f"{m['loss']:.4g}" if "loss" in m else "n/a"
             rate = f"{m['steps_per_sec']:.2f} steps/s" if "steps_per_sec" in m else "no steps"
+            if rec["steps"] == 0:
+                rate = "num_steps=0: the student is its initialisation, untrained"
             print(
                 f"distill {ph}: {rec['steps']} steps, loss {loss}, {rate}; student {rec.get('student')}"
             )

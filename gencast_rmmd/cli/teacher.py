@@ -210,7 +210,12 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model_source=str(args.config),
     )
-    loss = "n/a (already complete)" if summary["loss"] is None else f"{summary['loss']:.4g}"
+    if summary["steps"] == 0:
+        loss = "n/a (num_steps=0: the exported weights are the untrained initialisation)"
+    elif summary["loss"] is None:
+        loss = "n/a (already complete)"
+    else:
+        loss = f"{summary['loss']:.4g}"
     rate = summary["steps_per_sec"]
     rate = f"{rate:.2f} steps/s" if rate else "no new steps"
     print(

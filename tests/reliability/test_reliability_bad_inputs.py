@@ -923,3 +923,21 @@ def test_debug_shows_the_traceback(tmp_path, eval_pair):
     assert debug.rc != 0
     assert "Traceback (most recent call last)" in debug.err
     assert "DataError" in debug.err and "does not exist" in debug.err
+
+
+def test_zero_steps_says_the_weights_are_untrained(tmp_path, teacher_inputs, capfd):
+    """`--steps 0` / `num_steps=0` is accepted (an untrained export is a valid smoke test) but the
+    summary line must not call the run "already complete": it says the weights are untrained."""
+    from gencast_rmmd.cli import main
+
+    argv = [str(a) for a in _teacher_train(tmp_path, teacher_inputs, teacher_inputs["ws"]["model"])]
+    assert main([*argv, "--steps", "0"]) == 0
+    out = capfd.readouterr().out
+    assert "untrained initialisation" in out and "already complete" not in out
+    assert (tmp_path / "run" / "teacher.npz").is_file()
+    d = tmp_path / "d"
+    d.mkdir()
+    argv = [str(a) for a in _distill(d, teacher_inputs, "--phase", "mmd")]
+    assert main([*argv, "--set", "mmd.loop.num_steps=0"]) == 0
+    line = next(s for s in capfd.readouterr().out.splitlines() if s.startswith("distill mmd:"))
+    assert "num_steps=0: the student is its initialisation, untrained" in line, line
