@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -56,7 +57,15 @@ def register(sub) -> None:
     st.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     st.set_defaults(func=_stats)
 
-    va = dsub.add_parser("validate", help="check a store against a task config")
+    va = dsub.add_parser(
+        "validate",
+        help="check a store against a task config",
+        description="Check a store against a data config's task: variables, levels, dims, grid, "
+        "time axis, dtypes, NaN/Inf, an unfinished `data prepare`; every problem is listed with "
+        "what was expected and found (exit status 2). A valid store is described: its times, its "
+        "training examples in total and by split; a split with no example, or a time_start/"
+        "time_stop the store does not reach, is a note on stderr, not a problem.",
+    )
     va.add_argument("--data", required=True, help="store path (Zarr or NetCDF)")
     va.add_argument("--config", required=True, help="data config (path or name in configs/data)")
     va.add_argument(
@@ -153,11 +162,24 @@ def _require_positive(args, *names: str) -> None:
 
 def _validate(args) -> int:
     from gencast_rmmd.data.config import load_data_config
-    from gencast_rmmd.data.validate import validate_store
+    from gencast_rmmd.data.validate import time_coverage, validate_store
 
     cfg = load_data_config(args.config, args.overrides)
-    validate_store(args.data, cfg.task, check_values=not args.no_values)
-    print(json.dumps({"data": args.data, "config": args.config, "problems": 0}))
+    found: dict = {}
+    validate_store(args.data, cfg.task, check_values=not args.no_values, coverage=found)
+    info, notes = time_coverage(
+        found["times"], cfg.task, cfg.splits, (cfg.time_start, cfg.time_stop)
+    )
+    splits = ", ".join(f"{k} {n}" for k, n in info["splits"].items())
+    if info["times"]:
+        print(
+            f"store {args.data}: no problem for task {args.config!r}; {info['times']} times "
+            f"{info['first']} .. {info['last']}, {info['examples']} examples"
+            + (f" (by split: {splits})" if splits else "")
+        )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps({"data": args.data, "config": args.config, "problems": 0, **info}))
     return 0
 
 

@@ -296,13 +296,63 @@ def require_complete(ds_or_attrs, path: str | os.PathLike) -> None:
         )
 
 
+def time_coverage(
+    times: np.ndarray,
+    task: TaskConfig,
+    splits: dict[str, tuple[str, str]] | None = None,
+    window: tuple[str | None, str | None] = (None, None),
+) -> tuple[dict, list[str]]:
+    """What a store's `times` hold for a data config: `({"times": n, "first": .., "last": ..,
+    "examples": n, "splits": {name: examples}}, notes)`. An example is an init time with its input
+    frames and target in the store; a split counts the examples whose whole span (first input frame
+    .. target) lies inside it (`training.periods.select_init_times`, the trainers' rule). `notes`
+    name each split with no example and each end of `window` (the config's `time_start`,
+    `time_stop`) that the store does not reach. These are notes, not problems: a store prepared
+    for a shorter period (`--set time_start=...`) or for evaluation only is still a valid store."""
+    from gencast_rmmd.data.examples import valid_init_times
+    from gencast_rmmd.training.periods import select_init_times
+
+    t = np.sort(np.asarray(times).astype("datetime64[ns]"))
+    if t.size == 0:
+        return {"times": 0, "examples": 0, "splits": {}}, ["the store holds no time"]
+    inits = valid_init_times(t, task)
+    first, last = str(t[0].astype("datetime64[s]")), str(t[-1].astype("datetime64[s]"))
+    info = {"times": int(t.size), "first": first, "last": last, "examples": int(inits.size)}
+    info["splits"] = {
+        name: int(select_init_times(inits, a, b, task).size)
+        for name, (a, b) in (splits or {}).items()
+    }
+    notes = [
+        f"split {name!r} ({splits[name][0]} .. {splits[name][1]}) holds no example of the store "
+        f"({first} .. {last}): an example needs {task.input_frames} input frame(s) and its "
+        f"{task.step_hours} h target inside the split"
+        for name, n in info["splits"].items()
+        if n == 0
+    ]
+    start, stop = window
+    if start is not None and t[0] > np.datetime64(start, "ns"):
+        notes.append(f"the store starts at {first}, after the config's time_start {start}")
+    if stop is not None and t[-1] < np.datetime64(stop, "ns"):
+        notes.append(f"the store ends at {last}, before the config's time_stop {stop}")
+    return info, notes
+
+
 def validate_store(
-    path: str | os.PathLike, task: TaskConfig, *, check_values: bool = True
+    path: str | os.PathLike,
+    task: TaskConfig,
+    *,
+    check_values: bool = True,
+    coverage: dict | None = None,
 ) -> list[Problem]:
-    """Open `path` and check it; raise `DataError` listing every problem, else return []."""
+    """Open `path` and check it; raise `DataError` listing every problem, else return []. When
+    `coverage` is a dict, it is filled with the store's time axis (`coverage["times"]`, a
+    datetime64 array; empty when the store has no time dim), for `time_coverage`."""
     from gencast_rmmd.data.era5 import open_store
 
     ds = open_store(path, trim_to_valid_range=False, allow_incomplete=True)
+    if coverage is not None:
+        has_time = "time" in ds.coords and ds["time"].ndim == 1
+        coverage["times"] = np.asarray(ds["time"].values) if has_time else np.array([], "M8[ns]")
     problems = []
     if is_incomplete(ds):
         problems.append(

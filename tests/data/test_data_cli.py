@@ -26,7 +26,7 @@ def test_validate_ok_and_errors(tmp_path, capsys):
     good = tmp_path / "good.zarr"
     canonical_store_ds().to_zarr(good, consolidated=False)
     assert main(["data", "validate", "--data", str(good), "--config", cfg]) == 0
-    assert json.loads(capsys.readouterr().out)["problems"] == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["problems"] == 0
     bad = tmp_path / "bad.zarr"
     canonical_store_ds().drop_vars("temperature").to_zarr(bad, consolidated=False)
     assert main(["data", "validate", "--data", str(bad), "--config", cfg]) == 2
@@ -34,6 +34,31 @@ def test_validate_ok_and_errors(tmp_path, capsys):
     assert "missing-variable" in err and "'temperature'" in err and "Traceback" not in err
     assert main(["data", "validate", "--data", str(tmp_path / "none.zarr"), "--config", cfg]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_validate_describes_the_store_by_split(tmp_path, capsys):
+    """A valid store is described: 12 times 12 h apart from 2020-01-01T00, so 10 examples (each
+    needs the frame before and the target after); a split counts the examples whose whole span
+    lies in it; a split with none, or a time_stop past the store's end, is a note, not a failure."""
+    splits = {
+        "train": ["2020-01-01T00", "2020-01-03T00"],  # inits 01T12, 02T00, 02T12
+        "eval": ["2020-01-05T00", "2020-01-09T00"],  # inits 05T12, 06T00 (the last has no target)
+        "old": ["2019-01-01", "2019-02-01"],
+    }
+    cfg = _config_file(tmp_path, splits=splits, time_stop="2020-02-01T00")
+    good = tmp_path / "good.zarr"
+    canonical_store_ds().to_zarr(good, consolidated=False)
+    assert main(["data", "validate", "--data", str(good), "--config", cfg, "--no-values"]) == 0
+    res = capsys.readouterr()
+    info = json.loads(res.out.splitlines()[-1])
+    assert info["times"] == 12 and info["examples"] == 10
+    assert info["first"] == "2020-01-01T00:00:00" and info["last"] == "2020-01-06T12:00:00"
+    assert info["splits"] == {"train": 3, "eval": 2, "old": 0}
+    assert "10 examples (by split: eval 2, old 0, train 3)" in res.out  # as the YAML lists them
+    notes = [s for s in res.err.splitlines() if s.startswith("note: ")]
+    assert len(notes) == 2, res.err
+    assert "split 'old'" in notes[0] and "holds no example" in notes[0]
+    assert "before the config's time_stop 2020-02-01T00" in notes[1]
 
 
 def test_prepare_then_stats_then_validate(tmp_path, capsys):
