@@ -241,6 +241,17 @@ def _iso(t) -> str:
     return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
 
 
+def _same_store(a: str, b: str) -> bool:
+    """Whether two store arguments name the same store: URLs as given (less a trailing '/'),
+    local paths resolved (symlinks, '..', a trailing '/', `file://`)."""
+    from gencast_rmmd.remote import is_url, local_path
+
+    def key(s: str) -> str:
+        return s.rstrip("/") if is_url(s) else os.path.realpath(local_path(s))
+
+    return key(os.fspath(a)) == key(os.fspath(b))
+
+
 def prepare(
     forecast_path: str,
     truth_path: str,
@@ -256,6 +267,11 @@ def prepare(
         raise DataError(f"lead_chunk must be >= 1, found {lead_chunk}")
     if seed < 0:  # numpy's SeedSequence takes non-negative integers only
         raise DataError(f"--seed must be >= 0, found {seed}")
+    if baseline_path and _same_store(baseline_path, forecast_path):
+        raise DataError(
+            f"--baseline {baseline_path!r} is the --forecast store itself: a scorecard of a "
+            "forecast against itself is all ties; give the other model's store (or no --baseline)"
+        )
     fc, ens_dim = stores.open_forecast(forecast_path, ensemble_dim)
     truth = stores.open_truth(truth_path)
     stores.check_same_grid(fc, truth)

@@ -117,6 +117,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the baseline store, the dims it needs and those found",
     ),
     BadInput(
+        "baseline-is-forecast",
+        "data store",
+        "evaluate",
+        "`--baseline` names the `--forecast` store itself (through a symlink and a trailing '/')",
+        r"--baseline .* is the --forecast store itself",
+        "refuses before reading: a scorecard of a forecast against itself is all ties",
+    ),
+    BadInput(
         "truth-is-forecast",
         "data store",
         "evaluate",

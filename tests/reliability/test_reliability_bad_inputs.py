@@ -113,6 +113,13 @@ def s_store_missing_dims(tmp, p):
     return _eval_argv(t, t, tmp / "out")
 
 
+def s_baseline_is_forecast(tmp, p):
+    f = _copy(p["forecast"], tmp / "f.zarr")
+    (tmp / "same.zarr").symlink_to(f)
+    t = _copy(p["truth"], tmp / "t.zarr")
+    return _eval_argv(f, t, tmp / "out", "--baseline", f"{tmp / 'same.zarr'}/")
+
+
 def s_baseline_not_forecast(tmp, p):
     t = _copy(p["truth"], tmp / "t.zarr")
     return _eval_argv(_copy(p["forecast"], tmp / "f.zarr"), t, tmp / "out", "--baseline", t)
@@ -752,6 +759,7 @@ SETUPS = {
     "store-no-ensemble-dim": s_store_no_ensemble_dim,
     "store-missing-dims": s_store_missing_dims,
     "baseline-not-forecast": s_baseline_not_forecast,
+    "baseline-is-forecast": s_baseline_is_forecast,
     "truth-is-forecast": s_truth_is_forecast,
     "grids-differ": s_grids_differ,
     "truth-misses-valid-times": s_truth_misses_valid_times,
