@@ -27,6 +27,22 @@ def pipeline_options(beam_args: Sequence[str] = ()):
     if not any(a.startswith("--runner") for a in opts):
         opts.append(f"--runner={LOCAL_RUNNER}")
     options = PipelineOptions(opts)
+    # Beam drops an option it does not know with a log warning only: `--runnner=DataflowRunner`
+    # would run here, on the local runner. Our pipelines define no options of their own, so an
+    # option unknown to Beam is a mistake.
+    known = PipelineOptions([]).get_all_options()
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(known))
+    if unknown:
+        import difflib
+
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"--{name}" + (f" (did you mean --{close[0]}?)" if close else ""))
+        raise ConfigError(
+            f"Beam option(s) not known to Beam: {', '.join(hints)}; Beam would drop them and run "
+            "without them"
+        )
     runner = options.view_as(StandardOptions).runner
     try:
         create_runner(runner)  # what beam.Pipeline does first: cheap, and it starts nothing

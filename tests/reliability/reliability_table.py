@@ -647,6 +647,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before opening the store: Beam's list of runners in one message",
     ),
     BadInput(
+        "beam-option-typo",
+        "CLI argument",
+        "evaluate",
+        "`-- --runnner=DataflowRunner --num_wrkers=3` (misspelt Beam options)",
+        r"Beam option\(s\) not known to Beam: --num_wrkers \(did you mean --num_workers\?\), "
+        r"--runnner \(did you mean --runner\?\)",
+        "refuses before opening a store, naming each option and the closest Beam option (Beam "
+        "itself only logs 'Discarding unparseable args' and runs on the local runner)",
+    ),
+    BadInput(
         "stats-step-no-pairs",
         "CLI argument",
         "data stats",
