@@ -9,6 +9,7 @@ the baselines, phase 2) and the Pareto sweep. Defaults are the embedded digits s
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from gencast_rmmd.distill.objectives import check_s_floor
@@ -16,6 +17,19 @@ from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 
 REWARDS = ("bw", "laplacian", "classifier")
 METHODS = ("rmmd", "draft", "refl", "dipp", "hypernoise")
+
+
+def _check_counts(cfg, *names: str) -> None:
+    """Each named field of `cfg` is an integer >= 1 (steps, batch sizes, sample counts)."""
+    for name in names:
+        if not getattr(cfg, name) >= 1:
+            raise ValueError(f"{name} must be >= 1, found {getattr(cfg, name)}")
+
+
+def _check_decay(cfg, name: str = "ema_decay") -> None:
+    """An EMA decay in [0, 1): 0 is no averaging; 1 would never move from the initial weights."""
+    if not 0 <= getattr(cfg, name) < 1:
+        raise ValueError(f"{name} must be in [0, 1), found {getattr(cfg, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +121,19 @@ class OptimConfig:
     grad_clip: float = 1.0
     decay_to_zero: bool = False
 
+    def validate(self) -> None:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, found {self.learning_rate}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), found {getattr(self, name)}")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, found {self.eps}")
+        if not self.warmup_steps >= 0:
+            raise ValueError(f"warmup_steps must be >= 0, found {self.warmup_steps}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0 (0: no clipping), found {self.grad_clip}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
@@ -121,6 +148,10 @@ class TeacherConfig:
     )
     seed: int = 0
 
+    def validate(self) -> None:
+        _check_counts(self, "steps", "batch_size")
+        _check_decay(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
@@ -133,6 +164,13 @@ class ClassifierConfig:
     learning_rate: float = 2e-3
     noise_augment: float = 0.1
     seed: int = 1
+
+    def validate(self) -> None:
+        _check_counts(self, "width", "feature_dim", "steps", "batch_size")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, found {self.learning_rate}")
+        if not self.noise_augment >= 0:
+            raise ValueError(f"noise_augment must be >= 0, found {self.noise_augment}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +205,8 @@ class MMDConfig:
     seed: int = 2
 
     def validate(self) -> None:
+        _check_counts(self, "steps", "batch_size")
+        _check_decay(self)
         if self.aux_lr_ratio <= 0:
             raise ValueError(f"aux_lr_ratio must be > 0, found {self.aux_lr_ratio}")
         if self.sampler.num_steps not in (1, 2, 4, 8):
@@ -211,10 +251,12 @@ class FinetuneConfig:
     seed: int = 3
 
     def validate(self) -> None:
+        _check_counts(self, "steps", "batch_size")
         if self.draft_k < 1:
             raise ValueError(f"draft_k must be >= 1, found {self.draft_k}")
-        if min(self.reg_ratio, self.draft_l2, self.refl_data_weight, self.hypernoise_kl) < 0:
-            raise ValueError("reg_ratio, draft_l2, refl_data_weight and hypernoise_kl must be >= 0")
+        for name in ("reg_ratio", "draft_l2", "refl_data_weight", "hypernoise_kl"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if self.hypernoise_width < 1:
             raise ValueError(f"hypernoise_width must be >= 1, found {self.hypernoise_width}")
 
@@ -262,6 +304,11 @@ class ParetoConfig:
         return tuple(self.method_lambdas.get(method, {}).get(reward, self.lambdas[reward]))
 
     def validate(self) -> None:
+        if not self.methods or not self.rewards:
+            raise ValueError(
+                f"the sweep needs at least one method and one reward, found methods "
+                f"{list(self.methods)} and rewards {list(self.rewards)}"
+            )
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHODS)}")
@@ -280,8 +327,20 @@ class ParetoConfig:
                     raise ValueError(
                         f"method_lambdas.{m}: unknown reward {r!r}; allowed: {', '.join(REWARDS)}"
                     )
-        if self.eval_every < 1:
-            raise ValueError("eval_every must be >= 1")
+        lists = {f"lambdas.{r}": v for r, v in self.lambdas.items()}
+        for m, per_reward in self.method_lambdas.items():
+            lists.update({f"method_lambdas.{m}.{r}": v for r, v in per_reward.items()})
+        for key, values in lists.items():
+            bad = [x for x in values if not (math.isfinite(x) and x >= 0)]
+            if bad:  # lambda weighs the reward as -lambda R: a negative one minimises the reward
+                raise ValueError(f"{key}: lambdas must be finite and >= 0, found {bad[0]}")
+        for r in self.rewards:  # an empty method_lambdas list skips that method (hypernoise)
+            if not any(self.lambdas_for(m, r) for m in self.methods):
+                raise ValueError(
+                    f"reward {r!r} gets no run: every method's lambda list for it is empty "
+                    f"(methods {list(self.methods)}); give lambdas.{r} or drop it from rewards"
+                )
+        _check_counts(self, "eval_every", "eval_samples", "dipp_mmd_steps")
         if self.distill_eval_sets < 1:
             raise ValueError(f"distill_eval_sets must be >= 1, found {self.distill_eval_sets}")
         if self.workers < 1:

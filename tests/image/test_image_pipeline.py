@@ -83,6 +83,38 @@ def test_config_errors_name_the_key():
         load_config(ImageConfig, "digits", ["pareto.workers=0"], kind="image")
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # each was accepted and failed later (an optax error after the config was written, or a
+        # sweep with no run, or a reward minimised by a negative lambda)
+        ("classifier.steps=0", r"classifier: steps must be >= 1, found 0"),
+        ("finetune.batch_size=0", r"finetune: batch_size must be >= 1, found 0"),
+        ("pareto.eval_samples=0", r"pareto: eval_samples must be >= 1, found 0"),
+        ("teacher.ema_decay=1", r"teacher: ema_decay must be in \[0, 1\), found 1.0"),
+        ("mmd.optim.learning_rate=0", r"mmd.optim: learning_rate must be finite and > 0"),
+        ("classifier.learning_rate=nan", r"classifier: learning_rate must be finite and > 0"),
+        ("finetune.draft_l2=-2", r"finetune: draft_l2 must be >= 0, found -2.0"),
+        ("pareto.methods=[]", r"needs at least one method and one reward, found methods \[\]"),
+        ("pareto.lambdas.bw=[-1]", r"lambdas.bw: lambdas must be finite and >= 0, found -1.0"),
+        (
+            "pareto.method_lambdas={draft: {bw: [.nan]}}",
+            r"method_lambdas.draft.bw: lambdas must be finite and >= 0, found nan",
+        ),
+        ("pareto.methods=[hypernoise]", r"reward 'bw' gets no run: every method's lambda list"),
+    ],
+)
+def test_config_ranges_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ImageConfig, "digits", [override], kind="image")
+
+
+def test_an_empty_method_lambdas_list_skips_that_method():
+    """digits.yaml runs HyperNoise on the classifier reward only (empty lists for bw/laplacian)."""
+    cfg = load_config(ImageConfig, "digits", kind="image").pareto
+    assert cfg.lambdas_for("hypernoise", "bw") == () and cfg.lambdas_for("hypernoise", "classifier")
+
+
 def test_method_lambdas_override_the_reward_list():
     cfg = load_config(
         ImageConfig,

@@ -394,6 +394,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"'data' should have shape \[N, 12288\].*found \(4, 10\)",
         "refuses before creating the run directory: expected and found shapes",
     ),
+    BadInput(
+        "image-classifier-zero-steps",
+        "config",
+        "image pareto",
+        "`--set classifier.steps=0` on the digits config",
+        r"classifier: steps must be >= 1, found 0",
+        "refuses at config load, before the run directory exists (was an internal optax error "
+        "after config.yaml had been written)",
+    ),
     # ---------------------------------------------------------------- checkpoints
     BadInput(
         "ckpt-missing",

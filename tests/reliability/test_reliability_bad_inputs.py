@@ -524,6 +524,10 @@ def s_image_data_missing(tmp, p):
     return _image(tmp, tmp / "imagenet64.npz")
 
 
+def s_image_classifier_zero_steps(tmp, p):
+    return ["image", "pareto", "--out", tmp / "run", "--no-progress", "--set", "classifier.steps=0"]
+
+
 def s_image_data_pickled(tmp, p):
     obj = np.empty(3, dtype=object)
     obj[:] = [{"pixels": 1}, 2, 3]
@@ -812,6 +816,7 @@ SETUPS = {
     "forecast-nan-inputs": s_forecast_nan_inputs,
     "forecast-output-foreign": s_forecast_output_foreign,
     "image-data-missing": s_image_data_missing,
+    "image-classifier-zero-steps": s_image_classifier_zero_steps,
     "image-data-pickled": s_image_data_pickled,
     "image-data-wrong-shape": s_image_data_wrong_shape,
     "distill-config-unknown-key": s_distill_config_unknown_key,
