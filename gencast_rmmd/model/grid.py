@@ -198,7 +198,8 @@ def channel_weights(
     Args:
       layout: the task's channel layout (`task.layout`); weights follow `layout.targets`.
       variable_weights: name -> weight; defaults to `GENCAST_VARIABLE_WEIGHTS`; names not given
-        weigh 1.0. Unknown names (not targets of the task) raise `ConfigError`.
+        weigh 1.0. Unknown names (not targets of the task), a negative or non-finite weight, or
+        all targets weighing 0 raise `ConfigError`.
       per_level: apply the pressure-proportional level weights.
     Returns [C_out] float32.
     """
@@ -211,6 +212,14 @@ def channel_weights(
                 f"variable_weights: {unknown} are not target variables of the task "
                 f"(targets: {sorted(targets)})"
             )
+        bad = {k: v for k, v in weights.items() if not (np.isfinite(float(v)) and float(v) >= 0)}
+        if bad:
+            name = sorted(bad)[0]
+            raise ConfigError(
+                f"variable_weights: a weight must be finite and >= 0, found {name}: {bad[name]}"
+            )
+        if weights and not any(float(weights.get(v, 1.0)) > 0 for v in targets):
+            raise ConfigError("variable_weights: every target variable weighs 0; nothing to fit")
     levels = sorted({lev for (_, _, lev) in layout.targets if lev is not None})
     lw = dict(zip(levels, level_weights(levels))) if levels else {}
     n_levels = max(len(levels), 1)

@@ -323,6 +323,9 @@ def train_teacher(
 
     training.validate()
     model.validate()
+    # Variable weights that name no target, or are negative, are refused before anything is
+    # written (`_trainer` builds the same vector once the data is open).
+    grid_lib.channel_weights(task.layout, training.variable_weights, training.per_level_weights)
     out = pathlib.Path(out_dir)
     check_out_dir(out, "a run directory")
     store = source_path(store)  # a URL (gs://...) as given

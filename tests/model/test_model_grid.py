@@ -118,3 +118,11 @@ def test_channel_weights_options_and_errors():
     np.testing.assert_allclose(w, [1.0, 500 / 675 / 2, 850 / 675 / 2], rtol=1e-6)
     with pytest.raises(ConfigError, match="not target variables"):
         grid.channel_weights(task.layout, {"geopotential": 1.0})
+    # A negative weight would reward error in that variable; NaN poisons the loss.
+    with pytest.raises(ConfigError, match=r"finite and >= 0, found temperature: -1"):
+        grid.channel_weights(task.layout, {"temperature": -1.0})
+    with pytest.raises(ConfigError, match=r"finite and >= 0, found 2m_temperature: nan"):
+        grid.channel_weights(task.layout, {"2m_temperature": float("nan")})
+    with pytest.raises(ConfigError, match="every target variable weighs 0"):
+        grid.channel_weights(task.layout, {"temperature": 0.0, "2m_temperature": 0.0})
+    np.testing.assert_allclose(grid.channel_weights(task.layout, {"temperature": 0.0})[1:], 0)

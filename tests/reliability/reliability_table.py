@@ -550,6 +550,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before creating the run directory (was an internal error from NumPy after it)",
     ),
     BadInput(
+        "teacher-negative-variable-weight",
+        "config",
+        "teacher train",
+        "`--set training.variable_weights={temperature: -1}`",
+        r"variable_weights: a weight must be finite and >= 0, found temperature: -1",
+        "refuses before creating the run directory (was accepted: a loss that rewards error in "
+        "that variable; an unknown name was refused only after run.json was written)",
+    ),
+    BadInput(
         "override-malformed",
         "CLI argument",
         "teacher train",

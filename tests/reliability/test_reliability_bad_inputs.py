@@ -333,6 +333,12 @@ def s_override_bad_value(tmp, p):
     return _teacher_train(tmp, p, model, "--set", "training.batch_size=0")
 
 
+def s_teacher_negative_variable_weight(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    return _teacher_train(tmp, p, model, "--set", "training.variable_weights={temperature: -1}")
+
+
 def s_teacher_negative_seed(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -795,6 +801,7 @@ SETUPS = {
     "config-missing": s_config_missing,
     "override-bad-value": s_override_bad_value,
     "teacher-negative-seed": s_teacher_negative_seed,
+    "teacher-negative-variable-weight": s_teacher_negative_variable_weight,
     "override-malformed": s_override_malformed,
     "validate-nan": s_validate_nan,
     "validate-missing-variable": s_validate_missing_variable,
