@@ -1156,6 +1156,33 @@ def _check_data_store(ctx: Context) -> None:
     _open_zarr(ctx.data_store).close()
 
 
+def _check_embedded_task(ctx: Context) -> None:
+    """Without --data the chain runs on the embedded nature run: the data config must be one whose
+    source is `embedded` and whose task the nature run can feed (before the nature run is built,
+    not when the teacher finds the variables missing)."""
+    from gencast_rmmd.data import nature_run
+
+    base = _data_config(ctx)
+    name = ctx.cfg.data_config
+    prepare = (
+        f"prepare its store with `gencast-rmmd data prepare --config {name} --out STORE.zarr` and "
+        f"pass `--data STORE.zarr --data-config {name}`"
+    )
+    if not base.is_embedded:
+        raise ConfigError(
+            f"data_config {name!r} reads {base.source!r}, and without --data the quickstart runs "
+            f"on the embedded nature run only: {prepare}"
+        )
+    missing = nature_run.missing_variables(base.task)
+    if missing:
+        raise ConfigError(
+            f"data_config {name!r}: the embedded nature run has no {', '.join(missing)} (it holds "
+            f"temperature, geopotential, winds, their surface proxies, the statics and the "
+            "progress forcings); drop them from the task, or run on a store that has them "
+            "(`--data STORE.zarr --data-config CONFIG`)"
+        )
+
+
 def _check_stage_settings(ctx: Context) -> None:
     """The profile's settings as the teacher and distill stages will read them (model config and
     `model_overrides`, training flags, distill config and `distill_overrides`): a bad key or
@@ -1238,6 +1265,8 @@ def run_chain(ctx: Context) -> dict:
     _check_nature_run_length(ctx)
     if ctx.data_store:
         _check_data_store(ctx)
+    else:
+        _check_embedded_task(ctx)
     _check_stage_settings(ctx)
     data = _run_data(ctx)
     _make_out_dir(ctx.out)

@@ -339,6 +339,22 @@ UNITS = {
     "geopotential_at_surface": "m**2 s**-2",
     "land_sea_mask": "1",
 }
+
+
+def missing_variables(task) -> list[str]:
+    """The variables `task` (a `TaskConfig`) reads or predicts that a nature-run store lacks: the
+    store holds the fields of `UNITS` (state and statics) and the four progress forcings."""
+    from gencast_rmmd.data.task import GENCAST_FORCINGS
+
+    needed = {
+        *task.input_variables,
+        *task.target_variables,
+        *task.forcing_variables,
+        *task.static_variables,
+    }
+    return sorted(needed - set(UNITS) - set(GENCAST_FORCINGS))
+
+
 PROXY_NOTES = {
     "2m_temperature": "proxy: lowest sigma-level temperature taken to the surface pressure at 6.5 K/km",
     "10m_u_component_of_wind": "proxy: lowest sigma-level (sigma~0.94) zonal wind",

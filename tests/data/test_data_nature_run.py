@@ -134,3 +134,26 @@ def test_embedded_source_opens_the_cached_run(short_nature_run, monkeypatch):
     assert nr.embedded_store(config=cfg.nature_run, levels_hpa=cfg.task.pressure_levels) == path
     ds = open_canonical(cfg)
     assert ds.sizes["time"] == 80 and check_store(ds, cfg.task) == []
+
+
+def test_a_task_the_nature_run_cannot_feed_is_refused_before_it_is_built(monkeypatch):
+    """`data prepare` from `source: embedded` with GenCast's full task: the missing variables are
+    named before the nature run is built (it used to build, minutes, then report them)."""
+    from gencast_rmmd.data.config import load_data_config
+    from gencast_rmmd.data.era5 import open_canonical
+    from gencast_rmmd.errors import DataError
+
+    def build(*a, **k):
+        raise AssertionError("the nature run was built")
+
+    monkeypatch.setattr(nr, "embedded_store", build)
+    assert nr.missing_variables(load_data_config("embedded").task) == []
+    cfg = load_data_config("gencast_1p0deg", ["source=embedded"])
+    assert nr.missing_variables(cfg.task) == [
+        "sea_surface_temperature",
+        "specific_humidity",
+        "total_precipitation_12hr",
+        "vertical_velocity",
+    ]
+    with pytest.raises(DataError, match="the embedded nature run has no sea_surface_temperature"):
+        open_canonical(cfg)

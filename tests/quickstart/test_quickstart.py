@@ -686,6 +686,11 @@ def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path
     is refused before the first stage and before --out is made: it was refused only when its
     stage came (the distill overrides after the nature run, the statistics and the teacher's
     training), and a refused --data left --out/quickstart.yaml behind."""
+    from gencast_rmmd.config import resolve_config_path
+
+    g1e = tmp_path / "gencast_task_embedded.yaml"
+    text = resolve_config_path("gencast_1p0deg", "data").read_text()
+    g1e.write_text(re.sub(r"(?m)^source: .*$", "source: embedded", text))
     cases = [
         (["--set", "model_overrides=[nope=1]"], r"unknown key 'nope' in ModelConfig"),
         (["--set", "model_overrides=[training.batch_size=0]"], r"batch_size: must be >= 1"),
@@ -696,6 +701,18 @@ def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path
         (["--set", "distill_overrides=[rmmd.loop.batch_size=0]"], r"batch_size: must be >= 1"),
         (["--data", str(tmp_path / "nope.zarr"), "--data-config", "embedded"], r"does not exist"),
         (["--data", str(tmp_path), "--data-config", "embedded"], r"is a directory but not a Zarr"),
+        # Without --data: a data config the nature run cannot feed (was: minutes of nature run and
+        # statistics, then the teacher stage's "stats ... have no entry for ...")
+        (
+            ["--set", "data_config=gencast_1p0deg"],
+            r"reads 'gs://\S+', and without --data the quickstart runs on the embedded nature run "
+            r"only: prepare its store with `gencast-rmmd data prepare --config gencast_1p0deg",
+        ),
+        (
+            ["--set", f"data_config={g1e}"],
+            r"the embedded nature run has no sea_surface_temperature, specific_humidity, "
+            r"total_precipitation_12hr, vertical_velocity",
+        ),
     ]
     out = tmp_path / "run"
     for extra, want in cases:
