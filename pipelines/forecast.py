@@ -147,7 +147,13 @@ def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.dat
     if not out:
         raise ConfigError("--init-times: no init time given")
     if len(set(out)) != len(out):
-        raise ConfigError("--init-times: duplicate init times")
+        times, counts = np.unique(np.asarray(out, "datetime64[ns]"), return_counts=True)
+        dup = times[counts > 1]
+        first = str(dup[0].astype("datetime64[m]"))
+        raise ConfigError(
+            f"--init-times: {len(dup)} init time(s) given more than once (e.g. {first}; a time "
+            "and a range that covers it count twice)"
+        )
     return sorted(out)
 
 

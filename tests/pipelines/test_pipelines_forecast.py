@@ -222,6 +222,11 @@ def test_init_time_range_step_needs_a_unit():
     with pytest.raises(ConfigError, match=r"ends before it starts \(END 2001-10-01 00:00:00 is"):
         parse(["2001-10-10T12/2001-10-01T00"])
     assert len(parse(["2001-10-01T00/2001-10-01T00"])) == 1  # START == END: one init time
+    # a time that a range also covers: named (was "duplicate init times")
+    with pytest.raises(
+        ConfigError, match=r"1 init time\(s\) given more than once \(e.g. 2001-10-01T12:00"
+    ):
+        parse(["2001-10-01T00/2001-10-02T00", "2001-10-01T12"])
 
 
 def test_persistence_spec_and_data_config(data, tmp_path):
