@@ -125,7 +125,7 @@ def scored_pairs(
                 f"has {sorted(truth.data_vars)}"
             )
         names = list(variables)
-    names = sorted(v for v in names if v in truth.data_vars)
+    names = sorted({v for v in names if v in truth.data_vars})  # a name given twice scores once
     pairs: list[tuple[str, int | None]] = []
     for v in names:
         if "level" in forecast[v].dims:

@@ -34,6 +34,11 @@ def test_scored_pairs_and_alignment():
     ]
     with pytest.raises(DataError, match="not in both"):
         scored_pairs(fc, tr, "realization", variables=["geopotential"])
+    # `--variables temperature temperature` scored each level twice (96 entries for 48)
+    assert scored_pairs(fc, tr, "realization", variables=["temperature", "temperature"]) == [
+        ("temperature", 500),
+        ("temperature", 850),
+    ]
     # Valid time = init + lead: dropping the last truth time drops the last init time.
     al = align(fc, tr.isel(time=slice(0, -1)))
     assert len(al.init_times) == 2 and len(al.dropped) == 1
