@@ -217,7 +217,9 @@ def load_forecast_model(
         default_name = f"student-{cfg.num_steps}"
     else:
         sampler = f"DPM-Solver++ 2S ({cfg.num_noise_levels} noise levels, churn {cfg.stochastic_churn_rate})"
-        default_name = "teacher"
+        # The distillation's auxiliary denoiser (RUN/<phase>/aux.npz) samples as a teacher does
+        # but is a model of the student's distribution: named for what it is.
+        default_name = "aux" if provenance.get("role") == "aux" else "teacher"
 
     def builder(lat, lon):
         den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, lat, lon, source=checkpoint_path)

@@ -59,8 +59,12 @@ def setup(tmp_path_factory):
             "student_sampler_config": config_to_tree(StudentSamplerConfig(num_steps=2)),
         },
     )
+    aux = make_checkpoint(
+        params, task, model_cfg, license="test", extra={"provenance": dict(prov, role="aux")}
+    )
     save_checkpoint(d / "teacher.npz", teacher)
     save_checkpoint(d / "student.npz", student)
+    save_checkpoint(d / "aux.npz", aux)
     return {"dir": d, "ds": ds, "task": task, "lat": lat, "lon": lon}
 
 
@@ -87,6 +91,14 @@ def test_checkpoint_models_roll_out(setup, kind, nfe):
     assert out.shape == (2, 2, N_LAT, N_LON, lay.n_targets)
     assert np.isfinite(out).all()
     assert not np.allclose(out[0], out[1])  # members draw their own noise
+
+
+def test_the_auxiliary_denoiser_is_not_named_teacher(setup):
+    """A distillation's aux.npz (provenance role "aux") samples like a teacher; its forecasts and
+    scorecards called it "teacher"."""
+    d = setup["dir"]
+    assert load_forecast_model(str(d / "aux.npz"), str(d / "stats")).name == "aux"
+    assert load_forecast_model(str(d / "teacher.npz"), str(d / "stats")).name == "teacher"
 
 
 def test_missing_checkpoint(tmp_path):
