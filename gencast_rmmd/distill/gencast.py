@@ -190,6 +190,12 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     ckpt = ckpt_lib.load_checkpoint(teacher_path)
     if (ckpt.extra or {}).get("student_sampler_config"):
         raise CheckpointError(f"{teacher_path} is a distilled student, not a teacher")
+    role = ((ckpt.extra or {}).get("provenance") or {}).get("role")
+    if role is not None and str(np.asarray(role)) == "aux":
+        raise CheckpointError(
+            f"{teacher_path} is a distillation's auxiliary denoiser (a model of its student's "
+            "samples), not a teacher; give the teacher's .npz or its `teacher train` run"
+        )
     task = ckpt.task_config
     store = source_path(data)  # a URL (gs://...) as given
     stats = source_path(stats)

@@ -599,6 +599,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before creating the run directory",
     ),
     BadInput(
+        "distill-teacher-is-aux",
+        "checkpoint",
+        "distill",
+        "`--teacher` is a distillation's `aux.npz` (provenance role `aux`)",
+        r"aux\.npz is a distillation's auxiliary denoiser .*not a teacher",
+        "refuses before reading the data (was accepted: a student distilled from the model of "
+        "another student's samples)",
+    ),
+    BadInput(
         "distill-store-lacks-variable",
         "data store",
         "distill",

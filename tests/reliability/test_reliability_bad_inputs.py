@@ -574,6 +574,11 @@ def s_distill_teacher_missing(tmp, p):
     return _distill(tmp, p, teacher=tmp / "missing.npz")
 
 
+def s_distill_teacher_is_aux(tmp, p):
+    flat = dict(p["flat"], **{"extra:provenance:role": np.array("aux")})
+    return _distill(tmp, p, teacher=_save_flat(flat, tmp / "aux.npz"))
+
+
 def s_distill_store_lacks_variable(tmp, p):
     store = _mutated_store(tmp, p, lambda ds: ds.drop_vars("mean_sea_level_pressure"))
     return _distill(tmp, p, "--set", "mmd.loop.num_steps=1", store=store)
@@ -830,6 +835,7 @@ SETUPS = {
     "distill-override-bad-value": s_distill_override_bad_value,
     "distill-override-bad-date": s_distill_override_bad_date,
     "distill-teacher-missing": s_distill_teacher_missing,
+    "distill-teacher-is-aux": s_distill_teacher_is_aux,
     "distill-store-lacks-variable": s_distill_store_lacks_variable,
     "distill-rmmd-without-mmd": s_distill_rmmd_without_mmd,
     "ckpt-bad-student-sampler": s_ckpt_bad_student_sampler,
