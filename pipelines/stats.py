@@ -158,6 +158,7 @@ def compute_stats_beam(
                 data,
                 statics,
                 out_dir,
+                step_hours,
                 values=beam.pvalue.AsSingleton(values),
                 diffs=beam.pvalue.AsSingleton(diffs),
             )
@@ -165,10 +166,10 @@ def compute_stats_beam(
     return st.load_stats(out_dir)
 
 
-def _write(_, data, statics, out_dir, values, diffs):
+def _write(_, data, statics, out_dir, step_hours, values, diffs):
     if statics:
         m = st.chunk_moments(_open(data)[statics].compute())
         values = st.merge_moments(values, m)
-    stats = st.finalize(values, diffs or st.Moments({}, {}, {}, {}, {}))
+    stats = st.finalize(values, diffs or st.Moments({}, {}, {}, {}, {}), step_hours)
     st.save_stats(stats, out_dir)
     return out_dir

@@ -336,7 +336,7 @@ class ExampleSource:
     """
 
     def __init__(self, store, task: TaskConfig, stats, times=None, local_cache=None):
-        from gencast_rmmd.data.stats import load_stats
+        from gencast_rmmd.data.stats import check_difference_step, load_stats
 
         self.store = str(store)
         self.local_cache = None if local_cache is None else str(local_cache)
@@ -345,6 +345,10 @@ class ExampleSource:
         if stats_dir is not None:
             stats = load_stats(stats_dir)
         self.layout = task.layout
+        where = "the statistics given"
+        if stats_dir is not None:
+            where = f"stats dir {os.fspath(stats_dir)!r}"
+        check_difference_step(stats, task.step_hours, where)
         try:
             self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
         except (KeyError, ValueError) as e:

@@ -5,7 +5,8 @@ is a scalar:
 
 - `mean_by_level`: mean over time, lat and lon (and any other non-level dim);
 - `stddev_by_level`: standard deviation over the same dims (population, ddof=0);
-- `diffs_stddev_by_level`: standard deviation of the 12 h differences x(t + 12 h) - x(t), over
+- `diffs_stddev_by_level`: standard deviation of the 12 h differences x(t + 12 h) - x(t) (the
+  step is `data stats --step-hours`, recorded in the file's `difference_step_hours`), over
   all pairs of store times exactly one step apart, found by timestamp (a gap in the series
   contributes no pair; a 6-hourly or descending time axis gives the same pairs as a 12-hourly
   ascending one); statics do not change, so their value is 0 (normalization then uses unit
@@ -125,8 +126,14 @@ def _to_dataset(values: dict[str, np.ndarray], levels: dict[str, np.ndarray | No
     return xr.Dataset(data)
 
 
-def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
-    """The four stats Datasets from the moments of the values and of the 12 h differences.
+# Attribute of `diffs_stddev_by_level.nc` recording the step of its differences (ours; DeepMind's
+# files have none, and are then taken as made for the task's step).
+DIFF_STEP_ATTR = "difference_step_hours"
+
+
+def finalize(values: Moments, diffs: Moments, step_hours: int = 12) -> dict[str, xr.Dataset]:
+    """The four stats Datasets from the moments of the values and of the `step_hours`
+    differences (recorded as the `DIFF_STEP_ATTR` attribute of `diffs_stddev`).
 
     Statics (variables without a time dim) get a diffs stddev of 0. A time-varying variable
     without a finite difference (no two times one step apart) is a DataError: a stddev of 0
@@ -148,10 +155,12 @@ def finalize(values: Moments, diffs: Moments) -> dict[str, xr.Dataset]:
                 "pairs of store times exactly one step apart (the step of `data stats "
                 "--step-hours`), found none with finite values"
             )
+    diffs_stddev = _to_dataset(dstd, values.levels)
+    diffs_stddev.attrs[DIFF_STEP_ATTR] = int(step_hours)
     return {
         "mean": _to_dataset(values.mean, values.levels),
         "stddev": _to_dataset(std, values.levels),
-        "diffs_stddev": _to_dataset(dstd, values.levels),
+        "diffs_stddev": diffs_stddev,
         "min": _to_dataset(values.minimum, values.levels),
     }
 
@@ -233,7 +242,23 @@ def compute_stats(
         if d.sizes.get("time", 0):
             dm = chunk_moments(d)
             diffs = dm if diffs is None else merge_moments(diffs, dm)
-    return finalize(values, diffs or Moments({}, {}, {}, {}, {}))
+    return finalize(values, diffs or Moments({}, {}, {}, {}, {}), step_hours)
+
+
+def check_difference_step(
+    stats: dict[str, xr.Dataset], step_hours: int, where: str = "the statistics"
+) -> None:
+    """DataError when `stats`' differences were taken over another step than the task's
+    `step_hours`: the model's residual targets would be scaled by the wrong climatological change
+    (12 h differences are about half as large as 24 h ones). Files without the record (DeepMind's)
+    pass."""
+    found = stats["diffs_stddev"].attrs.get(DIFF_STEP_ATTR)
+    if found is not None and int(found) != int(step_hours):
+        raise DataError(
+            f"{where}: diffs_stddev_by_level holds {int(found)} h differences, but the task steps "
+            f"{int(step_hours)} h; compute them with `gencast-rmmd data stats --step-hours "
+            f"{int(step_hours)}`"
+        )
 
 
 def save_stats(stats: dict[str, xr.Dataset], out_dir: str | os.PathLike) -> pathlib.Path | str:

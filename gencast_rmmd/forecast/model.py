@@ -90,9 +90,10 @@ def norm_from_stats_dir(
     stats_dir: str, task: TaskConfig
 ) -> tuple[NormalizationArrays, float | None]:
     """Normalization arrays for `task` and the SST fill value from a stats directory."""
-    from gencast_rmmd.data.stats import load_stats
+    from gencast_rmmd.data.stats import check_difference_step, load_stats
 
     stats = load_stats(stats_dir)
+    check_difference_step(stats, task.step_hours, f"stats dir {stats_dir!r}")
     try:
         norm = NormalizationArrays.from_stats(stats, task.layout)
     except (KeyError, ValueError) as e:

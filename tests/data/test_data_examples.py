@@ -343,3 +343,30 @@ def test_stats_lacking_a_level_of_the_task_name_it(tmp_path):
         ex.ExampleSource(path, task, tmp_path / "stats")
     with pytest.raises(DataError, match=f"stats dir '{tmp_path / 'stats'}' does not cover the"):
         ex.ExampleSource(path, task, tmp_path / "stats")
+
+
+def test_statistics_of_another_step_are_refused(store_and_stats, tmp_path):
+    """12 h differences normalise a 24 h task's residuals about twice too small; the stats record
+    their step (`data stats --step-hours`) and a task of another step is refused by name, in
+    training (ExampleSource) and forecasting (norm_from_stats_dir) alike. Files without the
+    record (DeepMind's) are taken as made for the task."""
+    import dataclasses
+
+    import xarray as xr
+
+    from gencast_rmmd.forecast.model import norm_from_stats_dir
+
+    path, _, stats, stats_dir = store_and_stats
+    assert xr.open_dataset(stats_dir / "diffs_stddev_by_level.nc").attrs == {st.DIFF_STEP_ATTR: 12}
+    task24 = dataclasses.replace(SMALL_TASK, step_hours=24)
+    want = r"holds 12 h differences, but the task steps 24 h; .*data stats --step-hours 24"
+    with pytest.raises(DataError, match=want):
+        ex.ExampleSource(path, task24, stats_dir)
+    with pytest.raises(DataError, match=want):
+        norm_from_stats_dir(str(stats_dir), task24)
+    stats24 = st.compute_stats(xr.open_zarr(path, consolidated=False), step_hours=24)
+    assert stats24["diffs_stddev"].attrs[st.DIFF_STEP_ATTR] == 24
+    assert ex.ExampleSource(path, task24, stats24).norm is not None
+    unrecorded = {k: v.copy() for k, v in stats.items()}
+    unrecorded["diffs_stddev"].attrs = {}
+    assert ex.ExampleSource(path, task24, unrecorded).norm is not None
