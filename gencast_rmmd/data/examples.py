@@ -389,6 +389,15 @@ class ExampleSource:
                             f"store {self.store!r} lacks levels {lacking} hPa for {n!r}"
                         )
         valid = valid_init_times(self._times, task)
+        if not valid.size:
+            from gencast_rmmd.data.era5 import time_spacing
+
+            raise DataError(
+                f"store {self.store!r} holds no example of the task: none of its "
+                f"{self._times.size} times has its {task.input_frames} input frame(s) and its "
+                f"target {task.step_hours} h apart in the store (time spacing: "
+                f"{time_spacing(self._times)})"
+            )
         if times is not None:
             want = np.asarray(times).astype("datetime64[ns]")
             bad = np.setdiff1d(want, valid)

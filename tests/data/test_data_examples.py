@@ -370,3 +370,17 @@ def test_statistics_of_another_step_are_refused(store_and_stats, tmp_path):
     unrecorded = {k: v.copy() for k, v in stats.items()}
     unrecorded["diffs_stddev"].attrs = {}
     assert ex.ExampleSource(path, task24, unrecorded).norm is not None
+
+
+def test_a_store_with_no_example_of_the_task_names_its_spacing(store_and_stats):
+    """A 6 h task on a 12-hourly store (statistics without a step record): no init time has its
+    frames 6 h apart; named with the store's spacing (was "holds 0 init times" from the trainer)."""
+    import dataclasses
+
+    path, _, stats, _ = store_and_stats
+    unrecorded = {k: v.copy() for k, v in stats.items()}
+    unrecorded["diffs_stddev"].attrs = {}
+    task6 = dataclasses.replace(SMALL_TASK, step_hours=6)
+    want = r"holds no example of the task: none of its 11 times .* 6 h apart .*spacing: 12 h, 24 h"
+    with pytest.raises(DataError, match=want):
+        ex.ExampleSource(path, task6, unrecorded)

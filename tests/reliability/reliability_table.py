@@ -550,6 +550,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before creating the run directory (was an internal error from NumPy after it)",
     ),
     BadInput(
+        "teacher-task-step-off-the-store",
+        "data store",
+        "teacher train",
+        "`--task` with `step_hours: 6`, the statistics' differences 12 h apart (a 12-hourly store)",
+        r"diffs_stddev_by_level holds 12 h differences, but the task steps 6 h; compute them "
+        r"with `gencast-rmmd data stats --step-hours 6`",
+        "refuses before creating the run directory (was 'training window ... holds 0 init "
+        "times'; with statistics of the right step, the store's own refusal names its spacing)",
+    ),
+    BadInput(
         "teacher-negative-variable-weight",
         "config",
         "teacher train",

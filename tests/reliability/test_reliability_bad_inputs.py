@@ -333,16 +333,27 @@ def s_override_bad_value(tmp, p):
     return _teacher_train(tmp, p, model, "--set", "training.batch_size=0")
 
 
-def s_teacher_negative_variable_weight(tmp, p):
+def _copy_model(tmp, p) -> pathlib.Path:
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
+    return model
+
+
+def s_teacher_negative_variable_weight(tmp, p):
+    model = _copy_model(tmp, p)
     return _teacher_train(tmp, p, model, "--set", "training.variable_weights={temperature: -1}")
 
 
+def s_teacher_task_step_off_the_store(tmp, p):
+    argv = _teacher_train(tmp, p, _copy_model(tmp, p))
+    task = tmp / "task.yaml"
+    task.write_text(re.sub(r"step_hours: *12", "step_hours: 6", task.read_text()))
+    assert "step_hours: 6" in task.read_text()
+    return argv
+
+
 def s_teacher_negative_seed(tmp, p):
-    model = tmp / "model.yaml"
-    model.write_text(p["ws"]["model"].read_text())
-    return _teacher_train(tmp, p, model, "--seed", "-1")
+    return _teacher_train(tmp, p, _copy_model(tmp, p), "--seed", "-1")
 
 
 def s_override_malformed(tmp, p):
@@ -806,6 +817,7 @@ SETUPS = {
     "config-missing": s_config_missing,
     "override-bad-value": s_override_bad_value,
     "teacher-negative-seed": s_teacher_negative_seed,
+    "teacher-task-step-off-the-store": s_teacher_task_step_off_the_store,
     "teacher-negative-variable-weight": s_teacher_negative_variable_weight,
     "override-malformed": s_override_malformed,
     "validate-nan": s_validate_nan,
