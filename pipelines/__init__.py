@@ -27,11 +27,23 @@ def pipeline_options(beam_args: Sequence[str] = ()):
     if not any(a.startswith("--runner") for a in opts):
         opts.append(f"--runner={LOCAL_RUNNER}")
     options = PipelineOptions(opts)
+    # Beam parses with argparse, which answers a bad value (`--num_workers=two`, a
+    # `--flink_version` not among its choices) with its whole usage (some 200 lines) and exit 2.
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            given = options.get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        last = err.getvalue().strip().splitlines()[-1:] or ["cannot parse the options"]
+        raise ConfigError(f"Beam options: {last[0].split('error: ', 1)[-1]}") from None
     # Beam drops an option it does not know with a log warning only: `--runnner=DataflowRunner`
     # would run here, on the local runner. Our pipelines define no options of their own, so an
     # option unknown to Beam is a mistake.
     known = PipelineOptions([]).get_all_options()
-    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(known))
+    unknown = sorted(set(given) - set(known))
     if unknown:
         import difflib
 

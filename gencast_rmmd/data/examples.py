@@ -352,10 +352,8 @@ class ExampleSource:
         try:
             self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
         except (KeyError, ValueError) as e:
-            where = "the statistics given do"
-            if stats_dir is not None:
-                where = f"stats dir {os.fspath(stats_dir)!r} does"
-            raise DataError(f"{where} not cover the task: {e.args[0]}") from None
+            verb = "does" if stats_dir is not None else "do"
+            raise DataError(f"{where} {verb} not cover the task: {e.args[0]}") from None
         self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
         if not is_url(self.store) and pathlib.Path(self.store).is_file():
             raise DataError(

@@ -694,6 +694,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "itself only logs 'Discarding unparseable args' and runs on the local runner)",
     ),
     BadInput(
+        "beam-option-bad-value",
+        "CLI argument",
+        "evaluate",
+        "`-- --num_workers=two` (a Beam option with a value of the wrong type)",
+        r"Beam options: argument --num_workers: invalid int value: 'two'",
+        "refuses in one line (was Beam's argparse usage, some 200 lines, then exit 2)",
+    ),
+    BadInput(
         "stats-step-no-pairs",
         "CLI argument",
         "data stats",

@@ -711,6 +711,11 @@ def s_beam_option_typo(tmp, p):
     return [*_eval_argv(f, t, tmp / "out"), "--", "--runnner=DataflowRunner", "--num_wrkers=3"]
 
 
+def s_beam_option_bad_value(tmp, p):
+    f, t = _copy(p["forecast"], tmp / "f.zarr"), _copy(p["truth"], tmp / "t.zarr")
+    return [*_eval_argv(f, t, tmp / "out"), "--", "--num_workers=two"]
+
+
 def s_stats_step_no_pairs(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     return ["data", "stats", "--data", f, "--out", tmp / "stats", "--step-hours", "7"]
@@ -863,6 +868,7 @@ SETUPS = {
     "distill-out-under-file": s_distill_out_under_file,
     "beam-runner-unknown": s_beam_runner_unknown,
     "beam-option-typo": s_beam_option_typo,
+    "beam-option-bad-value": s_beam_option_bad_value,
     "stats-step-no-pairs": s_stats_step_no_pairs,
     "stats-out-is-file": s_stats_out_is_file,
     "stats-out-not-creatable": s_stats_out_not_creatable,
