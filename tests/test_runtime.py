@@ -70,3 +70,17 @@ def test_kept_memory_is_not_faulted_in_again():
     # Kept memory is reused: (almost) no new faults.
     assert kept["faults"] < 0.01 * pages
     assert _faults("one-arena")["faults"] < 0.01 * pages
+
+
+def test_version_is_the_installed_distributions(capsys):
+    """`gencast-rmmd --version` prints the package version, which must be the one pip installed
+    (pyproject.toml's `version` and `gencast_rmmd.__version__` are written twice)."""
+    from importlib.metadata import version
+
+    import gencast_rmmd
+
+    assert gencast_rmmd.__version__ == version("gencast-rmmd")
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gencast-rmmd {version('gencast-rmmd')}"

@@ -17,7 +17,7 @@ import os
 import select
 import sys
 
-from gencast_rmmd import runtime
+from gencast_rmmd import __version__, runtime
 from gencast_rmmd.errors import ConfigError, UserError
 
 AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil GenCast into a few-step student with RMMD; forecast and score ensembles.",
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"gencast-rmmd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for area in AREAS:
         module = importlib.import_module(f"gencast_rmmd.cli.{area}")
