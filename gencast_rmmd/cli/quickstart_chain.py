@@ -1144,16 +1144,27 @@ def _check_nature_run_length(ctx: Context) -> None:
         )
 
 
+# What `_check_data_store` refuses of --data's schema before the first stage: each fails a later
+# stage for certain (after the statistics, hours on an ERA5 store). A time axis with gaps does not.
+_FATAL_SCHEMA = ("dims", "missing-variable", "missing-level", "grid")
+
+
 def _check_data_store(ctx: Context) -> None:
-    """--data opens as a store (`DataError` naming it otherwise); its schema and length are the
-    data stage's to check."""
+    """--data opens as a store (`DataError` naming it otherwise) and has the dims, variables,
+    levels and grid of the data config's task (`data.validate.schema_problems`, metadata only);
+    its length is the data stage's to check."""
+    from gencast_rmmd.data.validate import problems_error, schema_problems
     from gencast_rmmd.remote import is_url, source_path
 
     if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
         from gencast_rmmd.errors import DataError
 
         raise DataError(f"--data {ctx.data_store!r} does not exist")
-    _open_zarr(ctx.data_store).close()
+    with _open_zarr(ctx.data_store) as ds:
+        problems = schema_problems(ds, _data_config(ctx).task)
+    problems = [p for p in problems if p.code in _FATAL_SCHEMA]
+    if problems:
+        raise problems_error(ctx.data_store, problems)
 
 
 def _check_embedded_task(ctx: Context) -> None:

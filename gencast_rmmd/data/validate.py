@@ -142,27 +142,24 @@ def _check_times(times: np.ndarray, step_hours: int) -> list[Problem]:
     return out
 
 
-def check_store(
-    ds: xr.Dataset,
-    task: TaskConfig,
-    *,
-    check_values: bool = True,
-    time_block: int = 64,
-    source: str = "store",
-) -> list[Problem]:
-    """All problems of `ds` for `task` (see the module docstring). `check_values` scans every
-    value for NaN/Inf, streaming `time_block` times at a time; a chunk that cannot be decoded is
-    an `unreadable` problem naming `source` (the store's path) and the variable."""
-    from gencast_rmmd.data.era5 import normalize_coords
-
-    problems: list[Problem] = []
-    ds = normalize_coords(ds)
-    needed = sorted(
+def _needed(task: TaskConfig) -> list[str]:
+    return sorted(
         set(task.input_variables)
         | set(task.target_variables)
         | set(task.forcing_variables)
         | set(task.static_variables)
     )
+
+
+def schema_problems(ds: xr.Dataset, task: TaskConfig) -> list[Problem]:
+    """The problems of `ds` for `task` that its metadata and coordinates show (dims, variables,
+    levels, dtypes, grid, time axis): no data variable is read, so this is cheap on any store,
+    and what a command checks before long work. `check_store` adds the checks that read data."""
+    from gencast_rmmd.data.era5 import normalize_coords
+
+    problems: list[Problem] = []
+    ds = normalize_coords(ds)
+    needed = _needed(task)
     for dim in ("time", "lat", "lon"):
         if dim not in ds.dims:
             problems.append(
@@ -207,6 +204,26 @@ def check_store(
         problems.extend(_check_grid(ds))
     if "time" in ds.dims:
         problems.extend(_check_times(np.asarray(ds["time"].values), task.step_hours))
+    return problems
+
+
+def check_store(
+    ds: xr.Dataset,
+    task: TaskConfig,
+    *,
+    check_values: bool = True,
+    time_block: int = 64,
+    source: str = "store",
+) -> list[Problem]:
+    """All problems of `ds` for `task` (see the module docstring): `schema_problems`, then a
+    static field that changes in time and, with `check_values`, every value for NaN/Inf,
+    streaming `time_block` times at a time; a chunk that cannot be decoded is an `unreadable`
+    problem naming `source` (the store's path) and the variable."""
+    from gencast_rmmd.data.era5 import normalize_coords
+
+    problems = schema_problems(ds, task)
+    ds = normalize_coords(ds)
+    present = [v for v in _needed(task) if v in ds.data_vars]
     for v in present:
         da = ds[v]
         if variable_kind(v) == "static" and "time" in da.dims and da.sizes["time"] > 1:
@@ -365,8 +382,13 @@ def validate_store(
         )
     problems += check_store(ds, task, check_values=check_values, source=os.fspath(path))
     if problems:
-        raise DataError(
-            f"store {os.fspath(path)!r} does not match the task ({len(problems)} problem(s)):\n  "
-            + "\n  ".join(str(p) for p in problems)
-        )
+        raise problems_error(path, problems)
     return []
+
+
+def problems_error(path: str | os.PathLike, problems: list[Problem]) -> DataError:
+    """One `DataError` listing every problem of the store at `path`, one per line."""
+    return DataError(
+        f"store {os.fspath(path)!r} does not match the task ({len(problems)} problem(s)):\n  "
+        + "\n  ".join(str(p) for p in problems)
+    )

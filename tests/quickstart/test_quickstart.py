@@ -722,6 +722,32 @@ def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path
         assert not out.exists(), extra
 
 
+def test_a_data_store_without_the_tasks_variables_is_refused_before_anything_is_made(
+    tmp_path, capsys
+):
+    """--data lacking variables and levels of --data-config's task: every such problem listed
+    before the first stage (was: the data and statistics stages ran, hours on an ERA5 store, then
+    the teacher stage failed on the statistics); a gappy time axis alone is not refused here."""
+    import xarray as xr
+
+    lat = -90 + (np.arange(4) + 0.5) * 45.0
+    times = np.array(["2000-01-01T00", "2000-01-01T12", "2000-01-02T12"], "datetime64[ns]")
+    small = tmp_path / "small.zarr"
+    xr.Dataset(
+        {"temperature": (("time", "level", "lat", "lon"), np.zeros((3, 1, 4, 8), np.float32))},
+        coords={"time": times, "level": [500], "lat": lat, "lon": np.arange(8) * 45.0},
+    ).to_zarr(small, zarr_format=2, consolidated=True)
+    out = tmp_path / "run"
+    argv = ["quickstart", "--fast", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--data", str(small), "--data-config", "embedded"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the task" in err and "Traceback" not in err
+    assert "[missing-variable] expected variable 'geopotential'" in err
+    assert "[missing-level] expected pressure level 850 hPa, found levels [500]" in err
+    assert "time-gaps" not in err
+    assert not out.exists()
+
+
 def test_data_without_config_is_refused(tmp_path, capsys):
     rc = main(["quickstart", "--out", str(tmp_path / "x"), "--data", str(tmp_path)])
     assert rc == 2
