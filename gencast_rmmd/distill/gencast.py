@@ -132,6 +132,14 @@ class DistillConfig:
             raise ValueError("mmd.objective.l2_weight: phase 1 has no frozen phase-1 student")
         for ph in PHASES:
             check_s_floor(getattr(self, ph).objective, self.student_sampler, f"{ph}.objective.")
+            obj = getattr(self, ph).objective
+            if obj.reward_weight > 0 and obj.members < 2:
+                # The reward here is the fair CRPS (the image path's custom rewards take M = 1).
+                raise ValueError(
+                    f"{ph}.objective.members: the CRPS reward needs >= 2 members per conditioning "
+                    f"(the paper's M = 2), found {obj.members}; with one member the fair CRPS is "
+                    "the absolute error, which rewards collapsing the ensemble onto its median"
+                )
         self.data.validate()
 
 

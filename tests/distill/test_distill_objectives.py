@@ -272,3 +272,19 @@ def test_the_on_policy_chain_runs_chain_denoise_fn(start):
     sig = other["sigma_t"]
     want = mlp_denoise(params["student"], other["x_t"], sig, other["cond"])
     np.testing.assert_allclose(other["x_hat"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_crps_reward_with_one_member_is_refused_by_the_distill_config():
+    """The GenCast distillation's reward is the fair CRPS: with M = 1 its spread term vanishes
+    and it is the absolute error (a reward for collapsing onto the median); the config refuses
+    it, while phase 1 (no reward) keeps M = 1."""
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.distill.gencast import DistillConfig
+    from gencast_rmmd.errors import ConfigError
+
+    cfg = load_config(DistillConfig, "tiny", kind="distill")
+    assert cfg.mmd.objective.members == 1 and cfg.rmmd.objective.members == 2
+    with pytest.raises(ConfigError, match=r"rmmd.objective.members: the CRPS reward needs >= 2"):
+        load_config(DistillConfig, "tiny", ["rmmd.objective.members=1"], kind="distill")
+    one = ["rmmd.objective.members=1", "rmmd.objective.reward_weight=0"]
+    assert load_config(DistillConfig, "tiny", one, kind="distill").rmmd.objective.members == 1
