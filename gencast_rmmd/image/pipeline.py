@@ -194,20 +194,82 @@ def _classifier(
     return clf
 
 
+# The outputs each setting makes, by the longest matching dotted prefix: a re-run whose settings
+# differ where an output already exists is refused (the stages reuse files as they are, and
+# config.yaml would record settings the files were not made with).
+_SETTING_OUTPUTS = {
+    "data": (
+        "classifier_*.npz",
+        "teacher.npz",
+        "student_k*.npz",
+        "*_eval.json",
+        "pareto_rows.jsonl",
+    ),
+    "classifier": ("classifier_*.npz",),
+    "model": ("teacher.npz",),
+    "schedule": ("teacher.npz",),
+    "teacher": ("teacher.npz",),
+    "teacher.sampler": ("*_eval.json", "pareto_rows.jsonl"),
+    "mmd": ("student_k*.npz",),
+    "finetune": ("pareto_rows.jsonl",),
+    "pareto": ("pareto_rows.jsonl",),
+    "pareto.eval_samples": ("*_eval.json", "pareto_rows.jsonl"),
+    "pareto.dipp_mmd_steps": ("student_k1.npz",),
+    "inception_weights": ("*_eval.json", "pareto_rows.jsonl"),
+    "inception_reference_stats": ("*_eval.json", "pareto_rows.jsonl"),
+}
+# Settings a re-run may change: they add sweep runs, or outputs record and redo them themselves.
+_FREE_SETTINGS = (
+    "pareto.methods",
+    "pareto.rewards",
+    "pareto.lambdas",
+    "pareto.method_lambdas",
+    "pareto.workers",
+    "pareto.distill_eval_sets",
+)
+
+
+def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -> None:
+    """OutputError naming the changed settings whose outputs `out` already holds."""
+    import yaml
+
+    from gencast_rmmd.config import to_dict
+    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.training.loop import config_changes
+
+    stale: dict[str, list[str]] = {}
+    for change in config_changes(yaml.safe_load(old_text) or {}, to_dict(cfg)):
+        key = change.split(":", 1)[0]
+        if key.startswith(_FREE_SETTINGS):
+            continue
+        parts = key.split(".")
+        prefix = next(
+            (".".join(parts[:i]) for i in range(len(parts), 0, -1)
+             if ".".join(parts[:i]) in _SETTING_OUTPUTS),
+            None,
+        )  # fmt: skip
+        found = sorted(p.name for pat in _SETTING_OUTPUTS.get(prefix, ()) for p in out.glob(pat))
+        if found:
+            stale[change] = found
+    if stale:
+        lines = "; ".join(f"{c} (made: {', '.join(f)})" for c, f in stale.items())
+        raise OutputError(
+            f"{out} holds outputs made with other settings: {lines}. Use a fresh --out, or delete "
+            "those files to redo their stages"
+        )
+
+
 def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
     """Load data, train or reload both classifiers, build the model and the evaluator."""
     out = pathlib.Path(out)
     check_out_dir(out, "a run directory")
     # Read (and so validate) the data before anything is created at --out.
     data = load_dataset(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_text = dump_yaml(cfg)
     prev = out / "config.yaml"
     if prev.exists() and prev.read_text() != cfg_text:
-        _log(
-            f"note: {prev} differs from this run's config; it is overwritten, stages found on "
-            "disk are reused as they are (use a fresh --out to retrain)"
-        )
+        _refuse_other_settings(out, prev.read_text(), cfg)
+    out.mkdir(parents=True, exist_ok=True)
     write_text(prev, cfg_text)
     seed = cfg.classifier.seed
     reward_clf = _classifier(cfg, out, data, "reward", seed, progress)

@@ -478,3 +478,34 @@ def test_distill_evaluation_holds_one_sample_set_at_a_time(tmp_path, monkeypatch
     pipeline.stage_distill(ctx)
     assert len(calls["generate"]) == 9
     assert max(most) == 0  # (one job at a time: the previous set is gone when the next is drawn)
+
+
+def test_a_rerun_with_other_settings_is_refused_where_their_outputs_exist(tmp_path):
+    """Stages reuse their files as they are: a re-run whose settings differ where an output
+    exists is refused, naming the change and the files (it used to overwrite config.yaml with
+    settings the files were not made with and reuse them, with a log note). Settings that only
+    widen the sweep, or whose outputs exist not yet, may change."""
+    from gencast_rmmd.config import dump_yaml
+    from gencast_rmmd.errors import OutputError
+
+    old = load_config(ImageConfig, "digits", kind="image")
+    text = dump_yaml(old)
+
+    def check(*over):
+        cfg = load_config(ImageConfig, "digits", list(over), kind="image")
+        pipeline._refuse_other_settings(tmp_path, text, cfg)
+
+    check("teacher.steps=10")  # nothing made yet
+    (tmp_path / "teacher.npz").write_bytes(b"x")
+    with pytest.raises(OutputError, match=r"teacher.steps: 1500 -> 10 \(made: teacher.npz\)"):
+        check("teacher.steps=10")
+    with pytest.raises(OutputError, match=r"data.seed: 0 -> 1 \(made: teacher.npz\)"):
+        check("data.seed=1")
+    check("mmd.steps=10", "teacher.sampler.num_steps=32")  # their outputs are not there yet
+    (tmp_path / "student_k8.npz").write_bytes(b"x")
+    (tmp_path / "teacher_eval.json").write_text("{}")
+    with pytest.raises(OutputError, match=r"mmd.steps: 800 -> 10 \(made: student_k8.npz\)"):
+        check("mmd.steps=10")
+    with pytest.raises(OutputError, match=r"num_steps: 64 -> 32 \(made: teacher_eval.json\)"):
+        check("teacher.sampler.num_steps=32")
+    check("pareto.lambdas.bw=[0.1, 1.0, 3.0]", "pareto.workers=1", "pareto.methods=[rmmd]")
