@@ -233,12 +233,21 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
     """OutputError naming the changed settings whose outputs `out` already holds."""
     import yaml
 
-    from gencast_rmmd.config import to_dict
+    from gencast_rmmd.config import load_yaml, to_dict
     from gencast_rmmd.errors import OutputError
     from gencast_rmmd.training.loop import config_changes
 
+    try:
+        old = load_yaml(old_text)
+    except yaml.YAMLError:
+        old = None
+    if not isinstance(old, dict):  # a damaged config.yaml: say so rather than guess what changed
+        raise OutputError(
+            f"{out / 'config.yaml'} is not a readable config; use a fresh --out, or delete it if "
+            "the files beside it were made with this run's settings"
+        )
     stale: dict[str, list[str]] = {}
-    for change in config_changes(yaml.safe_load(old_text) or {}, to_dict(cfg)):
+    for change in config_changes(old, to_dict(cfg)):
         key = change.split(":", 1)[0]
         if key.startswith(_FREE_SETTINGS):
             continue

@@ -509,3 +509,6 @@ def test_a_rerun_with_other_settings_is_refused_where_their_outputs_exist(tmp_pa
     with pytest.raises(OutputError, match=r"num_steps: 64 -> 32 \(made: teacher_eval.json\)"):
         check("teacher.sampler.num_steps=32")
     check("pareto.lambdas.bw=[0.1, 1.0, 3.0]", "pareto.workers=1", "pareto.methods=[rmmd]")
+    text = "teacher: [unclosed"
+    with pytest.raises(OutputError, match=r"config.yaml is not a readable config"):
+        check()
