@@ -36,6 +36,23 @@ SECONDS_PER_DAY = 86400.0
 _LAT_NAMES = ("lat", "latitude")
 _LON_NAMES = ("lon", "longitude")
 _LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
+# ECMWF short names, as the Copernicus Climate Data Store's NetCDF files name ERA5 variables,
+# and their ERA5 long names (GenCast's). `z` is geopotential on pressure levels and the surface
+# geopotential (orography) without them.
+_SHORT_NAMES = {
+    "t": "temperature",
+    "u": "u_component_of_wind",
+    "v": "v_component_of_wind",
+    "q": "specific_humidity",
+    "w": "vertical_velocity",
+    "t2m": "2m_temperature",
+    "msl": "mean_sea_level_pressure",
+    "u10": "10m_u_component_of_wind",
+    "v10": "10m_v_component_of_wind",
+    "sst": "sea_surface_temperature",
+    "tp": "total_precipitation",
+    "lsm": "land_sea_mask",
+}
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
 
@@ -252,13 +269,26 @@ def normalize_coords(ds: xr.Dataset) -> xr.Dataset:
     """Rename to `lat/lon/level`, sort `lat` ascending and `lon` into ascending [0, 360), level in hPa.
 
     Accepts `latitude/longitude` (ARCO-ERA5, WeatherBench 2), descending latitude, longitudes in
-    [-180, 180), and levels in Pa (converted when the largest level exceeds 2000).
+    [-180, 180), and levels in Pa (converted when the largest level exceeds 2000). The Climate Data
+    Store's NetCDF layout is accepted too: a `valid_time` time dim, `pressure_level`, and ECMWF
+    short variable names (`t`, `z`, `t2m`, `msl`, ...; `_SHORT_NAMES`), each renamed to its ERA5
+    long name unless the dataset already has that name.
     """
     renames = {}
     for canon, names in (("lat", _LAT_NAMES), ("lon", _LON_NAMES), ("level", _LEVEL_NAMES)):
         present = [n for n in names if n in ds.dims or n in ds.coords]
         if canon not in present and present:
             renames[present[0]] = canon
+    if "valid_time" in ds.dims and "time" not in ds.dims and "time" not in ds.coords:
+        renames["valid_time"] = "time"
+    for short, long in (*_SHORT_NAMES.items(), ("z", None)):
+        if short not in ds.data_vars:
+            continue
+        if long is None:  # z: geopotential on levels, the surface geopotential without
+            on_levels = any(d in _LEVEL_NAMES for d in ds[short].dims)
+            long = "geopotential" if on_levels else "geopotential_at_surface"
+        if long not in ds.variables:
+            renames[short] = long
     if renames:
         ds = ds.rename(renames)
     if "lat" in ds.dims and ds.sizes["lat"] > 1:

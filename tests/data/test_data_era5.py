@@ -43,13 +43,35 @@ def test_normalize_coords_arco_style():
 
 def test_normalize_coords_pa_levels_and_negative_lons():
     ds = xr.Dataset(
-        {"t": (("level", "lon"), np.arange(6.0).reshape(2, 3))},
+        {"x": (("level", "lon"), np.arange(6.0).reshape(2, 3))},
         coords={"level": [50000.0, 85000.0], "lon": [-90.0, 0.0, 90.0]},
     )
     out = era5.normalize_coords(ds)
     assert out.level.values.tolist() == [500, 850]
     assert out.lon.values.tolist() == [0.0, 90.0, 270.0]
-    assert out["t"].sel(lon=270.0).values.tolist() == [0.0, 3.0]
+    assert out["x"].sel(lon=270.0).values.tolist() == [0.0, 3.0]
+
+
+def test_the_climate_data_stores_netcdf_layout_reads_as_era5_long_names():
+    """A CDS download names ERA5 variables by ECMWF short names (t, u, t2m, sst, lsm, z, ...),
+    its time dim `valid_time` and its levels `pressure_level`: canonicalized, it is the same
+    store as the long-name one (was: "store lacks variable(s) ... variables found: ['t', 'z']")."""
+    ds = arco_style_ds()
+    short = {long: s for s, long in era5._SHORT_NAMES.items() if long in ds.data_vars}
+    short["geopotential_at_surface"] = "z"  # no level dim: the orography
+    cds = ds.rename({**short, "time": "valid_time", "level": "pressure_level"})
+    assert {"t", "u", "t2m", "sst", "lsm", "z", "tp"} <= set(cds.data_vars)
+    want = era5.canonicalize(ds, SMALL_TASK).load()
+    got = era5.canonicalize(cds, SMALL_TASK).load()
+    xr.testing.assert_identical(got, want)
+    # z on pressure levels is geopotential; a long name already there is left alone
+    lev = xr.Dataset(
+        {"z": (("pressure_level", "latitude"), np.ones((2, 3))), "t": ("latitude", np.ones(3))},
+        coords={"pressure_level": [500, 850], "latitude": [0.0, 10.0, 20.0]},
+    )
+    assert set(era5.normalize_coords(lev).data_vars) == {"geopotential", "temperature"}
+    both = lev.assign(temperature=lev["t"])
+    assert set(era5.normalize_coords(both).data_vars) == {"geopotential", "t", "temperature"}
 
 
 def test_precipitation_is_sum_of_12_hourly_values_ending_at_valid_time():
