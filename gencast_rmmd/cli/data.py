@@ -162,13 +162,15 @@ def _require_positive(args, *names: str) -> None:
 
 def _validate(args) -> int:
     from gencast_rmmd.data.config import load_data_config
-    from gencast_rmmd.data.validate import time_coverage, validate_store
+    from gencast_rmmd.data.validate import validate_store
 
     cfg = load_data_config(args.config, args.overrides)
-    found: dict = {}
-    validate_store(args.data, cfg.task, check_values=not args.no_values, coverage=found)
-    info, notes = time_coverage(
-        found["times"], cfg.task, cfg.splits, (cfg.time_start, cfg.time_stop)
+    info, notes = validate_store(
+        args.data,
+        cfg.task,
+        check_values=not args.no_values,
+        splits=cfg.splits,
+        window=(cfg.time_start, cfg.time_stop),
     )
     splits = ", ".join(f"{k} {n}" for k, n in info["splits"].items())
     if info["times"]:

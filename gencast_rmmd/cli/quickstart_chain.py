@@ -1184,14 +1184,11 @@ def _check_embedded_task(ctx: Context) -> None:
             f"data_config {name!r} reads {base.source!r}, and without --data the quickstart runs "
             f"on the embedded nature run only: {prepare}"
         )
-    missing = nature_run.missing_variables(base.task)
-    if missing:
-        raise ConfigError(
-            f"data_config {name!r}: the embedded nature run has no {', '.join(missing)} (it holds "
-            f"temperature, geopotential, winds, their surface proxies, the statics and the "
-            "progress forcings); drop them from the task, or run on a store that has them "
-            "(`--data STORE.zarr --data-config CONFIG`)"
-        )
+    nature_run.check_task(
+        base.task,
+        f"drop them from data_config {name!r}'s task, or run on a store that has them "
+        "(`--data STORE.zarr --data-config CONFIG`)",
+    )
 
 
 def _check_stage_settings(ctx: Context) -> None:

@@ -576,14 +576,9 @@ def open_canonical(cfg: DataConfig, *, source: str | None = None) -> xr.Dataset:
     """
     src = source or cfg.source
     if src == "embedded":
-        from gencast_rmmd.data.nature_run import embedded_store, missing_variables
+        from gencast_rmmd.data.nature_run import check_task, embedded_store
 
-        missing = missing_variables(cfg.task)
-        if missing:  # before building the nature run (minutes), not after
-            raise DataError(
-                f"the embedded nature run has no {', '.join(missing)}, which the task needs; "
-                "drop them from the task or use an ERA5 source"
-            )
+        check_task(cfg.task, "drop them from the task or use an ERA5 source")
         src = str(embedded_store(config=cfg.nature_run, levels_hpa=cfg.task.pressure_levels))
     ds = open_store(src, token=cfg.token)
     return canonicalize(

@@ -336,25 +336,17 @@ class ExampleSource:
     """
 
     def __init__(self, store, task: TaskConfig, stats, times=None, local_cache=None):
-        from gencast_rmmd.data.stats import check_difference_step, load_stats
+        from gencast_rmmd.data.stats import load_stats
 
         self.store = str(store)
         self.local_cache = None if local_cache is None else str(local_cache)
         self.task = task
-        stats_dir = stats if isinstance(stats, str | os.PathLike) else None
-        if stats_dir is not None:
-            stats = load_stats(stats_dir)
+        where = "the statistics dict given"
+        if isinstance(stats, str | os.PathLike):
+            where = f"stats dir {os.fspath(stats)!r}"
+            stats = load_stats(stats)
         self.layout = task.layout
-        where = "the statistics given"
-        if stats_dir is not None:
-            where = f"stats dir {os.fspath(stats_dir)!r}"
-        check_difference_step(stats, task.step_hours, where)
-        try:
-            self.norm = nz.NormalizationArrays.from_stats(stats, self.layout)
-        except (KeyError, ValueError) as e:
-            verb = "does" if stats_dir is not None else "do"
-            raise DataError(f"{where} {verb} not cover the task: {e.args[0]}") from None
-        self.sst_fill = float(np.asarray(stats["min"][SST])) if SST in stats["min"] else None
+        self.norm, self.sst_fill = nz.for_task(stats, task, where)
         if not is_url(self.store) and pathlib.Path(self.store).is_file():
             raise DataError(
                 f"store {self.store!r} is a file; training reads a canonical Zarr store "

@@ -53,6 +53,7 @@ import xarray as xr
 
 from gencast_rmmd.data.config import NatureRunConfig
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, content_store_id, quiet_v3_consolidation
+from gencast_rmmd.errors import DataError
 
 R_DRY = 287.04  # J kg-1 K-1 (Held-Suarez / dinosaur value is within 0.1%; we use the model's)
 G = 9.80665
@@ -346,13 +347,20 @@ def missing_variables(task) -> list[str]:
     store holds the fields of `UNITS` (state and statics) and the four progress forcings."""
     from gencast_rmmd.data.task import GENCAST_FORCINGS
 
-    needed = {
-        *task.input_variables,
-        *task.target_variables,
-        *task.forcing_variables,
-        *task.static_variables,
-    }
-    return sorted(needed - set(UNITS) - set(GENCAST_FORCINGS))
+    return sorted(set(task.variables) - set(UNITS) - set(GENCAST_FORCINGS))
+
+
+def check_task(task, advice: str) -> None:
+    """DataError naming the variables of `task` the nature run cannot feed (`missing_variables`),
+    followed by `advice` (what the caller's user can do instead); checked before a nature run is
+    built (minutes), not when a later stage finds the variables missing."""
+    missing = missing_variables(task)
+    if missing:
+        raise DataError(
+            f"the embedded nature run has no {', '.join(missing)}, which the task needs (it holds "
+            "temperature, geopotential, winds, their surface proxies, the statics and the "
+            f"progress forcings); {advice}"
+        )
 
 
 PROXY_NOTES = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gencast_rmmd.data.task import ChannelLayout
+from gencast_rmmd.data.task import ChannelLayout, TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,27 @@ class NormalizationArrays:
                     raise ValueError(f"statistics give non-finite {name}: {a}")
                 object.__setattr__(arrays, name, np.where(a > 0, a, 1.0).astype(np.float32))
         return arrays
+
+
+def for_task(
+    stats: dict[str, Any], task: TaskConfig, where: str = "the statistics dict"
+) -> tuple[NormalizationArrays, float | None]:
+    """The normalization of `task` from `stats` (`data.stats.load_stats`), and the SST fill value
+    (`min_by_level` of sea_surface_temperature; None without it), for training and forecasting
+    alike. DataError (naming `where`, e.g. the stats dir) when the statistics' differences were
+    taken over another step than the task's (`data.stats.check_difference_step`) or they lack a
+    variable or level of the task."""
+    from gencast_rmmd.data.stats import check_difference_step
+    from gencast_rmmd.errors import DataError
+
+    check_difference_step(stats, task.step_hours, where)
+    try:
+        norm = NormalizationArrays.from_stats(stats, task.layout)
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{where} does not cover the task: {e.args[0]}") from None
+    sst = "sea_surface_temperature"
+    fill = float(np.asarray(stats["min"][sst]).min()) if sst in stats.get("min", {}) else None
+    return norm, fill
 
 
 def _xp(x):

@@ -93,6 +93,20 @@ class TaskConfig:
     step_hours: int = 12
 
     @property
+    def variables(self) -> tuple[str, ...]:
+        """Every variable the task reads or predicts (inputs, targets, forcings, statics), sorted."""
+        return tuple(
+            sorted(
+                {
+                    *self.input_variables,
+                    *self.target_variables,
+                    *self.forcing_variables,
+                    *self.static_variables,
+                }
+            )
+        )
+
+    @property
     def input_duration(self) -> str:
         """GenCast's `input_duration` string ('24h' for 2 frames of 12 h)."""
         return f"{self.input_frames * self.step_hours}h"

@@ -142,15 +142,6 @@ def _check_times(times: np.ndarray, step_hours: int) -> list[Problem]:
     return out
 
 
-def _needed(task: TaskConfig) -> list[str]:
-    return sorted(
-        set(task.input_variables)
-        | set(task.target_variables)
-        | set(task.forcing_variables)
-        | set(task.static_variables)
-    )
-
-
 def schema_problems(ds: xr.Dataset, task: TaskConfig) -> list[Problem]:
     """The problems of `ds` for `task` that its metadata and coordinates show (dims, variables,
     levels, dtypes, grid, time axis): no data variable is read, so this is cheap on any store,
@@ -159,7 +150,7 @@ def schema_problems(ds: xr.Dataset, task: TaskConfig) -> list[Problem]:
 
     problems: list[Problem] = []
     ds = normalize_coords(ds)
-    needed = _needed(task)
+    needed = task.variables
     for dim in ("time", "lat", "lon"):
         if dim not in ds.dims:
             problems.append(
@@ -223,7 +214,7 @@ def check_store(
 
     problems = schema_problems(ds, task)
     ds = normalize_coords(ds)
-    present = [v for v in _needed(task) if v in ds.data_vars]
+    present = [v for v in task.variables if v in ds.data_vars]
     for v in present:
         da = ds[v]
         if variable_kind(v) == "static" and "time" in da.dims and da.sizes["time"] > 1:
@@ -359,17 +350,14 @@ def validate_store(
     task: TaskConfig,
     *,
     check_values: bool = True,
-    coverage: dict | None = None,
-) -> list[Problem]:
-    """Open `path` and check it; raise `DataError` listing every problem, else return []. When
-    `coverage` is a dict, it is filled with the store's time axis (`coverage["times"]`, a
-    datetime64 array; empty when the store has no time dim), for `time_coverage`."""
+    splits: dict[str, tuple[str, str]] | None = None,
+    window: tuple[str | None, str | None] = (None, None),
+) -> tuple[dict, list[str]]:
+    """Open `path` and check it; raise `DataError` listing every problem, else return what the
+    store holds for the task, `splits` and `window` (`time_coverage`: a description and notes)."""
     from gencast_rmmd.data.era5 import open_store
 
     ds = open_store(path, trim_to_valid_range=False, allow_incomplete=True)
-    if coverage is not None:
-        has_time = "time" in ds.coords and ds["time"].ndim == 1
-        coverage["times"] = np.asarray(ds["time"].values) if has_time else np.array([], "M8[ns]")
     problems = []
     if is_incomplete(ds):
         problems.append(
@@ -383,7 +371,10 @@ def validate_store(
     problems += check_store(ds, task, check_values=check_values, source=os.fspath(path))
     if problems:
         raise problems_error(path, problems)
-    return []
+    from gencast_rmmd.data.era5 import normalize_coords
+
+    times = normalize_coords(ds)["time"].values  # no problem: it has a time dim
+    return time_coverage(times, task, splits, window)
 
 
 def problems_error(path: str | os.PathLike, problems: list[Problem]) -> DataError:

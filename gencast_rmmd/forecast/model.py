@@ -90,20 +90,10 @@ def norm_from_stats_dir(
     stats_dir: str, task: TaskConfig
 ) -> tuple[NormalizationArrays, float | None]:
     """Normalization arrays for `task` and the SST fill value from a stats directory."""
-    from gencast_rmmd.data.stats import check_difference_step, load_stats
+    from gencast_rmmd.data.normalization import for_task
+    from gencast_rmmd.data.stats import load_stats
 
-    stats = load_stats(stats_dir)
-    check_difference_step(stats, task.step_hours, f"stats dir {stats_dir!r}")
-    try:
-        norm = NormalizationArrays.from_stats(stats, task.layout)
-    except (KeyError, ValueError) as e:
-        from gencast_rmmd.errors import DataError
-
-        raise DataError(f"stats dir {stats_dir!r} does not cover the model's task: {e}") from None
-    sst = None
-    if "min" in stats and "sea_surface_temperature" in stats["min"]:
-        sst = float(np.asarray(stats["min"]["sea_surface_temperature"]).min())
-    return norm, sst
+    return for_task(load_stats(stats_dir), task, f"stats dir {stats_dir!r}")
 
 
 def persistence_model(

@@ -26,6 +26,12 @@ def _check_counts(cfg, *names: str) -> None:
             raise ValueError(f"{name} must be >= 1, found {getattr(cfg, name)}")
 
 
+def _check_rate(cfg, name: str = "learning_rate") -> None:
+    """A learning rate: finite and > 0 (0 would train nothing)."""
+    if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+        raise ValueError(f"{name} must be finite and > 0, found {getattr(cfg, name)}")
+
+
 def _check_decay(cfg, name: str = "ema_decay") -> None:
     """An EMA decay in [0, 1): 0 is no averaging; 1 would never move from the initial weights."""
     if not 0 <= getattr(cfg, name) < 1:
@@ -122,15 +128,10 @@ class OptimConfig:
     decay_to_zero: bool = False
 
     def validate(self) -> None:
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, found {self.learning_rate}")
-        for name in ("b1", "b2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), found {getattr(self, name)}")
-        if not self.eps >= 0:
-            raise ValueError(f"eps must be >= 0, found {self.eps}")
-        if not self.warmup_steps >= 0:
-            raise ValueError(f"warmup_steps must be >= 0, found {self.warmup_steps}")
+        from gencast_rmmd.training.loop import check_adam
+
+        _check_rate(self)
+        check_adam(self)
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0: no clipping), found {self.grad_clip}")
 
@@ -167,8 +168,7 @@ class ClassifierConfig:
 
     def validate(self) -> None:
         _check_counts(self, "width", "feature_dim", "steps", "batch_size")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, found {self.learning_rate}")
+        _check_rate(self)
         if not self.noise_augment >= 0:
             raise ValueError(f"noise_augment must be >= 0, found {self.noise_augment}")
 
@@ -251,14 +251,10 @@ class FinetuneConfig:
     seed: int = 3
 
     def validate(self) -> None:
-        _check_counts(self, "steps", "batch_size")
-        if self.draft_k < 1:
-            raise ValueError(f"draft_k must be >= 1, found {self.draft_k}")
+        _check_counts(self, "steps", "batch_size", "draft_k", "hypernoise_width")
         for name in ("reg_ratio", "draft_l2", "refl_data_weight", "hypernoise_kl"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
-        if self.hypernoise_width < 1:
-            raise ValueError(f"hypernoise_width must be >= 1, found {self.hypernoise_width}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,11 +336,9 @@ class ParetoConfig:
                     f"reward {r!r} gets no run: every method's lambda list for it is empty "
                     f"(methods {list(self.methods)}); give lambdas.{r} or drop it from rewards"
                 )
-        _check_counts(self, "eval_every", "eval_samples", "dipp_mmd_steps")
-        if self.distill_eval_sets < 1:
-            raise ValueError(f"distill_eval_sets must be >= 1, found {self.distill_eval_sets}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, found {self.workers}")
+        _check_counts(
+            self, "eval_every", "eval_samples", "dipp_mmd_steps", "distill_eval_sets", "workers"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

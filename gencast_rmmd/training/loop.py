@@ -104,18 +104,24 @@ class OptimizerConfig:
     def validate(self) -> None:
         if not self.learning_rate >= 0:
             raise ValueError(f"learning_rate: must be >= 0, found {self.learning_rate}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: must be >= 0, found {self.warmup_steps}")
+        check_adam(self)
         if self.decay_steps is not None and self.decay_steps <= 0:
             raise ValueError(f"decay_steps: must be > 0 or null, found {self.decay_steps}")
-        for k in ("b1", "b2"):
-            v = getattr(self, k)
-            if not 0 <= v < 1:
-                raise ValueError(f"{k}: must be in [0, 1), found {v}")
-        if self.eps < 0:
-            raise ValueError(f"eps: must be >= 0, found {self.eps}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             raise ValueError(f"grad_clip_norm: must be > 0 or null, found {self.grad_clip_norm}")
+
+
+def check_adam(cfg: Any) -> None:
+    """For a `validate()` of any Adam config (this module's `OptimizerConfig`, the image path's
+    `OptimConfig`): `warmup_steps` >= 0, `b1`, `b2` in [0, 1), `eps` >= 0."""
+    if not cfg.warmup_steps >= 0:
+        raise ValueError(f"warmup_steps: must be >= 0, found {cfg.warmup_steps}")
+    for k in ("b1", "b2"):
+        v = getattr(cfg, k)
+        if not 0 <= v < 1:
+            raise ValueError(f"{k}: must be in [0, 1), found {v}")
+    if not cfg.eps >= 0:
+        raise ValueError(f"eps: must be >= 0, found {cfg.eps}")
 
 
 @dataclasses.dataclass(frozen=True)
