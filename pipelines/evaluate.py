@@ -384,6 +384,16 @@ def prepare(
         "notes": notes,
         "seed": seed,
     }
+    for label, size in (
+        ("forecast", meta["ensemble_size"]),
+        ("baseline", meta["baseline_ensemble_size"]),
+    ):
+        if size == 1:
+            notes.append(
+                f"the {label} store has 1 member: its CRPS is that member's absolute error, its "
+                "spread is 0 (spread/skill 0) and its rank histogram has 2 bins; score 2 or more "
+                "members to measure calibration"
+            )
     return specs, meta
 
 

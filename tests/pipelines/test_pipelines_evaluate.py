@@ -371,3 +371,30 @@ def test_is_current_follows_the_truth_store(stores, tmp_path):
     del meta["truth_store_id"]  # an evaluation from before the key existed
     (tmp_path / "ev" / MARKER).write_text(json.dumps(meta))
     assert is_current(out, stores["f"], stores["b"])
+
+
+def test_one_member_forecast_is_scored_and_said_to_have_no_spread(stores, tmp_path):
+    """A one-member forecast scores with zero spread (its CRPS is its mean absolute error, at
+    most its RMSE), and the report's notes say so: spread/skill 0 is a property of M = 1, not a
+    finding. The 5-member baseline gets no such note."""
+    f1 = str(tmp_path / "f1.zarr")
+    one = xr.open_zarr(stores["f"]).isel(realization=[0])
+    for v in one.variables.values():
+        v.encoding = {}
+    one.to_zarr(f1)
+    evaluate(
+        f1,
+        stores["t"],
+        str(tmp_path / "e"),
+        baseline_path=stores["b"],
+        engine="memory",
+        plots=False,
+    )
+    meta = json.load(open(tmp_path / "e" / "evaluation.json"))
+    assert meta["ensemble_size"] == 1 and meta["baseline_ensemble_size"] == 5
+    said = [n for n in meta["notes"] if "1 member" in n]
+    assert len(said) == 1 and said[0].startswith("the forecast store has 1 member"), meta["notes"]
+    card = xr.open_dataset(tmp_path / "e" / "scorecard.nc")["value"]
+    assert (card.sel(metric="spread_skill") == 0).all()
+    crps, rmse = card.sel(metric="crps"), card.sel(metric="rmse")
+    assert (crps > 0).all() and (crps <= rmse + 1e-12).all()
