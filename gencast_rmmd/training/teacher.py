@@ -474,6 +474,7 @@ def export_teacher(
     `extra:provenance:*` (config, data store and its `data_store_id`, stats and their
     `stats_sha256`, train_start, train_end, step).
     """
+    _check_export_target(out)
     run_dir = pathlib.Path(run_dir)
     run = read_run(run_dir)
     den = _build(run)
@@ -494,6 +495,22 @@ def export_teacher(
         description=description,
         step=int(meta.get("step", -1)),
     )
+
+
+def _check_export_target(out: str | os.PathLike) -> None:
+    """Refuse, before any work, to export over an existing file that is not an .npz archive (a
+    previous export is replaced; run.json or a note given as `--out` by mistake is not)."""
+    from gencast_rmmd.remote import is_url
+
+    if is_url(out) or not os.path.isfile(out):
+        return  # a directory or an unwritable path is refused by the atomic write, with its reason
+    with open(out, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        raise OutputError(
+            f"--out {os.fspath(out)!r} exists and is not an .npz archive (it starts {head!r}); "
+            "give a new path, or the path of a previous export to replace"
+        )
 
 
 def describe_checkpoint(path: str | os.PathLike) -> str:

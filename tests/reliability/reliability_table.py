@@ -492,6 +492,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"not a teacher run directory.*run\.json",
         "refuses: says which file a run directory must hold; no .npz is written",
     ),
+    BadInput(
+        "teacher-export-over-other-file",
+        "output",
+        "teacher export",
+        "`--out` is an existing file that is not an .npz archive (the run's own `run.json`)",
+        r"run\.json' exists and is not an \.npz archive",
+        "refuses before restoring the checkpoint and leaves the file as it was (a previous "
+        "export is replaced; was: overwritten without a word)",
+    ),
     # ---------------------------------------------------------------- configs
     BadInput(
         "config-unknown-key",

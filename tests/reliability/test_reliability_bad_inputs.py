@@ -624,6 +624,14 @@ def s_teacher_export_not_a_run(tmp, p):
     return ["teacher", "export", "--run", tmp / "run", "--out", tmp / "teacher.npz"]
 
 
+def s_teacher_export_over_other_file(tmp, p):
+    from gencast_rmmd.cli import main
+
+    argv = [str(a) for a in _teacher_train(tmp, p, p["ws"]["model"])]
+    assert main([*argv, "--steps", "0"]) == 0
+    return ["teacher", "export", "--run", tmp / "run", "--out", tmp / "run" / "run.json"]
+
+
 def s_forecast_resume_other_settings(tmp, p):
     from gencast_rmmd.cli import main
 
@@ -857,6 +865,7 @@ SETUPS = {
     "distill-rmmd-without-mmd": s_distill_rmmd_without_mmd,
     "ckpt-bad-student-sampler": s_ckpt_bad_student_sampler,
     "teacher-export-not-a-run": s_teacher_export_not_a_run,
+    "teacher-export-over-other-file": s_teacher_export_over_other_file,
     "forecast-resume-other-settings": s_forecast_resume_other_settings,
     "forecast-resume-other-checkpoint": s_forecast_resume_other_checkpoint,
     "forecast-resume-other-stats": s_forecast_resume_other_stats,

@@ -379,6 +379,14 @@ def test_export_round_trip_and_info(straight_run, tmp_path):
     ):
         teacher.export_teacher(out, tmp_path / "s99.npz", step=99)
     assert not (tmp_path / "s99.npz").exists()
+    # A previous export is replaced; a file that is not an .npz archive (run.json given as
+    # --out by mistake) is refused before any work and left as it was.
+    assert teacher.export_teacher(out, tmp_path / "s4.npz", step=6) == tmp_path / "s4.npz"
+    assert all(np.array_equal(v, a[k]) for k, v in _flat_params(tmp_path / "s4.npz").items())
+    run_json = (out / "run.json").read_bytes()
+    with pytest.raises(OutputError, match=r"run.json' exists and is not an .npz archive"):
+        teacher.export_teacher(out, out / "run.json")
+    assert (out / "run.json").read_bytes() == run_json
     text = teacher.describe_checkpoint(exported)
     assert f"{summary['num_params']:,} in {summary['num_tensors']} tensors" in text
     assert "test-license" in text and "7 network evaluations" in text
