@@ -95,10 +95,15 @@ class ObjectiveConfig:
         if self.members < 1:
             raise ValueError(f"members: must be >= 1, found {self.members}")
         for k in ("mmd_weight", "reward_weight", "l2_weight", "aux_reg_weight"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"{k}: must be >= 0, found {getattr(self, k)}")
-        if self.s_floor <= 0:
-            raise ValueError(f"s_floor: must be > 0, found {self.s_floor}")
+            if not 0 <= getattr(self, k) < float("inf"):  # NaN fails too
+                raise ValueError(f"{k}: must be finite and >= 0, found {getattr(self, k)}")
+        if not (self.mmd_weight > 0 or self.reward_weight > 0):
+            raise ValueError(
+                "mmd_weight and reward_weight are both 0: the student would learn nothing (the "
+                "L2 term only anchors it to where it starts); give either a weight > 0"
+            )
+        if not 0 < self.s_floor < float("inf"):
+            raise ValueError(f"s_floor: must be finite and > 0, found {self.s_floor}")
 
     def trainable_groups(self) -> tuple[str, ...]:
         """The param groups the optimizer updates in this phase."""

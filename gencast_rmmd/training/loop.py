@@ -102,8 +102,12 @@ class OptimizerConfig:
     grad_clip_norm: float | None = None
 
     def validate(self) -> None:
-        if not self.learning_rate >= 0:
-            raise ValueError(f"learning_rate: must be >= 0, found {self.learning_rate}")
+        if not 0 < self.learning_rate < float("inf"):  # NaN fails too; 0 would train nothing
+            raise ValueError(f"learning_rate: must be finite and > 0, found {self.learning_rate}")
+        if not 0 <= self.end_learning_rate < float("inf"):
+            raise ValueError(
+                f"end_learning_rate: must be finite and >= 0, found {self.end_learning_rate}"
+            )
         check_adam(self)
         if self.decay_steps is not None and self.decay_steps <= 0:
             raise ValueError(f"decay_steps: must be > 0 or null, found {self.decay_steps}")

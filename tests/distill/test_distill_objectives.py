@@ -288,3 +288,30 @@ def test_a_crps_reward_with_one_member_is_refused_by_the_distill_config():
         load_config(DistillConfig, "tiny", ["rmmd.objective.members=1"], kind="distill")
     one = ["rmmd.objective.members=1", "rmmd.objective.reward_weight=0"]
     assert load_config(DistillConfig, "tiny", one, kind="distill").rmmd.objective.members == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mmd.objective.mmd_weight=nan", r"mmd\.objective: mmd_weight: must be finite and >= 0, found nan"),
+        ("rmmd.objective.reward_weight=inf", r"reward_weight: must be finite and >= 0, found inf"),
+        ("mmd.objective.mmd_weight=0", r"mmd\.objective: mmd_weight and reward_weight are both 0"),
+        ("mmd.objective.s_floor=nan", r"s_floor: must be finite and > 0, found nan"),
+        ("mmd.optimizer.end_learning_rate=-1", r"mmd\.optimizer: end_learning_rate: must be finite and >= 0, found -1"),
+        ("rmmd.optimizer.learning_rate=inf", r"rmmd\.optimizer: learning_rate: must be finite and > 0, found inf"),
+        ("mmd.optimizer.learning_rate=0", r"mmd\.optimizer: learning_rate: must be finite and > 0, found 0"),
+    ],
+)  # fmt: skip
+def test_distill_config_refuses_weights_and_rates_that_train_nothing_or_garbage(override, message):
+    """NaN or infinite loss weights and learning rates, a learning rate of 0, a negative final
+    learning rate (the end of the schedule would climb the loss), and a phase with neither an MMD nor a reward term (the
+    student would not move) were all accepted and trained; each is now one ConfigError naming
+    the key, at config load. A reward-only phase (mmd_weight 0, reward_weight > 0) stays valid."""
+    from gencast_rmmd.config import load_config
+    from gencast_rmmd.distill.gencast import DistillConfig
+    from gencast_rmmd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(DistillConfig, "tiny", [override], kind="distill")
+    ok = ["rmmd.objective.mmd_weight=0", "rmmd.objective.reward_weight=0.3"]
+    assert load_config(DistillConfig, "tiny", ok, kind="distill").rmmd.objective.mmd_weight == 0
