@@ -7,6 +7,9 @@ Configs are frozen dataclasses. `load_config(cls, path, overrides)` reads a YAML
   `validate()` rejects raises `ConfigError` naming the file, the dotted key and what is allowed;
 - supported field types: `int`, `float`, `str`, `bool`, `X | None`, `Literal[...]`,
   `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, T]` and nested config dataclasses;
+- NaN is refused for every field (a range check in `validate()` never sees it: every comparison
+  with NaN is False), and so is an infinite float field unless the class names it in its
+  `UNBOUNDED` class attribute (GenCast's `churn_max_noise_level: .inf`);
 - a field named `seed` or `*_seed` must be >= 0 (NumPy's generators refuse negative seeds);
 - a dataclass may define `validate(self) -> None` raising `ValueError("...")` for value checks
   (ranges, cross-field rules); the loader reports it with the file and the key prefix.
@@ -18,6 +21,7 @@ run directories).
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import re
 import types
@@ -88,6 +92,10 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if _is_nan(value):  # every comparison with NaN is False, so no validate() range check sees it
+        raise ConfigError(
+            f"{file}: key {key!r}: expected a number, found NaN (no setting takes it)"
+        )
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
             return value
@@ -153,7 +161,6 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
             "-inf",
             ".inf",
             "-.inf",
-            "nan",
         }:
             return float(value.strip().lower().replace(".inf", "inf"))
         if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
@@ -165,6 +172,31 @@ def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
             return value
         fail()
     raise TypeError(f"unsupported config field type {tp!r} at {key!r}")
+
+
+def float_problem(cls: type, name: str, value: Any) -> str | None:
+    """What is wrong with `value` as field `name` of config class `cls`, or None: NaN is no
+    setting's value, and infinity only that of the fields `cls.UNBOUNDED` lists. (Every
+    comparison with NaN is False, so a `validate()` range check would let it through.) Shared by
+    this loader and the checkpoint reader (`model.checkpoint`)."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return None
+    if value != value:
+        return "expected a number, found NaN (no setting takes it)"
+    free = ", ".join(getattr(cls, "UNBOUNDED", ()))
+    if name in getattr(cls, "UNBOUNDED", ()):
+        return None
+    return f"expected a finite number, found {value} (" + (
+        f"only {free} of {cls.__name__} may be infinite)"
+        if free
+        else f"no key of {cls.__name__} may be infinite)"
+    )
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"nan", ".nan"}
+    return isinstance(value, float) and value != value
 
 
 def _is_seed(name: str) -> bool:
@@ -186,6 +218,9 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
         key = f"{where}{name}"
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], key, file)
+            problem = float_problem(cls, name, kwargs[name])
+            if problem:
+                raise ConfigError(f"{file}: key {key!r}: {problem}")
             if _is_seed(name) and isinstance(kwargs[name], int) and kwargs[name] < 0:
                 raise ConfigError(
                     f"{file}: key {key!r}: a seed must be >= 0 (NumPy's generators take no "

@@ -96,6 +96,65 @@ def test_overrides():
         from_dict(Outer, {"name": "x"}, overrides=["novalue"])
 
 
+def test_nan_and_infinite_floats_are_refused_naming_the_key():
+    """A `validate()` range check never sees NaN (every comparison with it is False): `rho=nan`
+    or `mmd_weight=nan` were accepted and trained on NaN. NaN is refused for every field, in
+    any spelling and behind `X | None`; so is an infinite float, except where the class lists
+    the key in `UNBOUNDED` (GenCast's `churn_max_noise_level: .inf`)."""
+    for over in ("inner.rate=nan", "inner.rate=.NaN", "maybe=nan"):
+        with pytest.raises(
+            ConfigError, match=r"key '(inner.rate|maybe)': expected a number, found NaN"
+        ):
+            from_dict(Outer, {"name": "x"}, overrides=[over])
+    with pytest.raises(ConfigError, match=r"key 'inner.rate': expected a number, found NaN"):
+        from_dict(Outer, {"name": "x", "inner": {"rate": float("nan")}})
+    for over in ("inner.rate=inf", "maybe=-.inf"):
+        with pytest.raises(ConfigError, match=r"expected a finite number, found -?inf .*no key of"):
+            from_dict(Outer, {"name": "x"}, overrides=[over])
+    from gencast_rmmd.model.configs import ModelConfig
+
+    base = load_config(ModelConfig, "tiny", kind="model")
+    assert base.sampler_config.churn_max_noise_level == float("inf")
+    for key in (
+        "sampler_config.rho",
+        "sampler_config.max_noise_level",
+        "noise_config.training_max_noise_level",
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=rf"'{key}': expected a finite number, found inf \((only churn_max_noise_level|no key of NoiseConfig)",
+        ):
+            load_config(ModelConfig, "tiny", [f"{key}=inf"], kind="model")
+        with pytest.raises(ConfigError, match=rf"'{key}': expected a number, found NaN"):
+            load_config(ModelConfig, "tiny", [f"{key}=nan"], kind="model")
+
+
+@pytest.mark.parametrize(
+    "cls_path, name, override, message",
+    [
+        ("gencast_rmmd.image.config:ImageConfig", "digits", "data.num_classes=0", r"num_classes must be >= 1, found 0"),
+        ("gencast_rmmd.image.config:ImageConfig", "digits", "data.label_offset=-1", r"label_offset must be >= 0"),
+        ("gencast_rmmd.image.config:ImageConfig", "digits", "model.heads=-1", r"heads must be >= 1, found -1"),
+        ("gencast_rmmd.image.config:ImageConfig", "digits", "model.channels=[32, 0]", r"channels must all be >= 1"),
+        ("gencast_rmmd.image.config:ImageConfig", "digits", "mmd.aux_reg_weight=-1", r"aux_reg_weight must be >= 0"),
+        ("gencast_rmmd.model.configs:ModelConfig", "tiny", "denoiser_architecture_config.sparse_transformer_config.block_q=0", r"block_q: must be >= 1, found 0"),
+        ("gencast_rmmd.model.configs:ModelConfig", "tiny", "sampler_config.noise_level_inflation_factor=-1", r"noise_level_inflation_factor: must be > 0"),
+        ("gencast_rmmd.cli.quickstart_chain:QuickstartConfig", "default", "nature_run_spinup_days=-1", r"nature_run_spinup_days: must be >= 0, found -1"),
+        ("gencast_rmmd.cli.quickstart_chain:QuickstartConfig", "default", "teacher_learning_rate=-1", r"teacher_learning_rate: must be > 0"),
+    ],
+)  # fmt: skip
+def test_counts_and_sizes_out_of_range_are_refused_at_load(cls_path, name, override, message):
+    """Values that were accepted and failed later (or trained a broken model): negative layer
+    and head counts of the image U-ViT, 0 classes, negative attention block sizes, a negative
+    churn inflation, a negative spin-up or teacher learning rate in a quickstart profile."""
+    import importlib
+
+    module, cls = cls_path.split(":")
+    kind = {"ImageConfig": "image", "ModelConfig": "model", "QuickstartConfig": "quickstart"}[cls]
+    with pytest.raises(ConfigError, match=message):
+        load_config(getattr(importlib.import_module(module), cls), name, [override], kind=kind)
+
+
 def test_float_literal_without_dot():
     # PyYAML reads `1e-4` as a string (YAML 1.1); as a float field it is the number.
     cfg = from_dict(Outer, {"name": "x"}, overrides=["inner.rate=1e-4", "maybe=-2E3"])

@@ -102,8 +102,13 @@ class QuickstartConfig:
             raise ValueError("mmd_steps must be >= 1 and rmmd_steps >= 0")
         if self.eval_members < 2:
             raise ValueError(f"eval_members: CRPS needs >= 2 members, found {self.eval_members}")
-        if self.validation_days < 0:
-            raise ValueError(f"validation_days: must be >= 0, found {self.validation_days}")
+        for name in ("validation_days", "nature_run_spinup_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, found {getattr(self, name)}")
+        if not self.teacher_learning_rate > 0:
+            raise ValueError(
+                f"teacher_learning_rate: must be > 0, found {self.teacher_learning_rate}"
+            )
         if self.tune_eta and self.validation_days == 0:
             raise ValueError(
                 "tune_eta: needs a validation window (validation_days > 0); tuning on the "

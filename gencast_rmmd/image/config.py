@@ -70,6 +70,9 @@ class ImageDataConfig:
             raise ValueError(f"eval_fraction must be in (0, 1), found {self.eval_fraction}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"max_examples must be >= 1 (or null), found {self.max_examples}")
+        _check_counts(self, "num_classes")
+        if self.label_offset < 0:
+            raise ValueError(f"label_offset must be >= 0, found {self.label_offset}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,12 @@ class UViTConfig:
     def validate(self) -> None:
         if len(self.channels) < 1:
             raise ValueError("channels needs at least one stage")
+        if not all(c >= 1 for c in self.channels):
+            raise ValueError(f"channels must all be >= 1, found {list(self.channels)}")
+        _check_counts(
+            self, "blocks_per_stage", "transformer_layers", "transformer_width", "heads",
+            "mlp_ratio", "embed_dim",
+        )  # fmt: skip
         if self.transformer_width % self.heads:
             raise ValueError(
                 f"transformer_width ({self.transformer_width}) must divide by heads ({self.heads})"
@@ -209,6 +218,8 @@ class MMDConfig:
         _check_decay(self)
         if self.aux_lr_ratio <= 0:
             raise ValueError(f"aux_lr_ratio must be > 0, found {self.aux_lr_ratio}")
+        if self.aux_reg_weight < 0:
+            raise ValueError(f"aux_reg_weight must be >= 0, found {self.aux_reg_weight}")
         if self.sampler.num_steps not in (1, 2, 4, 8):
             raise ValueError(
                 f"sampler.num_steps must be 1, 2, 4 or 8, found {self.sampler.num_steps}"

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
+from gencast_rmmd.config import float_problem
 from gencast_rmmd.data.task import TaskConfig, variable_kind
 from gencast_rmmd.errors import CheckpointError
 from gencast_rmmd.model.configs import (
@@ -242,6 +243,9 @@ def _build(cls: type[T], tree: dict[str, Any], prefix: str) -> T:
             continue
         try:
             kwargs[name] = _convert(tree[name], hints[name], key)
+            problem = float_problem(cls, name, kwargs[name])
+            if problem:
+                errors.append(f"{key}: {problem}")
         except _Errors as e:
             errors.extend(e.messages)
         except (TypeError, ValueError) as e:

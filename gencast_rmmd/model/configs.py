@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 AttentionType = Literal["splash_mha", "triblockdiag_mha", "mha"]
 ATTENTION_TYPES: tuple[str, ...] = ("splash_mha", "triblockdiag_mha", "mha")
@@ -55,7 +55,10 @@ class SparseTransformerConfig:
             )
         if self.mask_type not in ("lazy", "full"):
             raise ValueError(f"mask_type: expected 'lazy' or 'full', found {self.mask_type!r}")
-        for f in ("attention_k_hop", "d_model", "num_layers", "num_heads", "ffw_hidden"):
+        for f in (
+            "attention_k_hop", "d_model", "num_layers", "num_heads", "ffw_hidden", "block_q",
+            "block_kv", "block_kv_compute", "block_q_dkv", "block_kv_dkv", "block_kv_dkv_compute",
+        ):  # fmt: skip
             if getattr(self, f) < 1:
                 raise ValueError(f"{f}: must be >= 1, found {getattr(self, f)}")
         if self.d_model % self.num_heads:
@@ -152,6 +155,9 @@ class SamplerConfig:
     churn_min_noise_level: float = 0.75
     churn_max_noise_level: float = math.inf
     noise_level_inflation_factor: float = 1.05
+    # Churn up to the top of the schedule is GenCast's own setting (`.inf`); no other float of
+    # any config may be infinite (`gencast_rmmd.config`).
+    UNBOUNDED: ClassVar[tuple[str, ...]] = ("churn_max_noise_level",)
 
     def validate(self) -> None:
         if not 0 < self.min_noise_level < self.max_noise_level:
@@ -163,6 +169,11 @@ class SamplerConfig:
             raise ValueError(f"num_noise_levels: must be >= 1, found {self.num_noise_levels}")
         if self.rho <= 0 or self.stochastic_churn_rate < 0:
             raise ValueError("rho must be > 0 and stochastic_churn_rate >= 0")
+        if not self.noise_level_inflation_factor > 0:
+            raise ValueError(
+                "noise_level_inflation_factor: must be > 0 (GenCast: 1.05), found "
+                f"{self.noise_level_inflation_factor}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

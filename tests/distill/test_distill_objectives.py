@@ -293,12 +293,12 @@ def test_a_crps_reward_with_one_member_is_refused_by_the_distill_config():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("mmd.objective.mmd_weight=nan", r"mmd\.objective: mmd_weight: must be finite and >= 0, found nan"),
-        ("rmmd.objective.reward_weight=inf", r"reward_weight: must be finite and >= 0, found inf"),
+        ("mmd.objective.mmd_weight=nan", r"key 'mmd\.objective\.mmd_weight': expected a number, found NaN"),
+        ("rmmd.objective.reward_weight=inf", r"key 'rmmd\.objective\.reward_weight': expected a finite number, found inf"),
         ("mmd.objective.mmd_weight=0", r"mmd\.objective: mmd_weight and reward_weight are both 0"),
-        ("mmd.objective.s_floor=nan", r"s_floor: must be finite and > 0, found nan"),
+        ("mmd.objective.s_floor=nan", r"key 'mmd\.objective\.s_floor': expected a number, found NaN"),
         ("mmd.optimizer.end_learning_rate=-1", r"mmd\.optimizer: end_learning_rate: must be finite and >= 0, found -1"),
-        ("rmmd.optimizer.learning_rate=inf", r"rmmd\.optimizer: learning_rate: must be finite and > 0, found inf"),
+        ("rmmd.optimizer.learning_rate=inf", r"key 'rmmd\.optimizer\.learning_rate': expected a finite number, found inf"),
         ("mmd.optimizer.learning_rate=0", r"mmd\.optimizer: learning_rate: must be finite and > 0, found 0"),
     ],
 )  # fmt: skip

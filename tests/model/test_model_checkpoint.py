@@ -230,6 +230,26 @@ def test_config_problems_are_all_reported(tmp_path):
         assert part in msg, part
 
 
+def test_nan_and_infinite_config_values_are_refused_but_gencasts_own_inf_loads(tmp_path):
+    """The official files hold `sampler_config:churn_max_noise_level = inf` (churn up to the
+    top of the schedule), which loads; a NaN anywhere, or an infinite value elsewhere, passed
+    every range check (comparisons with NaN are False) and sampled NaN forecasts. Both are now
+    named, with the key, by the same rule as the YAML configs (`config.float_problem`)."""
+    path = tmp_path / "cfg.npz"
+    flat = write_official(path)
+    assert np.isinf(flat["sampler_config:churn_max_noise_level"])
+    assert ck.load_checkpoint(path).sampler_config.churn_max_noise_level == np.inf
+    flat["sampler_config:rho"] = np.array(np.nan)
+    flat["noise_config:training_max_noise_level"] = np.array(np.inf)
+    with open(path, "wb") as f:
+        np.savez(f, **flat)
+    with pytest.raises(CheckpointError) as e:
+        ck.load_checkpoint(path)
+    msg = str(e.value)
+    assert "sampler_config:rho: expected a number, found NaN" in msg, msg
+    assert "noise_config:training_max_noise_level: expected a finite number, found inf" in msg, msg
+
+
 def test_missing_file_and_non_npz(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         ck.load_checkpoint(tmp_path / "nope.npz")

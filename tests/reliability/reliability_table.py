@@ -551,6 +551,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training: names the key and the allowed range",
     ),
     BadInput(
+        "override-nan",
+        "config",
+        "teacher train",
+        "`--set sampler_config.rho=nan` (NaN passes every range check: comparisons with it are False)",
+        r"key 'sampler_config\.rho': expected a number, found NaN",
+        "refuses before creating the run directory, for every config field (was: accepted; the "
+        "sampler's noise levels were all NaN); infinity likewise, except GenCast's "
+        "`churn_max_noise_level: .inf`",
+    ),
+    BadInput(
         "teacher-negative-seed",
         "CLI argument",
         "teacher train",

@@ -333,6 +333,12 @@ def s_override_bad_value(tmp, p):
     return _teacher_train(tmp, p, model, "--set", "training.batch_size=0")
 
 
+def s_override_nan(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    return _teacher_train(tmp, p, model, "--set", "sampler_config.rho=nan")
+
+
 def _copy_model(tmp, p) -> pathlib.Path:
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -829,6 +835,7 @@ SETUPS = {
     "config-not-yaml": s_config_not_yaml,
     "config-missing": s_config_missing,
     "override-bad-value": s_override_bad_value,
+    "override-nan": s_override_nan,
     "teacher-negative-seed": s_teacher_negative_seed,
     "teacher-task-step-off-the-store": s_teacher_task_step_off_the_store,
     "teacher-negative-variable-weight": s_teacher_negative_variable_weight,
