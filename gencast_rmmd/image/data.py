@@ -162,15 +162,25 @@ def load_dataset(cfg: ImageDataConfig) -> ImageDataset:
     )
 
 
-def batch_iterator(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
-    """Endless shuffled mini-batches `(images [B, H, W, C], labels [B])`, deterministic per seed."""
+def batch_iterator(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, start: int = 0
+):
+    """Endless shuffled mini-batches `(images [B, H, W, C], labels [B])`, deterministic per seed.
+
+    `start` skips that many batches without gathering their images (a resumed loop's position):
+    the first batch yielded is the one the iterator from 0 yields as its `start`-th."""
     rng = np.random.default_rng(seed)
     n = images.shape[0]
+    k = 0
     while True:
         perm = rng.permutation(n)
         for i in range(0, n - batch_size + 1, batch_size):
-            j = perm[i : i + batch_size]
-            yield images[j], labels[j]
+            if k >= start:
+                j = perm[i : i + batch_size]
+                yield images[j], labels[j]
+            k += 1
         if n < batch_size:
             j = rng.integers(0, n, size=batch_size)
-            yield images[j], labels[j]
+            if k >= start:
+                yield images[j], labels[j]
+            k += 1

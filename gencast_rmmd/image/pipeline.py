@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from gencast_rmmd.config import dump_yaml
+from gencast_rmmd.config import dump_yaml, to_dict
 from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
 from gencast_rmmd.image.config import METHODS, ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
@@ -46,7 +46,13 @@ from gencast_rmmd.image.evaluation import Evaluator, SetEvaluation, generate
 from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
-from gencast_rmmd.image.training import load_params, save_params, train_mmd, train_teacher
+from gencast_rmmd.image.training import (
+    StageCheckpoints,
+    load_params,
+    save_params,
+    train_mmd,
+    train_teacher,
+)
 from gencast_rmmd.remote import check_out_dir, write_text, written
 from gencast_rmmd.safety import changed_digests, file_sha256
 from gencast_rmmd.safety import current_record as safety_current_record
@@ -233,7 +239,7 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
     """OutputError naming the changed settings whose outputs `out` already holds."""
     import yaml
 
-    from gencast_rmmd.config import load_yaml, to_dict
+    from gencast_rmmd.config import load_yaml
     from gencast_rmmd.errors import OutputError
     from gencast_rmmd.training.loop import config_changes
 
@@ -312,10 +318,17 @@ def stage_teacher(ctx: Context) -> Any:
         params, _ = load_params(path, _like(ctx))
     else:
         t0 = time.time()
-        params = train_teacher(
-            ctx.cfg.teacher, ctx.model, ctx.data, ctx.out / "metrics_teacher.jsonl", ctx.progress
+        c = ctx.cfg
+        ckpts = StageCheckpoints(
+            ctx.out / "checkpoints_teacher",
+            {k: to_dict(getattr(c, k)) for k in ("data", "model", "schedule", "teacher")},
         )
+        params = train_teacher(
+            c.teacher, ctx.model, ctx.data, ctx.out / "metrics_teacher.jsonl", ctx.progress,
+            checkpoints=ckpts,
+        )  # fmt: skip
         save_params(path, params, {"train_seconds": time.time() - t0})
+        ckpts.finish()
     ev_path = ctx.out / "teacher_eval.json"
     inputs = input_digests(ctx, "teacher.npz", *EVAL_INPUTS)
     if current_record(ev_path, inputs) is None:
@@ -349,14 +362,19 @@ def stage_mmd(
         if sp.exists() or ap.exists():
             _log(f"{sp.name}, {ap.name}: one missing or made from another teacher.npz; redoing")
         t0 = time.time()
+        ckpts = StageCheckpoints(
+            ctx.out / f"checkpoints_mmd_k{k}",
+            {"mmd": to_dict(cfg), "steps": steps, "inputs": inputs},
+        )
         student, aux = train_mmd(
             cfg, ctx.model, teacher, ctx.data, steps=steps,
             metrics_path=ctx.out / f"metrics_mmd_k{k}.jsonl", progress=ctx.progress,
-            desc=f"mmd K={k}",
+            desc=f"mmd K={k}", checkpoints=ckpts,
         )  # fmt: skip
         meta = {"train_seconds": time.time() - t0, "num_steps": k, **(inputs or {})}
         save_params(ap, aux, meta)
         save_params(sp, student, meta)
+        ckpts.finish()
     return StartPoint(student=student, aux=aux, sampler=cfg.sampler, s_floor=cfg.s_floor)
 
 

@@ -3,8 +3,11 @@
 Both are small single-host loops (the image path runs on the embedded digits on a laptop; the
 sharded orbax trainer of `gencast_rmmd.training` is built for the GenCast data pipeline). Each loop
 shows a tqdm bar, appends JSON-lines metrics (`gencast_rmmd.training.metrics.MetricsWriter`) and
-raises `TrainingDivergedError` on a non-finite loss. Resumability is per stage: a finished stage
-writes its parameters atomically (`save_params`) and is skipped when its file exists.
+raises `TrainingDivergedError` on a non-finite loss. A finished stage writes its parameters
+atomically (`save_params`) and is skipped when its file exists; within a stage, `StageCheckpoints`
+saves the loop's whole state (parameters, EMA, optimizer state, PRNG key, step) every
+`CHECKPOINT_EVERY_S` seconds, so a crashed stage resumes from its last checkpoint, on the same
+batches and keys as an uninterrupted run, and ends with the same parameters.
 
 Phase 1 uses the distill area's objective (`gencast_rmmd.distill.objectives.make_objective`,
 start = "data") on the VE view of the U-ViT; student and auxiliary are initialised from the teacher.
@@ -15,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
@@ -32,6 +38,7 @@ from gencast_rmmd.image.diffusion import WithoutDropout
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
 from gencast_rmmd.remote import written
+from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
 from gencast_rmmd.training.metrics import MetricsWriter
 
 
@@ -90,9 +97,79 @@ def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation
     return optax.chain(*parts)
 
 
-def metrics_writer(path: str | pathlib.Path | None) -> MetricsWriter:
-    """A JSON-lines writer for `path`, or a disabled one for None."""
-    return MetricsWriter(path if path is not None else "unused.jsonl", enabled=path is not None)
+def metrics_writer(path: str | pathlib.Path | None, start: int = 0) -> MetricsWriter:
+    """A JSON-lines writer for `path` (a loop starting at step `start` keeps the records of the
+    steps before it), or a disabled one for None."""
+    return MetricsWriter(
+        path if path is not None else "unused.jsonl",
+        resume_step=start - 1 if start else None,
+        enabled=path is not None,
+    )
+
+
+# Wall-clock seconds between two mid-stage checkpoints of an image training loop: what a crash
+# can cost at most. Saving takes well under a second on the embedded digits.
+CHECKPOINT_EVERY_S = 300.0
+
+
+class StageCheckpoints:
+    """The resume point of one image training stage, kept in `directory` (orbax, through
+    `training.checkpointing.CheckpointManager`) until the stage's output is written.
+
+    A checkpoint is saved every `every_s` seconds (default `CHECKPOINT_EVERY_S`) and holds the
+    loop's state pytree and the step to continue from, with `settings`
+    (what the stage is made from: its config, its inputs' digests); one made with other settings
+    is set aside (a fresh start, said on stderr), never resumed. `directory=None` disables it.
+    """
+
+    def __init__(
+        self,
+        directory: str | pathlib.Path | None,
+        settings: dict,
+        every_s: float | None = None,
+    ):
+        self.directory = None if directory is None else pathlib.Path(directory)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
+        self.every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
+        self._mngr: CheckpointManager | None = None
+        self._last = time.monotonic()
+
+    def restore(self, state: Any) -> tuple[int, Any]:
+        """`(step to start from, state)`: the last checkpoint's, or `(0, state)` when there is
+        none or it was made with other settings."""
+        if self.directory is None or latest_step(self.directory) is None:
+            return 0, state
+        mngr = self._manager()
+        if mngr.read_meta().get("settings") != self.settings:
+            print(
+                f"{self.directory}: checkpoint made with other settings; starting the stage afresh",
+                file=sys.stderr,
+            )
+            self.finish()
+            return 0, state
+        restored, meta = mngr.restore(state)
+        return int(meta["next_step"]), restored
+
+    def maybe_save(self, next_step: int, state: Any, last: bool = False) -> None:
+        """Save when `every_s` seconds have passed since the last save (not after the last step:
+        the stage's own output follows)."""
+        if self.directory is None or last or time.monotonic() - self._last < self.every_s:
+            return
+        self._manager().save(next_step, state, {"next_step": next_step, "settings": self.settings})
+        self._last = time.monotonic()
+
+    def finish(self) -> None:
+        """Delete the checkpoints (the stage's output is written, or they are stale)."""
+        if self._mngr is not None:
+            self._mngr.close()
+            self._mngr = None
+        if self.directory is not None and self.directory.exists():
+            shutil.rmtree(self.directory)
+
+    def _manager(self) -> CheckpointManager:
+        if self._mngr is None:
+            self._mngr = CheckpointManager(self.directory, max_to_keep=1)
+        return self._mngr
 
 
 def _check_finite(loss: float, step: int, what: str) -> None:
@@ -109,14 +186,18 @@ def train_teacher(
     data: ImageDataset,
     metrics_path: str | pathlib.Path | None = None,
     progress: bool = True,
+    checkpoints: StageCheckpoints | None = None,
 ) -> Any:
-    """Train the VP teacher (v-prediction loss, `ImageModel.vp_loss`); returns EMA params."""
+    """Train the VP teacher (v-prediction loss, `ImageModel.vp_loss`); returns EMA params.
+    With `checkpoints` it resumes from, and saves to, that stage's checkpoints."""
+    ckpts = checkpoints or StageCheckpoints(None, {})
     rng = jax.random.PRNGKey(cfg.seed)
     rng, r_init = jax.random.split(rng)
     params = model.init(r_init)
     opt = make_optimizer(cfg.optim, cfg.steps)
     opt_state = opt.init(params)
     ema = params
+    start, (params, ema, opt_state, rng) = ckpts.restore((params, ema, opt_state, rng))
 
     @jax.jit
     def step(params, ema, opt_state, x, y, key):
@@ -126,10 +207,13 @@ def train_teacher(
         ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
         return params, ema, opt_state, loss
 
-    writer = metrics_writer(metrics_path)
-    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
-    bar = tqdm(range(cfg.steps), desc="teacher", disable=not progress)
-    run = 0.0
+    writer = metrics_writer(metrics_path, start)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
+    bar = tqdm(
+        range(start, cfg.steps), desc="teacher", disable=not progress, initial=start,
+        total=cfg.steps,
+    )  # fmt: skip
+    run = None
     for i in bar:
         x, y = next(it)
         rng, key = jax.random.split(rng)
@@ -139,9 +223,10 @@ def train_teacher(
         if i % 50 == 0 or i == cfg.steps - 1:
             lv = float(loss)
             _check_finite(lv, i, "teacher")
-            run = lv if i == 0 else 0.9 * run + 0.1 * lv
+            run = lv if run is None else 0.9 * run + 0.1 * lv
             bar.set_postfix(loss=f"{run:.4f}")
             writer.write(i, {"loss": lv})
+        ckpts.maybe_save(i + 1, (params, ema, opt_state, rng), last=i == cfg.steps - 1)
     return ema
 
 
@@ -301,10 +386,13 @@ def train_mmd(
     metrics_path: str | pathlib.Path | None = None,
     progress: bool = True,
     desc: str = "mmd",
+    checkpoints: StageCheckpoints | None = None,
 ) -> tuple[Any, Any]:
     """Phase 1 (off-policy MMD): returns `(student_params, aux_params)`, both from the teacher.
     With `cfg.ema_decay > 0` the returned student is the exponential moving average of its
-    iterates, the decay warmed up as min(ema_decay, (1 + i) / (10 + i)) at step i."""
+    iterates, the decay warmed up as min(ema_decay, (1 + i) / (10 + i)) at step i. With
+    `checkpoints` it resumes from, and saves to, that stage's checkpoints."""
+    ckpts = checkpoints or StageCheckpoints(None, {})
     steps = cfg.steps if steps is None else steps
     ocfg = mmd_objective_config(cfg)
     objective = image_objective(model, cfg.sampler, ocfg)
@@ -312,11 +400,12 @@ def train_mmd(
     frozen = {"teacher": teacher_params}
     init, step = make_distill_step(objective, ocfg, mmd_optimizers(cfg, steps))
     opt_state = init(trainable)
-    writer = metrics_writer(metrics_path)
     ema = teacher_params
-    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
     rng = jax.random.PRNGKey(cfg.seed)
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    start, (trainable, opt_state, ema, rng) = ckpts.restore((trainable, opt_state, ema, rng))
+    writer = metrics_writer(metrics_path, start)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for i in bar:
         x, y = next(it)
         rng, key, kd = jax.random.split(rng, 3)
@@ -337,6 +426,7 @@ def train_mmd(
             # teacher it starts from within the first steps instead of keeping decay^steps of it
             decay = min(cfg.ema_decay, (1.0 + i) / (10.0 + i))
             ema = _ema_update(ema, trainable["student"], jnp.float32(decay))
+        ckpts.maybe_save(i + 1, (trainable, opt_state, ema, rng), last=i == steps - 1)
     student = ema if cfg.ema_decay > 0 else trainable["student"]
     return student, trainable["aux"]
 

@@ -129,3 +129,16 @@ def test_batch_iterator_deterministic_and_covers_epoch():
     for (_xa, ya), (_xb, yb) in zip(first, second):
         np.testing.assert_array_equal(ya, yb)
     assert sorted(np.concatenate([f[1] for f in first]).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("n, batch", [(10, 3), (10, 5), (4, 6)])
+def test_batch_iterator_start_skips_to_the_same_batches(n, batch):
+    """A resumed loop's iterator (`start=k`) yields what the one from 0 yields from its k-th
+    batch on: across epoch boundaries, and where the data is smaller than a batch."""
+    x = np.arange(n, dtype=np.float32)[:, None, None, None]
+    y = np.arange(n)
+    full = [next(it)[1] for it in [batch_iterator(x, y, batch, 7)] for _ in range(12)]
+    for k in (1, 3, 5):
+        it = batch_iterator(x, y, batch, 7, start=k)
+        for want in full[k:]:
+            np.testing.assert_array_equal(next(it)[1], want)

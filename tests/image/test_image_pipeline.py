@@ -360,7 +360,7 @@ def _stub_run(tmp_path, monkeypatch, overrides=()):
     calls = {"teacher": 0, "mmd": [], "generate": [], "finetune": []}
     alive = []
 
-    def train_teacher(cfg_, model, data, metrics_path=None, progress=True):
+    def train_teacher(cfg_, model, data, metrics_path=None, progress=True, checkpoints=None):
         calls["teacher"] += 1
         return model.init(jax.random.PRNGKey(0))
 

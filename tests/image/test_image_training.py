@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,22 +73,26 @@ def _tree_equal(a, b) -> bool:
     return all(bool(jnp.array_equal(u, v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _toy_objective(model, sampler_cfg, ocfg, reward_fn=None):
+    """A quadratic stand-in for the phase-1 objective that reads the batch and the rng (so a
+    resumed loop must restore both positions to match); compiles in no time."""
+
+    def objective(params, batch, rng, student=True, aux=True):
+        x = jnp.mean(batch["images"]) + 0.1 * jax.random.normal(rng)
+        ls = jnp.sum((params["student"]["w"] - x - 1.0) ** 2)
+        la = jnp.sum((params["aux"]["w"] + x + 2.0) ** 2)
+        return ls * student + la * aux, {"moment_gap": ls}
+
+    return objective
+
+
 def test_alternating_mmd_moves_only_the_group_it_updates(monkeypatch):
     """update_schedule alternating (MMD Algorithm 2): step 0 updates the aux, step 1 the
     student, step 2 the aux. With Adam b1 = 0.9 a shared optimizer state would still move the
     other group by its momentum; each group's own state moves only the group it updates. (The
     loop of `train_mmd` on a quadratic stand-in for the objective: compiles in no time.)"""
 
-    def toy_objective(model, sampler_cfg, ocfg, reward_fn=None):
-        def objective(params, batch, rng, student=True, aux=True):
-            x = jnp.mean(batch["images"])
-            ls = jnp.sum((params["student"]["w"] - x - 1.0) ** 2)
-            la = jnp.sum((params["aux"]["w"] + x + 2.0) ** 2)
-            return ls * student + la * aux, {"moment_gap": ls}
-
-        return objective
-
-    monkeypatch.setattr(training, "image_objective", toy_objective)
+    monkeypatch.setattr(training, "image_objective", _toy_objective)
     p = {"w": jnp.zeros(3)}
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
@@ -144,3 +150,101 @@ def test_a_cosine_student_grid_runs_the_objective_on_its_levels():
         r"\(mmd.sampler.grid cosine at t = 1/K\): lower mmd.s_floor$",
     ):
         load_config(ImageConfig, "imagenet64", [*over, "mmd.s_floor=0.3"], kind="image")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(monkeypatch, batches: int):
+    """Make the loops' batch iterator fail when asked for batch number `batches` (0-based, from
+    where the loop starts): a crash in the middle of a stage."""
+    real = training.batch_iterator
+
+    def failing(*args, **kwargs):
+        it = real(*args, **kwargs)
+        for _ in range(batches):
+            yield next(it)
+        raise _Crash
+
+    monkeypatch.setattr(training, "batch_iterator", failing)
+    return real
+
+
+def _digits(n=24):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (n, 8, 8, 1)).astype(np.float32)
+    labels = (np.arange(n) % 10).astype(np.int32)
+    return ImageDataset(images, labels, images[:4], labels[:4], 10, "toy")
+
+
+def test_a_crashed_teacher_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
+    """`StageCheckpoints` (every step here): a teacher loop killed at step 4 of 7 resumes from
+    its checkpoint on the same batches and keys and ends with exactly the parameters of a run
+    that was never interrupted; metrics.jsonl reads as one run. A checkpoint made with other
+    settings is set aside, not resumed. `finish` removes the checkpoints."""
+    from gencast_rmmd.image.config import TeacherConfig
+
+    model = build_model(SMALL, ScheduleConfig(), (8, 8, 1), 10)
+    cfg = TeacherConfig(steps=7, batch_size=4, ema_decay=0.5)
+    data = _digits()
+    straight = training.train_teacher(cfg, model, data, progress=False)
+    d = tmp_path / "ckpt"
+
+    def ckpts(settings):
+        return training.StageCheckpoints(d, settings, every_s=0.0)
+
+    metrics = tmp_path / "metrics.jsonl"
+    real = _crash_after(monkeypatch, 4)
+    try:
+        training.train_teacher(
+            cfg, model, data, metrics, progress=False, checkpoints=ckpts({"a": 1})
+        )
+        raise AssertionError("the loop should have crashed")
+    except _Crash:
+        pass
+    assert training.latest_step(d) == 4
+    _crash_after(monkeypatch, 3)  # the resumed loop may draw the batches of steps 4..6 only
+    resumed = training.train_teacher(
+        cfg, model, data, metrics, progress=False, checkpoints=ckpts({"a": 1})
+    )
+    assert _tree_equal(resumed, straight)
+    assert [r["step"] for r in map(json.loads, metrics.read_text().splitlines())] == [0, 6]
+    # The checkpoints left (the loop does not remove them; the pipeline does once the stage's
+    # output is written) under other settings: a fresh start, said, with the fresh result.
+    assert training.latest_step(d) == 6
+    monkeypatch.setattr(training, "batch_iterator", real)
+    other = ckpts({"a": 2})
+    again = training.train_teacher(cfg, model, data, progress=False, checkpoints=other)
+    assert (
+        "checkpoint made with other settings; starting the stage afresh" in capsys.readouterr().err
+    )
+    assert _tree_equal(again, straight)
+    other.finish()
+    assert not d.exists()
+
+
+def test_a_crashed_mmd_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """The same for phase 1 with an EMA student and the alternating schedule (two optimizer
+    states, a step-dependent EMA decay; the objective a stand-in that reads batch and key): a
+    crash after 3 of 6 steps, then a resume, gives the student and auxiliary of the
+    uninterrupted run."""
+    monkeypatch.setattr(training, "image_objective", _toy_objective)
+    model, p = None, {"w": jnp.zeros(3)}
+    data = _digits()
+    cfg = MMDConfig(
+        sampler=SAMPLER, batch_size=4, optim=OptimConfig(learning_rate=1e-3, warmup_steps=2),
+        update_schedule="alternating", ema_decay=0.9,
+    )  # fmt: skip
+    straight = training.train_mmd(cfg, model, p, data, steps=6, progress=False)
+    ck = lambda: training.StageCheckpoints(tmp_path / "c", {"k": 2}, every_s=0.0)  # noqa: E731
+    _crash_after(monkeypatch, 3)
+    try:
+        training.train_mmd(cfg, model, p, data, steps=6, progress=False, checkpoints=ck())
+        raise AssertionError("the loop should have crashed")
+    except _Crash:
+        pass
+    assert training.latest_step(tmp_path / "c") == 3
+    _crash_after(monkeypatch, 3)  # the resumed loop may draw the batches of steps 3..5 only
+    resumed = training.train_mmd(cfg, model, p, data, steps=6, progress=False, checkpoints=ck())
+    assert _tree_equal(resumed[0], straight[0]) and _tree_equal(resumed[1], straight[1])
