@@ -205,6 +205,29 @@ def check_input_file(
     raise error(f"{what} {os.fspath(path)!r} is {kind}; expected {expected}")
 
 
+def network_problem(e: BaseException) -> str | None:
+    """A sentence for an error that says a remote store's host could not be reached (no network,
+    DNS, a refused or timed-out connection), found anywhere in `e`'s chain of causes; None for
+    any other error (a missing object, a bad format)."""
+    import socket
+
+    try:
+        from aiohttp import ClientConnectionError
+    except ImportError:  # no HTTP filesystem installed
+        ClientConnectionError = ConnectionError  # noqa: N806
+    seen = e
+    while seen is not None:
+        if isinstance(
+            seen, ClientConnectionError | ConnectionError | socket.gaierror | TimeoutError
+        ):
+            return (
+                f"its host cannot be reached ({seen}); check the network connection, or use a "
+                "local copy"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def local_file(source: str | os.PathLike, error: type[UserError] = UserError) -> str:
     """A local path holding the bytes of the file at `source`: `source` itself when it is a local
     path (not checked here), else a copy in the cache, fetched when the object at the URL is new
@@ -221,9 +244,12 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         # The object's metadata as fsspec reports it, one request: size, and on GCS checksums,
         # generation and update time, over HTTP(S) ETag / Last-Modified when the server sends them.
         version = json.dumps(info, sort_keys=True, default=str)
-    except FileNotFoundError:
-        raise error(f"{source!r} does not exist") from None
     except (OSError, ValueError) as e:
+        unreachable = network_problem(e)  # fsspec's HTTP filesystem reports one as not found
+        if unreachable:
+            raise error(f"{source!r} cannot be read: {unreachable}") from None
+        if isinstance(e, FileNotFoundError):
+            raise error(f"{source!r} does not exist") from None
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
     name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
     group = _url_group(remote_cache_dir(), source)

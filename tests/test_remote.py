@@ -266,3 +266,53 @@ def test_check_input_file_names_what_is_there_instead(tmp_path):
         resolve_config_path(tmp_path, kind="model")
     with pytest.raises(ConfigError, match=r"not found \(looked for it as a path and in configs/"):
         resolve_config_path(tmp_path / "nope.yaml", kind="model")
+
+
+def _refused_port() -> int:
+    """A local TCP port nothing listens on: connections to it are refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_host_is_said_to_be_unreachable(cache):
+    """No network (DNS failure, refused connection) used to read as a format problem ("expected
+    a Zarr store or NetCDF file, could not open it") for a store, and as "does not exist" for a
+    checkpoint at an HTTP URL (fsspec's HTTP filesystem turns the failure into not-found). Both
+    now say the host cannot be reached; a plain missing file still reads as missing."""
+    import socket
+
+    from gencast_rmmd.data.era5 import open_store
+
+    port = _refused_port()
+    with pytest.raises(
+        DataError, match=r"era5\.zarr' cannot be opened: its host cannot be reached"
+    ):
+        open_store(f"http://127.0.0.1:{port}/era5.zarr")
+    with pytest.raises(
+        CheckpointError, match=r"w\.npz' cannot be read: its host cannot be reached"
+    ):
+        remote.local_file(f"http://127.0.0.1:{port}/w.npz", CheckpointError)
+    try:
+        raise OSError("request failed") from socket.gaierror(-2, "Name or service not known")
+    except OSError as e:
+        assert "Name or service not known" in remote.network_problem(e)
+    assert remote.network_problem(FileNotFoundError("gs://b/x")) is None
+    assert remote.network_problem(ValueError("not a zarr store")) is None
+
+
+def test_gcsfs_layout_lookups_are_off_unless_the_user_asks():
+    """gcsfs's bucket-layout lookup (a 60 s wait and a warning per bucket without network or
+    credentials) is off by default; a value the user set is kept."""
+    import subprocess
+    import sys
+
+    code = "import gencast_rmmd, os; print(os.environ['GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "false", out.stderr
+    env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "true"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "true", out.stderr

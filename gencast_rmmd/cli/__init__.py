@@ -67,6 +67,9 @@ def _configure_logging(debug: bool) -> None:
     if not debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietFilter())
+        # gcsfs logs a failed request with its traceback before raising it; the error the user
+        # gets names the store and the reason (`remote.network_problem`), once.
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 
 def _stdout_gone() -> bool:

@@ -27,7 +27,13 @@ from gencast_rmmd.data import regrid as regrid_lib
 from gencast_rmmd.data.config import DataConfig, GridConfig
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.remote import is_url, local_path, source_path, url_storage_options
+from gencast_rmmd.remote import (
+    is_url,
+    local_path,
+    network_problem,
+    source_path,
+    url_storage_options,
+)
 
 # Seconds in GenCast's year for year progress (reference notes §3.2): the tropical year.
 AVG_SECONDS_PER_YEAR = 365.24219 * 86400.0
@@ -198,6 +204,9 @@ def open_store(
         except FileNotFoundError as e:
             raise DataError(f"store {source!r} does not exist or is not readable ({e})") from None
         except (ValueError, KeyError, OSError) as e:
+            unreachable = network_problem(e)
+            if unreachable:
+                raise DataError(f"store {source!r} cannot be opened: {unreachable}") from None
             raise DataError(
                 f"store {source!r}: expected a Zarr store or NetCDF file, could not open it ({e})"
             ) from None

@@ -223,6 +223,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the path; no stats dir is created",
     ),
     BadInput(
+        "stats-store-host-unreachable",
+        "data store",
+        "data stats",
+        "`--data` is a URL whose host cannot be reached (no network; here a refused local port)",
+        r"era5\.zarr' cannot be opened: its host cannot be reached",
+        "refuses in one line saying the host cannot be reached (was: 'expected a Zarr store or "
+        "NetCDF file' after gcsfs's own traceback, and a 60 s wait for gs:// URLs)",
+    ),
+    BadInput(
         "prepare-time-outside",
         "config",
         "data prepare",

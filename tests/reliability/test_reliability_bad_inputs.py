@@ -427,6 +427,15 @@ def s_stats_missing_store(tmp, p):
     return ["data", "stats", "--data", tmp / "nope.zarr", "--out", tmp / "stats"]
 
 
+def s_stats_store_host_unreachable(tmp, p):
+    import socket
+
+    with socket.socket() as s:  # a local port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["data", "stats", "--data", f"http://127.0.0.1:{port}/era5.zarr", "--out", tmp / "stats"]
+
+
 def s_prepare_time_outside(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     cfg = _data_config(tmp, p, f, "time_start: '2031-01-01T00:00'\n")
@@ -845,6 +854,7 @@ SETUPS = {
     "validate-corrupt-chunk": s_validate_corrupt_chunk,
     "stats-corrupt-chunk": s_stats_corrupt_chunk,
     "stats-missing-store": s_stats_missing_store,
+    "stats-store-host-unreachable": s_stats_store_host_unreachable,
     "prepare-time-outside": s_prepare_time_outside,
     "prepare-config-unknown-key": s_prepare_config_unknown_key,
     "prepare-output-foreign": s_prepare_output_foreign,
