@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from gencast_rmmd.image.config import ClassifierConfig
 from gencast_rmmd.image.data import batch_iterator
+from gencast_rmmd.image.training import StageCheckpoints
 
 
 class ConvClassifier(hk.Module):
@@ -82,13 +83,17 @@ def train_classifier(
     num_classes: int,
     seed: int,
     progress: bool = True,
+    checkpoints: StageCheckpoints | None = None,
 ) -> Classifier:
-    """Train with Adam + cosine decay on cross-entropy; returns the trained `Classifier`."""
+    """Train with Adam + cosine decay on cross-entropy; returns the trained `Classifier`. With
+    `checkpoints` it resumes from, and saves to, that stage's checkpoints."""
+    ckpts = checkpoints or StageCheckpoints(None, {})
     net = build_classifier(cfg, num_classes)
     rng = jax.random.PRNGKey(seed)
     params = net.init(rng, jnp.asarray(images[:2]))
     opt = optax.adam(optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps))
     opt_state = opt.init(params)
+    start, (params, opt_state, rng) = ckpts.restore((params, opt_state, rng))
 
     @jax.jit
     def step(params, opt_state, x, y, key):
@@ -102,11 +107,16 @@ def train_classifier(
         upd, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, loss
 
-    it = batch_iterator(images, labels, cfg.batch_size, seed)
-    for _ in tqdm(range(cfg.steps), desc=f"classifier seed {seed}", disable=not progress):
+    it = batch_iterator(images, labels, cfg.batch_size, seed, start)
+    bar = tqdm(
+        range(start, cfg.steps), desc=f"classifier seed {seed}", disable=not progress,
+        initial=start, total=cfg.steps,
+    )  # fmt: skip
+    for i in bar:
         x, y = next(it)
         rng, key = jax.random.split(rng)
         params, opt_state, _ = step(params, opt_state, jnp.asarray(x), jnp.asarray(y), key)
+        ckpts.maybe_save(i + 1, (params, opt_state, rng), last=i == cfg.steps - 1)
     return Classifier(params=params, apply=net.apply)
 
 

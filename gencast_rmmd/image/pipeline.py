@@ -191,11 +191,17 @@ def _classifier(
         like = jax.eval_shape(net.init, jax.random.PRNGKey(0), data.train_images[:2])
         params, _ = load_params(path, like)
         return Classifier(params=params, apply=net.apply)
-    clf = train_classifier(
-        ctx_cfg.classifier, data.train_images, data.train_labels, data.num_classes, seed, progress
+    ckpts = StageCheckpoints(
+        out / f"checkpoints_classifier_{which}",
+        {"classifier": to_dict(ctx_cfg.classifier), "data": to_dict(ctx_cfg.data), "seed": seed},
     )
+    clf = train_classifier(
+        ctx_cfg.classifier, data.train_images, data.train_labels, data.num_classes, seed,
+        progress, checkpoints=ckpts,
+    )  # fmt: skip
     acc = accuracy(clf, data.eval_images, data.eval_labels)
     save_params(path, clf.params, {"eval_accuracy": acc, "seed": seed, "role": which})
+    ckpts.finish()
     _log(f"classifier ({which}) held-out accuracy {acc:.3f}")
     return clf
 

@@ -1,4 +1,5 @@
-"""Phase-1 training on images: which calls get the student's dropout, the alternating schedule."""
+"""Training on images: which calls get the student's dropout, the alternating schedule, and the
+mid-stage checkpoints a crashed stage resumes from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.image import training
@@ -116,8 +118,6 @@ def test_a_cosine_student_grid_runs_the_objective_on_its_levels():
     phase-2 objective's on-policy chain and its draws of t use the cosine levels (1808 and 1 for
     K = 2: logSNR -15 and 0), and the loss is finite. The ImageNet config must name the
     schedule's cosine (a ConfigError otherwise); its floor is checked against the cosine grid."""
-    import pytest
-
     from gencast_rmmd.config import load_config
     from gencast_rmmd.distill.student_sampler import noise_levels
     from gencast_rmmd.errors import ConfigError
@@ -156,10 +156,10 @@ class _Crash(Exception):
     pass
 
 
-def _crash_after(monkeypatch, batches: int):
-    """Make the loops' batch iterator fail when asked for batch number `batches` (0-based, from
-    where the loop starts): a crash in the middle of a stage."""
-    real = training.batch_iterator
+def _crash_after(monkeypatch, batches: int, module=training):
+    """Make the batch iterator of `module`'s loops fail when asked for batch number `batches`
+    (0-based, from where the loop starts): a crash in the middle of a stage."""
+    real = getattr(module.batch_iterator, "unpatched", module.batch_iterator)
 
     def failing(*args, **kwargs):
         it = real(*args, **kwargs)
@@ -167,7 +167,8 @@ def _crash_after(monkeypatch, batches: int):
             yield next(it)
         raise _Crash
 
-    monkeypatch.setattr(training, "batch_iterator", failing)
+    failing.unpatched = real
+    monkeypatch.setattr(module, "batch_iterator", failing)
     return real
 
 
@@ -178,6 +179,7 @@ def _digits(n=24):
     return ImageDataset(images, labels, images[:4], labels[:4], 10, "toy")
 
 
+@pytest.mark.slow  # three compilations of the U-ViT's training step, 40 s
 def test_a_crashed_teacher_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
     """`StageCheckpoints` (every step here): a teacher loop killed at step 4 of 7 resumes from
     its checkpoint on the same batches and keys and ends with exactly the parameters of a run
@@ -248,3 +250,26 @@ def test_a_crashed_mmd_stage_resumes_to_the_uninterrupted_result(tmp_path, monke
     _crash_after(monkeypatch, 3)  # the resumed loop may draw the batches of steps 3..5 only
     resumed = training.train_mmd(cfg, model, p, data, steps=6, progress=False, checkpoints=ck())
     assert _tree_equal(resumed[0], straight[0]) and _tree_equal(resumed[1], straight[1])
+
+
+def test_a_crashed_classifier_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """The reward / evaluation classifiers (50 000 steps each on ImageNet 64): killed after 3
+    of 7 steps, resumed, they end with the parameters of an uninterrupted run."""
+    from gencast_rmmd.image import classifier
+    from gencast_rmmd.image.config import ClassifierConfig
+
+    data = _digits()
+    cfg = ClassifierConfig(width=4, feature_dim=6, steps=7, batch_size=4)
+    args = (cfg, data.train_images, data.train_labels, 10, 3)
+    straight = classifier.train_classifier(*args, progress=False).params
+    ck = lambda: training.StageCheckpoints(tmp_path / "c", {"seed": 3}, every_s=0.0)  # noqa: E731
+    _crash_after(monkeypatch, 3, classifier)
+    try:
+        classifier.train_classifier(*args, progress=False, checkpoints=ck())
+        raise AssertionError("the loop should have crashed")
+    except _Crash:
+        pass
+    assert training.latest_step(tmp_path / "c") == 3
+    _crash_after(monkeypatch, 4, classifier)  # the resumed loop may draw steps 3..6 only
+    resumed = classifier.train_classifier(*args, progress=False, checkpoints=ck()).params
+    assert _tree_equal(resumed, straight)
