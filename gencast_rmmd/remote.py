@@ -124,6 +124,20 @@ def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
         ) from None
 
 
+def check_local_out_dir(out: str | os.PathLike, what: str, command: str) -> pathlib.Path:
+    """`check_out_dir` for a command that writes its `--out` on local disk only: a URL is an
+    `OutputError` saying so (`pathlib.Path("gs://b/run")` is the local path `gs:/b/run`, where
+    such a run used to be written without a word). Returns `out` as a local path."""
+    if is_url(out):
+        raise OutputError(
+            f"--out {os.fspath(out)!r}: `{command}` writes its output on local disk, not at a "
+            f"URL; choose {what} on local disk (copy it to the bucket afterwards, e.g. with "
+            "`gcloud storage cp -r`)"
+        )
+    check_out_dir(out, what)
+    return pathlib.Path(out)
+
+
 def remove(source: str | os.PathLike) -> None:
     """Delete a file or directory (recursively) at a local path or URL, if it exists."""
     fs, path = filesystem(source)

@@ -35,7 +35,7 @@ from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
 from gencast_rmmd.evaluation.statistics import STATISTICS, VL_DIM, chunk_statistics
-from gencast_rmmd.remote import check_out_dir, is_url, remove
+from gencast_rmmd.remote import check_local_out_dir, is_url, remove
 from gencast_rmmd.safety import publish_mode
 from pipelines import pipeline_options
 
@@ -478,8 +478,7 @@ def evaluate(
     if engine not in ("beam", "memory"):
         raise DataError(f"engine must be 'beam' or 'memory', found {engine!r}")
     _open_cached.cache_clear()  # a store rewritten at the same path since a previous call
-    out_dir = os.path.abspath(out_dir)
-    check_out_dir(out_dir, "a new path")
+    out_dir = os.path.abspath(check_local_out_dir(out_dir, "a new path", "evaluate"))
     if (
         os.path.exists(out_dir)
         and os.listdir(out_dir)

@@ -316,3 +316,20 @@ def test_gcsfs_layout_lookups_are_off_unless_the_user_asks():
     env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "true"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "true", out.stderr
+
+
+def test_local_only_outputs_refuse_a_url(tmp_path):
+    """`pathlib.Path("gs://b/run")` is the local path `gs:/b/run`: the commands that write on
+    local disk only refuse a URL `--out` instead of writing there; a local path is checked as
+    `check_out_dir` does and comes back as a path."""
+    for url in ("gs://b/run", "s3://b/run", "memory://run"):
+        with pytest.raises(OutputError, match=r"`distill` writes its output on local disk"):
+            remote.check_local_out_dir(url, "a run directory", "distill")
+    assert (
+        remote.check_local_out_dir(tmp_path / "run", "a run directory", "distill")
+        == tmp_path / "run"
+    )
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a directory"):
+        remote.check_local_out_dir(tmp_path / "f", "a run directory", "distill")
+    assert not (tmp_path / "gs:").exists()

@@ -7,7 +7,6 @@ profiles.
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 from gencast_rmmd.cli import add_set_argument
 
@@ -44,13 +43,14 @@ def register(sub) -> None:
 def _run(args: argparse.Namespace) -> int:
     from gencast_rmmd.cli import quickstart_chain as chain
     from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.remote import check_local_out_dir
 
     if bool(args.data) != bool(args.data_config):
         raise ConfigError("--data and --data-config go together (the store and its task)")
     profile = "fast" if args.fast else (args.profile or "default")
     cfg = chain.load_profile(profile, args.overrides)
     ctx = chain.Context(
-        out=pathlib.Path(args.out),
+        out=check_local_out_dir(args.out, "a directory for the run", "quickstart"),
         cfg=cfg,
         data_store=args.data,
         data_config_path=args.data_config,

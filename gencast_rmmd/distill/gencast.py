@@ -47,7 +47,7 @@ from gencast_rmmd.distill.objectives import ObjectiveConfig, check_s_floor
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.distill.trainer import PhaseConfig, run_phase
 from gencast_rmmd.errors import CheckpointError, DataError, OutputError
-from gencast_rmmd.remote import check_input_file, check_out_dir, write_text
+from gencast_rmmd.remote import check_input_file, check_local_out_dir, write_text
 from gencast_rmmd.safety import file_sha256, refuse_changed_inputs
 from gencast_rmmd.training import LoopConfig, OptimizerConfig, ShuffledBatches
 from gencast_rmmd.training.checkpointing import latest_step
@@ -371,8 +371,7 @@ def run_distill(
     `stop_after` stops a phase after that many steps without its final checkpoint (tests).
     """
     cfg.validate()
-    check_out_dir(out, "a run directory")
-    out = pathlib.Path(out)
+    out = check_local_out_dir(out, "a run directory", "distill")
     cfg_dict = to_dict(cfg)
     config_text = yaml.safe_dump(cfg_dict, sort_keys=False)
     cfg_file = out / "config.yaml"

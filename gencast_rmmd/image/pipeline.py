@@ -53,7 +53,7 @@ from gencast_rmmd.image.training import (
     train_mmd,
     train_teacher,
 )
-from gencast_rmmd.remote import check_out_dir, write_text, written
+from gencast_rmmd.remote import check_local_out_dir, write_text, written
 from gencast_rmmd.safety import changed_digests, file_sha256
 from gencast_rmmd.safety import current_record as safety_current_record
 
@@ -282,8 +282,7 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
 
 def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
     """Load data, train or reload both classifiers, build the model and the evaluator."""
-    out = pathlib.Path(out)
-    check_out_dir(out, "a run directory")
+    out = check_local_out_dir(out, "a run directory", "image")
     # Read (and so validate) the data before anything is created at --out.
     data = load_dataset(cfg.data)
     cfg_text = dump_yaml(cfg)

@@ -44,7 +44,7 @@ from gencast_rmmd.model import grid as grid_lib
 from gencast_rmmd.model.configs import ModelConfig
 from gencast_rmmd.model.losses import denoising_loss
 from gencast_rmmd.model.sh_noise import make_sh_noise_fn
-from gencast_rmmd.remote import check_out_dir, source_path, write_text
+from gencast_rmmd.remote import check_local_out_dir, source_path, write_text
 from gencast_rmmd.safety import refuse_changed_inputs
 from gencast_rmmd.training.checkpointing import latest_step
 from gencast_rmmd.training.loop import (
@@ -326,8 +326,7 @@ def train_teacher(
     # Variable weights that name no target, or are negative, are refused before anything is
     # written (`_trainer` builds the same vector once the data is open).
     grid_lib.channel_weights(task.layout, training.variable_weights, training.per_level_weights)
-    out = pathlib.Path(out_dir)
-    check_out_dir(out, "a run directory")
+    out = check_local_out_dir(out_dir, "a run directory", "teacher train")
     store = source_path(store)  # a URL (gs://...) as given
     stats = source_path(stats)
     probe = ExampleSource(store, task, stats)

@@ -748,6 +748,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training and leaves the file untouched",
     ),
     BadInput(
+        "teacher-out-is-url",
+        "output",
+        "teacher train",
+        "`--out gs://some-bucket/run` (a command that writes on local disk only; so do "
+        "`distill`, `evaluate`, `image` and `quickstart`)",
+        r"`teacher train` writes its output on local disk, not at a URL",
+        "refuses before training (was: the run was written without a word to the local "
+        "directory `gs:/some-bucket/run`, the URL read as a path)",
+    ),
+    BadInput(
         "teacher-resume-other-stats",
         "output",
         "teacher train",

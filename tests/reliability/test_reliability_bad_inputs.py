@@ -704,6 +704,18 @@ def s_forecast_resume_other_data(tmp, p):
     return argv
 
 
+def s_teacher_out_is_url(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    argv = _teacher_train(tmp, p, model)
+    return [
+        *argv[: argv.index("--out")],
+        "--out",
+        "gs://some-bucket/run",
+        *argv[argv.index("--out") + 2 :],
+    ]
+
+
 def s_teacher_out_is_file(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -889,6 +901,7 @@ SETUPS = {
     "forecast-resume-other-data": s_forecast_resume_other_data,
     "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
+    "teacher-out-is-url": s_teacher_out_is_url,
     "teacher-resume-other-stats": s_teacher_resume_other_stats,
     "distill-out-is-file": s_distill_out_is_file,
     "distill-out-under-file": s_distill_out_under_file,
