@@ -451,13 +451,18 @@ def simulate(
     return ds
 
 
-def _check_out(out: pathlib.Path, overwrite: bool) -> None:
+def _check_out(out: str | os.PathLike, overwrite: bool) -> pathlib.Path:
+    """`out` as a local path, refused (before the simulation) when it is a URL, exists without
+    `overwrite`, or cannot be a directory."""
     from gencast_rmmd.errors import OutputError
-    from gencast_rmmd.remote import check_out_dir
+    from gencast_rmmd.remote import check_local_out_dir, is_url
 
-    if out.exists() and not overwrite:
-        raise OutputError(f"output {str(out)!r} already exists (pass --overwrite to replace it)")
-    check_out_dir(out, "another path")  # a file there (even with --overwrite), or above it
+    if not is_url(out) and os.path.exists(out) and not overwrite:
+        raise OutputError(
+            f"output {os.fspath(out)!r} already exists (pass --overwrite to replace it)"
+        )
+    # a URL, a file there (even with --overwrite), or a file above it
+    return check_local_out_dir(out, "another path", "data nature-run")
 
 
 def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
@@ -465,8 +470,7 @@ def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False)
     with `STORE_ID_ATTR` set to a digest of `ds` (`content_store_id`): what is made from the store
     tells it from one re-made there with other content, and stays current when it is rebuilt
     bit-identically."""
-    out = pathlib.Path(out)
-    _check_out(out, overwrite)
+    out = _check_out(out, overwrite)
     ds = ds.assign_attrs({STORE_ID_ATTR: content_store_id(ds)})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -496,7 +500,7 @@ def build(
     progress: bool = True,
 ) -> dict:
     """Simulate and write the store; returns a summary (seconds, seconds per simulated day)."""
-    _check_out(pathlib.Path(out), overwrite)  # before the (long) simulation
+    _check_out(out, overwrite)  # before the (long) simulation
     t0 = time.perf_counter()
     ds = simulate(cfg, levels_hpa, progress=progress)
     t1 = time.perf_counter()

@@ -497,11 +497,18 @@ def export_teacher(
 
 
 def _check_export_target(out: str | os.PathLike) -> None:
-    """Refuse, before any work, to export over an existing file that is not an .npz archive (a
-    previous export is replaced; run.json or a note given as `--out` by mistake is not)."""
+    """Refuse, before any work, a URL (the export is written on local disk) and an existing file
+    that is not an .npz archive (a previous export is replaced; run.json or a note given as
+    `--out` by mistake is not)."""
     from gencast_rmmd.remote import is_url
 
-    if is_url(out) or not os.path.isfile(out):
+    if is_url(out):  # pathlib would read gs://b/t.npz as the local path gs:/b/t.npz
+        raise OutputError(
+            f"--out {os.fspath(out)!r}: `teacher export` writes the .npz on local disk, not at a "
+            "URL; give a local path (copy the file to the bucket afterwards, e.g. with `gcloud "
+            "storage cp`)"
+        )
+    if not os.path.isfile(out):
         return  # a directory or an unwritable path is refused by the atomic write, with its reason
     with open(out, "rb") as f:
         head = f.read(4)

@@ -752,7 +752,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "output",
         "teacher train",
         "`--out gs://some-bucket/run` (a command that writes on local disk only; so do "
-        "`distill`, `evaluate`, `image` and `quickstart`)",
+        "`teacher export`, `distill`, `evaluate`, `image`, `quickstart` and `data nature-run`)",
         r"`teacher train` writes its output on local disk, not at a URL",
         "refuses before training (was: the run was written without a word to the local "
         "directory `gs:/some-bucket/run`, the URL read as a path)",

@@ -387,6 +387,9 @@ def test_export_round_trip_and_info(straight_run, tmp_path):
     with pytest.raises(OutputError, match=r"run.json' exists and is not an .npz archive"):
         teacher.export_teacher(out, out / "run.json")
     assert (out / "run.json").read_bytes() == run_json
+    with pytest.raises(OutputError, match=r"`teacher export` writes the \.npz on local disk"):
+        teacher.export_teacher(out, "gs://some-bucket/teacher.npz")
+    assert not os.path.exists("gs:")  # nothing written where pathlib would have put it
     text = teacher.describe_checkpoint(exported)
     assert f"{summary['num_params']:,} in {summary['num_tensors']} tensors" in text
     assert "test-license" in text and "7 network evaluations" in text
