@@ -23,7 +23,7 @@ import numpy as np
 
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.image.config import ImageDataConfig
-from gencast_rmmd.remote import check_input_file
+from gencast_rmmd.remote import check_input_file, local_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,12 @@ def load_npz_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a downsampled-ImageNet `.npz` (`data` [N, 3*R*R] uint8 CHW, `labels` [N]).
 
+    `path` may be a URL (gs://...): the file is fetched once into the local cache
+    (`remote.local_file`), and again only when the object changes.
     Returns `[N, R, R, 3]` float32 in [-1, 1] and int32 labels `labels - label_offset`.
     Raises `DataError` naming what was expected and found.
     """
-    p = pathlib.Path(path)
+    p = pathlib.Path(local_file(path, DataError))
     check_input_file(p, "image data file", "a downsampled-ImageNet .npz", DataError)
     try:
         loaded = np.load(p, allow_pickle=False)

@@ -56,6 +56,32 @@ def test_npz_reader_roundtrip_chw_order(tmp_path):
     assert ds.shape == (4, 4, 3)
 
 
+def test_npz_reader_reads_a_url_through_the_cache(tmp_path, monkeypatch):
+    """`--data gs://.../imagenet64.npz` was read as the local path `gs:/...` ("does not
+    exist"); a URL is fetched into the local cache and read from there (here fsspec's memory
+    filesystem stands in for the bucket). A missing object is named by its URL."""
+    import fsspec
+
+    from gencast_rmmd.errors import DataError
+
+    monkeypatch.setenv("GENCAST_RMMD_REMOTE_CACHE", str(tmp_path / "cache"))
+    p = tmp_path / "train.npz"
+    img, labels = _write_imagenet_like(p, labels=np.array([1, 1, 1, 2, 2, 2]))
+    fs = fsspec.filesystem("memory")
+    url = "memory://gencast_rmmd_image_test/train.npz"
+    fs.put(str(p), url)
+    try:
+        x, y = load_npz_images(url, 4, 10)
+        np.testing.assert_allclose(x, img.astype(np.float32) / 127.5 - 1.0)
+        np.testing.assert_array_equal(y, labels - 1)
+        with pytest.raises(
+            DataError, match=r"'memory://gencast_rmmd_image_test/nope.npz' does not exist"
+        ):
+            load_npz_images("memory://gencast_rmmd_image_test/nope.npz", 4, 10)
+    finally:
+        fs.rm("memory://gencast_rmmd_image_test", recursive=True)
+
+
 def test_npz_reader_errors(tmp_path):
     with pytest.raises(DataError, match="missing.npz. does not exist"):
         load_npz_images(tmp_path / "missing.npz", 4, 10)
