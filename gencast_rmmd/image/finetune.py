@@ -39,7 +39,7 @@ from gencast_rmmd.image.data import ImageDataset, batch_iterator
 from gencast_rmmd.image.evaluation import Evaluator, generate
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
-from gencast_rmmd.image.training import image_objective, make_optimizer
+from gencast_rmmd.image.training import StageCheckpoints, image_objective, make_optimizer
 from gencast_rmmd.model.sh_noise import gaussian_noise
 
 
@@ -229,6 +229,7 @@ def finetune_run(
     on_eval: Callable[[dict], None] | None = None,
     sweep_rewards: Mapping[str, Reward] | None = None,
     eval_cache: dict | None = None,
+    checkpoints: StageCheckpoints | None = None,
 ) -> list[dict]:
     """Fine-tune with `method` in {rmmd, dipp, draft, refl, hypernoise} on one reward and lambda.
 
@@ -239,7 +240,10 @@ def finetune_run(
     `sweep_rewards[reward_name]`) so is the choice of reward, so a method compiles once per sweep.
     `eval_cache` (a dict) reuses the step-0 evaluation, where every method but HyperNoise still
     has the start point's student: one evaluation per start point and seed for the whole sweep.
+    With `checkpoints` the run resumes from, and saves to, its checkpoints (state and the rows
+    of the evaluations so far).
     """
+    ckpts = checkpoints or StageCheckpoints(None, {})
     steps = cfg.steps if steps is None else steps
     opt = make_optimizer(cfg.optim, steps)
     lam_arr = jnp.float32(lam)
@@ -316,12 +320,18 @@ def finetune_run(
         if on_eval is not None:
             on_eval(row)
 
-    evaluate(0)
-    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed)
     rng = jax.random.PRNGKey(cfg.seed)
+    first, (trainable, opt_state, rng) = ckpts.restore((trainable, opt_state, rng))
+    if first:  # resumed: the evaluations made before the checkpoint come back with it
+        rows.extend(ckpts.record or [])
+    else:
+        first = 1
+        evaluate(0)
+    it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, first - 1)
     bar = tqdm(
-        range(1, steps + 1), desc=f"{method}/{reward_name}/lam={lam:g}", disable=not progress
-    )
+        range(first, steps + 1), desc=f"{method}/{reward_name}/lam={lam:g}",
+        disable=not progress, initial=first - 1, total=steps,
+    )  # fmt: skip
     for i in bar:
         x, y = next(it)
         rng, k, kd = jax.random.split(rng, 3)
@@ -338,4 +348,5 @@ def finetune_run(
                     f"{method}/{reward_name}/lambda={lam}: loss became {lv} at step {i}"
                 )
             evaluate(i)
+        ckpts.maybe_save(i + 1, (trainable, opt_state, rng), last=i == steps, record=rows)
     return rows

@@ -11,6 +11,8 @@ Run directory layout (`--out DIR`), every stage resumable (a finished stage's fi
     DIR/teacher_eval.json, distill_eval.json
     DIR/pareto_rows.jsonl                one row per evaluation of the sweep (resume log)
     DIR/pareto.csv, DIR/pareto.png, DIR/pareto_summary.json
+    DIR/checkpoints_*/                   mid-stage resume points (`training.StageCheckpoints`),
+                                         while a stage or sweep run is unfinished
 
 Each output derived from other files of DIR records their SHA-256 (`inputs` in the JSON files
 and in each row of `pareto_rows.jsonl`, `teacher_sha256` in the phase-1 parameter files' meta)
@@ -745,6 +747,16 @@ def stage_pareto(ctx: Context) -> dict:
     for sp in {id(starts[m]): starts[m] for m, _, _ in todo if m != "hypernoise"}.values():
         start_metrics(ctx.model, sp, ctx.evaluator, EVAL_SEED, eval_cache)
 
+    def run_checkpoints(run: tuple[str, str, float]) -> StageCheckpoints:
+        # a run's mid-run resume point, kept until its rows are in the log
+        method, r, lam = run
+        settings = {
+            "run": [method, r, lam], "finetune": to_dict(cfg.finetune),
+            "eval_every": cfg.pareto.eval_every, "eval_samples": cfg.pareto.eval_samples,
+            "inputs": inputs_of[method],
+        }  # fmt: skip
+        return StageCheckpoints(ctx.out / f"checkpoints_run_{method}_{r}_{lam:g}", settings)
+
     def run_one(run: tuple[str, str, float]) -> list[dict]:
         method, r, lam = run
         return finetune_run(
@@ -752,7 +764,7 @@ def stage_pareto(ctx: Context) -> dict:
             reward=sweep_rewards[r], data=ctx.data, cfg=cfg.finetune, evaluator=ctx.evaluator,
             eval_every=cfg.pareto.eval_every, eval_seed=EVAL_SEED, step_cache=cache,
             progress=ctx.progress and cfg.pareto.workers == 1, sweep_rewards=sweep_rewards,
-            eval_cache=eval_cache,
+            eval_cache=eval_cache, checkpoints=run_checkpoints(run),
         )  # fmt: skip
 
     def on_done(i: int, new: list[dict]) -> None:
@@ -760,6 +772,7 @@ def stage_pareto(ctx: Context) -> dict:
         new = [{**row, "inputs": inputs_of[method]} for row in new]
         with log_path.open("a") as f:
             f.write("".join(json.dumps(row) + "\n" for row in new))
+        run_checkpoints(todo[i]).finish()
         rows.extend(new)
         last = new[-1]
         _log(

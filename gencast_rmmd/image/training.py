@@ -131,6 +131,7 @@ class StageCheckpoints:
         self.directory = None if directory is None else pathlib.Path(directory)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
         self.every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
+        self.record: Any = None  # the JSON record saved beside the restored state, if any
         self._mngr: CheckpointManager | None = None
         self._last = time.monotonic()
 
@@ -148,14 +149,19 @@ class StageCheckpoints:
             self.finish()
             return 0, state
         restored, meta = mngr.restore(state)
+        self.record = meta.get("record")
         return int(meta["next_step"]), restored
 
-    def maybe_save(self, next_step: int, state: Any, last: bool = False) -> None:
+    def maybe_save(
+        self, next_step: int, state: Any, last: bool = False, record: Any = None
+    ) -> None:
         """Save when `every_s` seconds have passed since the last save (not after the last step:
-        the stage's own output follows)."""
+        the stage's own output follows), with `record` (JSON: e.g. a run's evaluations so far),
+        which `restore` puts back in `self.record`."""
         if self.directory is None or last or time.monotonic() - self._last < self.every_s:
             return
-        self._manager().save(next_step, state, {"next_step": next_step, "settings": self.settings})
+        meta = {"next_step": next_step, "settings": self.settings, "record": record}
+        self._manager().save(next_step, state, meta)
         self._last = time.monotonic()
 
     def finish(self) -> None:

@@ -273,3 +273,48 @@ def test_a_crashed_classifier_stage_resumes_to_the_uninterrupted_result(tmp_path
     _crash_after(monkeypatch, 4, classifier)  # the resumed loop may draw steps 3..6 only
     resumed = classifier.train_classifier(*args, progress=False, checkpoints=ck()).params
     assert _tree_equal(resumed, straight)
+
+
+def test_a_crashed_finetune_run_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
+    """One run of the sweep (10 000 steps on ImageNet 64): killed after 3 of 5 steps, resumed,
+    it returns the rows of an uninterrupted run, the evaluations made before the checkpoint
+    included (they come back with it). The evaluator here reads the student's parameters (a
+    sum standing in for samples), so the rows follow the training state."""
+    from gencast_rmmd.image import finetune
+    from gencast_rmmd.image.rewards import bw_reward
+
+    model, p = _model_and_params()
+    start = finetune.StartPoint(student=p, aux=p, sampler=SAMPLER, s_floor=0.01)
+
+    def fake_generate(model, params, sampler, labels, seed, noise_net=None):
+        return sum(float(jnp.sum(leaf)) for leaf in jax.tree.leaves(params))
+
+    class Evaluator:
+        labels = np.arange(4) % 10
+
+        def evaluate(self, x):
+            return {"frechet_classifier_distance": x, "accuracy": 0.5, "reward_bw": -x}
+
+    monkeypatch.setattr(finetune, "generate", fake_generate)
+    monkeypatch.setattr(
+        finetune, "start_metrics",
+        lambda model, start, ev, seed, cache=None: ev.evaluate(fake_generate(model, start.student, None, None, seed)),
+    )  # fmt: skip
+    kw = dict(
+        model=model, teacher_params=p, start=start, reward=bw_reward, data=_digits(),
+        cfg=FinetuneConfig(steps=5, batch_size=4), evaluator=Evaluator(), eval_every=2,
+        step_cache={}, progress=False,
+    )  # fmt: skip
+    straight = finetune.finetune_run("draft", "bw", 1.0, **kw)
+    assert [r["step"] for r in straight] == [0, 2, 4, 5]
+    ck = lambda: training.StageCheckpoints(tmp_path / "c", {"run": 1}, every_s=0.0)  # noqa: E731
+    _crash_after(monkeypatch, 3, finetune)
+    try:
+        finetune.finetune_run("draft", "bw", 1.0, checkpoints=ck(), **kw)
+        raise AssertionError("the run should have crashed")
+    except _Crash:
+        pass
+    assert training.latest_step(tmp_path / "c") == 4  # steps 1..3 done, step 4 next
+    _crash_after(monkeypatch, 2, finetune)  # the resumed run may draw steps 4 and 5 only
+    resumed = finetune.finetune_run("draft", "bw", 1.0, checkpoints=ck(), **kw)
+    assert resumed == straight
