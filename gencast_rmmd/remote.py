@@ -128,14 +128,20 @@ def check_local_out_dir(out: str | os.PathLike, what: str, command: str) -> path
     """`check_out_dir` for a command that writes its `--out` on local disk only: a URL is an
     `OutputError` saying so (`pathlib.Path("gs://b/run")` is the local path `gs:/b/run`, where
     such a run used to be written without a word). Returns `out` as a local path."""
+    refuse_url_out(out, what, command)
+    check_out_dir(out, what)
+    return pathlib.Path(out)
+
+
+def refuse_url_out(out: str | os.PathLike, what: str, command: str) -> None:
+    """`OutputError` when `--out` is a URL for `command`, which writes its output (`what`: "a run
+    directory", "a local path") on local disk only."""
     if is_url(out):
         raise OutputError(
             f"--out {os.fspath(out)!r}: `{command}` writes its output on local disk, not at a "
             f"URL; choose {what} on local disk (copy it to the bucket afterwards, e.g. with "
-            "`gcloud storage cp -r`)"
+            "`gcloud storage cp`)"
         )
-    check_out_dir(out, what)
-    return pathlib.Path(out)
 
 
 def remove(source: str | os.PathLike) -> None:

@@ -195,7 +195,7 @@ def _classifier(
         return Classifier(params=params, apply=net.apply)
     ckpts = StageCheckpoints(
         out / f"checkpoints_classifier_{which}",
-        {"classifier": to_dict(ctx_cfg.classifier), "data": to_dict(ctx_cfg.data), "seed": seed},
+        {**_made_from(ctx_cfg, path.name), "seed": seed},
     )
     clf = train_classifier(
         ctx_cfg.classifier, data.train_images, data.train_labels, data.num_classes, seed,
@@ -232,6 +232,24 @@ _SETTING_OUTPUTS = {
     "inception_weights": ("*_eval.json", "pareto_rows.jsonl"),
     "inception_reference_stats": ("*_eval.json", "pareto_rows.jsonl"),
 }
+
+
+def _made_from(cfg: ImageConfig, output: str) -> dict[str, Any]:
+    """The settings `output` (a file name of DIR) is made from, by `_SETTING_OUTPUTS`: what a
+    mid-stage checkpoint of the stage that writes it is tagged with."""
+    import fnmatch
+
+    flat = to_dict(cfg)
+    made = {}
+    for prefix, patterns in _SETTING_OUTPUTS.items():
+        if any(fnmatch.fnmatch(output, p) for p in patterns):
+            value = flat
+            for part in prefix.split("."):
+                value = value[part]
+            made[prefix] = value
+    return made
+
+
 # Settings a re-run may change: they add sweep runs, or outputs record and redo them themselves.
 _FREE_SETTINGS = (
     "pareto.methods",
@@ -328,7 +346,7 @@ def stage_teacher(ctx: Context) -> Any:
         c = ctx.cfg
         ckpts = StageCheckpoints(
             ctx.out / "checkpoints_teacher",
-            {k: to_dict(getattr(c, k)) for k in ("data", "model", "schedule", "teacher")},
+            _made_from(c, path.name),
         )
         params = train_teacher(
             c.teacher, ctx.model, ctx.data, ctx.out / "metrics_teacher.jsonl", ctx.progress,

@@ -500,14 +500,10 @@ def _check_export_target(out: str | os.PathLike) -> None:
     """Refuse, before any work, a URL (the export is written on local disk) and an existing file
     that is not an .npz archive (a previous export is replaced; run.json or a note given as
     `--out` by mistake is not)."""
-    from gencast_rmmd.remote import is_url
+    from gencast_rmmd.remote import refuse_url_out
 
-    if is_url(out):  # pathlib would read gs://b/t.npz as the local path gs:/b/t.npz
-        raise OutputError(
-            f"--out {os.fspath(out)!r}: `teacher export` writes the .npz on local disk, not at a "
-            "URL; give a local path (copy the file to the bucket afterwards, e.g. with `gcloud "
-            "storage cp`)"
-        )
+    # pathlib would read gs://b/t.npz as the local path gs:/b/t.npz
+    refuse_url_out(out, "a path for the .npz", "teacher export")
     if not os.path.isfile(out):
         return  # a directory or an unwritable path is refused by the atomic write, with its reason
     with open(out, "rb") as f:
