@@ -235,8 +235,9 @@ def network_problem(e: BaseException) -> str | None:
         from aiohttp import ClientConnectionError
     except ImportError:  # no HTTP filesystem installed
         ClientConnectionError = ConnectionError  # noqa: N806
+    chain: set[int] = set()  # a chain may loop (an exception raised again as its own cause)
     seen = e
-    while seen is not None:
+    while seen is not None and id(seen) not in chain:
         if isinstance(
             seen, ClientConnectionError | ConnectionError | socket.gaierror | TimeoutError
         ):
@@ -244,6 +245,7 @@ def network_problem(e: BaseException) -> str | None:
                 f"its host cannot be reached ({seen}); check the network connection, or use a "
                 "local copy"
             )
+        chain.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     return None
 

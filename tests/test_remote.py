@@ -301,6 +301,9 @@ def test_an_unreachable_host_is_said_to_be_unreachable(cache):
         assert "Name or service not known" in remote.network_problem(e)
     assert remote.network_problem(FileNotFoundError("gs://b/x")) is None
     assert remote.network_problem(ValueError("not a zarr store")) is None
+    looped, other = OSError("a"), ValueError("b")  # a cyclic chain of causes ends the search
+    looped.__cause__, other.__context__ = other, looped
+    assert remote.network_problem(looped) is None
 
 
 def test_gcsfs_layout_lookups_are_off_unless_the_user_asks():
