@@ -84,7 +84,8 @@ class OptimizerConfig:
       schedule). In distillation's `alternating` schedule each group is updated every other
       step and `num_steps` is (loop num_steps + 1) // 2 for both groups (the auxiliary makes that
       many updates, the student (loop num_steps) // 2); an explicit value counts the same way, so
-      `decay_steps: 100` spans 200 loop steps there.
+      `decay_steps: 100` spans 200 loop steps there. An explicit `decay_steps` must exceed
+      `warmup_steps` for the cosine and linear schedules.
     grad_clip_norm: clip the global gradient norm before Adam (None: no clipping).
 
     A resumed run may change every field except whether gradients are clipped (see
@@ -111,6 +112,15 @@ class OptimizerConfig:
         check_adam(self)
         if self.decay_steps is not None and self.decay_steps <= 0:
             raise ValueError(f"decay_steps: must be > 0 or null, found {self.decay_steps}")
+        if (
+            self.schedule != "constant"
+            and self.decay_steps is not None
+            and self.decay_steps <= self.warmup_steps
+        ):  # the decay would happen in one update, straight after the warm-up
+            raise ValueError(
+                f"decay_steps: must be > warmup_steps ({self.warmup_steps}) for the "
+                f"{self.schedule} schedule, found {self.decay_steps}"
+            )
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             raise ValueError(f"grad_clip_norm: must be > 0 or null, found {self.grad_clip_norm}")
 

@@ -300,11 +300,13 @@ def test_a_crps_reward_with_one_member_is_refused_by_the_distill_config():
         ("mmd.optimizer.end_learning_rate=-1", r"mmd\.optimizer: end_learning_rate: must be finite and >= 0, found -1"),
         ("rmmd.optimizer.learning_rate=inf", r"key 'rmmd\.optimizer\.learning_rate': expected a finite number, found inf"),
         ("mmd.optimizer.learning_rate=0", r"mmd\.optimizer: learning_rate: must be finite and > 0, found 0"),
+        ("mmd.optimizer.decay_steps=20", r"mmd\.optimizer: decay_steps: must be > warmup_steps \(20\) for the cosine schedule, found 20"),
     ],
 )  # fmt: skip
 def test_distill_config_refuses_weights_and_rates_that_train_nothing_or_garbage(override, message):
     """NaN or infinite loss weights and learning rates, a learning rate of 0, a negative final
-    learning rate (the end of the schedule would climb the loss), and a phase with neither an MMD nor a reward term (the
+    learning rate (the end of the schedule would climb the loss), a decay that ends within the
+    warm-up (the rate would drop to its end value in one update), and a phase with neither an MMD nor a reward term (the
     student would not move) were all accepted and trained; each is now one ConfigError naming
     the key, at config load. A reward-only phase (mmd_weight 0, reward_weight > 0) stays valid."""
     from gencast_rmmd.config import load_config
