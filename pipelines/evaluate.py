@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -108,7 +109,7 @@ def compute_item(spec: ModelSpec, item: tuple[int, int]):
 
 
 def _per_init(ds: xr.Dataset) -> xr.Dataset:
-    return ds[["crps_skill", "crps_spread", "ensemble_mean_se"]]
+    return ds[["crps_skill", "crps_spread", "ensemble_mean_se", "forecast_missing"]]
 
 
 def _combine_leads(chunks: Sequence) -> xr.Dataset:
@@ -235,6 +236,7 @@ class EvaluationResult:
     rank_histograms: xr.Dataset
     summary: dict
     files: dict[str, str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # the report's notes
 
 
 def _iso(t) -> str:
@@ -397,6 +399,13 @@ def prepare(
     return specs, meta
 
 
+def _field_name(da: xr.DataArray, i: int, j: int, k: int) -> str:
+    """'temperature/850 +24 h at init 2020-01-01T00:00:00': entry (i, j, k) of `da`, whose dims
+    are (time, prediction_timedelta, variable-level)."""
+    lead = da["prediction_timedelta"].values[j] // np.timedelta64(1, "h")
+    return f"{da[VL_DIM].values[k]} +{lead} h at init {_iso(da['time'].values[i])}"
+
+
 def skipped_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None:
     """The report's note on a model's per-init statistics left out of the init-time means: those
     (init time, lead time, variable-level) with no valid point in some region (the truth or a
@@ -408,15 +417,41 @@ def skipped_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None
     n = int(left_out.sum())
     if not n:
         return None
-    inits, leads, rows = (left_out[d].values for d in left_out.dims)
-    where = [
-        f"{rows[k]} +{leads[j] // np.timedelta64(1, 'h')} h at init {_iso(inits[i])}"
-        for i, j, k in np.argwhere(left_out.values)[:shown]
-    ]
+    where = [_field_name(left_out, *ijk) for ijk in np.argwhere(left_out.values)[:shown]]
     return (
         f"{label}: {n} of {left_out.size} (init time, lead time, variable-level) statistics had no "
         "valid point in some region (the truth or a member all-NaN there) and were left out of "
         "those entries' means over init times: " + ", ".join(where) + (" ..." if n > shown else "")
+    )
+
+
+def missing_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None:
+    """The report's warning on a model whose members are NaN or infinite where the truth has a
+    value (a failed forecast, e.g. a diverged rollout): how many (init time, lead time,
+    variable-level) fields have such points, the largest share of the globe, and the first
+    fields; None when there are none. Those points are left out of every score, which would
+    otherwise hide the failure."""
+    if "forecast_missing" not in per_init:  # statistics written before this check existed
+        return None
+    frac = per_init["forecast_missing"]
+    frac = frac.sel(region="global") if "global" in frac["region"] else frac.max("region")
+    frac = frac.transpose("time", "prediction_timedelta", VL_DIM)
+    hit = (frac > 0).values
+    n = int(hit.sum())
+    if not n:
+        return None
+    where = [
+        f"{_field_name(frac, *ijk)} ({float(frac.values[tuple(ijk)]):.2%})"
+        for ijk in np.argwhere(hit)[:shown]
+    ]
+    return (
+        f"WARNING (missing values): {label}: members are NaN or infinite where the truth has a "
+        f"value in {n} of {hit.size} (init time, lead time, variable-level) fields, up to "
+        f"{float(frac.max()):.2%} of the globe (latitude-weighted): "
+        + ", ".join(where)
+        + (" ..." if n > shown else "")
+        + "; those points are left out of the scores, so the scorecard does not count them as "
+        "errors"
     )
 
 
@@ -462,6 +497,9 @@ def evaluate(
     work_dir: str | None = None,
 ) -> EvaluationResult:
     """Score a forecast store (optionally against a baseline) and write all outputs to `out_dir`.
+
+    The report's warnings (scored init times in the training period, members NaN or infinite
+    where the truth has a value) are also printed on stderr.
 
     Outputs (written in a temporary directory, then moved into place): scorecard.nc,
     scorecard.csv, rank_histograms.nc, scorecard_*.png, spread_skill.png, rank_histograms.png,
@@ -522,9 +560,9 @@ def evaluate(
                 _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
                 _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))
         for label, (_, per) in results.items():
-            note = skipped_note(label, per)
-            if note:
-                meta["notes"].append(note)
+            for note in (missing_note(label, per), skipped_note(label, per)):
+                if note:
+                    meta["notes"].append(note)
         attrs = _nc_attrs(meta)
         mean_f, per_f = results["forecast"]
         card = sc_lib.finalize(mean_f, meta["ensemble_size"], attrs)
@@ -563,7 +601,10 @@ def evaluate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files = {k: os.path.join(out_dir, os.path.basename(v)) for k, v in files.items()}
-    return EvaluationResult(out_dir, card, hist, summ, files)
+    for note in meta["notes"]:  # the report's warnings (leakage, missing values), also on stderr
+        if note.startswith("WARNING"):
+            print(note, file=sys.stderr, flush=True)
+    return EvaluationResult(out_dir, card, hist, summ, files, list(meta["notes"]))
 
 
 def is_current(out_dir: str, forecast_path: str, baseline_path: str | None = None) -> bool:

@@ -16,7 +16,9 @@ and counts in memory) and finalizing afterwards gives the same numbers however t
 
 Points where the truth or any member is NaN (e.g. sea-surface temperature over land) are left out
 of the spatial means (their weight is removed from numerator and denominator); a region with no
-valid point gets NaN, which the mean over init times then leaves out.
+valid point gets NaN, which the mean over init times then leaves out. `forecast_missing`, also
+additive, is the latitude-weighted fraction of the points with a finite truth where some member
+is NaN or infinite: points a forecast failed at, which the scores above do not count as errors.
 """
 
 from __future__ import annotations
@@ -117,15 +119,16 @@ def chunk_statistics(
       rng: numpy Generator for rank tie-breaking (seed it per (init, lead) for reproducibility).
       regions: name -> (south, north) latitude band; default `REGIONS`.
     Returns:
-      Dataset with variables `STATISTICS` of dims (region, variable-level) and `rank_histogram` of
-      dims (region, variable-level, bin); attr `ensemble_size`.
+      Dataset with variables `STATISTICS` and `forecast_missing` of dims (region,
+      variable-level) and `rank_histogram` of dims (region, variable-level, bin); attr
+      `ensemble_size`.
     """
     regions = REGIONS if regions is None else regions
     lat = forecast["latitude"].values
     w = region_weights(lat, regions)
     m = forecast.sizes[ensemble_dim]
     n_r, n_v = len(regions), len(pairs)
-    out = {name: np.full((n_r, n_v), np.nan) for name in STATISTICS}
+    out = {name: np.full((n_r, n_v), np.nan) for name in STATISTICS + ("forecast_missing",)}
     hist = np.full((n_r, n_v, m + 1), np.nan)
 
     by_var: dict[str, list[int]] = {}
@@ -147,6 +150,8 @@ def chunk_statistics(
         fields, ranks, valid = pointwise_statistics(fx, ty, rng)
         for name in STATISTICS:
             out[name][:, rows] = _region_means(fields[name], valid, w).T
+        observed = np.isfinite(ty)
+        out["forecast_missing"][:, rows] = _region_means(observed & ~valid, observed, w).T
         # Rank frequencies: weighted bincount over (level, lat, rank), then latitude weights.
         n_l, n_lat = ranks.shape[0], ranks.shape[1]
         idx = (np.arange(n_l)[:, None, None] * n_lat + np.arange(n_lat)[None, :, None]) * (m + 1)
@@ -161,6 +166,6 @@ def chunk_statistics(
 
     coords = {"region": ("region", list(regions)), "bin": ("bin", np.arange(m + 1))}
     coords.update(variable_level_coords(pairs))
-    data = {name: (("region", VL_DIM), out[name]) for name in STATISTICS}
+    data = {name: (("region", VL_DIM), v) for name, v in out.items()}
     data["rank_histogram"] = (("region", VL_DIM, "bin"), hist)
     return xr.Dataset(data, coords=coords, attrs={"ensemble_size": m})

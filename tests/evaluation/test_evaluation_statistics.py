@@ -89,6 +89,32 @@ def test_nan_points_are_left_out():
     np.testing.assert_allclose(fields["crps_skill"][..., 4:], full["crps_skill"])
 
 
+def test_forecast_missing_is_the_share_of_observed_points_a_member_failed_at():
+    """`forecast_missing`: the latitude-weighted share of the points with a finite truth where
+    some member is NaN or infinite (those points are left out of the scores); a member NaN where
+    the truth is NaN too (sea-surface temperature over land) does not count."""
+    fc, tr = synthetic_pair(n_init=1, n_lead=1, members=4, n_lat=8, n_lon=16, seed=3)
+    tr = canonical_grid(tr)
+    f = fc.isel(time=0, prediction_timedelta=0).copy(deep=True)
+    t = tr.sel(time=fc.time[0] + fc.prediction_timedelta[0]).copy(deep=True)
+    pairs = [("2m_temperature", None), ("temperature", 500), ("temperature", 850)]
+    f["2m_temperature"][1, 2, :4] = np.nan  # one member fails at 4 points of latitude row 2
+    f["2m_temperature"][3, 5, 0] = np.inf
+    f["2m_temperature"][0, 6, :] = np.nan  # ... and along row 6, where the truth is NaN too
+    t["2m_temperature"][6, :] = np.nan
+    f["temperature"].loc[dict(realization=2, level=500)] = np.nan  # a whole level of a member
+    st = chunk_statistics(f, t, pairs, ensemble_dim="realization", rng=np.random.default_rng(0))
+    miss = st["forecast_missing"].sel(region="global").values
+    w = latitude_weights(f["latitude"].values)
+    observed = np.ones((8, 16)) * w[:, None]
+    observed[6] = 0.0
+    expected_2m = (4 * w[2] + w[5]) / observed.sum()
+    np.testing.assert_allclose(miss, [expected_2m, 1.0, 0.0], rtol=1e-12)
+    f0 = fc.isel(time=0, prediction_timedelta=0)
+    clean = chunk_statistics(f0, t, pairs, ensemble_dim="realization", rng=np.random.default_rng(0))
+    assert (clean["forecast_missing"] == 0).all()
+
+
 def _calibration(spread_factor, members=8, n_init=6):
     fc, tr = synthetic_pair(
         n_init=n_init,

@@ -121,6 +121,34 @@ def test_init_times_without_a_valid_point_are_left_out_alike_by_both_engines(tmp
     assert "2m_temperature +12 h at init 2020-01-01T12:00:00" in " ".join(notes)
 
 
+def test_members_nan_where_the_truth_has_a_value_are_reported(stores, tmp_path, capsys):
+    """A forecast that failed at some points (NaN members where the truth has a value) was
+    scored on the other points without a word: its scorecard did not count the failure. Both
+    engines now warn, in the notes and on stderr, naming the fields and the share of the globe;
+    a complete forecast gets no such warning."""
+    fc, tr = synthetic_pair(n_init=4, n_lead=2, members=5, n_lat=8, n_lon=16, seed=1)
+    fc["2m_temperature"][1, 0, 2, 3, :4] = np.nan  # (init 1, +12 h), member 2, 4 points
+    paths = {k: str(tmp_path / f"{k}.zarr") for k in ("f", "t")}
+    fc.chunk({"time": 1, "prediction_timedelta": 1}).to_zarr(paths["f"], zarr_format=2)
+    tr.chunk({"time": 1}).to_zarr(paths["t"], zarr_format=2)
+    capsys.readouterr()
+    warned = []
+    for engine in ("memory", "beam"):
+        res = evaluate(paths["f"], paths["t"], str(tmp_path / engine), engine=engine, plots=False)
+        (note,) = [n for n in res.notes if n.startswith("WARNING (missing values)")]
+        assert note == json.load(open(tmp_path / engine / "evaluation.json"))["notes"][0]
+        assert note in capsys.readouterr().err
+        warned.append(note)
+    assert warned[0] == warned[1]
+    assert "in 1 of 24 (init time, lead time, variable-level) fields" in warned[0]
+    assert "2m_temperature +12 h at init 2020-01-01T12:00:00 (" in warned[0]
+    clean = evaluate(
+        stores["f"], stores["t"], str(tmp_path / "clean"), engine="memory", plots=False
+    )
+    assert not [n for n in clean.notes if n.startswith("WARNING")]
+    assert "WARNING" not in capsys.readouterr().err
+
+
 def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monkeypatch):
     """On Dataflow the workers share no disk with the launcher: the Beam evaluation's statistics
     go through a URL (`--work-dir`, else the pipeline's `--temp_location`; memory:// here), give
