@@ -306,6 +306,21 @@ def from_dict(
     return _build(cls, data, "", source)
 
 
+def as_current(data: Any, build: typing.Callable[[Any], Any]) -> Any:
+    """A config saved by an earlier run (its plain dict), as the current code reads it, for a
+    resumed run's comparison of old and new settings: keys added to the config classes since then
+    take their defaults (the behaviour of the code that made the run), so they do not count as
+    changes. `build(data)` loads the dict and returns the loaded config's dict form. `data`
+    itself when it no longer loads (a key removed or renamed since, a value now refused): every
+    difference then counts. Anything but a dict is returned as it is."""
+    if not isinstance(data, dict):  # e.g. an empty or damaged file: not a config to complete
+        return data
+    try:
+        return build(data)
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return data
+
+
 def load_config(
     cls: type[T],
     path: str | pathlib.Path,

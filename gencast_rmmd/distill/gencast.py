@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from gencast_rmmd.config import check_time_window, load_yaml, to_dict
+from gencast_rmmd.config import as_current, check_time_window, from_dict, load_yaml, to_dict
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.distill.objectives import ObjectiveConfig, check_s_floor
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
@@ -376,7 +376,9 @@ def run_distill(
     config_text = yaml.safe_dump(cfg_dict, sort_keys=False)
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
-        old = load_yaml(cfg_file.read_text())
+        old = as_current(
+            load_yaml(cfg_file.read_text()), lambda d: to_dict(from_dict(DistillConfig, d))
+        )
         changes = config_changes(_comparable(old, out), _comparable(cfg_dict, out))
         if changes:
             anchor = ""

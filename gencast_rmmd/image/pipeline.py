@@ -265,7 +265,7 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
     """OutputError naming the changed settings whose outputs `out` already holds."""
     import yaml
 
-    from gencast_rmmd.config import load_yaml
+    from gencast_rmmd.config import as_current, from_dict, load_yaml
     from gencast_rmmd.errors import OutputError
     from gencast_rmmd.training.loop import config_changes
 
@@ -273,6 +273,7 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
         old = load_yaml(old_text)
     except yaml.YAMLError:
         old = None
+    old = as_current(old, lambda d: to_dict(from_dict(ImageConfig, d)))
     if not isinstance(old, dict):  # a damaged config.yaml: say so rather than guess what changed
         raise OutputError(
             f"{out / 'config.yaml'} is not a readable config; use a fresh --out, or delete it if "

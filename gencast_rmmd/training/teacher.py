@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gencast_rmmd.config import check_time_window, from_dict, to_dict
+from gencast_rmmd.config import as_current, check_time_window, from_dict, to_dict
 from gencast_rmmd.data.era5 import store_id
 from gencast_rmmd.data.examples import MODEL_KEYS
 from gencast_rmmd.data.stats import stats_sha256
@@ -356,7 +356,10 @@ def train_teacher(
     training.loop_config().check_devices(jax.device_count(), "training.")
     run_file = out / RUN_FILE
     if run_file.exists() and _started(out):
-        old = json.loads(run_file.read_text())
+        old = as_current(
+            json.loads(run_file.read_text()),
+            lambda d: TeacherRun.from_json(d, str(run_file)).to_json(),
+        )
         changes = config_changes(_comparable(old), _comparable(run.to_json()))
         if changes:
             raise OutputError(

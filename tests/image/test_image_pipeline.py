@@ -489,7 +489,9 @@ def test_a_rerun_with_other_settings_is_refused_where_their_outputs_exist(tmp_pa
     exists is refused, naming the change and the files (it used to overwrite config.yaml with
     settings the files were not made with and reuse them, with a log note). Settings that only
     widen the sweep, or whose outputs exist not yet, may change."""
-    from gencast_rmmd.config import dump_yaml
+    import yaml
+
+    from gencast_rmmd.config import dump_yaml, to_dict
     from gencast_rmmd.errors import OutputError
 
     old = load_config(ImageConfig, "digits", kind="image")
@@ -513,6 +515,18 @@ def test_a_rerun_with_other_settings_is_refused_where_their_outputs_exist(tmp_pa
     with pytest.raises(OutputError, match=r"num_steps: 64 -> 32 \(made: teacher_eval.json\)"):
         check("teacher.sampler.num_steps=32")
     check("pareto.lambdas.bw=[0.1, 1.0, 3.0]", "pareto.workers=1", "pareto.methods=[rmmd]")
+    # A run made before a key existed (its config.yaml lacks it) resumes with the key at its
+    # default; another value is a change, named with the default (was: a change None -> 0).
+    saved = to_dict(old)
+    del saved["data"]["seed"]
+    text = yaml.safe_dump(saved)
+    check()
+    with pytest.raises(OutputError, match=r"data.seed: 0 -> 1 \(made: student_k8.npz, teacher"):
+        check("data.seed=1")
+    saved["data"]["batch_noise"] = 1  # a key removed since: the saved dict is compared as it is
+    text = yaml.safe_dump(saved)
+    with pytest.raises(OutputError, match=r"data.batch_noise: 1 -> None"):
+        check()
     text = "teacher: [unclosed"
     with pytest.raises(OutputError, match=r"config.yaml is not a readable config"):
         check()

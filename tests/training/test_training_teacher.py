@@ -203,6 +203,24 @@ def test_other_run_in_same_dir_is_refused(data, straight_run):
         teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(seed=1), progress=False)
 
 
+def test_a_run_made_before_a_config_key_existed_resumes(data, straight_run, tmp_path):
+    """A run.json written by an earlier version lacks the keys added since: they take their
+    defaults (the earlier code's behaviour) and the run resumes; a non-default value is a change
+    named with the default. It was refused as a change from None."""
+    import shutil
+
+    store, stats = data
+    out = tmp_path / "old"
+    shutil.copytree(straight_run[0], out)
+    saved = json.loads((out / "run.json").read_text())
+    del saved["training"]["seed"], saved["model"]["sampler_config"]["rho"]
+    (out / "run.json").write_text(json.dumps(saved))
+    with pytest.raises(OutputError, match=r"different teacher run \(training.seed: 0 -> 1\)"):
+        teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(seed=1), progress=False)
+    s = teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False)
+    assert s["steps"] == 6
+
+
 def test_a_diverged_run_resumes_with_a_lower_learning_rate(data, tmp_path):
     """The divergence message's advice works. A run that diverged before its first checkpoint
     has trained nothing (its empty checkpoints/ is no start): run again with a lower learning
