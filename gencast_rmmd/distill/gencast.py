@@ -472,6 +472,7 @@ def run_distill(
             weights=jnp.asarray(setup.weights),
             meta=meta,
             desc=f"distill {ph}",
+            config_key=ph,
         )
         seconds = time.perf_counter() - t0
         step = trainer.ckpt.latest_step() or 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from gencast_rmmd.training import (
     make_optimizer,
     make_schedule,
 )
+from gencast_rmmd.training.loop import warmup_note
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +93,11 @@ def build_phase_trainer(
     meta: dict | None = None,
     mesh=None,
     desc: str = "distill",
+    config_key: str | None = None,
 ) -> Trainer:
-    """The `Trainer` of one phase (rules, optimizers, schedules); see `run_phase`."""
+    """The `Trainer` of one phase (rules, optimizers, schedules); see `run_phase`.
+    `config_key` (e.g. "mmd"): the phase's key in the run's config; with it, a warm-up that does
+    not end within the run is said on stderr (`warmup_note`)."""
     objective = make_objective(
         denoise_fn,
         noise_fn,
@@ -112,6 +117,15 @@ def build_phase_trainer(
     # updates: its schedule spans (n + 1) // 2 of them (PhaseConfig's docstring).
     per_group = (n + 1) // 2 if len(rules) == 2 else n
     optimizers = {g: make_optimizer(opt_cfgs[g], per_group) for g in groups}
+    if config_key:
+        keys = {
+            "student": "optimizer",
+            "aux": "aux_optimizer" if cfg.aux_optimizer else "optimizer",
+        }
+        for key in sorted({keys[g] for g in groups}):
+            note = warmup_note(getattr(cfg, key), per_group, f"{config_key}.{key}")
+            if note:
+                print(note, file=sys.stderr, flush=True)
     schedules = {g: make_schedule(opt_cfgs[g], per_group) for g in groups}
     return Trainer(
         rules,

@@ -213,6 +213,20 @@ def make_schedule(cfg: OptimizerConfig, num_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, w), main], [w])
 
 
+def warmup_note(cfg: OptimizerConfig, num_updates: int, where: str) -> str | None:
+    """A line for stderr when the warm-up does not end within the run's `num_updates` (e.g. a
+    short run with a config's 100-update warm-up): the learning rate never reaches
+    `learning_rate`. None otherwise. `where` names the optimizer's key."""
+    w = cfg.warmup_steps
+    if w == 0 or num_updates == 0 or w < num_updates:
+        return None
+    top = cfg.learning_rate * (num_updates - 1) / w  # the last update's rate
+    return (
+        f"note: {where}.warmup_steps ({w}) is not shorter than the run ({num_updates} updates): "
+        f"the learning rate rises only to {top:.3g} of its {cfg.learning_rate:g}"
+    )
+
+
 def optimizer_resume_key(cfg: Mapping[str, Any] | None) -> dict[str, str] | None:
     """What of an optimizer config (its dict form) a resumed run must keep: whether gradients
     are clipped (`{"grad_clip_norm": "null" | "set"}`), because the clipping stage is part of the

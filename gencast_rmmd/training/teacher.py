@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ from gencast_rmmd.training.loop import (
     make_optimizer,
     make_schedule,
     optimizer_resume_key,
+    warmup_note,
 )
 from gencast_rmmd.training.periods import (
     refuse_resume_on_other_examples,
@@ -390,6 +392,9 @@ def train_teacher(
     trainer = _trainer(run, den, out, progress, meta)
     state = trainer.restore_or_init({GROUP: params})
     start = trainer.step_of(state)
+    note = warmup_note(training.optimizer, training.num_steps, "training.optimizer")
+    if note and start < training.num_steps:
+        print(note, file=sys.stderr, flush=True)
     batches = ShuffledBatches(
         source,
         training.batch_size,

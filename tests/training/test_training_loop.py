@@ -25,7 +25,7 @@ from gencast_rmmd.training import (
     make_schedule,
     read_metrics,
 )
-from gencast_rmmd.training.loop import optimizer_resume_key
+from gencast_rmmd.training.loop import optimizer_resume_key, warmup_note
 
 D = 3
 
@@ -117,6 +117,23 @@ def test_logged_learning_rate_is_the_one_applied(tmp_path):
     assert recs[0]["lr/lin"] == 0.0 and recs[0]["update_norm/lin"] == 0.0
     np.testing.assert_allclose([r["lr/lin"] for r in recs], [sched(n) for n in range(5)], rtol=1e-6)
     assert all(r["update_norm/lin"] > 0 for r in recs[1:])
+
+
+def test_a_warmup_longer_than_the_run_is_said():
+    """A warm-up that does not end within the run (a short run with a config's 100-update
+    warm-up) trained at a fraction of the learning rate without a word; `warmup_note` gives the
+    line the teacher and distillation print, with the last update's rate (the schedule's own)."""
+    cfg = OptimizerConfig(learning_rate=1e-3, schedule="cosine", warmup_steps=100)
+    note = warmup_note(cfg, 20, "training.optimizer")
+    top = float(make_schedule(cfg, 20)(19))
+    assert note == (
+        "note: training.optimizer.warmup_steps (100) is not shorter than the run (20 updates): "
+        f"the learning rate rises only to {top:.3g} of its 0.001"
+    )
+    assert top == pytest.approx(1.9e-4)
+    assert warmup_note(cfg, 100, "x") is not None  # the 100th update runs at 99% of the rate
+    assert warmup_note(cfg, 101, "x") is None
+    assert warmup_note(OptimizerConfig(learning_rate=1e-3), 5, "x") is None  # no warm-up
 
 
 def test_resume_is_exact(tmp_path):
