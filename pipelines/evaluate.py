@@ -35,7 +35,13 @@ from gencast_rmmd.evaluation import scorecard as sc_lib
 from gencast_rmmd.evaluation import stores
 from gencast_rmmd.evaluation.netcdf_io import read_netcdf, write_netcdf
 from gencast_rmmd.evaluation.regions import REGIONS
-from gencast_rmmd.evaluation.statistics import STATISTICS, VL_DIM, chunk_statistics
+from gencast_rmmd.evaluation.statistics import (
+    STATISTICS,
+    VL_DIM,
+    VariableLevel,
+    chunk_statistics,
+    variable_level_label,
+)
 from gencast_rmmd.remote import check_local_out_dir, is_url, remove
 from gencast_rmmd.safety import publish_mode
 from pipelines import pipeline_options
@@ -243,6 +249,54 @@ def _iso(t) -> str:
     return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
 
 
+# A forecast's values this far from the truth's at its first (init, lead) suggest other units
+# (K and degC, geopotential and its height, m and mm of precipitation, Pa and hPa).
+SCALE_MEAN_Z = 5.0  # |mean_f - mean_t| / spatial std of the truth
+SCALE_STD_RATIO = 5.0  # spatial std of the forecast over the truth's (or its inverse)
+
+
+def scale_note(
+    label: str,
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    pairs: Sequence[VariableLevel],
+    init: np.datetime64,
+    lead: np.timedelta64,
+    paths: tuple[str, str],
+) -> str | None:
+    """The report's warning on variables whose forecast values, at one (init, lead), are far
+    from the truth's in mean (more than `SCALE_MEAN_Z` of the truth's spatial standard deviations)
+    or spread (a ratio beyond `SCALE_STD_RATIO`), with both stores' `units` attributes: most
+    likely other units, which the scores would not say. None when every variable is in range."""
+    f_chunk, t_chunk = stores.load_chunk(forecast, truth, init, lead, pairs, paths)
+    far = []
+    for var, lev in pairs:
+        f, t = f_chunk[var], t_chunk[var]
+        if lev is not None:
+            f, t = f.sel(level=lev), t.sel(level=lev)
+        f = np.asarray(f.values, np.float64)
+        t = np.asarray(t.values, np.float64)
+        f, t = f[np.isfinite(f)], t[np.isfinite(t)]
+        if not f.size or not t.size:
+            continue
+        mf, mt, sf, st = f.mean(), t.mean(), f.std(), t.std()
+        off_mean = st > 0 and abs(mf - mt) > SCALE_MEAN_Z * st
+        off_std = sf > 0 and st > 0 and not 1 / SCALE_STD_RATIO <= sf / st <= SCALE_STD_RATIO
+        if off_mean or off_std:
+            units = [str(ds[var].attrs.get("units", "?")) for ds in (forecast, truth)]
+            far.append(
+                f"{variable_level_label(var, lev)} (mean {mf:.4g}, spread {sf:.3g}, units "
+                f"{units[0]!r}; truth mean {mt:.4g}, spread {st:.3g}, units {units[1]!r})"
+            )
+    if not far:
+        return None
+    return (
+        f"WARNING (scale): {label}: at init {_iso(init)} +{lead // np.timedelta64(1, 'h')} h the "
+        "values of " + "; ".join(far) + " are far from the truth's: other units? The scores "
+        "compare the numbers as they are"
+    )
+
+
 def _same_store(a: str, b: str) -> bool:
     """Whether two store arguments name the same store: URLs as given (less a trailing '/'),
     local paths resolved (symlinks, '..', a trailing '/', `file://`)."""
@@ -324,6 +378,12 @@ def prepare(
                 "--allow-overlap to score them anyway (the report will say so)"
             )
         notes.append("WARNING (leakage): " + msg + "; scored anyway because of --allow-overlap")
+    first = (al.init_times[0], np.asarray(leads)[0])
+    for label, ds, path in (("forecast", fc, forecast_path), ("baseline", base, baseline_path)):
+        if ds is not None:
+            note = scale_note(label, ds, truth, pairs, *first, (path, truth_path))
+            if note:
+                notes.append(note)
     inits_ns = tuple(int(t) for t in al.init_times.astype("datetime64[ns]").astype(np.int64))
     leads_ns = tuple(int(t) for t in np.asarray(leads).astype("timedelta64[ns]").astype(np.int64))
     specs = [

@@ -149,6 +149,49 @@ def test_members_nan_where_the_truth_has_a_value_are_reported(stores, tmp_path, 
     assert "WARNING" not in capsys.readouterr().err
 
 
+def test_a_forecast_in_other_units_is_flagged(stores, tmp_path, capsys):
+    """A forecast in other units than the truth (degC against K, geopotential height against
+    geopotential) was scored as it was, its CRPS in the hundreds, without a word. A variable
+    whose values at the first (init, lead) are far from the truth's in mean or spread is now
+    named in a warning (notes, stderr) with both stores' units; the baseline, in range, is not."""
+    fc, tr = synthetic_pair(n_init=4, n_lead=2, members=5, n_lat=8, n_lon=16, seed=1)
+    fc["2m_temperature"] = (fc["2m_temperature"] - 273.15).assign_attrs(units="degC")
+    fc["temperature"] = fc["temperature"] * 100  # a spread 100 times the truth's
+    paths = {k: str(tmp_path / f"{k}.zarr") for k in ("f", "t")}
+    fc.chunk({"time": 1, "prediction_timedelta": 1}).to_zarr(paths["f"], zarr_format=2)
+    tr.chunk({"time": 1}).to_zarr(paths["t"], zarr_format=2)
+    capsys.readouterr()
+    res = evaluate(paths["f"], paths["t"], str(tmp_path / "ev"), baseline_path=stores["b"],
+                   engine="memory", plots=False)  # fmt: skip
+    (note,) = [n for n in res.notes if n.startswith("WARNING (scale)")]
+    assert note.startswith("WARNING (scale): forecast: at init 2020-01-01T00:00:00 +12 h")
+    assert "2m_temperature (mean " in note and "units 'degC'; truth mean 2" in note
+    assert "temperature/500 (mean " in note and "temperature/850 (mean " in note
+    assert note in capsys.readouterr().err
+    assert not [n for n in res.notes if n.startswith("WARNING (scale): baseline")]
+
+
+@pytest.mark.parametrize("shift, scale, flagged", [(4.0, 1.0, False), (6.0, 1.0, True),
+                                                   (0.0, 4.0, False), (0.0, 6.0, True),
+                                                   (0.0, 0.1, True)])  # fmt: skip
+def test_scale_note_thresholds(shift, scale, flagged):
+    """Flagged: a mean more than 5 truth standard deviations (spatial, at the first init and
+    lead) from the truth's, or a spread more than 5 times larger or smaller."""
+    from gencast_rmmd.evaluation.stores import canonical_grid
+    from pipelines.evaluate import scale_note
+
+    fc, tr = synthetic_pair(n_init=1, n_lead=1, members=3, n_lat=8, n_lon=16, seed=2)
+    tr = canonical_grid(tr)
+    init, lead = fc["time"].values[0], fc["prediction_timedelta"].values[0]
+    t = tr["2m_temperature"].sel(time=init + lead)
+    fc["2m_temperature"] = (
+        float(t.mean()) + scale * (t - float(t.mean())) + shift * float(t.std())
+    ).expand_dims(time=[init], prediction_timedelta=[lead], realization=range(3))
+    pairs = [("2m_temperature", None)]
+    note = scale_note("forecast", fc, tr, pairs, init, lead, ("f", "t"))
+    assert (note is not None) == flagged
+
+
 def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monkeypatch):
     """On Dataflow the workers share no disk with the launcher: the Beam evaluation's statistics
     go through a URL (`--work-dir`, else the pipeline's `--temp_location`; memory:// here), give
