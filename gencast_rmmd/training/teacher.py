@@ -526,10 +526,12 @@ def _check_export_target(out: str | os.PathLike) -> None:
 def describe_checkpoint(path: str | os.PathLike) -> str:
     """Human-readable summary of a GenCast `.npz` (official or ours): description, license, task,
     architecture, sampler (with network evaluations per step) and parameter count."""
+    from gencast_rmmd.forecast.model import checkpoint_sampler
     from gencast_rmmd.model.checkpoint import load_checkpoint
     from gencast_rmmd.model.dpm_solver import num_evaluations
 
     ck = load_checkpoint(path, attention_type=None)
+    _, used, nfe, is_student = checkpoint_sampler(ck)
     arch = ck.denoiser_architecture_config
     st = arch.sparse_transformer_config
     task = ck.task_config
@@ -554,11 +556,30 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
         f"  transformer: {st.num_layers} layers, d_model {st.d_model}, {st.num_heads} heads, "
         f"k-hop {st.attention_k_hop}, ffw {st.ffw_hidden}, attention {st.attention_type} "
         f"(mask {st.mask_type})",
-        "sampler:",
-        f"  DPM-Solver++ 2S: {s.num_noise_levels} noise levels {s.max_noise_level:g} -> "
+        "sampler (what `forecast` runs):",
+    ]
+    teacher_sampler = (
+        f"DPM-Solver++ 2S: {s.num_noise_levels} noise levels {s.max_noise_level:g} -> "
         f"{s.min_noise_level:g} (rho {s.rho:g}), churn {s.stochastic_churn_rate:g} for sigma in "
         f"[{s.churn_min_noise_level:g}, {s.churn_max_noise_level:g}], S_noise "
-        f"{s.noise_level_inflation_factor:g}; {num_evaluations(s)} network evaluations per step",
+        f"{s.noise_level_inflation_factor:g}; {num_evaluations(s)} network evaluations per step"
+    )
+    if is_student:
+        grid = (
+            f"cosine grid (shift {used.cosine_shift:g}, log-SNR {used.cosine_logsnr_min:g} .. "
+            f"{used.cosine_logsnr_max:g})"
+            if used.grid == "cosine"
+            else f"{used.grid} grid (rho {used.rho:g})"
+        )
+        lines += [
+            f"  student, {used.num_steps} steps: noise levels {used.max_noise_level:g} -> "
+            f"{used.min_noise_level:g} on the {grid}, eta {used.eta:g}; {nfe} network "
+            "evaluations per step",
+            f"  (the teacher's, kept in the file and not used: {teacher_sampler})",
+        ]
+    else:
+        lines.append(f"  {teacher_sampler}")
+    lines += [
         f"training noise: rho {ck.noise_config.training_noise_level_rho:g} on "
         f"[{ck.noise_config.training_min_noise_level:g}, "
         f"{ck.noise_config.training_max_noise_level:g}]",
@@ -567,7 +588,11 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
     prov = ck.extra.get("provenance") if isinstance(ck.extra, dict) else None
     if prov:
         lines.append("provenance:")
-        lines += [f"  {k}: {v}" for k, v in sorted(prov.items())]
-    if isinstance(ck.extra, dict) and ck.extra.get("student_sampler_config"):
-        lines.append(f"student sampler: {ck.extra['student_sampler_config']}")
+        for k, v in sorted(prov.items()):
+            text = str(v).rstrip("\n")
+            if "\n" in text:  # e.g. the distillation's config (YAML): a block below its key
+                lines.append(f"  {k}:")
+                lines += [f"    {line}" for line in text.splitlines()]
+            else:
+                lines.append(f"  {k}: {text}")
     return "\n".join(lines)

@@ -414,6 +414,22 @@ def test_export_round_trip_and_info(straight_run, tmp_path):
     assert f"{summary['num_params']:,} in {summary['num_tensors']} tensors" in text
     assert "test-license" in text and "7 network evaluations" in text
     assert "mesh refinement 1 (42 nodes)" in text
+    # A student's file: the sampler `forecast` runs is the student's (it said the teacher's
+    # DPM-Solver++ 2S and its 7 evaluations, with the student's as a raw dict at the end).
+    import dataclasses
+
+    from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
+    from gencast_rmmd.model import checkpoint as ckpt_lib
+
+    ck = ckpt_lib.load_checkpoint(exported)
+    k4 = StudentSamplerConfig(num_steps=4, rho=100.0, eta=0.5)
+    extra = {**ck.extra, "student_sampler_config": ckpt_lib.config_to_tree(k4)}
+    ckpt_lib.save_checkpoint(tmp_path / "k4.npz", dataclasses.replace(ck, extra=extra))
+    text = teacher.describe_checkpoint(tmp_path / "k4.npz")
+    sampler = text.split("sampler (what `forecast` runs):\n")[1].splitlines()
+    assert sampler[0].startswith("  student, 4 steps: noise levels 80 -> 0.03 on the edm grid")
+    assert sampler[0].endswith("eta 0.5; 4 network evaluations per step")
+    assert sampler[1].startswith("  (the teacher's, kept in the file and not used: DPM-Solver")
 
 
 def test_cli_info_export_and_errors(data, straight_run, tmp_path, capsys):
