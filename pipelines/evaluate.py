@@ -263,21 +263,24 @@ def scale_note(
     init: np.datetime64,
     lead: np.timedelta64,
     paths: tuple[str, str],
+    ensemble_dim: str,
 ) -> str | None:
     """The report's warning on variables whose forecast values, at one (init, lead), are far
     from the truth's in mean (more than `SCALE_MEAN_Z` of the truth's spatial standard deviations)
     or spread (a ratio beyond `SCALE_STD_RATIO`), with both stores' `units` attributes: most
-    likely other units, which the scores would not say. None when every variable is in range."""
+    likely other units, which the scores would not say. Points where the truth or a member is
+    not finite are left out, as from the scores. None when every variable is in range."""
     f_chunk, t_chunk = stores.load_chunk(forecast, truth, init, lead, pairs, paths)
     far = []
     for var, lev in pairs:
         f, t = f_chunk[var], t_chunk[var]
         if lev is not None:
             f, t = f.sel(level=lev), t.sel(level=lev)
-        f = np.asarray(f.values, np.float64)
-        t = np.asarray(t.values, np.float64)
-        f, t = f[np.isfinite(f)], t[np.isfinite(t)]
-        if not f.size or not t.size:
+        f = np.asarray(f.transpose(ensemble_dim, "latitude", "longitude").values, np.float64)
+        t = np.asarray(t.transpose("latitude", "longitude").values, np.float64)
+        both = np.isfinite(t) & np.isfinite(f).all(axis=0)  # e.g. SST: the sea only
+        f, t = f[:, both], t[both]
+        if not t.size:
             continue
         mf, mt, sf, st = f.mean(), t.mean(), f.std(), t.std()
         off_mean = st > 0 and abs(mf - mt) > SCALE_MEAN_Z * st
@@ -379,9 +382,12 @@ def prepare(
             )
         notes.append("WARNING (leakage): " + msg + "; scored anyway because of --allow-overlap")
     first = (al.init_times[0], np.asarray(leads)[0])
-    for label, ds, path in (("forecast", fc, forecast_path), ("baseline", base, baseline_path)):
+    for label, ds, path, dim in (
+        ("forecast", fc, forecast_path, ens_dim),
+        ("baseline", base, baseline_path, base_dim),
+    ):
         if ds is not None:
-            note = scale_note(label, ds, truth, pairs, *first, (path, truth_path))
+            note = scale_note(label, ds, truth, pairs, *first, (path, truth_path), dim)
             if note:
                 notes.append(note)
     inits_ns = tuple(int(t) for t in al.init_times.astype("datetime64[ns]").astype(np.int64))

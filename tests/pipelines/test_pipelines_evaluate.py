@@ -181,14 +181,21 @@ def test_scale_note_thresholds(shift, scale, flagged):
     from pipelines.evaluate import scale_note
 
     fc, tr = synthetic_pair(n_init=1, n_lead=1, members=3, n_lat=8, n_lon=16, seed=2)
-    tr = canonical_grid(tr)
+    tr = canonical_grid(tr).copy(deep=True)
     init, lead = fc["time"].values[0], fc["prediction_timedelta"].values[0]
     t = tr["2m_temperature"].sel(time=init + lead)
     fc["2m_temperature"] = (
-        float(t.mean()) + scale * (t - float(t.mean())) + shift * float(t.std())
-    ).expand_dims(time=[init], prediction_timedelta=[lead], realization=range(3))
+        (float(t.mean()) + scale * (t - float(t.mean())) + shift * float(t.std()))
+        .expand_dims(time=[init], prediction_timedelta=[lead], realization=range(3))
+        .copy()
+    )
     pairs = [("2m_temperature", None)]
-    note = scale_note("forecast", fc, tr, pairs, init, lead, ("f", "t"))
+    note = scale_note("forecast", fc, tr, pairs, init, lead, ("f", "t"), "realization")
+    assert (note is not None) == flagged
+    # Points without a truth value (SST over land) are left out: a fill value there is no sign.
+    tr["2m_temperature"].loc[dict(time=init + lead, latitude=slice(-90, 0))] = np.nan
+    fc["2m_temperature"].loc[dict(latitude=slice(-90, 0))] = 1e6
+    note = scale_note("forecast", fc, tr, pairs, init, lead, ("f", "t"), "realization")
     assert (note is not None) == flagged
 
 
