@@ -83,8 +83,35 @@ def _stdout_gone() -> bool:
         return False
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--opt -24h` as `--opt=-24h`: argparse takes a value that starts with '-' and is not a
+    plain number for an option, and reported `--lead-time -24h` as 'expected one argument'
+    instead of the command's own check of the value. No option of ours starts with '-' and a
+    digit. Beam's options after `--` are left as they are."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return out + argv[i:]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if (
+            a.startswith("--")
+            and "=" not in a
+            and len(nxt) > 1
+            and nxt[0] == "-"
+            and nxt[1].isdigit()
+        ):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
     _configure_logging(debug)
     try:

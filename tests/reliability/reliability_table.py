@@ -288,6 +288,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the model step",
     ),
     BadInput(
+        "forecast-negative-lead",
+        "CLI argument",
+        "forecast",
+        "`--lead-time -24h` (a value that starts with '-')",
+        r"--lead-time must be a positive multiple of the model step \(12 h\), found '-24h'",
+        "refuses with the command's own check (argparse took `-24h` for an option: 'expected one "
+        "argument')",
+    ),
+    BadInput(
         "forecast-init-outside-data",
         "CLI argument",
         "forecast",

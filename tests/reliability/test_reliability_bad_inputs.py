@@ -495,6 +495,10 @@ def s_forecast_lead_not_multiple(tmp, p):
     return _forecast(tmp, p, "--members", "2", "--lead-time", "18h", "--out", tmp / "f.zarr")
 
 
+def s_forecast_negative_lead(tmp, p):
+    return _forecast(tmp, p, "--members", "2", "--lead-time", "-24h", "--out", tmp / "f.zarr")
+
+
 def s_forecast_init_outside_data(tmp, p):
     return _forecast_one(tmp, p, init="2031-01-01T00")
 
@@ -874,6 +878,7 @@ SETUPS = {
     "forecast-persistence-bad-noise": s_forecast_persistence_bad_noise,
     "forecast-data-config-with-checkpoint": s_forecast_data_config_with_checkpoint,
     "forecast-lead-not-multiple": s_forecast_lead_not_multiple,
+    "forecast-negative-lead": s_forecast_negative_lead,
     "forecast-init-outside-data": s_forecast_init_outside_data,
     "forecast-bad-init-time": s_forecast_bad_init_time,
     "forecast-stats-missing": s_forecast_stats_missing,
