@@ -199,6 +199,45 @@ def test_scale_note_thresholds(shift, scale, flagged):
     assert (note is not None) == flagged
 
 
+@pytest.mark.parametrize("engine", ["memory", "beam"])
+def test_a_crashed_evaluation_resumes_from_its_scored_items(stores, tmp_path, monkeypatch, capsys,
+                                                            engine):  # fmt: skip
+    """A crash (kill, power loss) lost every work item scored so far. Each item's statistics
+    are now kept beside --out until the outputs are written: the re-run scores only the rest,
+    says so, gives the scorecard of an uninterrupted run, and removes the kept items."""
+    from pipelines import evaluate as eval_pipe
+
+    kw = dict(baseline_path=stores["b"], engine=engine, plots=False)
+    ref = evaluate(stores["f"], stores["t"], str(tmp_path / "ref"), **kw)
+    real, calls = eval_pipe.chunk_statistics, []
+
+    def crashing(*a, **k):  # one call per (model, init, lead): 2 x 4 x 3
+        calls.append(1)
+        if len(calls) > 7:
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(eval_pipe, "chunk_statistics", crashing)
+    with pytest.raises(Exception, match="simulated crash"):
+        evaluate(stores["f"], stores["t"], str(tmp_path / "ev"), **kw)
+    kept = [n for n in os.listdir(tmp_path) if ".ev.eval-items-" in n]
+    assert len(kept) == 1 and not (tmp_path / "ev").exists()
+    done = sum(len(files) for _, _, files in os.walk(tmp_path / kept[0]))
+    assert 1 <= done <= 7  # (Beam may run items in any order; those before the crash are kept)
+    calls.clear()
+    monkeypatch.setattr(
+        eval_pipe, "chunk_statistics", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    capsys.readouterr()
+    res = evaluate(stores["f"], stores["t"], str(tmp_path / "ev"), **kw)
+    assert len(calls) == 24 - done
+    assert "work items already scored" in capsys.readouterr().err
+    xr.testing.assert_allclose(res.scorecard, ref.scorecard, rtol=1e-12, atol=1e-12)
+    xr.testing.assert_allclose(res.rank_histograms, ref.rank_histograms, rtol=1e-12, atol=1e-12)
+    assert res.summary == ref.summary
+    assert not [n for n in os.listdir(tmp_path) if ".eval-items-" in n]
+
+
 def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monkeypatch):
     """On Dataflow the workers share no disk with the launcher: the Beam evaluation's statistics
     go through a URL (`--work-dir`, else the pipeline's `--temp_location`; memory:// here), give

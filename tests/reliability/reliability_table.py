@@ -877,7 +877,8 @@ FAULTS: tuple[Fault, ...] = (
         "SIGKILL at a random moment after the work started",
         2,
         "no output directory appears (results are built in a temporary directory and renamed); "
-        "the re-run's scorecard equals a clean run's",
+        "the re-run scores only the work items not kept from the killed runs, its scorecard "
+        "equals a clean run's, and the kept items are removed",
     ),
     Fault(
         "prepare-kill9",

@@ -364,8 +364,9 @@ def test_forecast_kill9_rerun(tmp_path, workspace, env):
 
 @pytest.mark.slow
 def test_evaluate_kill9_rerun(tmp_path, env):
-    """Killed mid-run: no output directory at all (temp dir + rename); the re-run equals a clean
-    run, and leaves no temporary directory behind."""
+    """Killed mid-run: no output directory at all (temp dir + rename); the re-run (which resumes
+    from the work items the killed runs kept) equals a clean run, and leaves no temporary
+    directory or kept items behind."""
     import json
     import os
 
@@ -403,6 +404,7 @@ def test_evaluate_kill9_rerun(tmp_path, env):
     assert tmp_dirs(), "the kills left no temporary directory: the test did not kill mid-run"
     run_to_completion(cmd(out), env)
     assert not tmp_dirs(), f"temporary directories of killed runs left behind: {tmp_dirs()}"
+    assert not [n for n in os.listdir(tmp_path) if ".eval-items-" in n], "kept items left behind"
     a, b = xr.open_dataset(out / "scorecard.nc"), xr.open_dataset(ref / "scorecard.nc")
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     ja, jb = (json.loads((d / "evaluation.json").read_text()) for d in (out, ref))
