@@ -570,11 +570,25 @@ def missing_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None
 ITEM_CACHE_VERSION = 1  # raise when the per-item statistics change (their variables, meaning)
 
 
+def _local_fingerprint(path: str | None) -> list[int] | None:
+    """For a local store without a store id (made by another tool): the modification time and
+    size of its metadata file (or of the file itself, a NetCDF truth), which a store re-made at
+    the same path changes. None for a URL or a missing path."""
+    if not path or is_url(path):
+        return None
+    for name in (".zmetadata", "zarr.json", ""):
+        p = os.path.join(path, name) if name else path
+        if os.path.isfile(p):
+            st = os.stat(p)
+            return [st.st_mtime_ns, st.st_size]
+    return None
+
+
 def item_cache(parent: str, out_dir: str, specs: Sequence[ModelSpec], meta: dict) -> str:
     """The directory that keeps an evaluation's per-item statistics until it is written, beside
     `out_dir` (`.<name>.eval-items-<digest>`): the digest covers the models' specs (stores, truth,
-    variables, init and lead times, seed, chunking), the stores' ids where they have one, and
-    `ITEM_CACHE_VERSION`, so a re-run with the same settings resumes and any other starts
+    variables, init and lead times, seed, chunking), the stores' ids where they have one (else,
+    on local disk, their metadata file's time and size), and `ITEM_CACHE_VERSION`, so a re-run with the same settings resumes and any other starts
     afresh. Directories of other settings for the same `out_dir` are removed (they cannot be
     resumed)."""
 
@@ -587,7 +601,10 @@ def item_cache(parent: str, out_dir: str, specs: Sequence[ModelSpec], meta: dict
             {**dataclasses.asdict(s), "path": where(s.path), "truth_path": where(s.truth_path)}
             for s in specs
         ],
-        "stores": [meta.get(f"{k}_store_id") for k in ("forecast", "baseline", "truth")],
+        "stores": [
+            meta.get(f"{k}_store_id") or _local_fingerprint(meta.get(k))
+            for k in ("forecast", "baseline", "truth")
+        ],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     prefix = f".{os.path.basename(out_dir)}.eval-items-"

@@ -238,6 +238,41 @@ def test_a_crashed_evaluation_resumes_from_its_scored_items(stores, tmp_path, mo
     assert not [n for n in os.listdir(tmp_path) if ".eval-items-" in n]
 
 
+def test_kept_items_of_a_store_remade_since_are_not_reused(tmp_path, monkeypatch):
+    """A forecast store without a store id, re-made at the same path after a crash: the kept
+    items were scored on the old one, so the re-run scores everything afresh."""
+    import shutil
+
+    from pipelines import evaluate as eval_pipe
+
+    f, t = str(tmp_path / "f.zarr"), str(tmp_path / "t.zarr")
+    kw = dict(n_init=4, n_lead=3, members=3, n_lat=8, n_lon=16)
+    write_synthetic_pair(f, t, seed=1, **kw)
+    real, calls = eval_pipe.chunk_statistics, []
+
+    def crashing(*a, **k):
+        calls.append(1)
+        if len(calls) > 5:
+            raise RuntimeError("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(eval_pipe, "chunk_statistics", crashing)
+    with pytest.raises(RuntimeError):
+        evaluate(f, t, str(tmp_path / "ev"), engine="memory", plots=False)
+    shutil.rmtree(f)
+    new, _ = synthetic_pair(seed=2, **kw)  # another forecast (against the seed-1 truth)
+    new.chunk({"time": 1, "prediction_timedelta": 1}).to_zarr(f, zarr_format=2)
+    calls.clear()
+    monkeypatch.setattr(
+        eval_pipe, "chunk_statistics", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    res = evaluate(f, t, str(tmp_path / "ev"), engine="memory", plots=False)
+    assert len(calls) == 12
+    monkeypatch.setattr(eval_pipe, "chunk_statistics", real)
+    ref = evaluate(f, t, str(tmp_path / "ref"), engine="memory", plots=False)
+    xr.testing.assert_identical(res.scorecard.drop_attrs(), ref.scorecard.drop_attrs())
+
+
 def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monkeypatch):
     """On Dataflow the workers share no disk with the launcher: the Beam evaluation's statistics
     go through a URL (`--work-dir`, else the pipeline's `--temp_location`; memory:// here), give
