@@ -588,9 +588,9 @@ def item_cache(parent: str, out_dir: str, specs: Sequence[ModelSpec], meta: dict
     """The directory that keeps an evaluation's per-item statistics until it is written, beside
     `out_dir` (`.<name>.eval-items-<digest>`): the digest covers the models' specs (stores, truth,
     variables, init and lead times, seed, chunking), the stores' ids where they have one (else,
-    on local disk, their metadata file's time and size), and `ITEM_CACHE_VERSION`, so a re-run with the same settings resumes and any other starts
-    afresh. Directories of other settings for the same `out_dir` are removed (they cannot be
-    resumed)."""
+    on local disk, their metadata file's time and size), and `ITEM_CACHE_VERSION`, so a re-run
+    with the same settings resumes and any other starts afresh. Directories of other settings
+    for the same `out_dir` are removed (they cannot be resumed)."""
 
     def where(p: str) -> str:
         return p if is_url(p) else os.path.abspath(p)
@@ -779,7 +779,7 @@ def evaluate(
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
     files = {k: os.path.join(out_dir, os.path.basename(v)) for k, v in files.items()}
-    for note in meta["notes"]:  # the report's warnings (leakage, missing values), also on stderr
+    for note in meta["notes"]:  # the report's warnings (leakage, missing values, scale): stderr too
         if note.startswith("WARNING"):
             print(note, file=sys.stderr, flush=True)
     return EvaluationResult(out_dir, card, hist, summ, files, list(meta["notes"]))
