@@ -3,7 +3,11 @@ runner default)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
 
 # The runner a pipeline gets when its Beam arguments name none: Beam's in-process portable runner.
 # Not "DirectRunner": since Beam 2.6x that first tries the Prism runner, downloading its binary
@@ -68,3 +72,21 @@ def cli_beam_args(raw: Sequence[str]) -> list[str]:
     beam_args = [a for a in raw if a != "--"]
     pipeline_options(beam_args)
     return beam_args
+
+
+def resume_dir(out_dir: str, kind: str, key: Mapping) -> str:
+    """A local directory beside `out_dir` (`.<name>.<kind>-<digest of key>`) where a long
+    pipeline keeps its finished work items until its outputs are in place, so that a re-run after
+    a crash does only the rest. `key` holds everything the items depend on (inputs, their ids,
+    settings, a format version): other settings get another directory. Directories of `kind`
+    with other keys for the same `out_dir` are removed, as they cannot be resumed. The caller
+    removes the directory once its outputs are written."""
+    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    prefix = f".{name}.{kind}-"
+    if os.path.isdir(parent):
+        for other in os.listdir(parent):
+            if other.startswith(prefix) and other != prefix + digest[:16]:
+                shutil.rmtree(os.path.join(parent, other), ignore_errors=True)
+    return os.path.join(parent, prefix + digest[:16])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -45,7 +44,7 @@ from gencast_rmmd.evaluation.statistics import (
 )
 from gencast_rmmd.remote import check_local_out_dir, is_url, remove
 from gencast_rmmd.safety import publish_mode
-from pipelines import pipeline_options
+from pipelines import pipeline_options, resume_dir
 
 MARKER = "evaluation.json"
 
@@ -570,27 +569,13 @@ def missing_note(label: str, per_init: xr.Dataset, shown: int = 3) -> str | None
 ITEM_CACHE_VERSION = 1  # raise when the per-item statistics change (their variables, meaning)
 
 
-def _local_fingerprint(path: str | None) -> list[int] | None:
-    """For a local store without a store id (made by another tool): the modification time and
-    size of its metadata file (or of the file itself, a NetCDF truth), which a store re-made at
-    the same path changes. None for a URL or a missing path."""
-    if not path or is_url(path):
-        return None
-    for name in (".zmetadata", "zarr.json", ""):
-        p = os.path.join(path, name) if name else path
-        if os.path.isfile(p):
-            st = os.stat(p)
-            return [st.st_mtime_ns, st.st_size]
-    return None
-
-
-def item_cache(parent: str, out_dir: str, specs: Sequence[ModelSpec], meta: dict) -> str:
+def item_cache(out_dir: str, specs: Sequence[ModelSpec]) -> str:
     """The directory that keeps an evaluation's per-item statistics until it is written, beside
-    `out_dir` (`.<name>.eval-items-<digest>`): the digest covers the models' specs (stores, truth,
-    variables, init and lead times, seed, chunking), the stores' ids where they have one (else,
-    on local disk, their metadata file's time and size), and `ITEM_CACHE_VERSION`, so a re-run
-    with the same settings resumes and any other starts afresh. Directories of other settings
-    for the same `out_dir` are removed (they cannot be resumed)."""
+    `out_dir` (`pipelines.resume_dir`, kind `eval-items`): its key covers the models' specs
+    (stores, truth, variables, init and lead times, seed, chunking), each store's
+    `store_fingerprint` and `ITEM_CACHE_VERSION`, so a re-run with the same settings resumes
+    and any other starts afresh."""
+    from gencast_rmmd.data.era5 import store_fingerprint
 
     def where(p: str) -> str:
         return p if is_url(p) else os.path.abspath(p)
@@ -601,17 +586,9 @@ def item_cache(parent: str, out_dir: str, specs: Sequence[ModelSpec], meta: dict
             {**dataclasses.asdict(s), "path": where(s.path), "truth_path": where(s.truth_path)}
             for s in specs
         ],
-        "stores": [
-            meta.get(f"{k}_store_id") or _local_fingerprint(meta.get(k))
-            for k in ("forecast", "baseline", "truth")
-        ],
+        "stores": {p: store_fingerprint(p) for s in specs for p in (s.path, s.truth_path)},
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    prefix = f".{os.path.basename(out_dir)}.eval-items-"
-    for name in os.listdir(parent):
-        if name.startswith(prefix) and name != prefix + digest:
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    return os.path.join(parent, prefix + digest)
+    return resume_dir(out_dir, "eval-items", key)
 
 
 def _nc_attrs(meta: dict) -> dict:
@@ -706,7 +683,7 @@ def evaluate(
     shared = beam_work_dir(beam_args, work_dir) if engine == "beam" else None
     cache = None
     if shared is None:  # workers on this machine (Dataflow retries its own failed work items)
-        cache = item_cache(parent, out_dir, specs, meta)
+        cache = item_cache(out_dir, specs)
         specs = [dataclasses.replace(s, cache_dir=cache) for s in specs]
         for s in specs:
             done = sum(os.path.exists(_item_path(s, it)) for it in s.items())

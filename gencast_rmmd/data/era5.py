@@ -139,6 +139,24 @@ def store_id(path: str | os.PathLike) -> str | None:
     return None if found is None else str(found)
 
 
+def store_fingerprint(path: str | os.PathLike | None) -> str | list[int] | None:
+    """What tells a store from one re-made at the same path: its `store_id`; for a local store
+    or file without one (made by another tool), the modification time and size of its metadata
+    file (`.zmetadata`, `zarr.json`) or of the file itself (NetCDF). None for a URL without a
+    store id (taken as unchanged) or a missing path."""
+    if not path:
+        return None
+    found = store_id(path)
+    if found is not None or is_url(os.fspath(path)):
+        return found
+    for name in (".zmetadata", "zarr.json", ""):
+        p = os.path.join(path, name) if name else os.fspath(path)
+        if os.path.isfile(p):
+            st = os.stat(p)
+            return [st.st_mtime_ns, st.st_size]
+    return None
+
+
 def open_zarr_quiet(path: Any, **kwargs: Any) -> xr.Dataset:
     """`xr.open_zarr(path, **kwargs)` without xarray's warning about missing consolidated
     metadata: stores without it are fine (Zarr v3 has none by spec, and ours are written so)."""
