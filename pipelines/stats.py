@@ -13,12 +13,19 @@ The partial moments are merged in block order whatever order a runner delivers t
 files are the same bytes on every run and runner (runs downstream key on their SHA-256).
 Beam's in-process runner by default (`pipelines.pipeline_options`); other runners through standard
 Beam pipeline options.
+
+Resumable on this machine: each block's moments are kept beside the output directory
+(`pipelines.resume_dir`, `.NAME.stats-blocks-DIGEST/`, one exact .npz per block) until the files
+are written, so a re-run after a crash reads only the blocks not yet reduced and writes the same
+bytes. Not for an output by URL or a runner elsewhere (Dataflow retries its own failed work).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,8 +92,28 @@ def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
     return load_or_data_error(ds, path, where=where, threads=threads)
 
 
+def _kept(keep: str | None, name: str, compute):
+    """`compute()` (a block's `Moments`, or None), read from `keep/name` when an earlier run
+    kept it there, else computed and kept (`keep` None: not kept)."""
+    path = None if keep is None else os.path.join(keep, name)
+    if path is not None and os.path.exists(path):
+        try:
+            return st.load_moments(path)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: compute it again
+    m = compute()
+    if path is not None:
+        st.save_moments(m, path)
+    return m
+
+
 def _diff_moments(
-    window: tuple[int, int], path: str, names: list[str], block: int, step_hours: int
+    window: tuple[int, int],
+    path: str,
+    names: list[str],
+    block: int,
+    step_hours: int,
+    keep: str | None = None,
 ):
     import apache_beam as beam
 
@@ -94,20 +121,55 @@ def _diff_moments(
     # with the earlier times they need from `lo` on (not only the previous one: 6-hourly data,
     # gaps; `stats.difference_windows`).
     start, lo = window
-    pair = _read_block(path, names, lo, start + block)
-    d = st.time_differences(pair, step_hours, block_start=start - lo)
-    beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
-    if not d.sizes.get("time", 0):
-        return None
-    return start, st.chunk_moments(d)
+
+    def compute():
+        pair = _read_block(path, names, lo, start + block)
+        d = st.time_differences(pair, step_hours, block_start=start - lo)
+        beam.metrics.Metrics.counter("stats", "diff_pairs").inc(int(d.sizes.get("time", 0)))
+        return st.chunk_moments(d) if d.sizes.get("time", 0) else None
+
+    m = _kept(keep, f"diffs_{start}.npz", compute)
+    return None if m is None else (start, m)
 
 
-def _values_moments(start: int, path: str, names: list[str], block: int):
+def _values_moments(start: int, path: str, names: list[str], block: int, keep: str | None = None):
     import apache_beam as beam
 
-    chunk = _read_block(path, names, start, start + block)
-    beam.metrics.Metrics.counter("stats", "time_steps_read").inc(int(chunk.sizes["time"]))
-    return start, st.chunk_moments(chunk)
+    def compute():
+        chunk = _read_block(path, names, start, start + block)
+        beam.metrics.Metrics.counter("stats", "time_steps_read").inc(int(chunk.sizes["time"]))
+        return st.chunk_moments(chunk)
+
+    return start, _kept(keep, f"values_{start}.npz", compute)
+
+
+# Runners whose workers run on this machine and share its disk (the kept blocks of a resumable
+# run are local files). `pipelines.LOCAL_RUNNER` is the default.
+_LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                  "PrismRunner")  # fmt: skip
+BLOCKS_VERSION = 1  # raise when the kept per-block moments change meaning
+
+
+def _keep_dir(data: str, out_dir: str, timed: list[str], block: int, step_hours: int, beam_args):
+    """Where the blocks' moments are kept until the files are written (`pipelines.resume_dir`),
+    or None: an output by URL or a runner elsewhere (Dataflow retries its own failed work)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from gencast_rmmd.data.era5 import store_fingerprint
+    from pipelines import resume_dir
+
+    runner = pipeline_options(beam_args).view_as(StandardOptions).runner
+    if is_url(out_dir) or str(runner).split(".")[-1] not in _LOCAL_RUNNERS:
+        return None
+    key = {
+        "version": BLOCKS_VERSION,
+        "data": data if is_url(data) else os.path.abspath(data),
+        "store": store_fingerprint(data),
+        "variables": timed,
+        "block": block,
+        "step_hours": step_hours,
+    }
+    return resume_dir(out_dir, "stats-blocks", key)
 
 
 def compute_stats_beam(
@@ -135,17 +197,30 @@ def compute_stats_beam(
     windows = st.difference_windows(ds["time"].values, block, step_hours)
     # The combined moments meet in one final step that writes the files (`_write`).
     out_dir = os.fspath(out_dir)
+    keep = _keep_dir(data, out_dir, timed, block, step_hours, beam_args)
+    done = (
+        0
+        if keep is None or not os.path.isdir(keep)
+        else sum(n.endswith(".npz") and not n.startswith(".") for n in os.listdir(keep))
+    )  # (a killed write leaves a hidden temporary file, not an .npz)
+    if done:
+        print(
+            f"data stats: resuming, {done} of {len(range(0, n, block)) + len(windows)} blocks "
+            f"already reduced ({keep})",
+            file=sys.stderr,
+            flush=True,
+        )
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         values = (
             p
             | "blocks" >> beam.Create(list(range(0, n, block)))
-            | "moments" >> beam.Map(_values_moments, data, timed, block)
+            | "moments" >> beam.Map(_values_moments, data, timed, block, keep)
             | "combine values" >> beam.CombineGlobally(_MomentsCombine())
         )
         diffs = (
             p
             | "diff blocks" >> beam.Create(windows)
-            | "diff moments" >> beam.Map(_diff_moments, data, timed, block, step_hours)
+            | "diff moments" >> beam.Map(_diff_moments, data, timed, block, step_hours, keep)
             | "drop empty" >> beam.Filter(lambda m: m is not None)
             | "combine diffs" >> beam.CombineGlobally(_MomentsCombine())
         )
@@ -163,7 +238,10 @@ def compute_stats_beam(
                 diffs=beam.pvalue.AsSingleton(diffs),
             )
         )
-    return st.load_stats(out_dir)
+    stats = st.load_stats(out_dir)
+    if keep is not None:
+        shutil.rmtree(keep, ignore_errors=True)
+    return stats
 
 
 def _write(_, data, statics, out_dir, step_hours, values, diffs):

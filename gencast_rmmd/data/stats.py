@@ -23,6 +23,7 @@ under Apache Beam; `compute_stats` runs them in-process.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -111,6 +112,40 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
         out.m2[name] = a.m2[name] + b.m2[name] + delta**2 * na * frac
         out.minimum[name] = np.minimum(a.minimum[name], b.minimum[name])
         out.levels[name] = a.levels[name]
+    return out
+
+
+_MOMENT_FIELDS = ("count", "mean", "m2", "minimum")
+
+
+def save_moments(m: Moments | None, path: str) -> None:
+    """`m` (None too: a block without difference pairs) as an .npz at local `path`, exact and
+    without pickles, written whole or not at all: a block's work kept for a resumed pipeline."""
+    from gencast_rmmd.remote import written
+
+    names = sorted(m.count) if m is not None else []
+    arrays = {}
+    for i, name in enumerate(names):
+        for f in _MOMENT_FIELDS:
+            arrays[f"{f}{i}"] = np.asarray(getattr(m, f)[name])
+        if m.levels[name] is not None:
+            arrays[f"levels{i}"] = np.asarray(m.levels[name])
+    meta = {"none": m is None, "names": names, "timed": sorted(m.timed) if m is not None else []}
+    with written(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+
+
+def load_moments(path: str) -> Moments | None:
+    """The `Moments` (or None) that `save_moments` wrote."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+        if meta["none"]:
+            return None
+        out = Moments({}, {}, {}, {}, {}, frozenset(meta["timed"]))
+        for i, name in enumerate(meta["names"]):
+            for f in _MOMENT_FIELDS:
+                getattr(out, f)[name] = z[f"{f}{i}"]
+            out.levels[name] = z[f"levels{i}"] if f"levels{i}" in z else None
     return out
 
 

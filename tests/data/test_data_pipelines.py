@@ -185,6 +185,39 @@ def test_stats_pipeline_matches_in_process(small_store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted(st.STATS_FILES.values())
 
 
+def test_stats_pipeline_resumes_from_its_kept_blocks(small_store, tmp_path, monkeypatch, capsys):
+    """A crash lost every block reduced so far. Each block's moments are now kept beside the
+    output until the files are written: the re-run reads only the other blocks, says so, writes
+    the bytes of an uninterrupted run, and removes what it kept."""
+    from gencast_rmmd.safety import file_sha256
+
+    path, ds = small_store  # 12 times: 4 value blocks and 4 difference windows of 3
+    compute_stats_beam(path, tmp_path / "ref", block=3)
+    real, calls = st.chunk_moments, []
+
+    def crashing(x):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("simulated crash")
+        return real(x)
+
+    monkeypatch.setattr(st, "chunk_moments", crashing)
+    with pytest.raises(Exception, match="simulated crash"):
+        compute_stats_beam(path, tmp_path / "stats", block=3)
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith(".stats.stats-blocks-")]
+    done = len(list(kept.glob("*.npz")))
+    assert 1 <= done <= 3
+    calls.clear()
+    monkeypatch.setattr(st, "chunk_moments", lambda x: (calls.append(1), real(x))[1])
+    capsys.readouterr()
+    compute_stats_beam(path, tmp_path / "stats", block=3)
+    assert len(calls) == 8 - done + 1  # + the statics, reduced as the files are written
+    assert f"data stats: resuming, {done} of 8 blocks already reduced" in capsys.readouterr().err
+    for name in st.STATS_FILES.values():
+        assert file_sha256(tmp_path / "stats" / name) == file_sha256(tmp_path / "ref" / name)
+    assert not kept.exists()
+
+
 def test_pipelines_default_to_the_in_process_runner(small_store, tmp_path, monkeypatch):
     """With no `--runner`, a pipeline runs on Beam's in-process FnApiRunner and never tries the
     Prism runner, which Beam's DirectRunner starts by downloading from GitHub (offline: a failed

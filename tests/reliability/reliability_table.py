@@ -888,6 +888,14 @@ FAULTS: tuple[Fault, ...] = (
         "`data validate` reports the store `[incomplete]`; the re-run completes it; the store "
         "equals a clean run's and validates",
     ),
+    Fault(
+        "stats-kill9",
+        "`gencast-rmmd data stats` (16 times in blocks of 1)",
+        "SIGKILL after a random number of blocks reduced",
+        2,
+        "no statistics files appear; the re-run reduces only the blocks the killed runs did not "
+        "keep, writes the same bytes as a clean run, and removes the kept blocks",
+    ),
 )
 
 

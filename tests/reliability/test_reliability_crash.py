@@ -455,8 +455,39 @@ def test_prepare_kill9_rerun(tmp_path, workspace, env, capfd):
     assert xr.open_zarr(out).attrs.get("gencast_rmmd_prepare") == "complete"
 
 
+@pytest.mark.slow
+def test_stats_kill9_rerun(tmp_path, workspace, env):
+    from gencast_rmmd.data.stats import STATS_FILES
+    from gencast_rmmd.safety import file_sha256
+
+    assert _fault("stats-kill9").trials == 2
+
+    def cmd(out):
+        return [str(CLI_SCRIPT), "data", "stats", "--data", str(workspace["store"]), "--out",
+                str(out), "--block", "1"]  # fmt: skip
+
+    ref, out = tmp_path / "ref", tmp_path / "crashed"
+    run_to_completion(cmd(ref), env)
+
+    def kept():
+        return [p for d in tmp_path.glob(".crashed.stats-blocks-*") for p in d.glob("*.npz")]
+
+    for i in range(2):
+        rng = np.random.default_rng(SEED + 400 + i)
+        target = len(kept()) + int(rng.integers(1, 6))
+        kill = Kill("blocks", lambda t=target: len(kept()) >= t, poll=0.005)
+        assert run_until_killed(cmd(out), env, kill) == "killed"
+        assert not any((out / n).exists() for n in STATS_FILES.values())
+    assert kept(), "the kills left no kept block: the test did not kill mid-run"
+    run_to_completion(cmd(out), env)
+    for name in STATS_FILES.values():
+        assert file_sha256(out / name) == file_sha256(ref / name), name
+    assert not list(tmp_path.glob(".crashed.stats-blocks-*")), "kept blocks left behind"
+
+
 FAULT_TESTS.update(
     {
+        "stats-kill9": test_stats_kill9_rerun,
         "distill-kill9": test_distill_kill9_resume,
         "distill-cli-kill9": test_distill_cli_kill9_resume,
         "forecast-kill9": test_forecast_kill9_rerun,
