@@ -50,15 +50,18 @@ stores and checkpoints from many places. The rules every command follows:
 - **Nothing half-written.** Outputs are written under a temporary name and moved into place, or
   marked complete only at the end; a failed command leaves its output location as it found it.
 - **Crash-safe.** Training resumes from the last complete checkpoint and ends with the parameters
-  an uninterrupted run would have; pipelines can be re-run after a kill and give the same outputs;
-  an interrupted store is never reported complete.
+  an uninterrupted run would have; pipelines can be re-run after a kill and give the same outputs
+  (`evaluate` and `data stats` keep their finished work items beside the output,
+  `.NAME.eval-items-*` / `.NAME.stats-blocks-*`, so that the re-run does only the rest; the
+  directory goes once the outputs are written); an interrupted store is never reported complete.
 - **Safe loading.** No pickle anywhere (`allow_pickle=False`), checkpoint names, shapes and dtypes
   checked against the model before use, outputs confined to the requested directory, anonymous
   GCS access unless credentials are asked for, no secrets in logs.
 
 Every row below is a test in `tests/reliability/` (the `id` is the pytest id). Each bad-input test
 builds the input in a temporary directory, runs the real CLI and checks: exit status 2, exactly one
-error line matching the message pattern, no traceback, and no file created, changed or removed.
+error line matching the message pattern, no traceback, and no file created, changed or removed
+(but the kept work items of a pipeline that failed mid-run, on a corrupt chunk, say).
 A row with a *known defect* is a strict `xfail`: it documents what the tool does today and fails
 as soon as the defect is fixed, so the row gets updated.
 """

@@ -12,7 +12,7 @@ Fields of a bad-input row:
   bad_input: what is wrong with the input.
   message: a regular expression the single error line must match (case-insensitive).
   outcome: what the tool does (all cases also: exit status 2, one line, no traceback, nothing
-    written).
+    written but a pipeline's kept work items for a resumed run, `pipelines.resume_dir`).
   defect: empty, or what the tool does instead (a known defect: the test is a strict xfail, so it
     fails as soon as the defect is fixed and the row must be updated).
 """
