@@ -90,3 +90,18 @@ def resume_dir(out_dir: str, kind: str, key: Mapping) -> str:
             if other.startswith(prefix) and other != prefix + digest[:16]:
                 shutil.rmtree(os.path.join(parent, other), ignore_errors=True)
     return os.path.join(parent, prefix + digest[:16])
+
+
+def say_kept(e: BaseException, keep: str | None, what: str) -> None:
+    """Add to the message of a `UserError` that stopped a pipeline mid-run (a corrupt chunk, say)
+    how much finished work `resume_dir` `keep` holds for the re-run, once the input is mended.
+    Other exceptions, and a run with nothing kept, are left as they are."""
+    from gencast_rmmd.errors import UserError
+
+    if not isinstance(e, UserError) or keep is None or not os.path.isdir(keep):
+        return
+    n = sum(
+        f.endswith(".npz") and not f.startswith(".") for _, _, files in os.walk(keep) for f in files
+    )
+    if n and e.args and isinstance(e.args[0], str):
+        e.args = (f"{e.args[0]} ({n} {what} done so far are kept for the re-run: {keep})",)

@@ -44,7 +44,7 @@ from gencast_rmmd.evaluation.statistics import (
 )
 from gencast_rmmd.remote import check_local_out_dir, is_url, remove
 from gencast_rmmd.safety import publish_mode
-from pipelines import pipeline_options, resume_dir
+from pipelines import pipeline_options, resume_dir, say_kept
 
 MARKER = "evaluation.json"
 
@@ -750,8 +750,9 @@ def evaluate(
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        say_kept(e, cache, "work items")
         raise  # the item cache stays: a re-run resumes from it
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)

@@ -35,7 +35,7 @@ from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.remote import check_out_dir, is_url
 from gencast_rmmd.safety import load_or_data_error
-from pipelines import pipeline_options
+from pipelines import pipeline_options, say_kept
 
 
 class _MomentsCombine:
@@ -182,8 +182,6 @@ def compute_stats_beam(
 ) -> dict[str, xr.Dataset]:
     """Compute the four statistics of store `data` with Beam and write them to `out_dir` (a
     local directory, or a URL where the pipeline's last step, on a worker, writes them)."""
-    import apache_beam as beam
-
     data = os.fspath(data)
     check_out_dir(out_dir, "a stats directory")  # a local directory, or a URL (gs://...)
     ds = _open(data)
@@ -201,7 +199,7 @@ def compute_stats_beam(
     done = (
         0
         if keep is None or not os.path.isdir(keep)
-        else sum(n.endswith(".npz") and not n.startswith(".") for n in os.listdir(keep))
+        else sum(f.endswith(".npz") and not f.startswith(".") for f in os.listdir(keep))
     )  # (a killed write leaves a hidden temporary file, not an .npz)
     if done:
         print(
@@ -210,6 +208,22 @@ def compute_stats_beam(
             file=sys.stderr,
             flush=True,
         )
+    try:
+        _run_pipeline(data, out_dir, timed, statics, windows, n, block, step_hours, keep, beam_args)
+    except BaseException as e:
+        say_kept(e, keep, "blocks")
+        raise
+    stats = st.load_stats(out_dir)
+    if keep is not None:
+        shutil.rmtree(keep, ignore_errors=True)
+    return stats
+
+
+def _run_pipeline(data, out_dir, timed, statics, windows, n, block, step_hours, keep, beam_args):
+    """`compute_stats_beam`'s Beam pipeline: the moments of the value blocks and of the
+    difference windows, combined in block order, and `_write`."""
+    import apache_beam as beam
+
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         values = (
             p
@@ -238,10 +252,6 @@ def compute_stats_beam(
                 diffs=beam.pvalue.AsSingleton(diffs),
             )
         )
-    stats = st.load_stats(out_dir)
-    if keep is not None:
-        shutil.rmtree(keep, ignore_errors=True)
-    return stats
 
 
 def _write(_, data, statics, out_dir, step_hours, values, diffs):

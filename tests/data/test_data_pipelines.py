@@ -185,6 +185,19 @@ def test_stats_pipeline_matches_in_process(small_store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == sorted(st.STATS_FILES.values())
 
 
+def _fails_after(real, n: int, error: Exception):
+    """`real` that raises `error` from its (n + 1)-th call on, and the list its calls append to."""
+    calls: list[int] = []
+
+    def wrapper(x):
+        calls.append(1)
+        if len(calls) > n:
+            raise error
+        return real(x)
+
+    return wrapper, calls
+
+
 def test_stats_pipeline_resumes_from_its_kept_blocks(small_store, tmp_path, monkeypatch, capsys):
     """A crash lost every block reduced so far. Each block's moments are now kept beside the
     output until the files are written: the re-run reads only the other blocks, says so, writes
@@ -193,14 +206,8 @@ def test_stats_pipeline_resumes_from_its_kept_blocks(small_store, tmp_path, monk
 
     path, ds = small_store  # 12 times: 4 value blocks and 4 difference windows of 3
     compute_stats_beam(path, tmp_path / "ref", block=3)
-    real, calls = st.chunk_moments, []
-
-    def crashing(x):
-        calls.append(1)
-        if len(calls) > 3:
-            raise RuntimeError("simulated crash")
-        return real(x)
-
+    real = st.chunk_moments
+    crashing, calls = _fails_after(real, 3, RuntimeError("simulated crash"))
     monkeypatch.setattr(st, "chunk_moments", crashing)
     with pytest.raises(Exception, match="simulated crash"):
         compute_stats_beam(path, tmp_path / "stats", block=3)
@@ -216,6 +223,18 @@ def test_stats_pipeline_resumes_from_its_kept_blocks(small_store, tmp_path, monk
     for name in st.STATS_FILES.values():
         assert file_sha256(tmp_path / "stats" / name) == file_sha256(tmp_path / "ref" / name)
     assert not kept.exists()
+
+
+def test_stats_input_error_mid_run_says_what_is_kept(small_store, tmp_path, monkeypatch):
+    from gencast_rmmd.errors import DataError
+
+    path, _ = small_store
+    failing, _ = _fails_after(st.chunk_moments, 3, DataError("block cannot be decoded"))
+    monkeypatch.setattr(st, "chunk_moments", failing)
+    with pytest.raises(
+        DataError, match=r"^block cannot be decoded.* \(\d blocks done so far are kept"
+    ):
+        compute_stats_beam(path, tmp_path / "stats", block=3)
 
 
 def test_pipelines_default_to_the_in_process_runner(small_store, tmp_path, monkeypatch):

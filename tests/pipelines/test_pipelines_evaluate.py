@@ -199,6 +199,19 @@ def test_scale_note_thresholds(shift, scale, flagged):
     assert (note is not None) == flagged
 
 
+def _fails_after(real, n: int, error: Exception):
+    """`real` that raises `error` from its (n + 1)-th call on, and the list its calls append to."""
+    calls: list[int] = []
+
+    def wrapper(*a, **k):
+        calls.append(1)
+        if len(calls) > n:
+            raise error
+        return real(*a, **k)
+
+    return wrapper, calls
+
+
 @pytest.mark.parametrize("engine", ["memory", "beam"])
 def test_a_crashed_evaluation_resumes_from_its_scored_items(stores, tmp_path, monkeypatch, capsys,
                                                             engine):  # fmt: skip
@@ -209,14 +222,8 @@ def test_a_crashed_evaluation_resumes_from_its_scored_items(stores, tmp_path, mo
 
     kw = dict(baseline_path=stores["b"], engine=engine, plots=False)
     ref = evaluate(stores["f"], stores["t"], str(tmp_path / "ref"), **kw)
-    real, calls = eval_pipe.chunk_statistics, []
-
-    def crashing(*a, **k):  # one call per (model, init, lead): 2 x 4 x 3
-        calls.append(1)
-        if len(calls) > 7:
-            raise RuntimeError("simulated crash")
-        return real(*a, **k)
-
+    real = eval_pipe.chunk_statistics  # one call per (model, init, lead): 2 x 4 x 3
+    crashing, calls = _fails_after(real, 7, RuntimeError("simulated crash"))
     monkeypatch.setattr(eval_pipe, "chunk_statistics", crashing)
     with pytest.raises(Exception, match="simulated crash"):
         evaluate(stores["f"], stores["t"], str(tmp_path / "ev"), **kw)
@@ -238,6 +245,18 @@ def test_a_crashed_evaluation_resumes_from_its_scored_items(stores, tmp_path, mo
     assert not [n for n in os.listdir(tmp_path) if ".eval-items-" in n]
 
 
+def test_an_input_error_mid_run_says_what_is_kept(stores, tmp_path, monkeypatch):
+    """A user error mid-run (a corrupt chunk) says how many scored items the re-run will find."""
+    from pipelines import evaluate as eval_pipe
+
+    failing, _ = _fails_after(eval_pipe.chunk_statistics, 7, DataError("chunk 8 cannot be decoded"))
+    monkeypatch.setattr(eval_pipe, "chunk_statistics", failing)
+    with pytest.raises(DataError) as e:
+        evaluate(stores["f"], stores["t"], str(tmp_path / "ev"), engine="memory", plots=False)
+    assert str(e.value).startswith("chunk 8 cannot be decoded (7 work items done so far are kept ")
+    assert ".ev.eval-items-" in str(e.value)
+
+
 def test_kept_items_of_a_store_remade_since_are_not_reused(tmp_path, monkeypatch):
     """A forecast store without a store id, re-made at the same path after a crash: the kept
     items were scored on the old one, so the re-run scores everything afresh."""
@@ -248,14 +267,8 @@ def test_kept_items_of_a_store_remade_since_are_not_reused(tmp_path, monkeypatch
     f, t = str(tmp_path / "f.zarr"), str(tmp_path / "t.zarr")
     kw = dict(n_init=4, n_lead=3, members=3, n_lat=8, n_lon=16)
     write_synthetic_pair(f, t, seed=1, **kw)
-    real, calls = eval_pipe.chunk_statistics, []
-
-    def crashing(*a, **k):
-        calls.append(1)
-        if len(calls) > 5:
-            raise RuntimeError("simulated crash")
-        return real(*a, **k)
-
+    real = eval_pipe.chunk_statistics
+    crashing, calls = _fails_after(real, 5, RuntimeError("simulated crash"))
     monkeypatch.setattr(eval_pipe, "chunk_statistics", crashing)
     with pytest.raises(RuntimeError):
         evaluate(f, t, str(tmp_path / "ev"), engine="memory", plots=False)
