@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The runner a pipeline gets when its Beam arguments name none: Beam's in-process portable runner.
 # Not "DirectRunner": since Beam 2.6x that first tries the Prism runner, downloading its binary
@@ -98,10 +101,34 @@ def say_kept(e: BaseException, keep: str | None, what: str) -> None:
     Other exceptions, and a run with nothing kept, are left as they are."""
     from gencast_rmmd.errors import UserError
 
-    if not isinstance(e, UserError) or keep is None or not os.path.isdir(keep):
+    if not isinstance(e, UserError) or keep is None:
         return
-    n = sum(
-        f.endswith(".npz") and not f.startswith(".") for _, _, files in os.walk(keep) for f in files
-    )
+    n = kept_count(keep)
     if n and e.args and isinstance(e.args[0], str):
         e.args = (f"{e.args[0]} ({n} {what} done so far are kept for the re-run: {keep})",)
+
+
+def kept_count(keep: str | None) -> int:
+    """The finished work items (`.npz` files) under `resume_dir` `keep`; a killed write leaves
+    only a hidden temporary file, which does not count."""
+    if keep is None or not os.path.isdir(keep):
+        return 0
+    return sum(
+        f.endswith(".npz") and not f.startswith(".") for _, _, files in os.walk(keep) for f in files
+    )
+
+
+def kept(path: str | None, compute: Callable[[], T], save: Callable[[T, str], None],
+         load: Callable[[str], T]) -> T:  # fmt: skip
+    """One work item of a resumable pipeline: `load(path)` when an earlier run kept it there,
+    else `compute()`, kept with `save(value, path)` (whole or not at all). An unreadable kept
+    item is computed again; `path` None keeps nothing."""
+    if path is not None and os.path.exists(path):
+        try:
+            return load(path)
+        except (OSError, ValueError, KeyError):
+            pass
+    value = compute()
+    if path is not None:
+        save(value, path)
+    return value

@@ -44,7 +44,7 @@ from gencast_rmmd.evaluation.statistics import (
 )
 from gencast_rmmd.remote import check_local_out_dir, is_url, remove
 from gencast_rmmd.safety import publish_mode
-from pipelines import pipeline_options, resume_dir, say_kept
+from pipelines import kept, kept_count, pipeline_options, resume_dir, say_kept
 
 MARKER = "evaluation.json"
 
@@ -98,14 +98,13 @@ def item_statistics(spec: ModelSpec, item: tuple[int, int]) -> tuple[dict[str, i
     """Statistics of one work item: (chunk offsets, Dataset with dims time=1, prediction_timedelta=k).
     With `spec.cache_dir`, read from there when an earlier (crashed) run scored the item, and
     written there (whole or not at all) when scored now."""
+    offsets = {"time": item[0], "prediction_timedelta": item[1]}
+    ds = kept(_item_path(spec, item), lambda: _score_item(spec, item), _write_item, _read_item)
+    return offsets, ds
+
+
+def _score_item(spec: ModelSpec, item: tuple[int, int]) -> xr.Dataset:
     i, j0 = item
-    offsets = {"time": i, "prediction_timedelta": j0}
-    path = _item_path(spec, item)
-    if path is not None and os.path.exists(path):
-        try:
-            return offsets, _read_item(path)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: score the item again
     fc = _open_cached(spec.path, "forecast", spec.ensemble_dim)
     tr = _open_cached(spec.truth_path, "truth")
     init = np.datetime64(spec.init_times[i], "ns")
@@ -121,9 +120,7 @@ def item_statistics(spec: ModelSpec, item: tuple[int, int]) -> tuple[dict[str, i
     ds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="prediction_timedelta")
     ds = ds.expand_dims(time=[init])
     ds.attrs = {}
-    if path is not None:
-        _write_item(ds, path)
-    return offsets, ds
+    return ds
 
 
 def _write_item(ds: xr.Dataset, path: str) -> None:
@@ -686,7 +683,7 @@ def evaluate(
         cache = item_cache(out_dir, specs)
         specs = [dataclasses.replace(s, cache_dir=cache) for s in specs]
         for s in specs:
-            done = sum(os.path.exists(_item_path(s, it)) for it in s.items())
+            done = kept_count(os.path.join(cache, s.label))
             if done:
                 print(
                     f"evaluate {s.label}: resuming, {done} of {len(s.items())} work items "

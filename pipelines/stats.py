@@ -35,7 +35,7 @@ from gencast_rmmd.data import stats as st
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.remote import check_out_dir, is_url
 from gencast_rmmd.safety import load_or_data_error
-from pipelines import pipeline_options, say_kept
+from pipelines import kept, kept_count, pipeline_options, say_kept
 
 
 class _MomentsCombine:
@@ -93,18 +93,9 @@ def _read_block(path: str, names: list[str], lo: int, hi: int) -> xr.Dataset:
 
 
 def _kept(keep: str | None, name: str, compute):
-    """`compute()` (a block's `Moments`, or None), read from `keep/name` when an earlier run
-    kept it there, else computed and kept (`keep` None: not kept)."""
+    """`compute()` (a block's `Moments`, or None), kept as `keep/name` (`pipelines.kept`)."""
     path = None if keep is None else os.path.join(keep, name)
-    if path is not None and os.path.exists(path):
-        try:
-            return st.load_moments(path)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: compute it again
-    m = compute()
-    if path is not None:
-        st.save_moments(m, path)
-    return m
+    return kept(path, compute, st.save_moments, st.load_moments)
 
 
 def _diff_moments(
@@ -196,11 +187,7 @@ def compute_stats_beam(
     # The combined moments meet in one final step that writes the files (`_write`).
     out_dir = os.fspath(out_dir)
     keep = _keep_dir(data, out_dir, timed, block, step_hours, beam_args)
-    done = (
-        0
-        if keep is None or not os.path.isdir(keep)
-        else sum(f.endswith(".npz") and not f.startswith(".") for f in os.listdir(keep))
-    )  # (a killed write leaves a hidden temporary file, not an .npz)
+    done = kept_count(keep)
     if done:
         print(
             f"data stats: resuming, {done} of {len(range(0, n, block)) + len(windows)} blocks "
