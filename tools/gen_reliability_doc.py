@@ -54,6 +54,14 @@ stores and checkpoints from many places. The rules every command follows:
   (`evaluate` and `data stats` keep their finished work items beside the output,
   `.NAME.eval-items-*` / `.NAME.stats-blocks-*`, so that the re-run does only the rest; the
   directory goes once the outputs are written); an interrupted store is never reported complete.
+- **One writer per output.** A command that writes an `--out` on local disk holds a lock on it
+  (`flock` on `.NAME.lock` beside it, removed when the command ends; `gencast_rmmd/locks.py`), so
+  a second command into the same output refuses, naming the first one's pid, host and start
+  time: two `teacher train` runs a second apart into one directory used to end in an orbax
+  internal error for one and steps logged twice in the other's `metrics.jsonl`. The kernel
+  drops the lock of a killed process, so a crash never blocks the re-run. The processes of one
+  multi-host job (which share `--out` by design) each hold a lock of their own; outputs at a
+  URL are not locked.
 - **Safe loading.** No pickle anywhere (`allow_pickle=False`), checkpoint names, shapes and dtypes
   checked against the model before use, outputs confined to the requested directory, anonymous
   GCS access unless credentials are asked for, no secrets in logs.

@@ -2,7 +2,11 @@
 
 The CLI is the top layer (it may import `pipelines/`; nothing in the library imports it). Each
 area registers its own sub-commands in `gencast_rmmd/cli/<area>.py` through `register(subparsers)`;
-a handler is a function `(args) -> int | None` stored as `func` on the parser.
+a handler is a function `(args) -> int | None` stored as `func` on the parser. A command that
+writes an `--out` also stores `out_lock` (its name) and runs holding that output's lock
+(`locks.output_lock`), so that a second run into the same output refuses instead of mixing its
+work in; a trainer that may run as several JAX processes (`distributed=True`) sets up
+`jax.distributed` first, and each process holds a lock of its own.
 
 Errors the user can fix (`UserError`) are printed as one line and exit with status 2; `--debug`
 shows the traceback of any error.
@@ -110,6 +114,25 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _run_command(args: argparse.Namespace) -> int | None:
+    """`args.func(args)`, holding the lock of `args.out` when the command writes one."""
+    command = getattr(args, "out_lock", None)
+    if command is None:
+        return args.func(args)
+    from gencast_rmmd import locks
+
+    index = 0
+    if getattr(args, "distributed", False):
+        from gencast_rmmd.training import sharding
+
+        if sharding.maybe_initialize_distributed():
+            import jax
+
+            index = jax.process_index()
+    with locks.output_lock(args.out, command, index):
+        return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
@@ -124,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        rc = args.func(args)
+        rc = _run_command(args)
         return int(rc or 0)
     except UserError as e:
         if debug:

@@ -29,7 +29,7 @@ def register(sub) -> None:
     nr.add_argument("--seed", type=int, default=None, help="seed of the initial perturbation")
     nr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_set_argument(nr)
-    nr.set_defaults(func=_nature_run)
+    nr.set_defaults(func=_nature_run, out_lock="data nature-run")
 
     pr = dsub.add_parser(
         "prepare",
@@ -43,7 +43,7 @@ def register(sub) -> None:
     pr.add_argument("--overwrite", action="store_true", help="replace a foreign existing output")
     add_set_argument(pr)
     pr.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
-    pr.set_defaults(func=_prepare)
+    pr.set_defaults(func=_prepare, out_lock="data prepare")
 
     st = dsub.add_parser(
         "stats",
@@ -55,7 +55,7 @@ def register(sub) -> None:
     st.add_argument("--step-hours", type=int, default=12, help="difference step (default 12 h)")
     st.add_argument("--block", type=int, default=32, help="time steps per Beam work item")
     st.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
-    st.set_defaults(func=_stats)
+    st.set_defaults(func=_stats, out_lock="data stats")
 
     va = dsub.add_parser(
         "validate",

@@ -37,7 +37,7 @@ def register(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(p)
-    p.set_defaults(func=_distill)
+    p.set_defaults(func=_distill, out_lock="distill", distributed=True)
 
 
 def _distill(args: argparse.Namespace) -> int:

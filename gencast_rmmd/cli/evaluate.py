@@ -52,7 +52,7 @@ def register(sub) -> None:
         "--temp_location when it is a URL, e.g. on Dataflow; else a local directory)",
     )
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, out_lock="evaluate")
 
 
 def _run(args) -> int:

@@ -54,7 +54,7 @@ def register(sub) -> None:
         "carries its own task)",
     )
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, out_lock="forecast")
 
 
 def _run(args) -> int:

@@ -37,7 +37,7 @@ def register(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_argument(p)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, out_lock="quickstart")
 
 
 def _run(args: argparse.Namespace) -> int:

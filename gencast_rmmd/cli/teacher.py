@@ -48,7 +48,7 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, help="seed of init, data order and noise")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(t)
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, out_lock="teacher train", distributed=True)
 
     e = tsub.add_parser(
         "export",

@@ -26,6 +26,7 @@ import time
 
 from gencast_rmmd import remote
 from gencast_rmmd.data import examples, nature_run
+from gencast_rmmd.locks import file_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _busy(lock: pathlib.Path) -> bool:
     """Whether another process holds the lock file `lock` (a build or copy in progress)."""
     if not lock.exists():
         return False
-    with nature_run._file_lock(lock, blocking=False) as got:
+    with file_lock(lock, blocking=False) as got:
         return not got
 
 

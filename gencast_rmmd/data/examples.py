@@ -301,7 +301,7 @@ def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> 
     import json
     import shutil
 
-    from gencast_rmmd.data.nature_run import _file_lock
+    from gencast_rmmd.locks import file_lock
 
     current = {k: record[k] for k in STORE_STATE_KEYS}
     removed = []
@@ -312,7 +312,7 @@ def remove_superseded_copies(cache: pathlib.Path, record: Mapping[str, Any]) -> 
             continue  # no record: `gencast-rmmd data cache` reports it
         if not copy_superseded_by(rec, record["store"], current):
             continue
-        with _file_lock(cache / f".{other.name}.lock", blocking=False) as locked:
+        with file_lock(cache / f".{other.name}.lock", blocking=False) as locked:
             if locked:
                 shutil.rmtree(other, ignore_errors=True)
                 removed.append(other)
@@ -471,7 +471,7 @@ class ExampleSource:
         import hashlib
         import json
 
-        from gencast_rmmd.data.nature_run import _file_lock
+        from gencast_rmmd.locks import file_lock
 
         names = [n for n in self._names if n not in self._statics and n not in self._small]
         record = {
@@ -483,7 +483,7 @@ class ExampleSource:
         key = hashlib.sha256(json.dumps(list(record.values())).encode()).hexdigest()[:16]
         cache = pathlib.Path(self.local_cache)
         root = cache / f"{EXAMPLES_COPY_PREFIX}{key}"
-        with _file_lock(cache / f".{root.name}.lock"):
+        with file_lock(cache / f".{root.name}.lock"):
             if not (root / "complete").exists():
                 root.mkdir(parents=True, exist_ok=True)
                 n_t = self._times.size

@@ -35,9 +35,7 @@ bump whose position is drawn from the seed, so each seed gives its own, reproduc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
@@ -54,6 +52,7 @@ import xarray as xr
 from gencast_rmmd.data.config import NatureRunConfig
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, content_store_id, quiet_v3_consolidation
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.locks import file_lock
 
 R_DRY = 287.04  # J kg-1 K-1 (Held-Suarez / dinosaur value is within 0.1%; we use the model's)
 G = 9.80665
@@ -532,23 +531,6 @@ def cache_key(cfg: NatureRunConfig, levels_hpa: tuple[int, ...]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _file_lock(path: pathlib.Path, blocking: bool = True):
-    """An exclusive `flock` on `path` for the block. Yields True; with `blocking=False` it
-    yields False at once (and holds nothing) when another process holds the lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def embedded_store(
     cache_dir: str | os.PathLike | None = None,
     config: NatureRunConfig | None = None,
@@ -569,7 +551,7 @@ def embedded_store(
     path = root / f"nature_run-{cache_key(config, tuple(levels_hpa))}.zarr"
     if (path / "zarr.json").exists():
         return path
-    with _file_lock(root / f".{path.name}.lock"):
+    with file_lock(root / f".{path.name}.lock"):
         if not (path / "zarr.json").exists():
             build(path, config, tuple(levels_hpa), overwrite=True, progress=progress)
     return path

@@ -44,6 +44,8 @@ def maybe_initialize_distributed() -> bool:
     flag = os.environ.get("GENCAST_RMMD_DISTRIBUTED")
     if flag == "0":
         return False
+    if jax.distributed.is_initialized():  # a second call (once the backends are up, JAX
+        return True  # refuses a second `initialize` with another message than "already")
     if flag != "1" and not any(os.environ.get(k) for k in _DISTRIBUTED_ENV[1:]):
         return False
     kwargs = {}

@@ -18,6 +18,7 @@ from gencast_rmmd.cli import main
 from gencast_rmmd.data import examples as ex
 from gencast_rmmd.data import nature_run
 from gencast_rmmd.data import stats as st
+from gencast_rmmd.locks import file_lock
 
 URL = "memory://gencast_rmmd_caches_test/w/params.npz"
 
@@ -76,7 +77,7 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
     two_hours_ago = time.time() - 7200
     os.utime(old_part, (two_hours_ago, two_hours_ago))
 
-    with nature_run._file_lock(root / f".{building.name}.lock"):  # its builder is at work
+    with file_lock(root / f".{building.name}.lock"):  # its builder is at work
         entries = _entries(capsys)
         state = {p: e["stale"] for p, e in entries.items()}
         by_source = {e["source"]: e for e in entries.values() if e["kind"] == "examples"}
@@ -157,7 +158,7 @@ nature_run.write_store(canonical_store_ds(), {str(root / "nature_run-0123456789a
     building = root / ".nature_run-cccc.zarr.k2j_8x0q.tmp"
     building.mkdir()
     (building / "zarr.json").write_text("{}")
-    with nature_run._file_lock(root / ".nature_run-cccc.zarr.lock"):  # its builder is at work
+    with file_lock(root / ".nature_run-cccc.zarr.lock"):  # its builder is at work
         entries = _entries(capsys)
         assert entries[str(killed)]["stale"] == "incomplete build"
         assert entries[str(killed)]["kind"] == "nature run" and entries[str(killed)]["bytes"] > 0

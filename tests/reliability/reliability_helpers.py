@@ -9,6 +9,8 @@
   failed command wrote nothing and touched nothing.
 - `command_available(*words)`: whether the CLI has the sub-command yet (other areas are being
   built in parallel; a test skips, naming the missing command, only while it is missing).
+- `hold_output_lock(out, command, ready)`: a child process holding an output's lock as a running
+  command does (`kill_process` ends it).
 - tiny inputs: a canonical data store for a small task, its data config, and npz checkpoints.
 """
 
@@ -385,6 +387,43 @@ def run_until_killed(cmd: list[str], env: dict, kill: Kill, timeout: float = 600
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         proc.stderr.close()
+
+
+_HOLDER = """
+import pathlib, sys, time
+from gencast_rmmd import locks
+with locks.output_lock(sys.argv[1], sys.argv[2], int(sys.argv[3])):
+    pathlib.Path(sys.argv[4]).write_text("held")
+    time.sleep(600)
+"""
+
+
+def hold_output_lock(
+    out: str | os.PathLike, command: str, ready: pathlib.Path, index: int = 0
+) -> subprocess.Popen:
+    """A child process holding the `--out` lock of `out` as `command` (process `index` of a
+    job) does while it runs (`locks.output_lock`), once it has written `ready`; it holds it
+    until killed (`kill_process`) or for 10 minutes."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out), command, str(index), str(ready)],
+        env=subprocess_env(),
+    )
+    t0 = time.monotonic()
+    while not ready.exists():
+        assert proc.poll() is None, "the lock holder died"
+        assert time.monotonic() - t0 < 120, "the lock holder did not start"
+        time.sleep(0.02)
+    return proc
+
+
+def kill_process(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def run_to_completion(cmd: list[str], env: dict, timeout: float = 600) -> CliResult:

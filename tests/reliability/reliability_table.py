@@ -757,6 +757,17 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training and leaves the file untouched",
     ),
     BadInput(
+        "teacher-out-in-use",
+        "output",
+        "teacher train",
+        "`--out` is a run directory another `teacher train` process is writing (it holds the "
+        "output's lock, `locks.output_lock`; two such runs mixed their checkpoints and metrics)",
+        r"--out '[^']*run' is being written by another gencast-rmmd process \(gencast-rmmd "
+        r"teacher train, pid \d+ on .*lock file .*\.run\.lock",
+        "refuses before reading anything: names the other process (pid, host, start time) and "
+        "the lock file",
+    ),
+    BadInput(
         "teacher-out-is-url",
         "output",
         "teacher train",

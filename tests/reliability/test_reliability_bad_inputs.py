@@ -21,6 +21,8 @@ from reliability_helpers import (
     chunk_files,
     command_available,
     consolidate,
+    hold_output_lock,
+    kill_process,
     run_cli,
     run_cli_subprocess,
     snapshot,
@@ -282,6 +284,24 @@ def _teacher_train(tmp, p, config, *extra):
         "--task", task, "--out", tmp / "run", "--steps", "2", "--batch-size", "2",
         "--no-progress", *extra,
     ]  # fmt: skip
+
+
+# Lock holders started by a setup, killed after its test.
+_HOLDERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _end_holders():
+    yield
+    while _HOLDERS:
+        kill_process(_HOLDERS.pop())
+
+
+def s_teacher_out_in_use(tmp, p):
+    argv = _teacher_train(tmp, p, p["ws"]["model"])
+    (tmp / "other").mkdir()  # the other process's own files stay out of the snapshot
+    _HOLDERS.append(hold_output_lock(tmp / "run", "teacher train", tmp / "other" / "ready"))
+    return argv
 
 
 def _model_yaml(tmp, p, edit) -> pathlib.Path:
@@ -906,6 +926,7 @@ SETUPS = {
     "forecast-resume-other-data": s_forecast_resume_other_data,
     "distill-resume-other-teacher": s_distill_resume_other_teacher,
     "teacher-out-is-file": s_teacher_out_is_file,
+    "teacher-out-in-use": s_teacher_out_in_use,
     "teacher-out-is-url": s_teacher_out_is_url,
     "teacher-resume-other-stats": s_teacher_resume_other_stats,
     "distill-out-is-file": s_distill_out_is_file,
