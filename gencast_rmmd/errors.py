@@ -30,3 +30,13 @@ class OutputError(UserError):
 
 class TrainingDivergedError(UserError):
     """Training produced NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+def no_space_message(what: str, detail: str = "") -> str:
+    """The message of a run stopped by a full disk (or quota): `what` says where ("no space
+    left on the device writing X"), `detail` the library's words."""
+    return (
+        f"{what}{f' ({detail})' if detail else ''}; free some space or choose another --out, "
+        "then run the same command again: finished work (checkpoints, written regions, kept work "
+        "items) is kept"
+    )

@@ -134,8 +134,8 @@ def output_lock(out: str | os.PathLike, command: str, process_index: int = 0) ->
             "host": socket.gethostname(),
             "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         }
-        f.write(json.dumps(record))
-        f.flush()
+        with contextlib.suppress(OSError):  # only for the message of a refused run: a full
+            f.write(json.dumps(record).encode())  # disk is the command's own error to report
         yield
     finally:
         _HELD.discard(key)
@@ -152,7 +152,7 @@ def _acquire(path: pathlib.Path, out: str | os.PathLike):
     anything, so the lock is taken again on a fresh one."""
     while True:
         try:
-            f = open(path, "a+")
+            f = open(path, "a+b", buffering=0)  # unbuffered: nothing to flush at close
         except OSError:
             return None
         try:

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 
-from gencast_rmmd.errors import OutputError, UserError
+from gencast_rmmd.errors import OutputError, UserError, no_space_message
 
 
 def is_url(source: str | os.PathLike) -> bool:
@@ -100,36 +100,45 @@ def _existing_parent(path: str | os.PathLike) -> pathlib.Path:
     return next(p for p in pathlib.Path(os.path.abspath(path)).parents if p.exists())
 
 
-def check_out_dir(out: str | os.PathLike, what: str = "a directory") -> None:
+def check_out_dir(out: str | os.PathLike, what: str = "a directory", beside: bool = False) -> None:
     """Refuse, with `OutputError`, a run directory `--out` (a local path or URL) that cannot be
-    one: it exists as a file, or (on disk, when it does not exist yet) it lies under a file or in
-    a place where no directory can be made (no permission, a read-only file system). `what` ends
-    the message ("choose WHAT"). Commands call it before any work, so a refused run leaves
-    nothing behind: the probe for the last case is an empty directory, made and removed at once."""
+    one: it exists as a file, or (on disk) it lies under a file or where nothing can be written
+    (no permission, a read-only file system): in it when it exists, else in the directory it
+    would be made in. With `beside` (a command that builds its output next to it and renames it
+    into place, as `evaluate` does) the directory `out` is in is probed as well. `what` ends the
+    message ("choose WHAT"). Commands call it before any work, so a refused run leaves nothing
+    behind: each probe is an empty directory, made and removed at once."""
     fs, path = filesystem(out)
     shown = repr(os.fspath(out))
     if fs.isfile(path):
         raise OutputError(f"--out {shown} exists and is not a directory; choose {what}")
-    if is_url(out) or os.path.isdir(path):
+    if is_url(out):
         return
-    parent = _existing_parent(path)
-    if not parent.is_dir():
-        raise OutputError(f"--out {shown}: {str(parent)!r} is a file; choose {what}")
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".gencast_rmmd-probe-"))
-    except OSError as e:
-        raise OutputError(
-            f"--out {shown}: cannot create a directory in {str(parent)!r} ({e.strerror or e}); "
-            f"choose {what}"
-        ) from None
+    places = []
+    if os.path.isdir(path):
+        places.append((pathlib.Path(path), "write in"))
+    if beside or not places:
+        parent = _existing_parent(path)
+        if not parent.is_dir():
+            raise OutputError(f"--out {shown}: {str(parent)!r} is a file; choose {what}")
+        places.append((parent, "create a directory in"))
+    for place, verb in places:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=place, prefix=".gencast_rmmd-probe-"))
+        except OSError as e:
+            raise OutputError(
+                f"--out {shown}: cannot {verb} {str(place)!r} ({e.strerror or e}); choose {what}"
+            ) from None
 
 
-def check_local_out_dir(out: str | os.PathLike, what: str, command: str) -> pathlib.Path:
+def check_local_out_dir(
+    out: str | os.PathLike, what: str, command: str, beside: bool = False
+) -> pathlib.Path:
     """`check_out_dir` for a command that writes its `--out` on local disk only: a URL is an
     `OutputError` saying so (`pathlib.Path("gs://b/run")` is the local path `gs:/b/run`, where
     such a run used to be written without a word). Returns `out` as a local path."""
     refuse_url_out(out, what, command)
-    check_out_dir(out, what)
+    check_out_dir(out, what, beside)
     return pathlib.Path(out)
 
 
@@ -149,6 +158,27 @@ def remove(source: str | os.PathLike) -> None:
     fs, path = filesystem(source)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def check_room(dest: str | os.PathLike, nbytes: int) -> None:
+    """`OutputError` when the local disk that file `dest` goes to (its nearest existing
+    directory) has fewer than `nbytes` free; nothing for a URL. For writers that a full disk
+    hurts worse than a refusal: HDF5 (netCDF4 files), out of space, crashed the process with a
+    segmentation fault as it exited."""
+    if is_url(dest):
+        return
+    free = shutil.disk_usage(_existing_parent(dest)).free
+    if free < nbytes:
+        raise OutputError(
+            no_space_message(
+                f"no space left on the device writing {os.fspath(dest)}",
+                f"it takes about {mib(nbytes)}, {mib(free)} free",
+            )
+        )
 
 
 @contextlib.contextmanager

@@ -653,7 +653,8 @@ def evaluate(
     if engine not in ("beam", "memory"):
         raise DataError(f"engine must be 'beam' or 'memory', found {engine!r}")
     _open_cached.cache_clear()  # a store rewritten at the same path since a previous call
-    out_dir = os.path.abspath(check_local_out_dir(out_dir, "a new path", "evaluate"))
+    # built beside --out, then renamed into place
+    out_dir = os.path.abspath(check_local_out_dir(out_dir, "a new path", "evaluate", beside=True))
     if (
         os.path.exists(out_dir)
         and os.listdir(out_dir)

@@ -174,7 +174,8 @@ def compute_stats_beam(
     """Compute the four statistics of store `data` with Beam and write them to `out_dir` (a
     local directory, or a URL where the pipeline's last step, on a worker, writes them)."""
     data = os.fspath(data)
-    check_out_dir(out_dir, "a stats directory")  # a local directory, or a URL (gs://...)
+    # a local directory, or a URL (gs://...); finished blocks are kept beside it
+    check_out_dir(out_dir, "a stats directory", beside=True)
     ds = _open(data)
     if "time" not in ds.dims or ds.sizes["time"] == 0:
         raise DataError(f"store {data!r} has no times to compute statistics over")

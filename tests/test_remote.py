@@ -224,6 +224,39 @@ def test_check_out_dir_refuses_a_file_or_a_path_under_one(cache, tmp_path):
     remote.check_out_dir(f"{ROOT}/prefix/run")
 
 
+def test_check_out_dir_probes_an_existing_directory_and_with_beside_its_parent(
+    tmp_path, monkeypatch
+):
+    """An existing `--out` where nothing can be written (a read-only mount) is refused before any
+    work; so, for a command that builds its output beside `--out` (`evaluate`, the kept blocks of
+    `data stats`), is a directory `--out` lies in where nothing can be made. (Read-only places
+    are simulated: the tests may run as root, whom permissions do not stop.)"""
+    import errno
+    import tempfile
+
+    parent, out = tmp_path / "parent", tmp_path / "parent" / "out"
+    out.mkdir(parents=True)
+    read_only: set[pathlib.Path] = set()
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*a, dir=None, **k):
+        if pathlib.Path(dir) in read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(remote.tempfile, "mkdtemp", mkdtemp)
+    read_only.add(out)
+    with pytest.raises(OutputError, match=r"cannot write in '.*/out' \(Read-only file system\)"):
+        remote.check_out_dir(out, "a run directory")
+    read_only = {parent}
+    remote.check_out_dir(out, "a run directory")  # it writes in `out` only
+    with pytest.raises(OutputError, match=r"cannot create a directory in '.*/parent' \(Read"):
+        remote.check_out_dir(out, "a new path", beside=True)
+    read_only = set()
+    remote.check_out_dir(out, "a new path", beside=True)
+    assert sorted(os.listdir(parent)) == ["out"] and not os.listdir(out)  # no probe left
+
+
 def test_written_refuses_a_directory_or_an_unwritable_place_before_the_block(tmp_path):
     ran = []
     (tmp_path / "f").write_text("x")

@@ -62,6 +62,12 @@ stores and checkpoints from many places. The rules every command follows:
   drops the lock of a killed process, so a crash never blocks the re-run. The processes of one
   multi-host job (which share `--out` by design) each hold a lock of their own; outputs at a
   URL are not locked.
+- **A full disk is one line too.** A checkpoint or netCDF file that cannot fit is refused before
+  it is begun (`CheckpointManager.check_room`, `remote.check_room`: orbax out of space part-way
+  printed 1 682 lines of tracebacks from its writer threads, HDF5 crashed the process), and any
+  other write that meets a full disk or quota ends the command with `gencast-rmmd: error: no
+  space left on the device writing PATH (...)` and exit status 2; the same command resumes once
+  there is room.
 - **Safe loading.** No pickle anywhere (`allow_pickle=False`), checkpoint names, shapes and dtypes
   checked against the model before use, outputs confined to the requested directory, anonymous
   GCS access unless credentials are asked for, no secrets in logs.
@@ -100,7 +106,7 @@ def render(mod) -> str:
         )
     lines.append("")
     faults = mod.FAULTS
-    lines.append("## Injected faults (crash tests)\n")
+    lines.append("## Injected faults (crashes, a full disk)\n")
     n_trials = sum(f.trials for f in faults)
     lines.append(f"{len(faults)} fault scenarios, {n_trials} injected faults in all.\n")
     lines.append("| id | target | fault | trials | what the tool does |")

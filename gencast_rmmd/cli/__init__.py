@@ -15,14 +15,16 @@ shows the traceback of any error.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
+import re
 import select
 import sys
 
 from gencast_rmmd import __version__, runtime
-from gencast_rmmd.errors import ConfigError, UserError
+from gencast_rmmd.errors import ConfigError, UserError, no_space_message
 
 AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
 
@@ -59,9 +61,23 @@ _QUIET_LOG_MESSAGES = ("apitools not found", "Using fallback deterministic coder
 
 
 class _QuietFilter(logging.Filter):
+    """Without --debug: drops the messages above, and a library's record of a user error or of
+    a full disk (the command stops with one error line that says it: orbax logged each of its
+    writer threads' failure with a traceback, some 140 lines, and Beam the error of a step before
+    re-raising it); other records keep their message line but not their traceback."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not any(q in msg for q in _QUIET_LOG_MESSAGES)
+        if any(q in msg for q in _QUIET_LOG_MESSAGES):
+            return False
+        if record.exc_info:
+            exc = record.exc_info[1]
+            if exc is not None and (isinstance(exc, UserError) or disk_full(exc)):
+                return False
+            record.exc_info = None
+            record.exc_text = None
+            record.msg, record.args = f"{msg} (its traceback: run with --debug)", ()
+        return True
 
 
 def _configure_logging(debug: bool) -> None:
@@ -114,6 +130,39 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+# How a full disk or an exhausted quota shows in an exception: an OSError's errno, or the text
+# of a library that wraps it (tensorstore, under orbax and Zarr: "... [os_error_code='28']").
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = re.compile(
+    r"No space left on device|Disk quota exceeded|os_error_code='?(28|122)'?\b"
+)
+
+
+def disk_full(e: BaseException) -> str | None:
+    """The message for `e` when it (or an exception in its chain) says the disk or the quota is
+    full, else None. Such a run stops with `gencast-rmmd: error:` (the user can fix it), not as
+    an internal error whose traceback was hundreds of lines (orbax's writer threads)."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        where = None
+        if isinstance(x, OSError) and x.errno in _DISK_FULL_ERRNOS:
+            where = x.filename
+        elif not _DISK_FULL_TEXT.search(str(x)):
+            x = x.__cause__ or x.__context__
+            continue
+        else:
+            found = re.search(r"""(?:file|writing:?|filename =) ["']([^"']+)["']""", str(x))
+            where = found.group(1) if found else None
+        quota = getattr(x, "errno", None) == errno.EDQUOT or "quota" in str(x).lower()
+        what = "the disk quota is exhausted" if quota else "no space left on the device"
+        return no_space_message(
+            f"{what}{f' writing {where}' if where else ''}", f"{type(x).__name__}: {str(x)[:300]}"
+        )
+    return None
+
+
 def _run_command(args: argparse.Namespace) -> int | None:
     """`args.func(args)`, holding the lock of `args.out` when the command writes one."""
     command = getattr(args, "out_lock", None)
@@ -158,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print("gencast-rmmd: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line unless --debug
+        if (full := disk_full(e)) and not debug:
+            print(f"gencast-rmmd: error: {full}", file=sys.stderr)
+            return 2
         if isinstance(e, BrokenPipeError) and _stdout_gone():
             # The reader of stdout went away (`gencast-rmmd data cache | head`): stop quietly,
             # as Unix tools do, and keep the interpreter's final flush from failing again.

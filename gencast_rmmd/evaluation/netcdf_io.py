@@ -14,6 +14,10 @@ import tempfile
 
 import xarray as xr
 
+# An upper estimate of a netCDF file's size beyond its values, per variable and once more for
+# the file (h5netcdf: 2.2 KiB of values in a 20 KiB file of 9 variables).
+NETCDF_OVERHEAD_BYTES = 8192
+
 
 @functools.cache
 def engine() -> str:
@@ -28,14 +32,17 @@ def engine() -> str:
 
 def write_netcdf(ds: xr.Dataset, path: str) -> str:
     """Write `ds` to `path` (a local path or a URL) whole or not at all (`remote.written`); bool
-    variables become int8 (netCDF has no bool)."""
-    from gencast_rmmd.remote import written
+    variables become int8 (netCDF has no bool). A local disk without room for it is refused
+    first (`remote.check_room`): HDF5, out of space mid-file, crashed the process as it exited."""
+    from gencast_rmmd.remote import check_room, written
 
     ds = ds.copy()
     for name, var in list(ds.variables.items()):
         if var.dtype == bool:
             ds[name] = var.astype("int8")
             ds[name].attrs["dtype"] = "bool"
+    # HDF5 overhead: a header, and some per variable
+    check_room(path, int(ds.nbytes) + NETCDF_OVERHEAD_BYTES * (1 + len(ds.variables)))
     with written(path) as tmp:
         ds.to_netcdf(tmp, engine=engine())
     return path

@@ -22,8 +22,10 @@ random id set at creation) tells a re-made store from the one an evaluation scor
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -127,9 +129,17 @@ def publish(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
     from gencast_rmmd.remote import filesystem, is_url
 
     if not is_url(path):
-        tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
-        create(tmp, tmpl, spec)
-        os.replace(tmp, path)
+        base = path.rstrip("/")
+        for stale in glob.glob(f"{glob.escape(base)}.tmp-*"):  # what a killed creation left
+            if not _pid_alive(stale.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = f"{base}.tmp-{os.getpid()}"
+        try:
+            create(tmp, tmpl, spec)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: nothing half-made is left beside --out
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return
     fs, root = filesystem(path)
     root = root.rstrip("/")
@@ -145,6 +155,19 @@ def publish(path: str, tmpl: xr.Dataset, spec: dict[str, Any]) -> None:
         middle = [f for f in files if f not in first + last]
         for rel in first + middle + last:
             fs.put_file(os.path.join(local, rel), f"{root}/{rel.replace(os.sep, '/')}")
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether process `pid` (a string, from a temporary name) runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:  # not a pid: not ours to remove
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def creation_interrupted(path: str, spec: dict[str, Any]) -> bool:

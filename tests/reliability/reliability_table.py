@@ -1,7 +1,7 @@
 """The registry of bad inputs and injected faults: one row per case, shared by the tests and the doc.
 
 `BAD_INPUTS` rows are exercised by `test_reliability_bad_inputs.py` (one setup function per `id`
-runs the real CLI and checks the outcome); `FAULTS` rows by `test_reliability_crash.py`.
+runs the real CLI and checks the outcome); `FAULTS` rows by `test_reliability_crash.py` (the full disk: `test_reliability_disk_full.py`).
 `tools/gen_reliability_doc.py` renders both tables into `docs/reliability.md`, and
 `test_reliability_doc.py` fails if the doc, the registry and the tests disagree.
 
@@ -898,6 +898,18 @@ FAULTS: tuple[Fault, ...] = (
         2,
         "`data validate` reports the store `[incomplete]`; the re-run completes it; the store "
         "equals a clean run's and validates",
+    ),
+    Fault(
+        "disk-full",
+        "`gencast-rmmd teacher train` (first checkpoint) and `evaluate` (memory engine) writing "
+        "into a 2 MiB tmpfs (skipped where the tests cannot mount one)",
+        "the disk filled to 16 KiB of free space before the command starts; then freed",
+        2,
+        "one `gencast-rmmd: error:` line each, exit status 2 (was 1 682 lines of orbax tracebacks "
+        "and an internal error; evaluate: a segmentation fault in HDF5): a checkpoint or netCDF "
+        "file that cannot fit is refused before it is begun, other writes out of space are "
+        "reported as such; nothing half-made is left but evaluate's kept work items; once freed "
+        "both commands finish",
     ),
     Fault(
         "stats-kill9",

@@ -32,10 +32,11 @@ def test_doc_matches_the_registry():
 def test_every_row_has_a_test():
     import test_reliability_bad_inputs as bad
     import test_reliability_crash as crash
+    import test_reliability_disk_full as disk
     import test_reliability_safe_loading as safe
 
     assert set(bad.SETUPS) == {c.id for c in table.BAD_INPUTS}
-    assert set(crash.FAULT_TESTS) == {f.id for f in table.FAULTS}
+    assert {**crash.FAULT_TESTS, **disk.FAULT_TESTS}.keys() == {f.id for f in table.FAULTS}
     assert set(safe.AUDIT_TESTS) == {a.id for a in table.AUDITS}
     for group in (table.BAD_INPUTS, table.FAULTS, table.AUDITS):
         ids = [r.id for r in group]
