@@ -32,6 +32,16 @@ class TrainingDivergedError(UserError):
     """Training produced NaN/Inf; the message names the step and the last good checkpoint."""
 
 
+class StoppedBySignal(Exception):
+    """A trainer asked to stop (SIGTERM: a preempted VM, a batch system's time limit; SIGINT:
+    Ctrl-C) finished its step, saved a checkpoint and stopped; not an error. The CLI prints the
+    message and exits with status 128 + `signum`, as a process the signal ended would."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 def no_space_message(what: str, detail: str = "") -> str:
     """The message of a run stopped by a full disk (or quota): `what` says where ("no space
     left on the device writing X"), `detail` the library's words."""

@@ -50,7 +50,8 @@ stores and checkpoints from many places. The rules every command follows:
 - **Nothing half-written.** Outputs are written under a temporary name and moved into place, or
   marked complete only at the end; a failed command leaves its output location as it found it.
 - **Crash-safe.** Training resumes from the last complete checkpoint and ends with the parameters
-  an uninterrupted run would have; pipelines can be re-run after a kill and give the same outputs
+  an uninterrupted run would have (SIGTERM or Ctrl-C: the trainer finishes its step, saves a
+  checkpoint there and exits with status 143 / 130); pipelines can be re-run after a kill and give the same outputs
   (`evaluate` and `data stats` keep their finished work items beside the output,
   `.NAME.eval-items-*` / `.NAME.stats-blocks-*`, so that the re-run does only the rest; the
   directory goes once the outputs are written); an interrupted store is never reported complete.

@@ -24,7 +24,7 @@ import select
 import sys
 
 from gencast_rmmd import __version__, runtime
-from gencast_rmmd.errors import ConfigError, UserError, no_space_message
+from gencast_rmmd.errors import ConfigError, StoppedBySignal, UserError, no_space_message
 
 AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
 
@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gencast-rmmd: error: {e}", file=sys.stderr)
         return 2
+    except StoppedBySignal as e:  # a trainer stopped cleanly on SIGTERM / Ctrl-C
+        print(f"gencast-rmmd: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("gencast-rmmd: interrupted", file=sys.stderr)
         return 130

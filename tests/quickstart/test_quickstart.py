@@ -778,3 +778,19 @@ def test_context_from_run_reads_settings_and_store(tmp_path):
     ctx = chain.Context.from_run(tmp_path)
     offline = next(st for st in chain.STAGES if st.name == "distill offline ablation")
     assert offline.off(ctx) == "rmmd_steps: 0, so the student is phase 1's"
+
+
+def test_a_stage_stopped_by_a_signal_stops_the_quickstart_the_same_way():
+    """A stage's trainer stopped on SIGTERM (status 143, its checkpoint saved) stops the whole
+    quickstart with status 143 and a resume hint, not as a failed stage (status 2)."""
+    import signal
+
+    from gencast_rmmd.cli import quickstart_chain
+    from gencast_rmmd.errors import OutputError, StoppedBySignal
+
+    with pytest.raises(StoppedBySignal, match="stopped in stage 'teacher train'") as e:
+        quickstart_chain._run_cli(lambda args: 128 + signal.SIGTERM, [], "teacher train")
+    assert e.value.signum == signal.SIGTERM
+    with pytest.raises(OutputError, match="failed \\(exit status 2\\)"):
+        quickstart_chain._run_cli(lambda args: 2, [], "teacher train")
+    quickstart_chain._run_cli(lambda args: 0, [], "teacher train")

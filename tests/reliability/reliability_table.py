@@ -857,6 +857,16 @@ FAULTS: tuple[Fault, ...] = (
         "equal an uninterrupted run's bit for bit; no teacher.npz before the run has finished",
     ),
     Fault(
+        "teacher-sigterm",
+        "`gencast-rmmd teacher train` (tiny GenCast, 24 steps, checkpoint every 3)",
+        "SIGTERM (a preempted VM's notice, a batch system's time limit) 1-5 steps after the last "
+        "stop, twice; then resume",
+        2,
+        "finishes the step, saves a checkpoint at it (between the regular ones), says so and "
+        "exits with status 143 (was: ended at once, losing the steps since the last "
+        "checkpoint); the resumed run's parameters and losses equal an uninterrupted run's",
+    ),
+    Fault(
         "distill-kill9",
         "the distiller `distill.trainer.run_phase` (RMMD phase 2: on-policy, 2 members, CRPS "
         "reward, L2 anchor; alternating aux/student rules; 45 steps, checkpoint every 3)",

@@ -159,40 +159,26 @@ def _assert_same_params(a: pathlib.Path, b: pathlib.Path) -> int:
 TEACHER_STEPS, TEACHER_EVERY = 24, 3
 
 
+def _teacher_cmd(w: dict, out: pathlib.Path) -> list[str]:
+    """`gencast-rmmd teacher train` on the tiny workspace `w` into `out` (24 steps, a
+    checkpoint every 3, every step logged)."""
+    return [
+        str(CLI_SCRIPT), "teacher", "train", "--config", str(w["model"]), "--data",
+        str(w["store"]), "--stats", str(w["stats"]), "--task", str(w["task"]), "--out", str(out),
+        "--steps", str(TEACHER_STEPS), "--batch-size", "2", "--no-progress",
+        "--set", f"training.checkpoint_every={TEACHER_EVERY}", "--set", "training.log_every=1",
+        "--set", "training.keep_checkpoints=2",
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_teacher_kill9_resume(tmp_path, workspace, env):
     if not command_available("teacher", "train"):
         pytest.skip("`gencast-rmmd teacher train` is not built yet (placeholder)")
     assert _fault("teacher-kill9").trials == len(KILL_KINDS)
-    w = workspace
 
     def cmd(out):
-        return [
-            str(CLI_SCRIPT),
-            "teacher",
-            "train",
-            "--config",
-            str(w["model"]),
-            "--data",
-            str(w["store"]),
-            "--stats",
-            str(w["stats"]),
-            "--task",
-            str(w["task"]),
-            "--out",
-            str(out),
-            "--steps",
-            str(TEACHER_STEPS),
-            "--batch-size",
-            "2",
-            "--no-progress",
-            "--set",
-            f"training.checkpoint_every={TEACHER_EVERY}",
-            "--set",
-            "training.log_every=1",
-            "--set",
-            "training.keep_checkpoints=2",
-        ]
+        return _teacher_cmd(workspace, out)
 
     ref, run = tmp_path / "reference", tmp_path / "crashed"
     run_to_completion(cmd(ref), env)
@@ -205,6 +191,52 @@ def test_teacher_kill9_resume(tmp_path, workspace, env):
 
 
 FAULT_TESTS = {"teacher-kill9": test_teacher_kill9_resume}
+
+
+@pytest.mark.slow
+def test_teacher_sigterm_resume(tmp_path, workspace, env):
+    """SIGTERM (a preempted VM's notice, a batch system's time limit) to `teacher train` at a
+    step between two checkpoints, twice: each time it finishes the step, saves a checkpoint
+    there, says so and exits with status 143; the resumed run ends with an uninterrupted run's
+    parameters and losses."""
+    import re
+    import signal
+    import subprocess
+
+    fault = _fault("teacher-sigterm")
+    ref, run = tmp_path / "reference", tmp_path / "stopped"
+    run_to_completion(_teacher_cmd(workspace, ref), env)
+    stopped_at = []
+    for i in range(fault.trials):
+        rng = np.random.default_rng(SEED + 50 + i)
+        base = max(stopped_at, default=0)
+        target = base + int(rng.integers(1, 2 * TEACHER_EVERY))
+        proc = subprocess.Popen(
+            _teacher_cmd(workspace, run), env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        while last_metric_step(run / "metrics.jsonl") < target and proc.poll() is None:
+            assert time.monotonic() - t0 < 600
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=600)[1]
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "SIGTERM received: stopping after this step with a checkpoint" in err
+        found = re.search(r"stopped by SIGTERM after step (\d+) of 24; checkpoint (\S+) saved", err)
+        assert found, err[-3000:]
+        step = int(found.group(1))
+        assert step >= target and pathlib.Path(found.group(2)) == run / "checkpoints" / str(step)
+        assert max(checkpoint_steps(run / "checkpoints")) == step
+        assert not (run / "teacher.npz").exists()
+        stopped_at.append(step)
+    assert any(s % TEACHER_EVERY for s in stopped_at), stopped_at  # saved between checkpoints
+    run_to_completion(_teacher_cmd(workspace, run), env)
+    assert _assert_same_params(run / "teacher.npz", ref / "teacher.npz") > 0
+    assert _losses(run) == _losses(ref)
+
+
+FAULT_TESTS["teacher-sigterm"] = test_teacher_sigterm_resume
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from gencast_rmmd.config import to_dict
-from gencast_rmmd.errors import ConfigError, TrainingDivergedError
+from gencast_rmmd.errors import ConfigError, StoppedBySignal, TrainingDivergedError
 from gencast_rmmd.training import (
     LoopConfig,
     OptimizerConfig,
@@ -340,3 +341,70 @@ def test_four_devices_match_one_device(tmp_path, host_devices_env):
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5)
     for a, b in zip(one["params"], four["params"]):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(
+    tmp_path, signum, capfd
+):
+    """SIGTERM (a preempted VM) or Ctrl-C mid-run: the loop finishes its step, saves a checkpoint
+    at that step (13, between the every-5 ones) and raises `StoppedBySignal`; the same run then
+    resumes from step 13 to the parameters and losses of an uninterrupted run. The handlers are
+    put back afterwards."""
+    src = _Source()
+    full = _trainer(tmp_path / "a", num_steps=23, ckpt=5, log_every=1)
+    s_full = full.fit(full.restore_or_init(_init()), FROZEN, ShuffledBatches(src, 16, seed=3))
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    tr = _trainer(tmp_path / "b", num_steps=23, ckpt=5, log_every=1)
+
+    def on_log(step, rec):
+        if step == 13:
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(StoppedBySignal) as e:
+        tr.fit(tr.restore_or_init(_init()), FROZEN, ShuffledBatches(src, 16, seed=3), on_log=on_log)
+    assert e.value.signum == signum
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} after step 13 of 23" in str(e.value)
+    assert f"{name} received: stopping after this step" in capfd.readouterr().err
+    assert tr.ckpt.all_steps()[-2:] == [10, 13]
+    assert {s: signal.getsignal(s) for s in before} == before
+    resumed = _trainer(tmp_path / "b", num_steps=23, ckpt=5, log_every=1)
+    s2 = resumed.restore_or_init(_init())
+    assert resumed.step_of(s2) == 13
+    s2 = resumed.fit(s2, FROZEN, ShuffledBatches(src, 16, seed=3))
+    for a, b in zip(jax.tree.leaves(s_full), jax.tree.leaves(s2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ra = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    rb = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb] and len(ra) == 23
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    tr = _trainer(tmp_path, num_steps=23, ckpt=5, log_every=1)
+
+    def on_log(step, rec):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(tr.restore_or_init(_init()), FROZEN, ShuffledBatches(_Source(), 16, seed=3),
+               on_log=on_log)  # fmt: skip
+    assert tr.ckpt.all_steps()[-1] == 5  # no checkpoint taken on the way out
+
+
+def test_a_signal_at_the_last_step_still_stops_before_what_follows(tmp_path):
+    """The run is complete, but a distillation would go on to its next phase and a teacher to its
+    export: the stop asked for is kept (the re-run finds the run complete and goes on)."""
+    tr = _trainer(tmp_path, num_steps=12, ckpt=5, log_every=1)
+
+    def on_log(step, rec):
+        if step == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(StoppedBySignal, match="after step 12 of 12"):
+        tr.fit(tr.restore_or_init(_init()), FROZEN, ShuffledBatches(_Source(), 16, seed=3),
+               on_log=on_log)  # fmt: skip
+    assert tr.ckpt.latest_step() == 12
