@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from gencast_rmmd import stopping
 from gencast_rmmd.image.config import ClassifierConfig
 from gencast_rmmd.image.data import batch_iterator
 from gencast_rmmd.image.training import StageCheckpoints
@@ -112,11 +113,12 @@ def train_classifier(
         range(start, cfg.steps), desc=f"classifier seed {seed}", disable=not progress,
         initial=start, total=cfg.steps,
     )  # fmt: skip
-    for i in bar:
-        x, y = next(it)
-        rng, key = jax.random.split(rng)
-        params, opt_state, _ = step(params, opt_state, jnp.asarray(x), jnp.asarray(y), key)
-        ckpts.maybe_save(i + 1, (params, opt_state, rng), last=i == cfg.steps - 1)
+    with stopping.graceful_stop(enabled=ckpts.directory is not None):
+        for i in bar:
+            x, y = next(it)
+            rng, key = jax.random.split(rng)
+            params, opt_state, _ = step(params, opt_state, jnp.asarray(x), jnp.asarray(y), key)
+            ckpts.maybe_save(i + 1, (params, opt_state, rng), last=i == cfg.steps - 1)
     return Classifier(params=params, apply=net.apply)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from gencast_rmmd import stopping
 from gencast_rmmd.distill import objectives as obj
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.errors import TrainingDivergedError
@@ -332,21 +333,22 @@ def finetune_run(
         range(first, steps + 1), desc=f"{method}/{reward_name}/lam={lam:g}",
         disable=not progress, initial=first - 1, total=steps,
     )  # fmt: skip
-    for i in bar:
-        x, y = next(it)
-        rng, k, kd = jax.random.split(rng, 3)
-        batch = {
-            "images": jnp.asarray(x),
-            "labels": jnp.asarray(y),
-            "dropout": kd if cfg.dropout else None,
-        }
-        trainable, opt_state, loss, metrics = step(trainable, frozen, opt_state, batch, k)
-        if i % eval_every == 0 or i == steps:
-            lv = float(loss)
-            if not np.isfinite(lv):
-                raise TrainingDivergedError(
-                    f"{method}/{reward_name}/lambda={lam}: loss became {lv} at step {i}"
-                )
-            evaluate(i)
-        ckpts.maybe_save(i + 1, (trainable, opt_state, rng), last=i == steps, record=rows)
+    with stopping.graceful_stop(enabled=ckpts.directory is not None):
+        for i in bar:
+            x, y = next(it)
+            rng, k, kd = jax.random.split(rng, 3)
+            batch = {
+                "images": jnp.asarray(x),
+                "labels": jnp.asarray(y),
+                "dropout": kd if cfg.dropout else None,
+            }
+            trainable, opt_state, loss, metrics = step(trainable, frozen, opt_state, batch, k)
+            if i % eval_every == 0 or i == steps:
+                lv = float(loss)
+                if not np.isfinite(lv):
+                    raise TrainingDivergedError(
+                        f"{method}/{reward_name}/lambda={lam}: loss became {lv} at step {i}"
+                    )
+                evaluate(i)
+            ckpts.maybe_save(i + 1, (trainable, opt_state, rng), last=i == steps, record=rows)
     return rows

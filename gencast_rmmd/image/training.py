@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from gencast_rmmd import stopping
 from gencast_rmmd.distill import objectives as obj
 from gencast_rmmd.distill.trainer import phase_rules
 from gencast_rmmd.errors import CheckpointError, TrainingDivergedError
@@ -157,12 +158,22 @@ class StageCheckpoints:
     ) -> None:
         """Save when `every_s` seconds have passed since the last save (not after the last step:
         the stage's own output follows), with `record` (JSON: e.g. a run's evaluations so far),
-        which `restore` puts back in `self.record`."""
-        if self.directory is None or last or time.monotonic() - self._last < self.every_s:
+        which `restore` puts back in `self.record`. When SIGTERM or Ctrl-C asked the loop to
+        stop (`stopping.requested`), save now and raise `StoppedBySignal`."""
+        signum = stopping.requested() if self.directory is not None else None
+        if signum is None and (
+            self.directory is None or last or time.monotonic() - self._last < self.every_s
+        ):
             return
         meta = {"next_step": next_step, "settings": self.settings, "record": record}
         self._manager().save(next_step, state, meta)
         self._last = time.monotonic()
+        if signum is not None:  # SIGTERM / Ctrl-C inside the loop's `stopping.graceful_stop`
+            raise stopping.stopped(
+                signum,
+                self.directory.name,
+                f"with checkpoint {self.directory} saved (it resumes at step {next_step})",
+            )
 
     def finish(self) -> None:
         """Delete the checkpoints (the stage's output is written, or they are stale)."""
@@ -220,19 +231,20 @@ def train_teacher(
         total=cfg.steps,
     )  # fmt: skip
     run = None
-    for i in bar:
-        x, y = next(it)
-        rng, key = jax.random.split(rng)
-        params, ema, opt_state, loss = step(
-            params, ema, opt_state, jnp.asarray(x), jnp.asarray(y), key
-        )
-        if i % 50 == 0 or i == cfg.steps - 1:
-            lv = float(loss)
-            _check_finite(lv, i, "teacher")
-            run = lv if run is None else 0.9 * run + 0.1 * lv
-            bar.set_postfix(loss=f"{run:.4f}")
-            writer.write(i, {"loss": lv})
-        ckpts.maybe_save(i + 1, (params, ema, opt_state, rng), last=i == cfg.steps - 1)
+    with stopping.graceful_stop(enabled=ckpts.directory is not None):
+        for i in bar:
+            x, y = next(it)
+            rng, key = jax.random.split(rng)
+            params, ema, opt_state, loss = step(
+                params, ema, opt_state, jnp.asarray(x), jnp.asarray(y), key
+            )
+            if i % 50 == 0 or i == cfg.steps - 1:
+                lv = float(loss)
+                _check_finite(lv, i, "teacher")
+                run = lv if run is None else 0.9 * run + 0.1 * lv
+                bar.set_postfix(loss=f"{run:.4f}")
+                writer.write(i, {"loss": lv})
+            ckpts.maybe_save(i + 1, (params, ema, opt_state, rng), last=i == cfg.steps - 1)
     return ema
 
 
@@ -412,27 +424,28 @@ def train_mmd(
     writer = metrics_writer(metrics_path, start)
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
-    for i in bar:
-        x, y = next(it)
-        rng, key, kd = jax.random.split(rng, 3)
-        batch = {
-            "images": jnp.asarray(x),
-            "labels": jnp.asarray(y),
-            "dropout": kd if cfg.dropout else None,
-        }
-        trainable, opt_state, loss, metrics = step(i, trainable, frozen, opt_state, batch, key)
-        if i % 50 == 0 or i == steps - 1:
-            lv = float(loss)
-            _check_finite(lv, i, desc)
-            m = {k: float(v) for k, v in metrics.items()}
-            bar.set_postfix(gap=f"{m.get('moment_gap', float('nan')):.4f}")
-            writer.write(i, {"loss": lv, **m})
-        if cfg.ema_decay > 0:
-            # warm-up of the decay, min(decay, (1 + i) / (10 + i)): the average forgets the
-            # teacher it starts from within the first steps instead of keeping decay^steps of it
-            decay = min(cfg.ema_decay, (1.0 + i) / (10.0 + i))
-            ema = _ema_update(ema, trainable["student"], jnp.float32(decay))
-        ckpts.maybe_save(i + 1, (trainable, opt_state, ema, rng), last=i == steps - 1)
+    with stopping.graceful_stop(enabled=ckpts.directory is not None):
+        for i in bar:
+            x, y = next(it)
+            rng, key, kd = jax.random.split(rng, 3)
+            batch = {
+                "images": jnp.asarray(x),
+                "labels": jnp.asarray(y),
+                "dropout": kd if cfg.dropout else None,
+            }
+            trainable, opt_state, loss, metrics = step(i, trainable, frozen, opt_state, batch, key)
+            if i % 50 == 0 or i == steps - 1:
+                lv = float(loss)
+                _check_finite(lv, i, desc)
+                m = {k: float(v) for k, v in metrics.items()}
+                bar.set_postfix(gap=f"{m.get('moment_gap', float('nan')):.4f}")
+                writer.write(i, {"loss": lv, **m})
+            if cfg.ema_decay > 0:
+                # warm-up of the decay, min(decay, (1 + i) / (10 + i)): the average forgets the
+                # teacher it starts from within the first steps instead of keeping decay^steps of it
+                decay = min(cfg.ema_decay, (1.0 + i) / (10.0 + i))
+                ema = _ema_update(ema, trainable["student"], jnp.float32(decay))
+            ckpts.maybe_save(i + 1, (trainable, opt_state, ema, rng), last=i == steps - 1)
     student = ema if cfg.ema_decay > 0 else trainable["student"]
     return student, trainable["aux"]
 

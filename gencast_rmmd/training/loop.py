@@ -42,11 +42,9 @@ Files under `run_dir`: `checkpoints/<step>/` (orbax, see `checkpointing.py`), `m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -57,7 +55,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gencast_rmmd.errors import ConfigError, StoppedBySignal, TrainingDivergedError
+from gencast_rmmd import stopping
+from gencast_rmmd.errors import ConfigError, TrainingDivergedError
 from gencast_rmmd.training import sharding as shd
 from gencast_rmmd.training.checkpointing import CheckpointManager
 from gencast_rmmd.training.metrics import MetricsWriter
@@ -374,43 +373,6 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-class _GracefulStop:
-    """While installed (in the main thread of a single-process run), SIGTERM and SIGINT ask the
-    loop to stop after its current step with a checkpoint (`StoppedBySignal`) instead of ending
-    the process where it stands: a preempted VM or a batch system's time limit (SIGTERM, some
-    seconds before SIGKILL) or Ctrl-C no longer loses the steps since the last checkpoint. A
-    second Ctrl-C stops at once (`KeyboardInterrupt`). The processes of a multi-process run keep
-    the default handling: stopping at one step would need them all to agree on it."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(
-            f"\ngencast-rmmd: {signal.Signals(signum).name} received: stopping after this step "
-            "with a checkpoint (Ctrl-C again stops at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def install(self) -> None:
-        if self.enabled:
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-
-    def restore(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        self._previous.clear()
-
-
 class Trainer:
     """Runs `UpdateRule`s over a data stream with sharding, accumulation, checkpoints, metrics.
 
@@ -625,7 +587,6 @@ class Trainer:
         if is_iter and getattr(self, "_data_state", None) is not None:
             batches.set_state(self._data_state)
         lead = jax.process_index() == 0
-        stop = _GracefulStop(enabled=jax.process_count() == 1)
         writer = MetricsWriter(self.run_dir / "metrics.jsonl", resume_step=start, enabled=lead)
         last_good = self.ckpt.latest_step()
         bar = tqdm(
@@ -636,8 +597,10 @@ class Trainer:
             dynamic_ncols=True,
         )
         t_last, n_last = time.perf_counter(), start
+        stack = contextlib.ExitStack()
         try:
-            stop.install()
+            # one process: SIGTERM / Ctrl-C stop after the step with a checkpoint (`stopping`)
+            stack.enter_context(stopping.graceful_stop(enabled=jax.process_count() == 1))
             for step in range(start, end):
                 rule = self.schedule(step)
                 batch = next(batches) if is_iter else batches(step)
@@ -676,22 +639,23 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
                     if on_log is not None:
                         on_log(done, rec)
-                stopping = stop_after is not None and done == end and end < self.cfg.num_steps
-                if not stopping and (
+                test_stop = stop_after is not None and done == end and end < self.cfg.num_steps
+                if not test_stop and (
                     done % self.cfg.checkpoint_every == 0 or done == self.cfg.num_steps
                 ):
                     self.save(state, batches.get_state() if is_iter else None)
                     last_good = done
-                if stop.signum is not None:  # also after the last step: what follows waits
+                signum = stopping.requested()
+                if signum is not None:  # also after the last step: what follows waits
                     if last_good != done:
                         self.save(state, batches.get_state() if is_iter else None)
-                    raise StoppedBySignal(
-                        stop.signum,
-                        f"{self.desc}: stopped by {signal.Signals(stop.signum).name} after step "
-                        f"{done} of {self.cfg.num_steps}; checkpoint {self.ckpt.path(done)} "
-                        "saved: run the same command again to resume from it",
+                    raise stopping.stopped(
+                        signum,
+                        self.desc,
+                        f"after step {done} of {self.cfg.num_steps}; checkpoint "
+                        f"{self.ckpt.path(done)} saved",
                     )
         finally:
-            stop.restore()
+            stack.close()
             bar.close()
         return state

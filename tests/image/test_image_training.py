@@ -226,6 +226,46 @@ def test_a_crashed_teacher_stage_resumes_to_the_uninterrupted_result(tmp_path, m
     assert not d.exists()
 
 
+def test_sigterm_stops_a_teacher_stage_with_a_checkpoint_and_it_resumes(tmp_path, monkeypatch):
+    """SIGTERM inside an image loop (checkpoints every 1000 s here, so none is due): the loop
+    saves a checkpoint at once and raises `StoppedBySignal`; the resumed stage ends with the
+    parameters of an uninterrupted run."""
+    import os
+    import signal
+
+    from gencast_rmmd.errors import StoppedBySignal
+    from gencast_rmmd.image.config import TeacherConfig
+
+    model = build_model(SMALL, ScheduleConfig(), (8, 8, 1), 10)
+    cfg = TeacherConfig(steps=7, batch_size=4, ema_decay=0.5)
+    data = _digits()
+    straight = training.train_teacher(cfg, model, data, progress=False)
+    d = tmp_path / "ckpt"
+    real = training.batch_iterator
+
+    def signalling(*args, **kwargs):
+        it = real(*args, **kwargs)
+        for i, b in enumerate(it):
+            if i == 3:  # while the loop works on its 4th batch
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield b
+
+    monkeypatch.setattr(training, "batch_iterator", signalling)
+    with pytest.raises(StoppedBySignal, match=r"ckpt: stopped by SIGTERM with checkpoint .*ckpt "
+                       r"saved \(it resumes at step 4\)"):  # fmt: skip
+        training.train_teacher(
+            cfg, model, data, progress=False,
+            checkpoints=training.StageCheckpoints(d, {"a": 1}, every_s=1000.0),
+        )  # fmt: skip
+    assert training.latest_step(d) == 4
+    monkeypatch.setattr(training, "batch_iterator", real)
+    resumed = training.train_teacher(
+        cfg, model, data, progress=False,
+        checkpoints=training.StageCheckpoints(d, {"a": 1}, every_s=1000.0),
+    )  # fmt: skip
+    assert _tree_equal(resumed, straight)
+
+
 def test_a_crashed_mmd_stage_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     """The same for phase 1 with an EMA student and the alternating schedule (two optimizer
     states, a step-dependent EMA decay; the objective a stand-in that reads batch and key): a
