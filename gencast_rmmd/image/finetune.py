@@ -40,7 +40,12 @@ from gencast_rmmd.image.data import ImageDataset, batch_iterator
 from gencast_rmmd.image.evaluation import Evaluator, generate
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
-from gencast_rmmd.image.training import StageCheckpoints, image_objective, make_optimizer
+from gencast_rmmd.image.training import (
+    StageCheckpoints,
+    image_objective,
+    make_optimizer,
+    next_batch,
+)
 from gencast_rmmd.model.sh_noise import gaussian_noise
 
 
@@ -335,13 +340,7 @@ def finetune_run(
     )  # fmt: skip
     with stopping.graceful_stop(enabled=ckpts.directory is not None):
         for i in bar:
-            x, y = next(it)
-            rng, k, kd = jax.random.split(rng, 3)
-            batch = {
-                "images": jnp.asarray(x),
-                "labels": jnp.asarray(y),
-                "dropout": kd if cfg.dropout else None,
-            }
+            rng, k, batch = next_batch(it, rng, cfg.dropout)
             trainable, opt_state, loss, metrics = step(trainable, frozen, opt_state, batch, k)
             if i % eval_every == 0 or i == steps:
                 lv = float(loss)

@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -248,6 +249,16 @@ def train_teacher(
     return ema
 
 
+def next_batch(it: Iterator, rng: jax.Array, dropout: bool) -> tuple[jax.Array, jax.Array, dict]:
+    """The next training batch of a distillation / fine-tuning loop from `it`, with the step's
+    keys split off `rng`: `(rng, step key, batch)`; the batch's `dropout` key is None unless
+    `dropout`."""
+    x, y = next(it)
+    rng, key, kd = jax.random.split(rng, 3)
+    batch = {"images": jnp.asarray(x), "labels": jnp.asarray(y), "dropout": kd if dropout else None}
+    return rng, key, batch
+
+
 def image_objective(
     model: ImageModel,
     sampler_cfg,
@@ -426,13 +437,7 @@ def train_mmd(
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     with stopping.graceful_stop(enabled=ckpts.directory is not None):
         for i in bar:
-            x, y = next(it)
-            rng, key, kd = jax.random.split(rng, 3)
-            batch = {
-                "images": jnp.asarray(x),
-                "labels": jnp.asarray(y),
-                "dropout": kd if cfg.dropout else None,
-            }
+            rng, key, batch = next_batch(it, rng, cfg.dropout)
             trainable, opt_state, loss, metrics = step(i, trainable, frozen, opt_state, batch, key)
             if i % 50 == 0 or i == steps - 1:
                 lv = float(loss)
