@@ -163,6 +163,33 @@ def disk_full(e: BaseException) -> str | None:
     return None
 
 
+# XLA's words for an allocation that failed on the device (or in host memory on CPU).
+_OUT_OF_MEMORY_TEXT = re.compile(
+    r"RESOURCE_EXHAUSTED:.*(Out of memory|out of memory|Failed to allocate)", re.S
+)
+# What makes each step smaller, by command (the `out_lock` name).
+_SMALLER_STEPS = {
+    "teacher train": "raise --grad-accum (gradient accumulation keeps the global --batch-size) "
+    "or lower --batch-size",
+    "distill": "raise mmd.loop.grad_accum_steps / rmmd.loop.grad_accum_steps (--set; the global "
+    "batch stays) or lower the loops' batch_size",
+    "forecast": "lower --member-block (members per compiled call)",
+    "evaluate": "lower --lead-chunk (lead times per work item)",
+    "quickstart": "use a smaller profile (--fast, or the default rather than --profile result)",
+}
+
+
+def out_of_memory(e: BaseException, command: str | None) -> str | None:
+    """The message for `e` when it is XLA's failed allocation (the accelerator's memory, or the
+    host's on CPU), else None; `command` picks the advice on making each step smaller."""
+    text = str(e)
+    if not _OUT_OF_MEMORY_TEXT.search(text):
+        return None
+    first = text.strip().splitlines()[0][:240]
+    advice = _SMALLER_STEPS.get(command or "", "make the work per step smaller")
+    return f"the device ran out of memory ({first}); {advice}, or run on a device with more memory"
+
+
 def _run_command(args: argparse.Namespace) -> int | None:
     """`args.func(args)`, holding the lock of `args.out` when the command writes one."""
     command = getattr(args, "out_lock", None)
@@ -186,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
     _configure_logging(debug)
+    args = None
     try:
         try:  # before JAX allocates anything (gencast_rmmd/runtime.py)
             runtime.tune_allocator()
@@ -210,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         print("gencast-rmmd: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line unless --debug
-        if (full := disk_full(e)) and not debug:
-            print(f"gencast-rmmd: error: {full}", file=sys.stderr)
+        command = getattr(args, "out_lock", None)
+        if (known := disk_full(e) or out_of_memory(e, command)) and not debug:
+            print(f"gencast-rmmd: error: {known}", file=sys.stderr)
             return 2
         if isinstance(e, BrokenPipeError) and _stdout_gone():
             # The reader of stdout went away (`gencast-rmmd data cache | head`): stop quietly,

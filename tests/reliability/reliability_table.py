@@ -1,7 +1,7 @@
 """The registry of bad inputs and injected faults: one row per case, shared by the tests and the doc.
 
 `BAD_INPUTS` rows are exercised by `test_reliability_bad_inputs.py` (one setup function per `id`
-runs the real CLI and checks the outcome); `FAULTS` rows by `test_reliability_crash.py` (the full disk: `test_reliability_disk_full.py`).
+runs the real CLI and checks the outcome); `FAULTS` rows by `test_reliability_crash.py` (the full disk: `test_reliability_resources.py`).
 `tools/gen_reliability_doc.py` renders both tables into `docs/reliability.md`, and
 `test_reliability_doc.py` fails if the doc, the registry and the tests disagree.
 

@@ -32,7 +32,7 @@ def test_doc_matches_the_registry():
 def test_every_row_has_a_test():
     import test_reliability_bad_inputs as bad
     import test_reliability_crash as crash
-    import test_reliability_disk_full as disk
+    import test_reliability_resources as disk
     import test_reliability_safe_loading as safe
 
     assert set(bad.SETUPS) == {c.id for c in table.BAD_INPUTS}

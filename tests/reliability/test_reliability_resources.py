@@ -1,4 +1,5 @@
-"""A full disk (or quota): one `gencast-rmmd: error:` line saying so, nothing half-written, and
+"""Resources that run out: a full disk (or quota), a read-only output, the device's memory. Each
+is one `gencast-rmmd: error:` line saying so (and what to change), nothing is half-written, and
 the run resumes once there is room.
 
 Measured before: `teacher train` whose first checkpoint met a full disk printed 1 682 lines of
@@ -257,3 +258,38 @@ def test_an_output_on_a_read_only_mount_is_refused_before_any_work(tmp_path, cap
 
 
 FAULT_TESTS = {"disk-full": test_teacher_train_and_evaluate_on_a_really_full_disk}
+
+
+@pytest.mark.parametrize(
+    ("argv", "advice"),
+    [
+        (["forecast", "--model", "persistence", "--members", "2", "--lead-time", "24h"],
+         "lower --member-block (members per compiled call)"),
+        (["data", "stats"], "make the work per step smaller"),
+    ],
+)  # fmt: skip
+def test_a_command_out_of_device_memory_says_so_with_what_to_lower(
+    tmp_path, monkeypatch, capfd, argv, advice
+):
+    """XLA's own failed allocation (a real one: 1 TiB asked of the CPU backend) inside a command
+    is one error line with the command's way to make each step smaller, not an internal error."""
+    import jax.numpy as jnp
+
+    from gencast_rmmd.data import stats
+    from gencast_rmmd.forecast import store
+
+    def allocate(*a, **k):
+        jnp.zeros((2**38,), jnp.float32).block_until_ready()
+
+    ws = tiny_workspace(tmp_path / "ws")
+    monkeypatch.setattr(stats, "save_stats", allocate)
+    monkeypatch.setattr(store, "publish", allocate)
+    full = [*argv, "--data", str(ws["store"])]
+    if argv[0] == "forecast":
+        full += ["--stats", str(ws["stats"]), "--data-config", str(ws["data_config"])]
+        full += ["--init-times", "2020-01-02T00"]
+    capfd.readouterr()
+    assert main([*full, "--out", str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("gencast-rmmd: error: the device ran out of memory (RESOURCE_EXHAUSTED: ")
+    assert f"; {advice}, or run on a device with more memory" in err and err.count("\n") == 1
