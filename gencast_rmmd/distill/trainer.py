@@ -97,7 +97,8 @@ def build_phase_trainer(
 ) -> Trainer:
     """The `Trainer` of one phase (rules, optimizers, schedules); see `run_phase`.
     `config_key` (e.g. "mmd"): the phase's key in the run's config; with it, a warm-up that does
-    not end within the run is said on stderr (`warmup_note`)."""
+    not end within the run is noted (`warmup_note`) in `trainer.start_notes`, which `run_phase`
+    prints on stderr when the phase has steps left."""
     objective = make_objective(
         denoise_fn,
         noise_fn,
@@ -117,6 +118,7 @@ def build_phase_trainer(
     # updates: its schedule spans (n + 1) // 2 of them (PhaseConfig's docstring).
     per_group = (n + 1) // 2 if len(rules) == 2 else n
     optimizers = {g: make_optimizer(opt_cfgs[g], per_group) for g in groups}
+    notes = []
     if config_key:
         keys = {
             "student": "optimizer",
@@ -125,9 +127,9 @@ def build_phase_trainer(
         for key in sorted({keys[g] for g in groups}):
             note = warmup_note(getattr(cfg, key), per_group, f"{config_key}.{key}")
             if note:
-                print(note, file=sys.stderr, flush=True)
+                notes.append(note)
     schedules = {g: make_schedule(opt_cfgs[g], per_group) for g in groups}
-    return Trainer(
+    trainer = Trainer(
         rules,
         optimizers,
         cfg.loop,
@@ -138,6 +140,8 @@ def build_phase_trainer(
         schedules=schedules,
         desc=desc,
     )
+    trainer.start_notes = notes  # said by `run_phase` when the phase has steps left
+    return trainer
 
 
 def run_phase(
@@ -172,6 +176,9 @@ def run_phase(
     trainable = {g: params[g] for g in groups}
     frozen = {g: p for g, p in params.items() if g not in groups}
     state = trainer.restore_or_init(trainable)
+    if trainer.step_of(state) < cfg.loop.num_steps:  # not for a finished phase run again
+        for note in trainer.start_notes:
+            print(note, file=sys.stderr, flush=True)
     state = trainer.fit(state, frozen, batches, stop_after=stop_after)
     out = dict(params)
     out.update(trainer.params(state))

@@ -419,6 +419,8 @@ class Trainer:
         self.meta = dict(meta or {})
         self.lr_schedules = dict(schedules or {})
         self.desc = desc
+        # notes for the start of a run with steps left (a warm-up longer than the run, ...)
+        self.start_notes: list[str] = []
         cfg.check_devices(self.mesh.size)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self._steps: dict[str, Callable] = {}

@@ -217,3 +217,25 @@ def test_four_devices_equal_one_device(tmp_path, host_devices_env):
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4, atol=1e-6)
     for a, b in zip(one["params"], four["params"]):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+
+
+def test_the_warmup_note_is_said_only_while_the_phase_has_steps_left(tmp_path, capfd):
+    """A warm-up longer than the phase is noted when the phase starts or resumes, not when a
+    finished phase is run again (the distillation re-runs phase 1 on the way to phase 2)."""
+    scfg = ss.StudentSamplerConfig(num_steps=2)
+    den, init = G.make_knot_model(ss.noise_levels(scfg), n_extra=8)
+    p0 = init()
+    cfg = _phase(ObjectiveConfig(time_sampling="grid", update_schedule="simultaneous"), 3, batch=8)
+    cfg = PhaseConfig(
+        objective=cfg.objective, loop=cfg.loop,
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=50),
+    )  # fmt: skip
+    params = {"student": p0, "aux": p0, "teacher": G.TEACHER_PARAMS}
+
+    def run():
+        capfd.readouterr()
+        run_phase(cfg, scfg, params, G.data_batches(8), tmp_path, config_key="mmd", **_kw(den))
+        return capfd.readouterr().err
+
+    assert "note: mmd.optimizer.warmup_steps (50) is not shorter than the run (3 updates)" in run()
+    assert "warmup_steps" not in run()  # finished: nothing left to train
