@@ -28,6 +28,7 @@ from gencast_rmmd.data.config import DataConfig, GridConfig
 from gencast_rmmd.data.task import VARIABLES, TaskConfig, has_level, variable_kind
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.remote import (
+    check_host,
     is_url,
     local_path,
     network_problem,
@@ -211,6 +212,7 @@ def open_store(
     if is_url(source):
         opts = url_storage_options(source, token, storage_options)
         try:
+            check_host(source)
             if source.endswith(NETCDF_SUFFIXES):
                 import fsspec
 
