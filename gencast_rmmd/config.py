@@ -43,7 +43,13 @@ _FLOAT_LITERAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def resolve_config_path(path: str | pathlib.Path, kind: str | None = None) -> pathlib.Path:
-    """Find a config file: an existing path, or a name under `configs/<kind>/` (".yaml" optional)."""
+    """Find a config file: an existing path, or a name under `configs/<kind>/` (".yaml" optional).
+    A URL (`gs://bucket/configs/model.yaml`, as on a pod whose configs sit in a bucket) gives the
+    local copy of its object (`remote.local_file`)."""
+    from gencast_rmmd.remote import is_url, local_file
+
+    if is_url(path):
+        return pathlib.Path(local_file(str(path), ConfigError))
     p = pathlib.Path(path)
     candidates = [p]
     if kind is not None:
@@ -328,8 +334,10 @@ def load_config(
     kind: str | None = None,
 ) -> T:
     """Load a YAML file into the frozen dataclass `cls`, strictly. See the module docstring."""
+    from gencast_rmmd.remote import is_url
+
     p = resolve_config_path(path, kind)
-    return from_dict(cls, load_yaml_file(p), str(p), overrides)
+    return from_dict(cls, load_yaml_file(p), str(path) if is_url(path) else str(p), overrides)
 
 
 def load_yaml_file(path: pathlib.Path) -> Any:

@@ -406,3 +406,21 @@ def test_a_url_whose_host_has_no_address_is_refused_at_once(monkeypatch):
     remote.check_host("gs://b/x.zarr")
     remote.check_host("memory://x")
     assert asked[-1] == "localhost" and len(asked) == 3
+
+
+def test_a_config_may_be_read_from_a_url(cache):
+    """`--config gs://bucket/model.yaml` (configs kept in a bucket on a pod): read from the local
+    copy of the object; errors name the URL; a missing object is a ConfigError."""
+    from gencast_rmmd.config import load_config, resolve_config_path
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.model.configs import ModelConfig
+
+    local = resolve_config_path("tiny", kind="model")
+    url = f"{ROOT}/configs/model.yaml"
+    cache.pipe_file(url, local.read_bytes())
+    assert load_config(ModelConfig, url) == load_config(ModelConfig, local)
+    cache.pipe_file(url, local.read_bytes() + b"\nmesh_sise: 3\n")
+    with pytest.raises(ConfigError, match=rf"{ROOT}/configs/model\.yaml.*mesh_sise"):
+        load_config(ModelConfig, url)
+    with pytest.raises(ConfigError, match=rf"'{ROOT}/configs/none\.yaml' does not exist"):
+        load_config(ModelConfig, f"{ROOT}/configs/none.yaml")
