@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -164,6 +165,10 @@ def lead_steps_from(lead_steps: int | None, lead_time: str | None, step_hours: i
             "give exactly one of --lead-steps N or --lead-time DURATION (e.g. 240h, 10D)"
         )
     if lead_time is not None:
+        if re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)\s*", lead_time):  # pandas: nanoseconds
+            raise ConfigError(
+                f"--lead-time {lead_time!r} has no unit; use e.g. {lead_time.strip()}h or 10D"
+            )
         try:
             td = pd.Timedelta(lead_time)
         except ValueError:

@@ -229,6 +229,16 @@ def test_init_time_range_step_needs_a_unit():
         parse(["2001-10-01T00/2001-10-02T00", "2001-10-01T12"])
 
 
+def test_a_lead_time_without_a_unit_is_refused():
+    """`--lead-time 12` was read by pandas as 12 ns and refused as '3.33333e-12 h' not a multiple
+    of the step; it now says the unit is missing."""
+    steps = fc_pipe.lead_steps_from
+    assert steps(None, "240h", 12) == 20 and steps(None, "10D", 12) == 20
+    for bare in ("12", "240", " 36 ", "1.5", ".5"):
+        with pytest.raises(ConfigError, match=rf"--lead-time '{bare}' has no unit; use e\.g\. "):
+            steps(None, bare, 12)
+
+
 def test_persistence_spec_and_data_config(data, tmp_path):
     """`persistence[:NOISE]` parses to its noise scale (None for a checkpoint path); a NOISE that
     is no finite number >= 0 is one ConfigError (it was read as a checkpoint path that 'does not
