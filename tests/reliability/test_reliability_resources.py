@@ -174,9 +174,9 @@ def _mount_tmpfs(where: pathlib.Path, size: str) -> bool:
 
 @pytest.mark.slow
 def test_teacher_train_and_evaluate_on_a_really_full_disk(tmp_path):
-    """The `disk-full` fault row. On a 2 MiB tmpfs filled up (where this machine lets the tests
-    mount one; root in CI's container): each command ends with one error line, exit status 2, and nothing half-made is
-    left beside its output; once there is room the same commands finish."""
+    """The `disk-full` fault row. On a 2 MiB tmpfs filled up (as root; skipped where the tests
+    cannot mount one): each command ends with one error line, exit status 2, and nothing
+    half-made is left beside its output; once there is room the same commands finish."""
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "2m"):
         pytest.skip("cannot mount a tmpfs here (not root)")
