@@ -296,9 +296,7 @@ def network_problem(e: BaseException) -> str | None:
         from aiohttp import ClientConnectionError
     except ImportError:  # no HTTP filesystem installed
         ClientConnectionError = ConnectionError  # noqa: N806
-    chain: set[int] = set()  # a chain may loop (an exception raised again as its own cause)
-    seen = e
-    while seen is not None and id(seen) not in chain:
+    for seen in causes(e):
         if isinstance(
             seen, ClientConnectionError | ConnectionError | socket.gaierror | TimeoutError
         ):
@@ -306,9 +304,18 @@ def network_problem(e: BaseException) -> str | None:
                 f"its host cannot be reached ({seen}); check the network connection, or use a "
                 "local copy"
             )
-        chain.add(id(seen))
-        seen = seen.__cause__ or seen.__context__
     return None
+
+
+def causes(e: BaseException) -> Iterator[BaseException]:
+    """`e`, then its cause (or context), and so on; each once (a chain may loop: an exception
+    raised again as its own cause)."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        yield x
+        x = x.__cause__ or x.__context__
 
 
 def local_file(source: str | os.PathLike, error: type[UserError] = UserError) -> str:

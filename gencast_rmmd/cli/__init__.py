@@ -142,15 +142,12 @@ def disk_full(e: BaseException) -> str | None:
     """The message for `e` when it (or an exception in its chain) says the disk or the quota is
     full, else None. Such a run stops with `gencast-rmmd: error:` (the user can fix it), not as
     an internal error whose traceback was hundreds of lines (orbax's writer threads)."""
-    seen: set[int] = set()
-    x: BaseException | None = e
-    while x is not None and id(x) not in seen:
-        seen.add(id(x))
-        where = None
+    from gencast_rmmd.remote import causes
+
+    for x in causes(e):
         if isinstance(x, OSError) and x.errno in _DISK_FULL_ERRNOS:
             where = x.filename
         elif not _DISK_FULL_TEXT.search(str(x)):
-            x = x.__cause__ or x.__context__
             continue
         else:
             found = re.search(r"""(?:file|writing:?|filename =) ["']([^"']+)["']""", str(x))

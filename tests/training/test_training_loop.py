@@ -137,6 +137,18 @@ def test_a_warmup_longer_than_the_run_is_said():
     assert warmup_note(OptimizerConfig(learning_rate=1e-3), 5, "x") is None  # no warm-up
 
 
+def _assert_same_run(s_full, s2, run_a, run_b):
+    """The resumed run `s2` (run dir `run_b`) ended with the uninterrupted run's state `s_full`
+    (run dir `run_a`), and its metrics file reads as if uninterrupted. Returns the records."""
+    for a, b in zip(jax.tree.leaves(s_full), jax.tree.leaves(s2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ra = read_metrics(run_a / "metrics.jsonl")
+    rb = read_metrics(run_b / "metrics.jsonl")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    return ra
+
+
 def test_resume_is_exact(tmp_path):
     src = _Source()
     full = _trainer(tmp_path / "a", num_steps=23, ckpt=5)
@@ -151,13 +163,8 @@ def test_resume_is_exact(tmp_path):
     s2 = resumed.restore_or_init(_init())
     assert resumed.step_of(s2) == 10
     s2 = resumed.fit(s2, FROZEN, ShuffledBatches(src, 16, seed=3))
-    for a, b in zip(jax.tree.leaves(s_full), jax.tree.leaves(s2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # the metrics file reads as if uninterrupted (records of steps 11-13 were rewritten once)
-    ra = read_metrics(tmp_path / "a" / "metrics.jsonl")
-    rb = read_metrics(tmp_path / "b" / "metrics.jsonl")
-    assert [r["step"] for r in ra] == [r["step"] for r in rb]
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    # records of steps 11-13 were rewritten once
+    _assert_same_run(s_full, s2, tmp_path / "a", tmp_path / "b")
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
@@ -374,11 +381,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     s2 = resumed.restore_or_init(_init())
     assert resumed.step_of(s2) == 13
     s2 = resumed.fit(s2, FROZEN, ShuffledBatches(src, 16, seed=3))
-    for a, b in zip(jax.tree.leaves(s_full), jax.tree.leaves(s2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    ra = read_metrics(tmp_path / "a" / "metrics.jsonl")
-    rb = read_metrics(tmp_path / "b" / "metrics.jsonl")
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb] and len(ra) == 23
+    assert len(_assert_same_run(s_full, s2, tmp_path / "a", tmp_path / "b")) == 23
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
