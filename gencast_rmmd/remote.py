@@ -259,11 +259,12 @@ def check_input_file(
 _PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
-def check_host(source: str) -> None:
+def check_host(source: str, storage_options: dict | None = None) -> None:
     """`ConnectionError` at once when the host that URL `source` is read from has no address
-    (no network, no DNS): gcsfs retried for 35 s before it said so. gs:// reads from
-    storage.googleapis.com (or `STORAGE_EMULATOR_HOST`), http(s):// from the URL's host; other
-    schemes, and any URL while a proxy is set, are not checked."""
+    (no network, no DNS): gcsfs retried for 35 s before it said so. gs:// reads from the
+    `endpoint_url` of `storage_options` (gcsfs's option), else `STORAGE_EMULATOR_HOST`, else
+    storage.googleapis.com; http(s):// from the URL's host; other schemes, and any URL while a
+    proxy is set, are not checked."""
     import socket
     from urllib.parse import urlsplit
 
@@ -271,9 +272,11 @@ def check_host(source: str) -> None:
         return
     scheme = source.split("://", 1)[0].lower()
     if scheme in ("gs", "gcs"):
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        parts = urlsplit(emulator if "://" in (emulator or "") else f"https://{emulator}")
-        host = parts.hostname if emulator else "storage.googleapis.com"
+        endpoint = (storage_options or {}).get("endpoint_url") or os.environ.get(
+            "STORAGE_EMULATOR_HOST"
+        )
+        parts = urlsplit(endpoint if "://" in (endpoint or "") else f"https://{endpoint}")
+        host = parts.hostname if endpoint else "storage.googleapis.com"
     elif scheme in ("http", "https"):
         host = urlsplit(source).hostname
     else:

@@ -402,10 +402,15 @@ def test_a_url_whose_host_has_no_address_is_refused_at_once(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://localhost:4443")
     with pytest.raises(ConnectionError, match="localhost"):
         remote.check_host("gs://b/x.zarr")
+    # a data config's gcsfs endpoint_url wins over both
+    with pytest.raises(DataError, match=r"cannot resolve host gcs\.internal\.example"):
+        open_store(
+            "gs://b/x.zarr", storage_options={"endpoint_url": "https://gcs.internal.example:9000"}
+        )
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
     remote.check_host("gs://b/x.zarr")
     remote.check_host("memory://x")
-    assert asked[-1] == "localhost" and len(asked) == 3
+    assert asked[2:] == ["localhost", "gcs.internal.example"]
 
 
 def test_a_config_may_be_read_from_a_url(cache):

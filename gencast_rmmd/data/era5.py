@@ -212,7 +212,7 @@ def open_store(
     if is_url(source):
         opts = url_storage_options(source, token, storage_options)
         try:
-            check_host(source)
+            check_host(source, opts)
             if source.endswith(NETCDF_SUFFIXES):
                 import fsspec
 

@@ -177,7 +177,7 @@ def test_gcs_token_defaults_to_fsspec_configuration(monkeypatch):
         raise FileNotFoundError(path)
 
     monkeypatch.setattr(era5, "open_zarr_quiet", fake_open)
-    monkeypatch.setattr(era5, "check_host", lambda source: None)  # offline here
+    monkeypatch.setattr(era5, "check_host", lambda source, opts=None: None)  # offline here
     cfg = DataConfig(task=SMALL_TASK, source="gs://private-bucket/era5.zarr")
     assert cfg.token is None
     for conf, token in (({"gs": {"token": "google_default"}}, None), ({}, "anon")):

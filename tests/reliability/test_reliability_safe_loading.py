@@ -195,7 +195,7 @@ def test_gcs_is_anonymous_by_default(monkeypatch):
         return xr.Dataset()
 
     monkeypatch.setattr(era5.xr, "open_zarr", fake_open_zarr)
-    monkeypatch.setattr(era5, "check_host", lambda source: None)  # offline here
+    monkeypatch.setattr(era5, "check_host", lambda source, opts=None: None)  # offline here
     monkeypatch.setattr(fsspec.config, "conf", {})
     era5.open_store("gs://some-public-bucket/era5.zarr")
     era5.open_store("gs://private-bucket/era5.zarr", token="google_default")
