@@ -42,6 +42,16 @@ class StoppedBySignal(Exception):
         self.signum = signum
 
 
+class AlreadyReported(Exception):
+    """A command run inside another (a quickstart stage) ended and printed its own one line,
+    which names the outer stage; the outer command prints nothing more and exits with `status`,
+    the inner command's exit status (2 for an error, 128 + signal for a clean stop)."""
+
+    def __init__(self, status: int):
+        super().__init__(f"exit status {status}")
+        self.status = status
+
+
 def no_space_message(what: str, detail: str = "") -> str:
     """The message of a run stopped by a full disk (or quota): `what` says where ("no space
     left on the device writing X"), `detail` the library's words."""

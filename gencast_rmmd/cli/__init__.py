@@ -15,6 +15,8 @@ shows the traceback of any error.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import errno
 import importlib
 import logging
@@ -24,7 +26,13 @@ import select
 import sys
 
 from gencast_rmmd import __version__, runtime
-from gencast_rmmd.errors import ConfigError, StoppedBySignal, UserError, no_space_message
+from gencast_rmmd.errors import (
+    AlreadyReported,
+    ConfigError,
+    StoppedBySignal,
+    UserError,
+    no_space_message,
+)
 
 AREAS = ("quickstart", "data", "teacher", "distill", "forecast", "evaluate", "image")
 
@@ -206,11 +214,28 @@ def _run_command(args: argparse.Namespace) -> int | None:
         return args.func(args)
 
 
+# The quickstart stage a nested `main` runs for (`nested_stage`): its one line names the stage.
+_STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("stage", default=None)
+
+
+@contextlib.contextmanager
+def nested_stage(what: str):
+    """Within: `main` runs as stage `what` of an outer command (the quickstart), and the one
+    line it prints on an error or a clean stop begins "quickstart stage 'WHAT': ", so the outer
+    command need not add a second line (`AlreadyReported`)."""
+    token = _STAGE.set(what)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("GENCAST_RMMD_DEBUG") == "1"
     _configure_logging(debug)
     args = None
+    stage = f"quickstart stage '{_STAGE.get()}': " if _STAGE.get() else ""
     try:
         try:  # before JAX allocates anything (gencast_rmmd/runtime.py)
             runtime.tune_allocator()
@@ -223,21 +248,23 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rc = _run_command(args)
         return int(rc or 0)
+    except AlreadyReported as e:  # a nested command's line said it all
+        return e.status
     except UserError as e:
         if debug:
             raise
-        print(f"gencast-rmmd: error: {e}", file=sys.stderr)
+        print(f"gencast-rmmd: error: {stage}{e}", file=sys.stderr)
         return 2
     except StoppedBySignal as e:  # a trainer stopped cleanly on SIGTERM / Ctrl-C
-        print(f"gencast-rmmd: {e}", file=sys.stderr)
+        print(f"gencast-rmmd: {stage}{e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("gencast-rmmd: interrupted", file=sys.stderr)
+        print(f"gencast-rmmd: {stage}interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line unless --debug
         command = getattr(args, "out_lock", None)
         if (known := disk_full(e) or out_of_memory(e, command)) and not debug:
-            print(f"gencast-rmmd: error: {known}", file=sys.stderr)
+            print(f"gencast-rmmd: error: {stage}{known}", file=sys.stderr)
             return 2
         if isinstance(e, BrokenPipeError) and _stdout_gone():
             # The reader of stdout went away (`gencast-rmmd data cache | head`): stop quietly,
@@ -247,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(
-            f"gencast-rmmd: internal error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
+            f"gencast-rmmd: internal error: {stage}{type(e).__name__}: {e} (re-run with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1

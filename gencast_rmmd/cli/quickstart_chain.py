@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gencast_rmmd.config import dump_yaml, from_dict, load_config, load_yaml_file, to_dict
-from gencast_rmmd.errors import ConfigError, OutputError, StoppedBySignal
+from gencast_rmmd.errors import AlreadyReported, ConfigError, OutputError
 from gencast_rmmd.remote import check_out_dir, write_text
 
 PROFILES = ("default", "fast", "result")
@@ -1014,15 +1014,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def _run_cli(cli_main: Callable[[list[str]], int], args: list[str], what: str) -> None:
-    rc = cli_main(args)
-    if rc > 128:  # the stage's trainer stopped on a signal, its checkpoint saved (said above)
-        raise StoppedBySignal(
-            rc - 128, f"quickstart stopped in stage '{what}': run the same command again to resume"
-        )
+    """Run the command `args` as quickstart stage `what`. Its one line on an error or a clean
+    stop (a trainer's checkpoint saved on SIGTERM) names the stage (`nested_stage`); the
+    quickstart then exits with the same status and prints nothing more (`AlreadyReported`)."""
+    from gencast_rmmd.cli import nested_stage
+
+    with nested_stage(what):
+        rc = cli_main(args)
     if rc:
-        raise OutputError(
-            f"quickstart stage '{what}' failed (exit status {rc}); see the message above"
-        )
+        raise AlreadyReported(rc)
 
 
 def _no_phase2(c: Context) -> str | None:
