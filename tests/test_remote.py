@@ -413,6 +413,45 @@ def test_a_url_whose_host_has_no_address_is_refused_at_once(monkeypatch):
     assert asked[2:] == ["localhost", "gcs.internal.example"]
 
 
+def test_a_host_that_refuses_is_said_at_once(monkeypatch):
+    """A host whose name resolves but where nothing listens (a stopped emulator, a wrong port)
+    is refused at once: gcsfs's retries took 37 s to say so (measured, STORAGE_EMULATOR_HOST at a
+    closed localhost port). A host that accepts the connection passes."""
+    import socket
+    import time
+
+    from gencast_rmmd.data.era5 import open_store
+    from gencast_rmmd.errors import DataError
+
+    for k in remote._PROXY_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        remote.check_host("gs://b/x.zarr", {"endpoint_url": f"http://127.0.0.1:{port}"})
+        remote.check_host(f"http://127.0.0.1:{port}/params.npz")
+    # the port is closed now: nothing listens
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=rf"its host cannot be reached \(cannot connect to "
+                       rf"127\.0\.0\.1:{port} \(Connection refused"):  # fmt: skip
+        open_store("gs://some-bucket/era5.zarr")
+    with pytest.raises(DataError, match=rf"cannot connect to 127\.0\.0\.1:{port}"):
+        remote.local_file(f"http://127.0.0.1:{port}/params.npz", DataError)
+    assert time.monotonic() - t0 < 5
+
+    def no_answer(address, timeout=None):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", no_answer)  # a firewall drops the packets
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    with pytest.raises(
+        ConnectionError, match=r"storage\.googleapis\.com:443 did not answer within 10 s"
+    ):
+        remote.check_host("gs://b/x.zarr")
+
+
 def test_a_config_may_be_read_from_a_url(cache):
     """`--config gs://bucket/model.yaml` (configs kept in a bucket on a pod): read from the local
     copy of the object; errors name the URL; a missing object is a ConfigError."""
