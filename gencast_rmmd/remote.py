@@ -351,9 +351,7 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         info = fs.info(path)
         if info.get("type") == "directory":
             raise error(f"{source!r} is a directory, expected a file")
-        # The object's metadata as fsspec reports it, one request: size, and on GCS checksums,
-        # generation and update time, over HTTP(S) ETag / Last-Modified when the server sends them.
-        version = json.dumps(info, sort_keys=True, default=str)
+        version = object_version(info)
     except (OSError, ValueError) as e:
         unreachable = network_problem(e)  # fsspec's HTTP filesystem reports one as not found
         if unreachable:
@@ -363,7 +361,7 @@ def local_file(source: str | os.PathLike, error: type[UserError] = UserError) ->
         raise error(f"{source!r} cannot be read ({type(e).__name__}: {e})") from None
     name = path.rstrip("/").rsplit("/", 1)[-1] or "file"
     group = _url_group(remote_cache_dir(), source)
-    if any(info.get(k) not in (None, "") for k in _VERSION_INFO):
+    if version is not None:
         dest = group / _digest(version, 16) / name
         if dest.is_file():
             return str(dest)
@@ -407,6 +405,15 @@ _VERSION_INFO = frozenset(
         "created",
     }
 )
+
+
+def object_version(info: dict) -> str | None:
+    """What tells an object at a URL from one written there later, from fsspec's `info` of it
+    (one request): the metadata as reported (size, and on GCS checksums, generation and update
+    time, over HTTP(S) ETag / Last-Modified); None when it names no version (`_VERSION_INFO`)."""
+    if not any(info.get(k) not in (None, "") for k in _VERSION_INFO):
+        return None
+    return json.dumps(info, sort_keys=True, default=str)
 
 
 def _download(fs, path: str, directory: pathlib.Path, name: str, source: str, error) -> str:

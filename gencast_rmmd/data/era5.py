@@ -141,20 +141,45 @@ def store_id(path: str | os.PathLike) -> str | None:
 
 
 def store_fingerprint(path: str | os.PathLike | None) -> str | list[int] | None:
-    """What tells a store from one re-made at the same path: its `store_id`; for a local store
-    or file without one (made by another tool), the modification time and size of its metadata
-    file (`.zmetadata`, `zarr.json`) or of the file itself (NetCDF). None for a URL without a
-    store id (taken as unchanged) or a missing path."""
+    """What tells a store from one re-made at the same path: its `store_id`; for a store or
+    file without one (made by another tool, such as ARCO-ERA5), that of its metadata file
+    (`.zmetadata`, `zarr.json`) or of the file itself (NetCDF): locally its modification time
+    and size, at a URL the object's version (`remote.object_version`: GCS generation and
+    checksums, HTTP ETag). None for a missing path, or an object whose server names no
+    version (taken as unchanged)."""
     if not path:
         return None
     found = store_id(path)
-    if found is not None or is_url(os.fspath(path)):
+    if found is not None:
         return found
+    if is_url(os.fspath(path)):
+        return _url_store_version(os.fspath(path))
     for name in (".zmetadata", "zarr.json", ""):
         p = os.path.join(path, name) if name else os.fspath(path)
         if os.path.isfile(p):
             st = os.stat(p)
             return [st.st_mtime_ns, st.st_size]
+    return None
+
+
+def _url_store_version(source: str) -> str | None:
+    import hashlib
+
+    from gencast_rmmd.remote import filesystem, object_version
+
+    fs, root = filesystem(source, read_only=True)
+    for name in (".zmetadata", "zarr.json", ""):
+        try:
+            info = fs.info(f"{root.rstrip('/')}/{name}" if name else root)
+        except Exception:  # not there (another layout), or out of reach: the next, else None
+            continue
+        if info.get("type") == "file":
+            version = object_version(info)
+            return (
+                None
+                if version is None
+                else "object:" + hashlib.sha256(version.encode()).hexdigest()
+            )
     return None
 
 

@@ -245,6 +245,25 @@ def test_store_id_reads_urls():
     assert era5.store_id("memory://gencast_rmmd_test/none.zarr") is None
 
 
+def test_a_url_store_without_id_is_told_apart_by_its_metadata_object():
+    """A store at a URL made by another tool (no store id, such as ARCO-ERA5) is fingerprinted
+    by its metadata object's version (GCS generation, HTTP ETag; the time fsspec's memory
+    filesystem wrote it here), so kept work is not reused after the store was re-written there;
+    before, every such store was taken as unchanged (None). Reading it again gives the same."""
+    url = "memory://gencast_rmmd_test/fp.zarr"
+    arco_style_ds(hours=2).to_zarr(url, consolidated=False, mode="w")
+    first = era5.store_fingerprint(url)
+    assert first is not None and first.startswith("object:")
+    assert era5.store_fingerprint(url) == first
+    arco_style_ds(hours=3).to_zarr(url, consolidated=False, mode="w")
+    assert era5.store_fingerprint(url) not in (None, first)
+    assert era5.store_fingerprint("memory://gencast_rmmd_test/nothing.zarr") is None
+    with_id = "memory://gencast_rmmd_test/id2.zarr"
+    ds = arco_style_ds(hours=2).assign_attrs({era5.STORE_ID_ATTR: "by-url"})
+    ds.to_zarr(with_id, consolidated=False, mode="w")
+    assert era5.store_fingerprint(with_id) == "by-url"
+
+
 def test_memory_urls_are_opened_without_storage_options(monkeypatch):
     """zarr 3.4 (what Python >= 3.12 installs) refuses `storage_options`, even `{}`, for a
     `memory://` URL, and `store_id` then read every such store as id-less. The rule is enforced
