@@ -79,6 +79,16 @@ def load_params(path: str | pathlib.Path, like: Any) -> tuple[Any, dict]:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta
 
 
+def say_warmup(cfg: OptimConfig, updates: int, where: str, start: int, steps: int) -> None:
+    """Print `training.loop.warmup_note` (the warm-up does not end within the run's `updates`:
+    the learning rate never reaches its setting) when the run has steps left."""
+    from gencast_rmmd.training.loop import warmup_note
+
+    note = warmup_note(cfg, updates, where)
+    if note and start < steps:
+        print(note, file=sys.stderr, flush=True)
+
+
 def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation:
     """Adam(b1, b2, eps) with linear warm-up, then constant or linear decay to 0; grad clip."""
     warm = max(cfg.warmup_steps, 0)
@@ -216,6 +226,7 @@ def train_teacher(
     opt_state = opt.init(params)
     ema = params
     start, (params, ema, opt_state, rng) = ckpts.restore((params, ema, opt_state, rng))
+    say_warmup(cfg.optim, cfg.steps, "teacher.optim", start, cfg.steps)
 
     @jax.jit
     def step(params, ema, opt_state, x, y, key):
@@ -432,6 +443,8 @@ def train_mmd(
     ema = teacher_params
     rng = jax.random.PRNGKey(cfg.seed)
     start, (trainable, opt_state, ema, rng) = ckpts.restore((trainable, opt_state, ema, rng))
+    per_group = (steps + 1) // 2 if cfg.update_schedule == "alternating" else steps
+    say_warmup(cfg.optim, per_group, "mmd.optim", start, steps)
     writer = metrics_writer(metrics_path, start)
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
