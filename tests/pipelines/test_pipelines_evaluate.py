@@ -546,7 +546,7 @@ def test_one_member_forecast_is_scored_and_said_to_have_no_spread(stores, tmp_pa
     one = xr.open_zarr(stores["f"]).isel(realization=[0])
     for v in one.variables.values():
         v.encoding = {}
-    one.to_zarr(f1)
+    one.to_zarr(f1, consolidated=False)
     evaluate(
         f1,
         stores["t"],
