@@ -21,6 +21,9 @@ def register(sub) -> None:
     nr = dsub.add_parser(
         "nature-run",
         help="build the embedded dinosaur Held-Suarez nature run as an ERA5-named Zarr store",
+        description="Build the embedded nature run (dinosaur's primitive-equation core with "
+        "Held-Suarez forcing) and write it as an ERA5-named Zarr store: the offline data of the "
+        "quickstart, which builds it once into its cache (docs/data.md).",
     )
     nr.add_argument("--out", required=True, help="output Zarr path")
     nr.add_argument("--config", default="embedded", help="data config (default: embedded)")

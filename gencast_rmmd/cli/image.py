@@ -19,7 +19,12 @@ import json
 def register(sub) -> None:
     from gencast_rmmd.cli import add_set_argument
 
-    p = sub.add_parser("image", help="class-conditional image diffusion: teacher, MMD, RMMD Pareto")
+    p = sub.add_parser(
+        "image",
+        help="class-conditional image diffusion: teacher, MMD, RMMD Pareto",
+        description="The same method for class-conditional image diffusion: each stage runs "
+        "the ones before it that are not done, in one run directory (docs/image.md).",
+    )
     isub = p.add_subparsers(dest="image_command", metavar="STAGE")
     helps = {
         "teacher": "train the classifiers and the U-ViT teacher; evaluate teacher samples",
