@@ -885,6 +885,16 @@ FAULTS: tuple[Fault, ...] = (
         "the exported student.npz and the loss of every step equal an uninterrupted run's",
     ),
     Fault(
+        "distill-cli-sigterm",
+        "`gencast-rmmd distill --phase mmd` (GenCast objective on a tiny teacher, 12 steps, "
+        "checkpoint every 3)",
+        "SIGTERM 1-4 steps after the last stop, twice; then resume",
+        2,
+        "finishes the step, saves a checkpoint at it, says so and exits with status 143 without "
+        "exporting a student; the resumed run's student.npz and losses equal an uninterrupted "
+        "run's",
+    ),
+    Fault(
         "forecast-kill9",
         "`gencast-rmmd forecast` (8 init times x 4 members in blocks of 2, 3 lead steps)",
         "SIGKILL during start-up, then twice after a random number of written regions",

@@ -193,43 +193,53 @@ def test_teacher_kill9_resume(tmp_path, workspace, env):
 FAULT_TESTS = {"teacher-kill9": test_teacher_kill9_resume}
 
 
+def sigterm_at(cmd, env, metrics: pathlib.Path, target: int, total: int, checkpoints):
+    """Run `cmd` (a trainer logging every step to `metrics`) and send it SIGTERM once step
+    `target` is logged: it must finish its step, save a checkpoint there, say so and exit with
+    status 143. Returns the step it stopped after."""
+    import re
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    t0 = time.monotonic()
+    while last_metric_step(metrics) < target and proc.poll() is None:
+        assert time.monotonic() - t0 < 600
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM received: stopping after this step with a checkpoint" in err
+    found = re.search(
+        rf"stopped by SIGTERM after step (\d+) of {total}; checkpoint (\S+) saved", err
+    )
+    assert found, err[-3000:]
+    step = int(found.group(1))
+    assert step >= target and pathlib.Path(found.group(2)) == checkpoints / str(step)
+    assert max(checkpoint_steps(checkpoints)) == step
+    return step
+
+
 @pytest.mark.slow
 def test_teacher_sigterm_resume(tmp_path, workspace, env):
     """SIGTERM (a preempted VM's notice, a batch system's time limit) to `teacher train` at a
     step between two checkpoints, twice: each time it finishes the step, saves a checkpoint
     there, says so and exits with status 143; the resumed run ends with an uninterrupted run's
     parameters and losses."""
-    import re
-    import signal
-    import subprocess
-
     fault = _fault("teacher-sigterm")
     ref, run = tmp_path / "reference", tmp_path / "stopped"
     run_to_completion(_teacher_cmd(workspace, ref), env)
     stopped_at = []
     for i in range(fault.trials):
         rng = np.random.default_rng(SEED + 50 + i)
-        base = max(stopped_at, default=0)
-        target = base + int(rng.integers(1, 2 * TEACHER_EVERY))
-        proc = subprocess.Popen(
-            _teacher_cmd(workspace, run), env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        t0 = time.monotonic()
-        while last_metric_step(run / "metrics.jsonl") < target and proc.poll() is None:
-            assert time.monotonic() - t0 < 600
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=600)[1]
-        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-        assert "SIGTERM received: stopping after this step with a checkpoint" in err
-        found = re.search(r"stopped by SIGTERM after step (\d+) of 24; checkpoint (\S+) saved", err)
-        assert found, err[-3000:]
-        step = int(found.group(1))
-        assert step >= target and pathlib.Path(found.group(2)) == run / "checkpoints" / str(step)
-        assert max(checkpoint_steps(run / "checkpoints")) == step
+        target = max(stopped_at, default=0) + int(rng.integers(1, 2 * TEACHER_EVERY))
+        cmd = _teacher_cmd(workspace, run)
+        stopped_at.append(
+            sigterm_at(cmd, env, run / "metrics.jsonl", target, TEACHER_STEPS, run / "checkpoints")
+        )
         assert not (run / "teacher.npz").exists()
-        stopped_at.append(step)
     assert any(s % TEACHER_EVERY for s in stopped_at), stopped_at  # saved between checkpoints
     run_to_completion(_teacher_cmd(workspace, run), env)
     assert _assert_same_params(run / "teacher.npz", ref / "teacher.npz") > 0
@@ -275,42 +285,77 @@ def test_distill_kill9_resume(tmp_path, env):
 DISTILL_CLI_KILLS = ("past_checkpoint", "during_save")
 
 
+DISTILL_CLI_STEPS, DISTILL_CLI_EVERY = 12, 3
+
+
+def _distill_cli(w: dict, tmp_path: pathlib.Path):
+    """A tiny teacher for the workspace `w`'s grid, and `cmd(out)`: `gencast-rmmd distill
+    --phase mmd` from it into `out` (12 steps, a checkpoint every 3, every step logged)."""
+    import xarray as xr
+    from reliability_helpers import tiny_checkpoint
+
+    from gencast_rmmd.model.checkpoint import save_checkpoint
+
+    ds = xr.open_zarr(w["store"])
+    teacher = save_checkpoint(
+        tmp_path / "teacher.npz", tiny_checkpoint(ds["lat"].values, ds["lon"].values)
+    )
+
+    def cmd(out):
+        return [
+            str(CLI_SCRIPT), "distill", "--config", "tiny", "--teacher", str(teacher), "--data",
+            str(w["store"]), "--stats", str(w["stats"]), "--out", str(out), "--phase", "mmd",
+            "--no-progress", "--set", f"mmd.loop.num_steps={DISTILL_CLI_STEPS}", "--set",
+            f"mmd.loop.checkpoint_every={DISTILL_CLI_EVERY}", "--set", "mmd.loop.log_every=1",
+            "--set", "mmd.loop.batch_size=2", "--set", "student_sampler.num_steps=2",
+        ]  # fmt: skip
+
+    return cmd
+
+
 @pytest.mark.slow
 def test_distill_cli_kill9_resume(tmp_path, workspace, env):
     """`gencast-rmmd distill` (GenCast objective on the tiny teacher, phase 1) killed twice and
     resumed: the exported student equals an uninterrupted run's."""
     if not command_available("distill"):
         pytest.skip("`gencast-rmmd distill` is not built yet (placeholder)")
-    import xarray as xr
-    from reliability_helpers import tiny_checkpoint
-
-    from gencast_rmmd.model.checkpoint import save_checkpoint
-
     assert _fault("distill-cli-kill9").trials == len(DISTILL_CLI_KILLS)
-    w = workspace
-    ds = xr.open_zarr(w["store"])
-    teacher = save_checkpoint(
-        tmp_path / "teacher.npz", tiny_checkpoint(ds["lat"].values, ds["lon"].values)
-    )
-    steps, every = 12, 3
-
-    def cmd(out):
-        return [
-            str(CLI_SCRIPT), "distill", "--config", "tiny", "--teacher", str(teacher), "--data",
-            str(w["store"]), "--stats", str(w["stats"]), "--out", str(out), "--phase", "mmd",
-            "--no-progress", "--set", f"mmd.loop.num_steps={steps}", "--set",
-            f"mmd.loop.checkpoint_every={every}", "--set", "mmd.loop.log_every=1", "--set",
-            "mmd.loop.batch_size=2", "--set", "student_sampler.num_steps=2",
-        ]  # fmt: skip
-
+    cmd = _distill_cli(workspace, tmp_path)
     ref, run = tmp_path / "reference", tmp_path / "crashed"
     run_to_completion(cmd(ref), env)
     log = kill_chain(
-        cmd(run), run / "mmd", env, every, run / "mmd" / "student.npz", DISTILL_CLI_KILLS
-    )
+        cmd(run), run / "mmd", env, DISTILL_CLI_EVERY, run / "mmd" / "student.npz",
+        DISTILL_CLI_KILLS,
+    )  # fmt: skip
     assert [o for _, o, _ in log] == ["killed"] * len(DISTILL_CLI_KILLS), log
     assert _assert_same_params(run / "mmd" / "student.npz", ref / "mmd" / "student.npz") > 0
     assert _losses(run / "mmd") == _losses(ref / "mmd")
+
+
+@pytest.mark.slow
+def test_distill_cli_sigterm_resume(tmp_path, workspace, env):
+    """SIGTERM to `gencast-rmmd distill` at a step between two checkpoints: the phase finishes
+    its step, saves a checkpoint there, says so and exits with status 143 without exporting a
+    student; the re-run resumes there and exports an uninterrupted run's student."""
+    fault = _fault("distill-cli-sigterm")
+    cmd = _distill_cli(workspace, tmp_path)
+    ref, run = tmp_path / "reference", tmp_path / "stopped"
+    run_to_completion(cmd(ref), env)
+    stopped_at = []
+    for i in range(fault.trials):
+        rng = np.random.default_rng(SEED + 70 + i)
+        target = max(stopped_at, default=0) + int(rng.integers(1, 2 * DISTILL_CLI_EVERY - 1))
+        stopped_at.append(
+            sigterm_at(cmd(run), env, run / "mmd" / "metrics.jsonl", target, DISTILL_CLI_STEPS,
+                       run / "mmd" / "checkpoints")
+        )  # fmt: skip
+        assert not (run / "mmd" / "student.npz").exists()
+    run_to_completion(cmd(run), env)
+    assert _assert_same_params(run / "mmd" / "student.npz", ref / "mmd" / "student.npz") > 0
+    assert _losses(run / "mmd") == _losses(ref / "mmd")
+
+
+FAULT_TESTS["distill-cli-sigterm"] = test_distill_cli_sigterm_resume
 
 
 # ------------------------------------------------------------------------------------------------
