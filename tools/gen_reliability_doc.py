@@ -68,7 +68,10 @@ stores and checkpoints from many places. The rules every command follows:
   printed 1 682 lines of tracebacks from its writer threads, HDF5 crashed the process), and any
   other write that meets a full disk or quota ends the command with `gencast-rmmd: error: no
   space left on the device writing PATH (...)` and exit status 2; the same command resumes once
-  there is room. So does XLA's failed allocation (`the device ran out of memory (...)`), with the
+  there is room. A disk that fills while a checkpoint is being written (another process filling
+  it) also ends in that one line: the errors of orbax's and tensorstore's threads after it are
+  dropped without `--debug` (some 1 500 lines of "Event loop is closed" tracebacks before).
+  XLA's failed allocation is one line too (`the device ran out of memory (...)`), with the
   command's way to make each step smaller (`--grad-accum`, `--member-block`, `--lead-chunk`).
 - **Safe loading.** No pickle anywhere (`allow_pickle=False`), checkpoint names, shapes and dtypes
   checked against the model before use, outputs confined to the requested directory, anonymous

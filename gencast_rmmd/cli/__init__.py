@@ -67,12 +67,35 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 # extras we do not install, and the (correct) fallback coder for xarray-beam's Key objects.
 _QUIET_LOG_MESSAGES = ("apitools not found", "Using fallback deterministic coder")
 
+# Errors of library threads still at work when the command has ended (a checkpoint's writer
+# threads after the disk filled part-way): orbax's threads that find the interpreter shutting
+# down, and tensorstore's callbacks into the event loop of orbax's failed write, some 240
+# tracebacks printed after the command's own error line. The line said what happened.
+_AFTERMATH = ("cannot schedule new futures after", "Event loop is closed")
+
+
+def _aftermath(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _AFTERMATH)
+
+
+class _QuietUnraisable:
+    """`sys.unraisablehook` without --debug: drops `_aftermath` errors, passes others on to the
+    hook it replaced."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        if not _aftermath(unraisable.exc_value):
+            self.previous(unraisable)
+
 
 class _QuietFilter(logging.Filter):
-    """Without --debug: drops the messages above, and a library's record of a user error or of
-    a full disk (the command stops with one error line that says it: orbax logged each of its
+    """Without --debug: drops the messages above, a library's record of a user error or of a
+    full disk (the command stops with one error line that says it: orbax logged each of its
     writer threads' failure with a traceback, some 140 lines, and Beam the error of a step before
-    re-raising it); other records keep their message line but not their traceback."""
+    re-raising it), and `_AFTERMATH` errors; other records keep their message line but not their
+    traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -80,7 +103,9 @@ class _QuietFilter(logging.Filter):
             return False
         if record.exc_info:
             exc = record.exc_info[1]
-            if exc is not None and (isinstance(exc, UserError) or disk_full(exc)):
+            if exc is not None and (
+                isinstance(exc, UserError) or disk_full(exc) or _aftermath(exc)
+            ):
                 return False
             record.exc_info = None
             record.exc_text = None
@@ -95,6 +120,8 @@ def _configure_logging(debug: bool) -> None:
     if not debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietFilter())
+        if not isinstance(sys.unraisablehook, _QuietUnraisable):
+            sys.unraisablehook = _QuietUnraisable(sys.unraisablehook)
         # gcsfs logs a failed request with its traceback before raising it; the error the user
         # gets names the store and the reason (`remote.network_problem`), once.
         logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
