@@ -10,6 +10,7 @@ beside `--out`; the output lock's own record failed the command.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -198,11 +199,11 @@ def _mount_tmpfs(where: pathlib.Path, size: str) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_teacher_train_and_evaluate_on_a_really_full_disk(tmp_path):
-    """The `disk-full` fault row. On a 2 MiB tmpfs filled up (as root; skipped where the tests
-    cannot mount one): each command ends with one error line, exit status 2, and nothing
-    half-made is left beside its output; once there is room the same commands finish."""
+@contextlib.contextmanager
+def _full_disk(tmp_path: pathlib.Path):
+    """(disk, ws, fill): a 2 MiB tmpfs at `tmp_path/disk` filled to 16 KiB free by the file
+    `fill`, and a tiny workspace beside it; unmounted at the end. Skips the test where it
+    cannot mount one (not root)."""
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "2m"):
         pytest.skip("cannot mount a tmpfs here (not root)")
@@ -210,6 +211,17 @@ def test_teacher_train_and_evaluate_on_a_really_full_disk(tmp_path):
         ws = tiny_workspace(tmp_path / "ws")
         fill = disk / "fill"
         fill.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 16 * 1024))
+        yield disk, ws, fill
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_teacher_train_and_evaluate_on_a_really_full_disk(tmp_path):
+    """The `disk-full` fault row. On a 2 MiB tmpfs filled up (as root; skipped where the tests
+    cannot mount one): each command ends with one error line, exit status 2, and nothing
+    half-made is left beside its output; once there is room the same commands finish."""
+    with _full_disk(tmp_path) as (disk, ws, fill):
         env = subprocess_env()
 
         def run(*argv):
@@ -249,8 +261,6 @@ def test_teacher_train_and_evaluate_on_a_really_full_disk(tmp_path):
         r = run(*ev)
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted(p.name for p in disk.iterdir()) == ["ev", "run"]
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)
 
 
 def test_an_output_on_a_read_only_mount_is_refused_before_any_work(tmp_path, capfd):
@@ -292,13 +302,7 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line(tmp_path):
     shutdown)."""
     import sys
 
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "2m"):
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
-        ws = tiny_workspace(tmp_path / "ws")
-        fill = disk / "fill"
-        fill.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 16 * 1024))
+    with _full_disk(tmp_path) as (disk, ws, fill):
         argv = [
             "teacher", "train", "--config", ws["model"], "--data", ws["store"], "--stats",
             ws["stats"], "--task", ws["task"], "--out", disk / "run", "--steps", "4",
@@ -319,8 +323,6 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line(tmp_path):
         assert r.returncode == 2, r.stderr[-3000:]
         assert len(lines) == 1, f"{len(lines)} lines:\n{r.stderr[-3000:]}"
         assert lines[0].startswith("gencast-rmmd: error: no space left on the device"), lines
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True, timeout=60)
 
 
 FAULT_TESTS = {"disk-full": test_teacher_train_and_evaluate_on_a_really_full_disk}
