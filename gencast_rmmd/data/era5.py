@@ -173,13 +173,12 @@ def _url_store_version(source: str) -> str | None:
             info = fs.info(f"{root.rstrip('/')}/{name}" if name else root)
         except Exception:  # not there (another layout), or out of reach: the next, else None
             continue
-        if info.get("type") == "file":
-            version = object_version(info)
-            return (
-                None
-                if version is None
-                else "object:" + hashlib.sha256(version.encode()).hexdigest()
-            )
+        if info.get("type") != "file":
+            continue
+        version = object_version(info)
+        if version is None:  # the server names no version: taken as unchanged
+            return None
+        return "object:" + hashlib.sha256(version.encode()).hexdigest()
     return None
 
 
