@@ -260,7 +260,7 @@ def test_the_teacher_is_done_only_for_the_current_statistics(
     import shutil
 
     from gencast_rmmd.data import stats as stats_lib
-    from gencast_rmmd.errors import OutputError
+    from gencast_rmmd.errors import AlreadyReported
     from gencast_rmmd.model.checkpoint import load_checkpoint, read_provenance, save_checkpoint
     from gencast_rmmd.safety import file_sha256
     from gencast_rmmd.training import teacher as teacher_lib
@@ -286,9 +286,11 @@ def test_the_teacher_is_done_only_for_the_current_statistics(
     monkeypatch.setattr(teacher_lib, "stats_sha256", lambda d: "1" * 64)
     assert not chain._teacher_done(ctx)
     before = {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()}
-    with pytest.raises(OutputError, match="teacher train"):
+    with pytest.raises(AlreadyReported) as refused:  # the stage's one line said it
         chain._stage_teacher(ctx)
+    assert refused.value.status == 2
     err = capsys.readouterr().err
+    assert err.startswith("gencast-rmmd: error: quickstart stage 'teacher train': ")
     assert "other normalisation statistics" in err and f"delete {ctx.teacher_run}" in err
     assert {p: p.stat().st_mtime_ns for p in ctx.teacher_run.rglob("*") if p.is_file()} == before
 

@@ -420,10 +420,12 @@ def test_forecast_kill9_rerun(tmp_path, workspace, env):
             kill = Kill(kind, lambda: True, delay=float(rng.uniform(0.5, 3.0)))
         else:
             target = max(_done_count(out), 0) + int(rng.integers(1, n_regions // 4))
+            # `_timed`: at once when the count passes the target, so a fast run cannot finish
+            # during the delay (it did once, with another job loading the cores)
+            done = lambda: _done_count(out)  # noqa: E731
             kill = Kill(
                 f"after {target} regions",
-                lambda t=target: _done_count(out) >= t,
-                delay=float(rng.uniform(0.0, 0.3)),
+                _timed(done, target, float(rng.uniform(0.0, 0.3))),
                 poll=0.01,
             )
         outcome = run_until_killed(cmd(out), env, kill)
