@@ -278,12 +278,12 @@ def check_host(source: str, storage_options: dict | None = None) -> None:
         return
     scheme = source.split("://", 1)[0].lower()
     if scheme in ("gs", "gcs"):
-        endpoint = (storage_options or {}).get("endpoint_url") or os.environ.get(
-            "STORAGE_EMULATOR_HOST"
+        endpoint = (
+            (storage_options or {}).get("endpoint_url")
+            or os.environ.get("STORAGE_EMULATOR_HOST")
+            or "https://storage.googleapis.com"
         )
-        parts = urlsplit(endpoint if "://" in (endpoint or "") else f"https://{endpoint}")
-        if not endpoint:
-            parts = urlsplit("https://storage.googleapis.com")
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
     elif scheme in ("http", "https"):
         parts = urlsplit(source)
     else:

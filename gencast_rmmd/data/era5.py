@@ -140,6 +140,10 @@ def store_id(path: str | os.PathLike) -> str | None:
     return None if found is None else str(found)
 
 
+# Where a store's version shows: its metadata file (consolidated v2, v3), or the file itself.
+_METADATA_FILES = (".zmetadata", "zarr.json", "")
+
+
 def store_fingerprint(path: str | os.PathLike | None) -> str | list[int] | None:
     """What tells a store from one re-made at the same path: its `store_id`; for a store or
     file without one (made by another tool, such as ARCO-ERA5), that of its metadata file
@@ -154,7 +158,7 @@ def store_fingerprint(path: str | os.PathLike | None) -> str | list[int] | None:
         return found
     if is_url(os.fspath(path)):
         return _url_store_version(os.fspath(path))
-    for name in (".zmetadata", "zarr.json", ""):
+    for name in _METADATA_FILES:
         p = os.path.join(path, name) if name else os.fspath(path)
         if os.path.isfile(p):
             st = os.stat(p)
@@ -168,7 +172,7 @@ def _url_store_version(source: str) -> str | None:
     from gencast_rmmd.remote import filesystem, object_version
 
     fs, root = filesystem(source, read_only=True)
-    for name in (".zmetadata", "zarr.json", ""):
+    for name in _METADATA_FILES:
         try:
             info = fs.info(f"{root.rstrip('/')}/{name}" if name else root)
         except Exception:  # not there (another layout), or out of reach: the next, else None

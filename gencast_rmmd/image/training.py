@@ -41,6 +41,7 @@ from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
 from gencast_rmmd.remote import written
 from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
+from gencast_rmmd.training.loop import say_warmup
 from gencast_rmmd.training.metrics import MetricsWriter
 
 
@@ -77,16 +78,6 @@ def load_params(path: str | pathlib.Path, like: Any) -> tuple[Any, dict]:
         leaves.append(jnp.asarray(data[key]))
     meta = json.loads(str(data["meta"])) if "meta" in data else {}
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), meta
-
-
-def say_warmup(cfg: OptimConfig, updates: int, where: str, start: int, steps: int) -> None:
-    """Print `training.loop.warmup_note` (the warm-up does not end within the run's `updates`:
-    the learning rate never reaches its setting) when the run has steps left."""
-    from gencast_rmmd.training.loop import warmup_note
-
-    note = warmup_note(cfg, updates, where)
-    if note and start < steps:
-        print(note, file=sys.stderr, flush=True)
 
 
 def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation:

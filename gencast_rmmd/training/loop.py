@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -227,6 +228,13 @@ def warmup_note(cfg: OptimizerConfig, num_updates: int, where: str) -> str | Non
         f"note: {where}.warmup_steps ({w}) is not shorter than the run ({num_updates} updates): "
         f"the learning rate rises only to {top:.3g} of its {cfg.learning_rate:g}"
     )
+
+
+def say_warmup(cfg: Any, updates: int, where: str, start: int, steps: int) -> None:
+    """Print `warmup_note` on stderr when the run (`start` of `steps` done) has steps left."""
+    note = warmup_note(cfg, updates, where)
+    if note and start < steps:
+        print(note, file=sys.stderr, flush=True)
 
 
 def optimizer_resume_key(cfg: Mapping[str, Any] | None) -> dict[str, str] | None:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -58,7 +57,7 @@ from gencast_rmmd.training.loop import (
     make_optimizer,
     make_schedule,
     optimizer_resume_key,
-    warmup_note,
+    say_warmup,
 )
 from gencast_rmmd.training.periods import (
     refuse_resume_on_other_examples,
@@ -392,9 +391,9 @@ def train_teacher(
     trainer = _trainer(run, den, out, progress, meta)
     state = trainer.restore_or_init({GROUP: params})
     start = trainer.step_of(state)
-    note = warmup_note(training.optimizer, training.num_steps, "training.optimizer")
-    if note and start < training.num_steps:
-        print(note, file=sys.stderr, flush=True)
+    say_warmup(
+        training.optimizer, training.num_steps, "training.optimizer", start, training.num_steps
+    )
     batches = ShuffledBatches(
         source,
         training.batch_size,
