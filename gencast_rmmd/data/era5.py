@@ -140,22 +140,26 @@ def store_id(path: str | os.PathLike) -> str | None:
     return None if found is None else str(found)
 
 
-# Where a store's version shows: its metadata file (consolidated v2, v3), or the file itself.
-_METADATA_FILES = (".zmetadata", "zarr.json", "")
+# Where a store's version shows: its root metadata file (consolidated v2, v3, a plain v2
+# group's; xarray re-writes it on an append too), or the file itself.
+_METADATA_FILES = (".zmetadata", "zarr.json", ".zgroup", "")
 
 
 def store_fingerprint(path: str | os.PathLike | None) -> str | list[int] | None:
-    """What tells a store from one re-made at the same path: its `store_id`; for a store or
-    file without one (made by another tool, such as ARCO-ERA5), that of its metadata file
-    (`.zmetadata`, `zarr.json`) or of the file itself (NetCDF): locally its modification time
-    and size, at a URL the object's version (`remote.object_version`: GCS generation and
-    checksums, HTTP ETag). None for a missing path, or an object whose server names no
-    version (taken as unchanged)."""
+    """What tells a store from one re-made or appended to at the same path: its `store_id`,
+    or for a store or file without one (made by another tool, such as ARCO-ERA5) its
+    `metadata_version`."""
     if not path:
         return None
     found = store_id(path)
-    if found is not None:
-        return found
+    return found if found is not None else metadata_version(path)
+
+
+def metadata_version(path: str | os.PathLike) -> str | list[int] | None:
+    """The version of the store's root metadata file (`.zmetadata`, `zarr.json`, `.zgroup`),
+    or of the file itself (NetCDF): locally its modification time and size, at a URL the
+    object's version (`remote.object_version`: GCS generation and checksums, HTTP ETag). None
+    for a missing path, or an object whose server names no version (taken as unchanged)."""
     if is_url(os.fspath(path)):
         return _url_store_version(os.fspath(path))
     for name in _METADATA_FILES:

@@ -32,6 +32,7 @@ import xarray as xr
 from gencast_rmmd.data import normalization as nz
 from gencast_rmmd.data.era5 import (
     is_url,
+    metadata_version,
     open_store,
     open_zarr_group,
     source_path,
@@ -268,24 +269,20 @@ def examples_cache_dir() -> pathlib.Path:
 
 # Local copies (`ExampleSource(local_cache=DIR)`): DIR/examples-<key>/ holds one `<variable>.npy`
 # per per-example variable, `complete` once they are all written, and `EXAMPLES_RECORD`, what the
-# copy was made from (the store, its id and metadata time, the variables and levels: the key's
-# ingredients).
+# copy was made from (the store, its id and metadata version, the variables and levels: the
+# key's ingredients).
 EXAMPLES_COPY_PREFIX = "examples-"
 EXAMPLES_RECORD = "source.json"
 
 
-STORE_STATE_KEYS = ("zarr_json_mtime_ns", "store_id")
+STORE_STATE_KEYS = ("metadata_version", "store_id")
 
 
 def store_state(store: str | os.PathLike) -> dict[str, Any]:
     """What identifies the current state of the store at `store` in a local copy's key and
-    record: the modification time of its `zarr.json` (0 when there is none, e.g. at a URL) and
-    its store id (a store re-made at the same path gets a new one)."""
-    meta = pathlib.Path(store) / "zarr.json"
-    return {
-        "zarr_json_mtime_ns": meta.stat().st_mtime_ns if meta.exists() else 0,
-        "store_id": store_id(store),
-    }
+    record: its root metadata's `metadata_version` (re-written with the store, and on an append)
+    and its store id (a store re-made at the same path gets a new one)."""
+    return {"metadata_version": metadata_version(store), "store_id": store_id(store)}
 
 
 def copy_superseded_by(record: Mapping[str, Any], store: str, current: Mapping[str, Any]) -> bool:

@@ -264,6 +264,31 @@ def test_a_url_store_without_id_is_told_apart_by_its_metadata_object():
     assert era5.store_fingerprint(with_id) == "by-url"
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("where", ["url", "local"])
+def test_a_store_without_id_appended_to_or_rewritten_is_told_apart(tmp_path, where, zarr_format):
+    """A store without an id and without consolidated metadata is told apart after an append
+    along time and after a re-write, locally and at a URL, in Zarr v2 and v3. A plain v2
+    group's `.zgroup` is its root metadata (before, such a store was keyed by its path alone,
+    so kept work computed on the shorter store was resumed); xarray re-writes it, as it does a
+    v3 root `zarr.json`, on an append."""
+    store = (
+        f"memory://gencast_rmmd_test/append{zarr_format}.zarr"
+        if where == "url"
+        else str(tmp_path / "a.zarr")
+    )
+    ds = arco_style_ds(hours=4)
+    ds.isel(time=slice(0, 2)).to_zarr(store, consolidated=False, mode="w", zarr_format=zarr_format)
+    first = era5.store_fingerprint(store)
+    assert first is not None
+    assert era5.store_fingerprint(store) == first
+    ds.isel(time=slice(2, 4)).to_zarr(store, consolidated=False, append_dim="time")
+    appended = era5.store_fingerprint(store)
+    assert appended not in (None, first)
+    ds.to_zarr(store, consolidated=False, mode="w", zarr_format=zarr_format)
+    assert era5.store_fingerprint(store) not in (None, first, appended)
+
+
 def test_memory_urls_are_opened_without_storage_options(monkeypatch):
     """zarr 3.4 (what Python >= 3.12 installs) refuses `storage_options`, even `{}`, for a
     `memory://` URL, and `store_id` then read every such store as id-less. The rule is enforced

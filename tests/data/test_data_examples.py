@@ -287,6 +287,27 @@ def test_a_store_re_made_replaces_its_local_copy(store_and_stats, tmp_path):
         np.testing.assert_array_equal(v, before[k])
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_store_without_id_re_written_is_copied_again(store_and_stats, tmp_path, zarr_format):
+    """A store made by another tool (no store id) and re-written at the same path with other
+    values is copied again, in Zarr v2 (consolidated `.zmetadata`) as in v3. Before, a copy's key
+    held the v3 `zarr.json` time only, so a v2 store's old copy was read silently."""
+    import shutil
+
+    _, ds, _, stats_dir = store_and_stats
+    other = tmp_path / f"v{zarr_format}.zarr"
+    ds.to_zarr(other, consolidated=zarr_format == 2, zarr_format=zarr_format)
+    cache = tmp_path / "cache"
+    before = ex.ExampleSource(other, SMALL_TASK, stats_dir, local_cache=cache)[3]
+    shutil.rmtree(other)
+    (ds + 1.0).to_zarr(other, consolidated=zarr_format == 2, zarr_format=zarr_format)
+    after = ex.ExampleSource(other, SMALL_TASK, stats_dir, local_cache=cache)[3]
+    plain = ex.ExampleSource(other, SMALL_TASK, stats_dir)[3]
+    np.testing.assert_array_equal(after["inputs"], plain["inputs"])
+    assert not np.array_equal(after["inputs"], before["inputs"])
+    assert len(list(cache.glob("examples-*"))) == 1  # the earlier state's copy was removed
+
+
 def test_resolve_local_cache_auto_off_and_path(store_and_stats, tmp_path, monkeypatch):
     path, _, _, stats_dir = store_and_stats
     src = ex.ExampleSource(path, SMALL_TASK, stats_dir)
