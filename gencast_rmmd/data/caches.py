@@ -185,6 +185,8 @@ def _example_store_state(rec: dict, store: str) -> str | None:
     path = pathlib.Path(store)
     if not path.exists():
         return "its store is gone"
+    if any(k not in rec for k in examples.STORE_STATE_KEYS):
+        return "recorded by an earlier version (made again when needed)"
     if examples.copy_superseded_by(rec, store, examples.store_state(store)):
         return "its store was re-made or rewritten since"
     return None

@@ -63,6 +63,18 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
     unrecorded.mkdir()
     (unrecorded / "complete").write_text("1")
     (unrecorded / "temperature.npy").write_bytes(b"x" * 5000)
+    # A copy of the live store recorded by an earlier version (its record lacks a key now taken).
+    (live_copy,) = (
+        c
+        for c in (root / "examples").glob("examples-*")
+        if (c / ex.EXAMPLES_RECORD).exists()
+        and json.loads((c / ex.EXAMPLES_RECORD).read_text())["store"] == str(live.absolute())
+    )
+    older = root / "examples" / "examples-fedcba9876543210"
+    shutil.copytree(live_copy, older)
+    record = json.loads((older / ex.EXAMPLES_RECORD).read_text())
+    record["zarr_json_mtime_ns"] = record.pop("metadata_version")
+    (older / ex.EXAMPLES_RECORD).write_text(json.dumps(record))
 
     # Remote copies: a fetched URL, an older cache layout, a stale and a fresh partial fetch.
     fs = fsspec.filesystem("memory")
@@ -80,7 +92,11 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
     with file_lock(root / f".{building.name}.lock"):  # its builder is at work
         entries = _entries(capsys)
         state = {p: e["stale"] for p, e in entries.items()}
-        by_source = {e["source"]: e for e in entries.values() if e["kind"] == "examples"}
+        by_source = {
+            e["source"]: e
+            for p, e in entries.items()
+            if e["kind"] == "examples" and p != str(older)
+        }
         assert state[str(root / "nature_run-aaaa.zarr")] is None
         assert entries[str(root / "nature_run-aaaa.zarr")]["source"] == (
             "embedded nature run: 60 days after 30 of spin-up, T21, seed 0"
@@ -91,6 +107,7 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
         assert by_source[str(live.absolute())]["stale"] is None
         assert by_source[str(gone.absolute())]["stale"] == "its store is gone"
         assert state[str(unrecorded)].startswith("made before copies recorded their store")
+        assert state[str(older)] == "recorded by an earlier version (made again when needed)"
         assert state[str(copy.parent)] is None and entries[str(copy.parent)]["source"] == URL
         assert state[str(legacy)] == "older cache layout"
         assert state[str(old_part)] == "interrupted fetch" and state[str(new_part)] is None
@@ -98,17 +115,17 @@ def test_data_cache_lists_and_prunes_stale_entries(tmp_path, monkeypatch, capsys
 
         assert main(["data", "cache"]) == 0
         text = capsys.readouterr().out
-        assert "copy of" in text and URL in text and "6 stale" in text and "--prune" in text
+        assert "copy of" in text and URL in text and "7 stale" in text and "--prune" in text
         assert "current" in text and "in use" not in text
 
         assert main(["data", "cache", "--prune"]) == 0
-        assert "6 stale" in capsys.readouterr().out
+        assert "7 stale" in capsys.readouterr().out
         after = _entries(capsys)
         assert all(e["stale"] is None for e in after.values())
         assert set(after) == {p for p, s in state.items() if s is None}
     # Once its builder is gone, the build that never finished is stale too.
     assert _entries(capsys)[str(building)]["stale"] == "incomplete build"
-    for p in (crashed, unrecorded, legacy, old_part, root / "nature_run-dddd.zarr"):
+    for p in (crashed, unrecorded, older, legacy, old_part, root / "nature_run-dddd.zarr"):
         assert not p.exists()
     # What was kept still serves: the copy of the URL, and the live store's example copy.
     assert remote.local_file(URL) == str(copy) and new_part.exists()
