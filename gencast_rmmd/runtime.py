@@ -91,3 +91,16 @@ def tune_allocator(mode: str | None = None) -> str:
         ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
         _applied = mode if ok else "unavailable"
     return _applied
+
+
+def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory a new allocation can get without swapping (Linux's `MemAvailable`), or
+    None where it is not reported (other systems)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

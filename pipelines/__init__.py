@@ -70,6 +70,20 @@ def pipeline_options(beam_args: Sequence[str] = ()):
     return options
 
 
+# Runners whose workers run on this machine: they share its disk (the kept work of a resumable
+# run is local files) and its memory. `LOCAL_RUNNER` is the default.
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "PrismRunner")  # fmt: skip
+
+
+def runs_here(beam_args: Sequence[str] = ()) -> bool:
+    """Whether the pipeline of `beam_args` runs its workers on this machine (`LOCAL_RUNNERS`)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = pipeline_options(beam_args).view_as(StandardOptions).runner
+    return str(runner).split(".")[-1] in LOCAL_RUNNERS
+
+
 def cli_beam_args(raw: Sequence[str]) -> list[str]:
     """The Beam flags a command got after `--`, checked (`pipeline_options`) before any work."""
     beam_args = [a for a in raw if a != "--"]

@@ -27,9 +27,10 @@ from gencast_rmmd.data.era5 import store_id, time_spacing
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
-from gencast_rmmd.remote import check_out_dir, filesystem, is_url, source_path
+from gencast_rmmd.remote import check_out_dir, check_room, filesystem, is_url, mib, source_path
+from gencast_rmmd.runtime import available_memory
 from gencast_rmmd.safety import file_sha256
-from pipelines import pipeline_options
+from pipelines import pipeline_options, runs_here
 
 METRICS_SUFFIX = ".metrics.jsonl"  # F.zarr.metrics.jsonl: one JSON line per region (local engine)
 PERSISTENCE = "persistence"  # --model persistence[:NOISE], the model-free baseline
@@ -265,6 +266,37 @@ def check_initial_conditions(ds, model, spec: ForecastSpec) -> None:
             )
 
 
+def item_bytes(spec: ForecastSpec, task, n_lat: int, n_lon: int) -> int:
+    """Host memory a work item cannot do without: its members' states at every lead time
+    ([member block, lead steps, lat, lon, C_out] float32, gathered whole before the region is
+    written) and the forcings at the lead times ([lead steps, lat, lon, C_f])."""
+    grid = n_lat * n_lon * 4
+    block = min(spec.member_block, spec.members)
+    return spec.lead_steps * grid * (block * task.layout.n_targets + task.layout.n_forcings)
+
+
+def store_bytes(spec: ForecastSpec, task, n_lat: int, n_lon: int) -> int:
+    """The forecast store's data, uncompressed (float32; the written stores measured 81% of it)."""
+    n = len(spec.init_times) * spec.members * spec.lead_steps
+    return n * n_lat * n_lon * task.layout.n_targets * 4
+
+
+def check_memory(spec: ForecastSpec, task, n_lat: int, n_lon: int, available: int | None) -> None:
+    """`ConfigError`, before any work, when a work item's states cannot fit in the `available`
+    host memory (None: not known, not checked). Without it, XLA:CPU's failed allocation aborted
+    the process (`Check failed: buffer_.IsConcrete()`, exit 134) after a minute of work."""
+    need = item_bytes(spec, task, n_lat, n_lon)
+    if available is None or need <= available:
+        return
+    block = min(spec.member_block, spec.members)
+    raise ConfigError(
+        f"a forecast work item ({block} member(s) x {spec.lead_steps} lead steps on the "
+        f"{n_lat} x {n_lon} grid) holds at least {mib(need)} of states and forcings in memory, "
+        f"more than the {mib(available)} available here; lower --member-block"
+        + (" or the lead time" if block == 1 else f" (now {block}) or the lead time")
+    )
+
+
 class _Worker:
     """Per-process state: model, compiled rollout, open data (built once, reused per item)."""
 
@@ -313,9 +345,12 @@ def _worker(spec: ForecastSpec, model=None, data=None) -> _Worker:
     return _WORKERS[spec]
 
 
-def prepare(spec: ForecastSpec, model=None, data=None) -> tuple[list[tuple[int, int]], dict]:
+def prepare(
+    spec: ForecastSpec, model=None, data=None, memory: int | None = None
+) -> tuple[list[tuple[int, int]], dict]:
     """Validate, create (or reopen) the store; returns (missing work items, store attrs).
-    `model` and `data` (`open_data(spec.data)`), when given, are used rather than loaded again."""
+    `model` and `data` (`open_data(spec.data)`), when given, are used rather than loaded again.
+    `memory`: the bytes of memory where the work items run (`check_memory`; None: unknown)."""
     if spec.members <= 0:
         raise ConfigError(f"--members must be >= 1, found {spec.members}")
     if spec.member_block <= 0:
@@ -340,6 +375,7 @@ def prepare(spec: ForecastSpec, model=None, data=None) -> tuple[list[tuple[int, 
             f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]} "
             f"(time spacing: {time_spacing(times)})"
         )
+    check_memory(spec, task, lat.size, lon.size, memory)
     # Fail before the store exists: the model must build on this grid (checks every parameter's
     # name/shape against the architecture) and every initial condition must be finite.
     model.build(lat, lon)
@@ -369,6 +405,9 @@ def prepare(spec: ForecastSpec, model=None, data=None) -> tuple[list[tuple[int, 
                 {"stats_sha256": spec.stats_dir, "data_store_id": spec.data},
             )
     if not fs.exists(out_path):
+        # A store that cannot fit even at half its raw size (float32 fields compress little) is
+        # refused before it is made; a resumed one already holds part of its data.
+        check_room(spec.out, store_bytes(spec, task, lat.size, lon.size) // 2)
         tmpl = store_lib.template(
             task,
             lat,
@@ -447,7 +486,9 @@ def run_forecast(
         data_store_id=store_id(data),
     )
     t0 = time.time()
-    missing, attrs = prepare(spec, fmodel, ds)
+    # The work items run in this process, or in workers on this machine (a local Beam runner).
+    memory = available_memory() if engine == "local" or runs_here(beam_args) else None
+    missing, attrs = prepare(spec, fmodel, ds, memory)
     total = len(spec.items())
     if missing:
         if engine == "local":

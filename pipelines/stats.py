@@ -134,23 +134,16 @@ def _values_moments(start: int, path: str, names: list[str], block: int, keep: s
     return start, _kept(keep, f"values_{start}.npz", compute)
 
 
-# Runners whose workers run on this machine and share its disk (the kept blocks of a resumable
-# run are local files). `pipelines.LOCAL_RUNNER` is the default.
-_LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
-                  "PrismRunner")  # fmt: skip
 BLOCKS_VERSION = 1  # raise when the kept per-block moments change meaning
 
 
 def _keep_dir(data: str, out_dir: str, timed: list[str], block: int, step_hours: int, beam_args):
     """Where the blocks' moments are kept until the files are written (`pipelines.resume_dir`),
     or None: an output by URL or a runner elsewhere (Dataflow retries its own failed work)."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
     from gencast_rmmd.data.era5 import store_fingerprint
-    from pipelines import resume_dir
+    from pipelines import resume_dir, runs_here
 
-    runner = pipeline_options(beam_args).view_as(StandardOptions).runner
-    if is_url(out_dir) or str(runner).split(".")[-1] not in _LOCAL_RUNNERS:
+    if is_url(out_dir) or not runs_here(beam_args):
         return None
     key = {
         "version": BLOCKS_VERSION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,18 @@ def test_version_is_the_installed_distributions(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"gencast-rmmd {version('gencast-rmmd')}"
+
+
+def test_available_memory_reads_memavailable(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   1234 kB\nSwapTotal: 0 kB\n")
+    assert runtime.available_memory(str(meminfo)) == 1234 * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\n")  # a kernel before 3.14: not reported
+    assert runtime.available_memory(str(meminfo)) is None
+    assert runtime.available_memory(str(tmp_path / "missing")) is None  # not Linux
+    if sys.platform.startswith("linux"):
+        assert (
+            0
+            < runtime.available_memory()
+            <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        )

@@ -327,3 +327,78 @@ def test_local_engine_opens_the_data_once(data, tmp_path, monkeypatch):
     monkeypatch.setattr(fc_pipe, "open_data", lambda p: opened.append(p) or real(p))
     assert _run(data, tmp_path / "once.zarr")["regions_written"] == 6
     assert opened == [data["data"]]
+
+
+def test_a_work_item_that_cannot_fit_in_memory_is_refused_before_the_store(
+    data, tmp_path, monkeypatch
+):
+    """`item_bytes` is exactly what a work item gathers (its block's states and the forcings at
+    its lead times, measured on a real run); with one byte less available the run is refused
+    before any store is made, naming --member-block; with exactly that much it runs. Without
+    the check XLA:CPU's failed allocation aborted the process (exit 134) after a minute."""
+    held = []
+    real_states, real_ic = fc_pipe.store_lib.states_dataset, fc_pipe.initial_conditions
+
+    def states(s, *a):
+        held.append(("states", s.nbytes))
+        return real_states(s, *a)
+
+    def conditions(*a):
+        inputs, forcings = real_ic(*a)
+        held.append(("forcings", forcings.nbytes))
+        return inputs, forcings
+
+    monkeypatch.setattr(fc_pipe.store_lib, "states_dataset", states)
+    monkeypatch.setattr(fc_pipe, "initial_conditions", conditions)
+    kw = dict(init_times=["2021-01-01T12"], members=2, lead_steps=3, member_block=2)
+    _run(data, tmp_path / "measured.zarr", **kw)
+    assert [k for k, _ in held] == ["forcings", "states"]  # one item: the whole block
+    spec = fc_pipe.ForecastSpec(
+        "persistence", data["stats"], data["data"], "x", ("2021-01-01T12",), 2, 3, 0, 2
+    )
+    n_lat, n_lon = data["ds"].sizes["lat"], data["ds"].sizes["lon"]
+    need = fc_pipe.item_bytes(spec, data["task"], n_lat, n_lon)
+    assert need == sum(n for _, n in held)
+
+    monkeypatch.setattr(fc_pipe, "available_memory", lambda: need - 1)
+    with pytest.raises(ConfigError, match=r"lower --member-block \(now 2\) or the lead time$"):
+        _run(data, tmp_path / "refused.zarr", **kw)
+    assert not (tmp_path / "refused.zarr").exists()
+    monkeypatch.setattr(fc_pipe, "available_memory", lambda: need)
+    assert _run(data, tmp_path / "fits.zarr", **kw)["complete"]
+    # On a remote runner the workers' memory is not this machine's: not checked here.
+    monkeypatch.setattr(fc_pipe, "runs_here", lambda beam_args: False)
+    monkeypatch.setattr(fc_pipe, "available_memory", lambda: 0)
+    assert _run(data, tmp_path / "remote.zarr", **kw, engine="beam")["complete"]
+
+
+def test_a_store_that_cannot_fit_on_the_disk_is_refused_before_it_is_made(
+    data, tmp_path, monkeypatch
+):
+    """A new store is refused when even half its raw size (`store_bytes`; the written stores
+    measured 81% of it) exceeds the free space; a store being resumed is not checked (it holds
+    part of its data already)."""
+    import shutil
+
+    kw = dict(init_times=INITS, members=3, lead_steps=2)
+    out = tmp_path / "f.zarr"
+    spec = fc_pipe.ForecastSpec(
+        "persistence", data["stats"], data["data"], str(out), ("a", "b", "c"), 3, 2, 0, 3
+    )
+    raw = fc_pipe.store_bytes(spec, data["task"], data["ds"].sizes["lat"], data["ds"].sizes["lon"])
+    _run(data, tmp_path / "measured.zarr", **kw)
+    written = sum(f.stat().st_size for f in (tmp_path / "measured.zarr").rglob("*") if f.is_file())
+    assert raw // 2 < written  # half the raw size is a lower bound of the store on disk
+
+    real = shutil.disk_usage
+    free = raw // 2 - 1
+    monkeypatch.setattr(
+        "gencast_rmmd.remote.shutil.disk_usage", lambda p: real(p)._replace(free=free)
+    )
+    with pytest.raises(OutputError, match=r"no space left on the device writing .*f\.zarr"):
+        _run(data, out, **kw)
+    assert not out.exists()
+    monkeypatch.setattr(
+        "gencast_rmmd.remote.shutil.disk_usage", lambda p: real(p)._replace(free=raw // 2)
+    )
+    assert _run(data, out, **kw)["complete"]

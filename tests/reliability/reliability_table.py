@@ -389,6 +389,25 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses and leaves the directory untouched",
     ),
     BadInput(
+        "forecast-item-exceeds-memory",
+        "CLI argument",
+        "forecast",
+        "`--lead-steps 1000000000`: a work item's states cannot fit in this machine's memory",
+        r"a forecast work item \(2 member\(s\) x 1000000000 lead steps on the .* grid\) holds at "
+        r"least .* MiB of states and forcings in memory, more than the .* MiB available here; "
+        r"lower --member-block \(now 2\) or the lead time",
+        "refuses before any store is made (XLA:CPU's failed allocation aborted the process, exit "
+        "134, after a minute of work)",
+    ),
+    BadInput(
+        "forecast-store-exceeds-disk",
+        "output",
+        "forecast",
+        "`--members 100000000000`: the store cannot fit on the disk even at half its raw size",
+        r"no space left on the device writing .*f\.zarr \(it takes about .* MiB, .* MiB free\)",
+        "refuses before the store is made (the process was killed for memory, exit 137)",
+    ),
+    BadInput(
         "image-data-missing",
         "data store",
         "image teacher",

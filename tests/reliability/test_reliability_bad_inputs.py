@@ -562,6 +562,18 @@ def s_forecast_nan_inputs(tmp, p):
     return _forecast_one(tmp, p, "--data-config", cfg, model="persistence:0.5", store=store)
 
 
+def s_forecast_item_exceeds_memory(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1000000000", "--out", tmp / "f.zarr"
+    )
+
+
+def s_forecast_store_exceeds_disk(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "100000000000", "--lead-steps", "1", "--out", tmp / "f.zarr"
+    )
+
+
 def s_forecast_output_foreign(tmp, p):
     out = tmp / "f.zarr"
     out.mkdir()
@@ -906,6 +918,8 @@ SETUPS = {
     "forecast-data-is-forecast": s_forecast_data_is_forecast,
     "forecast-nan-inputs": s_forecast_nan_inputs,
     "forecast-output-foreign": s_forecast_output_foreign,
+    "forecast-item-exceeds-memory": s_forecast_item_exceeds_memory,
+    "forecast-store-exceeds-disk": s_forecast_store_exceeds_disk,
     "image-data-missing": s_image_data_missing,
     "image-classifier-zero-steps": s_image_classifier_zero_steps,
     "image-data-pickled": s_image_data_pickled,
