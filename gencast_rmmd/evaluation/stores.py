@@ -54,6 +54,10 @@ def canonical_grid(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+# The dims of a forecast's fields (init time, lead time, level, grid): never its ensemble dim.
+_FIELD_DIMS = ("time", "prediction_timedelta", "level", "latitude", "longitude")
+
+
 def open_forecast(
     path: str, ensemble_dim: str | None = "realization", role: str = "forecast"
 ) -> tuple[xr.Dataset, str]:
@@ -76,12 +80,17 @@ def open_forecast(
                 f" (lead time) as in WeatherBench 2; found dims {list(ds.dims)}"
             )
     if ensemble_dim is not None:
+        present = [d for d in ENSEMBLE_DIMS if d in ds.dims]
+        hint = f"; it has {present[0]!r}: pass --ensemble-dim {present[0]}" if present else ""
         if ensemble_dim not in ds.dims:
-            present = [d for d in ENSEMBLE_DIMS if d in ds.dims]
-            hint = f"; it has {present[0]!r}: pass --ensemble-dim {present[0]}" if present else ""
             raise DataError(
                 f"{role} store {path!r} has no ensemble dim {ensemble_dim!r}; found dims "
                 f"{list(ds.dims)}{hint}"
+            )
+        if ensemble_dim in _FIELD_DIMS:  # scored along, not over: an internal error before
+            raise DataError(
+                f"--ensemble-dim {ensemble_dim!r} is one of a forecast's field dims "
+                f"({', '.join(_FIELD_DIMS)}), not its members' dim{hint}"
             )
         return ds, ensemble_dim
     found = next((d for d in ENSEMBLE_DIMS if d in ds.dims), None)

@@ -101,6 +101,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the dims found and the `--ensemble-dim` flag to pass",
     ),
     BadInput(
+        "evaluate-ensemble-dim-is-time",
+        "CLI argument",
+        "evaluate",
+        "`--ensemble-dim time` (a dim the fields are scored along, not the members')",
+        r"--ensemble-dim 'time' is one of a forecast's field dims \(time, prediction_timedelta, "
+        r"level, latitude, longitude\), not its members' dim; it has 'realization': pass "
+        r"--ensemble-dim realization",
+        "refuses: names the store's members' dim (was an internal error from xarray)",
+    ),
+    BadInput(
         "store-missing-dims",
         "data store",
         "evaluate",

@@ -110,6 +110,11 @@ def s_store_no_ensemble_dim(tmp, p):
     return _eval_argv(f, _copy(p["truth"], tmp / "t.zarr"), tmp / "out")
 
 
+def s_evaluate_ensemble_dim_is_time(tmp, p):
+    f = _copy(p["forecast"], tmp / "f.zarr")
+    return _eval_argv(f, _copy(p["truth"], tmp / "t.zarr"), tmp / "out", "--ensemble-dim", "time")
+
+
 def s_store_missing_dims(tmp, p):
     t = _copy(p["truth"], tmp / "t.zarr")
     return _eval_argv(t, t, tmp / "out")
@@ -864,6 +869,7 @@ SETUPS = {
     "store-garbage-chunk": s_store_garbage_chunk,
     "store-incomplete-forecast": s_store_incomplete_forecast,
     "store-no-ensemble-dim": s_store_no_ensemble_dim,
+    "evaluate-ensemble-dim-is-time": s_evaluate_ensemble_dim_is_time,
     "store-missing-dims": s_store_missing_dims,
     "baseline-not-forecast": s_baseline_not_forecast,
     "baseline-is-forecast": s_baseline_is_forecast,
