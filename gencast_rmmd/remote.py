@@ -60,6 +60,24 @@ def source_path(source: str | os.PathLike) -> str:
     return str(pathlib.Path(local_path(source)).absolute())
 
 
+def _location(source: str | os.PathLike) -> str:
+    """What two arguments naming one store share: a URL as given less a trailing '/', a local
+    path resolved (symlinks, '..', a trailing '/', `file://`)."""
+    source = os.fspath(source)
+    return source.rstrip("/") if is_url(source) else os.path.realpath(local_path(source))
+
+
+def same_store(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two store arguments name the same store."""
+    return _location(a) == _location(b)
+
+
+def overlapping(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two store arguments name the same store or one lies inside the other."""
+    ka, kb = _location(a), _location(b)
+    return ka == kb or ka.startswith(kb.rstrip("/") + "/") or kb.startswith(ka.rstrip("/") + "/")
+
+
 def url_storage_options(
     source: str, token: str | None = None, storage_options: dict | None = None
 ) -> dict:

@@ -42,7 +42,7 @@ from gencast_rmmd.evaluation.statistics import (
     chunk_statistics,
     variable_level_label,
 )
-from gencast_rmmd.remote import check_local_out_dir, is_url, remove
+from gencast_rmmd.remote import check_local_out_dir, is_url, remove, same_store
 from gencast_rmmd.safety import publish_mode
 from pipelines import kept, kept_count, pipeline_options, resume_dir, say_kept
 
@@ -342,17 +342,6 @@ def scale_note(
     )
 
 
-def _same_store(a: str, b: str) -> bool:
-    """Whether two store arguments name the same store: URLs as given (less a trailing '/'),
-    local paths resolved (symlinks, '..', a trailing '/', `file://`)."""
-    from gencast_rmmd.remote import is_url, local_path
-
-    def key(s: str) -> str:
-        return s.rstrip("/") if is_url(s) else os.path.realpath(local_path(s))
-
-    return key(os.fspath(a)) == key(os.fspath(b))
-
-
 def prepare(
     forecast_path: str,
     truth_path: str,
@@ -368,7 +357,7 @@ def prepare(
         raise DataError(f"lead_chunk must be >= 1, found {lead_chunk}")
     if seed < 0:  # numpy's SeedSequence takes non-negative integers only
         raise DataError(f"--seed must be >= 0, found {seed}")
-    if baseline_path and _same_store(baseline_path, forecast_path):
+    if baseline_path and same_store(baseline_path, forecast_path):
         raise DataError(
             f"--baseline {baseline_path!r} is the --forecast store itself: a scorecard of a "
             "forecast against itself is all ties; give the other model's store (or no --baseline)"

@@ -37,7 +37,7 @@ from gencast_rmmd.data.config import DataConfig
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
-from gencast_rmmd.remote import check_out_dir, exists, filesystem, remove
+from gencast_rmmd.remote import check_out_dir, exists, filesystem, overlapping, remove
 from pipelines import pipeline_options
 
 KEY_ATTR = "gencast_rmmd_prepare_key"
@@ -89,6 +89,15 @@ def _open(spec: PrepareSpec) -> xr.Dataset:
     from gencast_rmmd.data.era5 import open_canonical
 
     return open_canonical(spec.cfg, source=spec.source)
+
+
+def _source_store(spec: PrepareSpec) -> str:
+    """The store `_open` reads: the source, or for `embedded` the cached nature run's path."""
+    if spec.source != "embedded":
+        return spec.source
+    from gencast_rmmd.data.nature_run import embedded_store
+
+    return str(embedded_store(config=spec.cfg.nature_run, levels_hpa=spec.cfg.task.pressure_levels))
 
 
 def _fingerprint(spec: PrepareSpec, ds: xr.Dataset) -> str:
@@ -214,6 +223,12 @@ def prepare(
     check_out_dir(out, "a new path")  # the store is a directory (or a prefix at a URL)
     spec = PrepareSpec(source=str(source), cfg=cfg, out=out, steps_per_item=steps_per_item)
     ds = _open(spec)
+    read = _source_store(spec)
+    if overlapping(read, out):  # `--overwrite` deleted the source before reading it
+        raise OutputError(
+            f"--out {out!r} is the source store {read!r}, or one of them lies inside the other: "
+            "writing the output would destroy what is read; choose another --out"
+        )
     key = _fingerprint(spec, ds)
     resumed = False
     if exists(out):

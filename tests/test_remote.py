@@ -468,3 +468,22 @@ def test_a_config_may_be_read_from_a_url(cache):
         load_config(ModelConfig, url)
     with pytest.raises(ConfigError, match=rf"'{ROOT}/configs/none\.yaml' does not exist"):
         load_config(ModelConfig, f"{ROOT}/configs/none.yaml")
+
+
+def test_same_store_and_overlapping_locations(tmp_path):
+    """Store arguments compared as locations: local paths resolved (trailing '/', '..',
+    symlinks, `file://`), URLs as given less a trailing '/'; `overlapping` also when one lies
+    inside the other, and not for a sibling that shares a name prefix."""
+    a = tmp_path / "a.zarr"
+    a.mkdir()
+    (tmp_path / "link.zarr").symlink_to(a)
+    for same in (f"{a}/", f"{tmp_path}/x/../a.zarr", tmp_path / "link.zarr", f"file://{a}"):
+        assert remote.same_store(a, same) and remote.overlapping(same, a)
+    assert not remote.same_store(a, tmp_path) and remote.overlapping(a, tmp_path)
+    assert remote.overlapping(a / "inner.zarr", a) and remote.overlapping(a, a / "inner.zarr")
+    assert not remote.overlapping(a, tmp_path / "a.zarr2")
+    assert remote.same_store("gs://b/x.zarr/", "gs://b/x.zarr")
+    assert remote.overlapping("gs://b/x.zarr/y", "gs://b/x.zarr")
+    assert not remote.overlapping("gs://b/x.zarr", "gs://b/x.zarr2")
+    assert not remote.overlapping("gs://b/x.zarr", a)
+    assert remote.overlapping("/", a)

@@ -258,6 +258,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the file, the key and the allowed keys",
     ),
     BadInput(
+        "prepare-out-is-source",
+        "output",
+        "data prepare",
+        "`--out` names the source store itself, with `--overwrite`",
+        r"--out '.*data\.zarr/' is the source store '.*data\.zarr', or one of them lies inside "
+        r"the other: writing the output would destroy what is read; choose another --out",
+        "refuses before writing; the source is untouched (`--overwrite` deleted the source, then "
+        "failed reading it: 44 MB -> 3 MB)",
+    ),
+    BadInput(
         "prepare-output-foreign",
         "output",
         "data prepare",

@@ -473,6 +473,12 @@ def s_prepare_config_unknown_key(tmp, p):
     return ["data", "prepare", "--config", cfg, "--out", tmp / "prepared.zarr"]
 
 
+def s_prepare_out_is_source(tmp, p):
+    f = _ws_copy(tmp, p, "store")["store"]
+    cfg = _data_config(tmp, p, f, "")
+    return ["data", "prepare", "--config", cfg, "--out", f"{f}/", "--overwrite"]
+
+
 def s_prepare_output_foreign(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     out = tmp / "prepared.zarr"
@@ -912,6 +918,7 @@ SETUPS = {
     "prepare-time-outside": s_prepare_time_outside,
     "prepare-config-unknown-key": s_prepare_config_unknown_key,
     "prepare-output-foreign": s_prepare_output_foreign,
+    "prepare-out-is-source": s_prepare_out_is_source,
     "forecast-negative-members": s_forecast_negative_members,
     "forecast-persistence-bad-noise": s_forecast_persistence_bad_noise,
     "forecast-data-config-with-checkpoint": s_forecast_data_config_with_checkpoint,
