@@ -490,6 +490,35 @@ def write_store(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False)
     return out
 
 
+def output_bytes(cfg: NatureRunConfig, levels_hpa: tuple[int, ...]) -> int:
+    """Bytes of the output's float32 state fields: `STATE_VARIABLES` (on every level where they
+    have one) on the output grid at every output time."""
+    from gencast_rmmd.data.task import has_level
+
+    per_point = sum(len(levels_hpa) if has_level(v) else 1 for v in STATE_VARIABLES)
+    n_out = cfg.days * (24 // cfg.output_hours)
+    return n_out * OUT_LAT.size * OUT_LON.size * per_point * 4
+
+
+def check_resources(
+    cfg: NatureRunConfig, levels_hpa: tuple[int, ...], out: str | os.PathLike, memory: int | None
+) -> None:
+    """Refuse, before the simulation, a run whose output cannot be held in `memory` bytes (None:
+    unknown, not checked) or written to the disk of `out`: `simulate` holds the simulated pieces
+    and their concatenation at once (twice `output_bytes`), and the store takes at least half of
+    it (the written stores measured more than all of it)."""
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.remote import check_room, mib
+
+    need = 2 * output_bytes(cfg, levels_hpa)
+    if memory is not None and need > memory:
+        raise ConfigError(
+            f"a nature run of {cfg.days} days holds at least {mib(need)} in memory while it is "
+            f"built, more than the {mib(memory)} available here; build fewer --days"
+        )
+    check_room(out, need // 4)
+
+
 def build(
     out: str | os.PathLike,
     cfg: NatureRunConfig,
@@ -499,7 +528,10 @@ def build(
     progress: bool = True,
 ) -> dict:
     """Simulate and write the store; returns a summary (seconds, seconds per simulated day)."""
+    from gencast_rmmd.runtime import available_memory
+
     _check_out(out, overwrite)  # before the (long) simulation
+    check_resources(cfg, levels_hpa, out, available_memory())
     t0 = time.perf_counter()
     ds = simulate(cfg, levels_hpa, progress=progress)
     t1 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -157,3 +158,39 @@ def test_a_task_the_nature_run_cannot_feed_is_refused_before_it_is_built(monkeyp
     ]
     with pytest.raises(DataError, match="the embedded nature run has no sea_surface_temperature"):
         open_canonical(cfg)
+
+
+def test_output_bytes_is_the_built_fields_and_too_large_a_run_is_refused_first(
+    short_nature_run, tmp_path, monkeypatch
+):
+    """`output_bytes` equals the state fields of a real build; a run whose build cannot be held
+    in memory (twice that), or whose store cannot fit on the disk, is refused before anything
+    is simulated (`--days 100000000` simulated for hours before: 6,000 h by its own ETA)."""
+    from gencast_rmmd.errors import ConfigError, OutputError
+
+    path, cfg = short_nature_run
+    levels = tuple(cfg.task.pressure_levels)
+    ds = xr.open_zarr(path)
+    fields = sum(ds[v].nbytes for v in nr.STATE_VARIABLES)
+    assert nr.output_bytes(cfg.nature_run, levels) == fields
+
+    def simulate(*a, **k):
+        raise AssertionError("simulated before the resources were checked")
+
+    monkeypatch.setattr(nr, "simulate", simulate)
+    need = 2 * fields
+    with pytest.raises(ConfigError, match=r"a nature run of 40 days holds at least .* MiB in"):
+        nr.check_resources(cfg.nature_run, levels, tmp_path / "n.zarr", need - 1)
+    nr.check_resources(cfg.nature_run, levels, tmp_path / "n.zarr", need)
+    nr.check_resources(cfg.nature_run, levels, tmp_path / "n.zarr", None)  # not known: not checked
+    monkeypatch.setattr("gencast_rmmd.runtime.available_memory", lambda: need - 1)
+    with pytest.raises(ConfigError, match="build fewer --days"):
+        nr.build(tmp_path / "n.zarr", cfg.nature_run, levels)
+    monkeypatch.setattr("gencast_rmmd.runtime.available_memory", lambda: None)
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        "gencast_rmmd.remote.shutil.disk_usage", lambda p: real(p)._replace(free=fields // 2 - 1)
+    )
+    with pytest.raises(OutputError, match=r"no space left on the device writing .*n\.zarr"):
+        nr.build(tmp_path / "n.zarr", cfg.nature_run, levels)
+    assert not (tmp_path / "n.zarr").exists()

@@ -867,6 +867,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before simulating anything and leaves the output untouched",
     ),
     BadInput(
+        "nature-run-exceeds-memory",
+        "CLI argument",
+        "data nature-run",
+        "`--days 100000000`: the build cannot be held in this machine's memory",
+        r"a nature run of 100000000 days holds at least .* MiB in memory while it is built, more "
+        r"than the .* MiB available here; build fewer --days",
+        "refuses before simulating anything (it simulated on, 6,000 h by its own ETA, towards an "
+        "output it could not hold)",
+    ),
+    BadInput(
         "output-exists-other",
         "output",
         "evaluate",

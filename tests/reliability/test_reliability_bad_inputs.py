@@ -816,6 +816,10 @@ def s_stats_out_not_creatable(tmp, p):
     return ["data", "stats", "--data", f, "--out", "/proc/x"]
 
 
+def s_nature_run_exceeds_memory(tmp, p):
+    return ["data", "nature-run", "--out", tmp / "nature.zarr", "--days", "100000000"]
+
+
 def s_nature_run_out_exists(tmp, p):
     out = tmp / "nature.zarr"
     out.mkdir()
@@ -965,6 +969,7 @@ SETUPS = {
     "stats-out-is-file": s_stats_out_is_file,
     "stats-out-not-creatable": s_stats_out_not_creatable,
     "nature-run-out-exists": s_nature_run_out_exists,
+    "nature-run-exceeds-memory": s_nature_run_exceeds_memory,
     "stats-incomplete-store": s_stats_incomplete_store,
     "teacher-incomplete-store": s_teacher_incomplete_store,
     "forecast-incomplete-store": s_forecast_incomplete_store,
