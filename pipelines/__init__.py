@@ -64,9 +64,20 @@ def pipeline_options(beam_args: Sequence[str] = ()):
         )
     runner = options.view_as(StandardOptions).runner
     try:
-        create_runner(runner)  # what beam.Pipeline does first: cheap, and it starts nothing
+        made = create_runner(runner)  # what beam.Pipeline does first: cheap, and it starts nothing
     except (ValueError, ImportError) as e:
         raise ConfigError(f"Beam option --runner={runner}: {e}") from None
+    # Dataflow checks its project, region and job name only when the pipeline runs: after the
+    # command has made its output (a forecast store, say) and as an internal error. The same
+    # checks, without the network (the temp/staging bucket checks need it), come first here.
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    validator = PipelineOptionsValidator(options, made)
+    if validator.is_service_runner():
+        errors = validator.validate_cloud_options(options.view_as(GoogleCloudOptions))
+        if errors:
+            raise ConfigError(f"Beam options for --runner={runner}: {' '.join(errors)}")
     return options
 
 

@@ -409,6 +409,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses and leaves the directory untouched",
     ),
     BadInput(
+        "forecast-dataflow-without-project",
+        "CLI argument",
+        "forecast",
+        "`--engine beam -- --runner=DataflowRunner` without `--project` and `--region`",
+        r"Beam options for --runner=DataflowRunner: Missing required option: project\. Missing "
+        r"required option: region\.",
+        "refuses before any store is made (the store was made, then the run ended in an internal "
+        "error, exit 1)",
+    ),
+    BadInput(
         "forecast-item-exceeds-memory",
         "CLI argument",
         "forecast",

@@ -573,6 +573,10 @@ def s_forecast_nan_inputs(tmp, p):
     return _forecast_one(tmp, p, "--data-config", cfg, model="persistence:0.5", store=store)
 
 
+def s_forecast_dataflow_without_project(tmp, p):
+    return _forecast_one(tmp, p, "--engine", "beam", "--", "--runner=DataflowRunner")
+
+
 def s_forecast_item_exceeds_memory(tmp, p):
     return _forecast(
         tmp, p, "--members", "2", "--lead-steps", "1000000000", "--out", tmp / "f.zarr"
@@ -935,6 +939,7 @@ SETUPS = {
     "forecast-data-is-forecast": s_forecast_data_is_forecast,
     "forecast-nan-inputs": s_forecast_nan_inputs,
     "forecast-output-foreign": s_forecast_output_foreign,
+    "forecast-dataflow-without-project": s_forecast_dataflow_without_project,
     "forecast-item-exceeds-memory": s_forecast_item_exceeds_memory,
     "forecast-store-exceeds-disk": s_forecast_store_exceeds_disk,
     "image-data-missing": s_image_data_missing,
