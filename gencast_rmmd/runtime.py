@@ -104,3 +104,18 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_memory(need: int, available: int | None, subject: str, what: str, advice: str) -> None:
+    """`ConfigError` ("`subject` holds at least NEED `what`, more than the AVAILABLE available
+    here; `advice`") when `need` bytes exceed `available` (None: not known, not checked), so a
+    job that cannot fit is refused before it starts instead of failing in an allocation."""
+    if available is None or need <= available:
+        return
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.remote import mib
+
+    raise ConfigError(
+        f"{subject} holds at least {mib(need)} {what}, more than the {mib(available)} available "
+        f"here; {advice}"
+    )

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gencast_rmmd import runtime
 from gencast_rmmd.data.era5 import store_id, time_spacing
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.forecast import store as store_lib
-from gencast_rmmd.remote import check_out_dir, check_room, filesystem, is_url, mib, source_path
+from gencast_rmmd.remote import check_out_dir, check_room, filesystem, is_url, source_path
 from gencast_rmmd.runtime import available_memory
 from gencast_rmmd.safety import file_sha256
 from pipelines import pipeline_options, runs_here
@@ -282,18 +283,18 @@ def store_bytes(spec: ForecastSpec, task, n_lat: int, n_lon: int) -> int:
 
 
 def check_memory(spec: ForecastSpec, task, n_lat: int, n_lon: int, available: int | None) -> None:
-    """`ConfigError`, before any work, when a work item's states cannot fit in the `available`
-    host memory (None: not known, not checked). Without it, XLA:CPU's failed allocation aborted
-    the process (`Check failed: buffer_.IsConcrete()`, exit 134) after a minute of work."""
-    need = item_bytes(spec, task, n_lat, n_lon)
-    if available is None or need <= available:
-        return
+    """`runtime.check_memory` of a work item's states and forcings (`item_bytes`). Without it,
+    XLA:CPU's failed allocation aborted the process (`Check failed: buffer_.IsConcrete()`,
+    exit 134) after a minute of work."""
     block = min(spec.member_block, spec.members)
-    raise ConfigError(
+    runtime.check_memory(
+        item_bytes(spec, task, n_lat, n_lon),
+        available,
         f"a forecast work item ({block} member(s) x {spec.lead_steps} lead steps on the "
-        f"{n_lat} x {n_lon} grid) holds at least {mib(need)} of states and forcings in memory, "
-        f"more than the {mib(available)} available here; lower --member-block"
-        + (" or the lead time" if block == 1 else f" (now {block}) or the lead time")
+        f"{n_lat} x {n_lon} grid)",
+        "of states and forcings in memory",
+        "lower --member-block"
+        + (" or the lead time" if block == 1 else f" (now {block}) or the lead time"),
     )
 
 

@@ -507,15 +507,17 @@ def check_resources(
     unknown, not checked) or written to the disk of `out`: `simulate` holds the simulated pieces
     and their concatenation at once (twice `output_bytes`), and the store takes at least half of
     it (the written stores measured more than all of it)."""
-    from gencast_rmmd.errors import ConfigError
-    from gencast_rmmd.remote import check_room, mib
+    from gencast_rmmd.remote import check_room
+    from gencast_rmmd.runtime import check_memory
 
     need = 2 * output_bytes(cfg, levels_hpa)
-    if memory is not None and need > memory:
-        raise ConfigError(
-            f"a nature run of {cfg.days} days holds at least {mib(need)} in memory while it is "
-            f"built, more than the {mib(memory)} available here; build fewer --days"
-        )
+    check_memory(
+        need,
+        memory,
+        f"a nature run of {cfg.days} days",
+        "in memory while it is built",
+        "build fewer --days",
+    )
     check_room(out, need // 4)
 
 
