@@ -299,17 +299,57 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
 
 
 def from_dict(
-    cls: type[T], data: dict, source: str = "<dict>", overrides: typing.Iterable[str] = ()
+    cls: type[T],
+    data: dict,
+    source: str = "<dict>",
+    overrides: typing.Iterable[str] = (),
+    shown_prefix: str = "",
 ) -> T:
-    """Build config `cls` from a plain mapping (strictly), after applying overrides."""
+    """Build config `cls` from a plain mapping (strictly), after applying overrides. An
+    override's unknown key is named with the override (`{shown_prefix}key=value`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a mapping at the top level, found {type(data).__name__}"
         )
+    overrides = list(overrides)
+    for text in overrides:
+        _check_override_key(cls, text, shown_prefix)
     data = apply_overrides(data, overrides)
     return _build(cls, data, "", source)
+
+
+def _check_override_key(cls: type, text: str, shown_prefix: str = "") -> None:
+    """`ConfigError` naming the override `text` (`--set`) when its key is not a key of config
+    class `cls` (before it is applied: the loader's own unknown-key error would name the YAML
+    file, which holds no such key). Keys below a field that is not a config class (a `dict`
+    field's entries) are left to the loader."""
+    parts, _ = parse_override(text)
+    node: Any = cls
+    for i, part in enumerate(parts):
+        node = _dataclass_of(node)
+        if node is None:
+            return
+        fields = {f.name: f for f in dataclasses.fields(node) if f.init}
+        if part not in fields:
+            key = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"override {shown_prefix + text!r}: unknown key {shown_prefix + key!r} in "
+                f"{node.__name__}; allowed keys: {', '.join(sorted(fields))}"
+            )
+        node = get_type_hints(node)[part]
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The config class that a field of type `tp` holds (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        classes = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(classes) == 1:
+            return classes[0]
+    return None
 
 
 def as_current(data: Any, build: typing.Callable[[Any], Any]) -> Any:

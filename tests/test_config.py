@@ -96,6 +96,33 @@ def test_overrides():
         from_dict(Outer, {"name": "x"}, overrides=["novalue"])
 
 
+@dataclasses.dataclass(frozen=True)
+class WithMaps:
+    name: str = "x"
+    table: dict[str, float] = dataclasses.field(default_factory=dict)
+    maybe_inner: Inner | None = None
+
+
+def test_an_overrides_unknown_key_is_named_as_the_override_not_the_file(tmp_path):
+    """The config file holds no such key: the error names the `--set` override, its unknown part
+    and the class's allowed keys; keys inside a dict field or an optional config stay free or
+    are checked like any other."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, path, ["inner.nope.deeper=1"])
+    assert str(e.value).startswith("override 'inner.nope.deeper=1': unknown key 'inner.nope' in")
+    assert "allowed keys: mode, rate" in str(e.value) and str(path) not in str(e.value)
+    with pytest.raises(
+        ConfigError, match=r"^override 'training.top=1': unknown key 'training.top'"
+    ):
+        from_dict(Outer, {"name": "x"}, overrides=["top=1"], shown_prefix="training.")
+    with pytest.raises(ConfigError, match=r"unknown key 'maybe_inner.rat' in Inner"):
+        from_dict(WithMaps, {}, overrides=["maybe_inner.rat=1"])
+    cfg = from_dict(WithMaps, {}, overrides=["table.anything=2", "maybe_inner.rate=0.5"])
+    assert cfg.table == {"anything": 2.0} and cfg.maybe_inner.rate == 0.5
+
+
 def test_nan_and_infinite_floats_are_refused_naming_the_key():
     """A `validate()` range check never sees NaN (every comparison with it is False): `rho=nan`
     or `mmd_weight=nan` were accepted and trained on NaN. NaN is refused for every field, in

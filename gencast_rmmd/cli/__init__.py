@@ -51,15 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    """Add the standard repeatable `--set a.b=value` config override flag."""
+def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """Add the standard repeatable `--set a.b=value` config override flag; `example` is a valid
+    override of the command's own config, shown in its help (tests/test_cli.py loads each)."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optimizer.learning_rate=1e-4 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )
 
 

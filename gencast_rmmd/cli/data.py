@@ -31,7 +31,7 @@ def register(sub) -> None:
     nr.add_argument("--days", type=int, default=None, help="days of 12-hourly output")
     nr.add_argument("--seed", type=int, default=None, help="seed of the initial perturbation")
     nr.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    add_set_argument(nr)
+    add_set_argument(nr, "nature_run.truncation=31")
     nr.set_defaults(func=_nature_run, out_lock="data nature-run")
 
     pr = dsub.add_parser(
@@ -44,7 +44,7 @@ def register(sub) -> None:
     pr.add_argument("--out", required=True, help="output Zarr path (re-run to resume)")
     pr.add_argument("--steps-per-item", type=int, default=8, help="time steps per Beam work item")
     pr.add_argument("--overwrite", action="store_true", help="replace a foreign existing output")
-    add_set_argument(pr)
+    add_set_argument(pr, "time_start=2016-01-01")
     pr.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     pr.set_defaults(func=_prepare, out_lock="data prepare")
 
@@ -74,7 +74,7 @@ def register(sub) -> None:
     va.add_argument(
         "--no-values", action="store_true", help="skip the NaN/Inf scan (schema checks only)"
     )
-    add_set_argument(va)
+    add_set_argument(va, "time_stop=2019-12-31")
     va.set_defaults(func=_validate)
 
     ca = dsub.add_parser(

@@ -36,7 +36,7 @@ def register(sub) -> None:
         help="mmd = phase 1, rmmd = phase 2 (needs phase 1 in OUT), both (default)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_set_argument(p)
+    add_set_argument(p, "rmmd.optimizer.learning_rate=1e-4")
     p.set_defaults(func=_distill, out_lock="distill", distributed=True)
 
 

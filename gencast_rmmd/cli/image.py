@@ -40,7 +40,7 @@ def register(sub) -> None:
         )
         q.add_argument("--data", default=None, help="downsampled-ImageNet .npz (sets data.path)")
         q.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        add_set_argument(q)
+        add_set_argument(q, "mmd.optim.learning_rate=1e-4")
         q.set_defaults(func=_run, stage=name, out_lock=f"image {name}")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

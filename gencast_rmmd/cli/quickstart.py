@@ -36,7 +36,7 @@ def register(sub) -> None:
         "--data-config", default=None, help="data config of --data (task, splits; configs/data/)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_set_argument(p)
+    add_set_argument(p, "teacher_learning_rate=1e-4")
     p.set_defaults(func=_run, out_lock="quickstart")
 
 

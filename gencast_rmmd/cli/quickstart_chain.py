@@ -1105,8 +1105,14 @@ STAGES: tuple[Stage, ...] = (
 
 def load_profile(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> QuickstartConfig:
     if profile not in PROFILES and not pathlib.Path(profile).exists():
+        found = (
+            "no such file"
+            if profile.endswith((".yaml", ".yml")) or "/" in profile
+            else "not a profile name"
+        )
         raise ConfigError(
-            f"--profile {profile!r}: expected one of {', '.join(PROFILES)} or a YAML path"
+            f"--profile {profile!r}: expected one of {', '.join(PROFILES)} or a YAML path, "
+            f"found {found}"
         )
     return load_config(QuickstartConfig, profile, overrides, kind="quickstart")
 

@@ -47,7 +47,7 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate (training.optimizer.learning_rate)")
     t.add_argument("--seed", type=int, help="seed of init, data order and noise")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_set_argument(t)
+    add_set_argument(t, "training.optimizer.learning_rate=1e-4")
     t.set_defaults(func=_train, out_lock="teacher train", distributed=True)
 
     e = tsub.add_parser(
@@ -166,7 +166,7 @@ def training_config(overrides: list[str], window=(None, None), **flags):
     """The `TeacherTrainingConfig` that `teacher train` builds: the defaults, the training
     `window` (start, end), the flags (`steps`, `batch_size`, `grad_accum`, `seed`, `lr`; None:
     not given) and the `training.*` overrides; `ConfigError` naming the key otherwise."""
-    from gencast_rmmd.config import apply_overrides, from_dict, to_dict
+    from gencast_rmmd.config import from_dict, to_dict
     from gencast_rmmd.training.teacher import TeacherTrainingConfig
 
     base = to_dict(TeacherTrainingConfig())
@@ -180,8 +180,13 @@ def training_config(overrides: list[str], window=(None, None), **flags):
             base["optimizer"]["learning_rate"] = v
         else:
             base[keys.get(flag, flag)] = v
-    base = apply_overrides(base, _split_overrides(overrides)[1])
-    return from_dict(TeacherTrainingConfig, base, "teacher training config (--set training.*)")
+    return from_dict(
+        TeacherTrainingConfig,
+        base,
+        "teacher training config (--set training.*)",
+        _split_overrides(overrides)[1],
+        shown_prefix="training.",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:

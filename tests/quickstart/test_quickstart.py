@@ -413,6 +413,16 @@ def test_the_statistics_are_done_only_for_the_data_store_they_were_computed_from
     assert not chain._stats_done(ctx)
 
 
+def test_a_profile_that_is_neither_a_name_nor_a_file_says_which(tmp_path):
+    from gencast_rmmd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'fastt': expected one of .* found not a profile name"):
+        chain.load_profile("fastt")
+    missing = str(tmp_path / "mine.yaml")
+    with pytest.raises(ConfigError, match=r"or a YAML path, found no such file$"):
+        chain.load_profile(missing)
+
+
 def test_tuning_settings_are_checked():
     fast = chain.load_profile("fast")
     with pytest.raises(ValueError, match="needs a validation window"):

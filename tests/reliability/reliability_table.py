@@ -667,8 +667,10 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "config",
         "distill",
         "`--set mmd.loop.num_stepz=3` (misspelt key)",
-        r"unknown key 'mmd\.loop\.num_stepz'.*allowed keys",
-        "refuses before loading the teacher: names the key and the allowed keys",
+        r"^override 'mmd\.loop\.num_stepz=3': unknown key "
+        r"'mmd\.loop\.num_stepz'.*allowed keys",
+        "refuses before loading the teacher: names the override, the key and the allowed keys "
+        "(was: named the config file, which holds no such key)",
     ),
     BadInput(
         "distill-override-bad-value",
