@@ -10,7 +10,8 @@ Configs are frozen dataclasses. `load_config(cls, path, overrides)` reads a YAML
 - NaN is refused for every field (a range check in `validate()` never sees it: every comparison
   with NaN is False), and so is an infinite float field unless the class names it in its
   `UNBOUNDED` class attribute (GenCast's `churn_max_noise_level: .inf`);
-- a field named `seed` or `*_seed` must be >= 0 (NumPy's generators refuse negative seeds);
+- a field named `seed` or `*_seed` must be in [0, 2**32) (`seed_problem`: NumPy refuses
+  negative seeds, and JAX keys keep a seed's low 32 bits only);
 - a dataclass may define `validate(self) -> None` raising `ValueError("...")` for value checks
   (ranges, cross-field rules); the loader reports it with the file and the key prefix.
 
@@ -209,6 +210,23 @@ def _is_seed(name: str) -> bool:
     return name == "seed" or name.endswith("_seed")
 
 
+# Seeds go to JAX keys and NumPy generators. With 32-bit JAX (its default) a key keeps a seed's
+# low 32 bits only: seed s and s + 2**32 give the same numbers (`jax.random.PRNGKey(2**32 + 5)`
+# equals `PRNGKey(5)`), 2**63 and beyond is an OverflowError, and NumPy takes no negative seed.
+SEED_LIMIT = 2**32
+
+
+def seed_problem(value: int) -> str | None:
+    """What is wrong with `value` as a seed, or None (every seed: config keys `seed` and
+    `*_seed`, and the commands' `--seed`)."""
+    if 0 <= value < SEED_LIMIT:
+        return None
+    return (
+        f"a seed must be in [0, 2**32) (NumPy takes no negative seed; JAX keeps a seed's low 32 "
+        f"bits, so larger seeds repeat smaller ones' numbers), found {value}"
+    )
+
+
 def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -227,11 +245,10 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
             problem = float_problem(cls, name, kwargs[name])
             if problem:
                 raise ConfigError(f"{file}: key {key!r}: {problem}")
-            if _is_seed(name) and isinstance(kwargs[name], int) and kwargs[name] < 0:
-                raise ConfigError(
-                    f"{file}: key {key!r}: a seed must be >= 0 (NumPy's generators take no "
-                    f"negative seed), found {kwargs[name]}"
-                )
+            if _is_seed(name) and isinstance(kwargs[name], int):
+                problem = seed_problem(kwargs[name])
+                if problem:
+                    raise ConfigError(f"{file}: key {key!r}: {problem}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{file}: missing required key {key!r} ({_type_name(hints[name])})")
     try:

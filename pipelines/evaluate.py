@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.config import seed_problem
 from gencast_rmmd.data.era5 import STORE_ID_ATTR, store_id
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
 from gencast_rmmd.evaluation import scorecard as sc_lib
@@ -355,8 +356,8 @@ def prepare(
     """Open and check the stores; returns the model specs and the run's metadata."""
     if lead_chunk < 1:
         raise DataError(f"lead_chunk must be >= 1, found {lead_chunk}")
-    if seed < 0:  # numpy's SeedSequence takes non-negative integers only
-        raise DataError(f"--seed must be >= 0, found {seed}")
+    if problem := seed_problem(seed):
+        raise DataError(f"--seed: {problem}")
     if baseline_path and same_store(baseline_path, forecast_path):
         raise DataError(
             f"--baseline {baseline_path!r} is the --forecast store itself: a scorecard of a "

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from gencast_rmmd import runtime
+from gencast_rmmd.config import seed_problem
 from gencast_rmmd.data.era5 import store_id, time_spacing
 from gencast_rmmd.data.stats import stats_sha256
 from gencast_rmmd.errors import ConfigError, DataError, OutputError
@@ -446,6 +447,8 @@ def run_forecast(
         raise ConfigError(f"engine must be 'local' or 'beam', found {engine!r}")
     if not isinstance(members, int) or members <= 0:
         raise ConfigError(f"--members must be a positive integer, found {members!r}")
+    if problem := seed_problem(seed):  # the run key takes the seed's low 32 bits only
+        raise ConfigError(f"--seed: {problem}")
     check_out_dir(out, "a new path")  # the store is a directory (or a prefix at a URL)
     _WORKERS.clear()  # checkpoints/data may have been rewritten at the same paths since a previous run
     base = ForecastSpec(

@@ -91,6 +91,7 @@ def register(sub) -> None:
 def _nature_run(args) -> int:
     import dataclasses
 
+    from gencast_rmmd.config import seed_problem
     from gencast_rmmd.data import nature_run
     from gencast_rmmd.data.config import load_data_config
     from gencast_rmmd.errors import ConfigError
@@ -112,6 +113,8 @@ def _nature_run(args) -> int:
             nr.validate()
         except ValueError as e:
             raise ConfigError(f"data nature-run: {e}") from None
+        if args.seed is not None and (problem := seed_problem(args.seed)):
+            raise ConfigError(f"data nature-run: --seed: {problem}")
     summary = nature_run.build(args.out, nr, cfg.task.pressure_levels, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0

@@ -284,6 +284,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before loading anything",
     ),
     BadInput(
+        "forecast-seed-beyond-32-bits",
+        "CLI argument",
+        "forecast",
+        "`--seed 4294967301` (2**32 + 5)",
+        r"--seed: a seed must be in \[0, 2\*\*32\) .*found 4294967301",
+        "refuses before loading anything (was: the members of `--seed 5`, silently: a JAX key "
+        "keeps a seed's low 32 bits; 2**63 was an internal OverflowError)",
+    ),
+    BadInput(
         "forecast-persistence-bad-noise",
         "CLI argument",
         "forecast",
@@ -632,7 +641,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "CLI argument",
         "teacher train",
         "`--seed -1`",
-        r"key 'seed': a seed must be >= 0 .*found -1",
+        r"key 'seed': a seed must be in \[0, 2\*\*32\) .*found -1",
         "refuses before creating the run directory (was an internal error from NumPy after it)",
     ),
     BadInput(
@@ -752,7 +761,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "CLI argument",
         "evaluate",
         "`--seed -5`",
-        r"--seed must be >= 0, found -5",
+        r"--seed: a seed must be in \[0, 2\*\*32\) .*found -5",
         "refuses before reading any data (was an internal error after the statistics were computed)",
     ),
     BadInput(
@@ -887,6 +896,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         r"than the .* MiB available here; build fewer --days",
         "refuses before simulating anything (it simulated on, 6,000 h by its own ETA, towards an "
         "output it could not hold)",
+    ),
+    BadInput(
+        "nature-run-negative-seed",
+        "CLI argument",
+        "data nature-run",
+        "`--seed -1`",
+        r"data nature-run: --seed: a seed must be in \[0, 2\*\*32\) .*found -1",
+        "refuses before simulating (was: simulated and wrote the store; the config's `seed` key "
+        "was refused, the flag was not)",
     ),
     BadInput(
         "output-exists-other",

@@ -514,6 +514,13 @@ def s_forecast_negative_members(tmp, p):
     return _forecast(tmp, p, "--members", "-3", "--lead-steps", "1", "--out", tmp / "f.zarr")
 
 
+def s_forecast_seed_beyond_32_bits(tmp, p):
+    return _forecast(
+        tmp, p, "--members", "2", "--lead-steps", "1", "--seed", str(2**32 + 5), "--out",
+        tmp / "f.zarr",
+    )  # fmt: skip
+
+
 def s_forecast_persistence_bad_noise(tmp, p):
     return _forecast_one(tmp, p, model="persistence:abc")
 
@@ -824,6 +831,11 @@ def s_nature_run_exceeds_memory(tmp, p):
     return ["data", "nature-run", "--out", tmp / "nature.zarr", "--days", "100000000"]
 
 
+def s_nature_run_negative_seed(tmp, p):
+    out = tmp / "nature.zarr"
+    return ["data", "nature-run", "--out", out, "--spinup-days", "0", "--days", "1", "--seed", "-1"]
+
+
 def s_nature_run_out_exists(tmp, p):
     out = tmp / "nature.zarr"
     out.mkdir()
@@ -894,6 +906,8 @@ SETUPS = {
     "unknown-variable": s_unknown_variable,
     "lead-chunk-zero": s_lead_chunk_zero,
     "evaluate-negative-seed": s_evaluate_negative_seed,
+    "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
+    "nature-run-negative-seed": s_nature_run_negative_seed,
     "bad-choice": s_bad_choice,
     "output-exists-other": s_output_exists_other,
     "output-is-file": s_output_is_file,
