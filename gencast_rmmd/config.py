@@ -62,7 +62,7 @@ def resolve_config_path(path: str | pathlib.Path, kind: str | None = None) -> pa
     if p.exists():  # a directory, a device: not a config, and no name under configs/ either
         from gencast_rmmd.remote import check_input_file
 
-        check_input_file(p, "config", "a YAML file", ConfigError)
+        check_input_file(p, "config", "a YAML file", ConfigError, suffix=".yaml")
     where = f"configs/{kind}/" if kind else "configs/"
     raise ConfigError(
         f"config file {str(path)!r} not found (looked for it as a path and in {where})"

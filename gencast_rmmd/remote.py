@@ -258,19 +258,30 @@ def remote_cache_dir() -> pathlib.Path:
 
 
 def check_input_file(
-    path: str | os.PathLike, what: str, expected: str, error: type[UserError] = UserError
+    path: str | os.PathLike,
+    what: str,
+    expected: str,
+    error: type[UserError] = UserError,
+    suffix: str | None = None,
 ) -> None:
     """Refuse, with `error`, a local input `path` that is not a regular file: missing, a
     directory, or a device / FIFO / socket (a read of those blocks or yields nothing useful).
     `what` names the input ("checkpoint", "image data file"), `expected` the file it should be
-    ("an .npz file")."""
+    ("an .npz file"); a directory's files ending in `suffix` are named (a run directory given
+    for the checkpoint inside it)."""
     p = pathlib.Path(path)
     if p.is_file():
         return
     if not p.exists():
         raise error(f"{what} {os.fspath(path)!r} does not exist (expected {expected})")
     kind = "a directory" if p.is_dir() else "not a regular file"
-    raise error(f"{what} {os.fspath(path)!r} is {kind}; expected {expected}")
+    held = ""
+    if p.is_dir() and suffix:  # a run directory: name the files it holds that would do
+        names = sorted(c.name for c in p.iterdir() if c.name.endswith(suffix) and c.is_file())
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            held = f" (it holds {shown})"
+    raise error(f"{what} {os.fspath(path)!r} is {kind}; expected {expected}{held}")
 
 
 # Proxy settings: a host that does not resolve here may be reached through the proxy.

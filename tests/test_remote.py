@@ -300,6 +300,19 @@ def test_check_input_file_names_what_is_there_instead(tmp_path):
     with pytest.raises(ConfigError, match=r"not found \(looked for it as a path and in configs/"):
         resolve_config_path(tmp_path / "nope.yaml", kind="model")
 
+    # A run directory given where its checkpoint goes: the .npz files it holds are named.
+    run = tmp_path / "rmmd"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("student.npz", "aux.npz", "metrics.jsonl"):
+        (run / name).write_bytes(b"PK")
+    with pytest.raises(CheckpointError, match=r"is a directory; expected an \.npz file "
+                       r"\(it holds aux\.npz, student\.npz\)$"):  # fmt: skip
+        remote.check_input_file(run, "checkpoint", "an .npz file", CheckpointError, ".npz")
+    with pytest.raises(CheckpointError, match=r"expected an \.npz file$"):
+        remote.check_input_file(
+            run / "checkpoints", "checkpoint", "an .npz file", CheckpointError, ".npz"
+        )
+
 
 def _refused_port() -> int:
     """A local TCP port nothing listens on: connections to it are refused at once."""

@@ -67,7 +67,7 @@ def load_npz_images(
     Raises `DataError` naming what was expected and found.
     """
     p = pathlib.Path(local_file(path, DataError))
-    check_input_file(p, "image data file", "a downsampled-ImageNet .npz", DataError)
+    check_input_file(p, "image data file", "a downsampled-ImageNet .npz", DataError, ".npz")
     try:
         loaded = np.load(p, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file holds one bare array

@@ -435,7 +435,9 @@ def _read_flat(
 
     source = os.fspath(path)  # a URL (e.g. the official weights on GCS) is read from a local copy
     path = pathlib.Path(local_file(source, CheckpointError))
-    check_input_file(path, "checkpoint", "an .npz file (e.g. teacher.npz)", CheckpointError)
+    check_input_file(
+        path, "checkpoint", "an .npz file (e.g. teacher.npz)", CheckpointError, suffix=".npz"
+    )
     with open(path, "rb") as f:
         head = f.read(6)
     if not head.startswith(b"PK") and head != b"\x93NUMPY":
