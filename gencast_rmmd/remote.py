@@ -199,6 +199,16 @@ def check_room(dest: str | os.PathLike, nbytes: int) -> None:
         )
 
 
+def refuse_directory_path(dest: str | os.PathLike) -> None:
+    """`OutputError` when the path of a file to write ends in '/': written as a directory's
+    (`--out runs/export/`), where a file would take the directory's name. Callers that turn the
+    path into a `pathlib.Path` (which drops the '/') check it first."""
+    if os.fspath(dest).endswith("/"):
+        raise OutputError(
+            f"{os.fspath(dest)!r} ends in '/' (a directory); expected the path of a file to write"
+        )
+
+
 @contextlib.contextmanager
 def written(dest: str | os.PathLike) -> Iterator[str]:
     """A local temporary path to write the file `dest` (a local path or URL) to: when the block
@@ -211,6 +221,7 @@ def written(dest: str | os.PathLike) -> Iterator[str]:
 
     dest = local_path(dest)
     name = dest.rstrip("/").rsplit("/", 1)[-1]
+    refuse_directory_path(dest)
     if is_url(dest):
         directory = None
     else:

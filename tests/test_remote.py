@@ -263,6 +263,9 @@ def test_written_refuses_a_directory_or_an_unwritable_place_before_the_block(tmp
     cases = [
         (tmp_path, r"is a directory; expected the path of a file to write"),
         (tmp_path / "f" / "a" / "t.npz", r"cannot write '.*/f/a/t\.npz' \('.*/f' is a file\)"),
+        # written as a directory's path (a file would take the name 'export'), and not yet one
+        (f"{tmp_path}/export/", r"'.*/export/' ends in '/' \(a directory\); expected the path"),
+        ("gs://bucket/export/", r"'gs://bucket/export/' ends in '/'"),
     ]
     if pathlib.Path("/proc/self").is_dir():  # Linux: no file can be made in /proc
         cases.append(("/proc/t.npz", r"cannot write '/proc/t\.npz' \(No such file or directory\)"))

@@ -504,13 +504,15 @@ def export_teacher(
 
 
 def _check_export_target(out: str | os.PathLike) -> None:
-    """Refuse, before any work, a URL (the export is written on local disk) and an existing file
+    """Refuse, before any work, a URL (the export is written on local disk), a path ending in '/'
+    and an existing file
     that is not an .npz archive (a previous export is replaced; run.json or a note given as
     `--out` by mistake is not)."""
-    from gencast_rmmd.remote import refuse_url_out
+    from gencast_rmmd.remote import refuse_directory_path, refuse_url_out
 
-    # pathlib would read gs://b/t.npz as the local path gs:/b/t.npz
+    # pathlib would read gs://b/t.npz as the local path gs:/b/t.npz, and drop a final '/'
     refuse_url_out(out, "a path for the .npz", "teacher export")
+    refuse_directory_path(out)
     if not os.path.isfile(out):
         return  # a directory or an unwritable path is refused by the atomic write, with its reason
     with open(out, "rb") as f:

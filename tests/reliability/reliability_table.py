@@ -577,6 +577,14 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before restoring the checkpoint and leaves the file as it was (a previous "
         "export is replaced; was: overwritten without a word)",
     ),
+    BadInput(
+        "teacher-export-out-ends-in-slash",
+        "output",
+        "teacher export",
+        "`--out exports/` (a directory's path, not yet made)",
+        r"'.*/exports/' ends in '/' \(a directory\); expected the path of a file",
+        "refuses before restoring the checkpoint (was: wrote the .npz as a file named `exports`)",
+    ),
     # ---------------------------------------------------------------- configs
     BadInput(
         "config-unknown-key",

@@ -705,6 +705,14 @@ def s_teacher_export_over_other_file(tmp, p):
     return ["teacher", "export", "--run", tmp / "run", "--out", tmp / "run" / "run.json"]
 
 
+def s_teacher_export_out_ends_in_slash(tmp, p):
+    from gencast_rmmd.cli import main
+
+    argv = [str(a) for a in _teacher_train(tmp, p, p["ws"]["model"])]
+    assert main([*argv, "--steps", "0"]) == 0
+    return ["teacher", "export", "--run", tmp / "run", "--out", f"{tmp}/exports/"]
+
+
 def s_forecast_resume_other_settings(tmp, p):
     from gencast_rmmd.cli import main
 
@@ -908,6 +916,7 @@ SETUPS = {
     "evaluate-negative-seed": s_evaluate_negative_seed,
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "nature-run-negative-seed": s_nature_run_negative_seed,
+    "teacher-export-out-ends-in-slash": s_teacher_export_out_ends_in_slash,
     "bad-choice": s_bad_choice,
     "output-exists-other": s_output_exists_other,
     "output-is-file": s_output_is_file,
