@@ -64,6 +64,11 @@ def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """Add `--no-progress` (hide the command's progress bars; `args.no_progress`)."""
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 # Log lines that Apache Beam prints on every run and that say nothing to our users: the GCP
 # extras we do not install, and the (correct) fallback coder for xarray-beam's Key objects.
 _QUIET_LOG_MESSAGES = ("apitools not found", "Using fallback deterministic coder")

@@ -8,7 +8,7 @@ import sys
 
 
 def register(sub) -> None:
-    from gencast_rmmd.cli import add_set_argument
+    from gencast_rmmd.cli import add_progress_argument, add_set_argument
 
     p = sub.add_parser(
         "data",
@@ -32,6 +32,7 @@ def register(sub) -> None:
     nr.add_argument("--seed", type=int, default=None, help="seed of the initial perturbation")
     nr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_set_argument(nr, "nature_run.truncation=31")
+    add_progress_argument(nr)
     nr.set_defaults(func=_nature_run, out_lock="data nature-run")
 
     pr = dsub.add_parser(
@@ -115,7 +116,13 @@ def _nature_run(args) -> int:
             raise ConfigError(f"data nature-run: {e}") from None
         if args.seed is not None and (problem := seed_problem(args.seed)):
             raise ConfigError(f"data nature-run: --seed: {problem}")
-    summary = nature_run.build(args.out, nr, cfg.task.pressure_levels, overwrite=args.overwrite)
+    summary = nature_run.build(
+        args.out,
+        nr,
+        cfg.task.pressure_levels,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(json.dumps(summary))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gencast_rmmd.cli import add_set_argument
+from gencast_rmmd.cli import add_progress_argument, add_set_argument
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def register(sub) -> None:
         default="both",
         help="mmd = phase 1, rmmd = phase 2 (needs phase 1 in OUT), both (default)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     add_set_argument(p, "rmmd.optimizer.learning_rate=1e-4")
     p.set_defaults(func=_distill, out_lock="distill", distributed=True)
 

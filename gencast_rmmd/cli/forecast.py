@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from gencast_rmmd.cli import add_progress_argument
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -53,6 +55,7 @@ def register(sub) -> None:
         help="data config whose task the persistence baseline uses (default: embedded; a checkpoint "
         "carries its own task)",
     )
+    add_progress_argument(p)
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     p.set_defaults(func=_run, out_lock="forecast")
 
@@ -75,6 +78,7 @@ def _run(args) -> int:
         engine=args.engine,
         beam_args=cli_beam_args(args.beam_args),
         data_config=args.data_config,
+        progress=not args.no_progress,
     )
     print(json.dumps(summary))
     return 0

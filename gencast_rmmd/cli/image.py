@@ -17,7 +17,7 @@ import json
 
 
 def register(sub) -> None:
-    from gencast_rmmd.cli import add_set_argument
+    from gencast_rmmd.cli import add_progress_argument, add_set_argument
 
     p = sub.add_parser(
         "image",
@@ -39,7 +39,7 @@ def register(sub) -> None:
             "--config", default="digits", help="image config name or path (default: digits)"
         )
         q.add_argument("--data", default=None, help="downsampled-ImageNet .npz (sets data.path)")
-        q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        add_progress_argument(q)
         add_set_argument(q, "mmd.optim.learning_rate=1e-4")
         q.set_defaults(func=_run, stage=name, out_lock=f"image {name}")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

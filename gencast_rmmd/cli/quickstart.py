@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from gencast_rmmd.cli import add_set_argument
+from gencast_rmmd.cli import add_progress_argument, add_set_argument
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument(
         "--data-config", default=None, help="data config of --data (task, splits; configs/data/)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(p)
     add_set_argument(p, "teacher_learning_rate=1e-4")
     p.set_defaults(func=_run, out_lock="quickstart")
 

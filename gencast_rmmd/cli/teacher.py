@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gencast_rmmd.cli import add_set_argument
+from gencast_rmmd.cli import add_progress_argument, add_set_argument
 
 
 def register(sub) -> None:
@@ -46,7 +46,7 @@ def register(sub) -> None:
     t.add_argument("--grad-accum", type=int, help="gradient accumulation micro-steps")
     t.add_argument("--lr", type=float, help="peak learning rate (training.optimizer.learning_rate)")
     t.add_argument("--seed", type=int, help="seed of init, data order and noise")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(t)
     add_set_argument(t, "training.optimizer.learning_rate=1e-4")
     t.set_defaults(func=_train, out_lock="teacher train", distributed=True)
 

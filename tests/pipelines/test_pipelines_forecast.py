@@ -277,9 +277,13 @@ def test_forecast_then_evaluate_end_to_end(data, tmp_path, capsys):
     assert (
         main(["forecast", "--model", "persistence:0.3", "--members", "4", "--out", f, *common]) == 0
     )
-    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    shown = capsys.readouterr()
+    s = json.loads(shown.out.strip().splitlines()[-1])
     assert s["complete"] and s["members"] == 4
-    assert main(["forecast", "--model", "persistence", "--members", "1", "--out", b, *common]) == 0
+    assert "forecast regions" in shown.err  # the progress bar
+    argv = ["forecast", "--model", "persistence", "--members", "1", "--out", b, "--no-progress"]
+    assert main([*argv, *common]) == 0
+    assert "forecast regions" not in capsys.readouterr().err
     out = str(tmp_path / "eval")
     assert (
         main(
