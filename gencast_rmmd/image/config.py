@@ -60,6 +60,11 @@ class ImageDataConfig:
     def validate(self) -> None:
         if self.source == "npz" and not self.path:
             raise ValueError("source 'npz' needs data.path (the downsampled-ImageNet .npz file)")
+        if self.source == "digits" and self.path:  # it would train on the digits, silently
+            raise ValueError(
+                f"path {self.path!r} is read by source 'npz' only, found source 'digits'; pass "
+                "--data PATH (or set data.source=npz) to train on that file"
+            )
         if self.resolution < 4 or self.resolution % 4:
             raise ValueError(
                 f"resolution must be a multiple of 4 and >= 4, found {self.resolution}"

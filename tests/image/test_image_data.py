@@ -32,6 +32,18 @@ def test_digits_rejects_wrong_geometry():
         load_dataset(ImageDataConfig(resolution=16))
 
 
+def test_a_data_path_with_the_digits_source_is_refused():
+    """`--set data.path=X` without `data.source=npz` trained on the digits, silently."""
+    from gencast_rmmd.config import from_dict
+    from gencast_rmmd.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"path 'x\.npz' is read by source 'npz' only, found source"
+    ):
+        from_dict(ImageDataConfig, {"path": "x.npz"})
+    assert from_dict(ImageDataConfig, {"path": "x.npz", "source": "npz"}).path == "x.npz"
+
+
 def _write_imagenet_like(path, n=6, res=4, labels=None):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(n, res, res, 3), dtype=np.uint8)
