@@ -374,15 +374,31 @@ def prepare(
         base, base_dim = stores.open_forecast(baseline_path, None, role="baseline")
         stores.check_same_grid(base, truth)
         base_pairs = set(stores.scored_pairs(base, truth, base_dim, variables))
+        unpaired = [p for p in pairs if p not in base_pairs]
         pairs = [p for p in pairs if p in base_pairs]
         if not pairs:
             raise DataError("forecast and baseline share no variable/level that the truth also has")
+        all_inits, all_leads = init_times, leads
         init_times = np.intersect1d(init_times, base["time"].values)
         leads = np.intersect1d(leads, base["prediction_timedelta"].values)
         if not init_times.size or not leads.size:
             raise DataError("forecast and baseline share no init time and lead time")
-    sub = fc.sel(prediction_timedelta=leads)
     notes: list[str] = []
+    if base is not None:  # what the comparison leaves out of the forecast: said, not silent
+        for n_left, n_all, what, shown in (
+            (len(unpaired), len(unpaired) + len(pairs), "variable/level", [
+                v if lv is None else f"{v}@{lv}" for v, lv in unpaired]),
+            (all_inits.size - init_times.size, all_inits.size, "init time", [
+                _iso(t) for t in np.setdiff1d(all_inits, init_times)]),
+            (all_leads.size - leads.size, all_leads.size, "lead time", [
+                f"{int(t // np.timedelta64(1, 'h'))} h" for t in np.setdiff1d(all_leads, leads)]),
+        ):  # fmt: skip
+            if n_left:
+                notes.append(
+                    f"{n_left} of the forecast's {n_all} {what}s not scored: the baseline lacks "
+                    f"them ({', '.join(shown[:5])}{' ...' if n_left > 5 else ''})"
+                )
+    sub = fc.sel(prediction_timedelta=leads)
     al = stores.align(sub, truth, stores.training_period(fc), init_times=init_times)
     if base is not None:
         al_b = stores.align(
@@ -745,9 +761,9 @@ def evaluate(
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)
     files = {k: os.path.join(out_dir, os.path.basename(v)) for k, v in files.items()}
-    for note in meta["notes"]:  # the report's warnings (leakage, missing values, scale): stderr too
-        if note.startswith("WARNING"):
-            print(note, file=sys.stderr, flush=True)
+    for note in meta["notes"]:  # the report's notes and warnings (leakage, missing values,
+        # scale, what was left out): stderr too
+        print(note if note.startswith("WARNING") else f"note: {note}", file=sys.stderr, flush=True)
     return EvaluationResult(out_dir, card, hist, summ, files, list(meta["notes"]))
 
 

@@ -563,3 +563,28 @@ def test_one_member_forecast_is_scored_and_said_to_have_no_spread(stores, tmp_pa
     assert (card.sel(metric="spread_skill") == 0).all()
     crps, rmse = card.sel(metric="crps"), card.sel(metric="rmse")
     assert (crps > 0).all() and (crps <= rmse + 1e-12).all()
+
+
+def test_what_the_baseline_lacks_is_said_not_left_out_silently(stores, tmp_path, capsys):
+    """Scored against a baseline, only the init times, lead times and variables both stores hold
+    are scored: the notes (report and stderr) name what of the forecast was left out."""
+    b = str(tmp_path / "b.zarr")
+    part = xr.open_zarr(stores["b"]).isel(time=slice(0, 3), prediction_timedelta=slice(0, 2))
+    for v in part.variables.values():
+        v.encoding = {}
+    part.to_zarr(b, consolidated=False)
+    res = evaluate(
+        stores["f"], stores["t"], str(tmp_path / "e"), baseline_path=b, engine="memory", plots=False
+    )
+    fc = xr.open_zarr(stores["f"])
+    last_init = str(np.datetime_as_string(fc["time"].values[3], unit="s"))
+    last_lead = int(fc["prediction_timedelta"].values[2] // np.timedelta64(1, "h"))
+    want = [
+        f"1 of the forecast's 4 init times not scored: the baseline lacks them ({last_init})",
+        f"1 of the forecast's 3 lead times not scored: the baseline lacks them ({last_lead} h)",
+    ]
+    assert [n for n in res.notes if "the baseline lacks" in n] == want
+    err = capsys.readouterr().err
+    assert all(f"note: {w}" in err for w in want), err
+    meta = json.load(open(tmp_path / "e" / "evaluation.json"))
+    assert meta["n_init_times"] == 3 and len(meta["lead_times_hours"]) == 2
