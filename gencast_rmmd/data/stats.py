@@ -341,6 +341,27 @@ def stats_sha256(stats_dir: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def check_trained_stats(provenance: dict, stats_dir: str | os.PathLike, checkpoint: str) -> None:
+    """`DataError` when `checkpoint`'s provenance records the normalisation statistics it was
+    trained with (`stats_sha256`, ours; the official files record none) and `stats_dir` holds
+    other ones: its inputs would be normalised otherwise than in training, and its forecasts or
+    its students would be worse, silently."""
+    recorded = provenance.get("stats_sha256")
+    if not recorded:
+        return
+    recorded = str(np.asarray(recorded))
+    found = stats_sha256(stats_dir)
+    if found != recorded:
+        where = provenance.get("stats")
+        where = f" (it recorded {str(np.asarray(where))!r})" if where is not None else ""
+        raise DataError(
+            f"{checkpoint} was trained with other normalisation statistics than --stats "
+            f"{os.fspath(stats_dir)!r} (SHA-256 {recorded[:12]}... recorded, {found[:12]}... "
+            f"found): its inputs would be normalised otherwise than in training; give the "
+            f"statistics it was trained with{where}"
+        )
+
+
 def load_stats(stats_dir: str | os.PathLike) -> dict[str, xr.Dataset]:
     """Read the stats dir: dict(mean=, stddev=, diffs_stddev=, min=) of in-memory Datasets.
 

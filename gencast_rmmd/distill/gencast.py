@@ -190,6 +190,7 @@ class _Setup:
 
 def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text: str) -> _Setup:
     from gencast_rmmd.data.examples import ExampleSource, resolve_local_cache
+    from gencast_rmmd.data.stats import check_trained_stats
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.model import sh_noise
     from gencast_rmmd.remote import source_path
@@ -210,6 +211,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     probe = ExampleSource(store, task, stats)
     start, end = cfg.data.train_start, cfg.data.train_end
     tprov = (ckpt.extra or {}).get("provenance") or {}
+    check_trained_stats(tprov, stats, teacher_path)
     if start is None and end is None and tprov.get("train_start"):
         start, end = str(np.asarray(tprov["train_start"])), str(np.asarray(tprov["train_end"]))
     times = select_init_times(probe.init_times, start, end, task)

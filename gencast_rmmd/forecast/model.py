@@ -192,6 +192,7 @@ def load_forecast_model(
     (`gencast_rmmd.distill.student_sampler`, NFE = K). Noise is spherical white noise on the grid.
     The training period (`extra:provenance:train_start/train_end`) is kept for the leakage guard.
     """
+    from gencast_rmmd.data.stats import check_trained_stats
     from gencast_rmmd.model import checkpoint as ckpt_lib
     from gencast_rmmd.remote import is_url
 
@@ -202,6 +203,7 @@ def load_forecast_model(
     norm, sst = norm_from_stats_dir(stats_dir, task)
     extra = ckpt.extra or {}
     provenance = {k: _plain(v) for k, v in (extra.get("provenance") or {}).items()}
+    check_trained_stats(provenance, stats_dir, checkpoint_path)
     _, cfg, nfe, student = checkpoint_sampler(ckpt)
     if student:
         sampler = f"student K={cfg.num_steps} (DDIM eta={cfg.eta}, {cfg.describe()})"

@@ -182,6 +182,14 @@ def test_bad_teacher_and_config_are_user_errors(world, tmp_path, capsys):
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+    # A teacher that records other statistics than --stats (ours record theirs) is refused.
+    flat = dict(np.load(world / "teacher.npz"))
+    flat["extra:provenance:stats_sha256"] = np.array("0" * 64)
+    np.savez(tmp_path / "other.npz", **flat)
+    args[args.index("--teacher") + 1] = str(tmp_path / "other.npz")
+    assert main(args) == 2
+    assert "was trained with other normalisation statistics" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
 
 
 @pytest.mark.slow

@@ -350,6 +350,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the directory and the files expected in it",
     ),
     BadInput(
+        "forecast-stats-not-the-trained-ones",
+        "data store",
+        "forecast",
+        "`--stats` other than the statistics the checkpoint records it was trained with",
+        r"model\.npz was trained with other normalisation statistics than --stats .* give the "
+        r"statistics it was trained with",
+        "refuses before making the store (was: forecast with inputs normalised otherwise than in "
+        "training, silently); `distill` refuses such a teacher likewise",
+    ),
+    BadInput(
         "forecast-ckpt-wrong-shape",
         "checkpoint",
         "forecast",

@@ -549,6 +549,19 @@ def s_forecast_stats_missing(tmp, p):
     return _forecast_one(tmp, p, stats=tmp / "no_stats")
 
 
+def s_forecast_stats_not_the_trained_ones(tmp, p):
+    from gencast_rmmd.data.stats import stats_sha256
+
+    trained = _ws_copy(tmp, p, "stats")["stats"]
+    flat = {**p["flat"], "extra:provenance:stats_sha256": np.array(stats_sha256(trained))}
+    mean = trained / "mean_by_level.nc"  # statistics recomputed over other data, say
+    ds = xr.load_dataset(mean)
+    name = next(iter(ds.data_vars))
+    ds[name] = ds[name] + 1.0
+    ds.to_netcdf(mean)
+    return _forecast_one(tmp, p, stats=trained, model=_save_flat(flat, tmp / "model.npz"))
+
+
 def s_forecast_ckpt_wrong_shape(tmp, p):
     flat = dict(p["flat"])
     k = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)[0]
@@ -915,6 +928,7 @@ SETUPS = {
     "lead-chunk-zero": s_lead_chunk_zero,
     "evaluate-negative-seed": s_evaluate_negative_seed,
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
+    "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "nature-run-negative-seed": s_nature_run_negative_seed,
     "teacher-export-out-ends-in-slash": s_teacher_export_out_ends_in_slash,
     "bad-choice": s_bad_choice,
