@@ -183,7 +183,7 @@ def training_config(overrides: list[str], window=(None, None), **flags):
     return from_dict(
         TeacherTrainingConfig,
         base,
-        "teacher training config (--set training.*)",
+        "teacher training settings (its flags and --set training.*)",
         _split_overrides(overrides)[1],
         shown_prefix="training.",
     )
@@ -195,16 +195,13 @@ def _train(args: argparse.Namespace) -> int:
 
     sharding.maybe_initialize_distributed()
     model = model_config(args.config, args.overrides)
-    task, window = _resolve_task(args)
-    training = training_config(
-        args.overrides,
-        window,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        seed=args.seed,
+    flags = dict(
+        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
         lr=args.lr,
-    )
+    )  # fmt: skip
+    training_config(args.overrides, **flags)  # a bad flag or key is said before the store is read
+    task, window = _resolve_task(args)
+    training = training_config(args.overrides, window, **flags)
     summary = train_teacher(
         model,
         task,

@@ -645,6 +645,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before training: names the key and the allowed range",
     ),
     BadInput(
+        "override-unknown-training-key",
+        "config",
+        "teacher train",
+        "`--set training.optimizer.lr=1e-4` (misspelt key) with a `--data` store that is missing too",
+        r"^override 'training\.optimizer\.lr=1e-4': unknown key 'training\.optimizer\.lr' in "
+        r"OptimizerConfig; allowed keys: .*learning_rate",
+        "refuses before the store is read, naming the override (was: said the store was missing "
+        "first, and then named the training config, not the override)",
+    ),
+    BadInput(
         "override-nan",
         "config",
         "teacher train",

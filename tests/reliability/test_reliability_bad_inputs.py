@@ -352,6 +352,14 @@ def s_config_missing(tmp, p):
     return _teacher_train(tmp, p, tmp / "no_such_model.yaml")
 
 
+def s_override_unknown_training_key(tmp, p):
+    model = tmp / "model.yaml"
+    model.write_text(p["ws"]["model"].read_text())
+    argv = _teacher_train(tmp, p, model, "--set", "training.optimizer.lr=1e-4")
+    argv[argv.index("--data") + 1] = tmp / "missing.zarr"
+    return argv
+
+
 def s_override_bad_value(tmp, p):
     model = tmp / "model.yaml"
     model.write_text(p["ws"]["model"].read_text())
@@ -930,6 +938,7 @@ SETUPS = {
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "nature-run-negative-seed": s_nature_run_negative_seed,
+    "override-unknown-training-key": s_override_unknown_training_key,
     "teacher-export-out-ends-in-slash": s_teacher_export_out_ends_in_slash,
     "bad-choice": s_bad_choice,
     "output-exists-other": s_output_exists_other,
