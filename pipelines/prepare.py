@@ -34,7 +34,7 @@ import xarray as xr
 
 from gencast_rmmd.config import to_dict
 from gencast_rmmd.data.config import DataConfig
-from gencast_rmmd.data.era5 import STORE_ID_ATTR, new_store_id
+from gencast_rmmd.data.era5 import STORE_ID_ATTR, is_pattern, new_store_id, pattern_files
 from gencast_rmmd.data.validate import PREPARE_STATE_ATTR
 from gencast_rmmd.errors import OutputError
 from gencast_rmmd.remote import check_out_dir, exists, filesystem, overlapping, remove
@@ -224,11 +224,13 @@ def prepare(
     spec = PrepareSpec(source=str(source), cfg=cfg, out=out, steps_per_item=steps_per_item)
     ds = _open(spec)
     read = _source_store(spec)
-    if overlapping(read, out):  # `--overwrite` deleted the source before reading it
-        raise OutputError(
-            f"--out {out!r} is the source store {read!r}, or one of them lies inside the other: "
-            "writing the output would destroy what is read; choose another --out"
-        )
+    # `--overwrite` deleted the source before reading it; a pattern's every file is read.
+    for one in pattern_files(read) if is_pattern(read) else [read]:
+        if overlapping(one, out):
+            raise OutputError(
+                f"--out {out!r} is the source store {one!r}, or one of them lies inside the "
+                "other: writing the output would destroy what is read; choose another --out"
+            )
     key = _fingerprint(spec, ds)
     resumed = False
     if exists(out):

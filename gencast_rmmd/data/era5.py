@@ -162,6 +162,16 @@ def metadata_version(path: str | os.PathLike) -> str | list[int] | None:
     for a missing path, or an object whose server names no version (taken as unchanged)."""
     if is_url(os.fspath(path)):
         return _url_store_version(os.fspath(path))
+    if is_pattern(path):  # each file's time and size: any file re-written, added or removed
+        import glob
+        import hashlib
+        import json
+
+        files = sorted(glob.glob(os.path.expanduser(os.fspath(path))))
+        if not files:
+            return None
+        stats = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files]
+        return "files:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()
     for name in _METADATA_FILES:
         p = os.path.join(path, name) if name else os.fspath(path)
         if os.path.isfile(p):
@@ -221,7 +231,8 @@ def open_store(
     """Open a Zarr or NetCDF store lazily (dask arrays with the store's own chunks).
 
     Args:
-      source: a local path (Zarr directory or NetCDF file), `file://` path, or an fsspec URL
+      source: a local path (Zarr directory or NetCDF file), a local glob pattern of NetCDF files
+        (`era5/*.nc`: `is_pattern`, combined by coordinates), a `file://` path, or an fsspec URL
         (`gs://...` through gcsfs, `s3://`, `https://`, `memory://`).
       token: gcsfs token for `gs://` URLs. By default the token fsspec's configuration names
         (`FSSPEC_GS_TOKEN`), else "anon", which reads public buckets such as ARCO-ERA5 without
@@ -262,6 +273,8 @@ def open_store(
             raise DataError(
                 f"store {source!r}: expected a Zarr store or NetCDF file, could not open it ({e})"
             ) from None
+    elif is_pattern(source):
+        ds = _open_files(source, chunks)
     else:
         path = pathlib.Path(source)
         if not path.exists():
@@ -290,6 +303,98 @@ def refuse_forecast_store(ds: xr.Dataset, source: str, what: str) -> None:
             f"dims {list(ds.dims)}); expected analyses in ERA5 names such as ERA5 itself or the "
             "nature run (time, [level], latitude/lat, longitude/lon)"
         )
+
+
+def is_pattern(source: str | os.PathLike) -> bool:
+    """True for a local glob pattern (`era5/*.nc`, `era5/2020-??.nc`): a set of NetCDF files read
+    as one store (`open_store`), such as the Climate Data Store's monthly downloads."""
+    source = os.fspath(source)
+    return not is_url(source) and any(c in source for c in "*?[")
+
+
+def pattern_files(pattern: str | os.PathLike) -> list[str]:
+    """The files a local glob pattern matches, sorted; DataError when it matches none."""
+    import glob
+
+    files = sorted(glob.glob(os.path.expanduser(os.fspath(pattern))))
+    if not files:
+        raise DataError(f"store pattern {os.fspath(pattern)!r} matches no file")
+    return files
+
+
+def _one_of_files(ds: xr.Dataset) -> xr.Dataset:
+    """One file of a pattern, ready to combine: in this package's names, its statics without
+    the time dim (taken at their first time, as `canonicalize` does), and without a time
+    coordinate when nothing else has that dim."""
+    ds = normalize_coords(ds)
+    if "time" not in ds.dims:
+        return ds
+    statics = [
+        v
+        for v in ds.data_vars
+        if v in VARIABLES and variable_kind(v) == "static" and "time" in ds[v].dims
+    ]
+    for v in statics:
+        ds[v] = ds[v].isel(time=0, drop=True)
+    if not any("time" in ds[v].dims for v in ds.data_vars):
+        ds = ds.drop_dims("time")
+    return ds
+
+
+def _open_files(pattern: str, chunks: dict | None) -> xr.Dataset:
+    """The NetCDF files a glob pattern matches, each in this package's names (`normalize_coords`),
+    combined by their coordinates into one dataset: files of successive times are concatenated
+    along time, files of other variables (the CDS splits surface and pressure-level fields)
+    merged. Grids, levels and the times of merged files must agree exactly (`join="exact"`): a
+    mismatch would otherwise read as NaN."""
+    files = pattern_files(pattern)
+    engines = {}
+    for f in files:
+        if os.path.isdir(f):
+            raise DataError(
+                f"store pattern {pattern!r} matches directory {f!r}; a pattern reads NetCDF files "
+                "only (give a Zarr store by its path)"
+            )
+        with open(f, "rb") as fh:
+            magic = fh.read(4)
+        if magic.startswith(b"\x89HDF"):
+            engines[f] = "h5netcdf"
+        elif magic.startswith(b"CDF"):
+            engines[f] = "scipy"
+        else:
+            raise DataError(
+                f"store pattern {pattern!r} matches {f!r}, which is not a NetCDF file (it starts "
+                f"with {magic!r})"
+            )
+    if len(set(engines.values())) > 1:
+        raise DataError(
+            f"store pattern {pattern!r} matches both NetCDF3 and NetCDF4 files; convert them to "
+            "one format (they are read with one engine)"
+        )
+    try:
+        return xr.open_mfdataset(
+            files,
+            engine=next(iter(engines.values())),
+            chunks=chunks if chunks is not None else {},
+            # Each file in this package's names first: the CDS names the surface geopotential
+            # and the geopotential on levels both `z`, which merge only once renamed (and its
+            # statics come at one time, which would not align with the others').
+            preprocess=_one_of_files,
+            combine="by_coords",
+            data_vars="minimal",
+            coords="minimal",
+            compat="no_conflicts",
+            join="exact",
+        )
+    except ImportError as e:
+        raise DataError(
+            f"store pattern {pattern!r}: reading NetCDF4 files needs h5py ({e})"
+        ) from None
+    except Exception as e:  # xarray's combine errors: overlapping or misaligned files
+        raise DataError(
+            f"store pattern {pattern!r}: its {len(files)} files do not combine into one store "
+            f"({type(e).__name__}: {e}); they must tile time and share grid and levels"
+        ) from None
 
 
 def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:

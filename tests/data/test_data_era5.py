@@ -74,6 +74,61 @@ def test_the_climate_data_stores_netcdf_layout_reads_as_era5_long_names():
     assert set(era5.normalize_coords(both).data_vars) == {"geopotential", "t", "temperature"}
 
 
+def _cds_download(ds: xr.Dataset, where, engine="h5netcdf") -> None:
+    """`ds` as the Climate Data Store delivers it: short names, `valid_time`, `pressure_level`;
+    one file per period and per kind (surface, levels), the statics at one time in their own."""
+    short = {long: s for s, long in era5._SHORT_NAMES.items() if long in ds.data_vars}
+    short["geopotential_at_surface"] = "z"  # named like the geopotential on levels
+    cds = ds.rename({**short, "time": "valid_time", "level": "pressure_level"})
+    statics = ["z", "lsm"]
+    levels = [v for v in cds.data_vars if "pressure_level" in cds[v].dims]
+    surface = [v for v in cds.data_vars if v not in levels and v not in statics]
+    cds[statics].isel(valid_time=[0]).to_netcdf(where / "static.nc", engine=engine)
+    n = cds.sizes["valid_time"]
+    for i, part in enumerate((slice(0, n // 3), slice(n // 3, n))):  # two "months"
+        cds[surface].isel(valid_time=part).to_netcdf(where / f"sfc_{i}.nc", engine=engine)
+        cds[levels].isel(valid_time=part).to_netcdf(where / f"pl_{i}.nc", engine=engine)
+
+
+def test_a_pattern_of_cds_netcdf_files_reads_as_the_one_store(tmp_path):
+    """`era5/*.nc`: the files a local glob matches are one store, each in long names first (the
+    surface and level geopotentials are both `z` in a CDS file), the statics' single time
+    dropped, periods concatenated and kinds merged; canonicalized, it equals the store."""
+    ds = arco_style_ds(hours=36)
+    _cds_download(ds, tmp_path)
+    pattern = str(tmp_path / "*.nc")
+    assert era5.is_pattern(pattern) and not era5.is_pattern(str(tmp_path / "sfc_0.nc"))
+    got = era5.open_store(pattern)
+    assert got.sizes["time"] == 36 and "geopotential_at_surface" in got
+    want = era5.canonicalize(ds, SMALL_TASK).load()
+    xr.testing.assert_identical(era5.canonicalize(got, SMALL_TASK).load(), want)
+    # Any file re-written, added or removed is another version of the store.
+    before = era5.metadata_version(pattern)
+    assert before == era5.metadata_version(pattern) and before.startswith("files:")
+    (tmp_path / "sfc_1.nc").unlink()
+    assert era5.metadata_version(pattern) != before
+
+
+def test_a_pattern_that_does_not_make_one_store_is_a_clear_error(tmp_path):
+    ds = arco_style_ds(hours=24)
+    with pytest.raises(DataError, match=r"store pattern '.*/\*\.nc' matches no file"):
+        era5.open_store(str(tmp_path / "*.nc"))
+    (tmp_path / "a.nc").write_bytes(b"not netcdf")
+    with pytest.raises(DataError, match=r"matches '.*a\.nc', which is not a NetCDF file"):
+        era5.open_store(str(tmp_path / "*.nc"))
+    (tmp_path / "a.nc").unlink()
+    (tmp_path / "d.nc").mkdir()
+    with pytest.raises(DataError, match=r"matches directory .*NetCDF files only"):
+        era5.open_store(str(tmp_path / "*.nc"))
+    (tmp_path / "d.nc").rmdir()
+    # two files on other grids would align with NaN: refused
+    ds[["2m_temperature"]].to_netcdf(tmp_path / "a.nc", engine="h5netcdf")
+    other = ds[["temperature"]].isel(latitude=slice(0, -1))
+    other.to_netcdf(tmp_path / "b.nc", engine="h5netcdf")
+    with pytest.raises(DataError, match=r"its 2 files do not combine into one store"):
+        era5.open_store(str(tmp_path / "*.nc"))
+
+
 def test_precipitation_is_sum_of_12_hourly_values_ending_at_valid_time():
     ds = era5.normalize_coords(arco_style_ds(hours=60))
     valid = ds.time.values[::12]

@@ -268,6 +268,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "failed reading it: 44 MB -> 3 MB)",
     ),
     BadInput(
+        "prepare-out-holds-pattern-files",
+        "output",
+        "data prepare",
+        "source `era5/*.nc` (NetCDF files read as one store), `--out era5` with `--overwrite`",
+        r"--out '.*era5' is the source store '.*era5/era5_0\.nc', or one of them lies inside "
+        r"the other",
+        "refuses before writing: each file of a pattern source is checked",
+    ),
+    BadInput(
         "prepare-output-foreign",
         "output",
         "data prepare",

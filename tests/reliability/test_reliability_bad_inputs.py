@@ -487,6 +487,19 @@ def s_prepare_out_is_source(tmp, p):
     return ["data", "prepare", "--config", cfg, "--out", f"{f}/", "--overwrite"]
 
 
+def s_prepare_out_holds_pattern_files(tmp, p):
+    """The source as a pattern of NetCDF files (a CDS download), `--out` their folder."""
+    w = p["ws"]
+    files = tmp / "era5"
+    files.mkdir()
+    ds = xr.open_zarr(w["store"]).load()
+    n = ds.sizes["time"]
+    for i, part in enumerate((slice(0, n // 2), slice(n // 2, n))):
+        ds.isel(time=part).to_netcdf(files / f"era5_{i}.nc", engine="h5netcdf")
+    cfg = _data_config(tmp, p, f"{files}/*.nc")
+    return ["data", "prepare", "--config", cfg, "--out", files, "--overwrite"]
+
+
 def s_prepare_output_foreign(tmp, p):
     f = _ws_copy(tmp, p, "store")["store"]
     out = tmp / "prepared.zarr"
@@ -938,6 +951,7 @@ SETUPS = {
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "nature-run-negative-seed": s_nature_run_negative_seed,
+    "prepare-out-holds-pattern-files": s_prepare_out_holds_pattern_files,
     "override-unknown-training-key": s_override_unknown_training_key,
     "teacher-export-out-ends-in-slash": s_teacher_export_out_ends_in_slash,
     "bad-choice": s_bad_choice,
