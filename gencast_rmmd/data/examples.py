@@ -31,6 +31,7 @@ import xarray as xr
 
 from gencast_rmmd.data import normalization as nz
 from gencast_rmmd.data.era5 import (
+    is_pattern,
     is_url,
     metadata_version,
     open_store,
@@ -344,9 +345,12 @@ class ExampleSource:
             stats = load_stats(stats)
         self.layout = task.layout
         self.norm, self.sst_fill = nz.for_task(stats, task, where)
-        if not is_url(self.store) and pathlib.Path(self.store).is_file():
+        if not is_url(self.store) and (
+            pathlib.Path(self.store).is_file() or is_pattern(self.store)
+        ):
+            what = "a pattern of files" if is_pattern(self.store) else "a file"
             raise DataError(
-                f"store {self.store!r} is a file; training reads a canonical Zarr store "
+                f"store {self.store!r} is {what}; training reads a canonical Zarr store "
                 "(`gencast-rmmd data prepare` writes one from NetCDF or any ERA5 source)"
             )
         # Positions on the store's own time axis index its arrays: no trimming to valid_time_*.

@@ -277,6 +277,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before writing: each file of a pattern source is checked",
     ),
     BadInput(
+        "teacher-data-is-pattern",
+        "data store",
+        "teacher train",
+        "`--data 'era5/*.nc'` (NetCDF files; training reads a canonical Zarr store)",
+        r"store '.*era5/\*\.nc' is a pattern of files; training reads a canonical Zarr store "
+        r"\(`gencast-rmmd data prepare` writes one",
+        "refuses before the run directory is made, pointing to `data prepare` (was an internal "
+        "FileNotFoundError at the first batch)",
+    ),
+    BadInput(
         "prepare-output-foreign",
         "output",
         "data prepare",

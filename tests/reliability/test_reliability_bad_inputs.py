@@ -487,17 +487,28 @@ def s_prepare_out_is_source(tmp, p):
     return ["data", "prepare", "--config", cfg, "--out", f"{f}/", "--overwrite"]
 
 
-def s_prepare_out_holds_pattern_files(tmp, p):
-    """The source as a pattern of NetCDF files (a CDS download), `--out` their folder."""
-    w = p["ws"]
+def _netcdf_files(tmp, p) -> pathlib.Path:
+    """The workspace store as two NetCDF files of successive times, in tmp/era5/."""
     files = tmp / "era5"
     files.mkdir()
-    ds = xr.open_zarr(w["store"]).load()
+    ds = xr.open_zarr(p["ws"]["store"]).load()
     n = ds.sizes["time"]
     for i, part in enumerate((slice(0, n // 2), slice(n // 2, n))):
         ds.isel(time=part).to_netcdf(files / f"era5_{i}.nc", engine="h5netcdf")
+    return files
+
+
+def s_prepare_out_holds_pattern_files(tmp, p):
+    """The source as a pattern of NetCDF files (a CDS download), `--out` their folder."""
+    files = _netcdf_files(tmp, p)
     cfg = _data_config(tmp, p, f"{files}/*.nc")
     return ["data", "prepare", "--config", cfg, "--out", files, "--overwrite"]
+
+
+def s_teacher_data_is_pattern(tmp, p):
+    argv = _teacher_train(tmp, p, p["ws"]["model"])
+    argv[argv.index("--data") + 1] = f"{_netcdf_files(tmp, p)}/*.nc"
+    return argv
 
 
 def s_prepare_output_foreign(tmp, p):
@@ -952,6 +963,7 @@ SETUPS = {
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "nature-run-negative-seed": s_nature_run_negative_seed,
     "prepare-out-holds-pattern-files": s_prepare_out_holds_pattern_files,
+    "teacher-data-is-pattern": s_teacher_data_is_pattern,
     "override-unknown-training-key": s_override_unknown_training_key,
     "teacher-export-out-ends-in-slash": s_teacher_export_out_ends_in_slash,
     "bad-choice": s_bad_choice,
