@@ -60,6 +60,7 @@ _SHORT_NAMES = {
     "tp": "total_precipitation",
     "lsm": "land_sea_mask",
 }
+_CANONICAL_DIMS = ("time", "level", "lat", "lon")
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".cdf")
 
@@ -431,6 +432,29 @@ def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
 # --------------------------------------------------------------------------------------------
 
 
+def _from_batch_layout(ds: xr.Dataset) -> xr.Dataset:
+    """GenCast's example-data layout (time as offsets from the first, dates in a `datetime`
+    coordinate over (batch, time), every field with a leading `batch` dim of one) as a plain
+    ERA5 layout: time holds the dates, no batch dim. Anything else is returned as it is."""
+    if not (
+        "time" in ds.dims
+        and np.issubdtype(ds["time"].dtype, np.timedelta64)
+        and "datetime" in ds.coords
+    ):
+        return ds
+    if "batch" in ds.dims and ds.sizes["batch"] != 1:
+        raise DataError(
+            f"the data hold {ds.sizes['batch']} batches of times (GenCast's example-data layout: "
+            "a `batch` dim and dates in a `datetime` coordinate); expected one: select one "
+            "batch (ds.isel(batch=i)) and save it"
+        )
+    dates = ds["datetime"]
+    if "batch" in dates.dims:
+        dates = dates.isel(batch=0)
+    ds = ds.isel(batch=0, drop=True) if "batch" in ds.dims else ds
+    return ds.drop_vars("datetime").assign_coords(time=np.asarray(dates.values))
+
+
 def normalize_coords(ds: xr.Dataset) -> xr.Dataset:
     """Rename to `lat/lon/level`, sort `lat` ascending and `lon` into ascending [0, 360), level in hPa.
 
@@ -438,8 +462,11 @@ def normalize_coords(ds: xr.Dataset) -> xr.Dataset:
     [-180, 180), and levels in Pa (converted when the largest level exceeds 2000). The Climate Data
     Store's NetCDF layout is accepted too: a `valid_time` time dim, `pressure_level`, and ECMWF
     short variable names (`t`, `z`, `t2m`, `msl`, ...; `_SHORT_NAMES`), each renamed to its ERA5
-    long name unless the dataset already has that name.
+    long name unless the dataset already has that name. So is the layout of GenCast's example
+    data files (`source-era5_date-...nc`): a `batch` dim of one, `time` as offsets
+    (timedelta64) and the dates in a `datetime` (batch, time) coordinate (`_from_batch_layout`).
     """
+    ds = _from_batch_layout(ds)
     renames = {}
     for canon, names in (("lat", _LAT_NAMES), ("lon", _LON_NAMES), ("level", _LEVEL_NAMES)):
         present = [n for n in names if n in ds.dims or n in ds.coords]
@@ -624,11 +651,23 @@ def canonicalize(
                 f"store has no {dim!r} dimension (dims found: {dict(ds.sizes)}); expected time, "
                 "lat/latitude, lon/longitude and level"
             )
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise DataError(
+            f"the store's time axis holds {ds['time'].dtype} values, not dates (e.g. "
+            f"{ds['time'].values[0]}); expected datetime64 times, as in ERA5"
+        )
     if not ds.indexes["time"].is_monotonic_increasing:
         # The canonical time axis ascends (as xarray's time slicing below needs); a source's
         # may run backwards.
         ds = ds.sortby("time")
     wanted = source_variables(task)
+    for v in sorted(set(wanted) & set(ds.data_vars)):  # (other variables are not read)
+        extra = [d for d in ds[v].dims if d not in _CANONICAL_DIMS]
+        if extra:
+            raise DataError(
+                f"variable {v!r} has dims {ds[v].dims}: {extra} beside time, level, lat and lon; "
+                "select one value of each (one ensemble member, one batch) and save the store"
+            )
     needs_precip = PRECIP_12HR in wanted
     missing = [
         v

@@ -74,6 +74,32 @@ def test_the_climate_data_stores_netcdf_layout_reads_as_era5_long_names():
     assert set(era5.normalize_coords(both).data_vars) == {"geopotential", "t", "temperature"}
 
 
+def test_gencasts_example_data_layout_reads_as_the_store():
+    """GenCast's example-data files (`source-era5_date-..._steps-...nc`) hold times as offsets
+    with the dates in a `datetime` (batch, time) coordinate and a `batch` dim of one: read as
+    the plain store (was: `data prepare` wrote a "complete" store with a timedelta time axis,
+    a batch dim and progress forcings of 1970)."""
+    ds = arco_style_ds(hours=36)
+    t = ds["time"].values
+    example = ds.assign_coords(time=t - t[0]).expand_dims(batch=1)
+    example = example.assign_coords(datetime=(("batch", "time"), t[None]))
+    want = era5.canonicalize(ds, SMALL_TASK).load()
+    xr.testing.assert_identical(era5.canonicalize(example, SMALL_TASK).load(), want)
+    two = xr.concat([example, example], "batch")
+    with pytest.raises(DataError, match=r"the data hold 2 batches of times .* expected one"):
+        era5.canonicalize(two, SMALL_TASK)
+
+
+def test_a_time_axis_of_offsets_or_fields_with_extra_dims_are_refused():
+    ds = arco_style_ds(hours=24)
+    offsets = ds.assign_coords(time=ds["time"].values - ds["time"].values[0])
+    with pytest.raises(DataError, match=r"time axis holds timedelta64\[ns\] values, not dates"):
+        era5.canonicalize(offsets, SMALL_TASK)
+    members = xr.concat([ds, ds], "number")  # an ensemble (ERA5's EDA, say)
+    with pytest.raises(DataError, match=r"variable '.*' has dims .*\['number'\] beside time"):
+        era5.canonicalize(members, SMALL_TASK)
+
+
 def _cds_download(ds: xr.Dataset, where, engine="h5netcdf") -> None:
     """`ds` as the Climate Data Store delivers it: short names, `valid_time`, `pressure_level`;
     one file per period and per kind (surface, levels), the statics at one time in their own."""
