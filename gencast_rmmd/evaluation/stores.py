@@ -54,6 +54,32 @@ def canonical_grid(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _from_gencast_predictions(ds: xr.Dataset, path: str, role: str) -> xr.Dataset:
+    """GenCast's own predictions (its rollout's output: `sample`, a `batch` dim of one, `time`
+    as lead times and the valid times in a `datetime` (batch, time) coordinate) in WeatherBench
+    2's forecast schema: one init time (the first valid time less the first lead) and
+    `prediction_timedelta`. Anything else is returned as it is."""
+    if not (
+        "time" in ds.dims
+        and np.issubdtype(ds["time"].dtype, np.timedelta64)
+        and "datetime" in ds.coords
+        and "prediction_timedelta" not in ds.dims
+    ):
+        return ds
+    if "batch" in ds.dims and ds.sizes["batch"] != 1:
+        raise DataError(
+            f"{role} store {path!r} holds {ds.sizes['batch']} batches (GenCast's prediction "
+            "layout, one init time each); expected one: save each batch as its own store"
+        )
+    valid = ds["datetime"].isel(batch=0) if "batch" in ds["datetime"].dims else ds["datetime"]
+    leads = ds["time"].values
+    init = np.asarray(valid.values)[0] - leads[0]
+    if "batch" in ds.dims:
+        ds = ds.isel(batch=0, drop=True)
+    ds = ds.drop_vars("datetime").rename({"time": "prediction_timedelta"})
+    return ds.expand_dims(time=[init])
+
+
 # The dims of a forecast's fields (init time, lead time, level, grid): never its ensemble dim.
 _FIELD_DIMS = ("time", "prediction_timedelta", "level", "latitude", "longitude")
 
@@ -67,7 +93,7 @@ def open_forecast(
     store lacks is an error. A store of ours still being written (attr `gencast_rmmd_status:
     incomplete`) is refused. `role` names the store in errors ("forecast", "baseline").
     """
-    ds = canonical_grid(_open(path))
+    ds = canonical_grid(_from_gencast_predictions(_open(path), path, role))
     if ds.attrs.get(STATUS_ATTR, "complete") != "complete":
         raise DataError(
             f"{role} store {path!r} is incomplete (status {ds.attrs[STATUS_ATTR]!r}); re-run "
@@ -108,6 +134,13 @@ def open_truth(path: str) -> xr.Dataset:
     if "time" not in ds.dims:
         raise DataError(f"truth store {path!r} has no 'time' dim; found dims {list(ds.dims)}")
     refuse_forecast_store(ds, path, "truth store")  # e.g. the baseline's store given as truth
+    members = [d for d in (*ENSEMBLE_DIMS, "batch") if d in ds.dims]
+    if members:  # e.g. GenCast's own predictions, whose valid times read as a time axis
+        raise DataError(
+            f"truth store {path!r} has a {members[0]!r} dim (an ensemble's members, or batches): "
+            f"it is a forecast, not analyses; found dims {list(ds.dims)}. The truth is one state "
+            "per time, such as ERA5 itself or the nature run"
+        )
     return ds
 
 

@@ -588,3 +588,33 @@ def test_what_the_baseline_lacks_is_said_not_left_out_silently(stores, tmp_path,
     assert all(f"note: {w}" in err for w in want), err
     meta = json.load(open(tmp_path / "e" / "evaluation.json"))
     assert meta["n_init_times"] == 3 and len(meta["lead_times_hours"]) == 2
+
+
+def test_gencasts_own_prediction_layout_scores_as_the_wb2_store(stores, tmp_path):
+    """GenCast's rollout output (`sample`, a `batch` of one, `time` = lead times, valid times in
+    a `datetime` coordinate) is one init time's forecast: scored like the same members in
+    WeatherBench 2's schema (it was refused: no 'prediction_timedelta')."""
+    one = xr.open_zarr(stores["f"]).isel(time=[1]).load()
+    for v in one.variables.values():
+        v.encoding = {}
+    wb2 = str(tmp_path / "wb2.zarr")
+    one.to_zarr(wb2, consolidated=False)
+    init = one["time"].values[0]
+    gc = one.isel(time=0, drop=True).rename(
+        {"realization": "sample", "prediction_timedelta": "time"}
+    )
+    gc = gc.expand_dims(batch=1).assign_coords(
+        datetime=(("batch", "time"), (init + gc["time"].values)[None])
+    )
+    native = str(tmp_path / "gencast.nc")
+    gc.to_netcdf(native, engine="h5netcdf")
+    common = dict(engine="memory", plots=False)
+    a = evaluate(wb2, stores["t"], str(tmp_path / "a"), **common)
+    b = evaluate(native, stores["t"], str(tmp_path / "b"), ensemble_dim="sample", **common)
+    xr.testing.assert_allclose(a.scorecard, b.scorecard, rtol=1e-12)
+    two = gc.isel(batch=[0, 0])
+    two.to_netcdf(tmp_path / "two.nc", engine="h5netcdf")
+    with pytest.raises(DataError, match=r"holds 2 batches .* expected one"):
+        evaluate(str(tmp_path / "two.nc"), stores["t"], str(tmp_path / "c"), **common)
+    with pytest.raises(DataError, match=r"truth store .* has a 'sample' dim .* not analyses"):
+        evaluate(wb2, native, str(tmp_path / "d"), **common)  # predictions given as the truth
