@@ -177,7 +177,7 @@ def _write_nc(ds: xr.Dataset, path: str) -> str:
     return write_netcdf(ds, path)
 
 
-def run_memory(spec: ModelSpec) -> tuple[xr.Dataset, xr.Dataset]:
+def run_memory(spec: ModelSpec, progress: bool = True) -> tuple[xr.Dataset, xr.Dataset]:
     """In-memory path: returns (init-time mean statistics, per-init series). Streams chunks.
 
     Each entry is averaged over the init times where it is not NaN, as `xbeam.Mean(skipna=True)`
@@ -188,7 +188,8 @@ def run_memory(spec: ModelSpec) -> tuple[xr.Dataset, xr.Dataset]:
     per_init = []
     from tqdm import tqdm
 
-    for item in tqdm(spec.items(), desc=f"evaluate {spec.label}", unit="chunk", disable=None):
+    bar = None if progress else True  # None: tqdm's own rule (no bar when not a terminal)
+    for item in tqdm(spec.items(), desc=f"evaluate {spec.label}", unit="chunk", disable=bar):
         offsets, ds = item_statistics(spec, item)
         j0 = offsets["prediction_timedelta"]
         s, n = ds.fillna(0.0).sum("time"), ds.notnull().sum("time")
@@ -634,11 +635,14 @@ def evaluate(
     lead_chunk: int = 1,
     plots: bool = True,
     work_dir: str | None = None,
+    progress: bool = True,
 ) -> EvaluationResult:
     """Score a forecast store (optionally against a baseline) and write all outputs to `out_dir`.
 
-    The report's warnings (scored init times in the training period, members NaN or infinite
-    where the truth has a value, values far from the truth's) are also printed on stderr.
+    The report's notes (warnings: scored init times in the training period, members NaN or
+    infinite where the truth has a value, values far from the truth's; and what was left out)
+    are also printed on stderr. `progress=False` hides the memory engine's progress bar (by
+    default it shows on a terminal).
 
     Resumable: each work item's statistics are kept beside `out_dir` (`item_cache`) until the
     outputs are in place, so a re-run after a crash scores only the items not yet done (not on
@@ -712,7 +716,7 @@ def evaluate(
                 finally:
                     remove(run_dir)
             else:
-                results = {spec.label: run_memory(spec) for spec in specs}
+                results = {spec.label: run_memory(spec, progress) for spec in specs}
             for label, (mean, per) in results.items():  # kept beside the report
                 _write_nc(mean, os.path.join(stats_dir, f"mean_{label}.nc"))
                 _write_nc(per, os.path.join(stats_dir, f"per_init_{label}.nc"))

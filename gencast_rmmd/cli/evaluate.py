@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from gencast_rmmd.cli import add_progress_argument
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -51,6 +53,7 @@ def register(sub) -> None:
         help="URL the Beam workers write their statistics to (default: the pipeline's "
         "--temp_location when it is a URL, e.g. on Dataflow; else a local directory)",
     )
+    add_progress_argument(p)
     p.add_argument("beam_args", nargs=argparse.REMAINDER, help="Beam pipeline options after '--'")
     p.set_defaults(func=_run, out_lock="evaluate")
 
@@ -74,6 +77,7 @@ def _run(args) -> int:
         lead_chunk=args.lead_chunk,
         plots=not args.no_plots,
         work_dir=args.work_dir,
+        progress=not args.no_progress,
     )
     print(json.dumps({"out": res.out_dir, "summary": res.summary}, default=str))
     return 0
