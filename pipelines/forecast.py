@@ -106,9 +106,17 @@ class ForecastSpec:
         ]
 
 
+def _utc(text: str) -> pd.Timestamp:
+    """An ISO time as a naive UTC timestamp: one with an offset (`...T17:00+05:00`, `...Z`) is
+    converted to UTC (`tz_localize(None)` alone kept the local wall time: 5 h off here)."""
+    ts = pd.Timestamp(text)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
 def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.datetime64]:
     """ISO times and/or ranges START/END[/STEP] (STEP like 12h or 1D: a positive whole number of
-    hours with a unit; default the model step). At most `MAX_INIT_TIMES` per range."""
+    hours with a unit; default the model step), in UTC (a time with an offset is converted). At
+    most `MAX_INIT_TIMES` per range."""
     out: list[np.datetime64] = []
     for v in values:
         for part in str(v).split(","):
@@ -120,7 +128,7 @@ def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.dat
                     bits = part.split("/")
                     if len(bits) not in (2, 3):
                         raise ValueError("expected START/END or START/END/STEP")
-                    start, end = pd.Timestamp(bits[0]), pd.Timestamp(bits[1])
+                    start, end = _utc(bits[0]), _utc(bits[1])
                     freq = bits[2] if len(bits) == 3 else f"{step_hours}h"
                     step = pd.Timedelta(freq)
                     # pandas reads a STEP without a unit as nanoseconds ('12' -> 12 ns).
@@ -143,7 +151,7 @@ def parse_init_times(values: Sequence[str], step_hours: int = 12) -> list[np.dat
                     rng = pd.date_range(start, end, freq=step)
                     out.extend(np.datetime64(t, "ns") for t in rng)
                 else:
-                    out.append(np.datetime64(pd.Timestamp(part).tz_localize(None), "ns"))
+                    out.append(np.datetime64(_utc(part), "ns"))
             except (ValueError, TypeError) as e:
                 raise ConfigError(
                     f"--init-times: cannot parse {part!r} ({e}); use ISO times or START/END[/STEP]"

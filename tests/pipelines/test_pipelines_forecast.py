@@ -229,6 +229,19 @@ def test_init_time_range_step_needs_a_unit():
         parse(["2001-10-01T00/2001-10-02T00", "2001-10-01T12"])
 
 
+def test_init_times_with_an_offset_are_taken_in_utc():
+    """`2001-10-02T00:00+12:00` is 2001-10-01T12 UTC: it was read as 2001-10-02T00 (the wall
+    time, offset dropped), a forecast 12 h off without a word."""
+    parse = fc_pipe.parse_init_times
+    want = [np.datetime64("2001-10-01T12", "ns")]
+    for text in ("2001-10-02T00:00+12:00", "2001-10-01T07:00-05:00", "2001-10-01T12Z"):
+        assert parse([text]) == want, text
+    assert parse(["2001-10-01T17:00+05:00/2001-10-02T05:00+05:00"]) == [
+        np.datetime64("2001-10-01T12", "ns"),
+        np.datetime64("2001-10-02T00", "ns"),
+    ]
+
+
 def test_a_lead_time_without_a_unit_is_refused():
     """`--lead-time 12` was read by pandas as 12 ns and refused as '3.33333e-12 h' not a multiple
     of the step; it now says the unit is missing."""
