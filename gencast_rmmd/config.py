@@ -405,20 +405,36 @@ def load_yaml_file(path: pathlib.Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
+# A time's UTC offset at its end (`...T05:00+05:00`, `...T05Z`): the stores' times are naive UTC.
+_UTC_OFFSET = re.compile(r"T[\d:.]*(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
+
+
+def iso_time(value: str, name: str):
+    """`value` (a config's ISO date/time) as numpy datetime64; ValueError naming `name` when
+    it is none, or when it carries a UTC offset: the stores' times are naive UTC, and xarray
+    refused to compare the two (an internal error once the store was open)."""
+    import numpy as np
+
+    if isinstance(value, str) and _UTC_OFFSET.search(value.strip()):
+        raise ValueError(
+            f"{name}: {value!r} has a UTC offset; give the time in UTC without one "
+            f"(e.g. {value.strip()[:10]}T00:00)"
+        )
+    try:
+        return np.datetime64(value)
+    except ValueError:
+        raise ValueError(f"{name}: not an ISO date/time: {value!r}") from None
+
+
 def check_time_window(cfg: Any, start: str, end: str) -> None:
     """For a `validate()`: raise ValueError naming the field when `cfg`'s field `start` or `end`
     is set (not None) and is not an ISO date/time that numpy reads, or when both are set and
     the window ends before it starts (it would hold no time)."""
-    import numpy as np
-
     times = {}
     for name in (start, end):
         value = getattr(cfg, name)
         if value is not None:
-            try:
-                times[name] = np.datetime64(value)
-            except ValueError:
-                raise ValueError(f"{name}: not an ISO date/time: {value!r}") from None
+            times[name] = iso_time(value, name)
     if len(times) == 2 and times[start] > times[end]:
         raise ValueError(
             f"{start} {getattr(cfg, start)} is after {end} {getattr(cfg, end)} (an empty window)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 import pytest
@@ -241,6 +242,10 @@ def test_dates_that_are_not_iso_are_refused_naming_the_key(cls, kind, name, key)
         ConfigError, match=rf"{key.split('.')[-1]}: not an ISO date/time: '2020-13-01'"
     ):
         load_config(config_cls, name, [f"{key}=2020-13-01"], kind=kind)
+    # A UTC offset: the stores' times are naive UTC (xarray's time selection raised on it).
+    for offset in ("2020-01-01T05:00+05:00", "2020-01-01T00Z", "2020-01-01T00:00-0300"):
+        with pytest.raises(ConfigError, match=rf"'{re.escape(offset)}' has a UTC offset; give"):
+            load_config(config_cls, name, [f"{key}={offset}"], kind=kind)
 
 
 def test_teacher_training_dates_that_are_not_iso_are_refused():

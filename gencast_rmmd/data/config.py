@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from gencast_rmmd.config import check_time_window
+from gencast_rmmd.config import check_time_window, iso_time
 from gencast_rmmd.data.task import TaskConfig
 
 ARCO_ERA5 = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
@@ -122,10 +122,7 @@ class DataConfig:
         self.task.validate()
         check_time_window(self, "time_start", "time_stop")
         for name, (a, b) in self.splits.items():
-            try:
-                ta, tb = np.datetime64(a), np.datetime64(b)
-            except ValueError:
-                raise ValueError(f"splits.{name}: not ISO dates: {[a, b]}") from None
+            ta, tb = iso_time(a, f"splits.{name}"), iso_time(b, f"splits.{name}")
             if ta > tb:
                 raise ValueError(f"splits.{name}: start {a} is after stop {b}")
 
