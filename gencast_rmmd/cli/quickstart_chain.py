@@ -1168,12 +1168,18 @@ def _check_data_store(ctx: Context) -> None:
     """--data opens as a store (`DataError` naming it otherwise) and has the dims, variables,
     levels and grid of the data config's task (`data.validate.schema_problems`, metadata only);
     its length is the data stage's to check."""
+    from gencast_rmmd.data.era5 import is_pattern
     from gencast_rmmd.data.validate import problems_error, schema_problems
+    from gencast_rmmd.errors import DataError
     from gencast_rmmd.remote import is_url, source_path
 
+    if is_pattern(ctx.data_store):  # the teacher trains on a canonical Zarr store
+        raise DataError(
+            f"--data {ctx.data_store!r} is a pattern of files; the quickstart trains on a "
+            f"canonical Zarr store: `gencast-rmmd data prepare --source '{ctx.data_store}' "
+            "--config CFG --out STORE.zarr` makes one"
+        )
     if not is_url(ctx.data_store) and not os.path.exists(source_path(ctx.data_store)):
-        from gencast_rmmd.errors import DataError
-
         raise DataError(f"--data {ctx.data_store!r} does not exist")
     with _open_zarr(ctx.data_store) as ds:
         problems = schema_problems(ds, _data_config(ctx).task)

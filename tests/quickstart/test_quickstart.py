@@ -714,6 +714,11 @@ def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path
         (["--set", "distill_overrides=[rmmd.loop.batch_size=0]"], r"batch_size: must be >= 1"),
         (["--data", str(tmp_path / "nope.zarr"), "--data-config", "embedded"], r"does not exist"),
         (["--data", str(tmp_path), "--data-config", "embedded"], r"is a directory but not a Zarr"),
+        (
+            ["--data", str(tmp_path / "*.nc"), "--data-config", "embedded"],
+            r"is a pattern of files; the quickstart trains on a canonical Zarr store: "
+            r"`gencast-rmmd data prepare --source",
+        ),
         # Without --data: a data config the nature run cannot feed (was: minutes of nature run and
         # statistics, then the teacher stage's "stats ... have no entry for ...")
         (
