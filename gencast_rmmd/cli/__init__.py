@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     """Add the standard repeatable `--set a.b=value` config override flag; `example` is a valid
-    override of the command's own config, shown in its help (tests/test_cli.py loads each)."""
+    override of the command's own config, shown in its help (tests/test_cli_help.py loads each)."""
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -164,12 +164,12 @@ def metadata_version(path: str | os.PathLike) -> str | list[int] | None:
     if is_url(os.fspath(path)):
         return _url_store_version(os.fspath(path))
     if is_pattern(path):  # each file's time and size: any file re-written, added or removed
-        import glob
         import hashlib
         import json
 
-        files = sorted(glob.glob(os.path.expanduser(os.fspath(path))))
-        if not files:
+        try:
+            files = pattern_files(path)
+        except DataError:
             return None
         stats = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files]
         return "files:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()
@@ -432,27 +432,34 @@ def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _from_batch_layout(ds: xr.Dataset) -> xr.Dataset:
-    """GenCast's example-data layout (time as offsets from the first, dates in a `datetime`
-    coordinate over (batch, time), every field with a leading `batch` dim of one) as a plain
-    ERA5 layout: time holds the dates, no batch dim. Anything else is returned as it is."""
+def one_batch(ds: xr.Dataset, what: str) -> tuple[xr.Dataset, np.ndarray] | None:
+    """GenCast's own file layout (its example data and its predictions: `time` as offsets, the
+    dates in a `datetime` (batch, time) coordinate, fields with a `batch` dim of one): the
+    dataset without the batch dim and the `datetime` coordinate, and the dates. None for any
+    other layout; `DataError` for several batches (`what` names the file's role)."""
     if not (
         "time" in ds.dims
         and np.issubdtype(ds["time"].dtype, np.timedelta64)
         and "datetime" in ds.coords
     ):
-        return ds
+        return None
     if "batch" in ds.dims and ds.sizes["batch"] != 1:
         raise DataError(
-            f"the data hold {ds.sizes['batch']} batches of times (GenCast's example-data layout: "
-            "a `batch` dim and dates in a `datetime` coordinate); expected one: select one "
-            "batch (ds.isel(batch=i)) and save it"
+            f"{what} has {ds.sizes['batch']} batches (GenCast's layout: a `batch` dim, dates in "
+            "a `datetime` coordinate); expected one: save each batch (ds.isel(batch=i)) apart"
         )
     dates = ds["datetime"]
     if "batch" in dates.dims:
         dates = dates.isel(batch=0)
     ds = ds.isel(batch=0, drop=True) if "batch" in ds.dims else ds
-    return ds.drop_vars("datetime").assign_coords(time=np.asarray(dates.values))
+    return ds.drop_vars("datetime"), np.asarray(dates.values)
+
+
+def _from_batch_layout(ds: xr.Dataset) -> xr.Dataset:
+    """GenCast's example-data layout (`one_batch`) as a plain ERA5 layout: time holds the dates.
+    Anything else is returned as it is."""
+    found = one_batch(ds, "the data")
+    return ds if found is None else found[0].assign_coords(time=found[1])
 
 
 def normalize_coords(ds: xr.Dataset) -> xr.Dataset:

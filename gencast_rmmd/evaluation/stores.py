@@ -59,25 +59,14 @@ def _from_gencast_predictions(ds: xr.Dataset, path: str, role: str) -> xr.Datase
     as lead times and the valid times in a `datetime` (batch, time) coordinate) in WeatherBench
     2's forecast schema: one init time (the first valid time less the first lead) and
     `prediction_timedelta`. Anything else is returned as it is."""
-    if not (
-        "time" in ds.dims
-        and np.issubdtype(ds["time"].dtype, np.timedelta64)
-        and "datetime" in ds.coords
-        and "prediction_timedelta" not in ds.dims
-    ):
+    from gencast_rmmd.data.era5 import one_batch
+
+    found = None if "prediction_timedelta" in ds.dims else one_batch(ds, f"{role} store {path!r}")
+    if found is None:
         return ds
-    if "batch" in ds.dims and ds.sizes["batch"] != 1:
-        raise DataError(
-            f"{role} store {path!r} holds {ds.sizes['batch']} batches (GenCast's prediction "
-            "layout, one init time each); expected one: save each batch as its own store"
-        )
-    valid = ds["datetime"].isel(batch=0) if "batch" in ds["datetime"].dims else ds["datetime"]
-    leads = ds["time"].values
-    init = np.asarray(valid.values)[0] - leads[0]
-    if "batch" in ds.dims:
-        ds = ds.isel(batch=0, drop=True)
-    ds = ds.drop_vars("datetime").rename({"time": "prediction_timedelta"})
-    return ds.expand_dims(time=[init])
+    ds, valid = found
+    init = valid[0] - ds["time"].values[0]  # each batch: one init time
+    return ds.rename({"time": "prediction_timedelta"}).expand_dims(time=[init])
 
 
 # The dims of a forecast's fields (init time, lead time, level, grid): never its ensemble dim.

@@ -86,7 +86,7 @@ def test_gencasts_example_data_layout_reads_as_the_store():
     want = era5.canonicalize(ds, SMALL_TASK).load()
     xr.testing.assert_identical(era5.canonicalize(example, SMALL_TASK).load(), want)
     two = xr.concat([example, example], "batch")
-    with pytest.raises(DataError, match=r"the data hold 2 batches of times .* expected one"):
+    with pytest.raises(DataError, match=r"the data has 2 batches .* expected one"):
         era5.canonicalize(two, SMALL_TASK)
 
 

@@ -614,7 +614,7 @@ def test_gencasts_own_prediction_layout_scores_as_the_wb2_store(stores, tmp_path
     xr.testing.assert_allclose(a.scorecard, b.scorecard, rtol=1e-12)
     two = gc.isel(batch=[0, 0])
     two.to_netcdf(tmp_path / "two.nc", engine="h5netcdf")
-    with pytest.raises(DataError, match=r"holds 2 batches .* expected one"):
+    with pytest.raises(DataError, match=r"store .* has 2 batches .* expected one"):
         evaluate(str(tmp_path / "two.nc"), stores["t"], str(tmp_path / "c"), **common)
     with pytest.raises(DataError, match=r"truth store .* has a 'sample' dim .* not analyses"):
         evaluate(wb2, native, str(tmp_path / "d"), **common)  # predictions given as the truth
