@@ -388,7 +388,7 @@ def prepare(
     if base is not None:  # what the comparison leaves out of the forecast: said, not silent
         for n_left, n_all, what, shown in (
             (len(unpaired), len(unpaired) + len(pairs), "variable/level", [
-                v if lv is None else f"{v}@{lv}" for v, lv in unpaired]),
+                v if lv is None else f"{v}/{lv}" for v, lv in unpaired]),
             (all_inits.size - init_times.size, all_inits.size, "init time", [
                 _iso(t) for t in np.setdiff1d(all_inits, init_times)]),
             (all_leads.size - leads.size, all_leads.size, "lead time", [
