@@ -570,6 +570,9 @@ def test_what_the_baseline_lacks_is_said_not_left_out_silently(stores, tmp_path,
     are scored: the notes (report and stderr) name what of the forecast was left out."""
     b = str(tmp_path / "b.zarr")
     part = xr.open_zarr(stores["b"]).isel(time=slice(0, 3), prediction_timedelta=slice(0, 2))
+    levels = part["level"].values
+    part["temperature"] = part["temperature"].where(part["level"] != levels[-1])
+    part = part.sel(level=levels[:-1])  # the baseline lacks temperature at the last level
     for v in part.variables.values():
         v.encoding = {}
     part.to_zarr(b, consolidated=False)
@@ -580,6 +583,8 @@ def test_what_the_baseline_lacks_is_said_not_left_out_silently(stores, tmp_path,
     last_init = str(np.datetime_as_string(fc["time"].values[3], unit="s"))
     last_lead = int(fc["prediction_timedelta"].values[2] // np.timedelta64(1, "h"))
     want = [
+        f"1 of the forecast's 3 variable/levels not scored: the baseline lacks them "
+        f"(temperature/{int(levels[-1])})",
         f"1 of the forecast's 4 init times not scored: the baseline lacks them ({last_init})",
         f"1 of the forecast's 3 lead times not scored: the baseline lacks them ({last_lead} h)",
     ]
