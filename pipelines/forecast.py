@@ -385,6 +385,9 @@ def prepare(
             f"{spec.data!r}, which covers {str(times[0])[:19]} .. {str(times[-1])[:19]} "
             f"(time spacing: {time_spacing(times)})"
         )
+    problem = model.grid_problem(lat, lon)
+    if problem:
+        raise DataError(f"--model {spec.model} does not fit --data {spec.data}: {problem}")
     check_memory(spec, task, lat.size, lon.size, memory)
     # Fail before the store exists: the model must build on this grid (checks every parameter's
     # name/shape against the architecture) and every initial condition must be finite.

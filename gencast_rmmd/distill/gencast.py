@@ -228,6 +228,10 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         times=times,
         local_cache=resolve_local_cache(cfg.data.local_cache, probe),
     )
+    names = f"{ckpt.description} {os.path.basename(teacher_path)}"
+    problem = ckpt_lib.trained_grid_problem(tprov, names, source.lat, source.lon)
+    if problem:
+        raise DataError(f"teacher {teacher_path} does not fit --data {store}: {problem}")
     den, params = ckpt_lib.denoiser_from_checkpoint(ckpt, source.lat, source.lon, teacher_path)
     if cfg.noise == "spherical":
         noise_fn = sh_noise.make_sh_noise_fn(source.lat, source.lon)
@@ -247,6 +251,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
         "train_start": train_start,
         "train_end": train_end,
         "examples": int(times.size),
+        "grid": ckpt_lib.grid_record(source.lat, source.lon),
     }
     weights = gencast_weights(cfg.weights, np.asarray(source.lat), task.layout)
     return _Setup(ckpt, teacher_path, den, params, source, noise_fn, weights, provenance)

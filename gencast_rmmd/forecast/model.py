@@ -45,6 +45,7 @@ class ForecastModel:
       builder: (lat, lon) -> (step_fn, params); see the module docstring.
       provenance: e.g. {"train_start": ISO, "train_end": ISO, "teacher": ...}.
       sst_fill: value replacing SST NaNs in the inputs (GenCast fills with min_by_level).
+      description: the checkpoint's description ("" for built-in models).
     """
 
     name: str
@@ -56,6 +57,7 @@ class ForecastModel:
     builder: Callable[[np.ndarray, np.ndarray], tuple[StepFn, Any]]
     provenance: dict = dataclasses.field(default_factory=dict)
     sst_fill: float | None = None
+    description: str = ""
     _built: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def build(self, lat: np.ndarray, lon: np.ndarray) -> tuple[StepFn, Any]:
@@ -67,6 +69,14 @@ class ForecastModel:
         if key not in self._built:
             self._built[key] = self.builder(np.asarray(key[0]), np.asarray(key[1]))
         return self._built[key]
+
+    def grid_problem(self, lat: np.ndarray, lon: np.ndarray) -> str | None:
+        """Why the checkpoint must not run on this grid (another than it was trained on), or
+        None (`model.checkpoint.trained_grid_problem`)."""
+        from gencast_rmmd.model.checkpoint import trained_grid_problem
+
+        names = f"{self.description} {os.path.basename(self.checkpoint)}"
+        return trained_grid_problem(self.provenance, names, lat, lon)
 
     def attrs(self) -> dict[str, Any]:
         """Attributes a forecast store records about this model (strings and numbers)."""
@@ -228,6 +238,7 @@ def load_forecast_model(
         builder=builder,
         provenance=provenance,
         sst_fill=sst,
+        description=ckpt.description,
     )
 
 

@@ -701,3 +701,44 @@ def make_checkpoint(
         license=license,
         extra=dict(extra or {}),
     )
+
+
+# A checkpoint's training grid: ours record it (`extra:provenance:grid`, "LATxLON"); the official
+# files, which record no provenance, name their resolution ("GenCast 1p0deg <2019.npz",
+# "GenCast 0p25deg Operational <2022.npz").
+_DESCRIBED_RESOLUTION = re.compile(r"\b(\d+)p(\d+)deg\b")
+
+
+def grid_record(lat: Any, lon: Any) -> str:
+    """The grid a model is trained on, as its checkpoint records it: "LATxLON" points."""
+    return f"{np.size(lat)}x{np.size(lon)}"
+
+
+def trained_grid_problem(provenance: dict, names: str, lat: Any, lon: Any) -> str | None:
+    """What is wrong with running a checkpoint on the grid (`lat`, `lon`), or None: another grid
+    than the one its provenance records, or, for a checkpoint without provenance (the official
+    files), another spacing than the resolution `names` (its description and file name) gives.
+    The network builds on any grid, so a model trained at one resolution ran at another without
+    a word, out of its training distribution. Our checkpoints made before grids were recorded
+    are not checked."""
+    recorded = provenance.get("grid")
+    if recorded is not None:
+        recorded = str(np.asarray(recorded))
+        found = grid_record(lat, lon)
+        if recorded != found:
+            return f"it was trained on a {recorded} (lat x lon) grid, the data are {found}"
+        return None
+    if provenance:
+        return None
+    named = _DESCRIBED_RESOLUTION.search(names or "")
+    lat = np.asarray(lat, np.float64)
+    if named is None or lat.size < 2:
+        return None
+    resolution = float(f"{named.group(1)}.{named.group(2)}")
+    spacing = float(np.abs(np.diff(lat)).mean())
+    if abs(spacing - resolution) > 1e-3 * resolution:
+        return (
+            f"it is named {named.group(0)} ({resolution:g} deg), the data are on a {spacing:g} "
+            f"deg grid ({grid_record(lat, lon)})"
+        )
+    return None

@@ -436,7 +436,7 @@ def _export_params(
     description: str | None = None,
     step: int | None = None,
 ) -> pathlib.Path:
-    from gencast_rmmd.model.checkpoint import make_checkpoint, save_checkpoint
+    from gencast_rmmd.model.checkpoint import grid_record, make_checkpoint, save_checkpoint
 
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
     provenance = {
@@ -446,6 +446,7 @@ def _export_params(
         "stats": run.stats,
         "train_start": meta.get("train_start", ""),
         "train_end": meta.get("train_end", ""),
+        "grid": grid_record(run.lat, run.lon),  # what forecasts and students must run on
     }
     # Runs begun before the statistics were keyed by content have no digest to record.
     provenance.update({k: meta[k] for k in INPUT_DIGESTS if k in meta})

@@ -314,3 +314,33 @@ def write_official_path(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "official.npz"
     write_official(path)
     return path
+
+
+def test_a_checkpoint_runs_only_on_the_grid_it_was_trained_on():
+    """The network builds on any grid, so a model trained at one resolution ran at another
+    without a word. Ours record the grid (`extra:provenance:grid`); the official files, which
+    record no provenance, name their resolution (`GenCast 1p0deg Mini <2019.npz`)."""
+    from gencast_rmmd.model.checkpoint import grid_record, trained_grid_problem
+
+    def grid(n_lat, n_lon, poles=True):
+        step = 180.0 / (n_lat - 1) if poles else 180.0 / n_lat
+        first = -90.0 if poles else -90.0 + step / 2
+        return first + step * np.arange(n_lat), np.arange(n_lon) * 360.0 / n_lon
+
+    lat32, lon64 = grid(32, 64, poles=False)
+    ours = {"teacher": "", "grid": grid_record(lat32, lon64)}
+    assert ours["grid"] == "32x64" and trained_grid_problem(ours, "", lat32, lon64) is None
+    assert trained_grid_problem(ours, "", *grid(16, 32, poles=False)) == (
+        "it was trained on a 32x64 (lat x lon) grid, the data are 16x32"
+    )
+    official = "GenCast 1p0deg Mini <2019.npz"
+    assert trained_grid_problem({}, official, *grid(181, 360)) is None
+    assert trained_grid_problem({}, official, *grid(721, 1440)) == (
+        "it is named 1p0deg (1 deg), the data are on a 0.25 deg grid (721x1440)"
+    )
+    assert trained_grid_problem({}, "GenCast 0p25deg <2019.npz", *grid(721, 1440)) is None
+    # ours from before grids were recorded, with a GenCast config's name: not checked
+    assert (
+        trained_grid_problem({"teacher": ""}, "GenCast 1p0deg architecture", lat32, lon64) is None
+    )
+    assert trained_grid_problem({}, "any model", lat32, lon64) is None  # nothing to go by

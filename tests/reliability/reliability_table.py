@@ -369,6 +369,17 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the directory and the files expected in it",
     ),
     BadInput(
+        "forecast-other-grid",
+        "data store",
+        "forecast",
+        "a checkpoint trained on a 181x360 grid run on data of another grid",
+        r"--model .*model\.npz does not fit --data .*: it was trained on a 181x360 \(lat x lon\) "
+        r"grid, the data are \d+x\d+",
+        "refuses before making the store (was: the network builds on any grid and forecast out "
+        "of its training distribution, silently); `distill` refuses such a teacher likewise, and "
+        "an official file named for another resolution (`GenCast 1p0deg ...`)",
+    ),
+    BadInput(
         "forecast-stats-not-the-trained-ones",
         "data store",
         "forecast",

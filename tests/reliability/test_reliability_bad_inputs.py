@@ -594,6 +594,11 @@ def s_forecast_stats_not_the_trained_ones(tmp, p):
     return _forecast_one(tmp, p, stats=trained, model=_save_flat(flat, tmp / "model.npz"))
 
 
+def s_forecast_other_grid(tmp, p):
+    flat = {**p["flat"], "extra:provenance:grid": np.array("181x360")}  # trained at 1 deg
+    return _forecast_one(tmp, p, model=_save_flat(flat, tmp / "model.npz"))
+
+
 def s_forecast_ckpt_wrong_shape(tmp, p):
     flat = dict(p["flat"])
     k = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)[0]
@@ -961,6 +966,7 @@ SETUPS = {
     "evaluate-negative-seed": s_evaluate_negative_seed,
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
+    "forecast-other-grid": s_forecast_other_grid,
     "nature-run-negative-seed": s_nature_run_negative_seed,
     "prepare-out-holds-pattern-files": s_prepare_out_holds_pattern_files,
     "teacher-data-is-pattern": s_teacher_data_is_pattern,
