@@ -369,6 +369,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses: names the directory and the files expected in it",
     ),
     BadInput(
+        "forecast-data-in-other-units",
+        "data store",
+        "forecast",
+        "`--data` with `2m_temperature` in deg C where the statistics are in K",
+        r"init time .*: '2m_temperature' has a global mean of .*stddevs from the statistics' "
+        r"mean .*other units than the statistics'",
+        "refuses before making the store (was: normalised as it was, a forecast from far outside "
+        "the training distribution, silently); Pa/hPa and geopotential/height likewise",
+    ),
+    BadInput(
         "forecast-other-grid",
         "data store",
         "forecast",

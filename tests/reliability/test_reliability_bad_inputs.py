@@ -599,6 +599,14 @@ def s_forecast_other_grid(tmp, p):
     return _forecast_one(tmp, p, model=_save_flat(flat, tmp / "model.npz"))
 
 
+def s_forecast_data_in_other_units(tmp, p):
+    def mutate(ds):
+        ds["2m_temperature"] = ds["2m_temperature"] - 273.15  # deg C where the stats are K
+        return ds
+
+    return _forecast_one(tmp, p, store=_mutated_store(tmp, p, mutate))
+
+
 def s_forecast_ckpt_wrong_shape(tmp, p):
     flat = dict(p["flat"])
     k = sorted(k for k in flat if k.startswith("params:") and flat[k].ndim == 2)[0]
@@ -967,6 +975,7 @@ SETUPS = {
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "forecast-other-grid": s_forecast_other_grid,
+    "forecast-data-in-other-units": s_forecast_data_in_other_units,
     "nature-run-negative-seed": s_nature_run_negative_seed,
     "prepare-out-holds-pattern-files": s_prepare_out_holds_pattern_files,
     "teacher-data-is-pattern": s_teacher_data_is_pattern,
