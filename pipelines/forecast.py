@@ -258,6 +258,7 @@ def initial_conditions(ds, task, init_time, lead_steps: int, sst_fill: float | N
 def check_initial_conditions(ds, model, spec: ForecastSpec) -> None:
     """Raise `DataError` naming the variable and time if any init time's inputs hold NaN/Inf."""
     from gencast_rmmd.data.examples import physical_window
+    from gencast_rmmd.data.normalization import units_problem
 
     lay = model.task.layout
     for s in spec.init_times:
@@ -274,38 +275,9 @@ def check_initial_conditions(ds, model, spec: ForecastSpec) -> None:
                 f"data store {spec.data!r} has NaN/Inf in {var!r}{lev} at {str(when)[:19]} (an input "
                 f"frame of init time {s}); fix the data or choose other init times"
             )
-        problem = units_problem(inputs, model)
+        problem = units_problem(inputs, model.norm, model.task.layout)
         if problem:
             raise DataError(f"data store {spec.data!r}, init time {s}: {problem}")
-
-
-# How far (in the statistics' stddevs) an input field's global mean may lie from the statistics'
-# mean. Data of the statistics' kind stay within about 1; other units lie 10 to 100 away: Pa for
-# hPa ~100, deg C for K ~13 (t2m), geopotential height for geopotential ~16 (z500).
-UNITS_Z = 8.0
-
-
-def units_problem(inputs: np.ndarray, model) -> str | None:
-    """Why the physical inputs [lat, lon, C_in] do not look like the data the model's statistics
-    describe (a field whose global mean lies more than `UNITS_Z` stddevs from the statistics'
-    mean: other units, most likely), or None. Before, the model normalised them as they were and
-    forecast from far outside its training distribution, without a word."""
-    lay = model.task.layout
-    mean, std = np.asarray(model.norm.input_mean), np.asarray(model.norm.input_std)
-    found = inputs.reshape(-1, inputs.shape[-1]).mean(axis=0, dtype=np.float64)
-    ok = np.isfinite(std) & (std > 0)
-    z = np.where(ok, np.abs(found - mean) / np.where(ok, std, 1.0), 0.0)
-    if not (z > UNITS_Z).any():
-        return None
-    i = int(np.argmax(z))
-    var, _, level = lay.inputs[i]
-    lev = f" at {level} hPa" if level is not None else ""
-    return (
-        f"{var!r}{lev} has a global mean of {found[i]:.6g}, {z[i]:.0f} stddevs from the "
-        f"statistics' mean {mean[i]:.6g} (stddev {std[i]:.3g}): other units than the statistics' "
-        "(Pa/hPa, K/deg C, geopotential/height)? Convert the data, or give the statistics of "
-        "data like it"
-    )
 
 
 def item_bytes(spec: ForecastSpec, task, n_lat: int, n_lon: int) -> int:

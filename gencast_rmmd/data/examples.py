@@ -542,6 +542,16 @@ class ExampleSource:
             )
         return self._executor
 
+    def check_units(self) -> None:
+        """`DataError` when the first example's inputs do not look like the data the statistics
+        describe (`normalization.units_problem`: other units, most likely)."""
+        from gencast_rmmd.data.normalization import units_problem
+
+        problem = units_problem(self.read_physical(0)[0], self.norm, self.layout)
+        if problem:
+            when = str(self.init_times[0])[:19]
+            raise DataError(f"store {self.store!r}, example at {when}: {problem}")
+
     def read_physical(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Physical (inputs, forcings, targets) of example `index`, SST NaNs filled."""
         if self._stored is None:

@@ -165,3 +165,34 @@ def next_inputs(layout: ChannelLayout, inputs_phys, targets_phys, forcings_phys)
     from_forcings = xp.take(forcings_phys, np.where(kind == 2, idx, 0), axis=-1)
     out = xp.where(kind == 1, from_targets, from_inputs)
     return xp.where(kind == 2, from_forcings, out)
+
+
+# How far (in the statistics' stddevs) an input field's global mean may lie from the statistics'
+# mean. Data of the statistics' kind stay within about 2 (the nature run: 2.1 at most over its
+# init times); other units lie 10 to 100 away: hPa for Pa ~125, deg C for K ~18 (t2m),
+# geopotential height for geopotential ~26 (z at 100 hPa).
+UNITS_Z = 8.0
+
+
+def units_problem(
+    inputs: np.ndarray, norm: NormalizationArrays, layout: ChannelLayout
+) -> str | None:
+    """Why physical inputs [..., C_in] do not look like the data the statistics `norm` describe
+    (a field whose global mean lies more than `UNITS_Z` stddevs from the statistics' mean:
+    other units, most likely), or None. Without it, such inputs were normalised as they were:
+    a forecast, a teacher or a student far outside the statistics' distribution, silently."""
+    mean, std = np.asarray(norm.input_mean), np.asarray(norm.input_std)
+    found = np.asarray(inputs).reshape(-1, inputs.shape[-1]).mean(axis=0, dtype=np.float64)
+    ok = np.isfinite(std) & (std > 0)
+    z = np.where(ok, np.abs(found - mean) / np.where(ok, std, 1.0), 0.0)
+    if not (z > UNITS_Z).any():
+        return None
+    i = int(np.argmax(z))
+    var, _, level = layout.inputs[i]
+    lev = f" at {level} hPa" if level is not None else ""
+    return (
+        f"{var!r}{lev} has a global mean of {found[i]:.6g}, {z[i]:.0f} stddevs from the "
+        f"statistics' mean {mean[i]:.6g} (stddev {std[i]:.3g}): other units than the statistics' "
+        "(Pa/hPa, K/deg C, geopotential/height)? Convert the data, or give the statistics of "
+        "data like it"
+    )

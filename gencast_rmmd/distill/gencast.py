@@ -209,6 +209,7 @@ def _setup(cfg: DistillConfig, teacher: str, data: str, stats: str, config_text:
     store = source_path(data)  # a URL (gs://...) as given
     stats = source_path(stats)
     probe = ExampleSource(store, task, stats)
+    probe.check_units()
     start, end = cfg.data.train_start, cfg.data.train_end
     tprov = (ckpt.extra or {}).get("provenance") or {}
     check_trained_stats(tprov, stats, teacher_path)

@@ -331,6 +331,7 @@ def train_teacher(
     store = source_path(store)  # a URL (gs://...) as given
     stats = source_path(stats)
     probe = ExampleSource(store, task, stats)
+    probe.check_units()
     times = select_init_times(probe.init_times, training.train_start, training.train_end, task)
     if times.size < training.batch_size:
         raise DataError(

@@ -405,3 +405,24 @@ def test_a_store_with_no_example_of_the_task_names_its_spacing(store_and_stats):
     want = r"holds no example of the task: none of its 11 times .* 6 h apart .*spacing: 12 h, 24 h"
     with pytest.raises(DataError, match=want):
         ex.ExampleSource(path, task6, unrecorded)
+
+
+def test_data_in_other_units_than_the_statistics_are_refused(store_and_stats, tmp_path):
+    """A store whose fields are in other units than its statistics (deg C for K, hPa for Pa):
+    the trainers' and the forecast's check (`normalization.units_problem`) names the field; the
+    store the statistics describe passes (its fields lie within a few stddevs). (hPa: the
+    temperature divided by 100 stands in, this store has no pressure field.)"""
+    from gencast_rmmd.errors import DataError
+
+    path, ds, _, stats_dir = store_and_stats
+    ex.ExampleSource(str(path), SMALL_TASK, stats_dir).check_units()
+    for name, change in (("2m_temperature", -273.15), ("temperature", None)):
+        other = ds.copy()
+        other[name] = other[name] + change if change is not None else other[name] / 100.0
+        out = tmp_path / f"{name}.zarr"
+        other.to_zarr(out, consolidated=False)
+        source = ex.ExampleSource(str(out), SMALL_TASK, stats_dir)
+        with pytest.raises(
+            DataError, match=rf"'{name}'( at \d+ hPa)? has a global mean of .* other units"
+        ):
+            source.check_units()
