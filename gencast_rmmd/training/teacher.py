@@ -422,7 +422,10 @@ def train_teacher(
     }
     if export and steps >= training.num_steps:
         path = out / EXPORT_NAME
-        _export_params(run, trainer.params(state)[GROUP], path, meta)
+        # A run found complete keeps its export: re-written, its bytes could change (a field
+        # added to the provenance since), and what was distilled from it would no longer match.
+        if steps > start or not path.is_file():
+            _export_params(run, trainer.params(state)[GROUP], path, meta)
         summary["export"] = str(path)
     trainer.ckpt.close()
     return summary

@@ -146,6 +146,31 @@ def test_training_writes_run_metrics_and_export(data, straight_run):
     assert summary["examples"] == 27  # init times 2020-01-01T12 .. 2020-01-14T12
 
 
+def test_a_complete_run_run_again_keeps_its_export(data, straight_run, tmp_path):
+    """`teacher train` on a finished run makes no step and leaves the export as it is (it was
+    re-written: with a provenance field added since, other bytes, and a distillation begun from
+    the old ones would refuse to resume); the export records the training grid; a missing export
+    is written again."""
+    import shutil
+
+    from gencast_rmmd.model.checkpoint import read_provenance
+
+    store, stats = data
+    out = tmp_path / "run"
+    shutil.copytree(straight_run[0], out)
+    export = out / "teacher.npz"
+    grid = xr.open_zarr(store)
+    assert read_provenance(export)["grid"] == f"{grid['lat'].size}x{grid['lon'].size}"
+    export.write_bytes(export.read_bytes() + b"")  # same bytes, a new modification time
+    before = (export.stat().st_mtime_ns, export.read_bytes())
+    again = teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False)
+    assert again["steps"] == 6 and again["export"] == str(export)
+    assert (export.stat().st_mtime_ns, export.read_bytes()) == before
+    export.unlink()
+    teacher.train_teacher(MODEL, TASK, store, stats, out, _cfg(), progress=False)
+    assert _flat_params(export).keys() == _flat_params(straight_run[0] / "teacher.npz").keys()
+
+
 @pytest.mark.slow
 def test_resume_is_exact(data, straight_run, tmp_path):
     store, stats = data
