@@ -171,7 +171,7 @@ def metadata_version(path: str | os.PathLike) -> str | list[int] | None:
             files = pattern_files(path)
         except DataError:
             return None
-        stats = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files]
+        stats = [(f, st.st_mtime_ns, st.st_size) for f in files for st in [os.stat(f)]]
         return "files:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()
     for name in _METADATA_FILES:
         p = os.path.join(path, name) if name else os.fspath(path)
@@ -356,16 +356,11 @@ def _open_files(pattern: str, chunks: dict | None) -> xr.Dataset:
                 f"store pattern {pattern!r} matches directory {f!r}; a pattern reads NetCDF files "
                 "only (give a Zarr store by its path)"
             )
-        with open(f, "rb") as fh:
-            magic = fh.read(4)
-        if magic.startswith(b"\x89HDF"):
-            engines[f] = "h5netcdf"
-        elif magic.startswith(b"CDF"):
-            engines[f] = "scipy"
-        else:
+        magic, engines[f] = netcdf_engine(f)
+        if engines[f] is None:
             raise DataError(
                 f"store pattern {pattern!r} matches {f!r}, which is not a NetCDF file (it starts "
-                f"with {magic!r})"
+                f"with {magic[:4]!r})"
             )
     if len(set(engines.values())) > 1:
         raise DataError(
@@ -398,6 +393,16 @@ def _open_files(pattern: str, chunks: dict | None) -> xr.Dataset:
         ) from None
 
 
+def netcdf_engine(path: str | os.PathLike) -> tuple[bytes, str | None]:
+    """(the file's first bytes, the xarray engine that reads it): "h5netcdf" for NetCDF4/HDF5,
+    "scipy" for NetCDF3, None for anything else."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"\x89HDF"):
+        return magic, "h5netcdf"
+    return magic, "scipy" if magic.startswith(b"CDF") else None
+
+
 def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
     if path.is_dir():
         if not any((path / m).exists() for m in _ZARR_MARKERS):
@@ -409,10 +414,8 @@ def _open_local(path: pathlib.Path, chunks: dict | None) -> xr.Dataset:
             return open_zarr_quiet(path, chunks=chunks)
         except Exception as e:  # zarr raises a variety of errors for broken stores
             raise DataError(f"store path {str(path)!r}: not a readable Zarr store ({e})") from None
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    if magic.startswith(b"\x89HDF") or magic.startswith(b"CDF"):
-        engine = "h5netcdf" if magic.startswith(b"\x89HDF") else "scipy"
+    magic, engine = netcdf_engine(path)
+    if engine is not None:
         try:
             return xr.open_dataset(path, engine=engine, chunks=chunks)
         except ImportError as e:

@@ -30,6 +30,7 @@ import pathlib
 import numpy as np
 import xarray as xr
 
+from gencast_rmmd.data.era5 import netcdf_engine
 from gencast_rmmd.errors import DataError
 from gencast_rmmd.safety import file_sha256
 
@@ -370,8 +371,7 @@ def load_stats(stats_dir: str | os.PathLike) -> dict[str, xr.Dataset]:
     d = _stats_dir(stats_dir)
     out = {}
     for key, fname in STATS_FILES.items():
-        with open(d / fname, "rb") as f:
-            engine = "h5netcdf" if f.read(4).startswith(b"\x89HDF") else "scipy"
+        engine = netcdf_engine(d / fname)[1] or "scipy"  # scipy names what it cannot read
         try:
             with xr.open_dataset(d / fname, engine=engine) as ds:
                 ds = ds.load()
