@@ -373,6 +373,11 @@ class ImageConfig:
     inception_reference_stats: str | None = None
 
     def validate(self) -> None:
+        if self.inception_reference_stats is not None and self.inception_weights is None:
+            raise ValueError(
+                "inception_reference_stats needs inception_weights: the statistics are of "
+                "InceptionV3 features, which only the weights give (docs/image.md)"
+            )
         # A cosine student grid is the teacher's training schedule at t = k/K: the same one.
         sch = self.schedule
         for where, smp in (

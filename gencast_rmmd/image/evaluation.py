@@ -7,6 +7,9 @@ reward classifier):
 - `accuracy`: share of samples whose predicted class is the conditioning class;
 - `frechet_classifier_distance`: Frechet distance between the Gaussian fits of the evaluation
   classifier's penultimate features of the samples and of the real reference images (not FID);
+  with InceptionV3 weights (`inception`, `gencast_rmmd.image.inception`) the distance is
+  standard FID instead, named `fid`: the same Frechet distance of InceptionV3 pool-3 features,
+  against the reference statistics given (`reference_stats`) or else the reference images';
 - `reward_<name>`: the mean of each reward over the samples.
 """
 
@@ -23,7 +26,8 @@ import numpy as np
 
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.image.classifier import Classifier
-from gencast_rmmd.image.frechet import frechet_distance, gaussian_stats
+from gencast_rmmd.image.frechet import frechet_distance, gaussian_stats, sqrt_psd
+from gencast_rmmd.image.inception import FEATURE_DIM, INPUT_SIZE, inception_features
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
 
@@ -82,7 +86,7 @@ class SetEvaluation:
     of images and 20 MB of 512-dimensional features)."""
 
     metrics: dict[str, float]
-    features: np.ndarray
+    features: np.ndarray  # the distance's features: classifier or InceptionV3 (FID)
 
 
 @dataclasses.dataclass
@@ -93,12 +97,39 @@ class Evaluator:
     reference_images: np.ndarray
     labels: np.ndarray
     rewards: dict[str, Reward]
+    inception: dict | None = None  # prepared InceptionV3 weights: the distance is FID
+    reference_stats: tuple[np.ndarray, np.ndarray] | None = None  # FID's reference (mu, sigma)
+    inception_size: int = INPUT_SIZE  # the network's input size (tests use smaller ones)
+    progress: bool = False  # a bar for the reference images' InceptionV3 features
 
     def __post_init__(self):
         self._feats = jax.jit(self.eval_classifier.apply)
-        ref_f, _ = self._features(self.reference_images)
-        self.ref_mu, self.ref_cov = gaussian_stats(ref_f)
+        if self.reference_stats is not None:
+            if self.inception is None:
+                raise ValueError("reference statistics are of InceptionV3 features: give inception")
+            mu, cov = self.reference_stats
+            if mu.shape != (FEATURE_DIM,):
+                raise ValueError(f"FID reference mu must be [{FEATURE_DIM}], found {mu.shape}")
+            self.ref_mu, self.ref_cov = mu, cov
+        else:
+            ref_f = self._distance_features(self.reference_images, None, self.progress)
+            self.ref_mu, self.ref_cov = gaussian_stats(ref_f)
+        self._ref_sqrt = sqrt_psd(self.ref_cov)  # once, not in every distance
         self._reward_fns = {k: jax.jit(r) for k, r in self.rewards.items()}
+
+    @property
+    def distance_name(self) -> str:
+        """The metric's key: `fid` with InceptionV3 weights, else `frechet_classifier_distance`."""
+        return "frechet_classifier_distance" if self.inception is None else "fid"
+
+    def _distance_features(
+        self, x: np.ndarray, classifier_features: np.ndarray | None, progress: bool = False
+    ) -> np.ndarray:
+        if self.inception is not None:
+            return inception_features(
+                self.inception, x, size=self.inception_size, progress=progress
+            )
+        return self._features(x)[0] if classifier_features is None else classifier_features
 
     def _features(self, x: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
         fs, ls = [], []
@@ -117,8 +148,9 @@ class Evaluator:
     ) -> tuple[dict[str, float], np.ndarray]:
         labels = self.labels if labels is None else labels
         f, logits = self._features(samples)
+        f = self._distance_features(samples, f)
         out = {
-            "frechet_classifier_distance": self._distance(f),
+            self.distance_name: self._distance(f),
             "accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
         }
         for k, fn in self._reward_fns.items():
@@ -129,7 +161,7 @@ class Evaluator:
 
     def _distance(self, features: np.ndarray) -> float:
         mu, cov = gaussian_stats(features)
-        return frechet_distance(mu, cov, self.ref_mu, self.ref_cov)
+        return frechet_distance(self.ref_mu, self.ref_cov, mu, cov, sqrt_cov1=self._ref_sqrt)
 
     def evaluate_set(self, samples: np.ndarray) -> SetEvaluation:
         """`evaluate(samples)` with the features kept for `pool`; the caller may drop the images."""
@@ -139,20 +171,17 @@ class Evaluator:
         """Metrics of several sample sets (each generated for `self.labels`, each scored with
         `evaluate_set`) taken together.
 
-        `frechet_classifier_distance` is ONE Frechet distance of all sets' features pooled
+        The distance (`frechet_classifier_distance` or `fid`) is ONE Frechet distance of all sets' features pooled
         (N = sets x samples): the estimator's positive bias falls like D / N and its spread with
         it (measured on digits: 8 random sets of 500 real training images score 0.55-2.16, so
         an average of per-set distances still carries the N = 500 bias). The other metrics are
-        means over the sets; `frechet_classifier_distance_per_set` keeps each set's own distance.
+        means over the sets; `<distance>_per_set` keeps each set's own distance.
         """
         evals = [s.metrics for s in sets]
+        name = self.distance_name
         out: dict[str, Any] = {k: float(np.mean([e[k] for e in evals])) for k in evals[0]}
-        out["frechet_classifier_distance"] = self._distance(
-            np.concatenate([s.features for s in sets])
-        )
-        out["frechet_classifier_distance_per_set"] = [
-            e["frechet_classifier_distance"] for e in evals
-        ]
+        out[name] = self._distance(np.concatenate([s.features for s in sets]))
+        out[f"{name}_per_set"] = [e[name] for e in evals]
         out["samples"] = int(sum(s.features.shape[0] for s in sets))
         return out
 

@@ -318,7 +318,7 @@ def finetune_run(
             "reward": reward_name,
             "lambda": float(lam),
             "step": int(i),
-            "distance": m["frechet_classifier_distance"],
+            "distance": m[evaluator.distance_name],
             "reward_value": m[f"reward_{reward_name}"],
             "accuracy": m["accuracy"],
         }

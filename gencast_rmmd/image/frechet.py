@@ -7,10 +7,10 @@ On the embedded digits the feature space is the penultimate layer of the project
 classifier (`gencast_rmmd.image.classifier`), and every output calls the number
 `frechet_classifier_distance`, never "FID": it is not comparable with published FIDs.
 
-Standard FID needs InceptionV3 pool-3 features, whose weights this project does not ship or
-download. `load_inception_reference_stats` reads user-supplied reference statistics (`mu` [2048],
-`sigma` [2048, 2048] in an `.npz`, the layout of the common `fid_stats_*.npz` files); the feature
-extractor itself must be supplied by the user (see docs/image.md) and is not implemented here.
+Standard FID uses InceptionV3 pool-3 features (`gencast_rmmd.image.inception`), from weights the
+user supplies (this project does not ship or download them); `load_inception_reference_stats`
+reads reference statistics (`mu` [2048], `sigma` [2048, 2048] in an `.npz`, the layout of the
+common `fid_stats_*.npz` files).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-import scipy.linalg
 
 from gencast_rmmd.errors import DataError
 
@@ -31,21 +30,33 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+def sqrt_psd(cov: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance (eigenvalues below 0 from rounding taken as 0)."""
+    c = np.atleast_2d(np.asarray(cov, np.float64))
+    lam, vec = np.linalg.eigh((c + c.T) / 2)
+    return (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+
+
+def frechet_distance(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
+    sqrt_cov1: np.ndarray | None = None,
+) -> float:  # fmt: skip
     """Frechet distance between N(mu1, cov1) and N(mu2, cov2) (module docstring formula).
 
-    The matrix square root uses scipy's `sqrtm`; a tiny diagonal offset is added if the product is
-    singular, and the (numerically) imaginary part is dropped.
+    `Tr (cov1 cov2)^{1/2}` is the sum of the square roots of the eigenvalues of the symmetric
+    `S cov2 S`, `S = cov1^{1/2}` (similar to `cov1 cov2`, so the same eigenvalues), from two
+    symmetric eigendecompositions: exact for singular covariances too (fewer samples than
+    features), where a general matrix square root (`scipy.linalg.sqrtm`) needs an offset, and
+    faster at FID's 2048 dimensions (measured 16 s against 41 s on 2 busy cores). `sqrt_cov1` (`sqrt_psd`)
+    saves the first one when cov1 is a fixed reference.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
+    s = sqrt_psd(cov1) if sqrt_cov1 is None else sqrt_cov1
+    m = s @ cov2 @ s
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        off = np.eye(cov1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((cov1 + off) @ (cov2 + off))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean)
 
 
 def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> float:

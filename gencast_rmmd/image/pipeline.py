@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gencast_rmmd.config import dump_yaml, to_dict
+from gencast_rmmd.errors import DataError
 from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
 from gencast_rmmd.image.config import METHODS, ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
@@ -122,6 +123,9 @@ class Context:
     # Evaluations of the teacher's sample sets made ahead of their use, by noise seed
     # (`teacher_set_eval`).
     teacher_sets: dict[int, SetEvaluation] = dataclasses.field(default_factory=dict)
+    # SHA-256 of the FID files outside DIR (`inception_weights_sha256`, ...): the evaluations'
+    # records hold them, so a file replaced at the same path makes them stale.
+    fid_digests: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def reward(self, name: str):
         return make_reward(name, self.reward_clf)
@@ -159,6 +163,13 @@ def input_digests(ctx: Context, *names: str) -> dict[str, str] | None:
     if not all(p.is_file() for p in paths):
         return None
     return {f"{p.stem}_sha256": file_sha256(p) for p in paths}
+
+
+def eval_digests(ctx: Context, *names: str) -> dict[str, str] | None:
+    """`input_digests` of an evaluation's record: the files `names`, the classifiers and, with
+    FID, the InceptionV3 weights and reference statistics (`Context.fid_digests`)."""
+    got = input_digests(ctx, *names, *EVAL_INPUTS)
+    return None if got is None else {**got, **ctx.fid_digests}
 
 
 def current_record(path: pathlib.Path, inputs: dict[str, str] | None) -> dict | None:
@@ -301,11 +312,31 @@ def _refuse_other_settings(out: pathlib.Path, old_text: str, cfg: ImageConfig) -
         )
 
 
+def load_fid_inputs(cfg: ImageConfig) -> tuple[dict | None, tuple | None]:
+    """The InceptionV3 weights and FID reference statistics the config names (or None)."""
+    if cfg.inception_weights is None:
+        return None, None
+    from gencast_rmmd.image.frechet import load_inception_reference_stats
+    from gencast_rmmd.image.inception import FEATURE_DIM, load_inception_weights
+
+    inception = load_inception_weights(cfg.inception_weights)
+    if cfg.inception_reference_stats is None:
+        return inception, None
+    mu, sigma = load_inception_reference_stats(cfg.inception_reference_stats)
+    if mu.shape != (FEATURE_DIM,):
+        raise DataError(
+            f"{cfg.inception_reference_stats}: FID reference statistics must be of the "
+            f"{FEATURE_DIM} InceptionV3 pool-3 features, found mu {list(mu.shape)}"
+        )
+    return inception, (mu, sigma)
+
+
 def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
     """Load data, train or reload both classifiers, build the model and the evaluator."""
     out = check_local_out_dir(out, "a run directory", "image")
-    # Read (and so validate) the data before anything is created at --out.
+    # Read (and so validate) the data and the FID files before anything is created at --out.
     data = load_dataset(cfg.data)
+    inception, ref_stats = load_fid_inputs(cfg)
     cfg_text = dump_yaml(cfg)
     prev = out / "config.yaml"
     if prev.exists() and prev.read_text() != cfg_text:
@@ -326,8 +357,18 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
         reference_images=ref_images,
         labels=labels,
         rewards={r: make_reward(r, reward_clf) for r in ("bw", "laplacian", "classifier")},
+        inception=inception,
+        reference_stats=ref_stats,
+        progress=progress,
     )
-    return Context(cfg, out, data, model, reward_clf, eval_clf, evaluator, progress)
+    fid_digests = {
+        f"{key}_sha256": file_sha256(path)
+        for key in ("inception_weights", "inception_reference_stats")
+        if (path := getattr(cfg, key)) is not None
+    }
+    return Context(
+        cfg, out, data, model, reward_clf, eval_clf, evaluator, progress, fid_digests=fid_digests
+    )
 
 
 def _like(ctx: Context) -> Any:
@@ -356,14 +397,14 @@ def stage_teacher(ctx: Context) -> Any:
         save_params(path, params, {"train_seconds": time.time() - t0})
         ckpts.finish()
     ev_path = ctx.out / "teacher_eval.json"
-    inputs = input_digests(ctx, "teacher.npz", *EVAL_INPUTS)
+    inputs = eval_digests(ctx, "teacher.npz")
     if current_record(ev_path, inputs) is None:
         e = teacher_set_eval(ctx, params, DISTILL_EVAL_FIRST_SEED, keep=True)
         m = {**e.metrics, "sampler_steps": ctx.cfg.teacher.sampler.num_steps, "inputs": inputs}
         write_text(ev_path, json.dumps(m, indent=2))
         _log(
             f"teacher ({m['sampler_steps']} steps): accuracy {m['accuracy']:.3f}, "
-            f"{DISTANCE_NAME} {m[DISTANCE_NAME]:.4f}"
+            f"{ctx.evaluator.distance_name} {m[ctx.evaluator.distance_name]:.4f}"
         )
     return params
 
@@ -451,7 +492,7 @@ def _distill_eval_inputs(ctx: Context, k: int) -> dict[str, str] | None:
     student = ctx.out / f"student_k{k}.npz"
     if not params_current(student, input_digests(ctx, "teacher.npz")):
         return None
-    return input_digests(ctx, "teacher.npz", student.name, *EVAL_INPUTS)
+    return eval_digests(ctx, "teacher.npz", student.name)
 
 
 def current_distill_eval(ctx: Context, k: int) -> dict | None:
@@ -511,21 +552,22 @@ def stage_distill(
     pooled = {name: ctx.evaluator.pool(xs) for name, xs in by_model.items()}
     t_eval, s_eval, tk_eval = pooled["teacher"], pooled["student"], pooled["teacher_k"]
     tk_eval["seeds"] = seeds_tk
+    dn = ctx.evaluator.distance_name
     summary = {
-        "distance_name": DISTANCE_NAME,
+        "distance_name": dn,
         "seeds": seeds,
         "teacher": t_eval,
         f"student_mmd_k{k}": s_eval,
         f"teacher_k{k}_same_sampler": tk_eval,
-        "student_over_teacher_distance": s_eval[DISTANCE_NAME] / t_eval[DISTANCE_NAME],
+        "student_over_teacher_distance": s_eval[dn] / t_eval[dn],
         "inputs": _distill_eval_inputs(ctx, k),
     }
     write_text(ctx.out / "distill_eval.json", json.dumps(summary, indent=2))
     _log(
-        f"MMD student K={k}: accuracy {s_eval['accuracy']:.3f}, {DISTANCE_NAME} "
-        f"({s_eval['samples']} samples pooled, teacher {t_eval[DISTANCE_NAME]:.4f}) "
-        f"{s_eval[DISTANCE_NAME]:.4f} ({summary['student_over_teacher_distance']:.2f}x teacher); "
-        f"teacher sampled with the same {k} steps: {tk_eval[DISTANCE_NAME]:.4f}"
+        f"MMD student K={k}: accuracy {s_eval['accuracy']:.3f}, {dn} "
+        f"({s_eval['samples']} samples pooled, teacher {t_eval[dn]:.4f}) "
+        f"{s_eval[dn]:.4f} ({summary['student_over_teacher_distance']:.2f}x teacher); "
+        f"teacher sampled with the same {k} steps: {tk_eval[dn]:.4f}"
     )
     return summary
 
@@ -567,10 +609,14 @@ def dominance(front_a: list[tuple[float, float]], front_b: list[tuple[float, flo
     return hit / len(front_b)
 
 
-def summarize(rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ...]) -> dict:
-    """Per reward: each method's Pareto front and the share of DRaFT/ReFL/DI++/HyperNoise front points that
-    the RMMD front dominates; `rmmd_dominates` is true when that share is 1."""
-    out: dict[str, Any] = {"distance_name": DISTANCE_NAME, "rewards": {}}
+def summarize(
+    rows: list[dict], methods: tuple[str, ...], rewards: tuple[str, ...],
+    distance_name: str = DISTANCE_NAME,
+) -> dict:  # fmt: skip
+    """Per reward: each method's Pareto front and the share of DRaFT/ReFL/DI++/HyperNoise front
+    points that the RMMD front dominates; `rmmd_dominates` is true when that share is 1.
+    `distance_name` names the rows' `distance` (`Evaluator.distance_name`)."""
+    out: dict[str, Any] = {"distance_name": distance_name, "rewards": {}}
     wins = 0
     for r in rewards:
         fronts = {}
@@ -663,7 +709,8 @@ def plot_pareto(path: pathlib.Path, rows: list[dict], summary: dict, refs: dict)
             ax.set_xlim(lo - pad, hi + pad)
         ax.set_yscale("log")
         ax.set_xlabel(f"reward: {r} (higher is better)")
-        ax.set_ylabel(DISTANCE_NAME.replace("_", " ") + " (log)")
+        name = summary.get("distance_name", DISTANCE_NAME)
+        ax.set_ylabel(("FID" if name == "fid" else name.replace("_", " ")) + " (log)")
         ax.set_title(f"{r}")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -694,8 +741,7 @@ def stage_pareto(ctx: Context) -> dict:
     def run_inputs(method: str) -> dict[str, str] | None:
         # what a run is made from: the teacher, its start point's files, the classifiers
         k = 1 if method == "dipp" else k_steps
-        files = ("teacher.npz", f"student_k{k}.npz", f"aux_k{k}.npz", *EVAL_INPUTS)
-        return input_digests(ctx, *files)
+        return eval_digests(ctx, "teacher.npz", f"student_k{k}.npz", f"aux_k{k}.npz")
 
     inputs_of = {m: run_inputs(m) for m in METHODS}
     log_path = ctx.out / "pareto_rows.jsonl"
@@ -716,8 +762,8 @@ def stage_pareto(ctx: Context) -> dict:
     refs_path = ctx.out / "pareto_refs.json"
     refs = json.loads(refs_path.read_text()) if refs_path.exists() else {}
     ref_inputs = {
-        "mmd": input_digests(ctx, f"student_k{k_steps}.npz", *EVAL_INPUTS),
-        "teacher": input_digests(ctx, "teacher.npz", *EVAL_INPUTS),
+        "mmd": eval_digests(ctx, f"student_k{k_steps}.npz"),
+        "teacher": eval_digests(ctx, "teacher.npz"),
     }
     for name in ("mmd", "teacher"):
         if name in refs and not changed_digests(refs[name].get("inputs") or {}, ref_inputs[name]):
@@ -728,7 +774,7 @@ def stage_pareto(ctx: Context) -> dict:
             x = generate(ctx.model, teacher, cfg.teacher.sampler, ctx.evaluator.labels, EVAL_SEED)
             m = ctx.evaluator.evaluate(x)
         refs[name] = {
-            "distance": m[DISTANCE_NAME],
+            "distance": m[ctx.evaluator.distance_name],
             **{k[len("reward_") :]: v for k, v in m.items() if k.startswith("reward_")},
             "inputs": ref_inputs[name],
         }
@@ -755,7 +801,10 @@ def stage_pareto(ctx: Context) -> dict:
              "distance": refs["mmd"]["distance"], "reward_value": refs["mmd"][r]}
             for r in cfg.pareto.rewards
         ] + ordered  # fmt: skip
-        summary = summarize(all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards)
+        summary = summarize(
+            all_rows, ("mmd",) + tuple(cfg.pareto.methods), cfg.pareto.rewards,
+            ctx.evaluator.distance_name,
+        )  # fmt: skip
         write_outputs(ctx.out, all_rows, summary, refs)
         return summary
 

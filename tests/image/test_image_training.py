@@ -336,6 +336,7 @@ def test_a_crashed_finetune_run_resumes_to_the_uninterrupted_rows(tmp_path, monk
 
     class Evaluator:
         labels = np.arange(4) % 10
+        distance_name = "frechet_classifier_distance"
 
         def evaluate(self, x):
             return {"frechet_classifier_distance": x, "accuracy": 0.5, "reward_bw": -x}
