@@ -529,6 +529,26 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses at config load, before the run directory exists (was an internal optax error "
         "after config.yaml had been written)",
     ),
+    BadInput(
+        "image-inception-weights-layout",
+        "config",
+        "image pareto",
+        "`--set inception_weights=X.npz` where X.npz holds other arrays than the pytorch-fid "
+        "InceptionV3 state dict (e.g. FID statistics)",
+        r"not the pytorch-fid InceptionV3 state-dict layout .*470 of its 470 weights are "
+        r"missing, e\.g\. Conv2d_1a_3x3\.conv\.weight",
+        "refuses before the run directory exists: names the layout and the first missing weights "
+        "(the key was reserved and ignored before: the distance stayed the classifier one)",
+    ),
+    BadInput(
+        "image-fid-stats-without-weights",
+        "config",
+        "image pareto",
+        "`--set inception_reference_stats=S.npz` without `inception_weights`",
+        r"inception_reference_stats needs inception_weights",
+        "refuses at config load: 2048-dimensional InceptionV3 statistics cannot be compared with "
+        "classifier features",
+    ),
     # ---------------------------------------------------------------- checkpoints
     BadInput(
         "ckpt-missing",

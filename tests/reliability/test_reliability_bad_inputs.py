@@ -676,6 +676,18 @@ def s_image_classifier_zero_steps(tmp, p):
     return ["image", "pareto", "--out", tmp / "run", "--no-progress", "--set", "classifier.steps=0"]
 
 
+def s_image_inception_weights_layout(tmp, p):
+    np.savez(tmp / "fid_stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    args = ["image", "pareto", "--out", tmp / "run", "--no-progress"]
+    return args + ["--set", f"inception_weights={tmp / 'fid_stats.npz'}"]
+
+
+def s_image_fid_stats_without_weights(tmp, p):
+    np.savez(tmp / "fid_stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    args = ["image", "pareto", "--out", tmp / "run", "--no-progress"]
+    return args + ["--set", f"inception_reference_stats={tmp / 'fid_stats.npz'}"]
+
+
 def s_image_data_pickled(tmp, p):
     obj = np.empty(3, dtype=object)
     obj[:] = [{"pixels": 1}, 2, 3]
@@ -1032,6 +1044,8 @@ SETUPS = {
     "image-data-missing": s_image_data_missing,
     "image-classifier-zero-steps": s_image_classifier_zero_steps,
     "image-data-pickled": s_image_data_pickled,
+    "image-inception-weights-layout": s_image_inception_weights_layout,
+    "image-fid-stats-without-weights": s_image_fid_stats_without_weights,
     "image-data-wrong-shape": s_image_data_wrong_shape,
     "distill-config-unknown-key": s_distill_config_unknown_key,
     "distill-override-bad-value": s_distill_override_bad_value,
