@@ -47,7 +47,8 @@ def frechet_distance(
     `S cov2 S`, `S = cov1^{1/2}` (similar to `cov1 cov2`, so the same eigenvalues), from two
     symmetric eigendecompositions: exact for singular covariances too (fewer samples than
     features), where a general matrix square root (`scipy.linalg.sqrtm`) needs an offset, and
-    faster at FID's 2048 dimensions (measured 16 s against 41 s on 2 busy cores). `sqrt_cov1` (`sqrt_psd`)
+    faster at FID's 2048 dimensions (`benchmarks/fid.py`, 2 cores: 1.8 s against 10.1 s, 0.7 s
+    with the reference's root given). `sqrt_cov1` (`sqrt_psd`)
     saves the first one when cov1 is a fixed reference.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
