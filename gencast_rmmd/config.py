@@ -4,7 +4,9 @@ Configs are frozen dataclasses. `load_config(cls, path, overrides)` reads a YAML
 `--set a.b=value` overrides and converts the nested mapping to `cls`:
 
 - an unknown key, a missing required key, a value of the wrong type, or a value that the class's
-  `validate()` rejects raises `ConfigError` naming the file, the dotted key and what is allowed;
+  `validate()` rejects raises `ConfigError` naming the file, the dotted key and what is allowed
+  (a value a `--set` override gave names the override; a `validate()` error names the file with
+  the overrides of that part of the config);
 - supported field types: `int`, `float`, `str`, `bool`, `X | None`, `Literal[...]`,
   `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, T]` and nested config dataclasses;
 - NaN is refused for every field (a range check in `validate()` never sees it: every comparison
@@ -21,6 +23,7 @@ run directories).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import pathlib
@@ -227,11 +230,32 @@ def seed_problem(value: int) -> str | None:
     )
 
 
+# The `--set` overrides of the config being built, by dotted key (as the user typed them):
+# an error about a key an override set names the override, not the YAML file that does not
+# hold that value, and a `validate()` error names the file with the overrides below it.
+_OVERRIDDEN: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "overridden", default={}
+)
+
+
+def _source_of(key: str, file: str) -> str:
+    """What to name as the origin of `key`'s value: its override, else the file."""
+    overridden = _OVERRIDDEN.get()
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):  # `--set a.b={c: 1}` set a.b.c too
+        text = overridden.get(".".join(parts[:i]))
+        if text is not None:
+            return f"override {text!r}"
+    return file
+
+
 def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     where = f"{prefix}." if prefix else ""
+    below = [t for k, t in _OVERRIDDEN.get().items() if k.startswith(where)]
+    shown_file = file + (f" with --set {', '.join(below)}" if below else "")
     if unknown:
         raise ConfigError(
             f"{file}: unknown key {where + unknown[0]!r} in {cls.__name__}; "
@@ -241,14 +265,15 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     for name, f in fields.items():
         key = f"{where}{name}"
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key, file)
+            src = _source_of(key, file)
+            kwargs[name] = _convert(data[name], hints[name], key, src)
             problem = float_problem(cls, name, kwargs[name])
             if problem:
-                raise ConfigError(f"{file}: key {key!r}: {problem}")
+                raise ConfigError(f"{src}: key {key!r}: {problem}")
             if _is_seed(name) and isinstance(kwargs[name], int):
                 problem = seed_problem(kwargs[name])
                 if problem:
-                    raise ConfigError(f"{file}: key {key!r}: {problem}")
+                    raise ConfigError(f"{src}: key {key!r}: {problem}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{file}: missing required key {key!r} ({_type_name(hints[name])})")
     try:
@@ -259,7 +284,7 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{file}: {prefix or cls.__name__}: {e}") from None
+        raise ConfigError(f"{shown_file}: {prefix or cls.__name__}: {e}") from None
     return obj
 
 
@@ -334,7 +359,12 @@ def from_dict(
     for text in overrides:
         _check_override_key(cls, text, shown_prefix)
     data = apply_overrides(data, overrides)
-    return _build(cls, data, "", source)
+    shown = {".".join(parse_override(t)[0]): shown_prefix + t for t in overrides}
+    token = _OVERRIDDEN.set(shown)
+    try:
+        return _build(cls, data, "", source)
+    finally:
+        _OVERRIDDEN.reset(token)
 
 
 def _check_override_key(cls: type, text: str, shown_prefix: str = "") -> None:

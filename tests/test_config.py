@@ -134,6 +134,28 @@ def test_an_overrides_unknown_key_is_named_as_the_override_not_the_file(tmp_path
     assert cfg.table == {"anything": 2.0} and cfg.maybe_inner.rate == 0.5
 
 
+def test_a_bad_value_from_an_override_names_the_override(tmp_path):
+    """A value the file does not hold is not blamed on the file: a wrong type or seed names the
+    override; a `validate()` error names the file with the overrides of that part of the config;
+    a bad value in the file still names the file alone."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("name: x\nsteps: 3\n")
+    with pytest.raises(ConfigError, match=r"^override 'steps=abc': key 'steps': expected int"):
+        load_config(Outer, path, ["steps=abc"])
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, path, ["inner.rate=-1", "steps=4"])
+    assert str(e.value) == (
+        f"{path} with --set inner.rate=-1: inner: rate must be > 0, found -1.0"
+    )
+    with pytest.raises(ConfigError, match=r"^override 'seed=-1': key 'seed': a seed must be"):
+        from_dict(Seeded, {}, overrides=["seed=-1"])
+    with pytest.raises(ConfigError, match=r"^override 'training.steps=x': key 'steps'"):
+        from_dict(Outer, {"name": "x"}, overrides=["steps=x"], shown_prefix="training.")
+    path.write_text("name: x\nsteps: abc\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'steps': expected int"):
+        load_config(Outer, path, ["inner.rate=2"])
+
+
 def test_nan_and_infinite_floats_are_refused_naming_the_key():
     """A `validate()` range check never sees NaN (every comparison with it is False): `rho=nan`
     or `mmd_weight=nan` were accepted and trained on NaN. NaN is refused for every field, in
