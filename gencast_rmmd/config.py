@@ -233,14 +233,14 @@ def seed_problem(value: int) -> str | None:
 # The `--set` overrides of the config being built, by dotted key (as the user typed them):
 # an error about a key an override set names the override, not the YAML file that does not
 # hold that value, and a `validate()` error names the file with the overrides below it.
-_OVERRIDDEN: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
-    "overridden", default={}
+_OVERRIDDEN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "overridden", default=None
 )
 
 
 def _source_of(key: str, file: str) -> str:
     """What to name as the origin of `key`'s value: its override, else the file."""
-    overridden = _OVERRIDDEN.get()
+    overridden = _OVERRIDDEN.get() or {}
     parts = key.split(".")
     for i in range(len(parts), 0, -1):  # `--set a.b={c: 1}` set a.b.c too
         text = overridden.get(".".join(parts[:i]))
@@ -254,7 +254,7 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     where = f"{prefix}." if prefix else ""
-    below = [t for k, t in _OVERRIDDEN.get().items() if k.startswith(where)]
+    below = [t for k, t in (_OVERRIDDEN.get() or {}).items() if k.startswith(where)]
     shown_file = file + (f" with --set {', '.join(below)}" if below else "")
     if unknown:
         raise ConfigError(
