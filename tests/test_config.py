@@ -144,9 +144,8 @@ def test_a_bad_value_from_an_override_names_the_override(tmp_path):
         load_config(Outer, path, ["steps=abc"])
     with pytest.raises(ConfigError) as e:
         load_config(Outer, path, ["inner.rate=-1", "steps=4"])
-    assert str(e.value) == (
-        f"{path} with --set inner.rate=-1: inner: rate must be > 0, found -1.0"
-    )
+    want = f"{path} with --set inner.rate=-1: inner: rate must be > 0, found -1.0"
+    assert str(e.value) == want
     with pytest.raises(ConfigError, match=r"^override 'seed=-1': key 'seed': a seed must be"):
         from_dict(Seeded, {}, overrides=["seed=-1"])
     with pytest.raises(ConfigError, match=r"^override 'training.steps=x': key 'steps'"):
