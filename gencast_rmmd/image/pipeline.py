@@ -10,6 +10,8 @@ Run directory layout (`--out DIR`), every stage resumable (a finished stage's fi
     DIR/metrics_*.jsonl                  JSON-lines training metrics per stage
     DIR/teacher_eval.json, distill_eval.json
     DIR/pareto_rows.jsonl                one row per evaluation of the sweep (resume log)
+    DIR/fid_reference.npz                with `inception_weights` and no reference statistics:
+                                         FID's mu and sigma of the real images (reused)
     DIR/pareto.csv, DIR/pareto.png, DIR/pareto_summary.json
     DIR/checkpoints_*/                   mid-stage resume points (`training.StageCheckpoints`),
                                          while a stage or sweep run is unfinished
@@ -331,6 +333,33 @@ def load_fid_inputs(cfg: ImageConfig) -> tuple[dict | None, tuple | None]:
     return inception, (mu, sigma)
 
 
+def _fid_reference(
+    out: pathlib.Path, inception: dict, images: np.ndarray, digests: dict[str, str],
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """FID's reference statistics of the run's real images, computed once into
+    `DIR/fid_reference.npz` (ImageNet 64's reference set takes InceptionV3 minutes to hours on
+    CPU) and reused while the weights and the images are the ones it records."""
+    import hashlib
+
+    from gencast_rmmd.image.frechet import gaussian_stats
+    from gencast_rmmd.image.inception import inception_features
+
+    path = out / "fid_reference.npz"
+    images = np.ascontiguousarray(images)
+    record = {**digests, "images_sha256": hashlib.sha256(images.data).hexdigest()}
+    record["images_shape"] = list(images.shape)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            if "meta" in f.files and json.loads(str(f["meta"])) == record:
+                return f["mu"], f["sigma"]
+    _log(f"FID reference: InceptionV3 features of the {images.shape[0]} real images")
+    mu, sigma = gaussian_stats(inception_features(inception, images, progress=progress))
+    with written(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mu=mu, sigma=sigma, meta=np.array(json.dumps(record)))
+    return mu, sigma
+
+
 def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
     """Load data, train or reload both classifiers, build the model and the evaluator."""
     out = check_local_out_dir(out, "a run directory", "image")
@@ -352,6 +381,13 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
     n = min(cfg.pareto.eval_samples, ref_labels.shape[0])
     rng = np.random.default_rng(0)
     labels = ref_labels[rng.permutation(ref_labels.shape[0])[:n]]
+    fid_digests = {
+        f"{key}_sha256": file_sha256(path)
+        for key in ("inception_weights", "inception_reference_stats")
+        if (path := getattr(cfg, key)) is not None
+    }
+    if inception is not None and ref_stats is None:
+        ref_stats = _fid_reference(out, inception, ref_images, fid_digests, progress)
     evaluator = Evaluator(
         eval_classifier=eval_clf,
         reference_images=ref_images,
@@ -361,11 +397,6 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
         reference_stats=ref_stats,
         progress=progress,
     )
-    fid_digests = {
-        f"{key}_sha256": file_sha256(path)
-        for key in ("inception_weights", "inception_reference_stats")
-        if (path := getattr(cfg, key)) is not None
-    }
     return Context(
         cfg, out, data, model, reward_clf, eval_clf, evaluator, progress, fid_digests=fid_digests
     )

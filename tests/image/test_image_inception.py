@@ -206,3 +206,29 @@ def test_evaluator_with_inception_reports_fid(weights_file, tmp_path):
     assert shifted == pytest.approx(want_shift, rel=1e-5)
     with pytest.raises(ValueError, match="give inception"):
         Evaluator(clf, ref, np.zeros(4, np.int64), rewards={}, reference_stats=ref_stats)
+
+
+def test_fid_reference_statistics_are_computed_once_per_weights_and_images(tmp_path, monkeypatch):
+    """`DIR/fid_reference.npz`: the real images' statistics are reused by the next command while
+    the weights' digest and the images are the ones recorded, and computed again otherwise."""
+    from gencast_rmmd.image import pipeline
+
+    calls = []
+
+    def fake_features(params, images, progress=False, **kw):
+        calls.append(images.shape[0])
+        return np.reshape(images, (images.shape[0], -1))[:, :5] * 2.0
+
+    monkeypatch.setattr(inc, "inception_features", fake_features)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, size=(12, 4, 4, 1)).astype(np.float32)
+    digests = {"inception_weights_sha256": "a" * 64}
+    mu, sigma = pipeline._fid_reference(tmp_path, {}, images, digests, False)
+    np.testing.assert_allclose(mu, 2 * images.reshape(12, -1)[:, :5].mean(0), rtol=1e-6)
+    again = pipeline._fid_reference(tmp_path, {}, images, digests, False)
+    assert calls == [12] and all(np.array_equal(a, b) for a, b in zip(again, (mu, sigma)))
+    pipeline._fid_reference(tmp_path, {}, images[:10], digests, False)
+    pipeline._fid_reference(
+        tmp_path, {}, images[:10], {"inception_weights_sha256": "b" * 64}, False
+    )
+    assert calls == [12, 10, 10]
