@@ -153,7 +153,12 @@ def load_dataset(cfg: ImageDataConfig) -> ImageDataset:
     tr = np.sort(np.concatenate(train_idx))
     ev = np.sort(np.concatenate(eval_idx))
     if tr.size == 0:
-        raise DataError(f"{name}: no training images after the split ({images.shape[0]} images)")
+        raise DataError(
+            f"{name}: no training images after the split: each of the {len(eval_idx)} classes "
+            f"present keeps at least one image for evaluation (data.eval_fraction "
+            f"{cfg.eval_fraction:g}), which takes all {images.shape[0]} images; give more "
+            f"images per class"
+        )
     return ImageDataset(
         train_images=images[tr],
         train_labels=labels[tr],

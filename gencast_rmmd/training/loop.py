@@ -224,10 +224,10 @@ def warmup_note(cfg: OptimizerConfig, num_updates: int, where: str) -> str | Non
     if w == 0 or num_updates == 0 or w < num_updates:
         return None
     top = cfg.learning_rate * (num_updates - 1) / w  # the last update's rate
-    return (
-        f"note: {where}.warmup_steps ({w}) is not shorter than the run ({num_updates} updates): "
-        f"the learning rate rises only to {top:.3g} of its {cfg.learning_rate:g}"
-    )
+    head = f"note: {where}.warmup_steps ({w}) is not shorter than the run ({num_updates} updates): "
+    if num_updates == 1:  # the warm-up starts at 0: the single update's rate
+        return head + "its one update has learning rate 0 and leaves the weights as they are"
+    return head + f"the learning rate rises only to {top:.3g} of its {cfg.learning_rate:g}"
 
 
 def say_warmup(cfg: Any, updates: int, where: str, start: int, steps: int) -> None:

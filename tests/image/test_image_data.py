@@ -68,6 +68,16 @@ def test_npz_reader_roundtrip_chw_order(tmp_path):
     assert ds.shape == (4, 4, 3)
 
 
+def test_too_few_images_per_class_for_a_split_says_why(tmp_path):
+    """Every class keeps one image for evaluation: one image per class leaves none to train on
+    (it said only "no training images after the split")."""
+    p = tmp_path / "train.npz"
+    _write_imagenet_like(p, n=6, labels=np.arange(1, 7))
+    cfg = ImageDataConfig(source="npz", path=str(p), resolution=4, channels=3, num_classes=10)
+    with pytest.raises(DataError, match=r"each of the 6 classes present keeps at least one"):
+        load_dataset(cfg)
+
+
 def test_npz_reader_reads_a_url_through_the_cache(tmp_path, monkeypatch):
     """`--data gs://.../imagenet64.npz` was read as the local path `gs:/...` ("does not
     exist"); a URL is fetched into the local cache and read from there (here fsspec's memory

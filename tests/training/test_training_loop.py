@@ -135,6 +135,11 @@ def test_a_warmup_longer_than_the_run_is_said():
     assert warmup_note(cfg, 100, "x") is not None  # the 100th update runs at 99% of the rate
     assert warmup_note(cfg, 101, "x") is None
     assert warmup_note(OptimizerConfig(learning_rate=1e-3), 5, "x") is None  # no warm-up
+    # one update: the warm-up's first rate is 0 (it printed "rises only to 0 of its 0.001")
+    assert float(make_schedule(cfg, 1)(0)) == 0.0
+    assert warmup_note(cfg, 1, "x").endswith(
+        "its one update has learning rate 0 and leaves the weights as they are"
+    )
 
 
 def _assert_same_run(s_full, s2, run_a, run_b):
