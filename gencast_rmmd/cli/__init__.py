@@ -215,6 +215,13 @@ _SMALLER_STEPS = {
     "evaluate": "lower --lead-chunk (lead times per work item)",
     "quickstart": "use a smaller profile (--fast, or the default rather than --profile result)",
 }
+_SMALLER_IMAGE_STEPS = (
+    "lower the running stage's batch size (--set teacher.batch_size, classifier.batch_size, "
+    "mmd.batch_size or finetune.batch_size)"
+)
+_SMALLER_STEPS.update(
+    {f"image {s}": _SMALLER_IMAGE_STEPS for s in ("teacher", "distill", "pareto")}
+)
 
 
 def out_of_memory(e: BaseException, command: str | None) -> str | None:
