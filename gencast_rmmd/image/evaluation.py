@@ -171,11 +171,12 @@ class Evaluator:
         """Metrics of several sample sets (each generated for `self.labels`, each scored with
         `evaluate_set`) taken together.
 
-        The distance (`frechet_classifier_distance` or `fid`) is ONE Frechet distance of all sets' features pooled
-        (N = sets x samples): the estimator's positive bias falls like D / N and its spread with
-        it (measured on digits: 8 random sets of 500 real training images score 0.55-2.16, so
-        an average of per-set distances still carries the N = 500 bias). The other metrics are
-        means over the sets; `<distance>_per_set` keeps each set's own distance.
+        The distance (`frechet_classifier_distance` or `fid`) is ONE Frechet distance of all
+        sets' features pooled (N = sets x samples): the estimator's positive bias falls like
+        D / N and its spread with it (measured on digits: 8 random sets of 500 real training
+        images score 0.55-2.16, so an average of per-set distances still carries the N = 500
+        bias). The other metrics are means over the sets; `<distance>_per_set` keeps each set's
+        own distance.
         """
         evals = [s.metrics for s in sets]
         name = self.distance_name

@@ -232,10 +232,8 @@ def check_state(state: dict[str, np.ndarray], where: str) -> None:
     """Refuse a state dict that is not the network's: missing, unknown or misshaped weights."""
     spec = weight_spec()
     missing = [k for k in spec if k not in state]
-    unknown = [
-        k for k in state
-        if k not in spec and not k.startswith(_IGNORED_PREFIXES) and not k.endswith(_IGNORED_SUFFIXES)
-    ]  # fmt: skip
+    ignored = [k for k in state if k.startswith(_IGNORED_PREFIXES) or k.endswith(_IGNORED_SUFFIXES)]
+    unknown = [k for k in state if k not in spec and k not in ignored]
     layout = "the pytorch-fid InceptionV3 state-dict layout (docs/image.md)"
     if missing:
         raise DataError(
