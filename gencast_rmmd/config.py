@@ -93,6 +93,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str, file: str) -> Any:
+    file = _source_of(re.sub(r"\[\d+\]", "", key), file)  # an entry an override set (a dict's)
+
     def fail(extra: str = "") -> typing.NoReturn:
         raise ConfigError(
             f"{file}: key {key!r}: expected {_type_name(tp)}, found {value!r}"

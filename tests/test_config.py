@@ -150,6 +150,10 @@ def test_a_bad_value_from_an_override_names_the_override(tmp_path):
         from_dict(Seeded, {}, overrides=["seed=-1"])
     with pytest.raises(ConfigError, match=r"^override 'training.steps=x': key 'steps'"):
         from_dict(Outer, {"name": "x"}, overrides=["steps=x"], shown_prefix="training.")
+    with pytest.raises(ConfigError, match=r"^override 'table.a=\[1\]': key 'table.a'"):
+        from_dict(WithMaps, {"table": {"b": 1.0}}, overrides=["table.a=[1]"])
+    with pytest.raises(ConfigError, match=r"^<dict>: key 'table.b'"):
+        from_dict(WithMaps, {"table": {"b": "x"}}, overrides=["table.a=1"])
     path.write_text("name: x\nsteps: abc\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'steps': expected int"):
         load_config(Outer, path, ["inner.rate=2"])
