@@ -49,15 +49,7 @@ def main() -> None:
     from gencast_rmmd.image.frechet import frechet_distance, gaussian_stats, sqrt_psd
 
     rng = np.random.default_rng(0)
-    state = {}
-    for k, shape in inc.weight_spec().items():
-        if k.endswith(".conv.weight"):
-            scale = np.sqrt(2.0 / np.prod(shape[1:]))
-            state[k] = (rng.normal(size=shape) * scale).astype(np.float32)
-        elif k.endswith((".running_var", ".bn.weight")):
-            state[k] = np.ones(shape, np.float32)
-        else:
-            state[k] = np.zeros(shape, np.float32)
+    state = inc.random_state(0)
     params = inc.prepare(state)
     x = rng.uniform(-1, 1, size=(args.images, 64, 64, 3)).astype(np.float32)
     t0 = time.perf_counter()

@@ -267,15 +267,12 @@ def _build(cls: type[T], data: dict, prefix: str, file: str) -> T:
     for name, f in fields.items():
         key = f"{where}{name}"
         if name in data:
-            src = _source_of(key, file)
-            kwargs[name] = _convert(data[name], hints[name], key, src)
+            kwargs[name] = _convert(data[name], hints[name], key, file)
             problem = float_problem(cls, name, kwargs[name])
-            if problem:
-                raise ConfigError(f"{src}: key {key!r}: {problem}")
             if _is_seed(name) and isinstance(kwargs[name], int):
-                problem = seed_problem(kwargs[name])
-                if problem:
-                    raise ConfigError(f"{src}: key {key!r}: {problem}")
+                problem = problem or seed_problem(kwargs[name])
+            if problem:
+                raise ConfigError(f"{_source_of(key, file)}: key {key!r}: {problem}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{file}: missing required key {key!r} ({_type_name(hints[name])})")
     try:

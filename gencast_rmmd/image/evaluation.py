@@ -27,7 +27,7 @@ import numpy as np
 from gencast_rmmd.distill.student_sampler import StudentSamplerConfig
 from gencast_rmmd.image.classifier import Classifier
 from gencast_rmmd.image.frechet import frechet_distance, gaussian_stats, sqrt_psd
-from gencast_rmmd.image.inception import FEATURE_DIM, INPUT_SIZE, inception_features
+from gencast_rmmd.image.inception import INPUT_SIZE, inception_features
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
 
@@ -107,10 +107,7 @@ class Evaluator:
         if self.reference_stats is not None:
             if self.inception is None:
                 raise ValueError("reference statistics are of InceptionV3 features: give inception")
-            mu, cov = self.reference_stats
-            if mu.shape != (FEATURE_DIM,):
-                raise ValueError(f"FID reference mu must be [{FEATURE_DIM}], found {mu.shape}")
-            self.ref_mu, self.ref_cov = mu, cov
+            self.ref_mu, self.ref_cov = self.reference_stats  # `load_inception_reference_stats`
         else:
             ref_f = self._distance_features(self.reference_images, None, self.progress)
             self.ref_mu, self.ref_cov = gaussian_stats(ref_f)

@@ -21,6 +21,8 @@ import numpy as np
 
 from gencast_rmmd.errors import DataError
 
+INCEPTION_DIM = 2048  # InceptionV3 pool-3 features (`gencast_rmmd.image.inception.FEATURE_DIM`)
+
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean `[D]` and unbiased covariance `[D, D]` of features `[N, D]` (float64)."""
@@ -48,8 +50,8 @@ def frechet_distance(
     symmetric eigendecompositions: exact for singular covariances too (fewer samples than
     features), where a general matrix square root (`scipy.linalg.sqrtm`) needs an offset, and
     faster at FID's 2048 dimensions (`benchmarks/fid.py`, 2 cores: 1.8 s against 10.1 s, 0.7 s
-    with the reference's root given). `sqrt_cov1` (`sqrt_psd`)
-    saves the first one when cov1 is a fixed reference.
+    with the reference's root given). `sqrt_cov1` (`sqrt_psd`) saves the first one when cov1 is
+    a fixed reference.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
@@ -76,4 +78,9 @@ def load_inception_reference_stats(path: str | pathlib.Path) -> tuple[np.ndarray
         mu, sigma = f["mu"], f["sigma"]
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DataError(f"{p}: expected mu [D] and sigma [D, D], found {mu.shape}, {sigma.shape}")
+    if mu.shape[0] != INCEPTION_DIM:
+        raise DataError(
+            f"{p}: FID reference statistics must be of the {INCEPTION_DIM} InceptionV3 pool-3 "
+            f"features, found mu {list(mu.shape)}"
+        )
     return mu, sigma

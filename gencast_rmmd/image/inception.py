@@ -36,8 +36,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gencast_rmmd.errors import DataError
+from gencast_rmmd.image.frechet import INCEPTION_DIM
 
-FEATURE_DIM = 2048
+FEATURE_DIM = INCEPTION_DIM
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # smaller inputs leave nothing for the last stride-2 layers
 BN_EPS = 1e-3
@@ -166,6 +167,24 @@ def weight_spec() -> dict[str, tuple[int, ...]]:
     shape = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
     jax.eval_shape(lambda x: _network(conv, x), shape)
     return spec
+
+
+def random_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights in the pytorch-fid layout (`weight_spec`), He-scaled so activations stay
+    O(1) through the 94 layers: for tests and benchmarks (speed does not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for k, shape in weight_spec().items():
+        if k.endswith(".conv.weight"):
+            fan_in = int(np.prod(shape[1:]))
+            state[k] = (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        elif k.endswith(".running_var"):
+            state[k] = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
+        elif k.endswith(".bn.weight"):
+            state[k] = rng.uniform(0.8, 1.2, size=shape).astype(np.float32)
+        else:
+            state[k] = (0.1 * rng.normal(size=shape)).astype(np.float32)
+    return state
 
 
 def prepare(state: dict[str, np.ndarray]) -> dict[str, dict[str, jax.Array]]:

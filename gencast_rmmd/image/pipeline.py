@@ -43,7 +43,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gencast_rmmd.config import dump_yaml, to_dict
-from gencast_rmmd.errors import DataError
 from gencast_rmmd.image.classifier import Classifier, accuracy, build_classifier, train_classifier
 from gencast_rmmd.image.config import METHODS, ImageConfig
 from gencast_rmmd.image.data import ImageDataset, load_dataset
@@ -319,18 +318,12 @@ def load_fid_inputs(cfg: ImageConfig) -> tuple[dict | None, tuple | None]:
     if cfg.inception_weights is None:
         return None, None
     from gencast_rmmd.image.frechet import load_inception_reference_stats
-    from gencast_rmmd.image.inception import FEATURE_DIM, load_inception_weights
+    from gencast_rmmd.image.inception import load_inception_weights
 
     inception = load_inception_weights(cfg.inception_weights)
     if cfg.inception_reference_stats is None:
         return inception, None
-    mu, sigma = load_inception_reference_stats(cfg.inception_reference_stats)
-    if mu.shape != (FEATURE_DIM,):
-        raise DataError(
-            f"{cfg.inception_reference_stats}: FID reference statistics must be of the "
-            f"{FEATURE_DIM} InceptionV3 pool-3 features, found mu {list(mu.shape)}"
-        )
-    return inception, (mu, sigma)
+    return inception, load_inception_reference_stats(cfg.inception_reference_stats)
 
 
 def _fid_reference(

@@ -11,27 +11,10 @@ from gencast_rmmd.errors import DataError
 from gencast_rmmd.image import inception as inc
 
 
-def _random_state(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights in the pytorch-fid state-dict layout, scaled so activations stay O(1)."""
-    rng = np.random.default_rng(seed)
-    state = {}
-    for k, shape in inc.weight_spec().items():
-        if k.endswith(".conv.weight"):
-            fan_in = int(np.prod(shape[1:]))
-            state[k] = (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        elif k.endswith(".running_var"):
-            state[k] = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
-        elif k.endswith(".bn.weight"):
-            state[k] = rng.uniform(0.8, 1.2, size=shape).astype(np.float32)
-        else:
-            state[k] = (0.1 * rng.normal(size=shape)).astype(np.float32)
-    return state
-
-
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """An .npz as converted from pytorch-fid's .pth: with the classifier head and BN counters."""
-    state = _random_state()
+    state = inc.random_state()
     extra = {
         "fc.weight": np.zeros((1008, 2048), np.float32),
         "fc.bias": np.zeros(1008, np.float32),
@@ -90,7 +73,7 @@ def test_loader_reads_pytorch_fid_layout_and_features_are_pool3(weights_file):
     ],
 )  # fmt: skip
 def test_loader_refuses_other_layouts(tmp_path, change, message):
-    state = _random_state(1)
+    state = inc.random_state(1)
     change(state)
     path = tmp_path / "w.npz"
     np.savez(path, **state)
@@ -232,3 +215,19 @@ def test_fid_reference_statistics_are_computed_once_per_weights_and_images(tmp_p
         tmp_path, {}, images[:10], {"inception_weights_sha256": "b" * 64}, False
     )
     assert calls == [12, 10, 10]
+
+
+def test_fid_reference_statistics_loader_checks_layout_and_dimension(tmp_path):
+    """The usual `fid_stats` `.npz` (mu [2048], sigma [2048, 2048]); statistics of another
+    feature space (64 dimensions) or a missing array are refused, naming what was found."""
+    from gencast_rmmd.image.frechet import load_inception_reference_stats
+
+    np.savez(tmp_path / "ok.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    mu, sigma = load_inception_reference_stats(tmp_path / "ok.npz")
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    np.savez(tmp_path / "s64.npz", mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(DataError, match=r"must be of the 2048 InceptionV3 .* found mu \[64\]"):
+        load_inception_reference_stats(tmp_path / "s64.npz")
+    np.savez(tmp_path / "nosigma.npz", mu=np.zeros(2048))
+    with pytest.raises(DataError, match=r"expected arrays 'mu' and 'sigma', found \['mu'\]"):
+        load_inception_reference_stats(tmp_path / "nosigma.npz")
