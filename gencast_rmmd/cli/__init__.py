@@ -216,8 +216,9 @@ _SMALLER_STEPS = {
     "quickstart": "use a smaller profile (--fast, or the default rather than --profile result)",
 }
 _SMALLER_IMAGE_STEPS = (
-    "lower the running stage's batch size (--set teacher.batch_size, classifier.batch_size, "
-    "mmd.batch_size or finetune.batch_size)"
+    "raise the running stage's gradient accumulation (--set teacher.grad_accum_steps, "
+    "mmd.grad_accum_steps or finetune.grad_accum_steps; the batch stays) or lower its batch size "
+    "(teacher.batch_size, classifier.batch_size, mmd.batch_size or finetune.batch_size)"
 )
 _SMALLER_STEPS.update(
     {f"image {s}": _SMALLER_IMAGE_STEPS for s in ("teacher", "distill", "pareto")}

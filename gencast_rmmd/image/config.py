@@ -26,6 +26,15 @@ def _check_counts(cfg, *names: str) -> None:
             raise ValueError(f"{name} must be >= 1, found {getattr(cfg, name)}")
 
 
+def _check_accum(cfg) -> None:
+    """`grad_accum_steps` is >= 1 and divides `batch_size` (equal micro-batches)."""
+    if not (cfg.grad_accum_steps >= 1 and cfg.batch_size % cfg.grad_accum_steps == 0):
+        raise ValueError(
+            f"grad_accum_steps must be >= 1 and divide batch_size {cfg.batch_size}, "
+            f"found {cfg.grad_accum_steps}"
+        )
+
+
 def _check_rate(cfg, name: str = "learning_rate") -> None:
     """A learning rate: finite and > 0 (0 would train nothing)."""
     if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
@@ -152,10 +161,16 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    """Teacher training (v-prediction loss, i.e. x0-MSE weighted by SNR+1) and sampling."""
+    """Teacher training (v-prediction loss, i.e. x0-MSE weighted by SNR+1) and sampling.
+
+    `grad_accum_steps` (here, in `MMDConfig` and in `FinetuneConfig`): each batch of
+    `batch_size` runs as that many micro-batches whose gradients are averaged into one update,
+    so a step holds one micro-batch's activations (`training.micro_batches`).
+    """
 
     steps: int = 3000
     batch_size: int = 128
+    grad_accum_steps: int = 1
     optim: OptimConfig = OptimConfig(learning_rate=2e-3, warmup_steps=200, decay_to_zero=True)
     ema_decay: float = 0.999
     sampler: StudentSamplerConfig = StudentSamplerConfig(
@@ -165,6 +180,7 @@ class TeacherConfig:
 
     def validate(self) -> None:
         _check_counts(self, "steps", "batch_size")
+        _check_accum(self)
         _check_decay(self)
 
 
@@ -206,6 +222,7 @@ class MMDConfig:
     )
     steps: int = 1500
     batch_size: int = 128
+    grad_accum_steps: int = 1
     optim: OptimConfig = OptimConfig(learning_rate=3e-4, warmup_steps=50, b1=0.0)
     update_schedule: Literal["alternating", "simultaneous"] = "simultaneous"
     time_sampling: Literal["continuous", "grid"] = "continuous"
@@ -220,6 +237,7 @@ class MMDConfig:
 
     def validate(self) -> None:
         _check_counts(self, "steps", "batch_size")
+        _check_accum(self)
         _check_decay(self)
         if self.aux_lr_ratio <= 0:
             raise ValueError(f"aux_lr_ratio must be > 0, found {self.aux_lr_ratio}")
@@ -253,6 +271,7 @@ class FinetuneConfig:
 
     steps: int = 300
     batch_size: int = 64
+    grad_accum_steps: int = 1
     optim: OptimConfig = OptimConfig(learning_rate=3e-4, warmup_steps=0, b1=0.0)
     on_policy: Literal["discrete", "continuous"] = "discrete"
     reg_ratio: float = 0.5
@@ -268,6 +287,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         _check_counts(self, "steps", "batch_size", "draft_k", "hypernoise_width")
+        _check_accum(self)
         for name in ("reg_ratio", "draft_l2", "refl_data_weight", "hypernoise_kl"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")

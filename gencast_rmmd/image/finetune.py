@@ -44,9 +44,11 @@ from gencast_rmmd.image.training import (
     StageCheckpoints,
     image_objective,
     make_optimizer,
+    micro_batches,
     next_batch,
 )
 from gencast_rmmd.model.sh_noise import gaussian_noise
+from gencast_rmmd.training.loop import accumulated_value_and_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,18 +128,21 @@ def _rmmd_step(
             switched_reward(rewards, reward_index),
         )
 
-        def loss_fn(tr):
+        def loss_fn(tr, mb, k):
             return objective(
                 {**frozen, **tr},
-                batch,
-                key,
+                mb,
+                k,
                 student=True,
                 aux=True,
                 reward_weight=lam,
                 l2_weight=lam * cfg.reg_ratio,
             )
 
-        (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        micro, keys = micro_batches(batch, key, cfg.grad_accum_steps)
+        (loss, metrics), g = accumulated_value_and_grad(
+            jax.value_and_grad(loss_fn, has_aux=True), trainable, micro, keys
+        )
         upd, opt_state = opt.update(g, opt_state, trainable)
         return optax.apply_updates(trainable, upd), opt_state, loss, metrics
 
@@ -182,9 +187,11 @@ def _baseline_step(
 
     @functools.partial(jax.jit, compiler_options=compiler_options or None)
     def step(trainable, frozen, opt_state, batch, key, lam, reward_index):
-        (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, frozen, batch, key, lam, reward_index
-        )
+        def grad_fn(tr, mb, k):
+            return jax.value_and_grad(loss_fn, has_aux=True)(tr, frozen, mb, k, lam, reward_index)
+
+        micro, keys = micro_batches(batch, key, cfg.grad_accum_steps)
+        (loss, metrics), g = accumulated_value_and_grad(grad_fn, trainable, micro, keys)
         upd, opt_state = opt.update(g, opt_state, trainable)
         return optax.apply_updates(trainable, upd), opt_state, loss, metrics
 

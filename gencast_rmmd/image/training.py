@@ -41,7 +41,7 @@ from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
 from gencast_rmmd.remote import written
 from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
-from gencast_rmmd.training.loop import say_warmup
+from gencast_rmmd.training.loop import accumulated_value_and_grad, micro_keys, say_warmup
 from gencast_rmmd.training.metrics import MetricsWriter
 
 
@@ -199,6 +199,26 @@ def _check_finite(loss: float, step: int, what: str) -> None:
         )
 
 
+def teacher_step(cfg: TeacherConfig, model: ImageModel, opt: optax.GradientTransformation):
+    """The teacher's jitted update, `step(params, ema, opt_state, images, labels, key) ->
+    (params, ema, opt_state, loss)`, its gradient accumulated over `cfg.grad_accum_steps`
+    micro-batches."""
+
+    def grad_fn(params, batch, key):
+        return jax.value_and_grad(model.vp_loss)(params, key, batch["images"], batch["labels"])
+
+    @jax.jit
+    def step(params, ema, opt_state, x, y, key):
+        micro, keys = micro_batches({"images": x, "labels": y}, key, cfg.grad_accum_steps)
+        loss, g = accumulated_value_and_grad(grad_fn, params, micro, keys)
+        upd, opt_state = opt.update(g, opt_state, params)
+        params = optax.apply_updates(params, upd)
+        ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+        return params, ema, opt_state, loss
+
+    return step
+
+
 def train_teacher(
     cfg: TeacherConfig,
     model: ImageModel,
@@ -219,14 +239,7 @@ def train_teacher(
     start, (params, ema, opt_state, rng) = ckpts.restore((params, ema, opt_state, rng))
     say_warmup(cfg.optim, cfg.steps, "teacher.optim", start, cfg.steps)
 
-    @jax.jit
-    def step(params, ema, opt_state, x, y, key):
-        loss, g = jax.value_and_grad(model.vp_loss)(params, key, x, y)
-        upd, opt_state = opt.update(g, opt_state, params)
-        params = optax.apply_updates(params, upd)
-        ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
-        return params, ema, opt_state, loss
-
+    step = teacher_step(cfg, model, opt)
     writer = metrics_writer(metrics_path, start)
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
     bar = tqdm(
@@ -259,6 +272,25 @@ def next_batch(it: Iterator, rng: jax.Array, dropout: bool) -> tuple[jax.Array, 
     rng, key, kd = jax.random.split(rng, 3)
     batch = {"images": jnp.asarray(x), "labels": jnp.asarray(y), "dropout": kd if dropout else None}
     return rng, key, batch
+
+
+def micro_batches(batch: dict, key: jax.Array, accum: int) -> tuple[dict, jax.Array]:
+    """An image batch (`{"images", "labels"[, "dropout"]}`, leading axis B) as `accum`
+    micro-batches of B / accum along a new leading axis, and one key per micro-batch, for
+    `training.loop.accumulated_value_and_grad`. With accum = 1 the one micro-batch is the batch
+    with the step's own key (the random numbers of a step without accumulation); else micro-batch
+    i gets `fold_in(key, i)`, and its dropout key `fold_in(dropout key, i)`."""
+    if accum == 1:
+        return jax.tree.map(lambda x: x[None], batch), key[None]
+    micro = {
+        k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:])
+        for k, v in batch.items()
+        if k != "dropout"
+    }
+    if "dropout" in batch:
+        d = batch["dropout"]
+        micro["dropout"] = None if d is None else micro_keys(d, accum)
+    return micro, micro_keys(key, accum)
 
 
 def image_objective(
@@ -333,7 +365,9 @@ def mmd_objective_config(cfg: MMDConfig) -> obj.ObjectiveConfig:
     )
 
 
-def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
+def make_distill_step(
+    objective, ocfg: obj.ObjectiveConfig, optimizers: dict, grad_accum_steps: int = 1
+):
     """Phase-1 update rules over `trainable = {"student", "aux"}` (and frozen groups), as
     `gencast_rmmd.distill.trainer.phase_rules` defines them: "alternating" updates the aux on
     even and the student on odd steps (MMD Algorithm 2), "simultaneous" both from one pass
@@ -344,7 +378,8 @@ def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
 
     Returns `(init, step)`: `init(trainable) -> opt_state`, and
     `step(i, trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, loss, metrics)`
-    runs the rule of loop step i (one jitted function per rule).
+    runs the rule of loop step i (one jitted function per rule), its gradient accumulated over
+    `grad_accum_steps` micro-batches (`micro_batches`).
     """
     rules, schedule = phase_rules(objective, ocfg)
 
@@ -356,10 +391,13 @@ def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
             active = {g: trainable[g] for g in rule.groups}
             others = {g: p for g, p in trainable.items() if g not in rule.groups}
 
-            def loss_fn(a):
-                return rule.loss_fn({**frozen, **others, **a}, batch, key)
+            def loss_fn(a, mb, k):
+                return rule.loss_fn({**frozen, **others, **a}, mb, k)
 
-            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(active)
+            micro, keys = micro_batches(batch, key, grad_accum_steps)
+            (loss, metrics), g = accumulated_value_and_grad(
+                jax.value_and_grad(loss_fn, has_aux=True), active, micro, keys
+            )
             upd, new_state = opt.update(g, opt_state[name], active)
             new = {**trainable, **optax.apply_updates(active, upd)}
             return new, {**opt_state, name: new_state}, loss, metrics
@@ -377,6 +415,7 @@ def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
     def step(i, *args):
         return steps[schedule(i)](*args)
 
+    step.rules = steps  # the jitted step of each rule, by name (for benchmarks/image_memory.py)
     return init, step
 
 
@@ -429,7 +468,9 @@ def train_mmd(
     objective = image_objective(model, cfg.sampler, ocfg)
     trainable = {"student": teacher_params, "aux": teacher_params}
     frozen = {"teacher": teacher_params}
-    init, step = make_distill_step(objective, ocfg, mmd_optimizers(cfg, steps))
+    init, step = make_distill_step(
+        objective, ocfg, mmd_optimizers(cfg, steps), cfg.grad_accum_steps
+    )
     opt_state = init(trainable)
     ema = teacher_params
     rng = jax.random.PRNGKey(cfg.seed)

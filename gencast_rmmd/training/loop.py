@@ -376,6 +376,38 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
+def micro_keys(key: jax.Array, accum: int) -> jax.Array:
+    """The keys of a step's `accum` micro-batches, `fold_in(key, i)` stacked (`[accum, ...]`)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(accum))
+
+
+def accumulated_value_and_grad(
+    grad_fn: Callable, params: PyTree, micro_batches: PyTree, keys: jax.Array
+) -> Any:
+    """The mean over micro-batches of `grad_fn(params, micro_batch, key) -> (value, grads)`
+    (`value` any pytree: a loss, or `(loss, metrics)`), the gradient accumulation of one step.
+
+    `micro_batches` holds the micro-batches along a leading axis (`[A, B / A, ...]`) and `keys`
+    one key per micro-batch (`[A, ...]`). The micro-batches run one after the other in a
+    `lax.scan`, so the step holds one micro-batch's activations whatever A. For a loss that is a
+    mean over examples, the result is the whole batch's value and gradient (up to rounding) when
+    every micro-batch sees the randomness it would see in the whole batch."""
+    count = keys.shape[0]
+    if count == 1:
+        return grad_fn(params, *jax.tree.map(lambda x: x[0], (micro_batches, keys)))
+
+    def body(carry, xs):
+        return jax.tree.map(jnp.add, carry, grad_fn(params, *xs)), None
+
+    # every micro-batch inside the loop, from a zero sum: with micro-batch 0 outside it, XLA
+    # inlined the loop of one trip (A = 2) and held both micro-batches' activations at once
+    # (benchmarks/image_memory.py: 128 GB at A = 2 against 130 GB at A = 1)
+    shapes = jax.eval_shape(grad_fn, params, *jax.tree.map(lambda x: x[0], (micro_batches, keys)))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zero, (micro_batches, keys))
+    return jax.tree.map(lambda x: x / count, total)
+
+
 def _all_finite(tree: PyTree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -492,21 +524,12 @@ class Trainer:
                 params.update(tr)
                 return rule.loss_fn(params, mb, k)
 
-            grad_fn = jax.value_and_grad(loss_of, has_aux=True)
-            first = jax.tree.map(lambda x: x[0], batch)
-            (loss0, m0), g0 = grad_fn(trainable, first, jax.random.fold_in(key, 0))
-            if accum > 1:
-
-                def body(carry, xs):
-                    mb, i = xs
-                    (lv, m), g = grad_fn(trainable, mb, jax.random.fold_in(key, i))
-                    return jax.tree.map(jnp.add, carry, (lv, m, g)), None
-
-                rest = jax.tree.map(lambda x: x[1:], batch)
-                (loss0, m0, g0), _ = jax.lax.scan(
-                    body, (loss0, m0, g0), (rest, jnp.arange(1, accum))
-                )
-                loss0, m0, g0 = jax.tree.map(lambda x: x / accum, (loss0, m0, g0))
+            (loss0, m0), g0 = accumulated_value_and_grad(
+                jax.value_and_grad(loss_of, has_aux=True),
+                trainable,
+                batch,
+                micro_keys(key, accum),
+            )
             finite = jnp.isfinite(loss0) & _all_finite(g0)
             new_params = dict(state["params"])
             new_opt = dict(state["opt_state"])

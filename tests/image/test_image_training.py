@@ -364,3 +364,140 @@ def test_a_crashed_finetune_run_resumes_to_the_uninterrupted_rows(tmp_path, monk
     _crash_after(monkeypatch, 2, finetune)  # the resumed run may draw steps 4 and 5 only
     resumed = finetune.finetune_run("draft", "bw", 1.0, checkpoints=ck(), **kw)
     assert resumed == straight
+
+
+def test_accumulated_micro_batches_give_the_teachers_batch_gradient():
+    """Gradient accumulation on the real U-ViT's v-prediction loss: with one micro-batch the
+    step is the plain gradient (same key and batch, so equal to float rounding: XLA fuses the two
+    programs differently); with two it is the mean of the halves' gradients, each drawn with its
+    own `fold_in(key, i)`."""
+    from gencast_rmmd.training.loop import accumulated_value_and_grad
+
+    model, p = _model_and_params()
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+    y = jnp.arange(4) % 10
+    key = jax.random.PRNGKey(7)
+
+    def grad_fn(params, mb, k):
+        return jax.value_and_grad(model.vp_loss)(params, k, mb["images"], mb["labels"])
+
+    def accumulated(batch, k, accum):
+        micro, keys = training.micro_batches(batch, k, accum)
+        return accumulated_value_and_grad(grad_fn, p, micro, keys)
+
+    run = jax.jit(accumulated, static_argnums=2)
+    plain = jax.jit(grad_fn)(p, {"images": x, "labels": y}, key)
+    for a, b in zip(
+        *(jax.tree.leaves(t) for t in (run({"images": x, "labels": y}, key, 1), plain))
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    loss2, g2 = run({"images": x, "labels": y}, key, 2)
+    halves = [
+        jax.jit(grad_fn)(p, {"images": x[i * 2 : i * 2 + 2], "labels": y[i * 2 : i * 2 + 2]},
+                         jax.random.fold_in(key, i))
+        for i in (0, 1)
+    ]  # fmt: skip
+    np.testing.assert_allclose(loss2, (halves[0][0] + halves[1][0]) / 2, rtol=1e-6)
+    for a, b, c in zip(*(jax.tree.leaves(t) for t in (g2, halves[0][1], halves[1][1]))):
+        np.testing.assert_allclose(a, (b + c) / 2, rtol=1e-5, atol=1e-7)
+    # the halves draw other noise than the whole batch: not the one-micro-batch gradient
+    assert not np.allclose(jax.tree.leaves(g2)[0], jax.tree.leaves(plain[1])[0], rtol=1e-3)
+
+
+def _per_example_objective(model, sampler_cfg, ocfg, reward_fn=None):
+    """A stand-in objective that is a mean over examples and ignores its rng: a batch's loss and
+    gradient are then the mean of its micro-batches' (accumulation must not change the step)."""
+
+    def objective(params, batch, rng, student=True, aux=True, **kwargs):
+        x = jnp.mean(batch["images"], axis=(1, 2, 3))[:, None]
+        ls = jnp.mean(jnp.sum((params["student"]["w"] - x - 1.0) ** 2, axis=1))
+        la = jnp.mean(jnp.sum((params["aux"]["w"] + x + 2.0) ** 2, axis=1))
+        return ls * student + la * aux, {"moment_gap": ls}
+
+    return objective
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "alternating"])
+def test_mmd_with_gradient_accumulation_takes_the_full_batch_steps(monkeypatch, schedule):
+    """`mmd.grad_accum_steps`: with a per-example loss, 4 micro-batches of 2 end where batches
+    of 8 do, step by step; a batch it does not divide is refused at config load."""
+    monkeypatch.setattr(training, "image_objective", _per_example_objective)
+    p, data = {"w": jnp.zeros(3)}, _digits()
+    out = {}
+    for accum in (1, 4):
+        cfg = MMDConfig(
+            sampler=SAMPLER, batch_size=8, grad_accum_steps=accum, update_schedule=schedule,
+            optim=OptimConfig(learning_rate=0.1, b1=0.9, warmup_steps=0),
+        )  # fmt: skip
+        out[accum] = training.train_mmd(cfg, None, p, data, steps=4, progress=False)
+    for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[4])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not _tree_equal(out[4][0], p)  # it did train
+    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1 and divide batch_size 8, "
+                       "found 3"):  # fmt: skip
+        MMDConfig(sampler=SAMPLER, batch_size=8, grad_accum_steps=3).validate()
+
+
+def test_teacher_with_gradient_accumulation_takes_the_full_batch_steps():
+    """`teacher.grad_accum_steps`, on a model whose v-loss is a per-example mean that ignores
+    its key: 4 micro-batches end where the whole batches do (parameters and EMA)."""
+    from gencast_rmmd.image.config import TeacherConfig
+
+    class Quadratic:
+        def init(self, key):
+            return {"w": jnp.zeros(2)}
+
+        def vp_loss(self, params, key, x, y):
+            t = jnp.stack([jnp.mean(x, axis=(1, 2, 3)), y.astype(jnp.float32)], axis=1)
+            return jnp.mean(jnp.sum((params["w"] - t) ** 2, axis=1))
+
+    ema = {}
+    for accum in (1, 4):
+        cfg = TeacherConfig(
+            steps=5, batch_size=8, grad_accum_steps=accum, ema_decay=0.5,
+            optim=OptimConfig(learning_rate=0.1, warmup_steps=0),
+        )  # fmt: skip
+        ema[accum] = training.train_teacher(cfg, Quadratic(), _digits(), progress=False)
+    np.testing.assert_allclose(ema[1]["w"], ema[4]["w"], rtol=1e-5)
+    assert float(jnp.abs(ema[4]["w"]).max()) > 0.1  # it did train
+
+
+def test_finetune_steps_with_gradient_accumulation_take_the_full_batch_step(monkeypatch):
+    """`finetune.grad_accum_steps` in the RMMD step and the baselines' step (DRaFT here), each
+    with a per-example stand-in loss: 4 micro-batches of 2 give the update of the batch of 8,
+    the dropout key split per micro-batch along the way."""
+    import types
+
+    import optax
+
+    from gencast_rmmd.image import finetune
+    from gencast_rmmd.image.rewards import bw_reward
+
+    def draft_loss(denoise, params, frozen, key, cond, shape, *args):
+        labels = cond[0] if isinstance(cond, tuple) else cond
+        loss = jnp.mean((params["w"] - labels.astype(jnp.float32)[:, None]) ** 2)
+        return loss, {"reward": loss}
+
+    monkeypatch.setattr(finetune, "image_objective", _per_example_objective)
+    monkeypatch.setattr(finetune.baselines, "draft_loss", draft_loss)
+    start = finetune.StartPoint(student=None, aux=None, sampler=SAMPLER, s_floor=0.01)
+    model = types.SimpleNamespace(denoise_fn=None, teacher_denoise_fn=None)
+    data = _digits()
+    batch = {"images": jnp.asarray(data.train_images[:8]), "labels": jnp.asarray(data.train_labels[:8]),
+             "dropout": jax.random.PRNGKey(4)}  # fmt: skip
+    opt = optax.sgd(0.1)
+    trainable = {"student": {"w": jnp.ones(3)}, "aux": {"w": jnp.zeros(3)}}
+    frozen = {"student_frozen": trainable["student"]}
+    for make in (
+        lambda cfg: finetune._rmmd_step(model, start, cfg, [bw_reward], opt),
+        lambda cfg: finetune._baseline_step(model, "draft", start, cfg, [bw_reward], opt),
+    ):
+        new = {}
+        for accum in (1, 4):
+            step = make(FinetuneConfig(batch_size=8, grad_accum_steps=accum))
+            new[accum], _, _, _ = step(
+                trainable, frozen, opt.init(trainable), batch, jax.random.PRNGKey(0), 1.0, 0
+            )
+        for a, b in zip(jax.tree.leaves(new[1]), jax.tree.leaves(new[4])):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+        assert not _tree_equal(new[4], trainable)

@@ -363,13 +363,15 @@ def test_a_command_out_of_device_memory_says_so_with_what_to_lower(
     assert f"; {advice}, or run on a device with more memory" in err and err.count("\n") == 1
 
 
-def test_image_commands_out_of_memory_name_the_batch_sizes():
+def test_image_commands_out_of_memory_name_accumulation_and_the_batch_sizes():
     """`image teacher --config imagenet64` on CPU asked 129 GB for its step; the advice was the
-    generic "make the work per step smaller"."""
+    generic "make the work per step smaller". It names the gradient accumulation first (the
+    batch, and so the training, stays) and the batch sizes."""
     from gencast_rmmd.cli import out_of_memory
 
     e = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 129759185728 bytes.")
     for command in ("image teacher", "image distill", "image pareto"):
         msg = out_of_memory(e, command)
-        assert "--set teacher.batch_size, classifier.batch_size, mmd.batch_size" in msg
+        assert "(--set teacher.grad_accum_steps, mmd.grad_accum_steps or " in msg
+        assert "(teacher.batch_size, classifier.batch_size, mmd.batch_size" in msg
     assert out_of_memory(RuntimeError("other"), "image teacher") is None

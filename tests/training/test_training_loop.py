@@ -188,6 +188,36 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_accumulated_micro_batches_run_one_at_a_time():
+    """`accumulated_value_and_grad` must hold one micro-batch's activations, not all of them:
+    XLA's memory analysis of the compiled step (static, no run) of an 8-layer MLP on 4096
+    examples. With micro-batch 0 outside the scan, XLA inlined the one-trip loop of two
+    micro-batches and ran both side by side: 159 MB of temporaries against 151 MB unsplit; one
+    loop over both gives 96 MB."""
+    from gencast_rmmd.training.loop import accumulated_value_and_grad, micro_keys
+
+    def loss(p, x, key):
+        h = x
+        for w in p:
+            h = jnp.tanh(h @ w)
+        return jnp.mean(h**2)
+
+    grad_fn = jax.value_and_grad(loss)
+    params = [jax.ShapeDtypeStruct((1024, 1024), jnp.float32)] * 8
+
+    def temp_bytes(accum: int) -> int:
+        def step(p, x, key):
+            micro = x.reshape(accum, -1, x.shape[-1])
+            return accumulated_value_and_grad(grad_fn, p, micro, micro_keys(key, accum))
+
+        x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+        return jax.jit(step).lower(params, x, key).compile().memory_analysis().temp_size_in_bytes
+
+    one, two, four = temp_bytes(1), temp_bytes(2), temp_bytes(4)
+    assert two < 0.8 * one and four < 0.6 * one, (one, two, four)
+
+
 def test_nan_guard_names_step_and_checkpoint(tmp_path):
     def loss_nan_at_7(params, batch, rng):
         loss, m = _loss(params, batch, rng)
