@@ -125,9 +125,9 @@ def main() -> None:
     opt = make_optimizer(fc.optim, fc.steps)
     trainable = {"student": params, "aux": params}
     frozen = {"teacher": params, "student_frozen": params, "aux_frozen": params}
-    batch = {
-        "images": z[: fc.batch_size],
-        "labels": labels[: fc.batch_size],
+    batch = {  # one micro-batch (`training.DataParallel.batch`)
+        "images": z[None, : fc.batch_size],
+        "labels": labels[None, : fc.batch_size],
         "dropout": jax.random.PRNGKey(4),
     }
     step_args = (

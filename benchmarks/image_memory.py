@@ -83,11 +83,12 @@ def main() -> None:
         "steps": [],
     }
 
-    def batch(size: int):
-        return (
-            jax.ShapeDtypeStruct((size, *shape), jnp.float32),
-            jax.ShapeDtypeStruct((size,), jnp.int32),
-        )
+    def batch(size: int, accum: int, dropout: bool) -> dict:  # as DataParallel.batch lays it out
+        return {
+            "images": jax.ShapeDtypeStruct((accum, size // accum, *shape), jnp.float32),
+            "labels": jax.ShapeDtypeStruct((accum, size // accum), jnp.int32),
+            "dropout": key if dropout else None,
+        }
 
     for accum in args.accum:
         if "teacher" in args.stages:
@@ -96,7 +97,9 @@ def main() -> None:
             opt = training.make_optimizer(tcfg.optim, tcfg.steps)
             step = training.teacher_step(tcfg, model, opt)
             opt_state = jax.eval_shape(opt.init, params)
-            row = _analysis(step, params, params, opt_state, *batch(tcfg.batch_size), key)
+            row = _analysis(
+                step, params, params, opt_state, batch(tcfg.batch_size, accum, False), key
+            )
             result["steps"].append(
                 {
                     "stage": "teacher",
@@ -112,12 +115,11 @@ def main() -> None:
             ocfg = training.mmd_objective_config(mcfg)
             objective = training.image_objective(model, mcfg.sampler, ocfg)
             init, step = training.make_distill_step(
-                objective, ocfg, training.mmd_optimizers(mcfg, mcfg.steps), accum
+                objective, ocfg, training.mmd_optimizers(mcfg, mcfg.steps)
             )
             trainable = {"student": params, "aux": params}
             opt_state = jax.eval_shape(init, trainable)
-            images, labels = batch(mcfg.batch_size)
-            b = {"images": images, "labels": labels, "dropout": key if mcfg.dropout else None}
+            b = batch(mcfg.batch_size, accum, mcfg.dropout)
             for name, jitted in step.rules.items():
                 row = _analysis(jitted, trainable, {"teacher": params}, opt_state, b, key)
                 result["steps"].append(
@@ -133,8 +135,7 @@ def main() -> None:
             step = finetune._rmmd_step(model, start, fcfg, (bw_reward,), opt)
             trainable = {"student": params, "aux": params}
             frozen = {"teacher": params, "student_frozen": params, "aux_frozen": params}
-            images, labels = batch(fcfg.batch_size)
-            b = {"images": images, "labels": labels, "dropout": key if fcfg.dropout else None}
+            b = batch(fcfg.batch_size, accum, fcfg.dropout)
             row = _analysis(
                 step, trainable, frozen, jax.eval_shape(opt.init, trainable), b, key,
                 jnp.float32(1.0), jnp.int32(0),

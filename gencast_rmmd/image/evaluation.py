@@ -60,7 +60,9 @@ def generate(
 ) -> np.ndarray:
     """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i)).
     `noise_net = (apply, phi)`: HyperNoise's modulation of the sampler's noise
-    (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0."""
+    (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0. With `params`
+    replicated on several devices (`training.DataParallel.put`) each batch is split over them
+    when they divide it (else every device samples the whole batch)."""
     with _SAMPLER_LOCK:  # one jitted sampler per config, also when threads call at once
         if noise_net is None:
             fn = _sampler(model, sampler_cfg)
@@ -70,13 +72,29 @@ def generate(
     out = []
     base = jax.random.PRNGKey(seed)
     n = labels.shape[0]
+    split = _batch_sharding(params, batch)
     for i, start in enumerate(range(0, n, batch)):
         y = labels[start : start + batch]
         pad = batch - y.shape[0]
         yp = np.concatenate([y, y[:1].repeat(pad)]) if pad else y
-        x = fn(params, jax.random.fold_in(base, i), jnp.asarray(yp))
+        yp = jnp.asarray(yp) if split is None else jax.device_put(yp, split)
+        x = fn(params, jax.random.fold_in(base, i), yp)
         out.append(np.asarray(x)[: y.shape[0]])
     return np.concatenate(out)
+
+
+def _batch_sharding(params: Any, batch: int) -> Any:
+    """The sharding that splits a batch of `batch` over the devices `params` are replicated on,
+    or None: one device, or a batch they do not divide."""
+    from jax.sharding import NamedSharding
+
+    from gencast_rmmd.training.sharding import batch_sharding
+
+    leaves = jax.tree.leaves(params)
+    where = getattr(leaves[0], "sharding", None) if leaves else None
+    if not isinstance(where, NamedSharding) or where.mesh.size == 1 or batch % where.mesh.size:
+        return None
+    return batch_sharding(where.mesh)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ from gencast_rmmd.image.evaluation import Evaluator, generate
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.image.rewards import Reward
 from gencast_rmmd.image.training import (
+    DataParallel,
     StageCheckpoints,
     image_objective,
     make_optimizer,
@@ -139,7 +140,7 @@ def _rmmd_step(
                 l2_weight=lam * cfg.reg_ratio,
             )
 
-        micro, keys = micro_batches(batch, key, cfg.grad_accum_steps)
+        micro, keys = micro_batches(batch, key)
         (loss, metrics), g = accumulated_value_and_grad(
             jax.value_and_grad(loss_fn, has_aux=True), trainable, micro, keys
         )
@@ -190,7 +191,7 @@ def _baseline_step(
         def grad_fn(tr, mb, k):
             return jax.value_and_grad(loss_fn, has_aux=True)(tr, frozen, mb, k, lam, reward_index)
 
-        micro, keys = micro_batches(batch, key, cfg.grad_accum_steps)
+        micro, keys = micro_batches(batch, key)
         (loss, metrics), g = accumulated_value_and_grad(grad_fn, trainable, micro, keys)
         upd, opt_state = opt.update(g, opt_state, trainable)
         return optax.apply_updates(trainable, upd), opt_state, loss, metrics
@@ -335,6 +336,8 @@ def finetune_run(
 
     rng = jax.random.PRNGKey(cfg.seed)
     first, (trainable, opt_state, rng) = ckpts.restore((trainable, opt_state, rng))
+    dp = DataParallel(cfg.batch_size, cfg.grad_accum_steps, "finetune.")
+    trainable, frozen, opt_state, rng = dp.put((trainable, frozen, opt_state, rng))
     if first:  # resumed: the evaluations made before the checkpoint come back with it
         rows.extend(ckpts.record or [])
     else:
@@ -347,7 +350,7 @@ def finetune_run(
     )  # fmt: skip
     with stopping.graceful_stop(enabled=ckpts.directory is not None):
         for i in bar:
-            rng, k, batch = next_batch(it, rng, cfg.dropout)
+            rng, k, batch = next_batch(it, rng, cfg.dropout, dp)
             trainable, opt_state, loss, metrics = step(trainable, frozen, opt_state, batch, k)
             if i % eval_every == 0 or i == steps:
                 lv = float(loss)

@@ -52,6 +52,7 @@ from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import (
     StageCheckpoints,
+    check_devices,
     load_params,
     save_params,
     train_mmd,
@@ -359,6 +360,7 @@ def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = Tru
     # Read (and so validate) the data and the FID files before anything is created at --out.
     data = load_dataset(cfg.data)
     inception, ref_stats = load_fid_inputs(cfg)
+    check_devices(cfg)
     cfg_text = dump_yaml(cfg)
     prev = out / "config.yaml"
     if prev.exists() and prev.read_text() != cfg_text:

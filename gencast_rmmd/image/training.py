@@ -1,7 +1,8 @@
 """Training loops of the image path: the VP teacher and phase-1 moment matching (MMD).
 
-Both are small single-host loops (the image path runs on the embedded digits on a laptop; the
-sharded orbax trainer of `gencast_rmmd.training` is built for the GenCast data pipeline). Each loop
+Both are single-process loops of their own (the sharded orbax trainer of `gencast_rmmd.training`
+is built for the GenCast data pipeline), data-parallel over the local devices (`DataParallel`)
+with gradient accumulation (`micro_batches`, `training.loop.accumulated_value_and_grad`). Each loop
 shows a tqdm bar, appends JSON-lines metrics (`gencast_rmmd.training.metrics.MetricsWriter`) and
 raises `TrainingDivergedError` on a non-finite loss. A finished stage writes its parameters
 atomically (`save_params`) and is skipped when its file exists; within a stage, `StageCheckpoints`
@@ -40,8 +41,14 @@ from gencast_rmmd.image.diffusion import WithoutDropout
 from gencast_rmmd.image.model import ImageModel
 from gencast_rmmd.model.sh_noise import gaussian_noise
 from gencast_rmmd.remote import written
+from gencast_rmmd.training import sharding
 from gencast_rmmd.training.checkpointing import CheckpointManager, latest_step
-from gencast_rmmd.training.loop import accumulated_value_and_grad, micro_keys, say_warmup
+from gencast_rmmd.training.loop import (
+    LoopConfig,
+    accumulated_value_and_grad,
+    micro_keys,
+    say_warmup,
+)
 from gencast_rmmd.training.metrics import MetricsWriter
 
 
@@ -200,16 +207,16 @@ def _check_finite(loss: float, step: int, what: str) -> None:
 
 
 def teacher_step(cfg: TeacherConfig, model: ImageModel, opt: optax.GradientTransformation):
-    """The teacher's jitted update, `step(params, ema, opt_state, images, labels, key) ->
-    (params, ema, opt_state, loss)`, its gradient accumulated over `cfg.grad_accum_steps`
-    micro-batches."""
+    """The teacher's jitted update, `step(params, ema, opt_state, batch, key) -> (params, ema,
+    opt_state, loss)` on a batch of micro-batches (`DataParallel.batch`), their gradients
+    averaged."""
 
     def grad_fn(params, batch, key):
         return jax.value_and_grad(model.vp_loss)(params, key, batch["images"], batch["labels"])
 
     @jax.jit
-    def step(params, ema, opt_state, x, y, key):
-        micro, keys = micro_batches({"images": x, "labels": y}, key, cfg.grad_accum_steps)
+    def step(params, ema, opt_state, batch, key):
+        micro, keys = micro_batches(batch, key)
         loss, g = accumulated_value_and_grad(grad_fn, params, micro, keys)
         upd, opt_state = opt.update(g, opt_state, params)
         params = optax.apply_updates(params, upd)
@@ -238,7 +245,8 @@ def train_teacher(
     ema = params
     start, (params, ema, opt_state, rng) = ckpts.restore((params, ema, opt_state, rng))
     say_warmup(cfg.optim, cfg.steps, "teacher.optim", start, cfg.steps)
-
+    dp = DataParallel(cfg.batch_size, cfg.grad_accum_steps, "teacher.")
+    params, ema, opt_state, rng = dp.put((params, ema, opt_state, rng))
     step = teacher_step(cfg, model, opt)
     writer = metrics_writer(metrics_path, start)
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
@@ -249,11 +257,9 @@ def train_teacher(
     run = None
     with stopping.graceful_stop(enabled=ckpts.directory is not None):
         for i in bar:
-            x, y = next(it)
+            batch = dp.batch(*next(it))
             rng, key = jax.random.split(rng)
-            params, ema, opt_state, loss = step(
-                params, ema, opt_state, jnp.asarray(x), jnp.asarray(y), key
-            )
+            params, ema, opt_state, loss = step(params, ema, opt_state, batch, key)
             if i % 50 == 0 or i == cfg.steps - 1:
                 lv = float(loss)
                 _check_finite(lv, i, "teacher")
@@ -264,33 +270,75 @@ def train_teacher(
     return ema
 
 
-def next_batch(it: Iterator, rng: jax.Array, dropout: bool) -> tuple[jax.Array, jax.Array, dict]:
-    """The next training batch of a distillation / fine-tuning loop from `it`, with the step's
-    keys split off `rng`: `(rng, step key, batch)`; the batch's `dropout` key is None unless
-    `dropout`."""
+class DataParallel:
+    """The devices an image loop runs on: all local devices on a one-axis `data` mesh
+    (`training.sharding`), parameters, optimizer state and keys replicated (`put`), each batch
+    split on the host into its `grad_accum_steps` micro-batches `[A, B / A, ...]` and every
+    micro-batch over the devices (`batch`). The jitted steps then run each micro-batch
+    data-parallel, XLA averaging the gradients across devices: the update of one device with
+    the whole batch, up to float summation order. On one device (CPU) it is that device.
+    `where` ("teacher.", "mmd.", "finetune.") names the config keys in the refusal of a
+    micro-batch the devices do not divide. The image path runs in one process."""
+
+    def __init__(self, batch_size: int, grad_accum_steps: int, where: str, devices=None):
+        devices = jax.local_devices() if devices is None else list(devices)
+        loop = LoopConfig(num_steps=0, batch_size=batch_size, grad_accum_steps=grad_accum_steps)
+        loop.check_devices(len(devices), where)
+        self.mesh = sharding.make_mesh(devices)
+        self.accum = grad_accum_steps
+
+    def put(self, tree: Any) -> Any:
+        """`tree` replicated on every device."""
+        return sharding.replicate(tree, self.mesh)
+
+    def batch(self, images: np.ndarray, labels: np.ndarray, dropout: Any = None) -> dict:
+        """`{"images": [A, B / A, H, W, C], "labels": [A, B / A], "dropout": key or None}`, each
+        micro-batch split over the devices (the key replicated)."""
+
+        def split(x):
+            x = np.asarray(x)
+            return x.reshape(self.accum, x.shape[0] // self.accum, *x.shape[1:])
+
+        arrays = {"images": split(images), "labels": split(labels)}
+        return {**sharding.shard_batch(arrays, self.mesh, batch_axis=1), "dropout": dropout}
+
+
+def check_devices(cfg: Any, devices: int | None = None) -> None:
+    """`ConfigError` unless the local devices (`devices` of them) divide every micro-batch of
+    the teacher, phase 1 and phase 2 (`DataParallel`), said before a run writes anything."""
+    n = jax.local_device_count() if devices is None else devices
+    for where in ("teacher", "mmd", "finetune"):
+        c = getattr(cfg, where)
+        loop = LoopConfig(num_steps=0, batch_size=c.batch_size, grad_accum_steps=c.grad_accum_steps)
+        loop.check_devices(n, f"{where}.")
+
+
+def next_batch(
+    it: Iterator, rng: jax.Array, dropout: bool, dp: DataParallel
+) -> tuple[jax.Array, jax.Array, dict]:
+    """The next training batch of a distillation / fine-tuning loop from `it` (as `dp.batch`
+    lays it out), with the step's keys split off `rng`: `(rng, step key, batch)`; the batch's
+    `dropout` key is None unless `dropout`."""
     x, y = next(it)
     rng, key, kd = jax.random.split(rng, 3)
-    batch = {"images": jnp.asarray(x), "labels": jnp.asarray(y), "dropout": kd if dropout else None}
-    return rng, key, batch
+    return rng, key, dp.batch(x, y, kd if dropout else None)
 
 
-def micro_batches(batch: dict, key: jax.Array, accum: int) -> tuple[dict, jax.Array]:
-    """An image batch (`{"images", "labels"[, "dropout"]}`, leading axis B) as `accum`
-    micro-batches of B / accum along a new leading axis, and one key per micro-batch, for
-    `training.loop.accumulated_value_and_grad`. With accum = 1 the one micro-batch is the batch
-    with the step's own key (the random numbers of a step without accumulation); else micro-batch
-    i gets `fold_in(key, i)`, and its dropout key `fold_in(dropout key, i)`."""
-    if accum == 1:
-        return jax.tree.map(lambda x: x[None], batch), key[None]
-    micro = {
-        k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:])
-        for k, v in batch.items()
-        if k != "dropout"
-    }
-    if "dropout" in batch:
-        d = batch["dropout"]
-        micro["dropout"] = None if d is None else micro_keys(d, accum)
-    return micro, micro_keys(key, accum)
+def micro_batches(batch: dict, key: jax.Array) -> tuple[dict, jax.Array]:
+    """A batch of A micro-batches (`DataParallel.batch`: images and labels `[A, B / A, ...]`, a
+    dropout key or None) as `training.loop.accumulated_value_and_grad` takes it, with one key
+    per micro-batch. With A = 1 the one micro-batch has the step's own key (the random numbers
+    of a step without accumulation); else micro-batch i gets `fold_in(key, i)`, and its dropout
+    key `fold_in(dropout key, i)`."""
+    accum = batch["images"].shape[0]
+
+    def keys(k):
+        return k[None] if accum == 1 else micro_keys(k, accum)
+
+    micro = dict(batch)
+    if batch.get("dropout") is not None:
+        micro["dropout"] = keys(batch["dropout"])
+    return micro, keys(key)
 
 
 def image_objective(
@@ -365,9 +413,7 @@ def mmd_objective_config(cfg: MMDConfig) -> obj.ObjectiveConfig:
     )
 
 
-def make_distill_step(
-    objective, ocfg: obj.ObjectiveConfig, optimizers: dict, grad_accum_steps: int = 1
-):
+def make_distill_step(objective, ocfg: obj.ObjectiveConfig, optimizers: dict):
     """Phase-1 update rules over `trainable = {"student", "aux"}` (and frozen groups), as
     `gencast_rmmd.distill.trainer.phase_rules` defines them: "alternating" updates the aux on
     even and the student on odd steps (MMD Algorithm 2), "simultaneous" both from one pass
@@ -378,8 +424,8 @@ def make_distill_step(
 
     Returns `(init, step)`: `init(trainable) -> opt_state`, and
     `step(i, trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, loss, metrics)`
-    runs the rule of loop step i (one jitted function per rule), its gradient accumulated over
-    `grad_accum_steps` micro-batches (`micro_batches`).
+    runs the rule of loop step i (one jitted function per rule) on a batch of micro-batches
+    (`DataParallel.batch`), their gradients averaged.
     """
     rules, schedule = phase_rules(objective, ocfg)
 
@@ -394,7 +440,7 @@ def make_distill_step(
             def loss_fn(a, mb, k):
                 return rule.loss_fn({**frozen, **others, **a}, mb, k)
 
-            micro, keys = micro_batches(batch, key, grad_accum_steps)
+            micro, keys = micro_batches(batch, key)
             (loss, metrics), g = accumulated_value_and_grad(
                 jax.value_and_grad(loss_fn, has_aux=True), active, micro, keys
             )
@@ -468,21 +514,21 @@ def train_mmd(
     objective = image_objective(model, cfg.sampler, ocfg)
     trainable = {"student": teacher_params, "aux": teacher_params}
     frozen = {"teacher": teacher_params}
-    init, step = make_distill_step(
-        objective, ocfg, mmd_optimizers(cfg, steps), cfg.grad_accum_steps
-    )
+    init, step = make_distill_step(objective, ocfg, mmd_optimizers(cfg, steps))
     opt_state = init(trainable)
     ema = teacher_params
     rng = jax.random.PRNGKey(cfg.seed)
     start, (trainable, opt_state, ema, rng) = ckpts.restore((trainable, opt_state, ema, rng))
     per_group = (steps + 1) // 2 if cfg.update_schedule == "alternating" else steps
     say_warmup(cfg.optim, per_group, "mmd.optim", start, steps)
+    dp = DataParallel(cfg.batch_size, cfg.grad_accum_steps, "mmd.")
+    trainable, frozen, opt_state, ema, rng = dp.put((trainable, frozen, opt_state, ema, rng))
     writer = metrics_writer(metrics_path, start)
     it = batch_iterator(data.train_images, data.train_labels, cfg.batch_size, cfg.seed, start)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     with stopping.graceful_stop(enabled=ckpts.directory is not None):
         for i in bar:
-            rng, key, batch = next_batch(it, rng, cfg.dropout)
+            rng, key, batch = next_batch(it, rng, cfg.dropout, dp)
             trainable, opt_state, loss, metrics = step(i, trainable, frozen, opt_state, batch, key)
             if i % 50 == 0 or i == steps - 1:
                 lv = float(loss)

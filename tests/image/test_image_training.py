@@ -4,6 +4,10 @@ mid-stage checkpoints a crashed stage resumes from."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -381,17 +385,16 @@ def test_accumulated_micro_batches_give_the_teachers_batch_gradient():
     def grad_fn(params, mb, k):
         return jax.value_and_grad(model.vp_loss)(params, k, mb["images"], mb["labels"])
 
-    def accumulated(batch, k, accum):
-        micro, keys = training.micro_batches(batch, k, accum)
+    def accumulated(batch, k):
+        micro, keys = training.micro_batches(batch, k)
         return accumulated_value_and_grad(grad_fn, p, micro, keys)
 
-    run = jax.jit(accumulated, static_argnums=2)
+    run = jax.jit(accumulated)
+    dp = {a: training.DataParallel(4, a, "teacher.") for a in (1, 2)}
     plain = jax.jit(grad_fn)(p, {"images": x, "labels": y}, key)
-    for a, b in zip(
-        *(jax.tree.leaves(t) for t in (run({"images": x, "labels": y}, key, 1), plain))
-    ):
+    for a, b in zip(*(jax.tree.leaves(t) for t in (run(dp[1].batch(x, y), key), plain))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    loss2, g2 = run({"images": x, "labels": y}, key, 2)
+    loss2, g2 = run(dp[2].batch(x, y), key)
     halves = [
         jax.jit(grad_fn)(p, {"images": x[i * 2 : i * 2 + 2], "labels": y[i * 2 : i * 2 + 2]},
                          jax.random.fold_in(key, i))
@@ -483,8 +486,7 @@ def test_finetune_steps_with_gradient_accumulation_take_the_full_batch_step(monk
     start = finetune.StartPoint(student=None, aux=None, sampler=SAMPLER, s_floor=0.01)
     model = types.SimpleNamespace(denoise_fn=None, teacher_denoise_fn=None)
     data = _digits()
-    batch = {"images": jnp.asarray(data.train_images[:8]), "labels": jnp.asarray(data.train_labels[:8]),
-             "dropout": jax.random.PRNGKey(4)}  # fmt: skip
+    x, y = data.train_images[:8], data.train_labels[:8]
     opt = optax.sgd(0.1)
     trainable = {"student": {"w": jnp.ones(3)}, "aux": {"w": jnp.zeros(3)}}
     frozen = {"student_frozen": trainable["student"]}
@@ -495,9 +497,89 @@ def test_finetune_steps_with_gradient_accumulation_take_the_full_batch_step(monk
         new = {}
         for accum in (1, 4):
             step = make(FinetuneConfig(batch_size=8, grad_accum_steps=accum))
+            batch = training.DataParallel(8, accum, "finetune.").batch(x, y, jax.random.PRNGKey(4))
             new[accum], _, _, _ = step(
                 trainable, frozen, opt.init(trainable), batch, jax.random.PRNGKey(0), 1.0, 0
             )
         for a, b in zip(jax.tree.leaves(new[1]), jax.tree.leaves(new[4])):
             np.testing.assert_allclose(a, b, rtol=1e-6)
         assert not _tree_equal(new[4], trainable)
+
+
+_DEVICES_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {testdir!r})
+    import test_image_training as t
+    from gencast_rmmd.image import training
+    from gencast_rmmd.image.config import MMDConfig, OptimConfig, TeacherConfig
+    from gencast_rmmd.image.evaluation import generate
+    from gencast_rmmd.image.model import build_model
+    from gencast_rmmd.image.config import ScheduleConfig
+
+    data = t._digits()
+    dp = training.DataParallel(4, 2, "teacher.")
+    b = dp.batch(data.train_images[:4], data.train_labels[:4])
+    shards = len(b["images"].sharding.device_set), b["images"].sharding.spec
+    model = build_model(t.SMALL, ScheduleConfig(), (8, 8, 1), 10)
+    # Adam's eps 1: an update in proportion to the gradient, so the float rounding of a tiny
+    # gradient cannot flip the sign of a whole step (as eps 1e-12 lets it)
+    cfg = TeacherConfig(steps=3, batch_size=4, grad_accum_steps=2, ema_decay=0.5,
+                        optim=OptimConfig(learning_rate=0.03, eps=1.0, warmup_steps=0))
+    ema = training.train_teacher(cfg, model, data, progress=False)
+    samples = generate(model, ema, t.SAMPLER, np.arange(4) % 10, seed=0, batch=4)
+    training.image_objective = t._per_example_objective
+    mcfg = MMDConfig(sampler=t.SAMPLER, batch_size=8, grad_accum_steps=2,
+                     optim=OptimConfig(learning_rate=0.1, warmup_steps=0))
+    student, aux = training.train_mmd(mcfg, None, {{"w": jnp.zeros(3)}}, data, steps=3,
+                                      progress=False)
+    print(json.dumps({{
+        "n": jax.device_count(), "devices": shards[0], "spec": list(shards[1]),
+        "ema_devices": len(jax.tree.leaves(ema)[0].sharding.device_set),
+        "ema": [np.asarray(x).ravel()[:64].tolist() for x in jax.tree.leaves(ema)],
+        "samples": np.asarray(samples).ravel().tolist(),
+        "mmd": [np.asarray(x).tolist() for x in jax.tree.leaves((student, aux))],
+    }}))
+    """
+)
+
+
+def _run_on_devices(n: int, env: dict) -> dict:
+    code = _DEVICES_SCRIPT.format(testdir=os.path.dirname(__file__))
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # two processes compile the U-ViT's teacher step and sampler, 60 s
+def test_image_loops_on_two_devices_match_one_device(host_devices_env):
+    """`DataParallel`: on 2 devices each micro-batch is split over both (axis 1 of
+    `[A, B / A, ...]`), the parameters stay replicated, and the teacher (the U-ViT, 3 steps of 2
+    micro-batches), its samples (the batch split over the devices) and phase 1 (a stand-in
+    objective) end where one device ends, to float rounding."""
+    one, two = _run_on_devices(1, host_devices_env(1)), _run_on_devices(2, host_devices_env(2))
+    assert (one["n"], two["n"]) == (1, 2)
+    assert (two["devices"], two["ema_devices"]) == (2, 2)
+    assert two["spec"] == [None, "data"]
+    for key, tol in (("ema", 1e-5), ("samples", 1e-5), ("mmd", 1e-5)):
+        for a, b in zip(one[key], two[key]):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=tol, atol=tol)
+    assert np.asarray(one["samples"]).std() > 0.01  # samples, not zeros (the teacher is young)
+
+
+def test_a_micro_batch_the_devices_do_not_divide_is_refused_naming_the_keys():
+    """Before an image run writes anything (`pipeline.make_context`): micro-batches of 2 on 4
+    devices is one `ConfigError` naming the stage's keys and an accumulation that works."""
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.image.config import ImageConfig, TeacherConfig
+
+    cfg = ImageConfig(teacher=TeacherConfig(batch_size=8, grad_accum_steps=4))
+    training.check_devices(cfg, 1)
+    with pytest.raises(ConfigError) as e:
+        training.check_devices(cfg, 4)
+    msg = str(e.value)
+    assert "teacher.batch_size 8 / teacher.grad_accum_steps 4 gives micro-batches of 2" in msg
+    assert "--set teacher.grad_accum_steps=2" in msg
