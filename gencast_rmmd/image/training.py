@@ -282,8 +282,7 @@ class DataParallel:
 
     def __init__(self, batch_size: int, grad_accum_steps: int, where: str, devices=None):
         devices = jax.local_devices() if devices is None else list(devices)
-        loop = LoopConfig(num_steps=0, batch_size=batch_size, grad_accum_steps=grad_accum_steps)
-        loop.check_devices(len(devices), where)
+        _check_micro_batches(batch_size, grad_accum_steps, len(devices), where)
         self.mesh = sharding.make_mesh(devices)
         self.accum = grad_accum_steps
 
@@ -309,8 +308,14 @@ def check_devices(cfg: Any, devices: int | None = None) -> None:
     n = jax.local_device_count() if devices is None else devices
     for where in ("teacher", "mmd", "finetune"):
         c = getattr(cfg, where)
-        loop = LoopConfig(num_steps=0, batch_size=c.batch_size, grad_accum_steps=c.grad_accum_steps)
-        loop.check_devices(n, f"{where}.")
+        _check_micro_batches(c.batch_size, c.grad_accum_steps, n, f"{where}.")
+
+
+def _check_micro_batches(batch_size: int, grad_accum_steps: int, devices: int, where: str) -> None:
+    """The weather trainers' refusal (`LoopConfig.check_devices`) of micro-batches the devices
+    do not divide, naming `where`'s keys."""
+    loop = LoopConfig(num_steps=0, batch_size=batch_size, grad_accum_steps=grad_accum_steps)
+    loop.check_devices(devices, where)
 
 
 def next_batch(

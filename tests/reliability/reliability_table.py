@@ -549,6 +549,16 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses at config load: 2048-dimensional InceptionV3 statistics cannot be compared with "
         "classifier features",
     ),
+    BadInput(
+        "image-grad-accum-undivided",
+        "config",
+        "image pareto",
+        "`--set teacher.grad_accum_steps=3` with the teacher's batch of 64",
+        r"digits\.yaml with --set teacher\.grad_accum_steps=3: teacher: grad_accum_steps must be "
+        r">= 1 and divide batch_size 64, found 3",
+        "refuses at config load, before the run directory exists (micro-batches must be equal; "
+        "the devices must divide each, checked next)",
+    ),
     # ---------------------------------------------------------------- checkpoints
     BadInput(
         "ckpt-missing",

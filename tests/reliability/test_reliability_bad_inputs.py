@@ -688,6 +688,11 @@ def s_image_fid_stats_without_weights(tmp, p):
     return args + ["--set", f"inception_reference_stats={tmp / 'fid_stats.npz'}"]
 
 
+def s_image_grad_accum_undivided(tmp, p):
+    args = ["image", "pareto", "--out", tmp / "run", "--no-progress"]
+    return args + ["--set", "teacher.grad_accum_steps=3"]
+
+
 def s_image_data_pickled(tmp, p):
     obj = np.empty(3, dtype=object)
     obj[:] = [{"pixels": 1}, 2, 3]
@@ -1046,6 +1051,7 @@ SETUPS = {
     "image-data-pickled": s_image_data_pickled,
     "image-inception-weights-layout": s_image_inception_weights_layout,
     "image-fid-stats-without-weights": s_image_fid_stats_without_weights,
+    "image-grad-accum-undivided": s_image_grad_accum_undivided,
     "image-data-wrong-shape": s_image_data_wrong_shape,
     "distill-config-unknown-key": s_distill_config_unknown_key,
     "distill-override-bad-value": s_distill_override_bad_value,
