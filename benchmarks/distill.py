@@ -9,7 +9,10 @@
   same process, same weights; the wall-clock ratio teacher/student and the NFE ratio.
 
 Usage: python benchmarks/distill.py [--batch 2] [--repeats 3] [--config tiny]
-       [--phases mmd,rmmd] [--skip-train | --skip-sample]
+       [--phases mmd,rmmd] [--skip-train | --skip-sample] [--memory ACCUM ...]
+
+`--memory 1 2 4 --batch 4` gives XLA's memory analysis of each phase's step at those gradient
+accumulations instead of timings (compiled, not run; for the device it runs on).
 
 `--phases rmmd --skip-sample` times phase 2's sharded training step alone (one compilation: what
 tools/device_check.sh runs first on a GPU, where compiling is the slow part).
@@ -93,10 +96,11 @@ def build_setup(config: str, grid: str, distill_config: str | None, b: int):
 
 
 @contextlib.contextmanager
-def training_step(phase: str, setup):
+def training_step(phase: str, setup, accum: int = 1):
     """A phase's training step on `build_setup`'s model and batches, as `step_fn(step) ->
     metrics` (the state kept inside); every trainable group and frozen model starts from the
-    setup's weights, one accumulation step per training step."""
+    setup's weights, `accum` accumulation micro-batches per training step.
+    `step_fn.lower(step)` lowers that step without running it (`Trainer.lower_step`)."""
     import jax
     import jax.numpy as jnp
 
@@ -108,7 +112,7 @@ def training_step(phase: str, setup):
     pcfg = dataclasses.replace(
         pcfg,
         loop=dataclasses.replace(
-            pcfg.loop, num_steps=10**6, batch_size=b, grad_accum_steps=1, progress=False
+            pcfg.loop, num_steps=10**6, batch_size=b, grad_accum_steps=accum, progress=False
         ),
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +139,9 @@ def training_step(phase: str, setup):
             )
             return metrics
 
+        step_fn.lower = lambda step: trainer.lower_step(
+            state, frozen, setup.batch(step), trainer.schedule(step)
+        )
         try:
             yield step_fn
         finally:
@@ -201,12 +208,22 @@ def main() -> None:
     ap.add_argument(
         "--log-compiles", action="store_true", help="log each compilation of 1 s or more (stderr)"
     )
+    ap.add_argument(
+        "--memory",
+        type=int,
+        nargs="+",
+        metavar="ACCUM",
+        help="instead of timing, XLA's memory analysis of each phase's step (compiled, not run) "
+        "at these grad_accum_steps, the batch fixed at --batch: {phase}_step_memory_mb",
+    )
     args = ap.parse_args()
     phases = tuple(p for p in args.phases.split(",") if p)
     if not phases or set(phases) - {"mmd", "rmmd"}:
         ap.error(f"--phases: expected mmd, rmmd or mmd,rmmd, found {args.phases!r}")
     if args.skip_train and args.skip_sample:
         ap.error("--skip-train and --skip-sample leave nothing to time")
+    if args.memory and any(a < 1 or args.batch % a for a in args.memory):
+        ap.error(f"--memory: each ACCUM must divide --batch {args.batch}, found {args.memory}")
 
     import jax
 
@@ -230,6 +247,10 @@ def main() -> None:
         "channels_out": lay.n_targets,
         **({} if args.skip_train else {"batch": b}),
     }
+    if args.memory:
+        out.update(step_memory(setup, phases, args.memory))
+        print(json.dumps(out))
+        return
     for phase in () if args.skip_train else phases:
         with training_step(phase, setup) as step_fn:
             log(f"{phase}: trainer built; compiling and running its first 2 steps")
@@ -251,6 +272,24 @@ def main() -> None:
     if not args.skip_sample:
         out.update(time_samplers(setup, args.levels, args.repeats, args.grid == "embedded"))
     print(json.dumps(out))
+
+
+def step_memory(setup, phases: tuple[str, ...], accums: list[int]) -> dict:
+    """`{phase}_step_memory_mb`: for each accumulation, XLA's memory analysis (MB) of the first
+    step of the phase (its first update rule), compiled and not run: temporaries (activations
+    and scratch), arguments and outputs."""
+    out = {}
+    for phase in phases:
+        rows = out.setdefault(f"{phase}_step_memory_mb", {})
+        for accum in accums:
+            with training_step(phase, setup, accum) as step_fn:
+                m = step_fn.lower(0).compile().memory_analysis()
+            rows[str(accum)] = {
+                k: round(getattr(m, f"{k}_size_in_bytes") / 1e6, 1)
+                for k in ("temp", "argument", "output")
+            }
+            log(f"{phase}: grad_accum_steps {accum}: {rows[str(accum)]}")
+    return out
 
 
 def time_samplers(setup, levels_arg: str, repeats: int, warm_up: bool) -> dict:

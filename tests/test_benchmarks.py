@@ -26,6 +26,7 @@ def _distill_bench():
         (["--phases", "ppo"], "--phases: expected mmd, rmmd or mmd,rmmd, found 'ppo'"),
         (["--phases", ""], "--phases: expected"),
         (["--skip-train", "--skip-sample"], "leave nothing to time"),
+        (["--memory", "1", "3"], "--memory: each ACCUM must divide --batch 2, found [1, 3]"),
     ],
 )
 def test_distill_benchmark_refuses_options_that_time_nothing(argv, message):

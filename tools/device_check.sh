@@ -23,6 +23,8 @@
 #   distill_mini.json   the same 12 h steps with the Mini architecture on the 1 deg grid
 #   teacher.json        benchmarks/teacher.py: forward, 39-evaluation step and training steps of
 #                       the tiny and Mini architectures
+#   image_memory.json   benchmarks/image_memory.py: XLA's memory analysis of the ImageNet 64
+#                       teacher step at 1 and 4 accumulation micro-batches, on the device
 #   stages.log          the finished stages' progress lines (stderr)
 # Each stage has its own time limit (DEVICE_CHECK_LIMIT_S, default 240 s), so one slow stage
 # cannot eat a short device lease; a stage that fails or times out leaves a .err file (at the
@@ -138,3 +140,6 @@ if [ "${DEVICE_CHECK_MINI:-1}" != 0 ]; then
 else
   stage teacher.json "$PY" benchmarks/teacher.py --skip-mini
 fi
+# last, as the least urgent: the ImageNet 64 teacher step's memory on the device (XLA CPU: 130 GB
+# temp at 1 micro-batch, 33 GB at 4: does imagenet64.yaml's accumulation fit an 80 GB GPU?)
+stage image_memory.json "$PY" benchmarks/image_memory.py --accum 1 4 --stages teacher

@@ -571,8 +571,19 @@ class Trainer:
         side by side, so each process must pass its share of every micro-batch, in order
         (`process_rows`, as `ShuffledBatches` does). Returns `(new_state, metrics as device
         scalars)`."""
+        return self._step(rule)(state, frozen, self._micro_batches(global_batch))
+
+    def lower_step(self, state: dict, frozen: dict, global_batch: PyTree, rule: str) -> Any:
+        """`train_step`'s jitted step lowered for these arguments, not run: its
+        `.compile().memory_analysis()` is the step's memory (benchmarks/distill.py --memory)."""
+        return self._step(rule).lower(state, frozen, self._micro_batches(global_batch))
+
+    def _step(self, rule: str) -> Callable:
         if rule not in self._steps:
             self._steps[rule] = self._build_step(rule)
+        return self._steps[rule]
+
+    def _micro_batches(self, global_batch: PyTree) -> PyTree:
         accum = self.cfg.grad_accum_steps
 
         def split(x):
@@ -581,8 +592,7 @@ class Trainer:
                 raise ValueError(f"batch of {x.shape[0]} not divisible by {accum} micro-batches")
             return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
 
-        batch = shd.shard_batch(jax.tree.map(split, global_batch), self.mesh, batch_axis=1)
-        return self._steps[rule](state, frozen, batch)
+        return shd.shard_batch(jax.tree.map(split, global_batch), self.mesh, batch_axis=1)
 
     # ---- the loop ---------------------------------------------------------------------------
 
