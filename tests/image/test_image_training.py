@@ -370,6 +370,7 @@ def test_a_crashed_finetune_run_resumes_to_the_uninterrupted_rows(tmp_path, monk
     assert resumed == straight
 
 
+@pytest.mark.slow  # four compilations of the U-ViT's gradient, 70 s on 2 cores
 def test_accumulated_micro_batches_give_the_teachers_batch_gradient():
     """Gradient accumulation on the real U-ViT's v-prediction loss: with one micro-batch the
     step is the plain gradient (same key and batch, so equal to float rounding: XLA fuses the two
