@@ -27,12 +27,10 @@ def _check_counts(cfg, *names: str) -> None:
 
 
 def _check_accum(cfg) -> None:
-    """`grad_accum_steps` is >= 1 and divides `batch_size` (equal micro-batches)."""
-    if not (cfg.grad_accum_steps >= 1 and cfg.batch_size % cfg.grad_accum_steps == 0):
-        raise ValueError(
-            f"grad_accum_steps must be >= 1 and divide batch_size {cfg.batch_size}, "
-            f"found {cfg.grad_accum_steps}"
-        )
+    """`grad_accum_steps` is >= 1 and divides `batch_size` (`training.loop.check_accum`)."""
+    from gencast_rmmd.training.loop import check_accum
+
+    check_accum(cfg.batch_size, cfg.grad_accum_steps)
 
 
 def _check_rate(cfg, name: str = "learning_rate") -> None:

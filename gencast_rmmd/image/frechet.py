@@ -21,8 +21,6 @@ import numpy as np
 
 from gencast_rmmd.errors import DataError
 
-INCEPTION_DIM = 2048  # InceptionV3 pool-3 features (`gencast_rmmd.image.inception.FEATURE_DIM`)
-
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean `[D]` and unbiased covariance `[D, D]` of features `[N, D]` (float64)."""
@@ -78,9 +76,11 @@ def load_inception_reference_stats(path: str | pathlib.Path) -> tuple[np.ndarray
         mu, sigma = f["mu"], f["sigma"]
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DataError(f"{p}: expected mu [D] and sigma [D, D], found {mu.shape}, {sigma.shape}")
-    if mu.shape[0] != INCEPTION_DIM:
+    from gencast_rmmd.image.inception import FEATURE_DIM
+
+    if mu.shape[0] != FEATURE_DIM:
         raise DataError(
-            f"{p}: FID reference statistics must be of the {INCEPTION_DIM} InceptionV3 pool-3 "
+            f"{p}: FID reference statistics must be of the {FEATURE_DIM} InceptionV3 pool-3 "
             f"features, found mu {list(mu.shape)}"
         )
     return mu, sigma

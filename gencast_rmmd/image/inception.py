@@ -36,9 +36,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gencast_rmmd.errors import DataError
-from gencast_rmmd.image.frechet import INCEPTION_DIM
 
-FEATURE_DIM = INCEPTION_DIM
+FEATURE_DIM = 2048  # pool-3 features
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # smaller inputs leave nothing for the last stride-2 layers
 BN_EPS = 1e-3

@@ -128,6 +128,16 @@ class OptimizerConfig:
             raise ValueError(f"grad_clip_norm: must be > 0 or null, found {self.grad_clip_norm}")
 
 
+def check_accum(batch_size: int, grad_accum_steps: int) -> None:
+    """`ValueError` unless `grad_accum_steps` is >= 1 and divides `batch_size` (equal
+    micro-batches); the weather and image trainers' configs both check it here."""
+    if grad_accum_steps < 1 or batch_size % grad_accum_steps:
+        raise ValueError(
+            f"grad_accum_steps: must be >= 1 and divide batch_size={batch_size}, "
+            f"found {grad_accum_steps}"
+        )
+
+
 def check_adam(cfg: Any) -> None:
     """For a `validate()` of any Adam config (this module's `OptimizerConfig`, the image path's
     `OptimConfig`): `warmup_steps` >= 0, `b1`, `b2` in [0, 1), `eps` >= 0."""
@@ -165,11 +175,7 @@ class LoopConfig:
             raise ValueError(f"num_steps: must be >= 0, found {self.num_steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, found {self.batch_size}")
-        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
-            raise ValueError(
-                f"grad_accum_steps: must be >= 1 and divide batch_size={self.batch_size}, "
-                f"found {self.grad_accum_steps}"
-            )
+        check_accum(self.batch_size, self.grad_accum_steps)
         for k in ("checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}: must be >= 1, found {getattr(self, k)}")

@@ -437,7 +437,7 @@ def test_mmd_with_gradient_accumulation_takes_the_full_batch_steps(monkeypatch, 
     for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[4])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not _tree_equal(out[4][0], p)  # it did train
-    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1 and divide batch_size 8, "
+    with pytest.raises(ValueError, match="grad_accum_steps: must be >= 1 and divide batch_size=8, "
                        "found 3"):  # fmt: skip
         MMDConfig(sampler=SAMPLER, batch_size=8, grad_accum_steps=3).validate()
 

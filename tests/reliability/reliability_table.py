@@ -554,8 +554,8 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "config",
         "image pareto",
         "`--set teacher.grad_accum_steps=3` with the teacher's batch of 64",
-        r"digits\.yaml with --set teacher\.grad_accum_steps=3: teacher: grad_accum_steps must be "
-        r">= 1 and divide batch_size 64, found 3",
+        r"digits\.yaml with --set teacher\.grad_accum_steps=3: teacher: grad_accum_steps: must "
+        r"be >= 1 and divide batch_size=64, found 3",
         "refuses at config load, before the run directory exists (micro-batches must be equal; "
         "the devices must divide each, checked next)",
     ),
