@@ -262,9 +262,12 @@ def run_beam(
 def beam_work_dir(beam_args: Sequence[str] = (), work_dir: str | None = None) -> str | None:
     """The URL the Beam evaluation's workers write their statistics to: `work_dir`, else the
     pipeline's `--temp_location` when it is a URL (Dataflow requires one, on GCS); None: a
-    local directory of this process (the in-process runner). A local `work_dir` is refused:
-    workers of a distributed runner could not share it, and the in-process runner needs none."""
+    local directory of this process (a runner whose workers run here, `pipelines.runs_here`).
+    A local `work_dir` is refused: workers of a distributed runner could not share it, and a
+    local runner needs none; so is a runner elsewhere (Flink, Spark, ...) without a URL."""
     from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import runs_here
 
     if work_dir is not None:
         if not is_url(work_dir):
@@ -274,7 +277,16 @@ def beam_work_dir(beam_args: Sequence[str] = (), work_dir: str | None = None) ->
             )
         return work_dir
     temp = PipelineOptions(list(beam_args)).get_all_options().get("temp_location")
-    return temp if temp and is_url(temp) else None
+    if temp and is_url(temp):
+        return temp
+    if not runs_here(beam_args):
+        runner = PipelineOptions(list(beam_args)).get_all_options().get("runner")
+        raise ConfigError(
+            f"the Beam runner {runner} runs its workers elsewhere, and they write the "
+            "evaluation's statistics for this process to read back: give --work-dir (or Beam's "
+            f"--temp_location) as a URL they share (e.g. gs://bucket/tmp), found {temp!r}"
+        )
+    return None
 
 
 @dataclasses.dataclass

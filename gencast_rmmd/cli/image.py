@@ -54,7 +54,7 @@ def _run(args) -> int:
     if args.data:
         overrides += ["data.source=npz", f"data.path={args.data}"]
     cfg = load_config(ImageConfig, args.config, overrides, kind="image")
-    ctx = pipeline.make_context(cfg, args.out, progress=not args.no_progress)
+    ctx = pipeline.make_context(cfg, args.out, progress=not args.no_progress, command=args.stage)
     if args.stage == "teacher":
         pipeline.stage_teacher(ctx)
         print(json.dumps(json.loads((ctx.out / "teacher_eval.json").read_text())))

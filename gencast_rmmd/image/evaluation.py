@@ -61,8 +61,9 @@ def generate(
     """Samples `[N, H, W, C]` for `labels [N]` (batches of `batch`, batch i uses fold_in(seed, i)).
     `noise_net = (apply, phi)`: HyperNoise's modulation of the sampler's noise
     (`gencast_rmmd.image.hypernoise`); same draws as without it when f_phi = 0. With `params`
-    replicated on several devices (`training.DataParallel.put`) each batch is split over them
-    when they divide it (else every device samples the whole batch)."""
+    replicated on several devices (`training.DataParallel.put`) each batch is split over them,
+    padded to a multiple of their number (the padding's samples are dropped; the noise is drawn
+    per element, so the samples kept are those of one device, to float rounding)."""
     with _SAMPLER_LOCK:  # one jitted sampler per config, also when threads call at once
         if noise_net is None:
             fn = _sampler(model, sampler_cfg)
@@ -72,10 +73,11 @@ def generate(
     out = []
     base = jax.random.PRNGKey(seed)
     n = labels.shape[0]
-    split = _batch_sharding(params, batch)
+    split, devices = _batch_sharding(params)
+    size = -(-batch // devices) * devices  # the batch padded to a multiple of the devices
     for i, start in enumerate(range(0, n, batch)):
         y = labels[start : start + batch]
-        pad = batch - y.shape[0]
+        pad = size - y.shape[0]
         yp = np.concatenate([y, y[:1].repeat(pad)]) if pad else y
         yp = jnp.asarray(yp) if split is None else jax.device_put(yp, split)
         x = fn(params, jax.random.fold_in(base, i), yp)
@@ -83,18 +85,18 @@ def generate(
     return np.concatenate(out)
 
 
-def _batch_sharding(params: Any, batch: int) -> Any:
-    """The sharding that splits a batch of `batch` over the devices `params` are replicated on,
-    or None: one device, or a batch they do not divide."""
+def _batch_sharding(params: Any) -> tuple[Any, int]:
+    """`(sharding, devices)`: the sharding that splits a batch over the devices `params` are
+    replicated on, and their number; `(None, 1)` on one device."""
     from jax.sharding import NamedSharding
 
     from gencast_rmmd.training.sharding import batch_sharding
 
     leaves = jax.tree.leaves(params)
     where = getattr(leaves[0], "sharding", None) if leaves else None
-    if not isinstance(where, NamedSharding) or where.mesh.size == 1 or batch % where.mesh.size:
-        return None
-    return batch_sharding(where.mesh)
+    if not isinstance(where, NamedSharding) or where.mesh.size == 1:
+        return None, 1
+    return batch_sharding(where.mesh), where.mesh.size
 
 
 @dataclasses.dataclass(frozen=True)

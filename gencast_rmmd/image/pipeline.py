@@ -51,6 +51,7 @@ from gencast_rmmd.image.finetune import StartPoint, finetune_run, start_metrics
 from gencast_rmmd.image.model import ImageModel, build_model
 from gencast_rmmd.image.rewards import make_reward
 from gencast_rmmd.image.training import (
+    TRAINING_STAGES,
     StageCheckpoints,
     check_devices,
     load_params,
@@ -354,13 +355,24 @@ def _fid_reference(
     return mu, sigma
 
 
-def make_context(cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True) -> Context:
-    """Load data, train or reload both classifiers, build the model and the evaluator."""
+# The trainers (config sections) each command runs: `image teacher|distill|pareto`.
+COMMAND_STAGES = {
+    "teacher": TRAINING_STAGES[:1],
+    "distill": TRAINING_STAGES[:2],
+    "pareto": TRAINING_STAGES,
+}
+
+
+def make_context(
+    cfg: ImageConfig, out: str | pathlib.Path, progress: bool = True, command: str = "pareto"
+) -> Context:
+    """Load data, train or reload both classifiers, build the model and the evaluator, for
+    `command` (`COMMAND_STAGES`: whose micro-batches the devices must divide)."""
     out = check_local_out_dir(out, "a run directory", "image")
     # Read (and so validate) the data and the FID files before anything is created at --out.
     data = load_dataset(cfg.data)
     inception, ref_stats = load_fid_inputs(cfg)
-    check_devices(cfg)
+    check_devices(cfg, stages=COMMAND_STAGES[command])
     cfg_text = dump_yaml(cfg)
     prev = out / "config.yaml"
     if prev.exists() and prev.read_text() != cfg_text:

@@ -302,11 +302,17 @@ class DataParallel:
         return {**sharding.shard_batch(arrays, self.mesh, batch_axis=1), "dropout": dropout}
 
 
-def check_devices(cfg: Any, devices: int | None = None) -> None:
+TRAINING_STAGES = ("teacher", "mmd", "finetune")  # the config sections of the image trainers
+
+
+def check_devices(
+    cfg: Any, devices: int | None = None, stages: tuple[str, ...] = TRAINING_STAGES
+) -> None:
     """`ConfigError` unless the local devices (`devices` of them) divide every micro-batch of
-    the teacher, phase 1 and phase 2 (`DataParallel`), said before a run writes anything."""
+    the training `stages` (of the teacher, phase 1 and phase 2; `DataParallel`), said before a
+    run writes anything."""
     n = jax.local_device_count() if devices is None else devices
-    for where in ("teacher", "mmd", "finetune"):
+    for where in stages:
         c = getattr(cfg, where)
         _check_micro_batches(c.batch_size, c.grad_accum_steps, n, f"{where}.")
 

@@ -584,3 +584,70 @@ def test_a_micro_batch_the_devices_do_not_divide_is_refused_naming_the_keys():
     msg = str(e.value)
     assert "teacher.batch_size 8 / teacher.grad_accum_steps 4 gives micro-batches of 2" in msg
     assert "--set teacher.grad_accum_steps=2" in msg
+
+
+def test_a_command_checks_the_micro_batches_of_the_trainers_it_runs_only():
+    """`image teacher` does not refuse phase 2's micro-batches (it never trains phase 2);
+    `image pareto` does (`pipeline.COMMAND_STAGES`)."""
+    from gencast_rmmd.errors import ConfigError
+    from gencast_rmmd.image.config import FinetuneConfig, ImageConfig
+    from gencast_rmmd.image.pipeline import COMMAND_STAGES
+
+    cfg = ImageConfig(finetune=FinetuneConfig(batch_size=8, grad_accum_steps=4))
+    for command in ("teacher", "distill"):
+        training.check_devices(cfg, 4, COMMAND_STAGES[command])
+    with pytest.raises(ConfigError, match="finetune.batch_size 8 / finetune.grad_accum_steps 4"):
+        training.check_devices(cfg, 4, COMMAND_STAGES["pareto"])
+
+
+_PADDED_SAMPLING_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {testdir!r})
+    import test_image_training as t
+    from gencast_rmmd.image import evaluation, training
+    from gencast_rmmd.image.config import ScheduleConfig
+    from gencast_rmmd.image.evaluation import generate
+    from gencast_rmmd.image.model import build_model
+
+    calls, real = [], evaluation._sampler
+
+    def spy(*a):  # records each sampler call's labels: their shape and devices
+        fn = real(*a)
+
+        def call(p, rng, y):
+            calls.append([y.shape[0], len(y.sharding.device_set)])
+            return fn(p, rng, y)
+
+        return call
+
+    evaluation._sampler = spy
+    model = build_model(t.SMALL, ScheduleConfig(), (8, 8, 1), 10)
+    params = model.init(jax.random.PRNGKey(0))
+    labels = np.arange(7) % 10
+    one = generate(model, params, t.SAMPLER, labels, seed=3, batch=4)
+    spread = training.DataParallel(3, 1, "teacher.").put(params)
+    three = generate(model, spread, t.SAMPLER, labels, seed=3, batch=4)
+    print(json.dumps({{"n": jax.device_count(), "one": one.ravel().tolist(),
+                       "three": three.ravel().tolist(), "shape": list(three.shape),
+                       "calls": calls}}))
+    """
+)
+
+
+def test_samples_on_devices_that_do_not_divide_the_batch_are_one_devices(host_devices_env):
+    """`evaluation.generate` with parameters replicated on 3 devices and sampling batches of 4
+    (7 labels: batches of 4 and 3): each batch is padded to 6 and split over the devices, and the
+    7 samples kept are one device's, to float rounding (the noise is drawn per element)."""
+    code = _PADDED_SAMPLING_SCRIPT.format(testdir=os.path.dirname(__file__))
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=host_devices_env(3), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["n"] == 3 and out["shape"] == [7, 8, 8, 1]
+    assert out["calls"] == [[4, 1], [4, 1], [6, 3], [6, 3]]  # one device; then padded, split
+    np.testing.assert_allclose(out["three"], out["one"], rtol=1e-5, atol=1e-5)
+    assert np.std(out["one"]) > 0.01

@@ -325,6 +325,11 @@ def test_beam_workers_write_to_a_shared_work_dir(stores, tmp_path, capsys, monke
     assert beam_work_dir(["--temp_location=/tmp/x"]) is None
     with pytest.raises(ConfigError, match="must be a URL"):
         beam_work_dir([], "/tmp/local-dir")
+    flink = ["--runner=FlinkRunner"]  # workers elsewhere: a URL they share, or a refusal
+    assert beam_work_dir(flink + temp) == f"{shared}/tmp"
+    assert beam_work_dir(flink, shared) == shared
+    with pytest.raises(ConfigError, match="FlinkRunner runs its workers elsewhere.*'/tmp/x'"):
+        beam_work_dir(flink + ["--temp_location=/tmp/x"])
     argv = ["evaluate", "--forecast", stores["f"], "--truth", stores["t"], "--no-plots"]
     assert main(argv + ["--out", str(tmp_path / "cli"), "--", *temp]) == 0
     summary = json.loads(capsys.readouterr().out)["summary"]

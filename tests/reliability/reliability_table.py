@@ -863,6 +863,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "refuses before reading any data (was an internal error after the statistics were computed)",
     ),
     BadInput(
+        "evaluate-remote-runner-local-work",
+        "CLI argument",
+        "evaluate",
+        "`-- --runner=FlinkRunner --temp_location=/tmp/x` (workers elsewhere, no shared URL)",
+        r"the Beam runner FlinkRunner runs its workers elsewhere.*--work-dir.*as a URL they share",
+        "refuses before any statistics are computed (the workers would have written them to "
+        "their own disks)",
+    ),
+    BadInput(
         "bad-choice",
         "CLI argument",
         "evaluate",

@@ -184,6 +184,13 @@ def s_evaluate_negative_seed(tmp, p):
     )  # fmt: skip
 
 
+def s_evaluate_remote_runner_local_work(tmp, p):
+    return _eval_argv(
+        _copy(p["forecast"], tmp / "f.zarr"), _copy(p["truth"], tmp / "t.zarr"), tmp / "out",
+        "--engine", "beam", "--", "--runner=FlinkRunner", "--temp_location=/tmp/x",
+    )  # fmt: skip
+
+
 def s_bad_choice(tmp, p):
     return [
         "evaluate",
@@ -989,6 +996,7 @@ SETUPS = {
     "unknown-variable": s_unknown_variable,
     "lead-chunk-zero": s_lead_chunk_zero,
     "evaluate-negative-seed": s_evaluate_negative_seed,
+    "evaluate-remote-runner-local-work": s_evaluate_remote_runner_local_work,
     "forecast-seed-beyond-32-bits": s_forecast_seed_beyond_32_bits,
     "forecast-stats-not-the-trained-ones": s_forecast_stats_not_the_trained_ones,
     "forecast-other-grid": s_forecast_other_grid,
