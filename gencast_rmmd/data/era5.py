@@ -308,9 +308,12 @@ def refuse_forecast_store(ds: xr.Dataset, source: str, what: str) -> None:
 
 def is_pattern(source: str | os.PathLike) -> bool:
     """True for a local glob pattern (`era5/*.nc`, `era5/2020-??.nc`): a set of NetCDF files read
-    as one store (`open_store`), such as the Climate Data Store's monthly downloads."""
+    as one store (`open_store`), such as the Climate Data Store's monthly downloads. A path that
+    exists as it is written (`era5[v2].zarr`) is that path, not a pattern."""
     source = os.fspath(source)
-    return not is_url(source) and any(c in source for c in "*?[")
+    if is_url(source) or not any(c in source for c in "*?["):
+        return False
+    return not os.path.exists(os.path.expanduser(source))
 
 
 def pattern_files(pattern: str | os.PathLike) -> list[str]:

@@ -135,6 +135,21 @@ def test_a_pattern_of_cds_netcdf_files_reads_as_the_one_store(tmp_path):
     assert era5.metadata_version(pattern) != before
 
 
+def test_a_store_whose_name_has_pattern_characters_is_that_store(tmp_path):
+    """`era5[v2].zarr`, `run*.nc`: a path that exists as written is opened, not globbed (the
+    glob `era5[v2].zarr` matches `era5v.zarr` and `era52.zarr` only)."""
+    ds = arco_style_ds(hours=6)
+    for name in ("era5[v2].zarr", "run*1?.nc"):
+        path = tmp_path / name
+        assert era5.is_pattern(str(path))  # not there yet: a pattern
+        ds.to_zarr(path, zarr_format=2, consolidated=True) if name.endswith(
+            ".zarr"
+        ) else ds.to_netcdf(path)
+        assert not era5.is_pattern(str(path))
+        got = era5.open_store(str(path))
+        assert got.sizes["time"] == 6 and set(ds.data_vars) <= set(got.data_vars)
+
+
 def test_a_pattern_that_does_not_make_one_store_is_a_clear_error(tmp_path):
     ds = arco_style_ds(hours=24)
     with pytest.raises(DataError, match=r"store pattern '.*/\*\.nc' matches no file"):
