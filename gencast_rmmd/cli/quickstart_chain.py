@@ -240,7 +240,10 @@ def _stage_data(ctx: Context) -> None:
         )
         ctx.store = str(
             nature_run.embedded_store(
-                config=nr, levels_hpa=tuple(base.task.pressure_levels), progress=ctx.progress
+                config=nr,
+                levels_hpa=tuple(base.task.pressure_levels),
+                progress=ctx.progress,
+                fewer="set a smaller nature_run_days (--set nature_run_days=N)",
             )
         )
     with _open_zarr(ctx.store) as ds:

@@ -500,13 +500,21 @@ def output_bytes(cfg: NatureRunConfig, levels_hpa: tuple[int, ...]) -> int:
     return n_out * OUT_LAT.size * OUT_LON.size * per_point * 4
 
 
+FEWER_DAYS = "build fewer --days"  # the memory refusal's remedy where the days are a CLI flag
+
+
 def check_resources(
-    cfg: NatureRunConfig, levels_hpa: tuple[int, ...], out: str | os.PathLike, memory: int | None
+    cfg: NatureRunConfig,
+    levels_hpa: tuple[int, ...],
+    out: str | os.PathLike,
+    memory: int | None,
+    fewer: str = FEWER_DAYS,
 ) -> None:
     """Refuse, before the simulation, a run whose output cannot be held in `memory` bytes (None:
     unknown, not checked) or written to the disk of `out`: `simulate` holds the simulated pieces
     and their concatenation at once (twice `output_bytes`), and the store takes at least half of
-    it (the written stores measured more than all of it)."""
+    it (the written stores measured more than all of it). `fewer`: the remedy, naming the
+    setting the days come from."""
     from gencast_rmmd.remote import check_room
     from gencast_rmmd.runtime import check_memory
 
@@ -516,7 +524,7 @@ def check_resources(
         memory,
         f"a nature run of {cfg.days} days",
         "in memory while it is built",
-        "build fewer --days",
+        fewer,
     )
     check_room(out, need // 4)
 
@@ -528,12 +536,14 @@ def build(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    fewer: str = FEWER_DAYS,
 ) -> dict:
-    """Simulate and write the store; returns a summary (seconds, seconds per simulated day)."""
+    """Simulate and write the store; returns a summary (seconds, seconds per simulated day).
+    `fewer`: how to ask for fewer days, said when they do not fit in memory."""
     from gencast_rmmd.runtime import available_memory
 
     _check_out(out, overwrite)  # before the (long) simulation
-    check_resources(cfg, levels_hpa, out, available_memory())
+    check_resources(cfg, levels_hpa, out, available_memory(), fewer)
     t0 = time.perf_counter()
     ds = simulate(cfg, levels_hpa, progress=progress)
     t1 = time.perf_counter()
@@ -571,11 +581,13 @@ def embedded_store(
     levels_hpa: tuple[int, ...] | None = None,
     *,
     progress: bool = True,
+    fewer: str = "set fewer nature_run.days in the data config",
 ) -> pathlib.Path:
     """Path of the cached nature-run store, building it on first use (one build per machine).
 
     Defaults come from `configs/data/embedded.yaml` (its `nature_run` section and task levels).
-    Concurrent callers wait on a file lock instead of building twice.
+    Concurrent callers wait on a file lock instead of building twice. `fewer`: the remedy said
+    when the days do not fit in memory, naming the setting they come from.
     """
     if config is None or levels_hpa is None:
         default = _default_embedded()
@@ -587,5 +599,5 @@ def embedded_store(
         return path
     with file_lock(root / f".{path.name}.lock"):
         if not (path / "zarr.json").exists():
-            build(path, config, tuple(levels_hpa), overwrite=True, progress=progress)
+            build(path, config, tuple(levels_hpa), overwrite=True, progress=progress, fewer=fewer)
     return path

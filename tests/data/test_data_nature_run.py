@@ -186,6 +186,9 @@ def test_output_bytes_is_the_built_fields_and_too_large_a_run_is_refused_first(
     monkeypatch.setattr("gencast_rmmd.runtime.available_memory", lambda: need - 1)
     with pytest.raises(ConfigError, match="build fewer --days"):
         nr.build(tmp_path / "n.zarr", cfg.nature_run, levels)
+    # A cache build names the config key the days come from, not a flag it has none of.
+    with pytest.raises(ConfigError, match="set fewer nature_run.days in the data config$"):
+        nr.embedded_store(tmp_path / "cache", cfg.nature_run, levels)
     monkeypatch.setattr("gencast_rmmd.runtime.available_memory", lambda: None)
     real = shutil.disk_usage
     monkeypatch.setattr(

@@ -694,6 +694,18 @@ def test_nature_run_days_applies_to_the_embedded_run_only(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_nature_run_too_long_for_memory_names_the_profiles_key(tmp_path, capsys, monkeypatch):
+    """The quickstart's cache build refused for memory says which setting gives fewer days:
+    the profile's `nature_run_days`, not `data nature-run`'s `--days` flag."""
+    monkeypatch.setenv("GENCAST_RMMD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("gencast_rmmd.runtime.available_memory", lambda: 2**20)
+    rc = main(["quickstart", "--fast", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "more than the 1.0 MiB available here" in err
+    assert "set a smaller nature_run_days (--set nature_run_days=N)" in err and "--days" not in err
+    assert not any((tmp_path / "cache").glob("nature_run-*.zarr"))
+
+
 def test_bad_stage_settings_or_data_are_refused_before_anything_is_made(tmp_path, capsys):
     """A bad key or value in the profile's model/distill overrides (or a --data that is no store)
     is refused before the first stage and before --out is made: it was refused only when its
