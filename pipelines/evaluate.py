@@ -276,13 +276,13 @@ def beam_work_dir(beam_args: Sequence[str] = (), work_dir: str | None = None) ->
                 f"{work_dir!r}; leave it out to use a local directory"
             )
         return work_dir
-    temp = PipelineOptions(list(beam_args)).get_all_options().get("temp_location")
+    given = PipelineOptions(list(beam_args)).get_all_options()
+    temp = given.get("temp_location")
     if temp and is_url(temp):
         return temp
     if not runs_here(beam_args):
-        runner = PipelineOptions(list(beam_args)).get_all_options().get("runner")
         raise ConfigError(
-            f"the Beam runner {runner} runs its workers elsewhere, and they write the "
+            f"the Beam runner {given.get('runner')} runs its workers elsewhere, and they write the "
             "evaluation's statistics for this process to read back: give --work-dir (or Beam's "
             f"--temp_location) as a URL they share (e.g. gs://bucket/tmp), found {temp!r}"
         )
